@@ -1,0 +1,369 @@
+"""The site configuration: one YAML file validated into typed models, plus secrets from the environment.
+
+A bad file fails at start with the YAML path (and line) of every error, e.g.
+`limits.soc_max_pct (line 31): must be > limits.soc_min_pct (got 10 <= 20)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from drivers.errors import ProfileError
+from drivers.profile import Profile, format_validation_error, load_profile
+
+DEMO_API_KEY = "demo"
+DEMO_HMAC_SECRET = "phoenyra_demo_secret"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run; `errors` holds one line per problem, each led by its YAML path."""
+
+    def __init__(self, source: str, errors: list[str]):
+        super().__init__(f"{source}: {len(errors)} error(s)\n" + "\n".join(f"  {e}" for e in errors))
+        self.source = source
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Site(_Model):
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="site id, used in MQTT topics")
+    name: str = ""
+    timezone: str = "UTC"
+
+
+class Device(_Model):
+    """One device on the plant LAN."""
+
+    role: Literal["bms", "pcs"]
+    protocol: Literal["modbus", "sunspec", "opcua"]
+    host: str = "127.0.0.1"
+    port: int = Field(ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255)
+    profile: str = Field(description="profile file, relative to the config file's folder")
+    poll_interval_s: float = Field(1.0, gt=0, le=60)
+    timeout_s: float = Field(0.5, gt=0, le=30)
+    endpoint_path: str = Field("", description="OPC UA endpoint path after host:port")
+    subscribe: bool = Field(True, description="OPC UA: read by subscription, polling as fallback")
+    reversion_timeout_s: float = Field(10.0, gt=0, le=3600, description="PCS: falls back to 0 MW after this")
+    username: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}{self.endpoint_path}"
+
+
+class Limits(_Model):
+    """Operating limits; every setpoint passes all of them, the strictest wins."""
+
+    p_charge_max_mw: float = Field(gt=0)
+    p_discharge_max_mw: float = Field(gt=0)
+    soc_min_pct: float = Field(ge=0, le=100)
+    soc_max_pct: float = Field(ge=0, le=100)
+    soc_taper_band_pct: float = Field(5.0, ge=0, le=50)
+    t_derate_c: float = 45.0
+    t_max_c: float = 55.0
+    t_min_charge_c: float = 0.0
+    ramp_mw_per_s: float = Field(5.0, gt=0)
+    grid_limit_mw: float = Field(gt=0)
+    stale_after_s: float = Field(3.0, gt=0)
+
+    @field_validator("soc_max_pct")
+    @classmethod
+    def _soc_order(cls, v: float, info: ValidationInfo) -> float:
+        lo = info.data.get("soc_min_pct")
+        if lo is not None and v <= lo:
+            raise ValueError(f"must be > limits.soc_min_pct (got {v:g} <= {lo:g})")
+        return v
+
+    @field_validator("t_max_c")
+    @classmethod
+    def _t_order(cls, v: float, info: ValidationInfo) -> float:
+        lo = info.data.get("t_derate_c")
+        if lo is not None and v <= lo:
+            raise ValueError(f"must be > limits.t_derate_c (got {v:g} <= {lo:g})")
+        return v
+
+    @field_validator("soc_taper_band_pct")
+    @classmethod
+    def _band(cls, v: float, info: ValidationInfo) -> float:
+        lo, hi = info.data.get("soc_min_pct"), info.data.get("soc_max_pct")
+        if lo is not None and hi is not None and 2 * v > hi - lo:
+            raise ValueError(f"must be <= half the SoC window (got {v:g} > {(hi - lo) / 2:g})")
+        return v
+
+
+class Battery(_Model):
+    """The battery as the schedule's feasibility check and the simulator see it."""
+
+    capacity_mwh: float = Field(gt=0)
+    charge_efficiency: float = Field(0.95, gt=0, le=1)
+    discharge_efficiency: float = Field(0.95, gt=0, le=1)
+    self_discharge_pct_per_day: float = Field(0.5, ge=0, le=100)
+    aux_load_mw: float = Field(0.0, ge=0)
+
+    @property
+    def round_trip_efficiency(self) -> float:
+        return self.charge_efficiency * self.discharge_efficiency
+
+
+class Cycle(_Model):
+    period_s: float = Field(1.0, ge=0.1, le=10)
+    manual_timeout_s: float = Field(300.0, gt=0)
+    decision_retention_days: float = Field(30.0, gt=0)
+
+
+class Tls(_Model):
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
+class Mqtt(_Model):
+    enabled: bool = True
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    session_expiry_s: int = Field(86400, ge=0)
+    telemetry_interval_s: float = Field(1.0, ge=0.1)
+    outbox_max_rows: int = Field(1_000_000, ge=100)
+    outbox_max_age_s: float = Field(7 * 86400, gt=0)
+    drain_rate_per_s: float = Field(5000, gt=0)
+    reconnect_max_s: float = Field(30, gt=0)
+    tls: Tls | None = None
+
+
+class WebTls(_Model):
+    enabled: bool = False
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class Web(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(5000, ge=1, le=65535)
+    tls: WebTls = WebTls()
+    lockout_failures: int = Field(10, ge=1)
+    lockout_s: float = Field(300, gt=0)
+
+
+class ScadaModbus(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(5020, ge=1, le=65535)
+    unit_id: int = Field(1, ge=0, le=255)
+    read_only: bool = False
+    allow_clients: list[str] = Field(default_factory=list, description="client IPs; empty allows all")
+
+
+class ScadaOpcUa(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(4840, ge=1, le=65535)
+    read_only: bool = False
+    allow_none_security: bool = False
+    users_file: str | None = None
+
+
+class Scada(_Model):
+    modbus: ScadaModbus = ScadaModbus()
+    opcua: ScadaOpcUa = ScadaOpcUa()
+
+
+class Exchange(_Model):
+    market: str = "intraday"
+    timeout_s: float = Field(5.0, gt=0)
+    cache_s: float = Field(2.0, ge=0)
+
+
+class Simulator(_Model):
+    """The plant simulators (`bess-edge simulate` / `demo`)."""
+
+    time_scale: float = Field(1.0, gt=0, le=10000)
+    initial_soc_pct: float = Field(50.0, ge=0, le=100)
+    ambient_c: float = 25.0
+    initial_temperature_c: float = 25.0
+    thermal_time_constant_s: float = Field(1800.0, gt=0)
+    heating_c_per_mw: float = Field(2.0, ge=0, description="steady-state rise above ambient per MW of |P|")
+    ramp_mw_per_s: float = Field(10.0, gt=0)
+    rated_power_mw: float = Field(10.0, gt=0)
+    bms_modbus_port: int | None = Field(1502, ge=1, le=65535)
+    pcs_modbus_port: int | None = Field(1503, ge=1, le=65535)
+    bms_opcua_port: int | None = Field(4841, ge=1, le=65535)
+    host: str = "127.0.0.1"
+
+
+class SiteConfig(_Model):
+    """The whole site file."""
+
+    site: Site
+    mode: Literal["production", "demo"] = "production"
+    devices: dict[str, Device]
+    limits: Limits
+    battery: Battery
+    cycle: Cycle = Cycle()
+    mqtt: Mqtt = Mqtt()
+    web: Web = Web()
+    scada: Scada = Scada()
+    exchange: Exchange = Exchange()
+    simulator: Simulator = Simulator()
+
+    # set by load_config, not by the file
+    base_dir: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _roles(self) -> "SiteConfig":
+        roles = [d.role for d in self.devices.values()]
+        for role in ("bms", "pcs"):
+            if roles.count(role) != 1:
+                raise ValueError(f"devices: need exactly one device with role {role!r} (found {roles.count(role)})")
+        if self.limits.grid_limit_mw <= 0:
+            raise ValueError("limits.grid_limit_mw: must be > 0")
+        return self
+
+    def device(self, role: str) -> tuple[str, Device]:
+        return next((n, d) for n, d in self.devices.items() if d.role == role)
+
+    def profile_path(self, device: Device) -> Path:
+        p = Path(device.profile)
+        return p if p.is_absolute() else (self.base_dir or Path.cwd()) / p
+
+    def load_profile(self, device: Device) -> Profile:
+        return load_profile(self.profile_path(device))
+
+
+class Secrets(BaseModel):
+    """Secrets from the environment (or an env file), never from the YAML."""
+
+    api_keys: list[str]
+    hmac_secret: str
+    mqtt_url: str
+    exchange_base_url: str
+
+    @property
+    def mqtt(self) -> "MqttUrl":
+        return parse_mqtt_url(self.mqtt_url)
+
+
+class MqttUrl(BaseModel):
+    host: str
+    port: int
+    username: str | None = None
+    password: str | None = None
+    tls: bool = False
+
+
+def parse_mqtt_url(url: str) -> MqttUrl:
+    u = urlparse(url)
+    if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+        raise ValueError(f"MQTT_URL: scheme must be mqtt:// or mqtts:// (got {u.scheme!r})")
+    tls = u.scheme in ("mqtts", "ssl")
+    return MqttUrl(host=u.hostname or "127.0.0.1", port=u.port or (8883 if tls else 1883),
+                   username=unquote(u.username) if u.username else None,
+                   password=unquote(u.password) if u.password else None, tls=tls)
+
+
+def read_env_file(path: str | Path) -> dict[str, str]:
+    """KEY=VALUE lines (systemd EnvironmentFile syntax, # comments, optional quotes)."""
+    env: dict[str, str] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise ConfigError(str(path), [f"line {n}: expected KEY=VALUE"])
+        k, v = line.split("=", 1)
+        env[k.strip()] = v.strip().strip('"').strip("'")
+    return env
+
+
+def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secrets:
+    """Secrets from `env` (default os.environ). Demo secrets are refused unless the config says mode: demo."""
+    env = dict(os.environ if env is None else env)
+    errors = []
+    keys = [k.strip() for k in env.get("API_KEY", "").split(",") if k.strip()]
+    if not keys:
+        errors.append("API_KEY: not set (a comma-separated list of API keys; the daemon refuses to start without one)")
+    secret = env.get("HMAC_SECRET", "")
+    if not secret:
+        errors.append("HMAC_SECRET: not set")
+    if config.mode != "demo":
+        if DEMO_API_KEY in keys:
+            errors.append("API_KEY: the demo key 'demo' is refused unless the config says mode: demo")
+        if secret == DEMO_HMAC_SECRET:
+            errors.append("HMAC_SECRET: the demo secret is refused unless the config says mode: demo")
+    mqtt_url = env.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+    try:
+        parse_mqtt_url(mqtt_url)
+    except ValueError as e:
+        errors.append(str(e))
+    if errors:
+        raise ConfigError("environment", errors)
+    return Secrets(api_keys=keys, hmac_secret=secret, mqtt_url=mqtt_url,
+                   exchange_base_url=env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"))
+
+
+def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
+    """The 1-based line of a YAML path in the composed node tree, or of its nearest existing parent."""
+    node, line = root, None
+    for key in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(key)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            node = None
+    if node is not None:
+        line = node.start_mark.line + 1
+    return line
+
+
+def load_config(path: str | Path) -> SiteConfig:
+    """Read, validate and resolve a site file, profiles included. Raises ConfigError listing every error."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(str(path), [f"cannot read: {e.strerror}"]) from e
+    try:
+        raw = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(str(path), [f"not valid YAML: {e}"]) from e
+    if not isinstance(raw, dict):
+        raise ConfigError(str(path), ["the file must be a mapping (site:, devices:, limits:, battery: ...)"])
+    try:
+        cfg = SiteConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err, text_line in zip(e.errors(), format_validation_error(e)):
+            n = _line_of(root, err["loc"])
+            head, _, msg = text_line.partition(": ")
+            lines.append(f"{head} (line {n}): {msg}" if n and err["loc"] else text_line)
+        raise ConfigError(str(path), lines) from e
+    cfg.base_dir = path.resolve().parent
+    errors = []
+    for name, dev in cfg.devices.items():
+        try:
+            prof = cfg.load_profile(dev)
+        except ProfileError as e:
+            errors.append(f"devices.{name}.profile: {e}")
+            continue
+        if prof.protocol != dev.protocol:
+            errors.append(f"devices.{name}.profile: profile {prof.name!r} is for {prof.protocol}, device says {dev.protocol}")
+    if errors:
+        raise ConfigError(str(path), errors)
+    return cfg

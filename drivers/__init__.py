@@ -1,0 +1,1 @@
+"""Device I/O: profile-driven Modbus TCP and SunSpec clients, OPC UA client."""
