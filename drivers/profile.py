@@ -62,6 +62,7 @@ class Point(BaseModel):
     max: float | None = None
     node_id: str | None = None
     sunspec: str | None = Field(None, description="'<model id>.<point>' for a point found by SunSpec discovery")
+    bits: dict[int, str] | None = Field(None, description="alarm/fault bit number -> name, for bit-field points")
     description: str = ""
 
     @field_validator("type", mode="before")

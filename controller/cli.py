@@ -1,0 +1,156 @@
+"""`bess-edge`: run the daemon, the demo, the simulators, the exchange; check a config; add a trade by hand."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from controller.config import ConfigError, load_config, read_env_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DEMO_CONFIG = REPO_ROOT / "config" / "demo.yaml"
+
+
+def _load_env_file(path: str | None) -> None:
+    """Secrets from an env file (systemd EnvironmentFile syntax) fill what the environment lacks."""
+    if path:
+        for k, v in read_env_file(path).items():
+            os.environ.setdefault(k, v)
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as e:
+        print(f"{e.source}: INVALID", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
+    bms_name, bms = cfg.device("bms")
+    pcs_name, pcs = cfg.device("pcs")
+    lim = cfg.limits
+    print(f"{args.file}: OK")
+    print(f"  site {cfg.site.id} ({cfg.mode}), cycle {cfg.cycle.period_s:g} s")
+    print(f"  bms  {bms_name}: {bms.protocol} {bms.host}:{bms.port} profile {bms.profile}")
+    print(f"  pcs  {pcs_name}: {pcs.protocol} {pcs.host}:{pcs.port} profile {pcs.profile}")
+    print(f"  limits: charge {lim.p_charge_max_mw:g} MW, discharge {lim.p_discharge_max_mw:g} MW, "
+          f"SoC {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %, derate {lim.t_derate_c:g}-{lim.t_max_c:g} °C, "
+          f"grid {lim.grid_limit_mw:g} MW")
+    print(f"  battery: {cfg.battery.capacity_mwh:g} MWh, round trip {cfg.battery.round_trip_efficiency:.1%}")
+    return 0
+
+
+def _config_or_exit(path: str):
+    try:
+        return load_config(path)
+    except ConfigError as e:
+        print(f"{e.source}: INVALID", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.plant import main_simulate
+
+    cfg = _config_or_exit(args.config)
+    if args.time_scale:
+        cfg.simulator.time_scale = args.time_scale
+    try:
+        asyncio.run(main_simulate(cfg))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def cmd_exchange(args: argparse.Namespace) -> int:
+    from simulators.exchange.app import main_exchange
+
+    _load_env_file(args.env_file)
+    return main_exchange(args) or 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from controller.daemon import main_run
+
+    _load_env_file(args.env_file)
+    cfg = _config_or_exit(args.config)
+    return main_run(cfg, args)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controller.demo import main_demo
+
+    return main_demo(args)
+
+
+def cmd_trade_add(args: argparse.Namespace) -> int:
+    from controller.trading import add_trade_cli
+
+    return add_trade_cli(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bess-edge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("check-config", help="validate a site config and its device profiles")
+    s.add_argument("file")
+    s.set_defaults(func=cmd_check_config)
+
+    s = sub.add_parser("run", help="run the controller daemon")
+    s.add_argument("--config", required=True)
+    s.add_argument("--state-dir", default="/var/lib/bess-edge")
+    s.add_argument("--env-file", help="KEY=VALUE file with API_KEY, HMAC_SECRET, MQTT_URL, EXCHANGE_BASE_URL")
+    s.add_argument("--time-scale", type=float, default=None, help="clock speed-up (tests, demo)")
+    s.add_argument("--log-format", choices=["json", "text"], default="json")
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("demo", help="everything on one machine: simulators, exchange, broker, controller, dashboard")
+    s.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG))
+    s.add_argument("--state-dir", default=None, help="default: a temporary directory")
+    s.add_argument("--counterparties", type=int, default=8)
+    s.add_argument("--duration-s", type=float, default=None, help="stop by itself after this many seconds")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("simulate", help="plant simulators only (BMS + PCS over Modbus TCP, BMS over OPC UA)")
+    s.add_argument("--config", required=True)
+    s.add_argument("--time-scale", type=float, default=None)
+    s.set_defaults(func=cmd_simulate)
+
+    s = sub.add_parser("exchange", help="the exchange simulator only")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=9000)
+    s.add_argument("--counterparties", type=int, default=8)
+    s.add_argument("--seed", type=int, default=42)
+    s.add_argument("--env-file")
+    s.set_defaults(func=cmd_exchange)
+
+    s = sub.add_parser("trade", help="commissioning: add an executed trade by hand")
+    tsub = s.add_subparsers(dest="trade_command", required=True)
+    t = tsub.add_parser("add", help="store a trade and print the ack")
+    t.add_argument("--state-dir", default="/var/lib/bess-edge")
+    t.add_argument("--config", required=True)
+    t.add_argument("--json", help="the trade as JSON (DESIGN.md's fields)")
+    t.add_argument("--side", choices=["buy", "sell"])
+    t.add_argument("--quantity-mw", type=float)
+    t.add_argument("--price-eur-mwh", type=float, default=0.0)
+    t.add_argument("--delivery-start")
+    t.add_argument("--delivery-end")
+    t.add_argument("--market", default="intraday")
+    t.add_argument("--trade-id")
+    t.set_defaults(func=cmd_trade_add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
