@@ -1,0 +1,432 @@
+"""The controller: owns the control cycle (poll → snapshot → target → limit → dispatch → record/publish),
+the operating mode, the schedule and the alarms. Faces (web, MQTT, SCADA) read its latest state and call
+its few entry points (`accept_trade`, `set_mode`); they never touch devices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from controller.clock import Clock, iso
+from controller.config import SiteConfig
+from controller.devices import DeviceSet
+from controller.dispatch import Dispatcher
+from controller.limits import Decision, limit
+from controller.schedule import PERIOD_S, Schedule, TradeError, check_feasibility, parse_trade, period_start
+from controller.snapshot import Snapshot
+from controller.store import Store
+from controller.systemd import Notifier
+from drivers.errors import DeviceError, ReadbackMismatch
+
+log = logging.getLogger("bess.cycle")
+
+MODES = ("auto", "manual", "stopped")
+READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    trade_id: str | None
+    accepted: bool
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"trade_id": self.trade_id, "accepted": self.accepted, "reason": self.reason}
+
+
+@dataclass
+class ModeState:
+    mode: str = "auto"
+    manual_setpoint_mw: float = 0.0
+    manual_expires_ts: float | None = None
+    source: str = "startup"
+
+
+@dataclass
+class CycleStats:
+    cycles: int = 0
+    overruns: int = 0
+    good_cycles: int = 0
+    last_duration_s: float = 0.0
+    durations_s: deque = dataclasses.field(default_factory=lambda: deque(maxlen=4096))
+    boundary_wakeups: int = 0
+    missed_boundaries: int = 0
+
+
+class Controller:
+    """One plant's controller. Start with `await start()`, stop with `await stop()`."""
+
+    def __init__(self, config: SiteConfig, store: Store, clock: Clock | None = None,
+                 devices: DeviceSet | None = None, notifier: Notifier | None = None):
+        self.config = config
+        self.store = store
+        self.clock = clock or Clock()
+        self.devices = devices or DeviceSet(config, self.clock)
+        pcs_cfg = self.devices.pcs.config
+        self.dispatcher = Dispatcher(self.devices.pcs, self.devices.bms, pcs_cfg.reversion_timeout_s)
+        self.notifier = notifier or Notifier()
+        self.schedule = Schedule()
+        self.mode = ModeState()
+        self.stats = CycleStats()
+        self.decision: Decision | None = None
+        self.snapshot: Snapshot | None = None
+        self.active_alarms: dict[str, dict[str, Any]] = {}
+        self.on_cycle: list[Callable[["Controller"], None]] = []   # faces: telemetry, websocket, metrics
+        self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None
+        self._previous_mw = 0.0
+        self._last_cycle_mono: float | None = None
+        self._started_ts: float = 0.0
+        self._readback_hold_until = 0.0
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._scheduler = None
+        self._last_telemetry_mono = -math.inf
+        self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
+        self._status_seq = 0
+        self._subscribers: set[asyncio.Queue] = set()
+        self._restore()
+
+    # ---------------------------------------------------------------- state on start
+    def _restore(self) -> None:
+        now = self.clock.now()
+        for t in self.store.trades_for_schedule(now - PERIOD_S):
+            try:
+                self.schedule.add(parse_trade(t))
+            except TradeError as e:
+                log.error("stored trade no longer parses", extra={"trade_id": t.get("trade_id"), "reason": str(e)})
+        saved = self.store.get_state("mode")
+        if isinstance(saved, dict) and saved.get("mode") in MODES:
+            self.mode = ModeState(**{k: saved[k] for k in ("mode", "manual_setpoint_mw", "manual_expires_ts", "source") if k in saved})
+        log.info("controller state restored", extra={"trades": len(self.schedule), "mode": self.mode.mode})
+
+    # ---------------------------------------------------------------- entry points for the faces
+    def accept_trade(self, data: dict[str, Any], source: str = "mqtt") -> Ack:
+        """Validate, store (committed before the ack), schedule. Idempotent by trade_id."""
+        trade_id = data.get("trade_id") if isinstance(data, dict) else None
+        try:
+            trade = parse_trade(data)
+        except TradeError as e:
+            self.store.record_rejected_trade(data, str(e))
+            log.warning("trade rejected", extra={"trade_id": trade_id, "reason": str(e), "source": source})
+            return Ack(trade_id if isinstance(trade_id, str) else None, False, str(e))
+        if not self.store.add_trade(trade.model_dump(mode="json"), source):
+            log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
+            return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
+        self.schedule.add(trade)
+        reason = "stored"
+        feas = self.feasibility()
+        if not feas.ok:
+            # An executed trade is binding: keep it, deliver what the limits allow, flag the shortfall ahead.
+            reason = f"stored; delivery at risk: {feas.reason}"
+            self.raise_alarm("schedule:infeasible", "schedule", "infeasible", feas.reason)
+        log.info("trade accepted", extra={"trade_id": trade.trade_id, "side": trade.side,
+                                           "quantity_mw": trade.quantity_mw, "source": source})
+        self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
+        return Ack(trade.trade_id, True, reason)
+
+    def feasibility(self, extra_positions: dict[float, float] | None = None):
+        now = self.clock.now()
+        soc = self.snapshot.soc_pct if self.snapshot and self.snapshot.soc_pct is not None else None
+        if soc is None:
+            soc = self.store.get_state("last_soc_pct", None)
+        positions = dict(self.schedule.periods(period_start(now), now + 7 * 86400))
+        for p, mw in (extra_positions or {}).items():
+            positions[p] = positions.get(p, 0.0) + mw
+        return check_feasibility(sorted(positions.items()), soc if soc is not None else 50.0, now,
+                                 self.config.battery, self.config.limits)
+
+    def set_mode(self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None,
+                 source: str = "api") -> ModeState:
+        """Switch mode. A manual setpoint still passes the limit function and expires unless renewed."""
+        if mode not in MODES:
+            raise ValueError(f"mode: must be one of {', '.join(MODES)} (got {mode!r})")
+        now = self.clock.now()
+        if mode == "manual":
+            if setpoint_mw is None or not math.isfinite(setpoint_mw):
+                raise ValueError("setpoint_mw: a finite number is required in manual mode")
+            timeout = self.config.cycle.manual_timeout_s if expires_s is None else expires_s
+            if not 0 < timeout <= 86400:
+                raise ValueError(f"expires_s: must be > 0 and <= 86400 (got {timeout:g})")
+            self.mode = ModeState("manual", float(setpoint_mw), now + timeout, source)
+        else:
+            self.mode = ModeState(mode, 0.0, None, source)
+        self.store.set_state("mode", dataclasses.asdict(self.mode))
+        log.info("mode set", extra={"mode": mode, "setpoint_mw": setpoint_mw, "source": source})
+        self._wake.set()
+        return self.mode
+
+    def subscribe(self) -> asyncio.Queue:
+        """A queue that always holds the latest status (size 1: a slow reader never blocks the cycle)."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._subscribers.add(q)
+        return q
+
+    def unsubscribe(self, q: asyncio.Queue) -> None:
+        self._subscribers.discard(q)
+
+    # ---------------------------------------------------------------- alarms
+    def raise_alarm(self, key: str, device: str, cause: str, message: str) -> None:
+        if key not in self.active_alarms:
+            now = self.clock.now()
+            self.active_alarms[key] = {"key": key, "device": device, "cause": cause, "message": message, "since": iso(now)}
+            self.store.raise_alarm(key, device, cause, message, now)
+            log.warning("alarm raised", extra={"alarm": key, "device": device, "cause": cause, "detail": message})
+
+    def clear_alarm(self, key: str) -> None:
+        if self.active_alarms.pop(key, None) is not None:
+            self.store.clear_alarm(key, self.clock.now())
+            log.info("alarm cleared", extra={"alarm": key})
+
+    def _sync_alarms(self, snap: Snapshot) -> None:
+        want: dict[str, tuple[str, str, str]] = {}
+        for h in snap.devices:
+            if h.stale:
+                cause = h.cause or "stale"
+                want[f"{h.name}:comm"] = (h.name, cause, f"{h.name}: no fresh readings ({h.error or cause})")
+        for a in snap.alarms:
+            dev, _, name = a.partition(":")
+            want[f"{a}"] = (dev, name, f"{dev} reports alarm {name}")
+        for f in snap.faults:
+            dev, _, name = f.partition(":")
+            want[f"{f}"] = (dev, name, f"{dev} reports fault {name}")
+        for key in [k for k in self.active_alarms if k not in want and not k.startswith(("schedule:", "pcs_readback:"))]:
+            self.clear_alarm(key)
+        for key, (dev, cause, msg) in want.items():
+            self.raise_alarm(key, dev, cause, msg)
+
+    # ---------------------------------------------------------------- the cycle
+    def target_mw(self, now: float) -> float:
+        m = self.mode
+        if m.mode == "stopped":
+            return 0.0
+        if m.mode == "manual":
+            if m.manual_expires_ts is not None and now >= m.manual_expires_ts:
+                log.warning("manual setpoint expired: back to auto", extra={"setpoint_mw": m.manual_setpoint_mw})
+                self.store.audit("controller", "manual_expired", {"setpoint_mw": m.manual_setpoint_mw}, now)
+                self.set_mode("auto", source="expiry")
+            else:
+                return m.manual_setpoint_mw
+        return self.schedule.position_mw(now)
+
+    async def run_cycle(self) -> Decision:
+        """One cycle. Never raises for device trouble: that becomes alarms and the safe state."""
+        t0 = time.perf_counter()
+        now = self.clock.now()
+        mono = self.clock.monotonic()
+        dt = 0.0 if self._last_cycle_mono is None else mono - self._last_cycle_mono
+        self._last_cycle_mono = mono
+        await self.devices.poll(now)
+        snap = self.devices.snapshot(now)
+        # start-up gate: no non-zero setpoint until every device has answered since this start
+        if not self.devices.all_fresh_since(self._started_ts):
+            missing = tuple(n for n, l in self.devices.links.items()
+                            if l.last_good_ts is None or l.last_good_ts < self._started_ts)
+            snap = dataclasses.replace(snap, stale=tuple(sorted(set(snap.stale) | set(missing))))
+        if now < self._readback_hold_until:
+            snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{self.devices.pcs.name}:readback_mismatch",))
+        target = self.target_mw(now)
+        decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode)
+        readback = await self._dispatch(decision, now)
+        self.snapshot = snap
+        self.decision = decision
+        self._sync_alarms(snap)
+        self._account_delivery(snap, now, dt)
+        self.store.record_decision(now, decision.target_mw, decision.setpoint_mw, decision.binding, self.mode.mode,
+                                   snap.soc_pct, snap.power_mw, snap.temperature_max_c, readback,
+                                   "; ".join(decision.reasons))
+        if snap.soc_pct is not None and self.stats.cycles % 60 == 0:
+            self.store.set_state("last_soc_pct", snap.soc_pct)
+        good = not snap.stale and not snap.comm_loss
+        self.stats.cycles += 1
+        if good:
+            self.stats.good_cycles += 1
+            self.notifier.ready()
+            self.notifier.watchdog()
+        self._publish(now)
+        duration = time.perf_counter() - t0
+        self.stats.last_duration_s = duration
+        self.stats.durations_s.append(duration)
+        return decision
+
+    async def _dispatch(self, decision: Decision, now: float) -> float | None:
+        pcs = self.devices.pcs
+        try:
+            readback = await self.dispatcher.apply(decision)
+            self._previous_mw = decision.setpoint_mw
+            self.clear_alarm(f"pcs_readback:{pcs.name}")
+        except ReadbackMismatch as e:
+            self._readback_hold_until = now + READBACK_HOLD_S
+            self.raise_alarm(f"pcs_readback:{pcs.name}", pcs.name, e.cause, str(e))
+            safe = limit(0.0, Snapshot(ts=now), self.config.limits, self._previous_mw, 0.0, "stopped")
+            try:
+                await self.dispatcher.apply(safe)
+            except DeviceError as e2:
+                log.error("safe-state write failed", extra={"device": pcs.name, "error": str(e2)})
+            self._previous_mw = 0.0
+            return None
+        except DeviceError as e:
+            # the write did not land: count it against the device so it goes stale and the plant safe
+            pcs.failures += 1
+            pcs.errors_total += 1
+            pcs.last_error = e
+            self.dispatcher.armed = False  # re-arm the reversion after the device is back
+            log.warning("setpoint write failed", extra={"device": pcs.name, "cause": e.cause, "error": str(e)})
+            self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
+            return None
+        try:
+            await self.dispatcher.heartbeat()
+        except DeviceError as e:
+            log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
+        return readback
+
+    def _account_delivery(self, snap: Snapshot, now: float, dt: float) -> None:
+        """Integrate delivered energy per period; at each period end record any shortfall vs the position."""
+        p = period_start(now)
+        if self._period_energy is None:
+            self._period_energy = (p, 0.0)
+        start, mwh = self._period_energy
+        if p != start:
+            position = self.schedule.position_mw(start)
+            if position:
+                due = position * PERIOD_S / 3600.0
+                short = due - mwh if position > 0 else mwh - due
+                if short > 0.01 * abs(due):
+                    self.store.record_shortfall(start, position, mwh, short)
+                    log.warning("delivery shortfall", extra={"period": iso(start), "position_mw": position,
+                                                            "delivered_mwh": mwh, "shortfall_mwh": short})
+            self._period_energy = (p, 0.0)
+            start, mwh = self._period_energy
+        if snap.power_mw is not None and dt > 0:
+            self._period_energy = (start, mwh + snap.power_mw * dt / 3600.0)
+
+    def status(self) -> dict[str, Any]:
+        """DESIGN.md's /api/bess-status shape, from the latest cycle."""
+        s, d = self.snapshot, self.decision
+        online = bool(s) and not s.stale and not s.comm_loss
+        return {
+            "soc_pct": s.soc_pct if s else None,
+            "power_mw": s.power_mw if s else None,
+            "setpoint_mw": d.setpoint_mw if d else None,
+            "target_mw": d.target_mw if d else None,
+            "temperature_c": s.temperature_max_c if s else None,
+            "status": "online" if online else "offline",
+            "mode": self.mode.mode,
+            "binding": d.binding if d else "none",
+            "reasons": list(d.reasons) if d else [],
+            "alarms": [a["message"] for a in self.active_alarms.values()],
+            "manual_setpoint_mw": self.mode.manual_setpoint_mw if self.mode.mode == "manual" else None,
+            "manual_expires": iso(self.mode.manual_expires_ts) if self.mode.manual_expires_ts else None,
+            "ts": iso(s.ts if s else self.clock.now()),
+        }
+
+    def _publish(self, now: float) -> None:
+        self._status_seq += 1
+        if self._subscribers:
+            st = self.status()
+            for q in list(self._subscribers):
+                if q.full():
+                    q.get_nowait()
+                q.put_nowait(st)
+        if self.telemetry_sink is not None:
+            mono = self.clock.monotonic()
+            if mono - self._last_telemetry_mono >= self.config.mqtt.telemetry_interval_s * 0.95:
+                self._last_telemetry_mono = mono
+                st = self.status()
+                payload = {k: st[k] for k in ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw",
+                                               "temperature_c", "status", "mode", "binding")}
+                try:
+                    self.telemetry_sink(payload)
+                except Exception:
+                    log.exception("telemetry sink failed")
+        for cb in self.on_cycle:
+            try:
+                cb(self)
+            except Exception:
+                log.exception("on_cycle callback failed", extra={"callback": getattr(cb, "__name__", repr(cb))})
+
+    async def _loop(self) -> None:
+        period = self.config.cycle.period_s
+        next_t = time.monotonic()
+        while True:
+            try:
+                await self.run_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A bug in the cycle must not leave a live setpoint: the PCS reversion timer is the backstop,
+                # and the next cycle starts from the safe side.
+                log.exception("control cycle failed")
+                self._previous_mw = 0.0
+            next_t += period
+            now = time.monotonic()
+            if now > next_t:
+                self.stats.overruns += 1
+                log.warning("cycle overran", extra={"duration_s": self.stats.last_duration_s, "period_s": period})
+                next_t = now  # never stack cycles
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_t - time.monotonic()))
+                next_t = time.monotonic()  # woken early (period boundary, trade, mode): restart the rhythm
+            except asyncio.TimeoutError:
+                pass
+
+    def _boundary_job(self) -> None:
+        self.stats.boundary_wakeups += 1
+        self._wake.set()
+
+    def _start_scheduler(self) -> None:
+        """APScheduler fires at every period boundary so the new period's target applies at once."""
+        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
+        from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+        sched = AsyncIOScheduler(timezone="UTC")
+        sched.add_job(self._boundary_job, "cron", minute="0,15,30,45", second=0, id="period_boundary",
+                      max_instances=1, misfire_grace_time=5, coalesce=True)
+        sched.add_job(self._housekeeping, "interval", minutes=10, id="housekeeping", max_instances=1)
+
+        def missed(event) -> None:
+            self.stats.missed_boundaries += 1
+            log.warning("scheduled job missed or overlapped", extra={"job": event.job_id})
+
+        sched.add_listener(missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        sched.start()
+        self._scheduler = sched
+
+    def _housekeeping(self) -> None:
+        self.store.flush()
+        deleted = self.store.prune(self.clock.now(), self.config.cycle.decision_retention_days)
+        if any(deleted.values()):
+            log.info("retention pruned rows", extra={"deleted": deleted})
+
+    async def start(self) -> None:
+        self._started_ts = self.clock.now()
+        self._start_scheduler()
+        self._task = asyncio.create_task(self._loop(), name="control-cycle")
+
+    async def stop(self) -> None:
+        self.notifier.stopping()
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        if self._scheduler:
+            self._scheduler.shutdown(wait=False)
+            self._scheduler = None
+        # leave the plant at 0 MW on an orderly stop; if this fails the PCS reversion still brings it there
+        try:
+            safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
+            await asyncio.wait_for(self.dispatcher.apply(safe), timeout=2.0)
+        except (DeviceError, asyncio.TimeoutError) as e:
+            log.warning("could not write 0 MW on stop", extra={"error": str(e)})
+        await self.devices.close()
+        self.store.flush()

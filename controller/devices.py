@@ -1,0 +1,188 @@
+"""Device links: one driver per configured device, polled on its interval, with health and staleness.
+
+Stale means unknown: after 2 failed reads in a row, or 3 poll periods (or `stale_after_s`) without a good
+read, a device's readings are withheld from the snapshot, never served as last-good.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+from controller.clock import Clock
+from controller.config import Device, SiteConfig
+from controller.snapshot import DeviceHealth, Reading, Snapshot
+from drivers.errors import DeviceError, Disconnected, DeviceTimeout
+from drivers.profile import Profile
+
+log = logging.getLogger("bess.devices")
+
+FAILED_READS_STALE = 2
+PERIODS_STALE = 3
+
+
+def make_driver(name: str, dev: Device, profile: Profile, clock: Clock):
+    """The driver for a device's protocol."""
+    if dev.protocol == "modbus":
+        from drivers.modbus import ModbusDriver
+
+        return ModbusDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s, clock=clock)
+    if dev.protocol == "sunspec":
+        from drivers.sunspec import SunSpecDriver
+
+        return SunSpecDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s, clock=clock)
+    if dev.protocol == "opcua":
+        from drivers.opcua import OpcUaDriver
+
+        return OpcUaDriver(name, profile, dev.endpoint, timeout_s=dev.timeout_s, clock=clock, subscribe=dev.subscribe)
+    raise ValueError(f"device {name}: unknown protocol {dev.protocol!r}")
+
+
+@dataclass
+class DeviceLink:
+    """A device as the cycle sees it: its driver, its last good readings, and how its polls went."""
+
+    name: str
+    role: str
+    config: Device
+    profile: Profile
+    driver: object
+    readings: dict[str, Reading] = field(default_factory=dict)
+    last_good_ts: float | None = None
+    last_poll_ts: float | None = None
+    failures: int = 0
+    last_error: DeviceError | None = None
+    request_latency_s: float = 0.0
+    errors_total: int = 0
+
+    def due(self, now: float) -> bool:
+        # a small margin so a device polled every cycle is not skipped by jitter
+        return self.last_poll_ts is None or now - self.last_poll_ts >= self.config.poll_interval_s * 0.9
+
+    async def poll(self, now: float) -> None:
+        self.last_poll_ts = now
+        t0 = time.perf_counter()
+        try:
+            self.readings = await self.driver.read()
+        except DeviceError as e:
+            self.failures += 1
+            self.errors_total += 1
+            if self.last_error is None or type(e) is not type(self.last_error):
+                log.warning("device read failed", extra={"device": self.name, "cause": e.cause, "error": str(e)})
+            self.last_error = e
+        except Exception as e:  # a driver bug must not kill the cycle: treat it as a failed read, loudly
+            self.failures += 1
+            self.errors_total += 1
+            log.exception("driver raised an untyped error", extra={"device": self.name})
+            self.last_error = DeviceError(self.name, f"{type(e).__name__}: {e}")
+        else:
+            if self.failures:
+                log.info("device answers again", extra={"device": self.name, "after_failures": self.failures})
+            self.failures = 0
+            self.last_error = None
+            self.last_good_ts = now
+        finally:
+            self.request_latency_s = time.perf_counter() - t0
+
+    def health(self, now: float, stale_after_s: float) -> DeviceHealth:
+        window = max(PERIODS_STALE * self.config.poll_interval_s, stale_after_s)
+        stale = (
+            self.last_good_ts is None
+            or self.failures >= FAILED_READS_STALE
+            or now - self.last_good_ts > window
+        )
+        return DeviceHealth(
+            name=self.name, ok=self.failures == 0 and self.last_good_ts is not None, stale=stale,
+            last_good_ts=self.last_good_ts, failures=self.failures,
+            cause=self.last_error.cause if self.last_error else ("never_read" if self.last_good_ts is None else None),
+            error=str(self.last_error) if self.last_error else None,
+        )
+
+    def value(self, point: str) -> float | None:
+        r = self.readings.get(point)
+        return None if r is None or r.value is None else float(r.value)
+
+    def bit_names(self, point: str) -> list[str]:
+        """Names of the set bits of a bit-field point (`alarm_bits`), from the profile."""
+        v = self.value(point)
+        if not v:
+            return []
+        bits = int(v)
+        names = (self.profile.points[point].bits or {}) if point in self.profile.points else {}
+        return [names.get(b, f"bit{b}") for b in range(32) if bits >> b & 1]
+
+
+class DeviceSet:
+    """All device links of the site; builds the frozen snapshot of a cycle."""
+
+    def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, object] | None = None):
+        self.config = config
+        self.clock = clock
+        self.links: dict[str, DeviceLink] = {}
+        for name, dev in config.devices.items():
+            profile = config.load_profile(dev)
+            driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock)
+            self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
+        self.bms = next(l for l in self.links.values() if l.role == "bms")
+        self.pcs = next(l for l in self.links.values() if l.role == "pcs")
+
+    async def poll(self, now: float, force: bool = False) -> None:
+        due = [l for l in self.links.values() if force or l.due(now)]
+        if due:
+            await asyncio.gather(*(l.poll(now) for l in due))
+
+    async def close(self) -> None:
+        for link in self.links.values():
+            try:
+                await link.driver.close()
+            except Exception:
+                log.exception("closing driver failed", extra={"device": link.name})
+
+    def all_fresh_since(self, ts: float) -> bool:
+        """True when every device has had a good read at or after `ts` (start-up gate)."""
+        return all(l.last_good_ts is not None and l.last_good_ts >= ts for l in self.links.values())
+
+    def snapshot(self, now: float) -> Snapshot:
+        stale_after = self.config.limits.stale_after_s
+        healths = tuple(l.health(now, stale_after) for l in self.links.values())
+        by_name = {h.name: h for h in healths}
+        stale = tuple(h.name for h in healths if h.stale)
+        comm_loss = tuple(
+            h.name for h, l in zip(healths, self.links.values())
+            if isinstance(l.last_error, (Disconnected, DeviceTimeout)) and h.stale
+        )
+
+        def v(link: DeviceLink, point: str) -> float | None:
+            return None if by_name[link.name].stale else link.value(point)
+
+        bms, pcs = self.bms, self.pcs
+        alarms: list[str] = []
+        faults: list[str] = []
+        if not by_name[bms.name].stale:
+            alarms += [f"{bms.name}:{n}" for n in bms.bit_names("alarm_bits")]
+            faults += [f"{bms.name}:{n}" for n in bms.bit_names("fault_bits")]
+        if not by_name[pcs.name].stale:
+            alarms += [f"{pcs.name}:{n}" for n in pcs.bit_names("alarm_bits")]
+            faults += [f"{pcs.name}:{n}" for n in pcs.bit_names("fault_bits")]
+        points = {}
+        for link in self.links.values():
+            if not by_name[link.name].stale:
+                points.update({f"{link.name}.{k}": r for k, r in link.readings.items()})
+        return Snapshot(
+            ts=now,
+            soc_pct=v(bms, "soc_pct"),
+            power_mw=v(pcs, "power_mw"),
+            temperature_max_c=v(bms, "temperature_max_c"),
+            temperature_min_c=v(bms, "temperature_min_c"),
+            bms_allowed_charge_mw=v(bms, "allowed_charge_mw"),
+            bms_allowed_discharge_mw=v(bms, "allowed_discharge_mw"),
+            setpoint_readback_mw=v(pcs, "setpoint_mw"),
+            alarms=tuple(alarms),
+            faults=tuple(faults),
+            stale=stale,
+            comm_loss=comm_loss,
+            devices=healths,
+            points=points,
+        )
