@@ -1,0 +1,153 @@
+"""`bess-edge run`: wires the controller to its faces (MQTT uplink, web, SCADA, metrics) and runs them in one
+asyncio loop until SIGTERM/SIGINT, then stops them in reverse order, leaving the plant at 0 MW.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from controller.clock import Clock
+from controller.config import ConfigError, Secrets, SiteConfig, load_secrets
+from controller.core import Controller
+from controller.logs import setup_logging
+from controller.store import Store
+
+log = logging.getLogger("bess.daemon")
+
+
+class _Uvicorn:
+    """uvicorn's Server without its own signal capture: the daemon owns SIGTERM/SIGINT for every part."""
+
+    def __init__(self, app: Any, host: str, port: int, ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
+        import uvicorn
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):  # the daemon handles signals and stops us with should_exit
+                yield
+
+        cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
+                             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ws_ping_interval=20)
+        self.server = Server(cfg)
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name="web")
+        for _ in range(200):  # bounded: up to 10 s
+            if self.server.started or self.task.done():
+                break
+            await asyncio.sleep(0.05)
+        if self.task.done():
+            self.task.result()  # raises the bind error, with its message
+            raise RuntimeError("web server stopped during start")
+
+    async def stop(self) -> None:
+        if self.task:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, timeout=5)
+
+
+class Daemon:
+    """All parts of a running controller. Used by `bess-edge run`, the demo and the system tests."""
+
+    def __init__(self, config: SiteConfig, secrets: Secrets, state_dir: str | Path, clock: Clock | None = None):
+        self.config = config
+        self.secrets = secrets
+        self.state_dir = Path(state_dir)
+        self.clock = clock or Clock()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store.in_state_dir(self.state_dir)
+        self.controller = Controller(config, self.store, self.clock)
+        self.parts: list[Any] = []  # started parts, stopped in reverse order
+        self.uplink = None
+        self.web = None
+        self.metrics = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        from controller.metrics import Metrics
+
+        self.metrics = Metrics(self.controller)
+        self.controller.on_cycle.append(self.metrics.on_cycle)
+        if cfg.mqtt.enabled:
+            from controller.outbox import Outbox
+            from controller.uplink import Uplink
+
+            outbox = Outbox(self.store.path, cfg.mqtt.outbox_max_rows, cfg.mqtt.outbox_max_age_s)
+            self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock)
+            self.controller.telemetry_sink = self.uplink.publish_telemetry
+            self.metrics.uplink = self.uplink
+            await self.uplink.start()
+            self.parts.append(self.uplink)
+        await self.controller.start()
+        self.parts.append(self.controller)
+        if cfg.web.enabled:
+            from controller.backend import ControllerBackend
+            from controller.tls import ensure_certificate
+            from web.app import create_app
+
+            self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
+            await self.backend.start()
+            self.parts.append(self.backend)
+            app = create_app(self.backend, self.secrets.api_keys, self.secrets.hmac_secret,
+                             lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
+                             metrics_registry=self.metrics.registry)
+            cert = key = None
+            if cfg.web.tls.enabled:
+                cert, key = ensure_certificate(cfg.web.tls, self.state_dir)
+            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, cert, key)
+            await self.web.start()
+            self.parts.append(self.web)
+        if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
+            from controller.scada import ScadaFace
+
+            self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
+            await self.scada.start()
+            self.parts.append(self.scada)
+        log.info("controller running", extra={"site": cfg.site.id, "web": f"{cfg.web.host}:{cfg.web.port}" if cfg.web.enabled else None})
+
+    async def stop(self) -> None:
+        for part in reversed(self.parts):
+            try:
+                await part.stop()
+            except Exception:
+                log.exception("stopping a part failed", extra={"part": type(part).__name__})
+        self.parts.clear()
+        self.store.close()
+
+
+async def run_until_signalled(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await daemon.start()
+        await stop.wait()
+        log.info("stopping on signal")
+    finally:
+        await daemon.stop()
+
+
+def main_run(config: SiteConfig, args) -> int:
+    setup_logging(getattr(args, "log_format", "json"))
+    try:
+        secrets = load_secrets(config)
+    except ConfigError as e:
+        log.error("refusing to start: bad secrets", extra={"errors": e.errors})
+        for line in e.errors:
+            print(f"environment: {line}", flush=True)
+        return 2
+    daemon = Daemon(config, secrets, args.state_dir)
+    try:
+        asyncio.run(run_until_signalled(daemon))
+    except OSError as e:
+        log.error("cannot start", extra={"error": str(e)})
+        return 1
+    return 0

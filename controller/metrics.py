@@ -1,0 +1,94 @@
+"""Prometheus metrics of the controller, updated once per cycle from the latest decision (never from devices).
+
+Names follow Prometheus conventions: base units in names (`_mw`, `_pct`, `_celsius`, `_seconds`), `_total`
+for counters. The web app mounts `registry` at /metrics and adds HTTP request durations to it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.limits import BINDINGS
+
+if TYPE_CHECKING:
+    from controller.core import Controller
+
+MODES = ("auto", "manual", "stopped")
+
+
+class Metrics:
+    def __init__(self, controller: "Controller | None" = None, registry: CollectorRegistry | None = None):
+        r = self.registry = registry or CollectorRegistry()
+        self.controller = controller
+        self.uplink: Any = None
+        self.soc = Gauge("bess_soc_pct", "State of charge (%)", registry=r)
+        self.power = Gauge("bess_power_mw", "Active power at the PCS (MW, + discharge)", registry=r)
+        self.setpoint = Gauge("bess_setpoint_mw", "Setpoint written to the PCS (MW, + discharge)", registry=r)
+        self.target = Gauge("bess_target_mw", "Target before limits (MW, + discharge)", registry=r)
+        self.temperature = Gauge("bess_temperature_celsius", "Highest cell temperature (°C)", registry=r)
+        self.allowed_charge = Gauge("bess_bms_allowed_charge_mw", "Charge power the BMS allows (MW)", registry=r)
+        self.allowed_discharge = Gauge("bess_bms_allowed_discharge_mw", "Discharge power the BMS allows (MW)", registry=r)
+        self.mode = Gauge("bess_mode", "Operating mode (1 for the active one)", ["mode"], registry=r)
+        self.binding = Gauge("bess_binding_limit", "Limit that bound the setpoint (1 for the active one)", ["limit"], registry=r)
+        self.online = Gauge("bess_online", "1 when every device has fresh readings", registry=r)
+        self.alarms = Gauge("bess_alarms_active", "Active alarms", registry=r)
+        self.telemetry_age = Gauge("bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r)
+        self.cycle_duration = Histogram(
+            "bess_cycle_duration_seconds", "Control cycle duration (poll + decide + write + record)",
+            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=r)
+        self.cycles = Counter("bess_cycles_total", "Control cycles run", registry=r)
+        self.overruns = Counter("bess_cycle_overruns_total", "Cycles that overran their period", registry=r)
+        self.device_latency = Gauge("bess_device_request_duration_seconds", "Last full read of a device", ["device"], registry=r)
+        self.device_errors = Counter("bess_device_errors_total", "Failed device reads/writes", ["device"], registry=r)
+        self.device_up = Gauge("bess_device_up", "1 when the device answers and its readings are fresh", ["device"], registry=r)
+        self.orders = Counter("bess_orders_total", "Orders sent to the exchange", ["side", "result"], registry=r)
+        self.trades = Counter("bess_trades_total", "Executed trades accepted", ["side"], registry=r)
+        self.traded_volume = Counter("bess_traded_energy_mwh_total", "Traded energy (MWh)", ["side"], registry=r)
+        self.pnl = Gauge("bess_pnl_eur", "Profit and loss (EUR)", ["kind"], registry=r)
+        self.outbox_depth = Gauge("bess_mqtt_outbox_depth", "Telemetry messages waiting in the outbox", registry=r)
+        self.outbox_dropped = Gauge("bess_mqtt_outbox_dropped", "Telemetry messages dropped by the outbox bound (since install)", registry=r)
+        self.mqtt_connected = Gauge("bess_mqtt_connected", "1 when connected to the broker", registry=r)
+        for m in MODES:
+            self.mode.labels(m).set(0)
+        for b in BINDINGS:
+            self.binding.labels(b).set(0)
+        self._cycles_seen = 0
+        self._overruns_seen = 0
+        self._errors_seen: dict[str, int] = {}
+
+    def on_cycle(self, c: "Controller") -> None:
+        s, d = c.snapshot, c.decision
+        if s is None or d is None:
+            return
+        for g, v in ((self.soc, s.soc_pct), (self.power, s.power_mw), (self.temperature, s.temperature_max_c),
+                     (self.allowed_charge, s.bms_allowed_charge_mw), (self.allowed_discharge, s.bms_allowed_discharge_mw)):
+            g.set(float("nan") if v is None else v)
+        self.setpoint.set(d.setpoint_mw)
+        self.target.set(d.target_mw)
+        for m in MODES:
+            self.mode.labels(m).set(1 if c.mode.mode == m else 0)
+        for b in BINDINGS:
+            self.binding.labels(b).set(1 if d.binding == b else 0)
+        self.online.set(0 if (s.stale or s.comm_loss) else 1)
+        self.alarms.set(len(c.active_alarms))
+        ages = [s.ts - h.last_good_ts for h in s.devices if h.last_good_ts is not None]
+        self.telemetry_age.set(max(ages) if ages and len(ages) == len(s.devices) else float("inf"))
+        self.cycle_duration.observe(c.stats.last_duration_s)
+        self.cycles.inc(c.stats.cycles - self._cycles_seen)
+        self._cycles_seen = c.stats.cycles
+        self.overruns.inc(c.stats.overruns - self._overruns_seen)
+        self._overruns_seen = c.stats.overruns
+        for name, link in c.devices.links.items():
+            self.device_latency.labels(name).set(link.request_latency_s)
+            seen = self._errors_seen.get(name, 0)
+            self.device_errors.labels(name).inc(link.errors_total - seen)
+            self._errors_seen[name] = link.errors_total
+        for h in s.devices:
+            self.device_up.labels(h.name).set(0 if h.stale else 1)
+        if self.uplink is not None:
+            st = self.uplink.stats
+            self.outbox_depth.set(st.get("outbox_depth", 0))
+            self.outbox_dropped.set(st.get("outbox_dropped", 0))
+            self.mqtt_connected.set(1 if self.uplink.connected else 0)
