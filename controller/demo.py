@@ -1,0 +1,229 @@
+"""`bess-edge demo`: everything on one machine, on DESIGN.md's fixed demo ports, as child processes:
+MQTT broker, plant simulators, exchange simulator, controller (with dashboard and SCADA face).
+Shows progress while starting, prints the URLs, and stops everything cleanly on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET, ConfigError, load_config
+
+HOST = "127.0.0.1"
+MQTT_PORT = 1883
+EXCHANGE_PORT = 9000
+
+
+def port_open(port: int, host: str = HOST) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def mosquitto_binary() -> str | None:
+    for p in (shutil.which("mosquitto"), "/usr/sbin/mosquitto"):
+        if p and os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def write_mosquitto_conf(directory: Path, port: int) -> Path:
+    """A broker for the demo and tests: loopback only, nothing dropped (max_queued_messages 0), persistent."""
+    directory.mkdir(parents=True, exist_ok=True)
+    conf = directory / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "allow_anonymous true\n"
+        "max_queued_messages 0\n"
+        "max_inflight_messages 0\n"
+        "persistence true\n"
+        f"persistence_location {directory}/\n"
+        "autosave_interval 5\n"
+        "log_dest stderr\n"
+        "log_type error\n"
+        "log_type warning\n"
+    )
+    return conf
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    ports: list[int]
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class Demo:
+    def __init__(self, config_path: str, state_dir: Path, counterparties: int, quiet: bool = False):
+        self.config_path = config_path
+        self.state_dir = state_dir
+        self.counterparties = counterparties
+        self.children: list[Child] = []
+        self.quiet = quiet
+        self.env = {
+            **os.environ,
+            "API_KEY": DEMO_API_KEY,
+            "HMAC_SECRET": DEMO_HMAC_SECRET,
+            "MQTT_URL": f"mqtt://{HOST}:{MQTT_PORT}",
+            "EXCHANGE_BASE_URL": f"http://{HOST}:{EXCHANGE_PORT}",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def say(self, text: str) -> None:
+        if not self.quiet:
+            print(text, flush=True)
+
+    def plan(self) -> list[Child]:
+        cfg = load_config(self.config_path)
+        sim = cfg.simulator
+        exe = [sys.executable, "-m", "controller.cli"]
+        broker = mosquitto_binary()
+        if broker:
+            conf = write_mosquitto_conf(self.state_dir / "mosquitto", MQTT_PORT)
+            mqtt = Child("MQTT broker (mosquitto)", [broker, "-c", str(conf)], [MQTT_PORT])
+        else:
+            mqtt = Child("MQTT broker (embedded amqtt)", [sys.executable, "-m", "simulators.broker", "--port", str(MQTT_PORT)], [MQTT_PORT])
+        sim_ports = [p for p in (sim.bms_modbus_port, sim.pcs_modbus_port, sim.bms_opcua_port) if p]
+        scada_ports = [p.port for p in (cfg.scada.modbus, cfg.scada.opcua) if p.enabled]
+        return [
+            mqtt,
+            Child("plant simulators", exe + ["simulate", "--config", self.config_path], sim_ports),
+            Child("exchange simulator", exe + ["exchange", "--port", str(EXCHANGE_PORT),
+                                               "--counterparties", str(self.counterparties)], [EXCHANGE_PORT]),
+            Child("controller + dashboard", exe + ["run", "--config", self.config_path, "--state-dir",
+                                                   str(self.state_dir / "controller"), "--log-format", "json"],
+                  [cfg.web.port] + scada_ports),
+        ]
+
+    def start(self) -> None:
+        busy = [(c.name, p) for c in self.plan() for p in c.ports if port_open(p)]
+        if busy:
+            raise RuntimeError("ports already in use: " + ", ".join(f"{p} ({n})" for n, p in busy)
+                               + " — is another demo running?")
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for child in self.plan():
+            self.say(f"  starting {child.name} ...")
+            child.log_path = logs / (child.name.split()[0].lower() + ".log")
+            out = open(child.log_path, "ab")
+            child.proc = subprocess.Popen(child.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                          start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+            out.close()
+            self.children.append(child)
+            deadline = time.monotonic() + 45
+            while not all(port_open(p) for p in child.ports):
+                if child.proc.poll() is not None:
+                    raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; "
+                                       f"its log: {child.log_path}\n{tail(child.log_path)}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{child.name} did not open ports {child.ports} within 45 s; log: {child.log_path}\n{tail(child.log_path)}")
+                time.sleep(0.1)
+            self.say(f"  ✓ {child.name} on {', '.join(str(p) for p in child.ports)}")
+
+    def check(self) -> str | None:
+        """The name of a child that died, if any."""
+        for c in self.children:
+            if c.proc and c.proc.poll() is not None:
+                return f"{c.name} exited with code {c.proc.returncode}; log: {c.log_path}\n{tail(c.log_path)}"
+        return None
+
+    def stop(self, timeout_s: float = 8.0) -> None:
+        """SIGTERM every child (controller first), wait, then SIGKILL what is left: no orphans."""
+        for c in reversed(self.children):
+            if c.proc and c.proc.poll() is None:
+                try:
+                    os.killpg(c.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout_s
+        for c in reversed(self.children):
+            if not c.proc:
+                continue
+            try:
+                c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(c.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                c.proc.wait(timeout=5)
+        self.children.clear()
+
+
+def tail(path: Path | None, lines: int = 15) -> str:
+    if not path or not path.exists():
+        return ""
+    return "\n".join("    " + line for line in path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def main_demo(args) -> int:
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    tmp = None
+    if args.state_dir:
+        state_dir = Path(args.state_dir)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bess-edge-demo-")
+        state_dir = Path(tmp.name)
+    demo = Demo(args.config, state_dir, args.counterparties)
+    stop_requested = False
+
+    def on_signal(signum, frame):
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    print(f"bess-edge demo — site '{cfg.site.id}', state in {state_dir}", flush=True)
+    code = 0
+    try:
+        demo.start()
+        sim = cfg.simulator
+        print(f"""
+Demo running. Everything listens on 127.0.0.1:
+  dashboard      http://127.0.0.1:{cfg.web.port}/          API key: {DEMO_API_KEY}
+  REST API       http://127.0.0.1:{cfg.web.port}/api/bess-status   (header X-API-Key: {DEMO_API_KEY})
+  API docs       http://127.0.0.1:{cfg.web.port}/docs
+  metrics        http://127.0.0.1:{cfg.web.port}/metrics
+  exchange       http://127.0.0.1:{EXCHANGE_PORT}/api/market-data
+  MQTT broker    mqtt://127.0.0.1:{MQTT_PORT}   topics bess/{cfg.site.id}/#
+  BMS simulator  Modbus TCP 127.0.0.1:{sim.bms_modbus_port}, OPC UA opc.tcp://127.0.0.1:{sim.bms_opcua_port}
+  PCS simulator  Modbus TCP (SunSpec) 127.0.0.1:{sim.pcs_modbus_port}
+  SCADA face     Modbus TCP 127.0.0.1:{cfg.scada.modbus.port}, OPC UA opc.tcp://127.0.0.1:{cfg.scada.opcua.port}
+  logs           {state_dir / 'logs'}
+Press Ctrl-C to stop.""", flush=True)
+        deadline = time.monotonic() + args.duration_s if args.duration_s else None
+        while not stop_requested:
+            died = demo.check()
+            if died:
+                print(f"demo: {died}", file=sys.stderr, flush=True)
+                code = 1
+                break
+            if deadline and time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
+    except RuntimeError as e:
+        print(f"demo: {e}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        print("stopping ...", flush=True)
+        demo.stop()
+        print("stopped: all demo processes ended, ports freed.", flush=True)
+        if tmp:
+            tmp.cleanup()
+    return code
