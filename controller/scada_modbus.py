@@ -1,0 +1,149 @@
+"""The SCADA face over Modbus TCP (pymodbus SimDevice server): status as input registers, an allow-listed,
+range-checked set of holding registers for control; everything else is refused with exception 02/03.
+The register map is `controller/scada_map.py` (documented in docs/scada-modbus.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import TYPE_CHECKING
+
+from pymodbus.constants import ExcCodes
+from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from controller.config import ScadaModbus
+from controller.scada_map import CONTROL, MODE_CODES, MODE_NAMES, STATUS, control_limits, status_values
+
+if TYPE_CHECKING:
+    from controller.core import Controller
+
+log = logging.getLogger("bess.scada.modbus")
+
+READ_INPUT, READ_HOLDING, WRITE_SINGLE, WRITE_MULTIPLE = 4, 3, 6, 16
+STATUS_WORDS = max(p.address + p.words for p in STATUS)
+CONTROL_START = min(p.address for p in CONTROL)
+CONTROL_WORDS = max(p.address + p.words for p in CONTROL) - CONTROL_START
+
+
+class _AllowListHandler(ServerRequestHandler):
+    """Closes connections from clients that are not on the allow-list, before any request is read."""
+
+    allowed: list = []
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if peer else None
+        if self.allowed and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allowed)):
+            log.warning("SCADA Modbus connection refused: client not on the allow-list", extra={"client": host})
+            transport.close()
+            return
+        super().connection_made(transport)
+
+
+class ScadaModbusServer:
+    def __init__(self, controller: "Controller", cfg: ScadaModbus):
+        self.controller = controller
+        self.cfg = cfg
+        self.server: ModbusTcpServer | None = None
+        self._pending = {"manual_setpoint_mw": 0.0, "manual_expires_s": controller.config.cycle.manual_timeout_s}
+        self.writes_refused = 0
+
+    def _device(self) -> SimDevice:
+        # coils and discrete inputs: one placeholder bit each, refused by the action (no bit points exist)
+        bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
+        return SimDevice(
+            id=self.cfg.unit_id,
+            simdata=(bits, list(bits),
+                     [SimData(CONTROL_START, count=CONTROL_WORDS, values=0, datatype=DataType.REGISTERS)],
+                     [SimData(0, count=STATUS_WORDS, values=0, datatype=DataType.REGISTERS)]),
+            action=self._action,
+        )
+
+    async def _action(self, fc: int, start: int, address: int, count: int, registers: list[int], values) -> ExcCodes | None:
+        if fc == READ_INPUT:
+            vals = status_values(self.controller)
+            for p in STATUS:
+                registers[p.address - start:p.address - start + p.words] = p.to_registers(vals[p.name])
+            return None
+        if fc == READ_HOLDING:
+            self._fill_controls(registers, start)
+            return None
+        if fc in (WRITE_SINGLE, WRITE_MULTIPLE):
+            return self._write(start, address, list(values or []), registers)
+        return ExcCodes.ILLEGAL_ADDRESS  # coils / discrete inputs: none exist
+
+    def _fill_controls(self, registers: list[int], start: int) -> None:
+        c = self.controller
+        current = {"mode": MODE_CODES[c.mode.mode],
+                   "manual_setpoint_mw": c.mode.manual_setpoint_mw if c.mode.mode == "manual" else self._pending["manual_setpoint_mw"],
+                   "manual_expires_s": self._pending["manual_expires_s"]}
+        for p in CONTROL:
+            registers[p.address - start:p.address - start + p.words] = p.to_registers(current[p.name])
+
+    def _write(self, start: int, address: int, values: list[int], registers: list[int]) -> ExcCodes | None:
+        if self.cfg.read_only:
+            self.writes_refused += 1
+            log.warning("SCADA Modbus write refused: read-only", extra={"address": address})
+            return ExcCodes.ILLEGAL_ADDRESS
+        end = address + len(values)
+        touched = [p for p in CONTROL if p.address < end and address < p.address + p.words]
+        for p in touched:  # a multi-word point is written whole or not at all
+            if p.address < address or p.address + p.words > end:
+                self.writes_refused += 1
+                log.warning("SCADA Modbus write refused: partial multi-register point", extra={"point": p.name})
+                return ExcCodes.ILLEGAL_ADDRESS
+        limits = control_limits(self.controller)
+        new: dict[str, float] = {}
+        for p in touched:
+            v = p.from_registers(values[p.address - address:p.address - address + p.words])
+            lo, hi = limits.get(p.name, (None, None))
+            if lo is not None and not lo <= v <= hi:
+                self.writes_refused += 1
+                log.warning("SCADA Modbus write refused: out of range",
+                            extra={"point": p.name, "value": v, "min": lo, "max": hi})
+                return ExcCodes.ILLEGAL_VALUE
+            new[p.name] = v
+        c = self.controller
+        try:
+            if "manual_expires_s" in new:
+                self._pending["manual_expires_s"] = new["manual_expires_s"]
+            if "manual_setpoint_mw" in new:
+                self._pending["manual_setpoint_mw"] = new["manual_setpoint_mw"]
+                if c.mode.mode == "manual" and "mode" not in new:  # renew
+                    c.set_mode("manual", new["manual_setpoint_mw"], self._pending["manual_expires_s"], source="scada-modbus")
+            if "mode" in new:
+                mode = MODE_NAMES[int(new["mode"])]
+                c.set_mode(mode, self._pending["manual_setpoint_mw"] if mode == "manual" else None,
+                           self._pending["manual_expires_s"] if mode == "manual" else None, source="scada-modbus")
+        except ValueError as e:
+            self.writes_refused += 1
+            log.warning("SCADA Modbus write refused", extra={"reason": str(e)})
+            return ExcCodes.ILLEGAL_VALUE
+        c.store.audit("scada-modbus", "write", new, c.clock.now())
+        registers[address - start:end - start] = values
+        return None
+
+    async def start(self) -> None:
+        allowed = [ipaddress.ip_network(a, strict=False) for a in self.cfg.allow_clients]
+
+        class Handler(_AllowListHandler):
+            pass
+
+        Handler.allowed = allowed
+
+        class Server(ModbusTcpServer):
+            def callback_new_connection(self):
+                return Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+        self.server = Server(self._device(), address=(self.cfg.host, self.cfg.port))
+        await self.server.serve_forever(background=True)
+        log.info("Modbus SCADA face listening", extra={"host": self.cfg.host, "port": self.cfg.port,
+                                                       "read_only": self.cfg.read_only, "allow_clients": self.cfg.allow_clients})
+
+    async def stop(self) -> None:
+        if self.server:
+            await self.server.shutdown()
+            self.server = None
