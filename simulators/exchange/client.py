@@ -1,0 +1,119 @@
+"""Async client of the exchange REST API (the simulator's or the real one's): signs every request.
+
+Errors are typed: ExchangeUnavailable (network, timeout, 5xx: the caller may serve stale data),
+ExchangeAuthError (401), ExchangeRejected (other 4xx; `.body` has the server's JSON, e.g. the rejected order).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable
+
+import httpx
+
+from controller.signing import request_signature
+
+
+class ExchangeError(Exception):
+    def __init__(self, message: str, status_code: int | None = None, body: Any = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.body = body
+
+    @property
+    def detail(self) -> str:
+        if isinstance(self.body, dict) and "detail" in self.body:
+            return str(self.body["detail"])
+        return str(self)
+
+
+class ExchangeUnavailable(ExchangeError):
+    pass
+
+
+class ExchangeAuthError(ExchangeError):
+    pass
+
+
+class ExchangeRejected(ExchangeError):
+    pass
+
+
+class ExchangeClient:
+    def __init__(self, base_url: str, api_key: str, hmac_secret: str, timeout_s: float = 5.0,
+                 now: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.hmac_secret = hmac_secret
+        self._now = now
+        self._last_ts = 0.0
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout_s, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> "ExchangeClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    def _timestamp(self) -> str:
+        # strictly increasing, microsecond resolution: two identical requests never share a signature
+        ts = max(self._now(), self._last_ts + 1e-6)
+        self._last_ts = ts
+        return f"{ts:.6f}"
+
+    def signed_headers(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
+        """Headers for one request; `path` includes the query string if there is one."""
+        ts = self._timestamp()
+        return {"X-API-Key": self.api_key, "X-Timestamp": ts,
+                "X-Signature": request_signature(self.hmac_secret, ts, method, path, body)}
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> Any:
+        content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
+        headers = self.signed_headers(method, path, content)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            r = await self._http.request(method, path, content=content, headers=headers)
+        except httpx.HTTPError as e:
+            raise ExchangeUnavailable(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from e
+        try:
+            data = r.json()
+        except ValueError:
+            data = r.text
+        if r.status_code >= 500:
+            raise ExchangeUnavailable(f"{method} {path}: HTTP {r.status_code}", r.status_code, data)
+        if r.status_code == 401:
+            raise ExchangeAuthError(f"{method} {path}: unauthorised: {_detail(data)}", 401, data)
+        if r.status_code >= 400:
+            raise ExchangeRejected(f"{method} {path}: HTTP {r.status_code}: {_detail(data)}", r.status_code, data)
+        return data
+
+    async def place_order(self, order: dict) -> dict:
+        """POST /api/orders; the order as the exchange holds it (+ `trades` it made). A refused order raises
+        ExchangeRejected (409 gate closed: `.body["order"]`; 422 bad fields)."""
+        return await self.request("POST", "/api/orders", order)
+
+    async def cancel_order(self, order_id: str) -> dict:
+        return await self.request("DELETE", f"/api/orders/{order_id}")
+
+    async def order(self, order_id: str) -> dict:
+        return await self.request("GET", f"/api/orders/{order_id}")
+
+    async def orders(self, status: str | None = None) -> list[dict]:
+        """The caller's orders; status "active" = open or partially filled."""
+        return await self.request("GET", "/api/orders" + (f"?status={status}" if status else ""))
+
+    async def trades(self) -> list[dict]:
+        """The caller's trades with `side`, `order_id`, and (when the exchange publishes) `published`, `ack`."""
+        return await self.request("GET", "/api/trades")
+
+    async def market_data(self) -> dict:
+        return await self.request("GET", "/api/market-data")
+
+
+def _detail(data: Any) -> str:
+    return str(data.get("detail")) if isinstance(data, dict) and "detail" in data else str(data)[:200]
