@@ -1,0 +1,259 @@
+"""Trading on the edge: orders from the site pass the pre-trade feasibility check, are signed and sent to the
+exchange, and are kept in the store; market data, orders and trades are served from a short cache that still
+answers (flagged `stale`) when the exchange is unreachable. Position and PnL per 15-minute period.
+Also `bess-edge trade add` for commissioning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from controller.clock import iso, parse_iso
+from controller.schedule import PERIOD_S, period_start
+from simulators.exchange.client import ExchangeClient, ExchangeError, ExchangeRejected, ExchangeUnavailable
+
+if TYPE_CHECKING:
+    from controller.config import Secrets
+    from controller.core import Controller
+
+log = logging.getLogger("bess.trading")
+
+GATE_CLOSURE_S = 300
+
+
+class OrderRefused(Exception):
+    """An order the site will not send (or the exchange refused): `status` is the HTTP code to answer with."""
+
+    def __init__(self, reason: str, period: str | None = None, limit: str | None = None, status: int = 409):
+        super().__init__(reason)
+        self.reason = reason
+        self.period = period
+        self.limit = limit
+        self.status = status
+
+
+class ExchangeDown(Exception):
+    """The exchange could not be reached; nothing was sent."""
+
+
+class OrderRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    side: Literal["buy", "sell"]
+    quantity_mw: float = Field(gt=0, le=10_000)
+    price_eur_mwh: float = Field(ge=-10_000, le=10_000)
+    market: str = Field("intraday", min_length=1, max_length=64)
+    delivery_start: str
+    time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"
+
+    @field_validator("quantity_mw", "price_eur_mwh")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+    @field_validator("delivery_start")
+    @classmethod
+    def _aligned(cls, v: str) -> str:
+        try:
+            ts = parse_iso(v)
+        except ValueError as e:
+            raise ValueError(f"not an ISO 8601 UTC time ({e})") from e
+        if ts % PERIOD_S:
+            raise ValueError("must be on a 15-minute boundary (:00, :15, :30, :45)")
+        return iso(ts).replace(".000Z", "Z")
+
+
+@dataclass
+class Cached:
+    value: Any = None
+    fetched_mono: float = -math.inf
+    error: str | None = None
+
+
+class OrderDesk:
+    """The site's trading: pre-trade check, signed orders to the exchange, a cache that survives outages."""
+
+    def __init__(self, controller: "Controller", secrets: "Secrets", client: ExchangeClient | None = None):
+        self.controller = controller
+        self.store = controller.store
+        self.config = controller.config
+        self.client = client or ExchangeClient(secrets.exchange_base_url, secrets.api_keys[0], secrets.hmac_secret,
+                                               timeout_s=self.config.exchange.timeout_s)
+        self._market = Cached()
+        self._orders = Cached()
+        self._trades = Cached()
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # ---------------------------------------------------------------- orders
+    def pre_trade_check(self, order: OrderRequest):
+        """Feasibility of the whole schedule with this order filled completely."""
+        p = parse_iso(order.delivery_start)
+        signed = order.quantity_mw if order.side == "sell" else -order.quantity_mw
+        return self.controller.feasibility({p: signed})
+
+    async def place_order(self, body: dict[str, Any], who: str = "api") -> dict[str, Any]:
+        order = OrderRequest.model_validate(body)
+        now = self.controller.clock.now()
+        start = parse_iso(order.delivery_start)
+        if start - now < GATE_CLOSURE_S:
+            raise OrderRefused(f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
+                               order.delivery_start, "gate_closure")
+        feas = self.pre_trade_check(order)
+        if not feas.ok:
+            period = iso(feas.period_start) if feas.period_start is not None else None
+            log.info("order refused by the pre-trade check", extra={"reason": feas.reason, "side": order.side,
+                                                                    "quantity_mw": order.quantity_mw})
+            raise OrderRefused(feas.reason, period, feas.limit)
+        out = {**order.model_dump(), "participant": self.config.site.id,
+               "client_order_id": f"{self.config.site.id}-{uuid.uuid4().hex[:16]}"}
+        try:
+            placed = await self.client.place_order(out)
+        except ExchangeRejected as e:
+            detail = e.detail
+            log.warning("exchange refused the order", extra={"reason": detail, "status": e.status_code})
+            rec = e.body.get("order") if isinstance(e.body, dict) else None
+            if isinstance(rec, dict) and rec.get("order_id"):
+                self.store.add_order(rec)
+            raise OrderRefused(f"exchange refused: {detail}", order.delivery_start, "exchange",
+                               status=409 if e.status_code == 409 else 422) from e
+        except ExchangeError as e:
+            log.error("exchange unreachable: order not sent", extra={"error": str(e)})
+            raise ExchangeDown(f"exchange unreachable, order not sent: {e}") from e
+        placed.pop("trades", None)
+        self.store.add_order(placed)
+        self.store.audit(who, "place_order", {"order": out, "order_id": placed.get("order_id")}, now)
+        self._orders.fetched_mono = -math.inf  # refresh on the next read
+        log.info("order sent", extra={"order_id": placed.get("order_id"), "status": placed.get("status")})
+        return placed
+
+    async def cancel_order(self, order_id: str, who: str = "api") -> dict[str, Any]:
+        try:
+            res = await self.client.cancel_order(order_id)
+        except ExchangeRejected as e:
+            raise OrderRefused(f"exchange refused the cancel: {e.detail}", status=404 if e.status_code == 404 else 409) from e
+        except ExchangeError as e:
+            raise ExchangeDown(f"exchange unreachable, cancel not sent: {e}") from e
+        self.store.update_order(order_id, status=res.get("status", "cancelled"), remaining_mw=res.get("remaining_mw"),
+                                filled_mw=res.get("filled_mw"))
+        self.store.audit(who, "cancel_order", {"order_id": order_id}, self.controller.clock.now())
+        self._orders.fetched_mono = -math.inf
+        return res
+
+    # ---------------------------------------------------------------- cached reads
+    async def _cached(self, slot: Cached, fetch) -> tuple[Any, bool]:
+        if time.monotonic() - slot.fetched_mono < self.config.exchange.cache_s:
+            return slot.value, slot.error is not None
+        try:
+            slot.value = await fetch()
+            slot.error = None
+        except ExchangeError as e:
+            if slot.error is None:
+                log.warning("exchange unreachable: serving the last known data", extra={"error": str(e)})
+            slot.error = str(e)
+        slot.fetched_mono = time.monotonic()
+        return slot.value, slot.error is not None
+
+    async def market_data(self) -> dict[str, Any]:
+        data, stale = await self._cached(self._market, self.client.market_data)
+        out = dict(data) if isinstance(data, dict) else {"mark": None, "ema": None, "vwap": None, "series": []}
+        out["stale"] = stale
+        return out
+
+    async def orders(self, active_only: bool = True) -> dict[str, Any]:
+        remote, stale = await self._cached(self._orders, lambda: self.client.orders("active" if active_only else None))
+        if not stale and isinstance(remote, list):
+            for o in remote:
+                if o.get("order_id"):
+                    self.store.update_order(o["order_id"], status=o.get("status"), filled_mw=o.get("filled_mw"),
+                                            remaining_mw=o.get("remaining_mw"))
+        return {"orders": self.store.orders(active_only=active_only), "stale": stale}
+
+    def trades(self, limit: int = 200) -> dict[str, Any]:
+        return {"trades": self.store.trades(limit=limit), "stale": False}
+
+    # ---------------------------------------------------------------- position and PnL
+    def positions(self, mark: float | None, now: float | None = None) -> list[dict[str, Any]]:
+        """Per period: net position (MW), energy (MWh), cash (EUR, + received), realised PnL for delivered periods,
+        unrealised PnL of open periods against `mark` (what closing the position at mark would give)."""
+        now = self.controller.clock.now() if now is None else now
+        periods: dict[float, dict[str, float]] = {}
+        for t in self.store.trades(limit=10_000):
+            start, end = parse_iso(t["delivery_start"]), parse_iso(t["delivery_end"])
+            sign = 1 if t["side"] == "sell" else -1
+            p = start
+            while p < end:
+                row = periods.setdefault(p, {"position_mw": 0.0, "cash_eur": 0.0})
+                mwh = t["quantity_mw"] * PERIOD_S / 3600
+                row["position_mw"] += sign * t["quantity_mw"]
+                row["cash_eur"] += sign * mwh * t["price_eur_mwh"]
+                p += PERIOD_S
+        out = []
+        for p in sorted(periods):
+            row = periods[p]
+            energy = row["position_mw"] * PERIOD_S / 3600
+            delivered = p + PERIOD_S <= now
+            realised = row["cash_eur"] if delivered else 0.0
+            unrealised = 0.0 if delivered or mark is None else row["cash_eur"] - energy * mark
+            out.append({"period_start": iso(p), "position_mw": round(row["position_mw"], 6),
+                        "energy_mwh": round(energy, 6), "cash_eur": round(row["cash_eur"], 2),
+                        "realised_pnl_eur": round(realised, 2), "unrealised_pnl_eur": round(unrealised, 2)})
+        return out
+
+
+# ---------------------------------------------------------------- commissioning CLI
+def add_trade_cli(args) -> int:
+    """`bess-edge trade add`: validate and store one executed trade, print the ack as JSON. A running daemon
+    picks it up from the store within a cycle."""
+    from controller.config import ConfigError, load_config
+    from controller.schedule import TradeError, parse_trade
+    from controller.store import Store
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if args.json:
+        try:
+            data = json.loads(args.json)
+        except json.JSONDecodeError as e:
+            print(json.dumps({"trade_id": None, "accepted": False, "reason": f"--json: not JSON ({e})"}))
+            return 2
+    else:
+        now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+        data = {"trade_id": args.trade_id or f"manual-{uuid.uuid4().hex[:12]}", "side": args.side,
+                "quantity_mw": args.quantity_mw, "price_eur_mwh": args.price_eur_mwh,
+                "delivery_start": args.delivery_start, "delivery_end": args.delivery_end,
+                "market": args.market, "executed_at": now}
+    store = Store.in_state_dir(args.state_dir)
+    try:
+        try:
+            trade = parse_trade(data)
+        except TradeError as e:
+            print(json.dumps({"trade_id": data.get("trade_id") if isinstance(data, dict) else None,
+                              "accepted": False, "reason": str(e)}))
+            return 2
+        new = store.add_trade(trade.model_dump(mode="json"), "cli")
+        ack = {"trade_id": trade.trade_id, "accepted": new,
+               "reason": "stored" if new else "duplicate trade_id: already stored"}
+        print(json.dumps(ack))
+        _ = cfg
+        return 0 if new else 1
+    finally:
+        store.close()
