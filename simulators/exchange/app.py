@@ -255,13 +255,16 @@ async def serve(host: str = "127.0.0.1", port: int = 9000, **app_kwargs) -> None
 
 def main_exchange(args) -> int:
     """`bess-edge exchange`: args.host, args.port, args.counterparties, args.seed; secrets from the environment
-    (API_KEY / EXCHANGE_PARTICIPANTS, HMAC_SECRET, MQTT_URL; demo values when unset)."""
+    (API_KEY / EXCHANGE_PARTICIPANTS, HMAC_SECRET, MQTT_URL; demo values when unset; MQTT_URL=none turns
+    publishing off)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secret = os.environ.get("HMAC_SECRET") or DEMO_HMAC_SECRET
     if secret == DEMO_HMAC_SECRET:
         log.warning("using the demo HMAC secret")
     participants = participants_from_env()
     mqtt_url = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+    if mqtt_url.strip().lower() in ("", "none"):
+        mqtt_url = None  # MQTT_URL=none: no trade publishing (benchmarks, API-only use)
     log.info("exchange simulator on http://%s:%d, %d counterparties (seed %d), sites %s, MQTT %s",
              args.host, args.port, args.counterparties, args.seed, sorted(set(participants.values())), mqtt_url)
     try:

@@ -1,7 +1,8 @@
 """Async client of the exchange REST API (the simulator's or the real one's): signs every request.
 
 Errors are typed: ExchangeUnavailable (network, timeout, 5xx: the caller may serve stale data),
-ExchangeAuthError (401), ExchangeRejected (other 4xx; `.body` has the server's JSON, e.g. the rejected order).
+ExchangeRejected (4xx; `.body` has the server's JSON, e.g. the rejected order), and its subclass
+ExchangeAuthError (401).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ class ExchangeUnavailable(ExchangeError):
     pass
 
 
-class ExchangeAuthError(ExchangeError):
-    pass
-
-
 class ExchangeRejected(ExchangeError):
-    pass
+    """The exchange answered 4xx: the request was refused, with `detail` saying why."""
+
+
+class ExchangeAuthError(ExchangeRejected):
+    """401: unknown key, bad signature, stale timestamp or replay."""
 
 
 class ExchangeClient:

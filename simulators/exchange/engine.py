@@ -192,6 +192,12 @@ class Result:
     trades: list[Trade] = field(default_factory=list)
 
 
+def _crosses(incoming: Order, resting_price_ticks: int) -> bool:
+    if incoming.side == "buy":
+        return resting_price_ticks <= incoming.price_ticks
+    return resting_price_ticks >= incoming.price_ticks
+
+
 class Book:
     """One product's resting orders: price levels (FIFO deques) sorted best first on each side."""
 
@@ -200,6 +206,7 @@ class Book:
         # keys are price for asks and -price for bids, so that keys[0] is the best level on both sides
         self._levels: dict[Side, dict[int, deque[Order]]] = {"buy": {}, "sell": {}}
         self._keys: dict[Side, list[int]] = {"buy": [], "sell": []}
+        self._count = 0
 
     @staticmethod
     def _key(side: Side, price_ticks: int) -> int:
@@ -212,6 +219,7 @@ class Book:
             levels[k] = deque()
             bisect.insort(self._keys[order.side], k)
         levels[k].append(order)
+        self._count += 1
 
     def remove(self, order: Order) -> None:
         k = self._key(order.side, order.price_ticks)
@@ -222,8 +230,24 @@ class Book:
             level.remove(order)
         except ValueError:
             return
+        self._count -= 1
         if not level:
             self._drop_level(order.side, k)
+
+    def head(self, side: Side) -> Order | None:
+        """The first order in priority on `side`, or None."""
+        keys = self._keys[side]
+        return self._levels[side][keys[0]][0] if keys else None
+
+    def pop_head(self, side: Side) -> Order:
+        k = self._keys[side][0]
+        level = self._levels[side][k]
+        order = level.popleft()
+        self._count -= 1
+        if not level:
+            del self._levels[side][k]
+            del self._keys[side][0]
+        return order
 
     def _drop_level(self, side: Side, k: int) -> None:
         del self._levels[side][k]
@@ -250,21 +274,16 @@ class Book:
         return [o for k in self._keys[side] for o in self._levels[side][k]]
 
     def __len__(self) -> int:
-        return sum(len(q) for side in ("buy", "sell") for q in self._levels[side].values())
+        return self._count
 
     def _crossing(self, incoming: Order):
-        """Resting orders that `incoming` may match, in priority order (a generator over live levels)."""
+        """Resting orders that `incoming` may match, in priority order (read-only: the book must not change
+        while this generator runs)."""
         opposite: Side = "sell" if incoming.side == "buy" else "buy"
-        for k in list(self._keys[opposite]):
-            price = -k if opposite == "buy" else k
-            if incoming.side == "buy" and price > incoming.price_ticks:
+        for k in self._keys[opposite]:
+            if not _crosses(incoming, -k if opposite == "buy" else k):
                 return
-            if incoming.side == "sell" and price < incoming.price_ticks:
-                return
-            level = self._levels[opposite].get(k)
-            if level is None:
-                continue
-            for resting in list(level):
+            for resting in self._levels[opposite][k]:
                 yield k, resting
 
     def fillable_lots(self, incoming: Order, self_trade_prevention: bool) -> int:
@@ -370,8 +389,9 @@ class MatchingEngine:
 
     def _match(self, book: Book, incoming: Order, now: float) -> list[Trade]:
         trades: list[Trade] = []
-        for _, resting in book._crossing(incoming):
-            if incoming.remaining_lots == 0:
+        while incoming.remaining_lots:
+            resting = book.head("sell" if incoming.side == "buy" else "buy")
+            if resting is None or not _crosses(incoming, resting.price_ticks):
                 break
             if self.self_trade_prevention and resting.participant == incoming.participant:
                 incoming.status = "cancelled"
@@ -391,7 +411,7 @@ class MatchingEngine:
             resting.updated_at = now
             if resting.remaining_lots == 0:
                 resting.status = "filled"
-                book.remove(resting)
+                book.pop_head(resting.side)
             else:
                 resting.status = "partially_filled"
         incoming.updated_at = now
