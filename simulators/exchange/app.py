@@ -17,9 +17,9 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
-from controller.clock import Clock, parse_iso
+from controller.clock import Clock, iso, parse_iso
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET
 from simulators.exchange.auth import AuthError, Authenticator
 from simulators.exchange.counterparties import Counterparties
@@ -43,9 +43,10 @@ class OrderIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     side: Literal["buy", "sell"]
-    quantity_mw: float = Field(gt=0, le=QUANTITY_MAX_MW)
-    price_eur_mwh: float = Field(ge=-PRICE_LIMIT_EUR, le=PRICE_LIMIT_EUR)
-    delivery_start: str | int
+    # strict: a JSON true or "2" is a client bug, not a quantity
+    quantity_mw: float = Field(gt=0, le=QUANTITY_MAX_MW, strict=True)
+    price_eur_mwh: float = Field(ge=-PRICE_LIMIT_EUR, le=PRICE_LIMIT_EUR, strict=True)
+    delivery_start: StrictStr | StrictInt = Field(description="ISO 8601 UTC (Z) or Unix seconds")
     market: str = Field("intraday", min_length=1, max_length=64)
     time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"
     participant: str | None = Field(None, min_length=1, max_length=128)
@@ -170,7 +171,7 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "ts": clock.now(), "open_books": len(engine.books),
+        return {"status": "ok", "ts": iso(clock.now()), "open_books": len(engine.books),
                 "orders": len(engine.orders), "trades_total": service.trades_total,
                 "mqtt_connected": publisher.connected.is_set() if publisher else None,
                 "trades_pending_publish": publisher.pending if publisher else None}

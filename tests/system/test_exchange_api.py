@@ -15,6 +15,7 @@ import pytest
 from controller.clock import iso, parse_iso
 from controller.signing import request_signature, verify_message
 from simulators.exchange.app import create_app, participants_from_env
+from simulators.exchange.auth import ReplayCache
 from simulators.exchange.client import ExchangeAuthError, ExchangeClient, ExchangeRejected
 from tests.fixtures.exchange import exchange, running_exchange  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
@@ -134,6 +135,10 @@ async def test_gate_closure_expires_resting_and_refuses_new(api):
     (order(qty=-1), "quantity_mw"),
     (order(qty=1.25), "quantity_mw"),
     (order(qty="lots"), "quantity_mw"),
+    (order(qty="2"), "quantity_mw"),
+    (order(qty=True), "quantity_mw"),
+    (order(price=None), "price_eur_mwh"),
+    ({**order(), "delivery_start": True}, "delivery_start"),
     (order(price=10_000.0), "price_eur_mwh"),
     (order(price=12.345), "price_eur_mwh"),
     ({**order(), "delivery_start": iso(DS + 60)}, "delivery_start"),
@@ -219,6 +224,14 @@ async def test_counterparties_make_a_market_the_site_trades_into():
             assert any(p["trades"] for p in md["products"])
             placed = await demo.place_order(order("sell", 1.0, front["best_bid"], parse_iso(front["delivery_start"])))
             assert placed["filled_mw"] > 0 and placed["trades"][0]["side"] == "sell"
+
+
+def test_replay_cache_is_bounded():
+    cache = ReplayCache(max_entries=3)
+    assert all(cache.add(f"s{i}", expires_at=100.0, now=0.0) for i in range(5))
+    assert len(cache) == 3 and cache.evicted == 2
+    assert not cache.add("s4", 100.0, 1.0)  # still remembered
+    assert cache.add("s9", 300.0, 150.0) and len(cache) == 1  # expired ones are gone
 
 
 def test_participants_from_env():
