@@ -301,11 +301,14 @@ async def test_site_trade_published_signed_and_ack_recorded(mosquitto):  # noqa:
                                     "delivery_end", "market", "executed_at", "ts", "sig"}
                 assert not verify_message({**msg, "price_eur_mwh": 1.0}, SECRET)
 
+                for junk in (b"not json", b'{"trade_id": 5}', b'{"trade_id": "x", "accepted": "yes"}'):
+                    sub.client.publish("bess/demo/trades/ack", junk, qos=1)  # logged and ignored
                 ack = {"trade_id": trade_id, "accepted": True, "reason": None, "ts": iso(time.time())}
                 sub.client.publish("bess/demo/trades/ack", json.dumps(ack), qos=1)
                 await wait_for(lambda: pub.delivery("demo", trade_id)["ack"] is not None, 10, "the ack")
                 (t,) = await demo.trades()
                 assert t["published"] is True and t["ack"]["accepted"] is True
+                assert list(pub.acks()) == [("demo", trade_id)]
 
                 # broker briefly down: the trade waits in memory and goes out after the reconnect
                 mosquitto.stop()
