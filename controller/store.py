@@ -12,11 +12,13 @@ it never corrupts the file (the WAL is checksummed) and never loses an acknowled
 FULL commit syncs the whole WAL, earlier frames included.
 
 Hot path (the control cycle, 0.1-1 s). Safe to call every cycle: `record_decision` (a list append; the
-periodic flush is ~0.1 ms and is skipped, not waited for, while another thread holds the database),
-`get_state`, `has_trade`, `active_alarms`. Cheap but with one fsync (~0.3-1 ms on an SSD), fine for
+periodic flush is ~0.1 ms, is skipped, not waited for, while another thread of this process holds the
+database, and waits at most 20 ms for another connection's write lock before leaving the rows buffered for
+the next cycle), `get_state`, `has_trade`, `active_alarms`. One fsync each (~0.3-1 ms on an SSD), fine for
 events but not for every cycle: `add_trade`, `raise_alarm`, `clear_alarm`, `set_state`, `audit`,
-`record_shortfall`, `add_order`, `update_order`. Not for the cycle: `prune` (may delete many rows;
-run it from housekeeping — it works in chunks so it never holds the database for long), large reads.
+`record_shortfall`, `add_order`, `update_order`, `record_rejected_trade`. Not for the cycle: `prune` (may
+delete many rows; run it from housekeeping: it works in chunks so it never holds the database for long)
+and large reads.
 
 Sharing. One connection, guarded by a lock, so the store may be called from the event loop and from worker
 threads (FastAPI's sync endpoints, APScheduler jobs). Other modules may open the same file with their own
@@ -45,6 +47,7 @@ log = logging.getLogger("bess.store")
 
 DB_FILENAME = "bess-edge.db"
 BUSY_TIMEOUT_MS = 5000
+HOT_BUSY_TIMEOUT_MS = 20      # the cycle's decision flush waits at most this for another connection's write
 DECISION_BATCH_ROWS = 50      # flush the decision buffer at this many rows...
 DECISION_FLUSH_S = 1.0        # ...or when the oldest unflushed row is this old (monotonic seconds)
 DECISION_BUFFER_MAX = 100_000  # beyond this (a failing disk), drop the oldest rows rather than grow without end
@@ -404,7 +407,7 @@ class Store:
         if due and self._lock.acquire(blocking=False):
             try:
                 if not self._closed:
-                    self._flush_decisions(raise_errors=False)
+                    self._flush_decisions(hot=True)
             finally:
                 self._lock.release()
 
@@ -413,7 +416,9 @@ class Store:
         with self._lock:
             self._flush_decisions()
 
-    def _flush_decisions(self, raise_errors: bool = True) -> None:
+    def _flush_decisions(self, hot: bool = False) -> None:
+        """Write the buffer (the caller holds self._lock). `hot`: called from the cycle, so wait at most
+        HOT_BUSY_TIMEOUT_MS for another connection and log instead of raising; the rows wait for the next try."""
         with self._buf_lock:
             rows, self._pending, self._pending_since_mono = self._pending, [], None
         if not rows:
@@ -421,12 +426,16 @@ class Store:
         try:
             # NORMAL for this commit only: no fsync for the log; the next FULL commit syncs it anyway
             self._conn.execute("PRAGMA synchronous=NORMAL")
+            if hot:
+                self._conn.execute(f"PRAGMA busy_timeout={HOT_BUSY_TIMEOUT_MS}")
             try:
                 with self._tx() as c:
                     c.executemany("INSERT INTO decisions (ts, target_mw, setpoint_mw, binding, mode, soc_pct, "
                                   "power_mw, temperature_c, readback_mw, reasons) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
             finally:
                 self._conn.execute("PRAGMA synchronous=FULL")
+                if hot:
+                    self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as e:
             with self._buf_lock:
                 self._pending[:0] = rows
@@ -436,9 +445,9 @@ class Store:
                 if excess > 0:
                     del self._pending[:excess]
                     self._dropped_decisions += excess
-            log.error("decision log write failed; rows kept for the next try",
-                      extra={"rows": len(rows), "error": str(e), "dropped_total": self._dropped_decisions})
-            if raise_errors:
+            log.log(logging.WARNING if hot else logging.ERROR, "decision log write failed; rows kept for the next try",
+                    extra={"rows": len(rows), "error": str(e), "dropped_total": self._dropped_decisions})
+            if not hot:
                 raise
 
     def decisions(self, before_ts: float | None = None, limit: int = 100) -> list[dict[str, Any]]:
@@ -475,7 +484,8 @@ class Store:
     def audit(self, who: str, action: str, details: dict[str, Any], ts: float) -> None:
         """Record a mutating call: who (api key name, scada-modbus, controller...), what, when."""
         with self._tx() as c:
-            c.execute("INSERT INTO audit (ts, who, action, details) VALUES (?,?,?,?)", (ts, who, action, _json(details)))
+            c.execute("INSERT INTO audit (ts, who, action, details) VALUES (?,?,?,?)",
+                      (ts, who, action, _json(details)))
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         """Audit rows, newest first: {id, ts, who, action, details (dict)}."""
