@@ -390,6 +390,7 @@ class Controller:
         sched.add_job(self._boundary_job, "cron", minute="0,15,30,45", second=0, id="period_boundary",
                       max_instances=1, misfire_grace_time=5, coalesce=True)
         sched.add_job(self._housekeeping, "interval", minutes=10, id="housekeeping", max_instances=1)
+        sched.add_job(self._pick_up_trades, "interval", seconds=2, id="trade_pickup", max_instances=1)
 
         def missed(event) -> None:
             self.stats.missed_boundaries += 1
@@ -398,6 +399,18 @@ class Controller:
         sched.add_listener(missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         sched.start()
         self._scheduler = sched
+
+    def _pick_up_trades(self) -> None:
+        """Trades stored by another process (`bess-edge trade add`) join the schedule within 2 s."""
+        added = 0
+        for t in self.store.trades_for_schedule(self.clock.now() - PERIOD_S):
+            try:
+                added += bool(self.schedule.add(parse_trade(t)))
+            except TradeError as e:
+                log.error("stored trade does not parse", extra={"trade_id": t.get("trade_id"), "reason": str(e)})
+        if added:
+            log.info("trades picked up from the store", extra={"count": added})
+            self._wake.set()
 
     def _housekeeping(self) -> None:
         self.store.flush()
