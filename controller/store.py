@@ -396,6 +396,8 @@ class Store:
         """Log one cycle's decision. Hot path: buffered, written in batches (a decision acknowledges nothing,
         so up to ~1 s of log may be lost to a kill -9). Never raises for a database error: the cycle must go
         on; the error is logged and the rows are kept for the next flush."""
+        if self._closed:
+            raise StoreError(f"{self.path}: decision recorded after close")
         row = (ts, target_mw, setpoint_mw, binding, mode, soc_pct, power_mw, temperature_c, readback_mw, reasons)
         mono = time.monotonic()
         with self._buf_lock:

@@ -104,6 +104,8 @@ def test_close_is_idempotent_and_context_manager_closes(tmp_path):
     s.close()
     with pytest.raises(sqlite3.ProgrammingError):
         s.has_trade("x")
+    with pytest.raises(StoreError, match="after close"):
+        s.record_decision(T0 + 1, 1, 1, "none", "auto", 50, 1, 20, 1)
     with Store(tmp_path / "x.db") as s2:
         assert len(s2.decisions()) == 1  # close flushed the buffered decision
 
