@@ -34,6 +34,9 @@ def outbox():  # its own connection and table, like controller/outbox.py
     c.execute("CREATE TABLE IF NOT EXISTS crash_outbox (seq INTEGER PRIMARY KEY, payload TEXT)")
     for i in range(max_iter):
         c.execute("INSERT INTO crash_outbox (payload) VALUES (?)", ("x" * 200,))
+        # 500 messages/s, far above the real outbox's rate; a writer that never pauses would starve
+        # the other connection's BEGIN IMMEDIATE past busy_timeout (SQLite's busy handler polls, it has no queue)
+        time.sleep(0.002)
 
 threading.Thread(target=outbox, daemon=True).start()
 if previous_id != "-" and store.add_trade({"trade_id": previous_id, "side": "sell", "quantity_mw": 1.0,
@@ -61,18 +64,21 @@ def run_round(db: Path, round_no: int, previous_id: str, rng: random.Random) -> 
         [sys.executable, "-c", CHILD, str(db), str(round_no), previous_id, str(MAX_ITERATIONS)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
-    first = threading.Event()
+    first = threading.Event()  # the first acknowledgement, or the child's end
 
     def read() -> None:
-        for line in proc.stdout:
-            if line.endswith("\n"):  # a torn last line is not an acknowledgement
-                lines.append(line.strip())
-                first.set()
+        try:
+            for line in proc.stdout:
+                if line.endswith("\n"):  # a torn last line is not an acknowledgement
+                    lines.append(line.strip())
+                    first.set()
+        finally:
+            first.set()
 
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        assert first.wait(30), f"child acknowledged nothing: {proc.stderr.read() if proc.poll() is not None else ''}"
+        assert first.wait(30), "child acknowledged nothing within 30 s"
         time.sleep(rng.uniform(0.05, 0.6))  # the random moment
         assert proc.poll() is None, f"child exited early ({proc.returncode}): {proc.stderr.read()}"
         os.kill(proc.pid, signal.SIGKILL)
