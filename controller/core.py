@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from controller.dispatch import Dispatcher
 from controller.limits import Decision, limit
 from controller.schedule import PERIOD_S, Schedule, TradeError, check_feasibility, parse_trade, period_start
 from controller.snapshot import Snapshot
-from controller.store import Store
+from controller.store import Store, StoreError
 from controller.systemd import Notifier
 from drivers.errors import DeviceError, ReadbackMismatch
 
@@ -116,7 +117,13 @@ class Controller:
             self.store.record_rejected_trade(data, str(e))
             log.warning("trade rejected", extra={"trade_id": trade_id, "reason": str(e), "source": source})
             return Ack(trade_id if isinstance(trade_id, str) else None, False, str(e))
-        if not self.store.add_trade(trade.model_dump(mode="json"), source):
+        try:
+            new = self.store.add_trade(trade.model_dump(mode="json"), source)
+        except (StoreError, sqlite3.Error) as e:
+            # nothing was stored, so nothing may be acknowledged as accepted
+            log.error("trade could not be stored", extra={"trade_id": trade.trade_id, "error": str(e)})
+            return Ack(trade.trade_id, False, f"not stored (storage error, retry later): {e}")
+        if not new:
             log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
             return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
         self.schedule.add(trade)
