@@ -170,9 +170,9 @@ def test_prune_forgets_old_periods_not_ids() -> None:
 
 # ---------------------------------------------------------------- properties
 
-# A schedule example builds up to 25 pydantic trades; a fifth of the profile's examples (ci 2,000, dev 200)
+# A schedule example builds up to 25 pydantic trades; a tenth of the profile's examples (ci 1,000, dev 100)
 # keeps these under ~10 s in CI. The 10,000-example budget goes to the limit function.
-SCHEDULE_EXAMPLES = settings(max_examples=max(100, settings.default.max_examples // 5))
+SCHEDULE_EXAMPLES = settings(max_examples=max(100, settings.default.max_examples // 10))
 
 _K = st.integers(0, 95)          # period index within one day from T0
 _LEN = st.integers(1, 8)         # periods delivered
