@@ -149,7 +149,7 @@ def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, 
     the first of: configured max, grid limit, BMS allowed power, SoC, SoC taper, temperature.
     """
     notes: list[str] = []
-    target = target_mw
+    target = float(target_mw)
     if not math.isfinite(target):
         notes.append(f"target {target_mw!r} MW is not a finite number: treated as 0 MW")
         target = 0.0
@@ -178,7 +178,9 @@ def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, 
     binding = active[0][1] if active else "none"
     reasons = [reason() for _, _, reason in active]
 
-    setpoint = _ramp(clipped, previous, limits.ramp_mw_per_s * dt)
+    # + 0.0 turns -0.0 (clipping to a zero charge limit) into 0.0 for the PCS and the telemetry
+    setpoint = _ramp(clipped, previous, limits.ramp_mw_per_s * dt) + 0.0
+    lower += 0.0
     if setpoint != clipped:
         binding = "ramp"
         reasons.insert(0, f"ramp {limits.ramp_mw_per_s:g} MW/s over {dt:g} s: {previous:g} -> {setpoint:g} MW "
