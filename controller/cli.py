@@ -134,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = s.add_subparsers(dest="trade_command", required=True)
     t = tsub.add_parser("add", help="store a trade and print the ack")
     t.add_argument("--state-dir", default="/var/lib/bess-edge")
-    t.add_argument("--config", required=True)
     t.add_argument("--json", help="the trade as JSON (DESIGN.md's fields)")
     t.add_argument("--side", choices=["buy", "sell"])
     t.add_argument("--quantity-mw", type=float)
