@@ -196,7 +196,8 @@ class Controller:
         for h in snap.devices:
             if h.stale:
                 cause = h.cause or "stale"
-                want[f"{h.name}:comm"] = (h.name, cause, f"{h.name}: no fresh readings ({h.error or cause})")
+                want[f"{h.name}:comm"] = (h.name, cause, f"{h.name}: {cause.replace('_', ' ')}, no fresh readings"
+                                                          + (f" ({h.error})" if h.error else ""))
         for a in snap.alarms:
             dev, _, name = a.partition(":")
             want[f"{a}"] = (dev, name, f"{dev} reports alarm {name}")
@@ -288,7 +289,7 @@ class Controller:
             self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
             return None
         try:
-            await self.dispatcher.heartbeat()
+            await self.dispatcher.heartbeat(skip={l.name for l in self.devices.links.values() if l.failures})
         except DeviceError as e:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
         return readback

@@ -52,9 +52,10 @@ class Dispatcher:
         self.last_readback_mw = readback
         return readback
 
-    async def heartbeat(self) -> None:
-        """Count the heartbeat up on every device that has one (a watchdog for the BMS/PCS side)."""
+    async def heartbeat(self, skip: set[str] = frozenset()) -> None:
+        """Count the heartbeat up on every device that has one (a watchdog for the BMS/PCS side); devices
+        that are failing right now (`skip`) are left alone until they answer reads again."""
         self._heartbeat = (self._heartbeat + 1) % 65536
         for link in (self.pcs, self.bms):
-            if link is not None and self._has(link, "heartbeat"):
+            if link is not None and link.name not in skip and self._has(link, "heartbeat"):
                 await link.driver.write("heartbeat", self._heartbeat, verify=False)

@@ -1,0 +1,282 @@
+"""The controller's cycle with dummy devices (OpenEMS style): a table of what the plant reports and what the
+controller must write. The protocols themselves are tested against the real simulators in tests/drivers and
+tests/system; here the point is the cycle's logic: gate, target, limits, dispatch, alarms, recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from controller.clock import Clock, iso
+from controller.config import load_config
+from controller.core import Controller
+from controller.devices import DeviceSet
+from controller.snapshot import Reading
+from controller.store import Store
+from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class DummyDevice:
+    """A device of our own DeviceDriver interface whose answers the test sets."""
+
+    def __init__(self, name: str, clock: Clock, values: dict[str, float]):
+        self.name = name
+        self.clock = clock
+        self.values = dict(values)
+        self.error: Exception | None = None
+        self.writes: list[tuple[str, float]] = []
+        self.readback_offset = 0.0
+
+    async def connect(self) -> None:
+        pass
+
+    async def read(self) -> dict[str, Reading]:
+        if self.error:
+            raise self.error
+        now = self.clock.now()
+        return {k: Reading(v, now) for k, v in self.values.items()}
+
+    async def write(self, point: str, value: float, verify: bool = True) -> float | None:
+        if self.error:
+            raise self.error
+        self.writes.append((point, value))
+        back = value + (self.readback_offset if point == "setpoint_mw" else 0.0)
+        self.values[point] = back
+        if verify and abs(back - value) > 1e-3:
+            raise ReadbackMismatch(self.name, point, value, back)
+        return back
+
+    async def close(self) -> None:
+        pass
+
+    def setpoints(self) -> list[float]:
+        return [v for p, v in self.writes if p == "setpoint_mw"]
+
+
+DUMMY_PCS_PROFILE = """
+name: dummy-pcs
+protocol: modbus
+points:
+  power_mw: {address: 0, type: i32, unit: kW}
+  setpoint_mw: {address: 10, type: i32, unit: kW, writable: true, min: -20000, max: 20000}
+"""
+
+
+def site_file(tmp_path: Path) -> Path:
+    """demo-modbus.yaml with a plain Modbus PCS profile: the dummy devices stand behind both."""
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "generic-bms.yaml").write_text((ROOT / "config/profiles/generic-bms.yaml").read_text())
+    (tmp_path / "profiles" / "dummy-pcs.yaml").write_text(DUMMY_PCS_PROFILE)
+    text = (ROOT / "config" / "demo-modbus.yaml").read_text()
+    text = text.replace("protocol: sunspec", "protocol: modbus").replace("profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml")
+    p = tmp_path / "site.yaml"
+    p.write_text(text)
+    return p
+
+
+class Rig:
+    def __init__(self, tmp_path: Path):
+        self.clock = Clock()
+        cfg = load_config(site_file(tmp_path))
+        cfg.cycle.period_s = 0.1
+        cfg.limits.ramp_mw_per_s = 1000.0  # ramping has its own tests; here setpoints should land at once
+        cfg.mqtt.enabled = False
+        for dev in cfg.devices.values():
+            dev.poll_interval_s = 0.001  # poll on every cycle
+        self.config = cfg
+        self.bms = DummyDevice("bms", self.clock, {
+            "soc_pct": 50.0, "temperature_max_c": 25.0, "temperature_min_c": 24.0,
+            "allowed_charge_mw": 10.0, "allowed_discharge_mw": 10.0, "alarm_bits": 0, "fault_bits": 0})
+        self.pcs = DummyDevice("pcs", self.clock, {"power_mw": 0.0, "setpoint_mw": 0.0})
+        self.store = Store(tmp_path / "bess-edge.db")
+        devices = DeviceSet(cfg, self.clock, drivers={"bms": self.bms, "pcs": self.pcs})
+        self.controller = Controller(cfg, self.store, self.clock, devices=devices)
+
+    async def cycles(self, n: int = 1):
+        d = None
+        for _ in range(n):
+            d = await self.controller.run_cycle()
+            await asyncio.sleep(0.01)
+        return d
+
+    def trade(self, side: str, mw: float, trade_id: str = "T1", periods: int = 1) -> dict:
+        start = int(self.clock.now()) // 900 * 900
+        return {"trade_id": trade_id, "side": side, "quantity_mw": mw, "price_eur_mwh": 80.0,
+                "delivery_start": iso(start).replace(".000Z", "Z"),
+                "delivery_end": iso(start + 900 * periods).replace(".000Z", "Z"),
+                "market": "intraday", "executed_at": iso(self.clock.now())}
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.store.close()
+
+
+async def test_trade_for_the_current_period_reaches_the_pcs(rig):
+    await rig.cycles(2)
+    assert rig.pcs.setpoints()[-1] == 0.0
+    ack = rig.controller.accept_trade(rig.trade("sell", 4.0))
+    assert ack.accepted, ack.reason
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(4.0) and d.binding == "none"
+    assert rig.pcs.setpoints()[-1] == pytest.approx(4.0)
+    assert rig.controller.status()["target_mw"] == pytest.approx(4.0)
+    # a buy of 6 MW in the same period nets to -2 MW (charge)
+    assert rig.controller.accept_trade(rig.trade("buy", 6.0, "T2")).accepted
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(-2.0)
+
+
+async def test_duplicate_and_bad_trades_change_nothing(rig):
+    assert rig.controller.accept_trade(rig.trade("sell", 3.0)).accepted
+    dup = rig.controller.accept_trade(rig.trade("sell", 3.0))
+    assert not dup.accepted and "duplicate" in dup.reason
+    bad = rig.trade("sell", 3.0, "T9")
+    bad["delivery_start"] = bad["delivery_start"].replace(":00Z", ":07Z") if bad["delivery_start"].endswith(":00Z") else bad["delivery_start"]
+    bad["quantity_mw"] = -1
+    ack = rig.controller.accept_trade(bad)
+    assert not ack.accepted and "quantity_mw" in ack.reason
+    assert [t["trade_id"] for t in rig.store.trades()] == ["T1"]
+    assert rig.controller.schedule.position_mw(rig.clock.now()) == pytest.approx(3.0)
+
+
+async def test_trade_above_the_power_limit_is_clipped_and_binding_says_why(rig):
+    await rig.cycles(1)
+    rig.controller.accept_trade(rig.trade("sell", 14.0))
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(10.0)
+    assert d.binding in ("p_discharge_max", "grid_limit")
+    rig.bms.values["allowed_discharge_mw"] = 6.0
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(6.0) and d.binding == "bms_allowed_discharge"
+
+
+async def test_no_setpoint_before_every_device_answered_since_start(rig):
+    rig.controller.accept_trade(rig.trade("sell", 5.0))
+    rig.bms.error = DeviceTimeout("bms", "no answer")
+    rig.controller._started_ts = rig.clock.now()
+    d = await rig.cycles(3)
+    assert d.setpoint_mw == 0.0 and d.binding in ("stale", "comm_loss")
+    assert all(v == 0.0 for v in rig.pcs.setpoints())
+    rig.bms.error = None
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(5.0)
+
+
+@pytest.mark.parametrize("fault, binding", [
+    (DeviceTimeout("bms", "no answer within 0.5 s"), "comm_loss"),
+    (Disconnected("bms", "connection refused"), "comm_loss"),
+])
+async def test_device_failure_gives_safe_state_alarm_and_recovery(rig, fault, binding):
+    rig.controller.accept_trade(rig.trade("sell", 5.0))
+    assert (await rig.cycles(2)).setpoint_mw == pytest.approx(5.0)
+    rig.bms.error = fault
+    await rig.cycles(1)            # one failed read: not yet stale
+    d = await rig.cycles(1)        # two failed reads: stale = unknown -> 0 MW
+    assert d.setpoint_mw == 0.0 and d.binding == binding
+    assert rig.pcs.setpoints()[-1] == 0.0
+    alarms = rig.controller.status()["alarms"]
+    assert any("bms" in a and fault.cause in a for a in alarms), alarms
+    assert rig.store.active_alarms()
+    rig.bms.error = None
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(5.0)
+    assert rig.controller.status()["alarms"] == []
+    assert rig.store.active_alarms() == []
+
+
+async def test_bms_alarm_bit_gives_safe_state_named_in_plain_words(rig):
+    rig.controller.accept_trade(rig.trade("buy", 5.0))
+    assert (await rig.cycles(2)).setpoint_mw == pytest.approx(-5.0)
+    rig.bms.values["alarm_bits"] = 1 << 2
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == 0.0 and d.binding == "alarm"
+    assert any("over_temperature" in a for a in rig.controller.status()["alarms"])
+    rig.bms.values["alarm_bits"] = 0
+    assert (await rig.cycles(1)).setpoint_mw == pytest.approx(-5.0)
+
+
+async def test_readback_mismatch_raises_alarm_and_commands_safe_state(rig):
+    rig.controller.accept_trade(rig.trade("sell", 5.0))
+    await rig.cycles(1)
+    rig.pcs.readback_offset = 0.5
+    await rig.cycles(1)
+    assert rig.pcs.writes[-1] == ("setpoint_mw", 0.0) or rig.pcs.setpoints()[-1] == 0.0
+    assert any("wrote" in a for a in rig.controller.status()["alarms"])
+    rig.pcs.readback_offset = 0.0
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == 0.0 and d.binding == "alarm"   # held safe for a while after a mismatch
+    rig.controller._readback_hold_until = 0.0
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(5.0)
+
+
+async def test_manual_mode_is_limited_and_expires(rig):
+    await rig.cycles(1)
+    rig.controller.set_mode("manual", 25.0, expires_s=0.3)
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(10.0) and d.binding in ("p_discharge_max", "grid_limit")
+    await asyncio.sleep(0.35)
+    d = await rig.cycles(1)
+    assert rig.controller.mode.mode == "auto" and d.setpoint_mw == 0.0
+    with pytest.raises(ValueError, match="setpoint_mw"):
+        rig.controller.set_mode("manual", float("nan"))
+    with pytest.raises(ValueError, match="mode"):
+        rig.controller.set_mode("turbo")
+
+
+async def test_stopped_mode_and_mode_survives_restart(rig, tmp_path):
+    rig.controller.accept_trade(rig.trade("sell", 5.0))
+    rig.controller.set_mode("stopped")
+    d = await rig.cycles(2)
+    assert d.setpoint_mw == 0.0 and d.binding == "mode_stopped"
+    again = Controller(rig.config, rig.store, rig.clock,
+                       devices=DeviceSet(rig.config, rig.clock, drivers={"bms": rig.bms, "pcs": rig.pcs}))
+    assert again.mode.mode == "stopped"
+    assert again.schedule.position_mw(rig.clock.now()) == pytest.approx(5.0)
+
+
+async def test_soc_limits_stop_charge_and_discharge(rig):
+    rig.controller.accept_trade(rig.trade("sell", 8.0))
+    rig.bms.values["soc_pct"] = 10.0
+    d = await rig.cycles(2)
+    assert d.setpoint_mw == 0.0 and d.binding == "soc_min"
+    rig.bms.values["soc_pct"] = 12.5   # inside the 5 % taper band above soc_min
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == pytest.approx(5.0) and d.binding == "soc_taper"   # 10 MW * 2.5/5
+    rig.controller.accept_trade(rig.trade("buy", 16.0, "T2"))                  # net -8 MW: charge
+    rig.bms.values["soc_pct"] = 90.0
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == 0.0 and d.binding == "soc_max"
+
+
+async def test_temperature_derates_then_stops(rig):
+    rig.controller.accept_trade(rig.trade("sell", 10.0))
+    rig.bms.values["temperature_max_c"] = 50.0     # halfway between 45 and 55
+    d = await rig.cycles(2)
+    assert d.setpoint_mw == pytest.approx(5.0) and d.binding == "temperature"
+    rig.bms.values["temperature_max_c"] = 56.0
+    d = await rig.cycles(1)
+    assert d.setpoint_mw == 0.0 and d.binding == "temperature"
+
+
+async def test_every_cycle_is_recorded_and_published(rig):
+    got = []
+    rig.controller.telemetry_sink = got.append
+    rig.config.mqtt.telemetry_interval_s = 0.1
+    q = rig.controller.subscribe()
+    await rig.cycles(3)
+    rig.store.flush()
+    assert len(rig.store.decisions(limit=10)) == 3
+    assert got and set(got[-1]) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
+                                    "status", "mode", "binding"}
+    assert q.get_nowait()["status"] == "online"
