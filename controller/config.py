@@ -200,6 +200,7 @@ class Simulator(_Model):
     bms_modbus_port: int | None = Field(1502, ge=1, le=65535)
     pcs_modbus_port: int | None = Field(1503, ge=1, le=65535)
     bms_opcua_port: int | None = Field(4841, ge=1, le=65535)
+    control_port: int | None = Field(1504, ge=1, le=65535, description="HTTP control of the simulator (demo, tests)")
     host: str = "127.0.0.1"
 
 

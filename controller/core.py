@@ -81,6 +81,7 @@ class Controller:
         self.active_alarms: dict[str, dict[str, Any]] = {}
         self.on_cycle: list[Callable[["Controller"], None]] = []   # faces: telemetry, websocket, metrics
         self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None
+        self.on_trade: list[Callable[[Any], None]] = []             # metrics: every accepted trade
         self._previous_mw = 0.0
         self._last_cycle_mono: float | None = None
         self._started_ts: float = 0.0
@@ -127,6 +128,11 @@ class Controller:
             log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
             return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
         self.schedule.add(trade)
+        for cb in self.on_trade:
+            try:
+                cb(trade)
+            except Exception:
+                log.exception("on_trade callback failed")
         reason = "stored"
         feas = self.feasibility()
         if not feas.ok:

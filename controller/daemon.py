@@ -62,7 +62,7 @@ class Daemon:
         self.state_dir = Path(state_dir)
         self.clock = clock or Clock()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = Store.in_state_dir(self.state_dir)
+        self.store = Store.in_state_dir(self.state_dir, now=self.clock.now)
         self.controller = Controller(config, self.store, self.clock)
         self.parts: list[Any] = []  # started parts, stopped in reverse order
         self.uplink = None
@@ -75,6 +75,7 @@ class Daemon:
 
         self.metrics = Metrics(self.controller)
         self.controller.on_cycle.append(self.metrics.on_cycle)
+        self.controller.on_trade.append(self.metrics.on_trade)
         if cfg.mqtt.enabled:
             from controller.outbox import Outbox
             from controller.uplink import Uplink

@@ -58,6 +58,11 @@ class Metrics:
         self._overruns_seen = 0
         self._errors_seen: dict[str, int] = {}
 
+    def on_trade(self, trade) -> None:
+        self.trades.labels(trade.side).inc()
+        hours = (trade.end_ts - trade.start_ts) / 3600.0
+        self.traded_volume.labels(trade.side).inc(trade.quantity_mw * hours)
+
     def on_cycle(self, c: "Controller") -> None:
         s, d = c.snapshot, c.decision
         if s is None or d is None:

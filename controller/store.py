@@ -460,6 +460,16 @@ class Store:
             "reasons FROM decisions WHERE ts < ? ORDER BY ts DESC, id DESC LIMIT ?",
             (math.inf if before_ts is None else before_ts, limit))
 
+    def decision_history(self, from_ts: float, to_ts: float, max_points: int = 1000) -> list[dict[str, Any]]:
+        """Decisions in [from_ts, to_ts) averaged into at most `max_points` equal time buckets, oldest first:
+        {ts, power_mw, soc_pct, setpoint_mw} (for the dashboard's today chart; not for the hot path)."""
+        self.flush()
+        bucket = max((to_ts - from_ts) / max(1, max_points), 1e-3)
+        return self._query(
+            "SELECT MIN(ts) AS ts, AVG(power_mw) AS power_mw, AVG(soc_pct) AS soc_pct, AVG(setpoint_mw) AS setpoint_mw "
+            "FROM decisions WHERE ts >= ? AND ts < ? GROUP BY CAST((ts - ?) / ? AS INTEGER) ORDER BY 1",
+            (from_ts, to_ts, from_ts, bucket))
+
     # ---------------------------------------------------------------- alarms
     def raise_alarm(self, key: str, device: str, cause: str, message: str, ts: float) -> bool:
         """Raise alarm `key`; True if newly raised, False if it is already active (nothing changes)."""

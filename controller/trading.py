@@ -136,8 +136,7 @@ class OrderDesk:
             log.error("exchange unreachable: order not sent", extra={"error": str(e)})
             raise ExchangeDown(f"exchange unreachable, order not sent: {e}") from e
         placed.pop("trades", None)
-        self.store.add_order(placed)
-        self.store.audit(who, "place_order", {"order": out, "order_id": placed.get("order_id")}, now)
+        self.store.add_order(placed)  # the web app audits the request itself (who, what, when)
         self._orders.fetched_mono = -math.inf  # refresh on the next read
         log.info("order sent", extra={"order_id": placed.get("order_id"), "status": placed.get("status")})
         return placed
@@ -151,7 +150,6 @@ class OrderDesk:
             raise ExchangeDown(f"exchange unreachable, cancel not sent: {e}") from e
         self.store.update_order(order_id, status=res.get("status", "cancelled"), remaining_mw=res.get("remaining_mw"),
                                 filled_mw=res.get("filled_mw"))
-        self.store.audit(who, "cancel_order", {"order_id": order_id}, self.controller.clock.now())
         self._orders.fetched_mono = -math.inf
         return res
 

@@ -1,0 +1,140 @@
+"""The web app's Backend (web/backend.py) on the real controller: live state from the latest cycle, trading
+through the order desk, history from the store. Nothing here talks to a device."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from controller.clock import iso, parse_iso
+from controller.trading import GATE_CLOSURE_S, OrderDesk, OrderRefused, OrderRequest
+
+if TYPE_CHECKING:
+    from controller.config import Secrets
+    from controller.core import Controller
+    from controller.metrics import Metrics
+
+log = logging.getLogger("bess.backend")
+
+
+class ControllerBackend:
+    def __init__(self, controller: "Controller", secrets: "Secrets", metrics: "Metrics | None" = None,
+                 desk: OrderDesk | None = None):
+        self.controller = controller
+        self.store = controller.store
+        self.metrics = metrics
+        self.desk = desk or OrderDesk(controller, secrets)
+        self._schedule_cache: tuple[float, tuple, dict] | None = None
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        await self.desk.close()
+
+    # ---- live state
+    def status(self) -> dict[str, Any]:
+        return self.controller.status()
+
+    def now(self) -> float:
+        return self.controller.clock.now()
+
+    def ready(self) -> bool:
+        return self.controller.stats.cycles > 0
+
+    def subscribe(self) -> asyncio.Queue:
+        return self.controller.subscribe()
+
+    def unsubscribe(self, queue: asyncio.Queue) -> None:
+        self.controller.unsubscribe(queue)
+
+    # ---- trading
+    async def market_data(self) -> dict[str, Any]:
+        return await self.desk.market_data()
+
+    async def orders(self) -> dict[str, Any]:
+        return await self.desk.orders(active_only=True)
+
+    async def trades(self, limit: int) -> dict[str, Any]:
+        return self.desk.trades(limit)
+
+    async def check_order(self, order: dict[str, Any]) -> dict[str, Any]:
+        req = OrderRequest.model_validate(order)
+        start = parse_iso(req.delivery_start)
+        if start - self.now() < GATE_CLOSURE_S:
+            return {"ok": False, "reason": f"gate closed: delivery {req.delivery_start} starts in less than 5 minutes",
+                    "period": req.delivery_start, "limit": "gate_closure"}
+        feas = self.desk.pre_trade_check(req)
+        return {"ok": feas.ok, "reason": None if feas.ok else feas.reason,
+                "period": iso(feas.period_start) if feas.period_start is not None else None, "limit": feas.limit}
+
+    async def place_order(self, order: dict[str, Any], who: str) -> dict[str, Any]:
+        try:
+            placed = await self.desk.place_order(order, who)
+        except OrderRefused:
+            if self.metrics:
+                self.metrics.orders.labels(order.get("side", "?"), "refused").inc()
+            raise
+        if self.metrics:
+            self.metrics.orders.labels(order.get("side", "?"), "sent").inc()
+        return placed
+
+    async def cancel_order(self, order_id: str, who: str) -> dict[str, Any]:
+        return await self.desk.cancel_order(order_id, who)
+
+    # ---- operation
+    async def post_telemetry(self, sample: dict[str, Any], who: str) -> dict[str, Any]:
+        c = self.controller
+        now = c.clock.now()
+        msg = {"ts": iso(now), "soc_pct": sample.get("soc_pct"), "power_mw": sample.get("power_mw"),
+               "temperature_c": sample.get("temperature_c"), "source": "manual", "site": c.config.site.id,
+               "status": c.status()["status"], "mode": c.mode.mode}
+        if c.telemetry_sink is not None:
+            c.telemetry_sink(msg)
+        out = {**msg, "sent": c.telemetry_sink is not None, "simulator_updated": False}
+        if c.config.mode == "demo":
+            out["simulator_updated"] = await self._set_simulator(sample)
+        return out
+
+    async def _set_simulator(self, sample: dict[str, Any]) -> bool:
+        """Demo only: the simulator's control endpoint takes the manual state (SoC, temperature, power)."""
+        sim = self.controller.config.simulator
+        if not sim.control_port:
+            return False
+        url = f"http://{sim.host}:{sim.control_port}/sim/state"
+        try:
+            async with httpx.AsyncClient(timeout=2.0) as client:
+                r = await client.post(url, json={k: sample.get(k) for k in ("soc_pct", "temperature_c", "power_mw")})
+            return r.status_code == 200
+        except httpx.HTTPError as e:
+            log.warning("could not set the simulator's state", extra={"url": url, "error": str(e)})
+            return False
+
+    async def set_mode(self, mode: str, setpoint_mw: float | None, expires_s: float | None, who: str) -> dict[str, Any]:
+        m = self.controller.set_mode(mode, setpoint_mw, expires_s, source=who)
+        return {"mode": m.mode, "setpoint_mw": m.manual_setpoint_mw if m.mode == "manual" else None,
+                "expires": iso(m.manual_expires_ts) if m.manual_expires_ts else None, "source": m.source}
+
+    async def alarms(self) -> dict[str, Any]:
+        return {"active": self.store.active_alarms(), "history": self.store.alarm_history(100)}
+
+    async def decisions(self, before_ts: float | None, limit: int) -> list[dict[str, Any]]:
+        return self.store.decisions(before_ts, limit)
+
+    async def schedule(self, from_ts: float, to_ts: float) -> dict[str, Any]:
+        key = (from_ts // 10, to_ts // 10)
+        if self._schedule_cache and self._schedule_cache[1] == key and time.monotonic() - self._schedule_cache[0] < 5:
+            return self._schedule_cache[2]
+        periods = [{"period_start": iso(p), "position_mw": mw}
+                   for p, mw in self.controller.schedule.periods(from_ts, to_ts) if mw]
+        actual = await asyncio.to_thread(self.store.decision_history, from_ts, to_ts, 1000)
+        out = {"periods": periods, "actual": actual}
+        self._schedule_cache = (time.monotonic(), key, out)
+        return out
+
+    async def audit(self, who: str, action: str, details: dict[str, Any]) -> None:
+        self.store.audit(who, action, details, self.controller.clock.now())
