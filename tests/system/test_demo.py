@@ -1,0 +1,86 @@
+"""`bess-edge demo` as a user runs it: it starts everything on DESIGN.md's fixed ports, the controller runs
+the plant, and Ctrl-C stops every process within 10 s with the ports freed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PORTS = {"dashboard": 5000, "exchange": 9000, "mqtt": 1883, "bms modbus": 1502, "pcs modbus": 1503,
+         "bms opcua": 4841, "scada modbus": 5020, "scada opcua": 4840}
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def get_json(path: str, key: str = "demo"):
+    req = urllib.request.Request(f"http://127.0.0.1:5000{path}", headers={"X-API-Key": key})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+@pytest.fixture
+def demo(tmp_path):
+    busy = [n for n, p in PORTS.items() if port_open(p)]
+    assert not busy, f"demo ports already in use: {busy}"
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Press Ctrl-C to stop" in line:
+                break
+        assert proc.poll() is None, "demo exited:\n" + "".join(lines)
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
+    proc, lines = demo
+    text = "".join(lines)
+    assert "http://127.0.0.1:5000/" in text and "API key: demo" in text
+    for name, port in PORTS.items():
+        assert port_open(port), f"{name} port {port} is not open"
+    deadline = time.monotonic() + 30
+    status = {}
+    while time.monotonic() < deadline:
+        status = get_json("/api/bess-status")
+        if status["status"] == "online":
+            break
+        time.sleep(0.5)
+    assert status["status"] == "online", status
+    assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
+    md = get_json("/api/market-data")
+    assert {"mark", "ema", "vwap", "series"} <= set(md)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=15)
+    assert time.monotonic() - t0 < 10, "demo took longer than 10 s to stop"
+    assert proc.returncode == 0, rest
+    assert "stopped: all demo processes ended" in rest
+    still = [n for n, p in PORTS.items() if port_open(p)]
+    assert not still, f"ports still open after stop: {still}"
