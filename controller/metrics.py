@@ -38,6 +38,7 @@ class Metrics:
         self.cycle_duration = Histogram(
             "bess_cycle_duration_seconds", "Control cycle duration (poll + decide + write + record)",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=r)
+        self.cycle_p99 = Gauge("bess_cycle_duration_p99_seconds", "p99 of the last 4096 cycle durations", registry=r)
         self.cycles = Counter("bess_cycles_total", "Control cycles run", registry=r)
         self.overruns = Counter("bess_cycle_overruns_total", "Cycles that overran their period", registry=r)
         self.device_latency = Gauge("bess_device_request_duration_seconds", "Last full read of a device", ["device"], registry=r)
@@ -81,6 +82,9 @@ class Metrics:
         ages = [s.ts - h.last_good_ts for h in s.devices if h.last_good_ts is not None]
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(s.devices) else float("inf"))
         self.cycle_duration.observe(c.stats.last_duration_s)
+        if c.stats.cycles % 50 == 1:
+            ds = sorted(c.stats.durations_s)
+            self.cycle_p99.set(ds[min(len(ds) - 1, int(len(ds) * 0.99))])
         self.cycles.inc(c.stats.cycles - self._cycles_seen)
         self._cycles_seen = c.stats.cycles
         self.overruns.inc(c.stats.overruns - self._overruns_seen)
