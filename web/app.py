@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, Security, WebSocket
 from fastapi.exceptions import RequestValidationError
@@ -41,6 +41,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 _ERRORS = {401: {"model": m.Error, "description": "no or wrong API key / session"},
+           403: {"model": m.Error, "description": "cross-site request with the session cookie"},
+           422: {"model": m.InvalidRequest, "description": "invalid parameters or body"},
            429: {"model": m.Error, "description": "locked out after repeated failures"}}
 
 
@@ -85,6 +87,63 @@ class _Metrics:
         return existing if existing is not None else make()
 
 
+class _GuardMiddleware:
+    """Pure ASGI: refuse bodies over MAX_BODY_BYTES before anything parses them; add the security headers."""
+
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                await _json_error(400, "content-length: not a number")(scope, receive, send)
+                return
+            if int(length) > MAX_BODY_BYTES:
+                await _json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")(scope, receive, send)
+                return
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class _TimingMiddleware:
+    """Pure ASGI: observe each HTTP request's duration under its route template (the router writes the matched
+    route into the shared scope), so /api/orders/{order_id} is one series, and unknown paths are "unmatched"."""
+
+    def __init__(self, app, histogram):
+        self.app = app
+        self.histogram = histogram
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_wrapper(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            template = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.histogram.labels(template, scope.get("method", ""), str(status)).observe(time.perf_counter() - start)
+
+
 def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, lockout_failures: int = 10,
                lockout_s: float = 300, metrics_registry=None, session_ttl_s: float = 12 * 3600,
                ws_token_ttl_s: float = 60, ws_max_hz: float = 4.0, ws_max_clients: int = 200,
@@ -108,50 +167,9 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
     app.state.backend = backend
 
     # ------------------------------------------------------------------ middleware (pure ASGI, outermost last)
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > MAX_BODY_BYTES
-            except ValueError:
-                return _json_error(400, "content-length: not a number")
-            if too_big:
-                return _json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
-        response = await call_next(request)
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        return response
-
+    app.add_middleware(_GuardMiddleware)
     if metrics is not None:
-        inner_build = app.build_middleware_stack
-
-        def build_with_timing():
-            stack = inner_build()
-
-            async def timed(scope, receive, send):
-                if scope["type"] != "http":
-                    return await stack(scope, receive, send)
-                start = time.perf_counter()
-                status = {"code": 500}
-
-                async def send_wrapper(message):
-                    if message["type"] == "http.response.start":
-                        status["code"] = message["status"]
-                    await send(message)
-
-                try:
-                    await stack(scope, receive, send_wrapper)
-                finally:
-                    route = scope.get("route")
-                    template = getattr(route, "path", None) or "unmatched"
-                    metrics.http.labels(template, scope.get("method", ""), str(status["code"])).observe(
-                        time.perf_counter() - start)
-
-            return timed
-
-        app.build_middleware_stack = build_with_timing  # type: ignore[method-assign]
+        app.add_middleware(_TimingMiddleware, histogram=metrics.http)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)
@@ -289,7 +307,8 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ session
-    @app.post("/api/login", response_model=m.LoginOut, tags=["auth"], responses=_ERRORS)
+    @app.post("/api/login", response_model=m.LoginOut, tags=["auth"],
+              responses={k: v for k, v in _ERRORS.items() if k != 403})
     async def login(body: m.LoginRequest, request: Request, response: Response):
         ip = client_ip(request)
         refuse_if_locked(ip)
@@ -328,12 +347,12 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
         return backend.status()
 
     @app.post("/api/telemetry", response_model=m.TelemetryOut, tags=["plant"],
-              responses={**_ERRORS, 422: {"model": m.Error}})
+              responses=_ERRORS)
     async def post_telemetry(body: m.TelemetryIn, who: str = Who):
         sample = body.model_dump()
         return await mutate(who, "telemetry", {"sample": sample}, backend.post_telemetry(sample, who))
 
-    @app.post("/api/mode", response_model=m.ModeOut, tags=["plant"], responses={**_ERRORS, 422: {"model": m.Error}})
+    @app.post("/api/mode", response_model=m.ModeOut, tags=["plant"], responses=_ERRORS)
     async def set_mode(body: m.ModeIn, who: str = Who):
         req = body.model_dump()
         return await mutate(who, "set_mode", req,
@@ -388,7 +407,7 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
 
     @app.post("/api/orders", response_model=m.Order, status_code=201, tags=["trading"],
               responses={**_ERRORS, 409: {"model": m.OrderError, "description": "refused by the pre-trade check"},
-                         422: {"model": m.OrderError}, 503: {"model": m.Error, "description": "exchange unreachable"}})
+                         422: {"model": m.OrderError | m.InvalidRequest}, 503: {"model": m.Error, "description": "exchange unreachable"}})
     async def place_order(body: m.OrderIn, who: str = Who):
         order = body.model_dump()
         placed = await mutate(who, "place_order", {"order": order}, backend.place_order(order, who))

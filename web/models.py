@@ -103,7 +103,18 @@ class _Response(BaseModel):
 
 
 class Error(BaseModel):
-    detail: str | list[Any] | dict[str, Any]
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str]
+    msg: str
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    detail: str = Field(description="every problem in one line, naming the field: `body.quantity_mw: ...`")
+    errors: list[FieldError] = []
 
 
 class OrderError(BaseModel):

@@ -72,7 +72,9 @@ async def test_health_and_readiness_need_no_key(web):
 
 async def test_bess_status_has_the_design_shape(web):
     web.backend.cycle(1.0)
-    body = (await web.client.get("/api/bess-status", headers=H)).json()
+    r = await web.client.get("/api/bess-status", headers=H)
+    assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
+    body = r.json()
     for k in ("soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode", "binding", "alarms", "ts"):
         assert k in body
     assert body["status"] == "online" and body["mode"] == "auto" and body["alarms"] == []
