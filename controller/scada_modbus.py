@@ -38,7 +38,9 @@ class _AllowListHandler(ServerRequestHandler):
         host = peer[0] if peer else None
         if self.allowed and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allowed)):
             log.warning("SCADA Modbus connection refused: client not on the allow-list", extra={"client": host})
-            transport.close()
+            # close through the protocol so the server also forgets this connection
+            self.transport = transport
+            self.close()
             return
         super().connection_made(transport)
 

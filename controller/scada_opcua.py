@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets as pysecrets
 import socket
 from dataclasses import dataclass
@@ -75,18 +76,25 @@ def check_password(password: str, stored: str) -> bool:
 class PasswordUserManager(UserManager):
     """Users from a YAML file: `users: {name: {password: scrypt$..., role: viewer|operator}}`. No anonymous."""
 
-    def __init__(self, users: dict[str, dict[str, str]]):
+    def __init__(self, users: dict[str, dict[str, str]], allow_none_security: bool = False):
         for name, u in users.items():
             if u.get("role") not in ROLES:
                 raise ValueError(f"scada users: {name}.role must be one of {ROLES} (got {u.get('role')!r})")
         self.users = users
+        self.allow_none_security = allow_none_security
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "PasswordUserManager":
+    def from_file(cls, path: str | Path, allow_none_security: bool = False) -> "PasswordUserManager":
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls(data.get("users", {}))
+        return cls(data.get("users", {}), allow_none_security)
 
     def get_user(self, iserver, username=None, password=None, certificate=None):
+        # For a user name token asyncua passes the secure channel's client certificate, which a None channel
+        # lacks (b"" or None). asyncua lets a client that ignores the endpoint list open a None channel even when no None
+        # endpoint is offered, and that channel has no permission ruleset at all: refuse the login there.
+        if not certificate and not self.allow_none_security:
+            log.warning("OPC UA login refused: no security (None policy is off)", extra={"user": username})
+            return None
         u = self.users.get(username or "")
         if u is None or password is None or not check_password(password, u.get("password", "")):
             log.warning("OPC UA login refused", extra={"user": username})
@@ -133,11 +141,12 @@ class ScadaOpcUaServer:
 
     def _user_manager(self) -> PasswordUserManager:
         if self.cfg.users_file:
-            return PasswordUserManager.from_file(self.cfg.users_file)
+            return PasswordUserManager.from_file(self.cfg.users_file, self.cfg.allow_none_security)
         if self.demo:
             # the demo's well-known users, like its API key: refused outside mode: demo
             return PasswordUserManager({"viewer": {"password": hash_password("demo"), "role": "viewer"},
-                                        "operator": {"password": hash_password("demo"), "role": "operator"}})
+                                        "operator": {"password": hash_password("demo"), "role": "operator"}},
+                                       self.cfg.allow_none_security)
         raise ValueError("scada.opcua.users_file: required (no anonymous login on the OPC UA face)")
 
     async def start(self) -> None:
@@ -161,8 +170,14 @@ class ScadaOpcUaServer:
             log.warning("OPC UA SCADA face allows the None security policy (lab setting)")
         server.set_security_policy(policies, permission_ruleset=RoleRuleset())
         server.set_identity_tokens([ua.UserNameIdentityToken])
-        trust = TrustStore([self.dir / "trusted"], [])
-        await trust.load()
+        trusted = self.dir / "trusted"
+        trust = TrustStore([trusted], [])
+        # cryptography refuses an empty store; with none loaded, every client certificate is untrusted
+        if any(re.search(r"\.(der|pem)$", f.name.lower()) for f in trusted.iterdir()):
+            await trust.load()
+        else:
+            log.warning("OPC UA SCADA face trusts no client certificate yet: secure clients are refused until "
+                        "their certificate is put in the trust store (restart to reload)", extra={"trust_dir": str(trusted)})
         server.set_certificate_validator(CertificateValidator(
             CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, trust))
         idx = await server.register_namespace(NAMESPACE)
