@@ -1,0 +1,361 @@
+"""Profile-driven Modbus TCP client: plans a profile's reads into as few requests as possible, decodes them
+into canonical readings, writes with read-back verification, and maps every failure to a typed error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusIOException
+
+from controller.clock import Clock
+from controller.snapshot import Reading
+from drivers import codec
+from drivers.errors import DeviceTimeout, Disconnected, ModbusError, ReadbackMismatch, WriteRefused
+from drivers.profile import Function, Point, Profile
+
+log = logging.getLogger("bess.drivers.modbus")
+
+MAX_REGISTERS = 125   # per read request (Modbus spec, function 3/4)
+MAX_BITS = 2000       # per read request (function 1/2)
+BACKOFF_MIN_S = 0.1
+
+
+@dataclass(frozen=True)
+class ReadRequest:
+    """One read on the wire and the points it carries (name, point, offset in the response)."""
+
+    function: Function
+    address: int
+    count: int
+    points: tuple[tuple[str, Point, int], ...]
+
+
+@dataclass
+class DriverStats:
+    requests: int = 0
+    errors: int = 0
+    reads: int = 0
+    connects: int = 0
+    last_latency_s: float = 0.0        # of the last request
+    last_read_latency_s: float = 0.0   # of the last whole read()
+    last_error: str | None = None
+
+
+def plan_reads(points: dict[str, Point], max_gap: int = 8) -> list[ReadRequest]:
+    """Group points per function into as few requests as possible: each ≤125 registers (≤2000 bits), and
+    two neighbours share a request when at most `max_gap` unused registers lie between them."""
+    by_function: dict[str, list[tuple[str, Point]]] = {}
+    for name, p in points.items():
+        if p.address is None:
+            raise ValueError(f"point {name} has no address: cannot plan a Modbus read")
+        by_function.setdefault(p.function, []).append((name, p))
+    requests: list[ReadRequest] = []
+    for function in ("input", "holding", "coil", "discrete"):
+        items = sorted(by_function.get(function, ()), key=lambda np: (np[1].address, np[1].count))
+        limit = MAX_BITS if function in ("coil", "discrete") else MAX_REGISTERS
+        group: list[tuple[str, Point]] = []
+        start = end = 0   # end is exclusive
+        for name, p in items:
+            p_end = p.address + p.count
+            if group and p.address - end <= max_gap and max(end, p_end) - start <= limit:
+                group.append((name, p))
+                end = max(end, p_end)
+                continue
+            if group:
+                requests.append(_request(function, start, end, group))
+            group, start, end = [(name, p)], p.address, p_end
+        if group:
+            requests.append(_request(function, start, end, group))
+    return requests
+
+
+def _request(function: str, start: int, end: int, group: list[tuple[str, Point]]) -> ReadRequest:
+    return ReadRequest(function, start, end - start, tuple((n, p, p.address - start) for n, p in group))  # type: ignore[arg-type]
+
+
+class ModbusDriver:
+    """A device read and written through its register-map profile over one Modbus TCP connection."""
+
+    def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
+                 timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
+                 max_gap: int = 8):
+        self.name = name
+        self.profile = profile
+        self.host = host
+        self.port = port
+        self.unit_id = unit_id
+        self.timeout_s = timeout_s
+        self.clock = clock or Clock()
+        self.backoff_max_s = backoff_max_s
+        self.stats = DriverStats()
+        self._sunspec = profile.protocol == "sunspec"
+        self._client: AsyncModbusTcpClient | None = None
+        self._connect_lock = asyncio.Lock()
+        # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+        self._sf_values: dict[str, int | None] = {}
+        self._plan = plan_reads(profile.points, max_gap=max_gap)
+        # scale-factor points decode first so the points they scale can use them in the same pass
+        self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
+
+    @property
+    def requests_per_read(self) -> int:
+        return len(self._plan)
+
+    @property
+    def plan(self) -> list[ReadRequest]:
+        return list(self._plan)
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    # -- connection ------------------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Open the connection unless it is open; while backing off after a failure, raise Disconnected."""
+        if self.connected:
+            return
+        async with self._connect_lock:
+            if self.connected:
+                return
+            wait_s = self._retry_at - time.monotonic()
+            if wait_s > 0:
+                raise Disconnected(self.name, f"{self.host}:{self.port} unreachable, next attempt in {wait_s:.2f} s")
+            self._drop_client()
+            client = AsyncModbusTcpClient(
+                self.host, port=self.port, timeout=self.timeout_s, retries=0,
+                reconnect_delay=0,  # we reconnect ourselves, with backoff, on the next request
+                trace_connect=self._on_connect_change)
+            try:
+                ok = await asyncio.wait_for(client.connect(), self.timeout_s + 0.1)
+            except (asyncio.TimeoutError, OSError) as e:
+                ok = False
+                log.debug("connect %s:%s failed: %r", self.host, self.port, e)
+            if not ok:
+                client.close()
+                self._back_off()
+                self._fail("connect", "refused or unreachable")
+                log.warning("device %s: cannot connect to %s:%s; next attempt in %.1f s",
+                            self.name, self.host, self.port, self._backoff_s)
+                raise Disconnected(self.name, f"cannot connect to {self.host}:{self.port}")
+            self._client = client
+            self.stats.connects += 1
+
+    def _back_off(self) -> None:
+        """Push the next connection attempt out: 0.1 s, doubling per failure in a row, capped."""
+        self._backoff_s = min(self.backoff_max_s, max(BACKOFF_MIN_S, 2 * self._backoff_s))
+        self._retry_at = time.monotonic() + self._backoff_s
+
+    def _on_connect_change(self, connected: bool) -> None:
+        # pymodbus 3.16 leaves a request in flight waiting for its full timeout when the peer closes the
+        # connection; fail it now so a dropped connection reads as Disconnected, not as a timeout.
+        if connected or self._client is None:
+            return
+        fut = getattr(self._client.ctx, "response_future", None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError("connection closed by the device"))
+
+    def _drop_client(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    async def close(self) -> None:
+        self._drop_client()
+
+    # -- requests --------------------------------------------------------------------------------------
+
+    async def _call(self, what: str, method: str, *args, **kwargs):
+        """One request on the wire: typed errors, per-request timeout, stats."""
+        await self.connect()
+        client = self._client
+        assert client is not None
+        t0 = time.perf_counter()
+        self.stats.requests += 1
+        try:
+            rr = await asyncio.wait_for(getattr(client, method)(*args, device_id=self.unit_id, **kwargs),
+                                        self.timeout_s)
+        except asyncio.TimeoutError:
+            # a late answer would otherwise arrive as the reply to our next request: start afresh
+            self._fail(what, "timeout")
+            self._drop_client()
+            raise DeviceTimeout(self.name, f"{what}: no answer within {self.timeout_s} s") from None
+        except ModbusIOException as e:
+            self._fail(what, "timeout")
+            self._drop_client()
+            raise DeviceTimeout(self.name, f"{what}: no answer ({e})") from None
+        except (ConnectionException, ConnectionError, OSError) as e:
+            # a device that accepts connections and drops them at once must not be hammered either
+            self._fail(what, "disconnected")
+            self._drop_client()
+            self._back_off()
+            raise Disconnected(self.name, f"{what}: connection lost ({e})") from None
+        self.stats.last_latency_s = time.perf_counter() - t0
+        self._backoff_s = 0.0
+        if rr.isError():
+            code = getattr(rr, "exception_code", 0)
+            self._fail(what, f"exception {code}")
+            raise ModbusError(self.name, code, f"{what}: Modbus exception code {code}")
+        return rr
+
+    def _fail(self, what: str, why: str) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = f"{what}: {why}"
+
+    async def read_raw(self, function: Function, address: int, count: int) -> list[int]:
+        """Registers (or bits, for coils and discrete inputs) straight off the wire."""
+        what = f"read {function} {address}+{count}"
+        if function == "holding":
+            return list((await self._call(what, "read_holding_registers", address, count=count)).registers)
+        if function == "input":
+            return list((await self._call(what, "read_input_registers", address, count=count)).registers)
+        if function == "coil":
+            return [int(b) for b in (await self._call(what, "read_coils", address, count=count)).bits[:count]]
+        if function == "discrete":
+            return [int(b) for b in (await self._call(what, "read_discrete_inputs", address, count=count)).bits[:count]]
+        raise ValueError(f"unknown Modbus function {function!r}")
+
+    # -- read ------------------------------------------------------------------------------------------
+
+    async def read(self) -> dict[str, Reading]:
+        """Every point of the profile in canonical units, timestamped when its request was answered."""
+        t0 = time.perf_counter()
+        if not self.connected:
+            await self.connect()
+        raw: list[tuple[ReadRequest, list[int], float]] = []
+        for req in self._plan:
+            regs = await self.read_raw(req.function, req.address, req.count)
+            raw.append((req, regs, self.clock.now()))
+        out = self._decode_all(raw)
+        self.stats.reads += 1
+        self.stats.last_read_latency_s = time.perf_counter() - t0
+        return out
+
+    def _decode_all(self, raw: list[tuple[ReadRequest, list[int], float]]) -> dict[str, Reading]:
+        out: dict[str, Reading] = {}
+        later: list[tuple[str, Point, list[int], float]] = []
+        for req, regs, ts in raw:
+            bits = req.function in ("coil", "discrete")
+            for name, p, off in req.points:
+                if bits:
+                    out[name] = Reading(regs[off], ts)
+                elif name in self._sf_names:
+                    value = self._decode(name, p, regs[off:off + p.count], None)
+                    self._sf_values[name] = value if isinstance(value, int) else None
+                    out[name] = Reading(value, ts)
+                else:
+                    later.append((name, p, regs[off:off + p.count], ts))
+        for name, p, regs, ts in later:
+            sf = self._sf_values.get(p.scale) if isinstance(p.scale, str) else None
+            out[name] = Reading(self._to_canonical(p, self._decode(name, p, regs, sf)), ts)
+        return out
+
+    def _decode(self, name: str, p: Point, regs: list[int], sf: int | None):
+        try:
+            return codec.decode(p, regs, self.profile.word_order_of(p), sf, sunspec=self._sunspec)
+        except ValueError as e:
+            raise ValueError(f"device {self.name} point {name}: {e}") from None
+
+    @staticmethod
+    def _to_canonical(p: Point, value):
+        if value is None or isinstance(value, str):
+            return value
+        f = p.factor
+        return value if f == 1 else value * f
+
+    # -- write -----------------------------------------------------------------------------------------
+
+    async def _scale_factor(self, p: Point) -> int | None:
+        """The current value of the point's scale factor (read now if no read has brought it yet)."""
+        if not isinstance(p.scale, str):
+            return None
+        if p.scale not in self._sf_values:
+            sfp = self.profile.points[p.scale]
+            regs = await self.read_raw(sfp.function, sfp.address, sfp.count)  # type: ignore[arg-type]
+            value = self._decode(p.scale, sfp, regs, None)
+            self._sf_values[p.scale] = value if isinstance(value, int) else None
+        sf = self._sf_values[p.scale]
+        if sf is None:
+            raise WriteRefused(self.name, f"scale factor {p.scale} is not implemented by the device")
+        return sf
+
+    async def read_point(self, point: str) -> float | int | str | None:
+        """One point, read now, in canonical units."""
+        p = self._point(point)
+        regs = await self.read_raw(p.function, p.address, p.count)  # type: ignore[arg-type]
+        if p.function in ("coil", "discrete"):
+            return regs[0]
+        return self._to_canonical(p, self._decode(point, p, regs, await self._scale_factor(p)))
+
+    def _point(self, point: str) -> Point:
+        try:
+            return self.profile.points[point]
+        except KeyError:
+            raise WriteRefused(self.name, f"{point}: no such point in profile {self.profile.name}") from None
+
+    async def write(self, point: str, value: float | int | str, verify: bool = True) -> float | int | str | None:
+        """Write one writable point given in canonical units; range-checked against the profile (device
+        units), read back when `verify`, ReadbackMismatch if it differs by more than half an LSB."""
+        p = self._point(point)
+        if not p.writable:
+            raise WriteRefused(self.name, f"{point}: not writable")
+        if p.function not in ("holding", "coil"):
+            raise WriteRefused(self.name, f"{point}: a {p.function} point cannot be written")
+        if isinstance(value, str):
+            device_value: float | int | str = value
+        else:
+            if isinstance(value, float) and not math.isfinite(value):
+                raise WriteRefused(self.name, f"{point}: {value} is not a finite number")
+            device_value = value / p.factor if p.factor != 1 else value
+            # W <-> MW conversions leave float dust (4.9999999999 W): compare with a relative tolerance
+            eps = 1e-9 * max(1.0, abs(device_value))
+            if p.min is not None and device_value < p.min - eps:
+                raise WriteRefused(self.name, f"{point}: {value} is below the minimum ({p.min * p.factor:g})")
+            if p.max is not None and device_value > p.max + eps:
+                raise WriteRefused(self.name, f"{point}: {value} is above the maximum ({p.max * p.factor:g})")
+        what = f"write {point}"
+        if p.function == "coil":
+            if device_value not in (0, 1):
+                raise WriteRefused(self.name, f"{point}: a coil takes 0 or 1, got {value!r}")
+            await self._call(what, "write_coil", p.address, bool(device_value))
+            if not verify:
+                return None
+            back = (await self.read_raw("coil", p.address, 1))[0]  # type: ignore[arg-type]
+            if back != int(device_value):
+                raise ReadbackMismatch(self.name, point, value, back)  # type: ignore[arg-type]
+            return back
+        sf = await self._scale_factor(p)
+        try:
+            regs = codec.encode(p, device_value, self.profile.word_order_of(p), sf, name=point)
+        except ValueError as e:
+            raise WriteRefused(self.name, str(e)) from None
+        if len(regs) == 1:
+            await self._call(what, "write_register", p.address, regs[0])
+        else:
+            await self._call(what, "write_registers", p.address, regs)
+        if not verify:
+            return None
+        back_regs = await self.read_raw("holding", p.address, p.count)  # type: ignore[arg-type]
+        back = self._decode(point, p, back_regs, sf)
+        if not _same(p, device_value, back, codec.resolution(p, sf)):
+            raise ReadbackMismatch(self.name, point, value, self._to_canonical(p, back))  # type: ignore[arg-type]
+        return self._to_canonical(p, back)
+
+
+def _same(p: Point, written, back, lsb: float) -> bool:
+    """Did the device keep what we wrote? Within half an LSB (the encoder rounds to the nearest raw)."""
+    if back is None:
+        return False
+    if isinstance(written, str) or isinstance(back, str):
+        return str(written).strip("\x00 ") == back
+    if p.type == "f32":
+        return math.isclose(float(back), float(written), rel_tol=1e-6, abs_tol=1e-30)
+    return abs(float(back) - float(written)) <= lsb / 2 + 1e-9 * max(1.0, abs(float(written)))
