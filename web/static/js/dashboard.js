@@ -408,6 +408,7 @@
     }
   }
 
+  $("order-price").addEventListener("input", () => { pricePrefilled = true; }); // never overwrite what was typed
   $("order-form").addEventListener("input", scheduleCheck);
   $("order-form").addEventListener("change", scheduleCheck);
   $("order-form").addEventListener("submit", async (ev) => {
