@@ -40,12 +40,16 @@ def _pow10_exponent(scale: float) -> int | None:
     return k if -12 <= k <= 12 and scale == 10.0 ** k else None
 
 
-def _apply_scale(raw: int | float, scale: float) -> float:
-    # raw / 100 is correctly rounded where raw * 0.01 is not (1234 * 0.01 = 12.340000000000002)
+def apply_scale(raw: int | float, scale: float) -> float:
+    """raw * scale, correctly rounded for decimal scales: raw / 100 is exact where raw * 0.01 is not
+    (1234 * 0.01 = 12.340000000000002). Also turns W into MW (factor 1e-6) without float dust."""
     k = _pow10_exponent(scale)
     if k is not None and k < 0:
         return raw / 10 ** -k
     return raw * scale
+
+
+_apply_scale = apply_scale
 
 
 def resolution(point: Point, sf: int | None = None) -> float:

@@ -86,7 +86,6 @@ class ModbusDriver:
                  timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
                  max_gap: int = 8):
         self.name = name
-        self.profile = profile
         self.host = host
         self.port = port
         self.unit_id = unit_id
@@ -94,14 +93,20 @@ class ModbusDriver:
         self.clock = clock or Clock()
         self.backoff_max_s = backoff_max_s
         self.stats = DriverStats()
-        self._sunspec = profile.protocol == "sunspec"
         self._client: AsyncModbusTcpClient | None = None
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
         self._backoff_s = 0.0
         self._retry_at = 0.0
+        self.max_gap = max_gap
+        self.use_profile(profile)
+
+    def use_profile(self, profile: Profile) -> None:
+        """Read and write by `profile` from now on (SunSpec resolves its register map after discovery)."""
+        self.profile = profile
+        self._sunspec = profile.protocol == "sunspec"
         self._sf_values: dict[str, int | None] = {}
-        self._plan = plan_reads(profile.points, max_gap=max_gap)
+        self._plan = plan_reads(profile.points, max_gap=self.max_gap)
         # scale-factor points decode first so the points they scale can use them in the same pass
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
 
@@ -269,7 +274,7 @@ class ModbusDriver:
         if value is None or isinstance(value, str):
             return value
         f = p.factor
-        return value if f == 1 else value * f
+        return value if f == 1 else codec.apply_scale(value, f)
 
     # -- write -----------------------------------------------------------------------------------------
 
@@ -314,7 +319,7 @@ class ModbusDriver:
         else:
             if isinstance(value, float) and not math.isfinite(value):
                 raise WriteRefused(self.name, f"{point}: {value} is not a finite number")
-            device_value = value / p.factor if p.factor != 1 else value
+            device_value = codec.apply_scale(value, 1 / p.factor) if p.factor != 1 else value
             # W <-> MW conversions leave float dust (4.9999999999 W): compare with a relative tolerance
             eps = 1e-9 * max(1.0, abs(device_value))
             if p.min is not None and device_value < p.min - eps:
