@@ -40,6 +40,13 @@ class BatteryParams:
     t_max_c: float = 58.0
     t_min_charge_c: float = 0.0
     t_alarm_c: float = 60.0
+    # what the BMS reports besides energy and temperature (DC side, cells)
+    soh_pct: float = 98.0
+    cells_in_series: int = 300
+    cell_v_empty: float = 3.0            # open-circuit cell voltage at 0 % and 100 % SoC (linear between)
+    cell_v_full: float = 4.15
+    cell_v_spread: float = 0.01          # highest/lowest cell this far from the mean
+    cell_t_spread_c: float = 2.0         # coolest cell this far below the hottest
 
 
 class BatteryModel:
@@ -51,6 +58,7 @@ class BatteryModel:
         self.temperature_c = params.ambient_c if temperature_c is None else temperature_c
         self.power_mw = 0.0
         self.injected_alarm_bits = 0
+        self.injected_fault_bits = 0     # any bit set = BMS fault: contactors open, no power either way
         # energy accounting, so conservation can be checked: e0 + charged - discharged - losses - self = e
         self.charged_mwh = 0.0      # taken from the grid
         self.discharged_mwh = 0.0   # delivered to the grid
@@ -76,8 +84,14 @@ class BatteryModel:
         return min(1.0, max(0.0, f))
 
     @property
+    def fault_bits(self) -> int:
+        return self.injected_fault_bits
+
+    @property
     def allowed_discharge_mw(self) -> float:
         p = self.p
+        if self.fault_bits:
+            return 0.0
         soc_f = self._taper(self.soc_pct, p.soc_taper_pct, 0.0)
         t_f = self._taper(self.temperature_c, p.t_derate_c, p.t_max_c)
         return p.rated_power_mw * soc_f * t_f
@@ -85,6 +99,8 @@ class BatteryModel:
     @property
     def allowed_charge_mw(self) -> float:
         p = self.p
+        if self.fault_bits:
+            return 0.0
         soc_f = self._taper(self.soc_pct, 100.0 - p.soc_taper_pct, 100.0)
         t_f = self._taper(self.temperature_c, p.t_derate_c, p.t_max_c)
         cold = 0.0 if self.temperature_c < p.t_min_charge_c else 1.0
@@ -109,6 +125,8 @@ class BatteryModel:
         if dt_s <= 0:
             return self.power_mw
         p = self.p
+        if self.fault_bits:  # contactors open
+            power_mw = 0.0
         hours = dt_s / 3600.0
         # self-discharge first: a fraction of the stored energy per day
         sd = self.energy_mwh * (p.self_discharge_pct_per_day / 100.0) * (dt_s / 86400.0)
@@ -139,3 +157,38 @@ class BatteryModel:
         self.temperature_c = t_ss + (self.temperature_c - t_ss) * math.exp(-dt_s / p.thermal_time_constant_s)
         self.power_mw = actual
         return actual
+
+    @property
+    def cell_voltage_v(self) -> float:
+        p = self.p
+        return p.cell_v_empty + (p.cell_v_full - p.cell_v_empty) * self.soc_pct / 100.0
+
+    @property
+    def dc_power_mw(self) -> float:
+        """Power at the cells, + discharge: the terminal power plus (discharging) or minus (charging) losses."""
+        if self.power_mw > 0:
+            return self.power_mw / self.p.discharge_efficiency
+        return self.power_mw * self.p.charge_efficiency
+
+    def readings(self) -> dict[str, float | int]:
+        """What a BMS reports, by the profiles' canonical point names and units (every BMS face serves these)."""
+        p = self.p
+        cell_v = self.cell_voltage_v
+        voltage_v = cell_v * p.cells_in_series
+        dc_mw = self.dc_power_mw
+        return {
+            "soc_pct": self.soc_pct,
+            "soh_pct": p.soh_pct,
+            "voltage_v": voltage_v,
+            "current_a": dc_mw * 1e6 / voltage_v,
+            "temperature_max_c": self.temperature_c,
+            "temperature_min_c": self.temperature_c - p.cell_t_spread_c,
+            "allowed_charge_mw": self.allowed_charge_mw,
+            "allowed_discharge_mw": self.allowed_discharge_mw,
+            "dc_power_mw": dc_mw,
+            "alarm_bits": self.alarm_bits,
+            "fault_bits": self.fault_bits,
+            "energy_mwh": self.energy_mwh,
+            "cell_voltage_max_v": cell_v + p.cell_v_spread,
+            "cell_voltage_min_v": cell_v - p.cell_v_spread,
+        }

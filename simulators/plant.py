@@ -1,0 +1,259 @@
+"""The plant simulator: one battery model behind a BMS Modbus face, a PCS SunSpec face and a BMS OPC UA face,
+stepped by an injected (possibly sped-up) clock in one asyncio loop. `bess-edge simulate` runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+from controller.clock import Clock
+from controller.config import SiteConfig
+from drivers.profile import Profile, load_profile
+from simulators.battery import BatteryModel, BatteryParams
+from simulators.faults import Faults
+from simulators.modbus_server import ModbusSimServer
+from simulators.pcs import Pcs, PcsParams
+
+log = logging.getLogger("bess.sim.plant")
+
+PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
+FACES = ("bms_modbus", "pcs", "bms_opcua")
+
+
+class Plant:
+    """Battery + PCS + faces. Ports: None = face off, 0 = any free port (read `ports` after start)."""
+
+    def __init__(self, battery: BatteryParams, pcs: PcsParams, *, clock: Clock | None = None,
+                 initial_soc_pct: float = 50.0, initial_temperature_c: float | None = None,
+                 host: str = "127.0.0.1", bms_modbus_port: int | None = 0, pcs_modbus_port: int | None = 0,
+                 bms_opcua_port: int | None = None, control_port: int | None = None, unit_id: int = 1,
+                 bms_profile: Profile | None = None, pcs_profile: Profile | None = None, tick_s: float = 0.05):
+        self.clock = clock or Clock()
+        self.host = host
+        self.tick_s = tick_s
+        self.model = BatteryModel(battery, soc_pct=initial_soc_pct, temperature_c=initial_temperature_c)
+        self.faults: dict[str, Faults] = {face: Faults() for face in FACES}
+        self.bms_profile = bms_profile or load_profile(PROFILES / "generic-bms.yaml")
+        self.pcs_profile = pcs_profile or load_profile(PROFILES / "sunspec-pcs.yaml")
+        self.bms = ModbusSimServer.from_profile(self.bms_profile, unit_id=unit_id, host=host,
+                                                port=bms_modbus_port or 0, faults=self.faults["bms_modbus"],
+                                                name="bms")
+        self.pcs_server = ModbusSimServer.from_profile(self.pcs_profile, unit_id=unit_id, host=host,
+                                                       port=pcs_modbus_port or 0, faults=self.faults["pcs"], name="pcs")
+        self.pcs = Pcs(self.model, self.pcs_server, pcs, self.clock)
+        self._ports_wanted = {"bms_modbus": bms_modbus_port, "pcs": pcs_modbus_port, "bms_opcua": bms_opcua_port,
+                              "control": control_port}
+        self.opcua: Any = None
+        self._control: Any = None
+        self._tick: asyncio.Task | None = None
+        self._started: list[Any] = []
+        self.ticks = 0
+        self._bms_init()
+        self.publish_bms()
+
+    @classmethod
+    def from_config(cls, config: SiteConfig, **overrides: Any) -> "Plant":
+        """From the site file's `simulator:` and `battery:` sections (and the PCS device's reversion time).
+        Overrides: any constructor keyword, e.g. ports (tests pass 0 for free ports) or clock."""
+        sim, bat = config.simulator, config.battery
+        battery = BatteryParams(
+            capacity_mwh=bat.capacity_mwh, rated_power_mw=sim.rated_power_mw,
+            charge_efficiency=bat.charge_efficiency, discharge_efficiency=bat.discharge_efficiency,
+            self_discharge_pct_per_day=bat.self_discharge_pct_per_day, ambient_c=sim.ambient_c,
+            thermal_time_constant_s=sim.thermal_time_constant_s, heating_c_per_mw=sim.heating_c_per_mw)
+        _, pcs_dev = config.device("pcs")
+        pcs = PcsParams(rated_power_mw=sim.rated_power_mw, ramp_mw_per_s=sim.ramp_mw_per_s,
+                        reversion_timeout_s=pcs_dev.reversion_timeout_s)
+        kwargs: dict[str, Any] = dict(
+            clock=Clock(speed=sim.time_scale), initial_soc_pct=sim.initial_soc_pct,
+            initial_temperature_c=sim.initial_temperature_c, host=sim.host,
+            bms_modbus_port=sim.bms_modbus_port, pcs_modbus_port=sim.pcs_modbus_port,
+            bms_opcua_port=sim.bms_opcua_port, control_port=sim.control_port)
+        # the profiles the site's devices use, so that simulator and driver agree on the map
+        for dev in config.devices.values():
+            prof = config.load_profile(dev)
+            if dev.role == "pcs" and prof.protocol == "sunspec":
+                kwargs["pcs_profile"] = prof
+                kwargs["unit_id"] = dev.unit_id
+            elif dev.role == "bms" and prof.protocol == "modbus":
+                kwargs["bms_profile"] = prof
+        kwargs.update(overrides)
+        return cls(battery, pcs, **kwargs)
+
+    # --- the BMS Modbus face ------------------------------------------------------------------------------
+
+    def _bms_init(self) -> None:
+        points = self.bms_profile.points
+        if "cell_v_sf" in points:
+            self.bms.set("cell_v_sf", -3)
+        if "serial" in points:
+            self.bms.set("serial", "SIM-BMS-0001")
+
+    def publish_bms(self) -> None:
+        """The model's readings into the BMS registers, converted from canonical units to the device's."""
+        values = self.model.readings()
+        for name, value in values.items():
+            if name not in self.bms_profile.points:
+                continue
+            p = self.bms_profile.points[name]
+            if name in ("alarm_bits", "fault_bits"):
+                value = int(value) & 0xFFFF
+            else:
+                value = value / p.factor
+            self.bms.set(name, value)
+        if "contactor_closed" in self.bms_profile.points:
+            self.bms.set("contactor_closed", 0 if self.model.fault_bits else 1)
+
+    def _merge_injected_bits(self) -> None:
+        # alarm and fault bits are a plant condition: raised on any face, every face shows them
+        alarm = fault = 0
+        for f in self.faults.values():
+            alarm |= f.alarm_bits
+            fault |= f.fault_bits
+        self.model.injected_alarm_bits = alarm
+        self.model.injected_fault_bits = fault
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    def step(self, dt_s: float) -> None:
+        """One physics step of dt_s clock seconds (the tick task calls this; tests may too)."""
+        self._merge_injected_bits()
+        self.pcs.step(dt_s)
+        self.publish_bms()
+        self.ticks += 1
+
+    async def _run(self) -> None:
+        last = self.clock.monotonic()
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = self.clock.monotonic()
+            try:
+                self.step(now - last)
+            except Exception:  # noqa: BLE001 - one bad step is logged; the plant keeps serving
+                log.exception("plant step failed")
+            last = now
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The ports served, by face (after start)."""
+        out = {}
+        if self._ports_wanted["bms_modbus"] is not None:
+            out["bms_modbus"] = self.bms.port
+        if self._ports_wanted["pcs"] is not None:
+            out["pcs"] = self.pcs_server.port
+        if self.opcua is not None:
+            out["bms_opcua"] = getattr(self.opcua, "port", None) or self._ports_wanted["bms_opcua"]
+        if self._control is not None:
+            out["control"] = self._control.port
+        return out
+
+    async def start(self) -> None:
+        try:
+            if self._ports_wanted["bms_modbus"] is not None:
+                await self.bms.start()
+                self._started.append(self.bms)
+            if self._ports_wanted["pcs"] is not None:
+                await self.pcs_server.start()
+                self._started.append(self.pcs_server)
+            if self._ports_wanted["bms_opcua"] is not None:
+                # imported here: asyncua is heavy and only this face needs it
+                from simulators.opcua_bms import OpcUaBmsServer
+                self.opcua = OpcUaBmsServer(self.model, self.host, self._ports_wanted["bms_opcua"], self.clock,
+                                            self.faults["bms_opcua"])
+                await self.opcua.start()
+                self._started.append(self.opcua)
+            if self._ports_wanted["control"] is not None:
+                self._control = _ControlServer(self, self.host, self._ports_wanted["control"])
+                await self._control.start()
+                self._started.append(self._control)
+            self._tick = asyncio.create_task(self._run(), name="plant-tick")
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tick
+            self._tick = None
+        while self._started:
+            face = self._started.pop()
+            try:
+                await face.stop()
+            except Exception:  # noqa: BLE001 - stop the other faces whatever one of them does
+                log.exception("stopping a simulator face failed", extra={"face": type(face).__name__})
+
+    async def __aenter__(self) -> "Plant":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class _ControlServer:
+    """The loopback HTTP control app (simulators/control.py) under uvicorn, without uvicorn's signal capture
+    (main_simulate owns SIGINT/SIGTERM)."""
+
+    def __init__(self, plant: Plant, host: str, port: int):
+        import uvicorn
+
+        from simulators.control import create_control_app
+
+        class Server(uvicorn.Server):
+            @contextlib.contextmanager
+            def capture_signals(self):
+                yield
+
+        app = create_control_app(plant.model, plant.faults)
+        self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                            lifespan="off"))
+        self.port = port
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(), name="sim-control")
+        for _ in range(200):  # bounded: up to 10 s
+            if self.server.started or self.task.done():
+                break
+            await asyncio.sleep(0.05)
+        if self.task.done():
+            self.task.result()
+            raise RuntimeError("simulator control server stopped during start")
+        if self.port == 0:
+            self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, timeout=5)
+            self.task = None
+
+
+async def main_simulate(config: SiteConfig) -> None:
+    """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation."""
+    plant = Plant.from_config(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with plant:
+            sim = config.simulator
+            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
+                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
+            names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
+                     "control": "control HTTP"}
+            for face, port in plant.ports.items():
+                print(f"  {names[face]:<26} {sim.host}:{port}", flush=True)
+            await stop.wait()
+            print("plant simulator: stopping", flush=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
