@@ -41,6 +41,7 @@ class DriverStats:
     requests: int = 0
     errors: int = 0
     reads: int = 0
+    connect_attempts: int = 0
     connects: int = 0
     last_latency_s: float = 0.0        # of the last request
     last_read_latency_s: float = 0.0   # of the last whole read()
@@ -135,6 +136,7 @@ class ModbusDriver:
             if wait_s > 0:
                 raise Disconnected(self.name, f"{self.host}:{self.port} unreachable, next attempt in {wait_s:.2f} s")
             self._drop_client()
+            self.stats.connect_attempts += 1
             client = AsyncModbusTcpClient(
                 self.host, port=self.port, timeout=self.timeout_s, retries=0,
                 reconnect_delay=0,  # we reconnect ourselves, with backoff, on the next request
