@@ -67,7 +67,8 @@ class BatteryModel:
 
     @property
     def soc_pct(self) -> float:
-        return 100.0 * self.energy_mwh / self.p.capacity_mwh
+        # clamped: 100 * E / C can round to 100.00000000000001 when E == C
+        return min(100.0, max(0.0, 100.0 * self.energy_mwh / self.p.capacity_mwh))
 
     def set_state(self, soc_pct: float | None = None, temperature_c: float | None = None) -> None:
         """Force the state (demo telemetry control, tests). Resets nothing else."""
@@ -122,12 +123,12 @@ class BatteryModel:
     def step(self, power_mw: float, dt_s: float) -> float:
         """Run at `power_mw` for dt_s seconds; returns the power actually delivered (an empty or full
         battery delivers less). Energy is conserved exactly in the accounting fields."""
-        if dt_s <= 0:
+        hours = dt_s / 3600.0
+        if not hours > 0:  # dt <= 0, or so small that it underflows: nothing happens
             return self.power_mw
         p = self.p
         if self.fault_bits:  # contactors open
             power_mw = 0.0
-        hours = dt_s / 3600.0
         # self-discharge first: a fraction of the stored energy per day
         sd = self.energy_mwh * (p.self_discharge_pct_per_day / 100.0) * (dt_s / 86400.0)
         self.energy_mwh -= sd
@@ -139,7 +140,7 @@ class BatteryModel:
             self.energy_mwh -= cells
             self.discharged_mwh += grid
             self.loss_mwh += cells - grid
-            actual = grid / hours
+            actual = min(power_mw, grid / hours)  # min: grid / hours can round above P for tiny dt
         elif power_mw < 0:  # charge: the cells get |P|*eta
             room = p.capacity_mwh - self.energy_mwh
             want_grid = -power_mw * hours
@@ -148,7 +149,7 @@ class BatteryModel:
             self.energy_mwh += cells
             self.charged_mwh += grid
             self.loss_mwh += grid - cells
-            actual = -grid / hours
+            actual = -min(-power_mw, grid / hours)
         else:
             actual = 0.0
         self.energy_mwh = min(p.capacity_mwh, max(0.0, self.energy_mwh))

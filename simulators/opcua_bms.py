@@ -1,0 +1,294 @@
+"""The BMS simulator's OPC UA face: the battery model's BMS values as typed variables with engineering units,
+laid out by the OPC UA BMS profile, with a writable heartbeat and injectable faults.
+
+Faults act on the wire, the way a sick device or network shows them: the asyncua server listens on an
+internal loopback port and a small TCP gate on the public port forwards bytes both ways. `silent` holds
+every byte (requests get no answer, subscriptions stop publishing), `delay_s` holds the server's answers
+that long, `drop` closes every connection and refuses new ones; alarm/fault bits are ORed into the values.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from asyncua import Server, ua
+
+from controller.clock import Clock
+from drivers.profile import Point, Profile, load_profile
+from simulators.battery import BatteryModel
+from simulators.faults import Faults
+
+log = logging.getLogger("bess.sim.opcua_bms")
+
+DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "opcua-bms.yaml"
+APP_URI = "urn:phoenyra:bess:bms:simulator"
+UPDATE_PERIOD_S = 0.1  # real seconds between copies of the model into the address space
+
+# the synthetic DC side: the model knows energy and power, a BMS also reports a bus voltage and current
+DC_VOLTAGE_EMPTY_V = 1150.0
+DC_VOLTAGE_FULL_V = 1350.0
+CELL_TEMPERATURE_SPREAD_C = 2.0
+SOH_PCT = 98.0
+
+VARIANT_TYPES = {
+    "u16": ua.VariantType.UInt16, "i16": ua.VariantType.Int16, "u32": ua.VariantType.UInt32,
+    "i32": ua.VariantType.Int32, "u64": ua.VariantType.UInt64, "i64": ua.VariantType.Int64,
+    "f32": ua.VariantType.Float, "string": ua.VariantType.String,
+}
+_INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF),
+               "i32": (-0x80000000, 0x7FFFFFFF), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
+
+# UNECE Rec. 20 common codes: the OPC UA EUInformation UnitId is the code's bytes as one integer
+_UNECE = {"%": "P1", "°C": "CEL", "V": "VLT", "A": "AMP", "W": "WTT", "kW": "KWT", "MW": "MAW",
+          "kWh": "KWH", "MWh": "MWH", "Wh": "WHR", "s": "SEC", "ms": "C26"}
+_UNECE_NS = "http://www.opcfoundation.org/UA/units/un/cefact"
+
+
+def engineering_units(unit: str) -> ua.EUInformation:
+    code = _UNECE.get(unit, "")
+    unit_id = int.from_bytes(code.encode(), "big") if code else -1
+    return ua.EUInformation(NamespaceUri=_UNECE_NS, UnitId=unit_id,
+                            DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+
+
+def bms_values(model: BatteryModel, faults: Faults | None = None) -> dict[str, float | int]:
+    """What the BMS reports, by profile point name, in canonical units (%, V, A, °C, MW, MWh, bits)."""
+    soc = model.soc_pct
+    voltage_v = DC_VOLTAGE_EMPTY_V + (DC_VOLTAGE_FULL_V - DC_VOLTAGE_EMPTY_V) * soc / 100.0
+    alarm = model.alarm_bits | (faults.alarm_bits if faults else 0)
+    return {
+        "soc_pct": soc,
+        "soh_pct": SOH_PCT,
+        "voltage_v": voltage_v,
+        "current_a": model.power_mw * 1e6 / voltage_v,
+        "temperature_max_c": model.temperature_c,
+        "temperature_min_c": model.temperature_c - CELL_TEMPERATURE_SPREAD_C,
+        "allowed_charge_mw": model.allowed_charge_mw,
+        "allowed_discharge_mw": model.allowed_discharge_mw,
+        "dc_power_mw": model.power_mw,
+        "alarm_bits": alarm & 0xFFFF,
+        "fault_bits": (faults.fault_bits if faults else 0) & 0xFFFF,
+        "energy_mwh": model.energy_mwh,
+    }
+
+
+def profile_node_id(point: Point, ns_index: int) -> ua.NodeId:
+    """A profile node id with its namespace index replaced by the live index of the profile's namespace URI
+    (a profile's non-zero `ns=` stands for its `namespace`; servers may number namespaces differently)."""
+    nid = ua.NodeId.from_string(point.node_id)
+    if nid.NamespaceIndex == 0:
+        return nid
+    return ua.NodeId(nid.Identifier, ns_index, nid.NodeIdType)
+
+
+def to_variant(point: Point, canonical: float | int | str) -> ua.Variant:
+    """Canonical value -> the point's device unit and OPC UA type (integers clamped to the type's range)."""
+    vt = VARIANT_TYPES[point.type]
+    if point.type == "string":
+        return ua.Variant(str(canonical), vt)
+    device = canonical / point.factor if point.factor != 1.0 else canonical
+    if point.type == "f32":
+        return ua.Variant(float(device), vt)
+    lo, hi = _INT_RANGES[point.type]
+    return ua.Variant(min(hi, max(lo, int(round(device)))), vt)
+
+
+class _Gate:
+    """The TCP forwarder between the public port and the asyncua server that makes the faults happen."""
+
+    def __init__(self, faults: Faults, inner_port: int):
+        self.faults = faults
+        self.inner_port = inner_port
+        self.server: asyncio.AbstractServer | None = None
+        self.links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self, host: str, port: int) -> None:
+        self.server = await asyncio.start_server(self._handle, host, port)
+
+    def drop_all(self) -> None:
+        for client_w, server_w in list(self.links):
+            client_w.transport.abort()
+            server_w.transport.abort()
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.drop_all()  # the pumps see their transports close and the handlers end by themselves
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=1.0)
+            for task in pending:
+                task.cancel()
+        if self.server is not None:
+            await self.server.wait_closed()
+            self.server = None
+
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self.tasks.add(task)
+        try:
+            await self._link(client_r, client_w)
+        except asyncio.CancelledError:
+            # only stop() cancels a handler; asyncio's stream callback would log a cancelled handler as an error
+            log.debug("OPC UA gate link cancelled at stop")
+        finally:
+            self.tasks.discard(task)
+
+    async def _link(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self.faults.drop:
+            client_w.transport.abort()
+            return
+        try:
+            server_r, server_w = await asyncio.open_connection("127.0.0.1", self.inner_port)
+        except OSError as e:
+            log.warning("OPC UA gate cannot reach the inner server", extra={"error": str(e)})
+            client_w.transport.abort()
+            return
+        link = (client_w, server_w)
+        self.links.add(link)
+        pumps = [asyncio.create_task(self._pump(client_r, server_w, answers=False)),
+                 asyncio.create_task(self._pump(server_r, client_w, answers=True))]
+        try:
+            await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for p in pumps:
+                p.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            self.links.discard(link)
+            client_w.transport.abort()
+            server_w.transport.abort()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, answers: bool) -> None:
+        try:
+            while chunk := await reader.read(65536):
+                arrived = time.monotonic()
+                while self.faults.silent:  # hold the bytes: the peer sees a device that stopped answering
+                    await asyncio.sleep(0.02)
+                if answers and self.faults.delay_s > 0:
+                    await asyncio.sleep(max(0.0, arrived + self.faults.delay_s - time.monotonic()))
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, OSError) as e:
+            log.debug("OPC UA gate link closed", extra={"error": str(e)})
+
+
+class OpcUaBmsServer:
+    """asyncua server for the BMS variables of `profile` (default: config/profiles/opcua-bms.yaml),
+    refreshed from `model` every UPDATE_PERIOD_S real seconds. None security, anonymous, loopback."""
+
+    def __init__(self, model: BatteryModel, host: str, port: int, clock: Clock, faults: Faults,
+                 profile: Profile | None = None):
+        self.model = model
+        self.host = host
+        self.port = port
+        self.clock = clock
+        self.faults = faults
+        self.profile = profile or load_profile(DEFAULT_PROFILE)
+        if self.profile.protocol != "opcua" or not self.profile.namespace:
+            raise ValueError(f"profile {self.profile.name}: an OPC UA profile with a namespace URI is needed")
+        self.server: Server | None = None
+        self.ns_index: int | None = None
+        self.heartbeat: int | None = None
+        self.heartbeat_ts: float | None = None  # clock time of the last heartbeat a client wrote
+        self._nodes: dict[str, tuple[ua.NodeId, Point]] = {}
+        self._gate: _Gate | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"opc.tcp://{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(self.endpoint)
+        server.socket_address = ("127.0.0.1", 0)  # the inner server; the gate serves the public port
+        server.set_server_name("bess-edge BMS simulator")
+        await server.set_application_uri(APP_URI)
+        # lab simulator: explicitly no security and anonymous login, nothing else offered
+        server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
+        server.set_identity_tokens([ua.AnonymousIdentityToken])
+        self.ns_index = await server.register_namespace(self.profile.namespace)
+        await self._build(server)
+        await server.start()
+        self.server = server
+        try:
+            await self._write_values()
+            self._gate = _Gate(self.faults, server.bserver.port)
+            await self._gate.start(self.host, self.port)
+        except BaseException:
+            await self.stop()
+            raise
+        self._task = asyncio.create_task(self._update_loop(), name=f"opcua-bms:{self.port}")
+        log.info("OPC UA BMS simulator listening", extra={"endpoint": self.endpoint, "ns": self.ns_index})
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._gate is not None:
+            await self._gate.stop()
+            self._gate = None
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+
+    async def _build(self, server: Server) -> None:
+        idx = self.ns_index
+        folder = await server.nodes.objects.add_object(ua.NodeId("BMS", idx), ua.QualifiedName("BMS", idx))
+        initial = bms_values(self.model, self.faults)
+        for name, point in self.profile.points.items():
+            nid = profile_node_id(point, idx)
+            browse = str(nid.Identifier).rsplit(".", 1)[-1]
+            variant = to_variant(point, initial.get(name, 0))
+            node = await folder.add_variable(nid, ua.QualifiedName(browse, idx), variant)
+            await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(
+                ua.Variant(ua.LocalizedText(point.description or name), ua.VariantType.LocalizedText)))
+            if point.unit:
+                await node.add_property(ua.NodeId(f"{nid.Identifier}.EngineeringUnits", idx),
+                                        ua.QualifiedName("EngineeringUnits", 0),
+                                        ua.Variant(engineering_units(point.unit), ua.VariantType.ExtensionObject))
+            if point.writable:
+                await node.set_writable(True)
+                server.set_attribute_value_setter(nid, self._setter(name, point))
+            self._nodes[name] = (nid, point)
+
+    def _setter(self, name: str, point: Point):
+        """Range-check a client's write; a refused one answers BadOutOfRange and changes nothing."""
+
+        def setter(node_data, attr, datavalue: ua.DataValue) -> None:
+            value = datavalue.Value.Value if datavalue.Value is not None else None
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadTypeMismatch)
+            if (point.min is not None and value < point.min) or (point.max is not None and value > point.max):
+                log.warning("OPC UA BMS write refused: out of range", extra={"point": name, "value": value})
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
+            node_data.attributes[attr].value = datavalue
+            if name == "heartbeat":
+                self.heartbeat = int(value)
+                self.heartbeat_ts = self.clock.now()
+
+        return setter
+
+    async def _write_values(self) -> None:
+        values = bms_values(self.model, self.faults)
+        source_ts = self.clock.utcnow()
+        for name, (nid, point) in self._nodes.items():
+            if point.writable or name not in values:
+                continue  # writable points hold what the client wrote
+            dv = ua.DataValue(to_variant(point, values[name]), SourceTimestamp=source_ts)
+            await self.server.write_attribute_value(nid, dv)
+
+    async def _update_loop(self) -> None:
+        while True:
+            try:
+                if self.faults.drop and self._gate is not None:
+                    self._gate.drop_all()
+                await self._write_values()
+            except Exception:
+                log.exception("OPC UA BMS update failed")
+            await asyncio.sleep(UPDATE_PERIOD_S)
