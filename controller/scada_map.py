@@ -146,32 +146,143 @@ def control_limits(c: "Controller") -> dict[str, tuple[float, float]]:
     return out
 
 
-def render_markdown() -> str:
-    """docs/scada-modbus.md, generated from the tables above (`python -m controller.scada_map > docs/scada-modbus.md`)."""
-    out = ["# SCADA face — Modbus TCP register map", "",
-           "Generated from `controller/scada_map.py` (the table the server uses); do not edit by hand.", "",
-           "Default port 5020 (502 in production), unit id 1. Addresses are 0-based on the wire. Multi-register",
-           "values are big-endian (high word first). Unknown values read as the type's \"not available\" marker:",
-           "0xFFFF (u16), 0x8000 (i16), 0xFFFFFFFF (u32), 0x80000000 (i32). Power is in MW, positive = discharge.", "",
-           "## Status — input registers (function 04), read-only", "",
-           "| address | words | name | type | scale | unit | description |", "|---|---|---|---|---|---|---|"]
-    for p in STATUS:
-        out.append(f"| {p.address} | {p.words} | `{p.name}` | {p.type} | {p.scale:g} | {p.unit} | {p.description} |")
-    out += ["", "## Controls — holding registers (function 03 read, 06/16 write)", "",
-            "Only these addresses can be written; any other address is refused with exception 02 (illegal data",
-            "address); a value out of range with exception 03 (illegal data value). With `scada.modbus.read_only`",
-            "every write is refused with exception 02. A manual setpoint still passes every limit and expires",
-            "unless renewed (any write of `manual_setpoint_mw` renews it).", "",
-            "| address | words | name | type | scale | unit | range | description |", "|---|---|---|---|---|---|---|---|"]
-    for p in CONTROL:
-        rng = f"{p.min:g} – {p.max:g}" if p.min is not None else "± configured p_charge/p_discharge max"
-        out.append(f"| {p.address} | {p.words} | `{p.name}` | {p.type} | {p.scale:g} | {p.unit} | {rng} | {p.description} |")
+def _eng_range(p: ScadaPoint) -> str:
+    """What a point can carry: its configured write range, else the range its register type encodes."""
+    if p.min is not None:
+        return f"{p.min:g} – {p.max:g}"
+    if p.writable:
+        return "± configured p_charge/p_discharge max"
+    lo, hi = RANGE[p.type]
+    if p.type in ("u16", "u32"):
+        hi -= 1  # the top value is the "not available" marker
+    else:
+        lo += 1  # and so is the most negative one
+    digits = max(0, -math.floor(math.log10(p.scale) + 1e-9))
+    return f"{lo * p.scale:.{digits}f} – {hi * p.scale:.{digits}f}"
+
+
+def _register_rows(points: list[ScadaPoint]) -> list[str]:
+    rows = ["| address | words | name | type | scale | unit | range | writable | meaning |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for p in points:
+        rows.append(f"| {p.address} | {p.words} | `{p.name}` | {p.type} | {p.scale:g} | {p.unit or '–'} | "
+                    f"{_eng_range(p)} | {'yes' if p.writable else 'no'} | {p.description} |")
+    return rows
+
+
+def _code_tables() -> list[str]:
+    out = ["## Mode codes", "", "| code | mode |", "|---|---|"]
+    out += [f"| {i} | `{m}` |" for m, i in MODE_CODES.items()]
     out += ["", "## Binding limit codes", "", "| code | limit |", "|---|---|"]
     out += [f"| {i} | `{b}` |" for b, i in BINDING_CODES.items()]
     out += ["", "## Alarm bits", "", "| bit | meaning |", "|---|---|"]
     out += [f"| {b} | {m} |" for b, m in ALARM_BITS.items()]
+    return out
+
+
+def render_markdown() -> str:
+    """docs/scada-modbus.md, generated from the tables above (`python -m controller.scada_map --write`)."""
+    out = ["# SCADA face — Modbus TCP register map", "",
+           "Generated from `controller/scada_map.py` (the table the server uses) by",
+           "`python -m controller.scada_map --write`; do not edit by hand (a test fails when it drifts).", "",
+           "Default port 5020 (502 in production), unit id 1 (`scada.modbus.port`, `scada.modbus.unit_id`).",
+           "Addresses are 0-based on the wire. Multi-register values are big-endian (high word first).",
+           "Engineering value = raw × scale; a value beyond the range is clamped to it. Unknown values read as the",
+           "type's \"not available\" marker: 0xFFFF (u16), 0x8000 (i16), 0xFFFFFFFF (u32), 0x80000000 (i32).",
+           "Power is in MW, positive = discharge (export), negative = charge.", "",
+           "The status table is refreshed from the controller's latest cycle, never from the devices: read it as",
+           "often as you like. `heartbeat` changes every control cycle; if it stops, the controller has stopped.", "",
+           "## Status — input registers (function 04), read-only", ""]
+    out += _register_rows(STATUS)
+    out += ["", "## Controls — holding registers (function 03 read, 06/16 write)", "",
+            "Only these addresses can be written; any other address is refused with exception 02 (illegal data",
+            "address), a value out of range with exception 03 (illegal data value), and a write that covers only",
+            "part of a two-register point with exception 02. Coils and discrete inputs do not exist (exception 02).",
+            "With `scada.modbus.read_only: true` every write is refused with exception 02. With",
+            "`scada.modbus.allow_clients` (IP addresses or networks) other clients are disconnected on connect.", "",
+            "A manual setpoint still passes every limit (SoC, temperature, BMS, ramp, grid) and expires",
+            "`manual_expires_s` seconds after the last write of `manual_setpoint_mw` (each write renews it); then",
+            "the controller returns to `auto`. Writing `mode` = 1 starts manual mode with the last written setpoint.",
+            "Every accepted write is recorded in the audit log.", ""]
+    out += _register_rows(CONTROL)
+    out += [""] + _code_tables()
     return "\n".join(out) + "\n"
 
 
+def render_opcua_markdown() -> str:
+    """docs/scada-opcua.md: the same tables as OPC UA variables, and how the server's security works."""
+    # imported here: scada_opcua imports this module (and asyncua) at its top
+    from controller.scada_opcua import _VT, APP_URI, NAMESPACE, ROLES
+
+    def vtype(p: ScadaPoint) -> str:
+        return "Double" if p.scale != 1 else _VT[p.type].name
+
+    out = ["# SCADA face — OPC UA server", "",
+           "Generated from `controller/scada_map.py` and `controller/scada_opcua.py` by",
+           "`python -m controller.scada_map --write`; do not edit by hand (a test fails when it drifts).", "",
+           "Endpoint `opc.tcp://<scada.opcua.host>:<scada.opcua.port>/bess-edge/scada` (default port 4840),",
+           f"application URI `{APP_URI}`, namespace URI `{NAMESPACE}`. Node ids are strings in that namespace:",
+           "`ns=<index of the namespace>;s=Status.<name>` and `ns=<index>;s=Controls.<name>`, under the object",
+           "`Objects/BESS`. Scaled points are `Double` in engineering units (no raw scale); every variable has a",
+           "`Description` and, where it has a unit, an `EngineeringUnits` property (UNECE namespace).",
+           "A status value that is not known yet reads with status `BadWaitingForInitialData`.", "",
+           "## Status folder (read-only, refreshed every control cycle)", "",
+           "| node id | data type | unit | meaning |", "|---|---|---|---|"]
+    out += [f"| `Status.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in STATUS]
+    out += ["", "## Controls folder (writable by the `operator` role)", "",
+            "The Controls variables hold what a client last wrote; the live mode and setpoint are in the Status",
+            "folder. The same checks as the Modbus face apply: a value out of range is refused with",
+            "`BadOutOfRange`, a non-number with `BadTypeMismatch`; every accepted write is audited. With",
+            "`scada.opcua.read_only: true` the Controls variables are not writable.", "",
+            "| node id | data type | unit | range | meaning |", "|---|---|---|---|---|"]
+    out += [f"| `Controls.{p.name}` | {vtype(p)} | {p.unit or '–'} | {_eng_range(p)} | {p.description} |" for p in CONTROL]
+    out += ["", "## Security", "",
+            "asyncua's defaults are open (a None endpoint, every certificate trusted), so the server sets",
+            "everything explicitly:", "",
+            "- **Security policies**: Aes256_Sha256_RsaPss and Basic256Sha256, each with Sign and SignAndEncrypt.",
+            "  The None policy is offered only with `scada.opcua.allow_none_security: true` (a lab setting;",
+            "  logged as a warning). A login over a None channel is refused unless that setting is on.",
+            "- **Server certificate**: self-signed, generated on first start into",
+            "  `<state-dir>/scada-opcua/server-cert.der` (key `server-key.pem`), for the host name and the",
+            "  application URI above.",
+            "- **Client certificates**: trusted only when their certificate (DER or PEM) is in",
+            "  `<state-dir>/scada-opcua/trusted/` (read at start: restart after adding one). The store starts",
+            "  empty, so every secure client is refused until an engineer adds its certificate.",
+            "- **Users**: no anonymous login; user name and password only, from `scada.opcua.users_file`:", "",
+            "  ```yaml",
+            "  users:",
+            "    scada-ro: {password: \"scrypt$<salt hex>$<hash hex>\", role: viewer}",
+            "    scada-op: {password: \"scrypt$<salt hex>$<hash hex>\", role: operator}",
+            "  ```", "",
+            "  Hash a password with `python -c 'from controller.scada_opcua import hash_password;",
+            "  print(hash_password(\"...\"))'`. `bess-edge demo` has the users `viewer` and `operator`, password",
+            "  `demo`; outside `mode: demo` a users file is required.",
+            "- **Roles** (a custom permission ruleset): " + ", ".join(f"`{r}`" for r in ROLES) + ".",
+            "  `viewer` may browse, read and subscribe; `operator` may also write (only the Controls variables",
+            "  are writable at all). Nobody may add or delete nodes or references, register servers or call",
+            "  methods.", ""]
+    out += _code_tables()
+    return "\n".join(out) + "\n"
+
+
+DOCS = {"docs/scada-modbus.md": render_markdown, "docs/scada-opcua.md": render_opcua_markdown}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`--modbus` (default) or `--opcua` prints one document; `--write` regenerates both under docs/."""
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if "--write" in args:
+        root = Path(__file__).resolve().parents[1]
+        for rel, render in DOCS.items():
+            (root / rel).write_text(render(), encoding="utf-8")
+            print(rel)
+        return 0
+    print((render_opcua_markdown if "--opcua" in args else render_markdown)(), end="")
+    return 0
+
+
 if __name__ == "__main__":
-    print(render_markdown(), end="")
+    raise SystemExit(main())
