@@ -27,12 +27,6 @@ DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles"
 APP_URI = "urn:phoenyra:bess:bms:simulator"
 UPDATE_PERIOD_S = 0.1  # real seconds between copies of the model into the address space
 
-# the synthetic DC side: the model knows energy and power, a BMS also reports a bus voltage and current
-DC_VOLTAGE_EMPTY_V = 1150.0
-DC_VOLTAGE_FULL_V = 1350.0
-CELL_TEMPERATURE_SPREAD_C = 2.0
-SOH_PCT = 98.0
-
 VARIANT_TYPES = {
     "u16": ua.VariantType.UInt16, "i16": ua.VariantType.Int16, "u32": ua.VariantType.UInt32,
     "i32": ua.VariantType.Int32, "u64": ua.VariantType.UInt64, "i64": ua.VariantType.Int64,
@@ -55,24 +49,13 @@ def engineering_units(unit: str) -> ua.EUInformation:
 
 
 def bms_values(model: BatteryModel, faults: Faults | None = None) -> dict[str, float | int]:
-    """What the BMS reports, by profile point name, in canonical units (%, V, A, °C, MW, MWh, bits)."""
-    soc = model.soc_pct
-    voltage_v = DC_VOLTAGE_EMPTY_V + (DC_VOLTAGE_FULL_V - DC_VOLTAGE_EMPTY_V) * soc / 100.0
-    alarm = model.alarm_bits | (faults.alarm_bits if faults else 0)
-    return {
-        "soc_pct": soc,
-        "soh_pct": SOH_PCT,
-        "voltage_v": voltage_v,
-        "current_a": model.power_mw * 1e6 / voltage_v,
-        "temperature_max_c": model.temperature_c,
-        "temperature_min_c": model.temperature_c - CELL_TEMPERATURE_SPREAD_C,
-        "allowed_charge_mw": model.allowed_charge_mw,
-        "allowed_discharge_mw": model.allowed_discharge_mw,
-        "dc_power_mw": model.power_mw,
-        "alarm_bits": alarm & 0xFFFF,
-        "fault_bits": (faults.fault_bits if faults else 0) & 0xFFFF,
-        "energy_mwh": model.energy_mwh,
-    }
+    """What the BMS reports, by profile point name, in canonical units (%, V, A, °C, MW, MWh, bits): the
+    model's own readings, exactly what the Modbus face serves, so a controller cannot tell the faces apart;
+    this face's injected bits are ORed in (a plant merges every face's bits into the model as well)."""
+    values = dict(model.readings())
+    values["alarm_bits"] = (int(values["alarm_bits"]) | (faults.alarm_bits if faults else 0)) & 0xFFFF
+    values["fault_bits"] = (int(values["fault_bits"]) | (faults.fault_bits if faults else 0)) & 0xFFFF
+    return values
 
 
 def profile_node_id(point: Point, ns_index: int) -> ua.NodeId:
