@@ -30,6 +30,7 @@ log = logging.getLogger("bess.cycle")
 
 MODES = ("auto", "manual", "stopped")
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
+BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
 
 
 @dataclass(frozen=True, slots=True)
@@ -394,6 +395,24 @@ class Controller:
     def _boundary_job(self) -> None:
         self.stats.boundary_wakeups += 1
         self._wake.set()
+        self._schedule_boundary()
+
+    def _schedule_boundary(self) -> None:
+        """The next period boundary of the controller's clock, as an APScheduler date job in real time.
+
+        A cron trigger would follow the wall clock, not the injected one: with a sped-up or shifted clock the
+        schedule's boundaries and the wake-ups would disagree, and a new period's target would wait a cycle."""
+        if self._scheduler is None:
+            return
+        from datetime import datetime, timedelta, timezone
+
+        now = self.clock.now()
+        boundary = period_start(now) + PERIOD_S
+        # a hair after the boundary, so that the cycle it wakes reads clock.now() >= boundary
+        delay_s = self.clock.real_seconds(boundary - now) + BOUNDARY_LAG_S
+        run_at = datetime.now(timezone.utc) + timedelta(seconds=delay_s)
+        self._scheduler.add_job(self._boundary_job, "date", run_date=run_at, id="period_boundary",
+                                replace_existing=True, max_instances=1, misfire_grace_time=5, coalesce=True)
 
     def _start_scheduler(self) -> None:
         """APScheduler fires at every period boundary so the new period's target applies at once."""
@@ -401,18 +420,19 @@ class Controller:
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
         sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self._boundary_job, "cron", minute="0,15,30,45", second=0, id="period_boundary",
-                      max_instances=1, misfire_grace_time=5, coalesce=True)
         sched.add_job(self._housekeeping, "interval", minutes=10, id="housekeeping", max_instances=1)
         sched.add_job(self._pick_up_trades, "interval", seconds=2, id="trade_pickup", max_instances=1)
 
         def missed(event) -> None:
             self.stats.missed_boundaries += 1
             log.warning("scheduled job missed or overlapped", extra={"job": event.job_id})
+            if event.job_id == "period_boundary":
+                self._schedule_boundary()  # a date job that misfired would otherwise end the chain
 
         sched.add_listener(missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         sched.start()
         self._scheduler = sched
+        self._schedule_boundary()
 
     def _pick_up_trades(self) -> None:
         """Trades stored by another process (`bess-edge trade add`) join the schedule within 2 s."""
