@@ -1,0 +1,303 @@
+"""The MQTT link against a real Mosquitto and the real plant simulators: telemetry seq through a 20 s broker
+outage and a restart with a non-empty outbox, signed trades in (and every kind of bad one), the exchange
+simulator's publisher interoperating, and the last will when a real `bess-edge run` is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from controller.clock import iso
+from controller.config import load_secrets
+from controller.daemon import Daemon
+from controller.schedule import PERIOD_S, period_start
+from controller.signing import sign_message
+from simulators.exchange.publisher import TradePublisher
+from tests.fixtures.controller import device_ports, site_config, wait_for
+from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(90)
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "phoenyra_demo_secret"  # the configs are mode: demo, so the demo secret is allowed
+QUIET = {"web": {"enabled": False}, "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}}}
+
+
+@pytest.fixture
+def broker(tmp_path_factory: pytest.TempPathFactory):
+    """The fixture's Mosquitto with persistence on, so the test subscriber's session (and the messages queued
+    for it) survive the broker's stop/start; each start otherwise begins empty."""
+    b = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
+    b.conf.write_text(b.conf.read_text().replace(
+        "persistence false\n", f"persistence true\npersistence_location {b.workdir}/\nautosave_interval 1\n"))
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+class Sub:
+    """A test subscriber with a persistent session (MQTT 3.1.1, clean_session off) recording every message."""
+
+    def __init__(self, broker: Mosquitto, topics: list[str], name: str = "test-sub"):
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.lock = threading.Lock()
+        self.ready = threading.Event()
+        self.topics = topics
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:6]}",
+                             protocol=mqtt.MQTTv311, clean_session=False)
+        self.c.reconnect_delay_set(0.2, 0.5)
+        self.c.on_connect = self._on_connect
+        self.c.on_message = self._on_message
+        self.c.on_subscribe = lambda *a: self.ready.set()
+        self.c.connect(broker.host, broker.port, keepalive=10)
+        self.c.loop_start()
+        assert self.ready.wait(5), "test subscriber did not subscribe"
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        client.subscribe([(t, 1) for t in self.topics])
+
+    def _on_message(self, client, userdata, msg):
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload), msg.retain))
+
+    def payloads(self, topic: str) -> list[dict]:
+        with self.lock:
+            return [json.loads(p) for t, p, _ in self.messages if t == topic]
+
+    def stop(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def seqs(sub: Sub, site: str = "demo") -> list[int]:
+    return [m["seq"] for m in sub.payloads(f"bess/{site}/telemetry")]
+
+
+def assert_in_order_none_missing(got: list[int], first: int, last: int) -> None:
+    """Every seq first..last arrived; a seq already seen may come again (a QoS 1 redelivery), nothing else."""
+    highest = first - 1
+    for s in got:
+        if s <= highest:
+            continue  # a redelivery of a seq already received
+        assert s == highest + 1, f"seq {highest + 1} missing or out of order (next was {s}); got {got}"
+        highest = s
+    assert highest >= last, f"seq up to {last} expected, got up to {highest}"
+
+
+def make_config(tmp_path: Path, plant, **mqtt_over):
+    return site_config(tmp_path, device_ports(plant), **QUIET,
+                       mqtt={"telemetry_interval_s": 0.2, "reconnect_max_s": 1, **mqtt_over})
+
+
+def secrets_for(cfg, broker: Mosquitto, port: int | None = None):
+    return load_secrets(cfg, {"API_KEY": "demo", "HMAC_SECRET": SECRET,
+                              "MQTT_URL": f"mqtt://127.0.0.1:{port or broker.port}"})
+
+
+async def started(cfg, secrets, state_dir: Path) -> Daemon:
+    d = Daemon(cfg, secrets, state_dir)
+    await d.start()
+    return d
+
+
+# --------------------------------------------------------------------------------------------- telemetry
+async def test_telemetry_survives_a_20_s_broker_outage(broker, plant, tmp_path):
+    cfg = make_config(tmp_path, plant)
+    sub = Sub(broker, ["bess/demo/telemetry"])
+    d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
+    try:
+        await wait_for(lambda: len(seqs(sub)) >= 5, 10, "five telemetry messages")
+        got = seqs(sub)
+        assert got == list(range(got[0], got[0] + len(got))), got
+        assert got[0] == 1
+        first = json.loads(json.dumps(sub.payloads("bess/demo/telemetry")[0]))
+        assert set(first) == {"seq", "ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
+                              "status", "mode", "binding"}
+
+        broker.stop()
+        await wait_for(lambda: not d.uplink.connected, 5, "the uplink to notice the outage")
+        seq_before = d.uplink.outbox.last_seq
+        cycles_before = d.controller.stats.good_cycles
+        await asyncio.sleep(20)
+        produced = d.uplink.outbox.last_seq - seq_before
+        assert produced >= 60, f"only {produced} telemetry messages produced during the outage"
+        assert d.uplink.stats["outbox_depth"] >= produced
+        assert d.controller.stats.good_cycles - cycles_before >= 60  # the cycle kept running
+        broker.start()
+        await wait_for(lambda: d.uplink.connected, 10, "the uplink to reconnect")
+        target = d.uplink.outbox.last_seq
+        await wait_for(lambda: max(seqs(sub), default=0) >= target, 15, f"seq {target} at the subscriber")
+        assert_in_order_none_missing(seqs(sub), 1, target)
+        await wait_for(lambda: d.uplink.stats["outbox_depth"] <= 2, 5, "the outbox to drain")
+        assert d.uplink.stats["outbox_dropped"] == 0
+    finally:
+        await d.stop()
+        sub.stop()
+
+
+async def test_restarted_controller_sends_its_outbox(broker, plant, tmp_path):
+    cfg = make_config(tmp_path, plant)
+    state = tmp_path / "state"
+    dead_port = broker.port + 1 if broker.port < 65535 else broker.port - 1
+    # first life: no broker reachable, so everything stays in the outbox
+    d = await started(cfg, secrets_for(cfg, broker, port=dead_port), state)
+    try:
+        await wait_for(lambda: d.uplink.outbox.last_seq >= 10, 10, "ten telemetry messages in the outbox")
+    finally:
+        await d.stop()
+    from controller.outbox import Outbox
+    box = Outbox(state / "bess-edge.db", 1000, 3600)
+    left, depth = box.last_seq, box.depth
+    box.close()
+    assert depth == left >= 10
+
+    sub = Sub(broker, ["bess/demo/telemetry"])
+    d = await started(cfg, secrets_for(cfg, broker), state)
+    try:
+        await wait_for(lambda: max(seqs(sub), default=0) >= left + 3, 10, "the old outbox and new telemetry")
+        assert_in_order_none_missing(seqs(sub), 1, left + 3)
+    finally:
+        await d.stop()
+        sub.stop()
+
+
+# --------------------------------------------------------------------------------------------- trades
+def trade_for_now(quantity_mw: float = 2.0, side: str = "sell") -> dict:
+    start = period_start(time.time())
+    return {"trade_id": f"t-{uuid.uuid4().hex[:10]}", "side": side, "quantity_mw": quantity_mw,
+            "price_eur_mwh": 87.5, "delivery_start": iso(start), "delivery_end": iso(start + PERIOD_S),
+            "market": "intraday", "executed_at": iso(time.time())}
+
+
+async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp_path):
+    cfg = make_config(tmp_path, plant)
+    acks = Sub(broker, ["bess/demo/trades/ack"], "test-acks")
+    d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
+    pub = TradePublisher(broker.url, SECRET, client_id="test-exchange")
+    raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-raw", protocol=mqtt.MQTTv311)
+    raw.connect(broker.host, broker.port)
+    raw.loop_start()
+    pub.start()
+    try:
+        await wait_for(lambda: d.uplink.connected and pub.connected.is_set(), 10, "both clients connected")
+        await wait_for(lambda: d.controller.stats.good_cycles >= 1, 10, "the first good cycle")
+        # the exchange simulator's publisher: same signing, same ack shape
+        good = trade_for_now(2.0)
+        pub.publish_trade("demo", good)
+        await wait_for(lambda: pub.delivery("demo", good["trade_id"])["ack"] is not None, 10, "the ack")
+        ack = pub.delivery("demo", good["trade_id"])["ack"]
+        assert ack["accepted"] is True, ack
+        assert d.store.has_trade(good["trade_id"])
+        await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 0.01, 5, "2 MW on the PCS simulator")
+        n_trades = len(d.store.trades())
+
+        def signed(msg: dict, ts: float | None = None) -> bytes:
+            return json.dumps(sign_message({**msg, "ts": iso(time.time() if ts is None else ts)}, SECRET)).encode()
+
+        bad_sig = json.loads(signed(trade_for_now()))
+        bad_sig["sig"] = "0" * 64
+        wrong_types = {**trade_for_now(), "quantity_mw": "lots", "side": 3}
+        cases = {
+            "bad signature": json.dumps(bad_sig).encode(),
+            "missing signature": json.dumps({**trade_for_now(), "ts": iso(time.time())}).encode(),
+            "stale ts": signed(trade_for_now(), ts=time.time() - 400),
+            "future ts": signed(trade_for_now(), ts=time.time() + 400),
+            "replayed trade_id": signed(good),
+            "wrong types": signed(wrong_types),
+            "not an object": b"[1, 2, 3]",
+            "one megabyte": signed({**trade_for_now(), "padding": "x" * (1 << 20)}),
+        }
+        before = len(acks.payloads("bess/demo/trades/ack"))
+        for name, payload in cases.items():
+            raw.publish("bess/demo/trades", payload, qos=1).wait_for_publish(5)
+        raw.publish("bess/demo/trades", b"\xff not json {", qos=1).wait_for_publish(5)
+        raw.publish("bess/demo/trades", b"", qos=1).wait_for_publish(5)
+        await wait_for(lambda: len(acks.payloads("bess/demo/trades/ack")) >= before + len(cases), 10,
+                       "an ack for every bad JSON message")
+        await asyncio.sleep(0.5)  # the two non-JSON messages would have been acked by now too
+        got = acks.payloads("bess/demo/trades/ack")[before:]
+        assert len(got) == len(cases), got  # non-JSON: ignored, no ack
+        assert all(a["accepted"] is False and a["reason"] and set(a) == {"trade_id", "accepted", "reason", "ts"}
+                   for a in got), got
+        reasons = " | ".join(a["reason"] for a in got)
+        for needle in ("bad signature", "sig: missing", "more than 300 s", "duplicate", "too large", "quantity_mw"):
+            assert needle in reasons, (needle, reasons)
+        assert len(d.store.trades()) == n_trades  # nothing stored
+        assert d.uplink.stats["trades_rejected"] == len(cases) and d.uplink.stats["trades_ignored"] == 2
+        cycles = d.controller.stats.good_cycles
+        await wait_for(lambda: d.controller.stats.good_cycles > cycles + 2, 5, "the cycle still running")
+        assert d.uplink.connected and abs(plant.pcs.requested_mw() - 2.0) < 0.01
+    finally:
+        pub.stop()
+        raw.disconnect()
+        raw.loop_stop()
+        await d.stop()
+        acks.stop()
+
+
+async def test_mqtt_311_fallback(broker, plant, tmp_path):
+    cfg = make_config(tmp_path, plant, protocol="3.1.1")
+    sub = Sub(broker, ["bess/demo/telemetry", "bess/demo/status"])
+    d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
+    try:
+        await wait_for(lambda: len(seqs(sub)) >= 3, 10, "telemetry over MQTT 3.1.1")
+        assert sub.payloads("bess/demo/status")[-1]["online"] is True
+    finally:
+        await d.stop()
+    await asyncio.sleep(0.3)
+    assert sub.payloads("bess/demo/status")[-1]["online"] is False  # a clean stop says offline
+    sub.stop()
+
+
+# --------------------------------------------------------------------------------------------- last will
+async def test_last_will_when_killed(broker, plant, tmp_path):
+    """A real `bess-edge run` on the plant: online (retained) while it runs, the will (offline, retained) after
+    SIGKILL."""
+    make_config(tmp_path, plant)  # writes tmp_path/site.yaml
+    env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
+    sub = Sub(broker, ["bess/demo/status"], "test-will")
+    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"),
+                             "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def status() -> list[dict]:
+        return sub.payloads("bess/demo/status")
+
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(s["online"] for s in status()):
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            await asyncio.sleep(0.05)  # the plant serves from this loop: never block it
+        assert any(s["online"] for s in status()), "no online status from the controller"
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 10)
+        await wait_for(lambda: status()[-1]["online"] is False, 10, "the last will")
+        assert "ts" in status()[-1]
+        late = Sub(broker, ["bess/demo/status"], "test-late")  # the will is retained: a newcomer sees it
+        try:
+            await wait_for(lambda: bool(late.payloads("bess/demo/status")), 5, "the retained status")
+            assert late.payloads("bess/demo/status")[-1]["online"] is False
+        finally:
+            late.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        if proc.stderr:
+            proc.stderr.close()
+        sub.stop()
