@@ -337,7 +337,9 @@ class Uplink:
         inflight = len(self._inflight)
         if self._running:
             self._set_will(client)  # the next CONNECT carries a fresh ts in the will
-        if was:
+        if was and not self._running:
+            log.info("MQTT disconnected (stopping)", extra={"inflight": inflight})
+        elif was:
             self._counters["disconnects"] += 1
             log.warning("MQTT disconnected; will reconnect", extra={"reason": str(reason_code), "inflight": inflight,
                                                                    "outbox_depth": self.outbox.depth})
