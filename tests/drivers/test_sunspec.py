@@ -39,7 +39,8 @@ def definition_length(model_id: int) -> int:
 
 
 async def run_pcs(sim: PcsSim, setpoint_w: float, seconds: float) -> None:
-    """Enable WSet at `setpoint_w` as a client would (through the server's write path) and step the PCS."""
+    """Enable WSet at `setpoint_w` (validated by the PCS's write hook, as a client's write would be, then
+    stored) and step the PCS for `seconds`."""
     assert sim.pcs.on_write({"704.WSet": setpoint_w, "704.WSetEna": ENABLED}) is None
     sim.server.update({"704.WSet": setpoint_w, "704.WSetEna": ENABLED})
     for _ in range(round(seconds / 0.1)):
