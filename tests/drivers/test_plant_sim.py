@@ -148,14 +148,14 @@ async def test_pcs_refuses_bad_writes_with_modbus_exceptions():
 
 
 async def test_pcs_reverts_to_zero_when_the_reversion_timeout_passes():
-    # clock x50: the 10 s reversion time is 0.2 real seconds
-    async with running_plant(clock=Clock(speed=50), tick_s=0.01) as plant, drivers_for(plant) as (_, pcs):
+    # clock x20: the 10 s reversion time is 0.5 real seconds, ten heartbeat periods (robust on a busy machine)
+    async with running_plant(clock=Clock(speed=20), tick_s=0.01) as plant, drivers_for(plant) as (_, pcs):
         assert await pcs.write("wset_rvrt_tms", 10) == 10
         await pcs.write("setpoint_mw", 3.0)
         await pcs.write("wset_ena", 1)
         await eventually(pcs.read, lambda r: r["power_mw"].value == pytest.approx(3.0))
-        # a heartbeat every 0.05 real s (2.5 clock s) keeps the setpoint for 30 clock s, three timeouts' worth
-        t_end = time.monotonic() + 0.6
+        # a heartbeat every 0.05 real s (1 clock s) keeps the setpoint for 24 clock s, 2.4 timeouts' worth
+        t_end = time.monotonic() + 1.2
         for hb in range(1, 100):
             if time.monotonic() >= t_end:
                 break
@@ -220,7 +220,7 @@ async def test_silent_face_times_out_then_recovers(face: str):
         t0 = time.perf_counter()
         with pytest.raises(DeviceTimeout):
             await read_face(plant, drivers, face)
-        assert TIMEOUT_S * 0.9 <= time.perf_counter() - t0 < TIMEOUT_S + 0.5
+        assert TIMEOUT_S * 0.9 <= time.perf_counter() - t0 < TIMEOUT_S + 2.0
         other = "pcs" if face == "bms_modbus" else "bms_modbus"
         await read_face(plant, drivers, other)                 # only the faulted face is silent
         plant.faults[face].clear()
