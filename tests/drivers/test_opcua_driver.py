@@ -5,14 +5,17 @@ typed error and the driver recovering by itself, and a controller cycling on the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+import pytest_asyncio
 from asyncua import ua
 
 from controller.clock import Clock
+from controller.config import load_config
 from drivers import codec
 from drivers.errors import DeviceError, DeviceTimeout, Disconnected, OpcUaError, ReadbackMismatch, WriteRefused
 from drivers.modbus import ModbusDriver
@@ -21,10 +24,11 @@ from drivers.profile import Profile, load_profile
 from simulators.battery import ALARM_INJECTED, BatteryModel, BatteryParams
 from simulators.faults import Faults
 from simulators.opcua_bms import OpcUaBmsServer, bms_values
+from simulators.plant import Plant
 from tests.conftest import free_port
 from tests.fixtures.controller import ROOT, make_controller
 from tests.fixtures.drivers import PROFILES, bms_profile
-from tests.fixtures.plant import make_plant  # noqa: F401 - fixture
+from tests.fixtures.plant import CONFIG as PLANT_CONFIG, plant_kwargs
 
 TIMEOUT_S = 0.3
 PUBLISH_S = 0.1
@@ -45,12 +49,13 @@ class Bms:
         return OpcUaDriver("bms", kwargs.pop("profile", None) or ua_profile(), self.server.endpoint, **kwargs)
 
 
-@pytest.fixture
-async def bms() -> AsyncIterator[Bms]:
-    """The OPC UA BMS simulator over a battery model at 62.5 % SoC, 31 °C, discharging 2 MW (values stay
-    put: nothing steps the model unless the test does)."""
-    model = BatteryModel(BatteryParams(), soc_pct=62.5, temperature_c=31.0)
-    model.step(2.0, 1.0)
+# One server for the module (an asyncua server takes ~1.5 s to start); `bms` puts it back to a known state.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def ua_server() -> AsyncIterator[Bms]:
+    model = BatteryModel(BatteryParams())
     faults = Faults()
     server = OpcUaBmsServer(model, "127.0.0.1", free_port(), Clock(), faults)
     await server.start()
@@ -60,7 +65,28 @@ async def bms() -> AsyncIterator[Bms]:
         await server.stop()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="module")
+async def bms(ua_server: Bms) -> AsyncIterator[Bms]:
+    """The OPC UA BMS simulator over a battery model at 62.5 % SoC, 31 °C, that discharged 2 MW for a second
+    (values stay put: nothing steps the model unless the test does); faults, limits and setters restored."""
+    b = ua_server
+    b.faults.clear()
+    b.model.set_state(soc_pct=62.5, temperature_c=31.0)
+    b.model.step(2.0, 1.0)
+    await asyncio.sleep(0.15)   # the simulator copies the model into its variables every 0.1 s
+    try:
+        yield b
+    finally:
+        b.faults.clear()
+        iserver = b.server.server.iserver
+        iserver.max_subscriptions = 1000
+        nid, point = b.server._nodes["heartbeat"]
+        b.server.server.set_attribute_value_setter(nid, b.server._setter("heartbeat", point))
+        await b.server.server.write_attribute_value(nid, ua.DataValue(ua.Variant(0, ua.VariantType.UInt16)))
+        b.server.heartbeat = None
+
+
+@pytest_asyncio.fixture(loop_scope="module")
 async def drivers() -> AsyncIterator[list]:
     """Drivers a test makes; all closed at the end."""
     made: list = []
@@ -69,6 +95,17 @@ async def drivers() -> AsyncIterator[list]:
     finally:
         for d in made:
             await d.close()
+
+
+@contextlib.asynccontextmanager
+async def running_plant(**overrides) -> AsyncIterator[Plant]:
+    """The whole plant (tests/fixtures/plant.py's settings) with its OPC UA face, in this module's loop."""
+    plant = Plant.from_config(load_config(PLANT_CONFIG), **plant_kwargs(True, **overrides))
+    await plant.start()
+    try:
+        yield plant
+    finally:
+        await plant.stop()
 
 
 async def until(predicate, within_s: float, what: str, interval_s: float = 0.05):
@@ -140,8 +177,12 @@ async def test_every_point_with_type_unit_and_value_of_the_model(bms, drivers):
     assert d.stats.requests == 1 and d.stats.polls == 1   # every node in one Read
 
 
-async def test_same_readings_as_the_modbus_bms_of_the_same_plant(make_plant, drivers):
-    plant = await make_plant(opcua=True)
+async def test_same_readings_as_the_modbus_bms_of_the_same_plant(drivers):
+    async with running_plant() as plant:
+        await _same_readings(plant, drivers)
+
+
+async def _same_readings(plant: Plant, drivers: list) -> None:
     ua_d = OpcUaDriver("bms", ua_profile(), f"opc.tcp://127.0.0.1:{plant.ports['bms_opcua']}", timeout_s=1.0)
     mb_d = ModbusDriver("bms", bms_profile(), "127.0.0.1", plant.ports["bms_modbus"], timeout_s=1.0)
     drivers += [ua_d, mb_d]
@@ -429,9 +470,9 @@ async def test_close_twice_and_reconnect_after_close(bms, drivers):
 
 # --- the controller on the OPC UA BMS -----------------------------------------------------------------------
 
-async def test_controller_cycles_on_the_opcua_bms(make_plant, tmp_path):
-    plant = await make_plant(opcua=True, initial_soc_pct=64.0)
-    async with make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml") as c:
+async def test_controller_cycles_on_the_opcua_bms(tmp_path):
+    async with (running_plant(initial_soc_pct=64.0) as plant,
+                make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml") as c):
         bms_link = c.devices.bms
         assert type(bms_link.driver).__name__ == "OpcUaDriver"
         snap = c.snapshot
