@@ -207,7 +207,7 @@ async def _same_readings(plant: Plant, drivers: list) -> None:
         # the Modbus map's resolution (one LSB, in canonical units) bounds the difference
         lsb = codec.resolution(mb_p) * mb_p.factor
         assert reading.value == pytest.approx(mb_r[name].value, abs=lsb + 1e-6, rel=1e-6), name
-        assert type(reading.value) is type(mb_r[name].value) or mb_p.type != "f32" and ua_profile().points[name].type == "f32", name
+        assert type(reading.value) is type(mb_r[name].value), name
     # bit points are ints with the profile's bit names, exactly as over Modbus
     assert ua_r["alarm_bits"].value == mb_r["alarm_bits"].value and ua_r["alarm_bits"].value & ALARM_INJECTED
     assert ua_profile().points["alarm_bits"].bits == mb_profile.points["alarm_bits"].bits
