@@ -30,6 +30,7 @@ log = logging.getLogger("bess.cycle")
 
 MODES = ("auto", "manual", "stopped")
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
+STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
 BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
 
 
@@ -88,6 +89,7 @@ class Controller:
         self._started_ts: float = 0.0
         self._readback_hold_until = 0.0
         self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task | None = None
         self._scheduler = None
         self._last_telemetry_mono = -math.inf
@@ -369,7 +371,7 @@ class Controller:
     async def _loop(self) -> None:
         period = self.config.cycle.period_s
         next_t = time.monotonic()
-        while True:
+        while not self._stopping:
             try:
                 await self.run_cycle()
             except asyncio.CancelledError:
@@ -386,6 +388,8 @@ class Controller:
                 log.warning("cycle overran", extra={"duration_s": self.stats.last_duration_s, "period_s": period})
                 next_t = now  # never stack cycles
             self._wake.clear()
+            if self._stopping:  # stop() set the wake-up during the cycle: the clear above must not hide it
+                break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_t - time.monotonic()))
                 next_t = time.monotonic()  # woken early (period boundary, trade, mode): restart the rhythm
@@ -460,11 +464,22 @@ class Controller:
     async def stop(self) -> None:
         self.notifier.stopping()
         if self._task:
-            self._task.cancel()
+            # A cycle cancelled mid-request leaves its answer in the connection, where the stop's 0 MW write
+            # would find it instead of its own: let the running cycle end first, cancel only a stuck one.
+            self._stopping = True
+            self._wake.set()
             try:
-                await self._task
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=STOP_GRACE_S)
+            except asyncio.TimeoutError:
+                log.warning("control cycle did not end in time: cancelled", extra={"grace_s": STOP_GRACE_S})
+                self._task.cancel()
+                try:
+                    await self._task
+                except asyncio.CancelledError:
+                    pass
             except asyncio.CancelledError:
-                pass
+                self._task.cancel()
+                raise
             self._task = None
         if self._scheduler:
             self._scheduler.shutdown(wait=False)

@@ -1,0 +1,240 @@
+"""Control-cycle costs against the plant simulators in another process: cycle duration (poll + decide + write +
+record, the controller's own measurement) median/p99 at 1 s and 0.1 s cycle time, CPU % of one core at 1 s,
+and trade-to-setpoint latency (accept_trade -> the setpoint read back from the PCS simulator) median/p99.
+
+    .venv/bin/python bench/cycle.py [--seconds-1s 30] [--seconds-100ms 20] [--trades 40]
+
+Targets (issue 3): cycle p99 < 20 ms, CPU < 3 % at 1 s, trade-to-setpoint p99 < 150 ms. The floor is one raw
+Modbus read round trip to the same simulator, measured in the same run. Prints figures, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from controller.clock import Clock, iso  # noqa: E402
+from controller.config import load_config  # noqa: E402
+from controller.core import Controller  # noqa: E402
+from controller.schedule import PERIOD_S, period_start  # noqa: E402
+from controller.store import Store  # noqa: E402
+
+BASE = ROOT / "config" / "demo-modbus.yaml"
+TARGETS = {"cycle_p99_ms": 20.0, "cpu_pct_1s": 3.0, "trade_to_setpoint_p99_ms": 150.0}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1e3, 3)
+
+
+def write_site(tmp: Path, period_s: float) -> Path:
+    """demo-modbus.yaml with the simulators on free ports (no OPC UA face, no control app), every device polled
+    every cycle, and no faces besides the cycle itself. The ramp is wide open so that trade-to-setpoint measures
+    the software path, not the configured 5 MW/s (a ramp-limited step takes as long as the ramp says)."""
+    raw = yaml.safe_load(BASE.read_text())
+    bms_port, pcs_port = free_port(), free_port()
+    raw["simulator"].update(bms_modbus_port=bms_port, pcs_modbus_port=pcs_port, bms_opcua_port=None, control_port=None)
+    for dev in raw["devices"].values():
+        dev["port"] = pcs_port if dev["role"] == "pcs" else bms_port
+        dev["profile"] = str((BASE.parent / dev["profile"]).resolve())
+        dev["poll_interval_s"] = period_s
+    raw["cycle"]["period_s"] = period_s
+    raw["limits"]["ramp_mw_per_s"] = 1000
+    raw["mqtt"]["enabled"] = False
+    raw["web"]["enabled"] = False
+    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    path = tmp / f"site-{period_s:g}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+async def wait_port(port: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
+
+
+class Run:
+    """A Controller (no faces) on a site file; started, measured, stopped."""
+
+    def __init__(self, site: Path, state: Path):
+        self.config = load_config(site)
+        self.store = Store(state / f"{site.stem}.db")
+        self.c = Controller(self.config, self.store, Clock())
+
+    async def __aenter__(self) -> Controller:
+        await self.c.start()
+        for _ in range(200):   # bounded: up to 20 s for the first good cycle
+            if self.c.stats.good_cycles:
+                break
+            await asyncio.sleep(0.1)
+        if not self.c.stats.good_cycles:
+            raise RuntimeError(f"no good cycle: {self.c.status()}")
+        return self.c
+
+    async def __aexit__(self, *exc) -> None:
+        await self.c.stop()
+        self.store.close()
+
+
+async def cycle_phase(site: Path, state: Path, seconds: float, warmup_s: float = 3.0) -> dict:
+    async with Run(site, state) as c:
+        await asyncio.sleep(warmup_s)   # first connections, SunSpec discovery, first arming
+        c.stats.durations_s.clear()
+        overruns0 = c.stats.overruns
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+        d = list(c.stats.durations_s)
+        good = c.stats.good_cycles
+    return {"cycles": len(d), "median_ms": ms(pct(d, 0.5)), "p99_ms": ms(pct(d, 0.99)), "max_ms": ms(max(d)),
+            "overruns": c.stats.overruns - overruns0, "cpu_pct": round(100 * cpu / wall, 2), "good_cycles": good}
+
+
+async def latency_phase(site: Path, state: Path, n: int, seed: int) -> dict:
+    from drivers.sunspec import SunSpecDriver
+
+    rng = random.Random(seed)
+    cfg = load_config(site)
+    pcs_name, pcs = cfg.device("pcs")
+    # an independent client: what the PCS simulator holds, not what the controller believes it wrote
+    probe = SunSpecDriver("probe", cfg.load_profile(pcs), "127.0.0.1", pcs.port, unit_id=pcs.unit_id, timeout_s=1.0)
+    lat: list[float] = []
+    try:
+        async with Run(site, state) as c:
+            await asyncio.sleep(1.0)
+            position = 0.0
+            for i in range(n):
+                await asyncio.sleep(rng.uniform(0.0, c.config.cycle.period_s))   # land anywhere in the cycle
+                side = "sell" if i % 2 == 0 else "buy"
+                position += 1.0 if side == "sell" else -1.0
+                now = c.clock.now()
+                start = period_start(now)
+                if start + PERIOD_S - now < 2.0:   # too close to the boundary: the trade would not apply
+                    await asyncio.sleep(start + PERIOD_S - now + 0.5)
+                    now = c.clock.now()
+                    start = period_start(now)
+                    position = c.schedule.position_mw(now) + (1.0 if side == "sell" else -1.0)
+                t0 = time.perf_counter()
+                ack = c.accept_trade({"trade_id": f"L-{seed}-{i}", "side": side, "quantity_mw": 1.0,
+                                      "price_eur_mwh": 80.0, "delivery_start": iso(start),
+                                      "delivery_end": iso(start + PERIOD_S), "market": "intraday",
+                                      "executed_at": iso(now)}, source="bench")
+                if not ack.accepted:
+                    raise RuntimeError(f"trade refused: {ack}")
+                for _ in range(5000):   # bounded: ~5 s at most
+                    v = await probe.read_point("setpoint_mw")
+                    if v is not None and abs(v - position) < 1e-6:
+                        break
+                    if time.perf_counter() - t0 > 5:
+                        raise RuntimeError(f"setpoint {v} never reached {position} MW")
+                lat.append(time.perf_counter() - t0)
+    finally:
+        await probe.close()
+    return {"n": len(lat), "median_ms": ms(pct(lat, 0.5)), "p99_ms": ms(pct(lat, 0.99)), "max_ms": ms(max(lat))}
+
+
+async def floor_phase(site: Path, n: int = 200) -> dict:
+    """One raw read of 50 holding registers from the PCS simulator: the wire's share of any cycle."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    cfg = load_config(site)
+    _, pcs = cfg.device("pcs")
+    cl = AsyncModbusTcpClient("127.0.0.1", port=pcs.port, timeout=1, retries=0)
+    await cl.connect()
+    xs = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            rr = await cl.read_holding_registers(40000, count=50, device_id=pcs.unit_id)
+            xs.append(time.perf_counter() - t0)
+            if rr.isError():
+                raise RuntimeError(rr)
+    finally:
+        cl.close()
+    return {"median_ms": ms(pct(xs, 0.5)), "p99_ms": ms(pct(xs, 0.99))}
+
+
+async def main(args) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
+    sites = {p: write_site(tmp, p) for p in (1.0, 0.1)}
+    # one simulator process serves both site files' ports? No: each site file has its own ports, so one
+    # simulator per cycle time, started one after the other
+    res: dict = {"bench": "cycle", "targets": TARGETS}
+    for period_s, key in ((1.0, "cycle_1s"), (0.1, "cycle_100ms")):
+        site = sites[period_s]
+        sim = subprocess.Popen([str(Path(sys.executable).with_name("bess-edge")), "simulate", "--config", str(site)],
+                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            cfg = load_config(site)
+            for dev in cfg.devices.values():
+                await wait_port(dev.port)
+            if period_s == 1.0:
+                res["floor_modbus_read"] = await floor_phase(site)
+            res[key] = await cycle_phase(site, tmp, args.seconds_1s if period_s == 1.0 else args.seconds_100ms)
+            if period_s == 1.0:
+                res["trade_to_setpoint_1s"] = await latency_phase(site, tmp, args.trades, args.seed)
+        finally:
+            sim.terminate()
+            try:
+                sim.wait(10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+                sim.wait(10)
+    res["cpu_pct_1s"] = res["cycle_1s"]["cpu_pct"]
+    res["met"] = {
+        "cycle_p99_ms": max(res["cycle_1s"]["p99_ms"], res["cycle_100ms"]["p99_ms"]) < TARGETS["cycle_p99_ms"],
+        "cpu_pct_1s": res["cpu_pct_1s"] < TARGETS["cpu_pct_1s"],
+        "trade_to_setpoint_p99_ms": res["trade_to_setpoint_1s"]["p99_ms"] < TARGETS["trade_to_setpoint_p99_ms"],
+    }
+    return res
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds-1s", type=float, default=30.0)
+    ap.add_argument("--seconds-100ms", type=float, default=20.0)
+    ap.add_argument("--trades", type=int, default=40)
+    ap.add_argument("--seed", type=int, default=os.getpid())
+    out = asyncio.run(main(ap.parse_args()))
+    f = out["floor_modbus_read"]
+    print(f"floor: raw 50-register read   median {f['median_ms']} ms, p99 {f['p99_ms']} ms")
+    for key, label in (("cycle_1s", "cycle @ 1 s"), ("cycle_100ms", "cycle @ 0.1 s")):
+        r = out[key]
+        print(f"{label:14s} n={r['cycles']:4d}  median {r['median_ms']} ms  p99 {r['p99_ms']} ms  max {r['max_ms']} ms  "
+              f"overruns {r['overruns']}  CPU {r['cpu_pct']} %")
+    t = out["trade_to_setpoint_1s"]
+    print(f"trade->setpoint n={t['n']}  median {t['median_ms']} ms  p99 {t['p99_ms']} ms  max {t['max_ms']} ms")
+    print(f"targets met: {out['met']}")
+    print(json.dumps(out))
