@@ -189,8 +189,7 @@ async def floor_phase(site: Path, n: int = 200) -> dict:
 async def main(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cycle-"))
     sites = {p: write_site(tmp, p) for p in (1.0, 0.1)}
-    # one simulator process serves both site files' ports? No: each site file has its own ports, so one
-    # simulator per cycle time, started one after the other
+    # each site file has its own free ports: one simulator process per cycle time, one after the other
     res: dict = {"bench": "cycle", "targets": TARGETS}
     for period_s, key in ((1.0, "cycle_1s"), (0.1, "cycle_100ms")):
         site = sites[period_s]
