@@ -83,8 +83,9 @@ class Metrics:
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(s.devices) else float("inf"))
         self.cycle_duration.observe(c.stats.last_duration_s)
         if c.stats.cycles % 50 == 1:
-            ds = sorted(c.stats.durations_s)
-            self.cycle_p99.set(ds[min(len(ds) - 1, int(len(ds) * 0.99))])
+            ds = sorted(c.stats.durations_s)  # copy first: the deque is appended to by the cycle
+            if ds:
+                self.cycle_p99.set(ds[min(len(ds) - 1, int(len(ds) * 0.99))])
         self.cycles.inc(c.stats.cycles - self._cycles_seen)
         self._cycles_seen = c.stats.cycles
         self.overruns.inc(c.stats.overruns - self._overruns_seen)

@@ -81,6 +81,8 @@ class BatteryModel:
         """1 at or before `start`, 0 at or beyond `end`, linear between (start/end may be in either order)."""
         if start == end:
             return 0.0 if (x >= end if end >= start else x <= end) else 1.0
+        if abs(x - end) <= 1e-9 * max(1.0, abs(end)):  # SoC through energy and back: 100 % may read 99.99999999999999
+            return 0.0
         f = (end - x) / (end - start)
         return min(1.0, max(0.0, f))
 

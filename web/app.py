@@ -179,6 +179,10 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and request.method not in SAFE_METHODS:
+            # FastAPI's "error parsing the body" (e.g. bytes that are not UTF-8): a bad body like any other,
+            # so the documented 422 with a detail that says what was wrong
+            return _json_error(422, "body: not valid JSON (UTF-8)", errors=[])
         return _json_error(exc.status_code, exc.detail, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(OrderRefused)
