@@ -145,7 +145,15 @@ def main_run(config: SiteConfig, args) -> int:
         for line in e.errors:
             print(f"environment: {line}", flush=True)
         return 2
-    daemon = Daemon(config, secrets, args.state_dir)
+    time_scale = getattr(args, "time_scale", None)
+    # a sped-up clock is for labs and tests against simulators run at the same --time-scale, never a site
+    clock = Clock(speed=time_scale) if time_scale and time_scale != 1.0 else None
+    if clock is not None:
+        if config.mode != "demo":
+            print(f"--time-scale {time_scale:g}: only for a site file with mode: demo (this one is {config.mode})")
+            return 2
+        log.warning("clock sped up for a lab run", extra={"time_scale": time_scale})
+    daemon = Daemon(config, secrets, args.state_dir, clock=clock)
     try:
         asyncio.run(run_until_signalled(daemon))
     except OSError as e:

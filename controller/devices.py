@@ -36,7 +36,8 @@ def make_driver(name: str, dev: Device, profile: Profile, clock: Clock):
     if dev.protocol == "opcua":
         from drivers.opcua import OpcUaDriver
 
-        return OpcUaDriver(name, profile, dev.endpoint, timeout_s=dev.timeout_s, clock=clock, subscribe=dev.subscribe)
+        return OpcUaDriver(name, profile, dev.endpoint, timeout_s=dev.timeout_s, clock=clock, subscribe=dev.subscribe,
+                           publishing_interval_s=profile.publishing_interval_s)
     raise ValueError(f"device {name}: unknown protocol {dev.protocol!r}")
 
 

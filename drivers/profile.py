@@ -114,6 +114,7 @@ class Profile(BaseModel):
     description: str = ""
     sunspec: SunSpecLayout | None = None
     namespace: str | None = Field(None, description="OPC UA namespace URI the node ids refer to")
+    publishing_interval_s: float = Field(0.2, gt=0, le=60, description="OPC UA subscription publishing interval")
     points: dict[str, Point]
 
     @model_validator(mode="after")
