@@ -69,8 +69,23 @@ class Daemon:
         self.web = None
         self.metrics = None
 
+    @property
+    def web_url(self) -> str:
+        web = self.config.web
+        host = f"[{web.host}]" if ":" in web.host else web.host
+        return f"{'https' if web.tls.enabled else 'http'}://{host}:{web.port}"
+
     async def start(self) -> None:
         cfg = self.config
+        cert = key = None
+        if cfg.web.enabled and cfg.web.tls.enabled:
+            from controller.tls import ensure_certificate
+
+            # first, before any part runs: a bad configured certificate stops the start with its YAML path
+            cert, key = ensure_certificate(cfg.web.tls, self.state_dir, bind_host=cfg.web.host)
+        elif cfg.web.enabled and (cfg.web.tls.cert_file or cfg.web.tls.key_file):
+            log.warning("web.tls has certificate files but web.tls.enabled is false: serving plain http",
+                        extra={"cert": cfg.web.tls.cert_file})
         from controller.metrics import Metrics
 
         self.metrics = Metrics(self.controller)
@@ -90,7 +105,6 @@ class Daemon:
         self.parts.append(self.controller)
         if cfg.web.enabled:
             from controller.backend import ControllerBackend
-            from controller.tls import ensure_certificate
             from web.app import create_app
 
             self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
@@ -99,9 +113,6 @@ class Daemon:
             app = create_app(self.backend, self.secrets.api_keys, self.secrets.hmac_secret,
                              lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
                              metrics_registry=self.metrics.registry)
-            cert = key = None
-            if cfg.web.tls.enabled:
-                cert, key = ensure_certificate(cfg.web.tls, self.state_dir)
             self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, cert, key)
             await self.web.start()
             self.parts.append(self.web)
@@ -111,7 +122,7 @@ class Daemon:
             self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
             await self.scada.start()
             self.parts.append(self.scada)
-        log.info("controller running", extra={"site": cfg.site.id, "web": f"{cfg.web.host}:{cfg.web.port}" if cfg.web.enabled else None})
+        log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
 
     async def stop(self) -> None:
         for part in reversed(self.parts):
@@ -156,6 +167,11 @@ def main_run(config: SiteConfig, args) -> int:
     daemon = Daemon(config, secrets, args.state_dir, clock=clock)
     try:
         asyncio.run(run_until_signalled(daemon))
+    except ConfigError as e:  # found at start, e.g. web.tls files that cannot be served
+        log.error("refusing to start: bad configuration", extra={"errors": e.errors})
+        for line in e.errors:
+            print(f"config: {line}", flush=True)
+        return 2
     except OSError as e:
         log.error("cannot start", extra={"error": str(e)})
         return 1
