@@ -332,6 +332,21 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _resolve_files(cfg: SiteConfig) -> None:
+    """Relative certificate/key/users file paths are relative to the site file, not to the working directory
+    (which is / under systemd)."""
+    def absolute(v: str | None) -> str | None:
+        return v if v is None or Path(v).is_absolute() else str(cfg.base_dir / v)
+
+    for tls in (cfg.mqtt.tls, cfg.web.tls):
+        if tls is not None:
+            for attr in ("ca_file", "cert_file", "key_file"):
+                if hasattr(tls, attr):
+                    setattr(tls, attr, absolute(getattr(tls, attr)))
+    if cfg.scada.opcua is not None and getattr(cfg.scada.opcua, "users_file", None):
+        cfg.scada.opcua.users_file = absolute(cfg.scada.opcua.users_file)
+
+
 def load_config(path: str | Path) -> SiteConfig:
     """Read, validate and resolve a site file, profiles included. Raises ConfigError listing every error."""
     path = Path(path)
@@ -356,6 +371,7 @@ def load_config(path: str | Path) -> SiteConfig:
             lines.append(f"{head} (line {n}): {msg}" if n and err["loc"] else text_line)
         raise ConfigError(str(path), lines) from e
     cfg.base_dir = path.resolve().parent
+    _resolve_files(cfg)
     errors = []
     for name, dev in cfg.devices.items():
         try:

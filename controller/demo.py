@@ -194,12 +194,13 @@ def main_demo(args) -> int:
     try:
         demo.start()
         sim = cfg.simulator
+        web = f"{'https' if cfg.web.tls.enabled else 'http'}://127.0.0.1:{cfg.web.port}"
         print(f"""
 Demo running. Everything listens on 127.0.0.1:
-  dashboard      http://127.0.0.1:{cfg.web.port}/          API key: {DEMO_API_KEY}
-  REST API       http://127.0.0.1:{cfg.web.port}/api/bess-status   (header X-API-Key: {DEMO_API_KEY})
-  API docs       http://127.0.0.1:{cfg.web.port}/docs
-  metrics        http://127.0.0.1:{cfg.web.port}/metrics
+  dashboard      {web}/          API key: {DEMO_API_KEY}
+  REST API       {web}/api/bess-status   (header X-API-Key: {DEMO_API_KEY})
+  API docs       {web}/docs
+  metrics        {web}/metrics
   exchange       http://127.0.0.1:{EXCHANGE_PORT}/api/market-data
   MQTT broker    mqtt://127.0.0.1:{MQTT_PORT}   topics bess/{cfg.site.id}/#
   BMS simulator  Modbus TCP 127.0.0.1:{sim.bms_modbus_port}, OPC UA opc.tcp://127.0.0.1:{sim.bms_opcua_port}

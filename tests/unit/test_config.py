@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.config import ConfigError, load_config, load_secrets, parse_mqtt_url
 
@@ -113,3 +114,16 @@ def test_mqtt_url_scheme_is_checked():
     with pytest.raises(ValueError, match="MQTT_URL: scheme"):
         parse_mqtt_url("http://x")
     assert parse_mqtt_url("mqtt://h").port == 1883
+
+
+def test_relative_certificate_paths_are_relative_to_the_site_file(tmp_path, monkeypatch):
+    site = write(tmp_path, (ROOT / "config" / "demo-modbus.yaml").read_text())
+    data = yaml.safe_load(site.read_text())
+    data.setdefault("web", {})["tls"] = {"enabled": True, "cert_file": "tls/web.pem", "key_file": "/abs/web.key"}
+    data.setdefault("mqtt", {})["tls"] = {"ca_file": "ca.pem"}
+    site.write_text(yaml.safe_dump(data))
+    monkeypatch.chdir("/")  # as under systemd
+    cfg = load_config(site)
+    assert cfg.web.tls.cert_file == str(tmp_path / "tls" / "web.pem")
+    assert cfg.web.tls.key_file == "/abs/web.key"
+    assert cfg.mqtt.tls.ca_file == str(tmp_path / "ca.pem")
