@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bess.trading")
 
 GATE_CLOSURE_S = 300
+ORDER_SYNC_MAX = 50  # locally active orders re-read one by one per refresh, at most
 
 
 class OrderRefused(Exception):
@@ -90,8 +91,10 @@ class OrderDesk:
         self.controller = controller
         self.store = controller.store
         self.config = controller.config
+        # signed with the controller's clock, the same one the gate-closure check reads: the site and the exchange
+        # must agree on time (in tests and labs both run on one injected clock; on a site it is the real one)
         self.client = client or ExchangeClient(secrets.exchange_base_url, secrets.api_keys[0], secrets.hmac_secret,
-                                               timeout_s=self.config.exchange.timeout_s)
+                                               timeout_s=self.config.exchange.timeout_s, now=controller.clock.now)
         self._market = Cached()
         self._orders = Cached()
         self._trades = Cached()
@@ -174,13 +177,34 @@ class OrderDesk:
         return out
 
     async def orders(self, active_only: bool = True) -> dict[str, Any]:
-        remote, stale = await self._cached(self._orders, lambda: self.client.orders("active" if active_only else None))
-        if not stale and isinstance(remote, list):
-            for o in remote:
-                if o.get("order_id"):
-                    self.store.update_order(o["order_id"], status=o.get("status"), filled_mw=o.get("filled_mw"),
-                                            remaining_mw=o.get("remaining_mw"))
+        _, stale = await self._cached(self._orders, lambda: self._sync_orders(active_only))
         return {"orders": self.store.orders(active_only=active_only), "stale": stale}
+
+    async def _sync_orders(self, active_only: bool) -> list[dict[str, Any]]:
+        """The exchange's view of the site's orders into the store. An order the store holds as active but the
+        exchange no longer lists as active (filled by a counterparty, expired at gate closure, cancelled
+        elsewhere) is asked for by id, so it does not stay "open" here forever."""
+        remote = await self.client.orders("active" if active_only else None)
+        listed: set[str] = set()
+        for o in remote if isinstance(remote, list) else []:
+            if isinstance(o, dict) and o.get("order_id"):
+                listed.add(o["order_id"])
+                self._update_order(o)
+        for o in self.store.orders(active_only=True, limit=ORDER_SYNC_MAX):
+            order_id = o.get("order_id")
+            if order_id in listed:
+                continue
+            try:
+                self._update_order(await self.client.order(order_id))
+            except ExchangeRejected as e:  # e.g. a restarted simulator that never knew it: keep what we have
+                log.warning("order unknown at the exchange: left as stored",
+                            extra={"order_id": order_id, "status": e.status_code, "reason": e.detail})
+        return remote
+
+    def _update_order(self, o: dict[str, Any]) -> None:
+        if o.get("order_id"):
+            self.store.update_order(o["order_id"], status=o.get("status"), filled_mw=o.get("filled_mw"),
+                                    remaining_mw=o.get("remaining_mw"))
 
     def trades(self, limit: int = 200) -> dict[str, Any]:
         return {"trades": self.store.trades(limit=limit), "stale": False}

@@ -1,0 +1,194 @@
+"""Trading end to end with real parts: the site's REST API (a real Daemon: web, uplink, controller on the plant
+simulators) → pre-trade check → signed order to the exchange simulator (real uvicorn) → matched against a
+resting order of another participant → signed trade on bess/{site}/trades through a real Mosquitto → stored
+→ schedule → setpoint on the PCS simulator → ack seen by the exchange; refused orders (site and exchange);
+the site's trading API while the exchange is down.
+
+The site and the exchange share one injected clock. Gate closure is 5 minutes before delivery, so an order
+can only be for a period that starts at least 300 s from now: the main test runs the shared clock a little
+before the next period's gate closure, trades, then moves the clock forward to the start of delivery (one
+forward step, as if the test had waited 5 minutes) and reads the PCS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator
+
+import httpx
+import pytest
+
+from controller.clock import Clock, iso
+from controller.config import load_secrets
+from controller.daemon import Daemon
+from controller.schedule import PERIOD_S, period_start
+from controller.signing import request_signature
+from simulators.exchange.client import ExchangeClient
+from tests.fixtures.controller import device_ports, site_config, wait_for
+from tests.fixtures.exchange import RunningExchange, running_exchange
+from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(90)
+
+SITE = "demo"                 # site.id of config/demo-modbus.yaml
+SITE_KEY = "site-key-e2e"     # the site's API_KEY: its own web API and its participant key at the exchange
+OTHER_KEY = "other-key-e2e"   # another participant of the exchange (the counterparty)
+THIRD_KEY = "third-key-e2e"
+SECRET = "e2e-hmac-secret"    # HMAC_SECRET shared by the site and the exchange (request and message signing)
+PARTICIPANTS = {SITE_KEY: SITE, OTHER_KEY: "other", THIRD_KEY: "third"}
+GATE_S = 300
+
+
+class SteppedClock(Clock):
+    """Real time plus an offset that only ever moves forward (`advance_to`): the controller, its uplink and
+    the exchange simulator all read this one clock."""
+
+    def __init__(self, offset_s: float = 0.0):
+        super().__init__()
+        self.offset_s = offset_s
+
+    def now(self) -> float:
+        return time.time() + self.offset_s
+
+    def advance_to(self, ts: float) -> None:
+        step = ts - self.now()
+        if step > 0:
+            self.offset_s += step
+
+
+def next_open_period(now: float, margin_s: float = 30.0) -> float:
+    """The first delivery period whose gate (start - 5 min) is still at least `margin_s` away."""
+    return period_start(now + GATE_S + margin_s) + PERIOD_S
+
+
+def order_body(side: str, quantity_mw: float, price: float, start: float, **extra) -> dict:
+    return {"side": side, "quantity_mw": quantity_mw, "price_eur_mwh": price, "market": "intraday",
+            "delivery_start": iso(start).replace(".000Z", "Z"), **extra}
+
+
+@asynccontextmanager
+async def running_site(plant, broker: Mosquitto, tmp_path: Path, clock: Clock, exchange_url: str,
+                       **overrides) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+    """A Daemon (controller + uplink + web; no SCADA face) on the plant, the broker and the exchange, with an
+    httpx client of its web API carrying the site's API key; started, first good cycle, always stopped."""
+    over = {"scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+            "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1}, **overrides}
+    cfg = site_config(tmp_path, device_ports(plant), **over)
+    secrets = load_secrets(cfg, {"API_KEY": SITE_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url,
+                                 "EXCHANGE_BASE_URL": exchange_url})
+    d = Daemon(cfg, secrets, tmp_path / "state", clock=clock)
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": SITE_KEY},
+                            timeout=10)
+    try:
+        await d.start()
+        await wait_for(lambda: d.controller.stats.good_cycles >= 1 and d.uplink.connected, 10,
+                       "the site's first good cycle and its MQTT link")
+        yield d, api
+    finally:
+        await api.aclose()
+        await d.stop()
+
+
+def exchange_kwargs(clock: Clock, broker: Mosquitto) -> dict:
+    return dict(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=broker.url, tick_s=0.2)
+
+
+async def api_until(api: httpx.AsyncClient, path: str, predicate, timeout_s: float, what: str) -> dict:
+    """GET `path` of the site's API until `predicate(json)` holds; bounded in time and count."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(int(timeout_s / 0.1) + 1):
+        body = (await api.get(path)).json()
+        if predicate(body) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert predicate(body), f"timed out after {timeout_s:g} s waiting for {what}: {body}"
+    return body
+
+
+async def publisher_connected(ex: RunningExchange) -> None:
+    await wait_for(lambda: ex.app.state.publisher.connected.is_set(), 10, "the exchange's MQTT publisher")
+
+
+# ----------------------------------------------------------------------------------------------- main path
+async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant, tmp_path):  # noqa: F811
+    # the shared clock starts 60 s before the gate of the period it will trade: start-up can take its time
+    real = time.time()
+    delivery = next_open_period(real + 60, margin_s=0)  # gate at `delivery - 300` >= real + 60
+    clock = SteppedClock(offset_s=(delivery - GATE_S - 60) - real)
+    plant = await make_plant()
+    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
+            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api), \
+            ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other:
+        await publisher_connected(ex)
+        clock.advance_to(delivery - GATE_S - 10)  # 10 s before gate closure
+        ds = iso(delivery).replace(".000Z", "Z")
+        assert plant.pcs.requested_mw() == 0.0
+
+        # the counterparty's bid rests on the book; the site's offer crosses it
+        bid = await other.place_order(order_body("buy", 2.0, 91.5, delivery))
+        assert bid["status"] == "open", bid
+        r = await api.post("/api/orders", json=order_body("sell", 3.0, 85.0, delivery))
+        assert r.status_code == 201, r.text
+        placed = r.json()
+        assert (placed["status"], placed["side"], placed["filled_mw"], placed["remaining_mw"]) == \
+            ("partially_filled", "sell", 2.0, 1.0), placed
+        assert placed["delivery_start"].startswith(ds[:16])
+
+        # the exchange: one trade at the resting order's price; the site is the seller
+        ex_trades = ex.service.trades_of(SITE)
+        assert len(ex_trades) == 1, ex_trades
+        trade_id = ex_trades[0]["trade_id"]
+        assert (ex_trades[0]["side"], ex_trades[0]["quantity_mw"], ex_trades[0]["price_eur_mwh"],
+                ex_trades[0]["order_id"]) == ("sell", 2.0, 91.5, placed["order_id"])
+        assert (await other.trades())[0]["side"] == "buy"
+
+        # signed over MQTT -> verified and stored by the site's uplink -> ack back to the exchange
+        publisher = ex.app.state.publisher
+        await wait_for(lambda: publisher.delivery(SITE, trade_id)["ack"] is not None, 10,
+                       "the site's ack at the exchange")
+        delivery_state = publisher.delivery(SITE, trade_id)
+        assert delivery_state["published"] is True and delivery_state["ack"]["accepted"] is True, delivery_state
+        assert delivery_state["ack"]["reason"] == "stored", delivery_state
+        assert d.store.has_trade(trade_id)
+        assert d.uplink.stats.get("trades_rejected", 0) == 0
+        async with ExchangeClient(ex.url, SITE_KEY, SECRET, now=clock.now) as as_site:
+            seen = (await as_site.trades())[0]
+        assert seen["trade_id"] == trade_id and seen["ack"]["accepted"] is True, seen
+
+        # the site's own API shows the trade and the order still resting for its remaining 1 MW
+        trades = (await api.get("/api/trades")).json()
+        assert trades["stale"] is False
+        assert [(t["trade_id"], t["side"], t["quantity_mw"], t["price_eur_mwh"]) for t in trades["trades"]] == \
+            [(trade_id, "sell", 2.0, 91.5)], trades
+        assert trades["trades"][0]["delivery_start"].startswith(ds[:16])
+        orders = (await api.get("/api/orders")).json()
+        assert orders["stale"] is False
+        assert [(o["order_id"], o["status"], o["filled_mw"], o["remaining_mw"]) for o in orders["orders"]] == \
+            [(placed["order_id"], "partially_filled", 2.0, 1.0)], orders
+        schedule = (await api.get("/api/schedule", params={"from": iso(delivery - PERIOD_S),
+                                                           "to": iso(delivery + 2 * PERIOD_S)})).json()
+        assert [(p["period_start"][:16], p["position_mw"]) for p in schedule["periods"]] == [(ds[:16], 2.0)]
+
+        # before delivery the PCS stays at 0 MW; at the period's start the sell is +2 MW (discharge)
+        await asyncio.sleep(0.5)
+        assert plant.pcs.requested_mw() == 0.0 and plant.pcs_server.get("704.WSet") == 0
+        soc_before = plant.model.soc_pct
+        clock.advance_to(delivery + 0.5)
+        await wait_for(lambda: plant.pcs_server.get("704.WSet") == 2_000_000, 5, "WSet = 2 MW on the PCS simulator")
+        assert plant.pcs.requested_mw() == pytest.approx(2.0)
+        await wait_for(lambda: plant.model.power_mw > 1.99, 5, "the PCS delivering +2 MW (discharge)")
+        await wait_for(lambda: plant.model.soc_pct < soc_before, 5, "the SoC falling while discharging")
+        status = await api_until(api, "/api/bess-status", lambda st: st["power_mw"] > 1.9, 5,
+                                 "the site's status to show the delivered +2 MW")
+        assert (status["target_mw"], status["setpoint_mw"], status["status"]) == (2.0, 2.0, "online"), status
+
+        # past gate closure the rest of the site's order expired at the exchange; the site learns it
+        await wait_for(lambda: ex.service.engine.orders[placed["order_id"]].status == "expired", 5,
+                       "the resting remainder to expire at gate closure")
+        await asyncio.sleep(d.config.exchange.cache_s + 0.1)
+        assert (await api.get("/api/orders")).json() == {"orders": [], "stale": False}
