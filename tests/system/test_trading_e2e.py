@@ -192,3 +192,131 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
                        "the resting remainder to expire at gate closure")
         await asyncio.sleep(d.config.exchange.cache_s + 0.1)
         assert (await api.get("/api/orders")).json() == {"orders": [], "stale": False}
+
+
+# ----------------------------------------------------------------------------------------------- refusals
+async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_path):  # noqa: F811
+    clock = Clock()
+    plant = await make_plant(initial_soc_pct=20)  # 10 MW for 15 min would take 13 % of 20 MWh: below soc_min
+    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
+            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+        now = clock.now()
+        delivery = next_open_period(now)
+        ds = iso(delivery).replace(".000Z", "Z")
+
+        # infeasible: the pre-trade check names the period and the limit
+        r = await api.post("/api/orders", json=order_body("sell", 10.0, 80.0, delivery))
+        assert r.status_code == 409, r.text
+        body = r.json()
+        assert body["limit"] == "soc_min" and body["period"].startswith(ds[:16]), body
+        assert "soc_min" in body["detail"] and ds[11:16] in body["detail"], body
+        r = await api.post("/api/orders", json=order_body("sell", 12.0, 80.0, delivery))
+        assert r.status_code == 409 and r.json()["limit"] == "p_discharge_max", r.text
+        check = (await api.post("/api/orders/check", json=order_body("sell", 10.0, 80.0, delivery))).json()
+        assert (check["ok"], check["limit"]) == (False, "soc_min"), check
+
+        # after gate closure: the current period, and the next one when it starts in under 5 minutes
+        current = period_start(now)
+        r = await api.post("/api/orders", json=order_body("buy", 1.0, 50.0, current))
+        assert r.status_code == 409, r.text
+        assert r.json()["limit"] == "gate_closure" and "gate closed" in r.json()["detail"], r.json()
+
+        # bad fields: 422 naming the field
+        bad = {
+            "side": ({**order_body("buy", 1.0, 50.0, delivery), "side": "hold"}, "side"),
+            "quantity_mw <= 0": (order_body("buy", -1.0, 50.0, delivery), "quantity_mw"),
+            "quantity_mw not a number": ({**order_body("buy", 1.0, 50.0, delivery), "quantity_mw": "lots"},
+                                         "quantity_mw"),
+            "price out of range": (order_body("buy", 1.0, 1e6, delivery), "price_eur_mwh"),
+            "off the 15-minute grid": ({**order_body("buy", 1.0, 50.0, delivery),
+                                        "delivery_start": iso(delivery + 420)}, "delivery_start"),
+            "not a time": ({**order_body("buy", 1.0, 50.0, delivery), "delivery_start": "tomorrow"},
+                           "delivery_start"),
+            "missing delivery_start": ({k: v for k, v in order_body("buy", 1.0, 50.0, delivery).items()
+                                        if k != "delivery_start"}, "delivery_start"),
+            "unknown field": (order_body("buy", 1.0, 50.0, delivery, participant="other"), "participant"),
+        }
+        for name, (payload, field) in bad.items():
+            r = await api.post("/api/orders", json=payload)
+            assert r.status_code == 422, (name, r.status_code, r.text)
+            assert field in r.json()["detail"], (name, r.json())
+        r = await api.post("/api/orders", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 422 and r.json()["detail"], r.text
+        # a market the exchange does not trade: passes the site's checks, refused by the exchange, not stored
+        r = await api.post("/api/orders", json={**order_body("buy", 1.0, 50.0, delivery), "market": "day-ahead"})
+        assert r.status_code == 422 and "exchange refused" in r.json()["detail"], r.text
+        assert "market" in r.json()["detail"], r.json()
+        # without the API key
+        r = await api.post("/api/orders", json=order_body("buy", 1.0, 50.0, delivery), headers={"X-API-Key": ""})
+        assert r.status_code == 401, r.text
+
+        # nothing reached the exchange's book, nothing is stored, nothing scheduled
+        assert ex.service.engine.orders_of(SITE) == []
+        assert d.store.orders(active_only=False) == []
+        assert (await api.get("/api/orders")).json() == {"orders": [], "stale": False}
+        assert (await api.get("/api/trades")).json() == {"trades": [], "stale": False}
+        assert d.controller.schedule.position_mw(delivery) == 0.0
+
+        # at the exchange itself: a bad signature and a replayed signed request are refused with 401
+        async with httpx.AsyncClient(base_url=ex.url, timeout=10) as raw:
+            body = json.dumps(order_body("buy", 1.0, 50.0, delivery)).encode()
+
+            def headers(secret: str = SECRET, ts: float | None = None) -> dict:
+                t = f"{clock.now() if ts is None else ts:.6f}"
+                return {"X-API-Key": SITE_KEY, "X-Timestamp": t, "Content-Type": "application/json",
+                        "X-Signature": request_signature(secret, t, "POST", "/api/orders", body)}
+
+            r = await raw.post("/api/orders", content=body, headers=headers(secret="not-the-secret"))
+            assert (r.status_code, r.json()["detail"]) == (401, "bad signature"), r.text
+            h = headers()
+            r = await raw.post("/api/orders", content=body.replace(b"1.0", b"9.0"), headers=h)  # tampered body
+            assert (r.status_code, r.json()["detail"]) == (401, "bad signature"), r.text
+            r = await raw.post("/api/orders", content=body, headers=headers(ts=clock.now() - 60))
+            assert r.status_code == 401 and "stale timestamp" in r.json()["detail"], r.text
+            first = await raw.post("/api/orders", content=body, headers=h)  # the genuine request, once
+            assert first.status_code == 201, first.text
+            replay = await raw.post("/api/orders", content=body, headers=h)  # the same bytes again
+            assert replay.status_code == 401 and "replayed request" in replay.json()["detail"], replay.text
+        assert [o.order_id for o in ex.service.engine.orders_of(SITE)] == [first.json()["order_id"]]
+
+
+# ----------------------------------------------------------------------------------------------- exchange down
+async def test_exchange_down_site_serves_last_known_data_as_stale(mosquitto, make_plant, tmp_path):  # noqa: F811
+    clock = Clock()
+    plant = await make_plant()
+    async with AsyncExitStack() as exchange_stack:
+        ex = await exchange_stack.enter_async_context(running_exchange(**exchange_kwargs(clock, mosquitto)))
+        async with running_site(plant, mosquitto, tmp_path, clock, ex.url, exchange={"cache_s": 0.2}) as (d, api):
+            delivery = next_open_period(clock.now())
+            async with ExchangeClient(ex.url, OTHER_KEY, SECRET) as other, \
+                    ExchangeClient(ex.url, THIRD_KEY, SECRET) as third:
+                await other.place_order(order_body("sell", 1.5, 64.0, delivery))
+                await third.place_order(order_body("buy", 1.5, 70.0, delivery))  # one trade at 64.00
+            r = await api.post("/api/orders", json=order_body("buy", 1.0, 10.0, delivery))  # rests: no seller
+            assert r.status_code == 201, r.text
+            resting = r.json()
+            market = (await api.get("/api/market-data")).json()
+            assert market["stale"] is False and market["vwap"] == 64.0, market
+            assert {"period_start": iso(delivery), "vwap": 64.0, "volume_mw": 1.5} in market["series"], market
+            orders = (await api.get("/api/orders")).json()
+            assert orders["stale"] is False and [o["order_id"] for o in orders["orders"]] == [resting["order_id"]]
+
+            await exchange_stack.aclose()  # the exchange goes away
+            async with httpx.AsyncClient(timeout=2) as probe:
+                with pytest.raises(httpx.ConnectError):
+                    await probe.get(ex.url + "/healthz")
+            await asyncio.sleep(0.3)  # past the site's cache_s
+            r = await api.get("/api/market-data")
+            assert r.status_code == 200, r.text
+            assert r.json() == {**market, "stale": True}
+            r = await api.get("/api/orders")
+            assert r.status_code == 200 and r.json() == {**orders, "stale": True}, r.text
+            r = await api.get("/api/trades")
+            assert r.status_code == 200 and r.json()["trades"] == [], r.text
+            # a new order is not sent and not stored: 503 with a reason
+            r = await api.post("/api/orders", json=order_body("buy", 1.0, 10.0, delivery))
+            assert r.status_code == 503 and "exchange unreachable" in r.json()["detail"], r.text
+            assert [o["order_id"] for o in d.store.orders(active_only=False)] == [resting["order_id"]]
+            # the plant side does not care: cycles go on
+            cycles = d.controller.stats.good_cycles
+            await wait_for(lambda: d.controller.stats.good_cycles > cycles + 2, 5, "the control cycle running on")
