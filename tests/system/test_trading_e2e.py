@@ -196,12 +196,17 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
 
 # ----------------------------------------------------------------------------------------------- refusals
 async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_path):  # noqa: F811
-    clock = Clock()
+    # the shared clock 2 minutes before a period boundary: that next period's gate is already closed
+    real = time.time()
+    boundary = period_start(real) + PERIOD_S
+    clock = SteppedClock(offset_s=boundary - 120 - real)
     plant = await make_plant(initial_soc_pct=20)  # 10 MW for 15 min would take 13 % of 20 MWh: below soc_min
     async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
             running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
         now = clock.now()
+        assert boundary - GATE_S < now < boundary  # start-up took less than 2 minutes
         delivery = next_open_period(now)
+        assert delivery == boundary + PERIOD_S
         ds = iso(delivery).replace(".000Z", "Z")
 
         # infeasible: the pre-trade check names the period and the limit
@@ -216,10 +221,11 @@ async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_
         assert (check["ok"], check["limit"]) == (False, "soc_min"), check
 
         # after gate closure: the current period, and the next one when it starts in under 5 minutes
-        current = period_start(now)
-        r = await api.post("/api/orders", json=order_body("buy", 1.0, 50.0, current))
-        assert r.status_code == 409, r.text
-        assert r.json()["limit"] == "gate_closure" and "gate closed" in r.json()["detail"], r.json()
+        for closed in (period_start(now), boundary):
+            r = await api.post("/api/orders", json=order_body("buy", 1.0, 50.0, closed))
+            assert r.status_code == 409, r.text
+            assert r.json()["limit"] == "gate_closure" and "gate closed" in r.json()["detail"], r.json()
+            assert r.json()["period"].startswith(iso(closed)[:16]), r.json()
 
         # bad fields: 422 naming the field
         bad = {
