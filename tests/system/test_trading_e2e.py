@@ -6,8 +6,8 @@ the site's trading API while the exchange is down.
 
 The site and the exchange share one injected clock. Gate closure is 5 minutes before delivery, so an order
 can only be for a period that starts at least 300 s from now: the main test runs the shared clock a little
-before the next period's gate closure, trades, then moves the clock forward to the start of delivery (one
-forward step, as if the test had waited 5 minutes) and reads the PCS.
+before the next period's gate closure, trades, then steps the clock forward to the start of delivery (as if
+the test had waited 5 minutes; the clock only ever moves forward) and reads the PCS: a sell, then a buy.
 """
 
 from __future__ import annotations
@@ -192,6 +192,23 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
                        "the resting remainder to expire at gate closure")
         await asyncio.sleep(d.config.exchange.cache_s + 0.1)
         assert (await api.get("/api/orders")).json() == {"orders": [], "stale": False}
+
+        # the other sign: a buy in the following period charges (-1 MW), filled completely this time
+        nxt = delivery + PERIOD_S
+        clock.advance_to(nxt - GATE_S - 10)
+        ask = await other.place_order(order_body("sell", 1.0, 40.0, nxt))
+        r = await api.post("/api/orders", json=order_body("buy", 1.0, 45.0, nxt))
+        assert r.status_code == 201 and r.json()["status"] == "filled", r.text
+        buy_trade = ex.service.trades_of(SITE)[-1]
+        assert (buy_trade["side"], buy_trade["quantity_mw"], buy_trade["price_eur_mwh"],
+                buy_trade["sell_order_id"]) == ("buy", 1.0, 40.0, ask["order_id"])
+        await wait_for(lambda: (publisher.delivery(SITE, buy_trade["trade_id"])["ack"] or {}).get("accepted"), 10,
+                       "the ack of the buy")
+        clock.advance_to(nxt + 0.5)
+        await wait_for(lambda: plant.pcs_server.get("704.WSet") == -1_000_000, 5, "WSet = -1 MW (charge)")
+        await wait_for(lambda: plant.model.power_mw < -0.99, 5, "the PCS charging at 1 MW")
+        trades = (await api.get("/api/trades")).json()["trades"]  # newest first
+        assert [(t["side"], t["quantity_mw"]) for t in trades] == [("buy", 1.0), ("sell", 2.0)], trades
 
 
 # ----------------------------------------------------------------------------------------------- refusals
