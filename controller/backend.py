@@ -67,7 +67,7 @@ class ControllerBackend:
         start = parse_iso(req.delivery_start)
         if start - self.now() < GATE_CLOSURE_S:
             return {"ok": False, "reason": f"gate closed: delivery {req.delivery_start} starts in less than 5 minutes",
-                    "period": req.delivery_start, "limit": "gate_closure"}
+                    "period": iso(start), "limit": "gate_closure"}
         feas = self.desk.pre_trade_check(req)
         return {"ok": feas.ok, "reason": None if feas.ok else feas.reason,
                 "period": iso(feas.period_start) if feas.period_start is not None else None, "limit": feas.limit}

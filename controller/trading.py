@@ -116,7 +116,7 @@ class OrderDesk:
         start = parse_iso(order.delivery_start)
         if start - now < GATE_CLOSURE_S:
             raise OrderRefused(f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
-                               order.delivery_start, "gate_closure")
+                               iso(start), "gate_closure")
         feas = self.pre_trade_check(order)
         if not feas.ok:
             period = iso(feas.period_start) if feas.period_start is not None else None
