@@ -210,8 +210,9 @@ class Outbox:
         with self._lock:
             if self._conn is None:
                 raise OutboxError("outbox is closed")
-            return [(int(s), bytes(p)) for s, p in self._conn.execute(
-                "SELECT seq, payload FROM mqtt_outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit))]
+            # sqlite3 hands INTEGER back as int and BLOB as bytes: the rows go to paho as they are
+            return self._conn.execute("SELECT seq, payload FROM mqtt_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (after_seq, limit)).fetchall()
 
     def first_seq(self) -> int | None:
         with self._lock:
