@@ -55,11 +55,13 @@ PAHO_INFLIGHT = 20               # Mosquitto's default receive maximum; paho doe
 PEEK_ROWS = 1000                 # outbox rows fetched per SELECT
 DELETE_ROWS = 1000               # PUBACKed rows deleted per transaction (one seq range when contiguous) ...
 DELETE_EVERY_S = 0.25            # ... or after this long, whichever comes first
+HANDOFF_ROWS = 500               # hand-off rows stored per pump step (~5 ms): sending goes on in between
 HANDOFF_MAX = 100_000            # the cycle->pump queue; only reached if the disk stalls for a day at 1 Hz
 PUMP_IDLE_S = 0.05               # the pump's longest sleep when nothing wakes it
 EXPIRE_EVERY_S = 1.0
 QUIET_LEAD_S = 0.005             # the pump goes quiet this long before the next control cycle is due ...
 QUIET_MAX_S = 0.05               # ... and resumes this long after it was due even if no on_cycle came
+GRID_SLACK_S = 0.002             # a cycle that started this much before it was due was woken early
 
 
 class UplinkError(Exception):
@@ -137,6 +139,7 @@ class Uplink:
         self._rows: collections.deque[tuple[int, bytes]] = collections.deque()  # peeked, not yet handed to paho
         self._next_delete = 0.0
         self._quiet = (math.inf, math.inf)     # (from, to) monotonic: the pump leaves the GIL to the cycle
+        self._due: float | None = None         # when the next control cycle is due (monotonic), from on_cycle
         self._counters = collections.Counter()
         self.client = self._make_client()
 
@@ -249,10 +252,11 @@ class Uplink:
 
     def on_cycle(self, controller: Any) -> None:
         """A Controller.on_cycle callback (asyncio loop): a cycle just ended, so the next one is due one period
-        after this one started; the pump goes quiet from QUIET_LEAD_S before that until the next call.
+        after this one was due; the pump goes quiet from QUIET_LEAD_S before that until the next call.
 
-        The cycle's start is its process image's time (`controller.snapshot.ts`, read from the controller's
-        clock at the start of the cycle); the period is real seconds, as the controller's loop counts it."""
+        The controller's loop keeps a grid (each cycle due one period after the last was due) unless a cycle
+        overran or was woken early. A cycle's start is its process image's time (`controller.snapshot.ts`, from
+        the controller's clock); one that started a little late (the loop was busy) is still on the grid."""
         now = time.monotonic()
         period = self.config.cycle.period_s
         snap, clock = getattr(controller, "snapshot", None), getattr(controller, "clock", None)
@@ -260,7 +264,12 @@ class Uplink:
             took = clock.real_seconds(clock.now() - snap.ts)
         else:  # no image yet: the previous cycle's duration is a fair estimate
             took = float(getattr(controller.stats, "last_duration_s", 0.0) or 0.0)
-        due = now - min(max(took, 0.0), period) + period
+        start = now - min(max(took, 0.0), period)
+        due = start + period
+        if self._due is not None and self._due - GRID_SLACK_S <= start < self._due + period / 2:
+            due = self._due + period  # on the grid
+        due = max(due, now)  # an overrun: the controller starts the next cycle right away
+        self._due = due
         self._quiet = (due - QUIET_LEAD_S, due + min(QUIET_MAX_S, period / 2))
         self._wake.set()
 
@@ -304,7 +313,7 @@ class Uplink:
 
     def _store_handoff(self) -> None:
         batch = []
-        while self._handoff and len(batch) < 5000:
+        while self._handoff and len(batch) < HANDOFF_ROWS:
             batch.append(self._handoff.popleft())
         if batch:
             dropped = self.outbox.dropped
