@@ -49,7 +49,7 @@ log = logging.getLogger("bess.uplink")
 
 TS_WINDOW_S = 300.0              # a signed message's ts may be this far from now, either way
 MAX_TRADE_BYTES = 64 * 1024      # a trade is ~300 bytes; anything this big is refused before parsing
-WINDOW_MSGS = 100                # telemetry handed to paho and not yet PUBACKed (paho sends 20 at a time):
+WINDOW_MSGS = 60                 # telemetry handed to paho and not yet PUBACKed (paho sends 20 at a time):
 REFILL_MSGS = WINDOW_MSGS // 2   # enough to keep paho busy, little enough that it is done within QUIET_LEAD_S
 PAHO_INFLIGHT = 20               # Mosquitto's default receive maximum; paho does not read it from CONNACK
 PEEK_ROWS = 1000                 # outbox rows fetched per SELECT
@@ -59,7 +59,7 @@ HANDOFF_ROWS = 500               # hand-off rows stored per pump step (~5 ms): s
 HANDOFF_MAX = 100_000            # the cycle->pump queue; only reached if the disk stalls for a day at 1 Hz
 PUMP_IDLE_S = 0.05               # the pump's longest sleep when nothing wakes it
 EXPIRE_EVERY_S = 1.0
-QUIET_LEAD_S = 0.005             # the pump goes quiet this long before the next control cycle is due ...
+QUIET_LEAD_S = 0.003             # the pump goes quiet this long before the next control cycle is due ...
 QUIET_MAX_S = 0.05               # ... and resumes this long after it was due even if no on_cycle came
 GRID_SLACK_S = 0.002             # a cycle that started this much before it was due was woken early
 
