@@ -215,8 +215,10 @@ HOOK = {"cycle": True}
 async def start_daemon(d) -> None:
     """Daemon.start(), plus the uplink's on_cycle callback if the Daemon does not register it itself yet
     (the pump's quiet window around each control cycle needs it); the JSON line says when the bench did.
-    --no-cycle-hook leaves the Daemon as it is (without the hook the drain competes with the cycle)."""
+    --no-cycle-hook takes it out (without the hook the drain competes with the cycle)."""
     await d.start()
+    if not HOOK["cycle"] and d.uplink is not None and d.uplink.on_cycle in d.controller.on_cycle:
+        d.controller.on_cycle.remove(d.uplink.on_cycle)
     if HOOK["cycle"] and d.uplink is not None and d.uplink.on_cycle not in d.controller.on_cycle:
         d.controller.on_cycle.append(d.uplink.on_cycle)
         if "uplink.on_cycle" not in WIRED_BY_BENCH:
@@ -289,7 +291,7 @@ async def main() -> None:
                     help="mqtt.drain_rate_per_s for the drain (default: the config's default)")
     ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of cycle measured with an empty outbox")
     ap.add_argument("--no-cycle-hook", action="store_true",
-                    help="do not add uplink.on_cycle to the controller's callbacks when the Daemon does not")
+                    help="take uplink.on_cycle out of the controller's callbacks (the drain then competes with the cycle)")
     args = ap.parse_args()
     HOOK["cycle"] = not args.no_cycle_hook
     tmp = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))

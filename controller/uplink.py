@@ -140,7 +140,9 @@ class Uplink:
         self._next_delete = 0.0
         self._quiet = (math.inf, math.inf)     # (from, to) monotonic: the pump leaves the GIL to the cycle
         self._due: float | None = None         # when the next control cycle is due (monotonic), from on_cycle
-        self._counters = collections.Counter()
+        self._counters = collections.Counter({k: 0 for k in (
+            "sent", "acked", "connects", "connect_refused", "disconnects", "handoff_dropped",
+            "trades_accepted", "trades_rejected", "trades_failed")})
         self.client = self._make_client()
 
     # ---------------------------------------------------------------- client set-up
@@ -463,10 +465,10 @@ class Uplink:
         try:
             message = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as e:
-            self._counters["trades_ignored"] += 1
-            log.warning("non-JSON message on the trades topic ignored", extra={"error": str(e)[:200],
-                                                                              "bytes": len(payload)})
-            return None
+            # the sender learns it too: an ack without a trade_id (there is none to read)
+            reason = f"not JSON: {str(e)[:200]}"
+            log.warning("trade rejected", extra={"reason": reason, "bytes": len(payload)})
+            return {"trade_id": None, "accepted": False, "reason": reason}
         trade_id = message.get("trade_id") if isinstance(message, dict) else None
         trade_id = trade_id if isinstance(trade_id, str) else None
         try:

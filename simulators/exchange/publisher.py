@@ -122,10 +122,13 @@ class TradePublisher:
         try:
             ack = json.loads(msg.payload)
             trade_id = ack["trade_id"]
-            if not isinstance(trade_id, str) or not isinstance(ack.get("accepted"), bool):
-                raise ValueError("trade_id must be a string and accepted a bool")
+            if not (trade_id is None or isinstance(trade_id, str)) or not isinstance(ack.get("accepted"), bool):
+                raise ValueError("trade_id must be a string or null and accepted a bool")
         except (ValueError, KeyError, TypeError) as e:
             log.warning("bad ack from %s ignored: %s", site, e)
+            return
+        if trade_id is None:  # the site could not read a trade_id from something on its trades topic
+            log.warning("site %s rejected a message without a readable trade_id: %s", site, ack.get("reason"))
             return
         with self._lock:
             self._acks[(site, trade_id)] = {"accepted": ack["accepted"], "reason": ack.get("reason"),

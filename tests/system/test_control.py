@@ -82,6 +82,7 @@ async def test_a_trade_above_the_power_limits_is_clipped_and_binding_says_why(pl
     async with make_controller(plant, tmp_path, clock=mid_period_clock(), **merge(FAST_RAMP, limits)) as c:
         add_current(c, "T-sell", "sell", 9.0)
         await wait_for(lambda: wset_mw(plant) == pytest.approx(6.0), 5, "the clipped discharge at the PCS")
+        await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(6.0), 2, "the cycle's decision")
         d = c.decision
         assert (d.target_mw, d.setpoint_mw, d.binding) == (9.0, 6.0, "p_discharge_max")
         assert "p_discharge_max 6 MW" in d.reasons[0]
@@ -89,6 +90,7 @@ async def test_a_trade_above_the_power_limits_is_clipped_and_binding_says_why(pl
 
         add_current(c, "T-buy", "buy", 18.0)   # net position -9 MW: the 8 MW grid connection binds first
         await wait_for(lambda: wset_mw(plant) == pytest.approx(-8.0), 5, "the clipped charge at the PCS")
+        await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(-8.0), 2, "the cycle's decision")
         d = c.decision
         assert (d.target_mw, d.setpoint_mw, d.binding) == (-9.0, -8.0, "grid_limit")
         assert "grid connection limit 8 MW" in d.reasons[0]
@@ -140,6 +142,8 @@ async def test_temperature_derates_above_t_derate_and_stops_above_t_max(plant, t
 
         plant.model.set_state(temperature_c=30.0)
         await wait_for(lambda: wset_mw(plant) == pytest.approx(8.0), 5, "full power again when cool")
+        # the cycle records its decision just after the write lands at the PCS
+        await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(8.0), 2, "the cool cycle's decision")
         assert c.decision.binding == "none"
 
 
