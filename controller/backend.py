@@ -40,6 +40,10 @@ class ControllerBackend:
     def status(self) -> dict[str, Any]:
         return self.controller.status()
 
+    @property
+    def cycle_idle(self) -> asyncio.Event:
+        return self.controller.cycle_idle
+
     def now(self) -> float:
         return self.controller.clock.now()
 

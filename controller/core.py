@@ -95,6 +95,10 @@ class Controller:
         self._last_telemetry_mono = -math.inf
         self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
         self._status_seq = 0
+        # set while no cycle runs: a flood of API requests must not stretch the cycle's awaits (each would wait
+        # behind a whole event-loop pass of request handling); the web face waits on it (bounded) before serving
+        self.cycle_idle = asyncio.Event()
+        self.cycle_idle.set()
         self._subscribers: set[asyncio.Queue] = set()
         self._restore()
 
@@ -266,10 +270,11 @@ class Controller:
             self.stats.good_cycles += 1
             self.notifier.ready()
             self.notifier.watchdog()
-        self._publish(now)
+        # the cycle's own work ends here; the faces (metrics, websocket, telemetry) then see its duration
         duration = time.perf_counter() - t0
         self.stats.last_duration_s = duration
         self.stats.durations_s.append(duration)
+        self._publish(now)
         return decision
 
     async def _dispatch(self, decision: Decision, now: float) -> float | None:
@@ -372,6 +377,7 @@ class Controller:
         period = self.config.cycle.period_s
         next_t = time.monotonic()
         while not self._stopping:
+            self.cycle_idle.clear()   # the web face holds new requests until the cycle is done (see web/app.py)
             try:
                 await self.run_cycle()
             except asyncio.CancelledError:
@@ -381,6 +387,8 @@ class Controller:
                 # and the next cycle starts from the safe side.
                 log.exception("control cycle failed")
                 self._previous_mw = 0.0
+            finally:
+                self.cycle_idle.set()
             next_t += period
             now = time.monotonic()
             if now > next_t:

@@ -37,7 +37,8 @@ class Metrics:
         self.telemetry_age = Gauge("bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r)
         self.cycle_duration = Histogram(
             "bess_cycle_duration_seconds", "Control cycle duration (poll + decide + write + record)",
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0), registry=r)
+            buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
+            registry=r)
         self.cycle_p99 = Gauge("bess_cycle_duration_p99_seconds", "p99 of the last 4096 cycle durations", registry=r)
         self.cycles = Counter("bess_cycles_total", "Control cycles run", registry=r)
         self.overruns = Counter("bess_cycle_overruns_total", "Cycles that overran their period", registry=r)
@@ -82,7 +83,7 @@ class Metrics:
         ages = [s.ts - h.last_good_ts for h in s.devices if h.last_good_ts is not None]
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(s.devices) else float("inf"))
         self.cycle_duration.observe(c.stats.last_duration_s)
-        if c.stats.cycles % 50 == 1:
+        if c.stats.cycles % 10 == 1:   # sorting 4096 floats takes ~0.3 ms: not every cycle
             ds = sorted(c.stats.durations_s)  # copy first: the deque is appended to by the cycle
             if ds:
                 self.cycle_p99.set(ds[min(len(ds) - 1, int(len(ds) * 0.99))])

@@ -35,6 +35,7 @@ log = logging.getLogger("bess.web")
 HERE = Path(__file__).parent
 SESSION_COOKIE = "bess_session"
 MAX_BODY_BYTES = 64 * 1024
+GATE_MAX_S = 0.05          # longest a request waits for a running control cycle to end
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 DAY_S = 86_400
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
@@ -116,6 +117,27 @@ class _GuardMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
+class _CycleGateMiddleware:
+    """Pure ASGI: while a control cycle runs, a new HTTP request waits (at most GATE_MAX_S) before anything is
+    done for it. The cycle shares this event loop: under a flood of requests each of the cycle's awaits would
+    otherwise wait behind a whole loop pass of request handling (measured: cycle p99 0.5 s at 4,000 req/s).
+    Parked requests are cheap, and a keep-alive client sends nothing more until it is answered, so the cycle
+    soon has the loop to itself. The bound keeps the API answering when a cycle waits on a device timeout."""
+
+    def __init__(self, app, idle: "asyncio.Event"):
+        self.app = app
+        self.idle = idle
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and not self.idle.is_set():
+            try:
+                async with asyncio.timeout(GATE_MAX_S):
+                    await self.idle.wait()
+            except TimeoutError:
+                pass
+        await self.app(scope, receive, send)
+
+
 class _TimingMiddleware:
     """Pure ASGI: observe each HTTP request's duration under its route template (the router writes the matched
     route into the shared scope), so /api/orders/{order_id} is one series, and unknown paths are "unmatched"."""
@@ -170,6 +192,9 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
     app.add_middleware(_GuardMiddleware)
     if metrics is not None:
         app.add_middleware(_TimingMiddleware, histogram=metrics.http)
+    cycle_idle = getattr(backend, "cycle_idle", None)   # a backend without a control cycle has no gate
+    if cycle_idle is not None:
+        app.add_middleware(_CycleGateMiddleware, idle=cycle_idle)
 
     # ------------------------------------------------------------------ errors
     @app.exception_handler(RequestValidationError)

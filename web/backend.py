@@ -35,6 +35,9 @@ class Backend(Protocol):
         reasons: [str], manual_setpoint_mw, manual_expires."""
         ...
 
+    # optional: `cycle_idle`, an asyncio.Event set while no control cycle runs; HTTP requests that arrive during
+    # a cycle wait for it (bounded) so that they cannot stretch the cycle (web/app.py, _CycleGateMiddleware)
+
     def now(self) -> float:
         """The controller's clock, Unix seconds (the demo may run it faster than real time): "today" and the
         next delivery periods are the controller's, not the browser's."""

@@ -601,3 +601,35 @@ async def test_every_dashboard_asset_is_served_locally(web):
     for lic in ("/static/vendor/apexcharts/LICENSE", "/static/vendor/fontawesome/LICENSE.txt",
                 "/static/vendor/swagger-ui/LICENSE"):
         assert (await web.client.get(lic)).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------ cycle gate
+async def test_a_request_arriving_during_a_control_cycle_waits_for_its_end(monkeypatch):
+    """The controller clears `cycle_idle` while a cycle runs; the web face parks new requests until it is set."""
+    import web.app
+
+    monkeypatch.setattr(web.app, "GATE_MAX_S", 30.0)
+    backend = MemoryBackend()
+    backend.cycle_idle = asyncio.Event()
+    backend.cycle_idle.set()
+    async with running_web(backend) as w, httpx.AsyncClient(base_url=w.url, headers=H, timeout=10) as c:
+        assert (await c.get("/api/bess-status")).status_code == 200
+        backend.cycle_idle.clear()   # a cycle starts
+        pending = asyncio.create_task(c.get("/api/bess-status"))
+        await asyncio.sleep(0.5)
+        assert not pending.done(), "served while the cycle ran"
+        backend.cycle_idle.set()     # the cycle ends
+        r = await asyncio.wait_for(pending, 5)
+        assert r.status_code == 200 and r.json()["mode"]
+
+
+async def test_a_cycle_that_hangs_holds_requests_only_briefly(monkeypatch):
+    """A cycle stuck on a device timeout does not stop the API: a request waits at most GATE_MAX_S."""
+    import web.app
+
+    monkeypatch.setattr(web.app, "GATE_MAX_S", 0.2)
+    backend = MemoryBackend()
+    backend.cycle_idle = asyncio.Event()   # never set: the cycle never ends
+    async with running_web(backend) as w, httpx.AsyncClient(base_url=w.url, headers=H, timeout=10) as c:
+        results = await asyncio.gather(*(c.get("/api/bess-status") for _ in range(5)), c.get("/healthz"))
+        assert [r.status_code for r in results] == [200] * 6
