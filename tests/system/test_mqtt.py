@@ -24,6 +24,7 @@ from controller.config import load_secrets
 from controller.daemon import Daemon
 from controller.schedule import PERIOD_S, period_start
 from controller.signing import sign_message
+from controller.store import Store
 from simulators.exchange.publisher import TradePublisher
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.mosquitto import Mosquitto
@@ -332,3 +333,89 @@ async def test_last_will_when_killed(broker, plant, tmp_path):
         if proc.stderr:
             proc.stderr.close()
         sub.stop()
+
+
+# ------------------------------------------------------------------------------------- redelivery after a crash
+async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant, tmp_path):
+    """kill -9 of a real `bess-edge run` after it stored and followed two trades; while it is dead the exchange
+    sends them again (as it does for trades it holds no ack for) and sends two new ones, and the broker keeps
+    them all in the controller's persistent session. After the restart the new trades are followed and the
+    re-sent ones are acked as duplicates and never dispatched twice: the seen trade_ids are the store's, and the
+    store survived the kill. Each trade covers this period and the next, so a boundary mid-test changes nothing."""
+    make_config(tmp_path, plant)  # writes tmp_path/site.yaml
+    env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
+    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"),
+            "--state-dir", str(tmp_path / "state"), "--log-format", "text"]
+    log_path = tmp_path / "daemon.log"
+    status = Sub(broker, ["bess/demo/status"], "test-status")
+    acks = Sub(broker, ["bess/demo/trades/ack"], "test-acks")
+    raw = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-exchange-raw", protocol=mqtt.MQTTv311)
+    raw.connect(broker.host, broker.port)
+    raw.loop_start()
+    p0 = period_start(time.time())
+
+    def trades(quantity_mw: float) -> list[dict]:
+        return [{**trade_for_now(quantity_mw), "delivery_start": iso(s), "delivery_end": iso(s + PERIOD_S)}
+                for s in (p0, p0 + PERIOD_S)]
+
+    def send(batch: list[dict]) -> None:
+        for t in batch:   # signed now: a re-sent trade carries a fresh ts, as the exchange's re-send does
+            body = json.dumps(sign_message({**t, "ts": iso(time.time())}, SECRET)).encode()
+            raw.publish("bess/demo/trades", body, qos=1).wait_for_publish(5)
+
+    def acks_for(trade_id: str) -> list[dict]:
+        return [a for a in acks.payloads("bess/demo/trades/ack") if a["trade_id"] == trade_id]
+
+    async def online_after(n_before: int) -> None:
+        await wait_for(lambda: any(s["online"] for s in status.payloads("bess/demo/status")[n_before:]), 30,
+                       "the controller online")
+
+    procs: list[subprocess.Popen] = []
+
+    def start() -> subprocess.Popen:
+        with open(log_path, "ab") as log:
+            procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        return procs[-1]
+
+    first, later = trades(2.0), trades(1.0)
+    try:
+        n = len(status.payloads("bess/demo/status"))
+        proc = start()
+        await online_after(n)
+        send(first)
+        await wait_for(lambda: all(acks_for(t["trade_id"]) for t in first), 10, "the first trades' acks")
+        assert all(acks_for(t["trade_id"])[0]["accepted"] for t in first), acks.payloads("bess/demo/trades/ack")
+        await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 1e-3, 10, "2 MW at the PCS")
+
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.to_thread(proc.wait, 10)
+        await wait_for(lambda: status.payloads("bess/demo/status")[-1]["online"] is False, 10, "the last will")
+        send(first + later)   # queued by the broker in the dead controller's session
+
+        n = len(status.payloads("bess/demo/status"))
+        start()
+        await online_after(n)
+        await wait_for(lambda: all(acks_for(t["trade_id"]) for t in later), 20, "the new trades' acks")
+        assert all(acks_for(t["trade_id"])[-1]["accepted"] for t in later)
+        await wait_for(lambda: all(len(acks_for(t["trade_id"])) == 2 for t in first), 10, "the re-sent trades' acks")
+        for t in first:
+            again = acks_for(t["trade_id"])[-1]
+            assert again["accepted"] is False and "duplicate" in again["reason"], again
+        await wait_for(lambda: abs(plant.pcs.requested_mw() - 3.0) < 1e-3, 15, "3 MW at the PCS (2 + 1, not 5)")
+        await asyncio.sleep(1.0)   # a few more cycles: still 3 MW
+        assert abs(plant.pcs.requested_mw() - 3.0) < 1e-3, plant.pcs.requested_mw()
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-4000:] if log_path.exists() else "no daemon log")
+        raise
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
+        raw.loop_stop()
+        raw.disconnect()
+        status.stop()
+        acks.stop()
+    with Store.in_state_dir(tmp_path / "state") as store:
+        ids = [t["trade_id"] for t in store.trades()]
+    assert sorted(ids) == sorted(t["trade_id"] for t in first + later), ids
