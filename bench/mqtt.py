@@ -208,21 +208,15 @@ def cycle_figures(durs_s: list[float]) -> dict:
             "p99_ms": round(p(0.99), 2), "max_ms": round(durs[-1] * 1e3, 2) if durs else None}
 
 
-WIRED_BY_BENCH: list[str] = []
 HOOK = {"cycle": True}
 
 
 async def start_daemon(d) -> None:
-    """Daemon.start(), plus the uplink's on_cycle callback if the Daemon does not register it itself yet
-    (the pump's quiet window around each control cycle needs it); the JSON line says when the bench did.
+    """Daemon.start() (it wires the uplink's on_cycle callback: the pump's quiet window around each cycle);
     --no-cycle-hook takes it out (without the hook the drain competes with the cycle)."""
     await d.start()
     if not HOOK["cycle"] and d.uplink is not None and d.uplink.on_cycle in d.controller.on_cycle:
         d.controller.on_cycle.remove(d.uplink.on_cycle)
-    if HOOK["cycle"] and d.uplink is not None and d.uplink.on_cycle not in d.controller.on_cycle:
-        d.controller.on_cycle.append(d.uplink.on_cycle)
-        if "uplink.on_cycle" not in WIRED_BY_BENCH:
-            WIRED_BY_BENCH.append("uplink.on_cycle")
 
 
 async def drain(tmp: Path, broker: Broker, backlog: int, drain_rate_per_s: float | None, idle_s: float) -> dict:
@@ -325,8 +319,7 @@ async def main() -> None:
                           "outbox_msgs_per_s": round(box_med), "outbox_vs_raw": round(box_med / raw_med, 2),
                           **dr, "drain_vs_raw": round(ratio, 2), "drain_target_met": ratio >= 0.7,
                           "cycle_p99_target_ms": CYCLE_P99_TARGET_MS,
-                          "cycle_p99_target_met": busy["p99_ms"] < CYCLE_P99_TARGET_MS,
-                          "wired_by_bench": WIRED_BY_BENCH}))
+                          "cycle_p99_target_met": busy["p99_ms"] < CYCLE_P99_TARGET_MS}))
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)
