@@ -16,6 +16,7 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from controller.clock import Clock
 from controller.snapshot import Reading
 from drivers import codec
+from drivers.backoff import Backoff
 from drivers.errors import DeviceTimeout, Disconnected, ModbusError, ReadbackMismatch, WriteRefused
 from drivers.profile import Function, Point, Profile
 
@@ -23,7 +24,6 @@ log = logging.getLogger("bess.drivers.modbus")
 
 MAX_REGISTERS = 125   # per read request (Modbus spec, function 3/4)
 MAX_BITS = 2000       # per read request (function 1/2)
-BACKOFF_MIN_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,11 @@ class ModbusDriver:
         self.unit_id = unit_id
         self.timeout_s = timeout_s
         self.clock = clock or Clock()
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_max_s)
         self.stats = DriverStats()
         self._client: AsyncModbusTcpClient | None = None
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
         self.max_gap = max_gap
         self.use_profile(profile)
 
@@ -138,7 +136,7 @@ class ModbusDriver:
         async with self._connect_lock:
             if self.connected:
                 return
-            wait_s = self._retry_at - time.monotonic()
+            wait_s = self.backoff.wait_s()
             if wait_s > 0:
                 raise Disconnected(self.name, f"{self.host}:{self.port} unreachable, next attempt in {wait_s:.2f} s")
             self._drop_client()
@@ -154,18 +152,13 @@ class ModbusDriver:
                 log.debug("connect %s:%s failed: %r", self.host, self.port, e)
             if not ok:
                 client.close()
-                self._back_off()
+                self.backoff.failed()
                 self._fail("connect", "refused or unreachable")
                 log.warning("device %s: cannot connect to %s:%s; next attempt in %.1f s",
-                            self.name, self.host, self.port, self._backoff_s)
+                            self.name, self.host, self.port, self.backoff.delay_s)
                 raise Disconnected(self.name, f"cannot connect to {self.host}:{self.port}")
             self._client = client
             self.stats.connects += 1
-
-    def _back_off(self) -> None:
-        """Push the next connection attempt out: 0.1 s, doubling per failure in a row, capped."""
-        self._backoff_s = min(self.backoff_max_s, max(BACKOFF_MIN_S, 2 * self._backoff_s))
-        self._retry_at = time.monotonic() + self._backoff_s
 
     def _on_connect_change(self, connected: bool) -> None:
         # pymodbus 3.16 leaves a request in flight waiting for its full timeout when the peer closes the
@@ -175,6 +168,8 @@ class ModbusDriver:
         fut = getattr(self._client.ctx, "response_future", None)
         if fut is not None and not fut.done():
             fut.set_exception(ConnectionResetError("connection closed by the device"))
+            # nobody may be waiting on it (no request in flight): mark the exception seen, or asyncio logs it
+            fut.add_done_callback(lambda f: f.exception())
 
     def _drop_client(self) -> None:
         if self._client is not None:
@@ -209,10 +204,10 @@ class ModbusDriver:
             # a device that accepts connections and drops them at once must not be hammered either
             self._fail(what, "disconnected")
             self._drop_client()
-            self._back_off()
+            self.backoff.failed()
             raise Disconnected(self.name, f"{what}: connection lost ({e})") from None
         self.stats.last_latency_s = time.perf_counter() - t0
-        self._backoff_s = 0.0
+        self.backoff.succeeded()
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             self._fail(what, f"exception {code}")

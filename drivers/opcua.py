@@ -24,12 +24,12 @@ from asyncua.client.ua_client import UaClientState
 from controller.clock import Clock
 from controller.snapshot import Reading
 from drivers import codec
+from drivers.backoff import Backoff
 from drivers.errors import DeviceTimeout, Disconnected, OpcUaError, ReadbackMismatch, WriteRefused
 from drivers.profile import Point, Profile
 
 log = logging.getLogger("bess.drivers.opcua")
 
-BACKOFF_MIN_S = 0.1
 PUBLISHING_INTERVAL_S = 0.2     # default: a 1 s control cycle sees every change within a fifth of it
 KEEPALIVE_S = 0.5               # the server sends a keep-alive at least this often when nothing changes
 RESUBSCRIBE_AFTER_S = 5.0       # while polling after a subscription failure, try subscribing again this often
@@ -82,7 +82,7 @@ class OpcUaDriver:
         # a subscription is trusted while a publish response arrived within two keep-alive periods
         keepalive_s = publishing_interval_s * self.keepalive_count
         self.max_age_s = max_age_s if max_age_s is not None else max(2 * keepalive_s, 0.5)
-        self.backoff_max_s = backoff_max_s
+        self.backoff = Backoff(backoff_max_s)
         self.resubscribe_after_s = resubscribe_after_s
         self.stats = DriverStats()
         self._client: Client | None = None
@@ -93,8 +93,6 @@ class OpcUaDriver:
         self._sub_since = 0.0                     # monotonic, when the current subscription was made
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
-        self._backoff_s = 0.0
-        self._retry_at = 0.0
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
 
     # -- state -----------------------------------------------------------------------------------------
@@ -131,7 +129,7 @@ class OpcUaDriver:
         async with self._connect_lock:
             if self.connected:
                 return
-            wait_s = self._retry_at - time.monotonic()
+            wait_s = self.backoff.wait_s()
             if wait_s > 0:
                 raise Disconnected(self.name, f"{self.endpoint} unreachable, next attempt in {wait_s:.2f} s")
             await self._drop_client()
@@ -148,10 +146,10 @@ class OpcUaDriver:
                 await self._abort(client)
                 if not isinstance(e, Exception):
                     raise  # cancellation: the client is gone, pass it on
-                self._back_off()
+                self.backoff.failed()
                 err = self._typed(e, "connect", timeout_s=connect_timeout_s)
                 log.warning("device %s: cannot connect to %s (%s); next attempt in %.1f s",
-                            self.name, self.endpoint, err.message, self._backoff_s)
+                            self.name, self.endpoint, err.message, self.backoff.delay_s)
                 raise err from None
             self._client = client
             self._nodes = nodes
@@ -177,11 +175,6 @@ class OpcUaDriver:
                 nid = ua.NodeId(nid.Identifier, ns_index, nid.NodeIdType)
             nodes[name] = nid
         return nodes
-
-    def _back_off(self) -> None:
-        """Push the next connection attempt out: 0.1 s, doubling per failure in a row, capped."""
-        self._backoff_s = min(self.backoff_max_s, max(BACKOFF_MIN_S, 2 * self._backoff_s))
-        self._retry_at = time.monotonic() + self._backoff_s
 
     async def _abort(self, client: Client) -> None:
         """Tear a client down without waiting on the peer: a dead link must not stall the cycle."""
@@ -301,7 +294,7 @@ class OpcUaDriver:
                 # a silent or dropped link: start afresh (a new session) on the next request
                 await self._drop_client()
                 if isinstance(err, Disconnected):
-                    self._back_off()
+                    self.backoff.failed()
             raise err from None
         except Exception as e:
             # asyncua re-raises any other failure of its transport as-is; the contract is typed errors only
@@ -310,7 +303,7 @@ class OpcUaDriver:
             await self._drop_client()
             raise self._typed(e, what) from None
         self.stats.last_latency_s = time.perf_counter() - t0
-        self._backoff_s = 0.0
+        self.backoff.succeeded()
         return result
 
     def _fail(self, what: str, why: str) -> None:

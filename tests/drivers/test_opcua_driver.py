@@ -425,7 +425,7 @@ async def test_server_gone_backs_off_then_reconnects_by_itself(drivers):
             attempts_t.append(time.monotonic())
         await asyncio.sleep(0.05)
     assert 2 <= len(attempts_t) < 8
-    assert d._backoff_s == pytest.approx(0.4)   # capped
+    assert d.backoff.delay_s == pytest.approx(0.4)   # capped
     server = OpcUaBmsServer(model, "127.0.0.1", port, Clock(), Faults())
     await server.start()
     try:
