@@ -289,6 +289,10 @@
     try { sessionStorage.setItem(MARKET_KEY, JSON.stringify(marketSamples)); } catch (e) { /* quota: keep in memory */ }
     if (!pricePrefilled && m.mark != null) { $("order-price").value = Number(m.mark).toFixed(2); pricePrefilled = true; }
     if (charts.market) {
+      // a window of at least the last 15 minutes up to now: a page just opened has a sample or two, and
+      // ApexCharts would otherwise stretch a single point over days
+      const first = marketSamples.length ? marketSamples[0][0] : now;
+      charts.market.updateOptions({ xaxis: { min: Math.min(first, now - 15 * 60 * 1000), max: now + 30 * 1000 } }, false, false);
       charts.market.updateSeries([1, 2, 3].map((i, k) => ({ name: ["Mark", "EMA", "VWAP"][k], data: marketSamples.filter((s) => s[i] != null).map((s) => [s[0], s[i]]) })));
     }
     if (charts.vwap) {
