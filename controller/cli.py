@@ -115,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default=None, help="default: a temporary directory")
     s.add_argument("--counterparties", type=int, default=8)
     s.add_argument("--duration-s", type=float, default=None, help="stop by itself after this many seconds")
+    s.add_argument("--no-orders", dest="orders", action="store_false",
+                   help="do not place the two demo orders (a sell and a buy-back through the site API)")
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("simulate", help="plant simulators only (BMS + PCS over Modbus TCP, BMS over OPC UA)")

@@ -76,6 +76,24 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
     assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
     md = get_json("/api/market-data")
     assert {"mark", "ema", "vwap", "series"} <= set(md)
+    # the demo's two orders through the site API: a sell and its buy-back, matched on the exchange, and the
+    # trades back over MQTT into the schedule (the demo says it either way, so these reads end)
+    said: list[str] = []
+    while len(said) < 2:
+        line = proc.stdout.readline()
+        assert line, "demo output ended"
+        if "demo order" in line:
+            said.append(line)
+            assert "demo order: " in line and "->" in line, line   # placed, not refused or skipped
+    filled = {("sell" if "sell" in x else "buy"): "(2 MW filled)" in x for x in said}
+    want = {2.0 if side == "sell" else -2.0 for side, ok in filled.items() if ok}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        positions = {p["position_mw"] for p in get_json("/api/schedule")["periods"]}
+        if want <= positions:
+            break
+        time.sleep(0.5)
+    assert want <= positions, (said, positions)
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=15)
