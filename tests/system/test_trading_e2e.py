@@ -66,6 +66,18 @@ def next_open_period(now: float, margin_s: float = 30.0) -> float:
     return period_start(now + GATE_S + margin_s) + PERIOD_S
 
 
+async def open_front_period(clock: Clock, margin_s: float = 30.0) -> float:
+    """The exchange's front product (the nearest delivery period still open), the one market data's top level
+    describes. Within `margin_s` of its gate closure, wait it out and take the next one, so that the front
+    cannot move while the test runs."""
+    now = clock.now()
+    front = period_start(now + GATE_S) + PERIOD_S
+    if front - GATE_S - now < margin_s:
+        await asyncio.sleep(clock.real_seconds(front - GATE_S - now) + 0.5)
+        front += PERIOD_S
+    return front
+
+
 def order_body(side: str, quantity_mw: float, price: float, start: float, **extra) -> dict:
     return {"side": side, "quantity_mw": quantity_mw, "price_eur_mwh": price, "market": "intraday",
             "delivery_start": iso(start).replace(".000Z", "Z"), **extra}
@@ -310,7 +322,7 @@ async def test_exchange_down_site_serves_last_known_data_as_stale(mosquitto, mak
     async with AsyncExitStack() as exchange_stack:
         ex = await exchange_stack.enter_async_context(running_exchange(**exchange_kwargs(clock, mosquitto)))
         async with running_site(plant, mosquitto, tmp_path, clock, ex.url, exchange={"cache_s": 0.2}) as (d, api):
-            delivery = next_open_period(clock.now())
+            delivery = await open_front_period(clock)   # market data's top level is about this product
             async with ExchangeClient(ex.url, OTHER_KEY, SECRET) as other, \
                     ExchangeClient(ex.url, THIRD_KEY, SECRET) as third:
                 await other.place_order(order_body("sell", 1.5, 64.0, delivery))
