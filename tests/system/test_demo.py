@@ -89,7 +89,8 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
     want = {2.0 if side == "sell" else -2.0 for side, ok in filled.items() if ok}
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        positions = {p["position_mw"] for p in get_json("/api/schedule")["periods"]}
+        hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))  # near midnight too
+        positions = {p["position_mw"] for p in get_json(f"/api/schedule?from={hour_ago}")["periods"]}
         if want <= positions:
             break
         time.sleep(0.5)
