@@ -132,6 +132,11 @@ class Controller:
             log.error("trade could not be stored", extra={"trade_id": trade.trade_id, "error": str(e)})
             return Ack(trade.trade_id, False, f"not stored (storage error, retry later): {e}")
         if not new:
+            if source == "mqtt" and self._unanswered_redelivery(trade):
+                log.info("trade redelivered before its ack was confirmed: acked again, not dispatched again",
+                         extra={"trade_id": trade.trade_id, "source": source})
+                return Ack(trade.trade_id, True, "stored (redelivered before its ack reached the broker); "
+                                                 "not dispatched again")
             log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
             return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
         self.schedule.add(trade)
@@ -150,6 +155,25 @@ class Controller:
                                            "quantity_mw": trade.quantity_mw, "source": source})
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
         return Ack(trade.trade_id, True, reason)
+
+    def _unanswered_redelivery(self, trade) -> bool:
+        """True for an MQTT trade we stored whose ack never reached the broker (we died in between), received
+        again with the same content: the exchange never got an answer, and the truthful one is "accepted".
+        A replay of an answered trade, or the id reused with other content, stays a refused duplicate."""
+        try:
+            seen = self.store.stored_trade(trade.trade_id)
+        except (StoreError, sqlite3.Error) as e:
+            log.error("stored trade could not be read", extra={"trade_id": trade.trade_id, "error": str(e)})
+            return False
+        return (seen is not None and seen["ack_confirmed_ts"] is None and seen["source"] == "mqtt"
+                and seen["trade"] == trade.model_dump(mode="json"))
+
+    def confirm_trade_ack(self, trade_id: str) -> None:
+        """The broker took our ack of this MQTT trade (the uplink calls this on its PUBACK)."""
+        try:
+            self.store.confirm_trade_ack(trade_id)
+        except (StoreError, sqlite3.Error) as e:
+            log.error("trade ack confirmation not stored", extra={"trade_id": trade_id, "error": str(e)})
 
     def feasibility(self, extra_positions: dict[float, float] | None = None):
         now = self.clock.now()

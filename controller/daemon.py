@@ -96,7 +96,8 @@ class Daemon:
             from controller.uplink import Uplink
 
             outbox = Outbox(self.store.path, cfg.mqtt.outbox_max_rows, cfg.mqtt.outbox_max_age_s)
-            self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock)
+            self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock,
+                                 on_ack_confirmed=self.controller.confirm_trade_ack)
             self.controller.telemetry_sink = self.uplink.publish_telemetry
             # the outbox drain goes quiet around each control cycle (the cycle keeps its rhythm while a backlog drains)
             self.controller.on_cycle.append(self.uplink.on_cycle)

@@ -150,6 +150,13 @@ MIGRATIONS: list[list[str]] = [
             recorded_ts REAL NOT NULL
         )""",
     ],
+    [
+        # When the broker took our ack of an MQTT trade (its PUBACK). NULL while unconfirmed: a crash between
+        # storing a trade and its ack reaching the broker leaves the exchange without an answer, so its
+        # redelivery of that very trade is answered "accepted" again instead of "duplicate".
+        "ALTER TABLE trade_ids ADD COLUMN ack_confirmed_ts REAL",
+        "UPDATE trade_ids SET ack_confirmed_ts = first_seen_ts",   # ids stored before this: answered back then
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -300,12 +307,31 @@ class Store:
         executed_ts = _ts(executed, "executed_at") if executed is not None else now
         body = _json(trade)
         with self._tx() as c:
-            if c.execute("INSERT OR IGNORE INTO trade_ids VALUES (?, ?)", (trade_id, now)).rowcount == 0:
+            if c.execute("INSERT OR IGNORE INTO trade_ids (trade_id, first_seen_ts) VALUES (?, ?)",
+                         (trade_id, now)).rowcount == 0:
                 return False
             c.execute("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       (trade_id, side, _num(trade.get("quantity_mw")), _num(trade.get("price_eur_mwh")),
                        start_ts, end_ts, trade.get("market"), executed_ts, source, now, body))
         return True
+
+    def stored_trade(self, trade_id: str) -> dict[str, Any] | None:
+        """What the store holds for a seen id: `{trade, source, ack_confirmed_ts}`, where `trade` is the stored
+        JSON (None if retention deleted the row; the id stays seen). None if the id was never seen."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT i.ack_confirmed_ts, t.json, t.source FROM trade_ids i "
+                "LEFT JOIN trades t ON t.trade_id = i.trade_id WHERE i.trade_id = ?", (trade_id,)).fetchone()
+        if row is None:
+            return None
+        return {"trade": json.loads(row["json"]) if row["json"] is not None else None, "source": row["source"],
+                "ack_confirmed_ts": row["ack_confirmed_ts"]}
+
+    def confirm_trade_ack(self, trade_id: str, ts: float | None = None) -> bool:
+        """Record that the broker took our ack of this trade (first confirmation wins). True if recorded now."""
+        with self._tx() as c:
+            return c.execute("UPDATE trade_ids SET ack_confirmed_ts = ? WHERE trade_id = ? "
+                             "AND ack_confirmed_ts IS NULL", (self._now() if ts is None else ts, trade_id)).rowcount == 1
 
     def has_trade(self, trade_id: str) -> bool:
         with self._lock:

@@ -6,7 +6,10 @@ control cycle's hand-off queue into the outbox and from the outbox to paho, and 
 control cycle only appends to a deque (`publish_telemetry`), so it never waits for SQLite or the network.
 Trades hop from paho's thread onto the asyncio loop (the controller and its store live there); the incoming
 message is PUBACKed (manual ack) only after the trade is stored and acked, so a kill -9 before that makes the
-broker redeliver it, and the store's seen-id record keeps a redelivery from being dispatched twice.
+broker redeliver it, and the store's seen-id record keeps a redelivery from being dispatched twice. The ack of
+an accepted trade is watched until the broker PUBACKs it, and the store records that: a trade stored but never
+answered (a kill between the two) is answered "accepted" when it comes again; one already answered is a
+refused duplicate.
 
 Sharing the GIL with the control cycle. The pump and paho's thread are Python: while they work flat out, the
 asyncio loop waits for the GIL after every I/O completion (up to the 5 ms switch interval each), and a 0.1 s
@@ -59,6 +62,7 @@ HANDOFF_ROWS = 500               # hand-off rows stored per pump step (~5 ms): s
 HANDOFF_MAX = 100_000            # the cycle->pump queue; only reached if the disk stalls for a day at 1 Hz
 PUMP_IDLE_S = 0.05               # the pump's longest sleep when nothing wakes it
 EXPIRE_EVERY_S = 1.0
+ACK_CONFIRM_MAX_S = 3600.0       # how long an accepted trade's ack is watched for its PUBACK (across reconnects)
 QUIET_LEAD_S = 0.003             # the pump goes quiet this long before the next control cycle is due ...
 QUIET_MAX_S = 0.05               # ... and resumes this long after it was due even if no on_cycle came
 GRID_SLACK_S = 0.002             # a cycle that started this much before it was due was woken early
@@ -104,13 +108,18 @@ class Uplink:
     """One site's MQTT link. `await start()`, `publish_telemetry(payload)` from the cycle, `await stop()`."""
 
     def __init__(self, config: SiteConfig, secrets: Secrets, outbox: Outbox,
-                 accept_trade: Callable[..., Any], clock: Clock | None = None):
+                 accept_trade: Callable[..., Any], clock: Clock | None = None,
+                 on_ack_confirmed: Callable[[str], None] | None = None):
         self.config = config
         self.cfg = config.mqtt
         self.secrets = secrets
         self.url = secrets.mqtt
         self.outbox = outbox
         self.accept_trade = accept_trade
+        # called with the trade_id when the broker PUBACKs our ack of an accepted trade (the store records it,
+        # so a redelivery after a crash before that point is answered "accepted" again, see Controller)
+        self.on_ack_confirmed = on_ack_confirmed
+        self._ack_watches: set[asyncio.Task] = set()
         self.clock = clock or Clock()
         site = config.site.id
         self.topic_telemetry = f"bess/{site}/telemetry"
@@ -218,6 +227,10 @@ class Uplink:
                 await asyncio.to_thread(self._delete_acked)
             except (OutboxError, sqlite3.Error) as e:
                 log.error("last PUBACKed rows not deleted (they will be sent again)", extra={"error": str(e)})
+        for task in list(self._ack_watches):
+            task.cancel()   # each one records its ack if the PUBACK came in the meantime
+        if self._ack_watches:
+            await asyncio.gather(*self._ack_watches, return_exceptions=True)
         if self._connected.is_set():
             info = self.client.publish(self.topic_status, status_payload(False, self.clock.now()), qos=1, retain=True)
             try:
@@ -448,13 +461,46 @@ class Uplink:
             ack = self._decide(msg.payload)
             if ack is not None:
                 body = {**ack, "ts": iso(self.clock.now())}
-                self.client.publish(self.topic_ack, json.dumps(body, separators=(",", ":")), qos=1)
+                info = self.client.publish(self.topic_ack, json.dumps(body, separators=(",", ":")), qos=1)
+                if ack["accepted"] and isinstance(ack["trade_id"], str) and self.on_ack_confirmed is not None:
+                    task = asyncio.get_running_loop().create_task(self._watch_ack(ack["trade_id"], info))
+                    self._ack_watches.add(task)
+                    task.add_done_callback(self._ack_watches.discard)
                 self._counters["trades_accepted" if ack["accepted"] else "trades_rejected"] += 1
         except Exception:
             # a bug here must not take the loop down; the message is still acked so it is not redelivered forever
             log.exception("trade handling failed", extra={"bytes": len(msg.payload)})
             self._counters["trades_failed"] += 1
         self._ack_incoming(msg)
+
+    async def _watch_ack(self, trade_id: str, info: mqtt.MQTTMessageInfo) -> None:
+        """Wait (polling paho's flag, which its thread sets on PUBACK) until the broker took our ack, then
+        say so. Given up after ACK_CONFIRM_MAX_S or when the publish failed: the trade stays unconfirmed, and
+        a redelivery of it is answered "accepted" again, which is true."""
+        deadline = time.monotonic() + ACK_CONFIRM_MAX_S
+        delay = 0.01
+        try:
+            while True:
+                try:
+                    if info.is_published():
+                        break
+                except (RuntimeError, ValueError) as e:   # not queued (no connection, queue full)
+                    log.warning("trade ack not confirmed by the broker",
+                                extra={"trade_id": trade_id, "error": str(e)})
+                    return
+                if time.monotonic() >= deadline:
+                    log.warning("trade ack not confirmed by the broker in time",
+                                extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S})
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        except asyncio.CancelledError:
+            try:
+                if not info.is_published():
+                    raise
+            except (RuntimeError, ValueError):
+                raise asyncio.CancelledError from None
+        self.on_ack_confirmed(trade_id)
 
     def _decide(self, payload: bytes) -> dict[str, Any] | None:
         """The ack for one incoming message, or None for one that is not JSON (ignored, logged)."""

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -22,9 +23,9 @@ import pytest
 from controller.clock import iso
 from controller.config import load_secrets
 from controller.daemon import Daemon
-from controller.schedule import PERIOD_S, period_start
+from controller.schedule import PERIOD_S, parse_trade, period_start
 from controller.signing import sign_message
-from controller.store import Store
+from controller.store import DB_FILENAME, Store
 from simulators.exchange.publisher import TradePublisher
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.mosquitto import Mosquitto
@@ -234,6 +235,9 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
         assert ack["accepted"] is True, ack
         assert d.store.has_trade(good["trade_id"])
         await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 0.01, 5, "2 MW on the PCS simulator")
+        # the broker took our ack: from now on the same trade again is a replay, refused as a duplicate
+        await wait_for(lambda: d.store.stored_trade(good["trade_id"])["ack_confirmed_ts"] is not None, 5,
+                       "the ack's PUBACK recorded")
         n_trades = len(d.store.trades())
 
         def signed(msg: dict, ts: float | None = None) -> bytes:
@@ -336,6 +340,47 @@ async def test_last_will_when_killed(broker, plant, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- redelivery after a crash
+async def test_a_trade_stored_but_never_acked_is_acked_accepted_on_redelivery(broker, plant, tmp_path):
+    """The state a kill -9 leaves between storing an MQTT trade and the broker taking its ack: the trade is in
+    the store, its ack is not confirmed, and the exchange (which got no answer) redelivers it. It is answered
+    "accepted" (the truth: it is stored and will be delivered) and dispatched once. Once that ack is confirmed,
+    the same trade again is a refused replay, and so is the id with other content."""
+    cfg = make_config(tmp_path, plant)
+    t = trade_for_now(2.0)
+    with Store.in_state_dir(tmp_path / "state") as store:
+        assert store.add_trade(parse_trade(t).model_dump(mode="json"), "mqtt")
+    acks = Sub(broker, ["bess/demo/trades/ack"], "test-acks")
+    d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
+    pub = TradePublisher(broker.url, SECRET, client_id="test-exchange")
+    pub.start()
+    try:
+        await wait_for(lambda: d.uplink.connected and pub.connected.is_set(), 10, "both clients connected")
+        await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 0.01, 10, "the stored trade at the PCS")
+        pub.publish_trade("demo", t)
+        await wait_for(lambda: pub.delivery("demo", t["trade_id"])["ack"] is not None, 10, "the ack")
+        ack = pub.delivery("demo", t["trade_id"])["ack"]
+        assert ack["accepted"] is True and "not dispatched again" in ack["reason"], ack
+        await wait_for(lambda: d.store.stored_trade(t["trade_id"])["ack_confirmed_ts"] is not None, 5,
+                       "the ack's PUBACK recorded")
+        cycles = d.controller.stats.good_cycles
+        await wait_for(lambda: d.controller.stats.good_cycles > cycles + 2, 5, "a few more cycles")
+        assert abs(plant.pcs.requested_mw() - 2.0) < 0.01   # once, not 4 MW
+
+        pub.publish_trade("demo", t)                             # a replay of an answered trade
+        pub.publish_trade("demo", {**t, "quantity_mw": 5.0})     # the id with other content
+        await wait_for(lambda: len(acks.payloads("bess/demo/trades/ack")) >= 3, 10, "two more acks")
+        first, *refusals = acks.payloads("bess/demo/trades/ack")
+        assert first["accepted"] is True and len(refusals) == 2, refusals
+        assert all(a["accepted"] is False and "duplicate" in a["reason"] for a in refusals), refusals
+        assert [x["trade_id"] for x in d.store.trades()] == [t["trade_id"]]
+        assert d.uplink.stats["trades_accepted"] == 1 and d.uplink.stats["trades_rejected"] == 2
+        assert abs(plant.pcs.requested_mw() - 2.0) < 0.01
+    finally:
+        pub.stop()
+        await d.stop()
+        acks.stop()
+
+
 async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant, tmp_path):
     """kill -9 of a real `bess-edge run` after it stored and followed two trades; while it is dead the exchange
     sends them again (as it does for trades it holds no ack for) and sends two new ones, and the broker keeps
@@ -370,6 +415,18 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
         await wait_for(lambda: any(s["online"] for s in status.payloads("bess/demo/status")[n_before:]), 30,
                        "the controller online")
 
+    def acks_confirmed() -> int:
+        db = tmp_path / "state" / DB_FILENAME
+        if not db.exists():
+            return 0
+        c = sqlite3.connect(db, timeout=5)
+        try:
+            return c.execute("SELECT count(*) FROM trade_ids WHERE ack_confirmed_ts IS NOT NULL").fetchone()[0]
+        except sqlite3.OperationalError:   # not created yet
+            return 0
+        finally:
+            c.close()
+
     procs: list[subprocess.Popen] = []
 
     def start() -> subprocess.Popen:
@@ -386,6 +443,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
         await wait_for(lambda: all(acks_for(t["trade_id"]) for t in first), 10, "the first trades' acks")
         assert all(acks_for(t["trade_id"])[0]["accepted"] for t in first), acks.payloads("bess/demo/trades/ack")
         await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 1e-3, 10, "2 MW at the PCS")
+        await wait_for(lambda: acks_confirmed() == 2, 5, "the acks' PUBACKs recorded by the controller")
 
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 10)

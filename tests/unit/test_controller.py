@@ -136,6 +136,23 @@ async def test_trade_for_the_current_period_reaches_the_pcs(rig):
     assert d.setpoint_mw == pytest.approx(-2.0)
 
 
+async def test_an_mqtt_trade_redelivered_before_its_ack_was_confirmed_is_accepted_once(rig):
+    """We died between storing an MQTT trade and the broker taking our ack: the exchange got no answer and
+    redelivers it. The answer is "accepted" (it is stored and will be delivered), and it is not dispatched twice.
+    Once the ack is confirmed, a replay is a refused duplicate; the id with other content is refused either way."""
+    t = rig.trade("sell", 3.0)
+    assert rig.controller.accept_trade(t, source="mqtt").accepted
+    again = rig.controller.accept_trade(t, source="mqtt")
+    assert again.accepted and "not dispatched again" in again.reason
+    other = rig.controller.accept_trade({**t, "quantity_mw": 5.0}, source="mqtt")
+    assert not other.accepted and "duplicate" in other.reason
+    rig.controller.confirm_trade_ack("T1")
+    replay = rig.controller.accept_trade(t, source="mqtt")
+    assert not replay.accepted and "duplicate" in replay.reason
+    assert [t["trade_id"] for t in rig.store.trades()] == ["T1"]
+    assert rig.controller.schedule.position_mw(rig.clock.now()) == pytest.approx(3.0)
+
+
 async def test_duplicate_and_bad_trades_change_nothing(rig):
     assert rig.controller.accept_trade(rig.trade("sell", 3.0)).accepted
     dup = rig.controller.accept_trade(rig.trade("sell", 3.0))

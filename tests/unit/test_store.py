@@ -129,6 +129,42 @@ def test_add_trade_is_idempotent_and_persists(tmp_path, wall):
         s.close()
 
 
+def test_trade_ack_confirmation_is_recorded_once(store, wall):
+    t = make_trade("T-1")
+    assert store.stored_trade("T-1") is None
+    assert store.add_trade(t, "mqtt")
+    assert store.stored_trade("T-1") == {"trade": t, "source": "mqtt", "ack_confirmed_ts": None}
+    wall.t += 0.5
+    assert store.confirm_trade_ack("T-1") is True
+    wall.t += 10
+    assert store.confirm_trade_ack("T-1") is False          # the first confirmation stands
+    assert store.stored_trade("T-1")["ack_confirmed_ts"] == T0 + 0.5
+    assert store.confirm_trade_ack("T-unknown") is False
+
+
+def test_migration_marks_trades_stored_before_it_as_answered(tmp_path):
+    """A state directory of schema 1 (no ack confirmations): its trades were answered back then, so a replay of
+    one after the upgrade is still a refused duplicate."""
+    path = tmp_path / "old.db"
+    c = sqlite3.connect(path)
+    for stmt in store_mod.MIGRATIONS[0]:
+        c.execute(stmt)
+    c.execute("PRAGMA user_version=1")
+    c.execute("INSERT INTO trade_ids VALUES ('T-old', ?)", (T0,))
+    c.execute("INSERT INTO trades VALUES ('T-old','sell',2.0,81.25,?,?,'intraday',?,'mqtt',?,'{}')",
+              (T0, T0 + 900, T0 - 3600, T0))
+    c.commit()
+    c.close()
+    s = Store(path)
+    try:
+        assert s.schema_version == SCHEMA_VERSION
+        assert s.stored_trade("T-old")["ack_confirmed_ts"] == T0
+        assert s.add_trade(make_trade("T-new"), "mqtt")
+        assert s.stored_trade("T-new")["ack_confirmed_ts"] is None
+    finally:
+        s.close()
+
+
 def test_trades_newest_first_with_since_and_limit(store):
     for i in range(10):
         assert store.add_trade(make_trade(f"T-{i}", executed=T0 + i), "mqtt")
