@@ -126,13 +126,14 @@ class Controller:
             log.warning("trade rejected", extra={"trade_id": trade_id, "reason": str(e), "source": source})
             return Ack(trade_id if isinstance(trade_id, str) else None, False, str(e))
         try:
-            new = self.store.add_trade(trade.model_dump(mode="json"), source)
+            body = trade.model_dump(mode="json")
+            new = self.store.add_trade(body, source)
         except (StoreError, sqlite3.Error) as e:
             # nothing was stored, so nothing may be acknowledged as accepted
             log.error("trade could not be stored", extra={"trade_id": trade.trade_id, "error": str(e)})
             return Ack(trade.trade_id, False, f"not stored (storage error, retry later): {e}")
         if not new:
-            if source == "mqtt" and self._unanswered_redelivery(trade):
+            if source == "mqtt" and self._unanswered_redelivery(trade.trade_id, body):
                 log.info("trade redelivered before its ack was confirmed: acked again, not dispatched again",
                          extra={"trade_id": trade.trade_id, "source": source})
                 return Ack(trade.trade_id, True, "stored (redelivered before its ack reached the broker); "
@@ -156,20 +157,21 @@ class Controller:
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
         return Ack(trade.trade_id, True, reason)
 
-    def _unanswered_redelivery(self, trade) -> bool:
+    def _unanswered_redelivery(self, trade_id: str, body: dict[str, Any]) -> bool:
         """True for an MQTT trade we stored whose ack never reached the broker (we died in between), received
         again with the same content: the exchange never got an answer, and the truthful one is "accepted".
         A replay of an answered trade, or the id reused with other content, stays a refused duplicate."""
         try:
-            seen = self.store.stored_trade(trade.trade_id)
+            seen = self.store.stored_trade(trade_id)
         except (StoreError, sqlite3.Error) as e:
-            log.error("stored trade could not be read", extra={"trade_id": trade.trade_id, "error": str(e)})
+            log.error("stored trade could not be read", extra={"trade_id": trade_id, "error": str(e)})
             return False
         return (seen is not None and seen["ack_confirmed_ts"] is None and seen["source"] == "mqtt"
-                and seen["trade"] == trade.model_dump(mode="json"))
+                and seen["trade"] == body)
 
     def confirm_trade_ack(self, trade_id: str) -> None:
-        """The broker took our ack of this MQTT trade (the uplink calls this on its PUBACK)."""
+        """The broker took our ack of this MQTT trade (the uplink's pump thread calls this on its PUBACK; the
+        store is thread-safe)."""
         try:
             self.store.confirm_trade_ack(trade_id)
         except (StoreError, sqlite3.Error) as e:

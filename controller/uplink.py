@@ -7,7 +7,7 @@ control cycle only appends to a deque (`publish_telemetry`), so it never waits f
 Trades hop from paho's thread onto the asyncio loop (the controller and its store live there); the incoming
 message is PUBACKed (manual ack) only after the trade is stored and acked, so a kill -9 before that makes the
 broker redeliver it, and the store's seen-id record keeps a redelivery from being dispatched twice. The ack of
-an accepted trade is watched until the broker PUBACKs it, and the store records that: a trade stored but never
+an accepted trade is watched by the pump until the broker PUBACKs it, and the store records that: a trade stored but never
 answered (a kill between the two) is answered "accepted" when it comes again; one already answered is a
 refused duplicate.
 
@@ -116,10 +116,10 @@ class Uplink:
         self.url = secrets.mqtt
         self.outbox = outbox
         self.accept_trade = accept_trade
-        # called with the trade_id when the broker PUBACKs our ack of an accepted trade (the store records it,
-        # so a redelivery after a crash before that point is answered "accepted" again, see Controller)
+        # called (on the pump thread, so it must be thread-safe) with the trade_id when the broker PUBACKs our ack
+        # of an accepted trade: the store records it, so a redelivery after a crash before that point is answered
+        # "accepted" again, see Controller
         self.on_ack_confirmed = on_ack_confirmed
-        self._ack_watches: set[asyncio.Task] = set()
         self.clock = clock or Clock()
         site = config.site.id
         self.topic_telemetry = f"bess/{site}/telemetry"
@@ -139,6 +139,9 @@ class Uplink:
         self._inflight: dict[int, int] = {}    # paho mid -> seq
         self._puback_mids: collections.deque[int] = collections.deque()
         self._acked: list[int] = []            # seqs PUBACKed, not yet deleted
+        # accepted trades' acks: the loop appends (trade_id, paho's MQTTMessageInfo), the pump watches them
+        self._ack_watch_in: collections.deque[tuple[str, mqtt.MQTTMessageInfo]] = collections.deque()
+        self._ack_watch: list[tuple[str, mqtt.MQTTMessageInfo, float]] = []  # pump: (.., give-up monotonic)
         self._cursor = 0                       # the highest seq handed to paho
         self._epoch = 0                        # connections made so far (paho's thread increments)
         self._seen_epoch = 0
@@ -227,10 +230,7 @@ class Uplink:
                 await asyncio.to_thread(self._delete_acked)
             except (OutboxError, sqlite3.Error) as e:
                 log.error("last PUBACKed rows not deleted (they will be sent again)", extra={"error": str(e)})
-        for task in list(self._ack_watches):
-            task.cancel()   # each one records its ack if the PUBACK came in the meantime
-        if self._ack_watches:
-            await asyncio.gather(*self._ack_watches, return_exceptions=True)
+            await asyncio.to_thread(self._confirm_trade_acks, time.monotonic())
         if self._connected.is_set():
             info = self.client.publish(self.topic_status, status_payload(False, self.clock.now()), qos=1, retain=True)
             try:
@@ -309,6 +309,8 @@ class Uplink:
                     next_expire = now + EXPIRE_EVERY_S
                     if self.outbox.expire():
                         self._rows.clear()
+                if self._ack_watch or self._ack_watch_in:
+                    self._confirm_trade_acks(now)
                 if running:
                     self._send_due(now)
             except (OutboxError, sqlite3.Error) as e:  # busy past the timeout, disk full: rows kept, retried
@@ -357,6 +359,32 @@ class Uplink:
                 self._acked.extend(acked)
                 raise
             self._counters["acked"] += len(acked)
+
+    def _confirm_trade_acks(self, now: float) -> None:
+        """Call on_ack_confirmed for each accepted trade whose ack the broker has PUBACKed (paho's thread sets
+        the MQTTMessageInfo's flag). A watch ends unconfirmed when the publish failed or after ACK_CONFIRM_MAX_S:
+        that trade stays unconfirmed, and a redelivery of it is answered "accepted" again, which is true."""
+        while self._ack_watch_in:
+            trade_id, info = self._ack_watch_in.popleft()
+            self._ack_watch.append((trade_id, info, now + ACK_CONFIRM_MAX_S))
+        waiting = []
+        for trade_id, info, give_up in self._ack_watch:
+            try:
+                published = info.is_published()
+            except (RuntimeError, ValueError) as e:   # not queued (no connection, queue full)
+                log.warning("trade ack not confirmed by the broker", extra={"trade_id": trade_id, "error": str(e)})
+                continue
+            if published:
+                try:
+                    self.on_ack_confirmed(trade_id)
+                except Exception:   # a bug in the callback must not stop the telemetry pump
+                    log.exception("on_ack_confirmed failed", extra={"trade_id": trade_id})
+            elif now >= give_up:
+                log.warning("trade ack not confirmed by the broker in time",
+                            extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S})
+            else:
+                waiting.append((trade_id, info, give_up))
+        self._ack_watch = waiting
 
     def _send_due(self, now: float) -> None:
         if not self._connected.is_set():
@@ -463,44 +491,14 @@ class Uplink:
                 body = {**ack, "ts": iso(self.clock.now())}
                 info = self.client.publish(self.topic_ack, json.dumps(body, separators=(",", ":")), qos=1)
                 if ack["accepted"] and isinstance(ack["trade_id"], str) and self.on_ack_confirmed is not None:
-                    task = asyncio.get_running_loop().create_task(self._watch_ack(ack["trade_id"], info))
-                    self._ack_watches.add(task)
-                    task.add_done_callback(self._ack_watches.discard)
+                    self._ack_watch_in.append((ack["trade_id"], info))
+                    self._wake.set()
                 self._counters["trades_accepted" if ack["accepted"] else "trades_rejected"] += 1
         except Exception:
             # a bug here must not take the loop down; the message is still acked so it is not redelivered forever
             log.exception("trade handling failed", extra={"bytes": len(msg.payload)})
             self._counters["trades_failed"] += 1
         self._ack_incoming(msg)
-
-    async def _watch_ack(self, trade_id: str, info: mqtt.MQTTMessageInfo) -> None:
-        """Wait (polling paho's flag, which its thread sets on PUBACK) until the broker took our ack, then
-        say so. Given up after ACK_CONFIRM_MAX_S or when the publish failed: the trade stays unconfirmed, and
-        a redelivery of it is answered "accepted" again, which is true."""
-        deadline = time.monotonic() + ACK_CONFIRM_MAX_S
-        delay = 0.01
-        try:
-            while True:
-                try:
-                    if info.is_published():
-                        break
-                except (RuntimeError, ValueError) as e:   # not queued (no connection, queue full)
-                    log.warning("trade ack not confirmed by the broker",
-                                extra={"trade_id": trade_id, "error": str(e)})
-                    return
-                if time.monotonic() >= deadline:
-                    log.warning("trade ack not confirmed by the broker in time",
-                                extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S})
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        except asyncio.CancelledError:
-            try:
-                if not info.is_published():
-                    raise
-            except (RuntimeError, ValueError):
-                raise asyncio.CancelledError from None
-        self.on_ack_confirmed(trade_id)
 
     def _decide(self, payload: bytes) -> dict[str, Any] | None:
         """The ack for one incoming message, or None for one that is not JSON (ignored, logged)."""
