@@ -404,6 +404,9 @@ class Controller:
         next_t = time.monotonic()
         while not self._stopping:
             self.cycle_idle.clear()   # the web face holds new requests until the cycle is done (see web/app.py)
+            # cleared as the cycle starts, not after it: a wake-up that comes during the cycle (a trade, a mode
+            # change, a period boundary after the cycle read its target) starts the next cycle at once
+            self._wake.clear()
             try:
                 await self.run_cycle()
             except asyncio.CancelledError:
@@ -421,8 +424,7 @@ class Controller:
                 self.stats.overruns += 1
                 log.warning("cycle overran", extra={"duration_s": self.stats.last_duration_s, "period_s": period})
                 next_t = now  # never stack cycles
-            self._wake.clear()
-            if self._stopping:  # stop() set the wake-up during the cycle: the clear above must not hide it
+            if self._stopping:
                 break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_t - time.monotonic()))
