@@ -57,6 +57,7 @@ class Sub:
 
     def __init__(self, broker: Mosquitto, topics: list[str], name: str = "test-sub"):
         self.messages: list[tuple[str, bytes, bool]] = []
+        self._parsed: dict[str, tuple[int, list[dict]]] = {}  # topic -> (messages scanned, that topic's parsed)
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.topics = topics
@@ -78,8 +79,15 @@ class Sub:
             self.messages.append((msg.topic, bytes(msg.payload), msg.retain))
 
     def payloads(self, topic: str) -> list[dict]:
+        """The topic's messages parsed, in arrival order. Tests poll this every 20 ms while up to 20,000 messages
+        arrive, so each message is parsed once, outside the lock (holding it for a full re-parse starved paho's
+        thread and, on the event loop, the control cycle)."""
+        scanned, parsed = self._parsed.setdefault(topic, (0, []))
         with self.lock:
-            return [json.loads(p) for t, p, _ in self.messages if t == topic]
+            new = self.messages[scanned:]
+        parsed.extend(json.loads(p) for t, p, _ in new if t == topic)
+        self._parsed[topic] = (scanned + len(new), parsed)
+        return list(parsed)
 
     def stop(self) -> None:
         self.c.disconnect()
