@@ -193,7 +193,7 @@ async def test_manual_setpoint_over_modbus_is_limited_and_expires(plant, tmp_pat
 
         # no renewal: back to auto (schedule empty: 0 MW) when the 4 s run out
         await wait_for(lambda: c.mode.mode == "auto", 6, "the manual setpoint to expire")
-        assert time.time() - t_mode == pytest.approx(4, abs=1.5)
+        assert time.time() - t_mode >= 4 - 0.05, "expired early"  # late is bounded by the wait above, not timed here
         assert c.mode.source == "expiry"
         await wait_for(lambda: c.decision.setpoint_mw == 0.0, 3, "the setpoint back at 0 MW")
         st = await read_status(cl)
