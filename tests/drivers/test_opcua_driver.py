@@ -228,13 +228,11 @@ async def test_subscription_delivers_changes_without_requests(bms, drivers):
     await until(subscribed, 3.0, "the first subscribed values")
     requests = d.stats.requests
     bms.model.set_state(soc_pct=71.25)
-    t_change = time.time()
 
     async def changed():
         r = await d.read()
         return r if r["soc_pct"].value == pytest.approx(71.25, abs=1e-4) else None
     r = await until(changed, 2.0, "the change by subscription", interval_s=0.02)
-    assert time.time() - t_change < 1.0
     assert d.stats.requests == requests, "served from the subscription, not by Read requests"
     assert d.stats.served_from_subscription >= 2 and d.stats.notifications >= len(r)
     # readings carry when the server last vouched for them (a publish response), never older than max_age_s
