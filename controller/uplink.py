@@ -139,9 +139,10 @@ class Uplink:
         self._inflight: dict[int, int] = {}    # paho mid -> seq
         self._puback_mids: collections.deque[int] = collections.deque()
         self._acked: list[int] = []            # seqs PUBACKed, not yet deleted
-        # accepted trades' acks: the loop appends (trade_id, paho's MQTTMessageInfo), the pump watches them
-        self._ack_watch_in: collections.deque[tuple[str, mqtt.MQTTMessageInfo]] = collections.deque()
-        self._ack_watch: list[tuple[str, mqtt.MQTTMessageInfo, float]] = []  # pump: (.., give-up monotonic)
+        # accepted trades' acks awaiting their PUBACK: (trade_id, paho's MQTTMessageInfo, give-up monotonic).
+        # The loop appends; the pump (stop() once the pump is gone) takes from the other end: deque ends are
+        # thread-safe.
+        self._ack_watch: collections.deque[tuple[str, mqtt.MQTTMessageInfo, float]] = collections.deque()
         self._cursor = 0                       # the highest seq handed to paho
         self._epoch = 0                        # connections made so far (paho's thread increments)
         self._seen_epoch = 0
@@ -309,7 +310,7 @@ class Uplink:
                     next_expire = now + EXPIRE_EVERY_S
                     if self.outbox.expire():
                         self._rows.clear()
-                if self._ack_watch or self._ack_watch_in:
+                if self._ack_watch:
                     self._confirm_trade_acks(now)
                 if running:
                     self._send_due(now)
@@ -364,11 +365,8 @@ class Uplink:
         """Call on_ack_confirmed for each accepted trade whose ack the broker has PUBACKed (paho's thread sets
         the MQTTMessageInfo's flag). A watch ends unconfirmed when the publish failed or after ACK_CONFIRM_MAX_S:
         that trade stays unconfirmed, and a redelivery of it is answered "accepted" again, which is true."""
-        while self._ack_watch_in:
-            trade_id, info = self._ack_watch_in.popleft()
-            self._ack_watch.append((trade_id, info, now + ACK_CONFIRM_MAX_S))
-        waiting = []
-        for trade_id, info, give_up in self._ack_watch:
+        for _ in range(len(self._ack_watch)):   # the watches there now; the loop may append meanwhile
+            trade_id, info, give_up = self._ack_watch.popleft()
             try:
                 published = info.is_published()
             except (RuntimeError, ValueError) as e:   # not queued (no connection, queue full)
@@ -383,8 +381,7 @@ class Uplink:
                 log.warning("trade ack not confirmed by the broker in time",
                             extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S})
             else:
-                waiting.append((trade_id, info, give_up))
-        self._ack_watch = waiting
+                self._ack_watch.append((trade_id, info, give_up))
 
     def _send_due(self, now: float) -> None:
         if not self._connected.is_set():
@@ -491,7 +488,7 @@ class Uplink:
                 body = {**ack, "ts": iso(self.clock.now())}
                 info = self.client.publish(self.topic_ack, json.dumps(body, separators=(",", ":")), qos=1)
                 if ack["accepted"] and isinstance(ack["trade_id"], str) and self.on_ack_confirmed is not None:
-                    self._ack_watch_in.append((ack["trade_id"], info))
+                    self._ack_watch.append((ack["trade_id"], info, time.monotonic() + ACK_CONFIRM_MAX_S))
                     self._wake.set()
                 self._counters["trades_accepted" if ack["accepted"] else "trades_rejected"] += 1
         except Exception:
