@@ -6,6 +6,7 @@ Shows progress while starting, prints the URLs, and stops everything cleanly on 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -36,12 +37,21 @@ def mosquitto_binary() -> str | None:
     return None
 
 
+def mosquitto_user_line() -> str:
+    """The `user` line for a mosquitto we start. Started by root, mosquitto drops to the user `mosquitto`, which
+    cannot enter our private (0700) state directories: every persistence save and the log file failed with
+    'Permission denied'. It runs as whoever started us instead, like every other process of the demo (for a
+    user other than root the setting changes nothing; as root, mosquitto warns that it runs as root)."""
+    return f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+
+
 def write_mosquitto_conf(directory: Path, port: int) -> Path:
-    """A broker for the demo and tests: loopback only, nothing dropped (max_queued_messages 0), persistent."""
+    """The demo's broker: loopback only, nothing dropped (max_queued_messages 0), persistent in `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "mosquitto.conf"
     conf.write_text(
         f"listener {port} 127.0.0.1\n"
+        + mosquitto_user_line() +
         "allow_anonymous true\n"
         "max_queued_messages 0\n"
         "max_inflight_messages 0\n"

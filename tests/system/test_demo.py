@@ -103,3 +103,66 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
     assert "stopped: all demo processes ended" in rest
     still = [n for n, p in PORTS.items() if port_open(p)]
     assert not still, f"ports still open after stop: {still}"
+
+
+def test_demo_broker_persists_its_state_in_a_private_directory(tmp_path):
+    """The demo's mosquitto keeps its state in the demo's private (0700) state directory. Started by root it used to
+    drop to the user `mosquitto`, and every save failed with 'Permission denied': a retained message did not
+    survive a restart of the broker."""
+    import paho.mqtt.client as mqtt
+
+    from controller.demo import mosquitto_binary, write_mosquitto_conf
+    from tests.conftest import free_port
+
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    port = free_port()
+    conf = write_mosquitto_conf(state / "mosquitto", port)
+    errors = tmp_path / "mosquitto.stderr"
+
+    def broker() -> subprocess.Popen:
+        with errors.open("a") as err:
+            proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
+        for _ in range(250):  # bounded: up to 5 s
+            if port_open(port):
+                return proc
+            time.sleep(0.02)
+        proc.kill()
+        raise AssertionError("mosquitto did not listen within 5 s")
+
+    def stop(proc: subprocess.Popen) -> None:
+        proc.terminate()  # mosquitto saves its state as it exits
+        assert proc.wait(10) == 0
+
+    def client() -> mqtt.Client:
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        return c
+
+    proc = broker()
+    try:
+        c = client()
+        c.publish("bess/demo/status", b'{"online":true}', qos=1, retain=True).wait_for_publish(5)
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        stop(proc)
+    assert (state / "mosquitto" / "mosquitto.db").exists(), errors.read_text()
+
+    proc = broker()
+    try:
+        got = []
+        c = client()
+        c.on_message = lambda _c, _u, msg: got.append((msg.topic, msg.payload, msg.retain))
+        c.subscribe("bess/demo/status", qos=1)
+        for _ in range(250):  # bounded: up to 5 s
+            if got:
+                break
+            time.sleep(0.02)
+        c.disconnect()
+        c.loop_stop()
+    finally:
+        stop(proc)
+    assert got == [("bess/demo/status", b'{"online":true}', True)], errors.read_text()
+    assert "Error" not in errors.read_text(), errors.read_text()
