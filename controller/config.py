@@ -246,10 +246,12 @@ class SiteConfig(_Model):
 class Secrets(BaseModel):
     """Secrets from the environment (or an env file), never from the YAML."""
 
-    api_keys: list[str]
-    hmac_secret: str
+    api_keys: list[str]                   # API_KEY: full access (comma-separated: rotation)
+    hmac_secret: str                      # HMAC_SECRET: signs trades, acks and exchange requests, nothing else
     mqtt_url: str
     exchange_base_url: str
+    api_keys_read: list[str] = []         # API_KEY_READ: read-only keys (GET, /ws; writes get 403)
+    exchange_api_key: str | None = None   # EXCHANGE_API_KEY: the key this site presents to the exchange
 
     @property
     def mqtt(self) -> "MqttUrl":
@@ -292,7 +294,11 @@ def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secre
     """Secrets from `env` (default os.environ). Demo secrets are refused unless the config says mode: demo."""
     env = dict(os.environ if env is None else env)
     errors = []
-    keys = [k.strip() for k in env.get("API_KEY", "").split(",") if k.strip()]
+    keys = _key_list(env.get("API_KEY", ""))
+    read_keys = _key_list(env.get("API_KEY_READ", ""))
+    if set(read_keys) & set(keys):
+        errors.append("API_KEY_READ: a key may not be in both API_KEY and API_KEY_READ")
+    exchange_key = env.get("EXCHANGE_API_KEY", "").strip() or None
     if not keys:
         errors.append("API_KEY: not set (a comma-separated list of API keys; the daemon refuses to start without one)")
     secret = env.get("HMAC_SECRET", "")
@@ -311,7 +317,12 @@ def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secre
     if errors:
         raise ConfigError("environment", errors)
     return Secrets(api_keys=keys, hmac_secret=secret, mqtt_url=mqtt_url,
-                   exchange_base_url=env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"))
+                   exchange_base_url=env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"),
+                   api_keys_read=read_keys, exchange_api_key=exchange_key)
+
+
+def _key_list(value: str) -> list[str]:
+    return [k.strip() for k in value.split(",") if k.strip()]
 
 
 def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
