@@ -80,9 +80,12 @@ def status_payload(online: bool, ts: float) -> bytes:
     return json.dumps({"online": online, "ts": iso(ts)}, separators=(",", ":")).encode()
 
 
-def check_envelope(message: Any, secret: str, now_s: float) -> dict[str, Any]:
-    """The trade fields of a signed message (without `ts`/`sig`), or TradeRejected with the reason.
-    The trade's own fields are checked afterwards by `accept_trade`."""
+def check_envelope(message: Any, secret: str, now_s: float, site: str) -> dict[str, Any]:
+    """The trade fields of a signed message for `site` (without `ts`/`sig`/`site`), or TradeRejected with the
+    reason. The trade's own fields are checked afterwards by `accept_trade`.
+
+    `site` is covered by `sig`: a trade the exchange signed for another site, replayed on our topic within the
+    ts window, names that site and is refused (DESIGN.md "Trades are bound to a site")."""
     if not isinstance(message, dict):
         raise TradeRejected(f"message must be a JSON object (got {type(message).__name__})")
     if not isinstance(message.get("sig"), str):
@@ -101,7 +104,12 @@ def check_envelope(message: Any, secret: str, now_s: float) -> dict[str, Any]:
         raise TradeRejected(f"ts: not a valid time ({e})") from None
     if not math.isfinite(ts_s) or abs(ts_s - now_s) > TS_WINDOW_S:
         raise TradeRejected(f"ts: {ts!r} is more than {TS_WINDOW_S:g} s from now")
-    return {k: v for k, v in message.items() if k not in ("ts", "sig")}
+    bound = message.get("site")
+    if bound is None:
+        raise TradeRejected(f"site: missing (a trade must name the site it is for; this is {site!r})")
+    if bound != site:
+        raise TradeRejected(f"site: the trade is for {str(bound)[:128]!r}, not this site ({site!r})")
+    return {k: v for k, v in message.items() if k not in ("ts", "sig", "site")}
 
 
 class Uplink:
@@ -513,7 +521,7 @@ class Uplink:
         trade_id = message.get("trade_id") if isinstance(message, dict) else None
         trade_id = trade_id if isinstance(trade_id, str) else None
         try:
-            trade = check_envelope(message, self.secrets.hmac_secret, self.clock.now())
+            trade = check_envelope(message, self.secrets.hmac_secret, self.clock.now(), self.config.site.id)
         except TradeRejected as e:
             log.warning("trade rejected", extra={"trade_id": trade_id, "reason": str(e)})
             return {"trade_id": trade_id, "accepted": False, "reason": str(e)}

@@ -137,8 +137,9 @@ class TradePublisher:
 
     # ---- publishing (any thread) ------------------------------------------------------------------------
     def publish_trade(self, site: str, trade: dict) -> None:
-        """Queue `trade` (DESIGN.md's Trade shape) for `site`, signed with `ts` and `sig`, and send it."""
-        message = sign_message({**trade, "ts": iso(self._now())}, self.hmac_secret)
+        """Queue `trade` (DESIGN.md's Trade shape) for `site`, bound to it (`site`, under the signature, so it
+        cannot be replayed to another site), signed with `ts` and `sig`, and send it."""
+        message = sign_message({**trade, "site": site, "ts": iso(self._now())}, self.hmac_secret)
         key = (site, trade["trade_id"])
         with self._lock:
             self._pending[key] = _Pending(site, trade["trade_id"], json.dumps(message).encode())

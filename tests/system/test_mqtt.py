@@ -248,8 +248,9 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
                        "the ack's PUBACK recorded")
         n_trades = len(d.store.trades())
 
-        def signed(msg: dict, ts: float | None = None) -> bytes:
-            return json.dumps(sign_message({**msg, "ts": iso(time.time() if ts is None else ts)}, SECRET)).encode()
+        def signed(msg: dict, ts: float | None = None, site: str | None = "demo") -> bytes:
+            bound = {**msg, "site": site} if site is not None else msg
+            return json.dumps(sign_message({**bound, "ts": iso(time.time() if ts is None else ts)}, SECRET)).encode()
 
         bad_sig = json.loads(signed(trade_for_now()))
         bad_sig["sig"] = "0" * 64
@@ -263,6 +264,9 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
             "wrong types": signed(wrong_types),
             "not an object": b"[1, 2, 3]",
             "one megabyte": signed({**trade_for_now(), "padding": "x" * (1 << 20)}),
+            # a trade the exchange signed for another site, replayed on ours within the ts window
+            "another site's trade": signed(trade_for_now(2.0), site="other"),
+            "no site": signed(trade_for_now(2.0), site=None),
         }
         cases["not JSON"] = b"\xff not json {"
         cases["empty"] = b""
@@ -282,6 +286,11 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
                        "not JSON"):
             assert needle in reasons, (needle, reasons)
         assert len(d.store.trades()) == n_trades  # nothing stored
+        for name in ("another site's trade", "no site"):
+            trade_id = json.loads(cases[name])["trade_id"]
+            ack = next(a for a in got if a["trade_id"] == trade_id)
+            assert ack["reason"].startswith("site:"), (name, ack)
+            assert not d.store.has_trade(trade_id) and trade_id not in d.controller.schedule
         assert d.uplink.stats["trades_rejected"] == len(cases) and d.uplink.stats["trades_failed"] == 0
         cycles = d.controller.stats.good_cycles
         await wait_for(lambda: d.controller.stats.good_cycles > cycles + 2, 5, "the cycle still running")
@@ -413,7 +422,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
 
     def send(batch: list[dict]) -> None:
         for t in batch:   # signed now: a re-sent trade carries a fresh ts, as the exchange's re-send does
-            body = json.dumps(sign_message({**t, "ts": iso(time.time())}, SECRET)).encode()
+            body = json.dumps(sign_message({**t, "site": "demo", "ts": iso(time.time())}, SECRET)).encode()
             raw.publish("bess/demo/trades", body, qos=1).wait_for_publish(5)
 
     def acks_for(trade_id: str) -> list[dict]:
