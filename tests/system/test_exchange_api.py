@@ -298,8 +298,10 @@ async def test_site_trade_published_signed_and_ack_recorded(mosquitto):  # noqa:
                     {"trade_id": trade_id, "side": "buy", "quantity_mw": 2.0, "price_eur_mwh": 42.5,
                      "market": "intraday"}
                 assert set(msg) == {"trade_id", "side", "quantity_mw", "price_eur_mwh", "delivery_start",
-                                    "delivery_end", "market", "executed_at", "ts", "sig"}
+                                    "delivery_end", "market", "executed_at", "site", "ts", "sig"}
+                assert msg["site"] == "demo" and by_topic["bess/other/trades"]["site"] == "other"
                 assert not verify_message({**msg, "price_eur_mwh": 1.0}, SECRET)
+                assert not verify_message({**msg, "site": "other"}, SECRET)  # the site is under the signature
 
                 for junk in (b"not json", b'{"trade_id": 5}', b'{"trade_id": "x", "accepted": "yes"}'):
                     sub.client.publish("bess/demo/trades/ack", junk, qos=1)  # logged and ignored
