@@ -84,10 +84,13 @@ async def test_daemon_metrics_pass_promtool_lint(plant, tmp_path):  # noqa: F811
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
     for name in ("bess_soc_pct", "bess_cycle_duration_seconds_bucket", "bess_cycles_total",
-                 "bess_http_request_duration_seconds_count", "bess_device_up"):
+                 "bess_http_request_duration_seconds_count", "bess_device_up", "bess_asyncio_tasks"):
         assert re.search(rf"^{name}[{{ ]", text, re.M), f"{name} missing from /metrics"
     soc = float(re.search(r"^bess_soc_pct (\S+)$", text, re.M).group(1))
     assert 0 < soc < 100, soc
+    # counted on the loop: at least the cycle's own task and the web server's are alive
+    tasks = float(re.search(r"^bess_asyncio_tasks (\S+)$", text, re.M).group(1))
+    assert tasks >= 2, tasks
     res = run(promtool, "check", "metrics", stdin=text)
     print(f"promtool check metrics: {len(text.splitlines())} lines, rc={res.returncode}")
     assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), res.stdout + res.stderr
