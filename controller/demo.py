@@ -85,6 +85,7 @@ class Demo:
         self.env = {
             **os.environ,
             "API_KEY": DEMO_API_KEY,
+            "EXCHANGE_API_KEY": DEMO_API_KEY,  # the key the demo site presents to the exchange simulator
             "HMAC_SECRET": DEMO_HMAC_SECRET,
             "MQTT_URL": f"mqtt://{HOST}:{MQTT_PORT}",
             "EXCHANGE_BASE_URL": f"http://{HOST}:{EXCHANGE_PORT}",

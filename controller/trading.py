@@ -48,6 +48,15 @@ class ExchangeDown(Exception):
     """The exchange could not be reached; nothing was sent."""
 
 
+class ExchangeNotConfigured(ExchangeDown):
+    """No EXCHANGE_API_KEY: this site may receive trades but cannot place orders (answered 503)."""
+
+    def __init__(self) -> None:
+        super().__init__("EXCHANGE_API_KEY is not set: this site has no key to present to the exchange, so it "
+                         "cannot place or cancel orders (it still receives trades); set EXCHANGE_API_KEY in the "
+                         "environment or env file and restart")
+
+
 class OrderRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -93,8 +102,12 @@ class OrderDesk:
         self.config = controller.config
         # signed with the controller's clock, the same one the gate-closure check reads: the site and the exchange
         # must agree on time (in tests and labs both run on one injected clock; on a site it is the real one)
-        self.client = client or ExchangeClient(secrets.exchange_base_url, secrets.api_keys[0], secrets.hmac_secret,
-                                               timeout_s=self.config.exchange.timeout_s, now=controller.clock.now)
+        # the site's key at the exchange is EXCHANGE_API_KEY, never one of the local API keys (one purpose each);
+        # without it the client still reads the exchange's public market data
+        self.has_key = client is not None or bool(secrets.exchange_api_key)
+        self.client = client or ExchangeClient(secrets.exchange_base_url, secrets.exchange_api_key,
+                                               secrets.hmac_secret, timeout_s=self.config.exchange.timeout_s,
+                                               now=controller.clock.now)
         self._market = Cached()
         self._orders = Cached()
         self._trades = Cached()
@@ -112,6 +125,8 @@ class OrderDesk:
 
     async def place_order(self, body: dict[str, Any], who: str = "api") -> dict[str, Any]:
         order = OrderRequest.model_validate(body)
+        if not self.has_key:
+            raise ExchangeNotConfigured()
         now = self.controller.clock.now()
         start = parse_iso(order.delivery_start)
         if start - now < GATE_CLOSURE_S:
@@ -145,6 +160,8 @@ class OrderDesk:
         return placed
 
     async def cancel_order(self, order_id: str, who: str = "api") -> dict[str, Any]:
+        if not self.has_key:
+            raise ExchangeNotConfigured()
         try:
             res = await self.client.cancel_order(order_id)
         except ExchangeRejected as e:
@@ -177,6 +194,8 @@ class OrderDesk:
         return out
 
     async def orders(self, active_only: bool = True) -> dict[str, Any]:
+        if not self.has_key:  # no key, no orders at the exchange to read: only what the store holds
+            return {"orders": self.store.orders(active_only=active_only), "stale": False}
         _, stale = await self._cached(self._orders, lambda: self._sync_orders(active_only))
         return {"orders": self.store.orders(active_only=active_only), "stale": stale}
 

@@ -90,8 +90,9 @@ def _json(status: int, content) -> JSONResponse:
 
 
 def participants_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """API key -> site id: EXCHANGE_PARTICIPANTS="key=site,key2=site2", else every key of API_KEY
-    (comma-separated, default "demo") -> EXCHANGE_SITE_ID (default "demo")."""
+    """API key -> site id: EXCHANGE_PARTICIPANTS="key=site,key2=site2", else every key of EXCHANGE_API_KEY
+    (the key a site presents to the exchange; comma-separated), or of API_KEY when that is unset (older
+    setups), default "demo", -> EXCHANGE_SITE_ID (default "demo")."""
     env = dict(os.environ if env is None else env)
     spec = env.get("EXCHANGE_PARTICIPANTS", "").strip()
     if spec:
@@ -100,7 +101,8 @@ def participants_from_env(env: dict[str, str] | None = None) -> dict[str, str]:
         if bad:
             raise ValueError(f"EXCHANGE_PARTICIPANTS: expected key=site,... (got {spec!r})")
         return {k.strip(): s.strip() for k, s in pairs}
-    keys = [k.strip() for k in env.get("API_KEY", DEMO_API_KEY).split(",") if k.strip()]
+    spec = env.get("EXCHANGE_API_KEY", "").strip() or env.get("API_KEY", DEMO_API_KEY)
+    keys = [k.strip() for k in spec.split(",") if k.strip()]
     return {k: env.get("EXCHANGE_SITE_ID", "demo") for k in keys}
 
 
@@ -256,7 +258,7 @@ async def serve(host: str = "127.0.0.1", port: int = 9000, **app_kwargs) -> None
 
 def main_exchange(args) -> int:
     """`bess-edge exchange`: args.host, args.port, args.counterparties, args.seed; secrets from the environment
-    (API_KEY / EXCHANGE_PARTICIPANTS, HMAC_SECRET, MQTT_URL; demo values when unset; MQTT_URL=none turns
+    (EXCHANGE_PARTICIPANTS / EXCHANGE_API_KEY, HMAC_SECRET, MQTT_URL; demo values when unset; MQTT_URL=none turns
     publishing off)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     secret = os.environ.get("HMAC_SECRET") or DEMO_HMAC_SECRET

@@ -42,7 +42,7 @@ class ExchangeAuthError(ExchangeRejected):
 
 
 class ExchangeClient:
-    def __init__(self, base_url: str, api_key: str, hmac_secret: str, timeout_s: float = 5.0,
+    def __init__(self, base_url: str, api_key: str | None, hmac_secret: str, timeout_s: float = 5.0,
                  now: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
@@ -67,7 +67,10 @@ class ExchangeClient:
         return f"{ts:.6f}"
 
     def signed_headers(self, method: str, path: str, body: bytes = b"") -> dict[str, str]:
-        """Headers for one request; `path` includes the query string if there is one."""
+        """Headers for one request; `path` includes the query string if there is one. Without an API key (a
+        site that only receives trades) none: the exchange serves its public market data, refuses the rest."""
+        if not self.api_key:
+            return {}
         ts = self._timestamp()
         return {"X-API-Key": self.api_key, "X-Timestamp": ts,
                 "X-Signature": request_signature(self.hmac_secret, ts, method, path, body)}

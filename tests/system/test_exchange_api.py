@@ -237,6 +237,8 @@ def test_replay_cache_is_bounded():
 def test_participants_from_env():
     assert participants_from_env({}) == {"demo": "demo"}
     assert participants_from_env({"API_KEY": "a, b", "EXCHANGE_SITE_ID": "s1"}) == {"a": "s1", "b": "s1"}
+    # the key a site presents to the exchange is EXCHANGE_API_KEY, not its local API_KEY
+    assert participants_from_env({"API_KEY": "local", "EXCHANGE_API_KEY": "ex1"}) == {"ex1": "demo"}
     assert participants_from_env({"EXCHANGE_PARTICIPANTS": "k1=s1,k2=s2", "API_KEY": "x"}) == {"k1": "s1",
                                                                                              "k2": "s2"}
     with pytest.raises(ValueError):

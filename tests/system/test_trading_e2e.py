@@ -36,7 +36,8 @@ from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 pytestmark = pytest.mark.timeout(90)
 
 SITE = "demo"                 # site.id of config/demo-modbus.yaml
-SITE_KEY = "site-key-e2e"     # the site's API_KEY: its own web API and its participant key at the exchange
+SITE_KEY = "site-key-e2e"     # the site's EXCHANGE_API_KEY: its participant key at the exchange
+LOCAL_KEY = "local-key-e2e"   # the site's API_KEY: its own web API only (one secret, one purpose)
 OTHER_KEY = "other-key-e2e"   # another participant of the exchange (the counterparty)
 THIRD_KEY = "third-key-e2e"
 SECRET = "e2e-hmac-secret"    # HMAC_SECRET shared by the site and the exchange (request and message signing)
@@ -85,16 +86,18 @@ def order_body(side: str, quantity_mw: float, price: float, start: float, **extr
 
 @asynccontextmanager
 async def running_site(plant, broker: Mosquitto, tmp_path: Path, clock: Clock, exchange_url: str,
+                       exchange_key: str | None = SITE_KEY,
                        **overrides) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
     """A Daemon (controller + uplink + web; no SCADA face) on the plant, the broker and the exchange, with an
-    httpx client of its web API carrying the site's API key; started, first good cycle, always stopped."""
+    httpx client of its web API carrying the site's API key; started, first good cycle, always stopped.
+    `exchange_key`: the site's EXCHANGE_API_KEY (None: unset)."""
     over = {"scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
             "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1}, **overrides}
     cfg = site_config(tmp_path, device_ports(plant), **over)
-    secrets = load_secrets(cfg, {"API_KEY": SITE_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url,
-                                 "EXCHANGE_BASE_URL": exchange_url})
+    env = {"API_KEY": LOCAL_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url, "EXCHANGE_BASE_URL": exchange_url}
+    secrets = load_secrets(cfg, {**env, "EXCHANGE_API_KEY": exchange_key} if exchange_key else env)
     d = Daemon(cfg, secrets, tmp_path / "state", clock=clock)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": SITE_KEY},
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY},
                             timeout=10)
     try:
         await d.start()
