@@ -32,6 +32,8 @@ MODES = ("auto", "manual", "stopped")
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
 STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
 BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
+SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
+CYCLE_ERROR_ALARM = "controller:cycle_error"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +63,15 @@ class CycleStats:
     durations_s: deque = dataclasses.field(default_factory=lambda: deque(maxlen=4096))
     boundary_wakeups: int = 0
     missed_boundaries: int = 0
+    failed_cycles: int = 0   # cycles that raised (each one commanded 0 MW and raised the cycle-error alarm)
 
 
 class Controller:
     """One plant's controller. Start with `await start()`, stop with `await stop()`."""
 
     def __init__(self, config: SiteConfig, store: Store, clock: Clock | None = None,
-                 devices: DeviceSet | None = None, notifier: Notifier | None = None):
+                 devices: DeviceSet | None = None, notifier: Notifier | None = None,
+                 schedule: Schedule | None = None):
         self.config = config
         self.store = store
         self.clock = clock or Clock()
@@ -75,7 +79,7 @@ class Controller:
         pcs_cfg = self.devices.pcs.config
         self.dispatcher = Dispatcher(self.devices.pcs, self.devices.bms, pcs_cfg.reversion_timeout_s)
         self.notifier = notifier or Notifier()
-        self.schedule = Schedule()
+        self.schedule = schedule if schedule is not None else Schedule()
         self.mode = ModeState()
         self.stats = CycleStats()
         self.decision: Decision | None = None
@@ -92,6 +96,9 @@ class Controller:
         self._stopping = False
         self._task: asyncio.Task | None = None
         self._scheduler = None
+        # READY goes to systemd once a cycle has completed and `allow_ready()` was called (the daemon calls it
+        # when every face is up; a bare controller has no faces to wait for)
+        self._ready_allowed = True
         self._last_telemetry_mono = -math.inf
         self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
         self._status_seq = 0
@@ -294,14 +301,52 @@ class Controller:
         self.stats.cycles += 1
         if good:
             self.stats.good_cycles += 1
-            self.notifier.ready()
-            self.notifier.watchdog()
+        self.clear_alarm(CYCLE_ERROR_ALARM)  # this cycle completed: the last one's failure is over
+        self._notify_health()
         # the cycle's own work ends here; the faces (metrics, websocket, telemetry) then see its duration
         duration = time.perf_counter() - t0
         self.stats.last_duration_s = duration
         self.stats.durations_s.append(duration)
         self._publish(now)
         return decision
+
+    def _notify_health(self) -> None:
+        """systemd hears the daemon's health, not the plant's: every completed cycle pings the watchdog, whatever
+        the devices answered (a device outage is the safe state's job, and a restart would only take the
+        dashboard and SCADA away while the operator needs them). A stuck or failing cycle stops the pings."""
+        if self._ready_allowed:
+            self.notifier.ready()  # sent once
+        self.notifier.watchdog()
+
+    def hold_ready(self) -> None:
+        """Do not send READY until `allow_ready()` (the daemon: until every face has started)."""
+        self._ready_allowed = False
+
+    def allow_ready(self) -> None:
+        """Every face is up: READY now if a cycle has completed already, else at the end of the first one."""
+        self._ready_allowed = True
+        if self.stats.cycles:
+            self.notifier.ready()
+
+    async def _safe_state_after_error(self, error: Exception) -> None:
+        """A cycle raised: command 0 MW now (best effort, through the limit function like every setpoint)
+        rather than leave the last setpoint live until the PCS's reversion timer runs out, and raise an alarm
+        naming the exception. The next completed cycle clears it."""
+        self.stats.failed_cycles += 1
+        safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
+        try:
+            await asyncio.wait_for(self.dispatcher.apply(safe), timeout=SAFE_WRITE_TIMEOUT_S)
+            self.decision = safe  # what the PCS was told last, for the status and SCADA faces
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # DeviceError, a timeout, or the same bug again: the reversion timer remains
+            log.error("safe-state write after a failed cycle failed", extra={"error": f"{type(e).__name__}: {e}"})
+        self._previous_mw = 0.0
+        try:
+            self.raise_alarm(CYCLE_ERROR_ALARM, "controller", "cycle_error",
+                             f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded")
+        except Exception:
+            log.exception("cycle-error alarm could not be raised")
 
     async def _dispatch(self, decision: Decision, now: float) -> float | None:
         pcs = self.devices.pcs
@@ -411,11 +456,11 @@ class Controller:
                 await self.run_cycle()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                # A bug in the cycle must not leave a live setpoint: the PCS reversion timer is the backstop,
-                # and the next cycle starts from the safe side.
-                log.exception("control cycle failed")
-                self._previous_mw = 0.0
+            except Exception as e:
+                # A bug in the cycle must not leave a live setpoint: command 0 MW now (the PCS reversion timer
+                # is only the backstop), and the next cycle starts from the safe side.
+                log.exception("control cycle failed: commanding 0 MW")
+                await self._safe_state_after_error(e)
             finally:
                 self.cycle_idle.set()
             next_t += period
@@ -432,7 +477,9 @@ class Controller:
             except asyncio.TimeoutError:
                 pass
 
-    def _boundary_job(self) -> None:
+    async def _boundary_job(self) -> None:
+        """An async job, so AsyncIOScheduler runs it on the event loop: `_wake` is an asyncio.Event, which only
+        the loop's thread may set (set from a worker thread, the wake-up could wait a whole cycle)."""
         self.stats.boundary_wakeups += 1
         self._wake.set()
         self._schedule_boundary()
@@ -455,7 +502,10 @@ class Controller:
                                 replace_existing=True, max_instances=1, misfire_grace_time=5, coalesce=True)
 
     def _start_scheduler(self) -> None:
-        """APScheduler fires at every period boundary so the new period's target applies at once."""
+        """APScheduler fires at every period boundary so the new period's target applies at once, picks up
+        trades stored by other processes, and prunes the store. Every job is `async def`: AsyncIOScheduler
+        runs those on the event loop (a plain `def` job would run in a worker thread), so the schedule and the
+        asyncio objects are only ever touched from the loop; blocking store work goes to a thread explicitly."""
         from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
         from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -463,21 +513,31 @@ class Controller:
         sched.add_job(self._housekeeping, "interval", minutes=10, id="housekeeping", max_instances=1)
         sched.add_job(self._pick_up_trades, "interval", seconds=2, id="trade_pickup", max_instances=1)
 
+        loop = asyncio.get_running_loop()
+
         def missed(event) -> None:
-            self.stats.missed_boundaries += 1
-            log.warning("scheduled job missed or overlapped", extra={"job": event.job_id})
-            if event.job_id == "period_boundary":
-                self._schedule_boundary()  # a date job that misfired would otherwise end the chain
+            # listeners run where the scheduler processes its jobs (the loop, for AsyncIOScheduler); hand over
+            # anyway, so the chain is re-armed on the loop whichever thread reports the miss
+            loop.call_soon_threadsafe(self._job_missed, event.job_id)
 
         sched.add_listener(missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         sched.start()
         self._scheduler = sched
         self._schedule_boundary()
 
-    def _pick_up_trades(self) -> None:
-        """Trades stored by another process (`bess-edge trade add`) join the schedule within 2 s."""
+    def _job_missed(self, job_id: str) -> None:
+        self.stats.missed_boundaries += 1
+        log.warning("scheduled job missed or overlapped", extra={"job": job_id})
+        if job_id == "period_boundary":
+            self._schedule_boundary()  # a date job that misfired would otherwise end the chain
+
+    async def _pick_up_trades(self) -> None:
+        """Trades stored by another process (`bess-edge trade add`) join the schedule within 2 s. The store is
+        read in a worker thread (it is thread-safe); the schedule is only touched here, on the loop, so this
+        never races `accept_trade`'s check-then-insert."""
+        rows = await asyncio.to_thread(self.store.trades_for_schedule, self.clock.now() - PERIOD_S)
         added = 0
-        for t in self.store.trades_for_schedule(self.clock.now() - PERIOD_S):
+        for t in rows:
             try:
                 added += bool(self.schedule.add(parse_trade(t)))
             except TradeError as e:
@@ -486,9 +546,11 @@ class Controller:
             log.info("trades picked up from the store", extra={"count": added})
             self._wake.set()
 
-    def _housekeeping(self) -> None:
-        self.store.flush()
-        deleted = self.store.prune(self.clock.now(), self.config.cycle.decision_retention_days)
+    async def _housekeeping(self) -> None:
+        """Flush and prune in a worker thread: the store is thread-safe and prunes in chunks, and the loop
+        keeps cycling meanwhile."""
+        deleted = await asyncio.to_thread(self.store.prune, self.clock.now(),
+                                          self.config.cycle.decision_retention_days)  # prune flushes first
         if any(deleted.values()):
             log.info("retention pruned rows", extra={"deleted": deleted})
 

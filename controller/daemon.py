@@ -104,6 +104,7 @@ class Daemon:
             self.metrics.uplink = self.uplink
             await self.uplink.start()
             self.parts.append(self.uplink)
+        self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
         await self.controller.start()
         self.parts.append(self.controller)
         if cfg.web.enabled:
@@ -125,6 +126,7 @@ class Daemon:
             self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
             await self.scada.start()
             self.parts.append(self.scada)
+        self.controller.allow_ready()
         log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
 
     async def stop(self) -> None:

@@ -1,13 +1,22 @@
-"""The cycle's rhythm on the real plant: systemd hears READY only after the first good cycle and WATCHDOG on
-every good cycle (over a real NOTIFY_SOCKET datagram socket); a cycle that overruns is counted and never
-stacked; a 0.1 s cycle keeps up.
+"""The cycle's rhythm on the real plant: systemd hears READY after the first completed cycle (and, under
+`bess-edge run`, once every face is up) and WATCHDOG on every completed cycle, over a real NOTIFY_SOCKET
+datagram socket. Both follow the daemon's own health, not the devices': a BMS silent for longer than
+WatchdogSec leaves the plant in its safe state but the pings, the dashboard and the SCADA face go on. A cycle
+that overruns is counted and never stacked; a 0.1 s cycle keeps up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
 import socket
+import struct
+import sys
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,7 +24,7 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.schedule import PERIOD_S, period_start
-from tests.fixtures.controller import make_controller, wait_for
+from tests.fixtures.controller import device_ports, make_controller, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
@@ -45,7 +54,12 @@ def received(sock: socket.socket) -> list[str]:
     return out
 
 
-async def test_ready_after_the_first_good_cycle_then_watchdog_and_stopping(plant, tmp_path, monkeypatch):
+def wset_mw(plant) -> float:
+    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
+    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
+
+
+async def test_ready_after_the_first_cycle_then_watchdog_on_every_cycle_and_stopping(plant, tmp_path, monkeypatch):
     with notify_socket(tmp_path, monkeypatch) as sock:
         async with make_controller(plant, tmp_path) as c:
             await wait_for(lambda: c.stats.good_cycles >= 5, 10, "five good cycles")
@@ -55,13 +69,16 @@ async def test_ready_after_the_first_good_cycle_then_watchdog_and_stopping(plant
             watchdogs = [m for m in first if m == "WATCHDOG=1"]
             assert len(watchdogs) >= 5 - 1
 
-            # a silent BMS: no good cycle, so no watchdog ping (systemd restarts a controller that stops cycling)
+            # a silent BMS: the plant goes to its safe state, but the daemon is healthy and keeps cycling, so
+            # the watchdog pings go on (a restart would only take the dashboard and SCADA away)
             plant.faults["bms_modbus"].silent = True
             await wait_for(lambda: c.decision.binding in ("comm_loss", "stale"), 10, "the BMS counted as lost")
             received(sock)
             cycles = c.stats.cycles
             await wait_for(lambda: c.stats.cycles >= cycles + 3, 10, "three cycles with the BMS silent")
-            assert "WATCHDOG=1" not in received(sock)
+            during = received(sock)
+            assert during.count("WATCHDOG=1") >= 3 - 1, during
+            assert c.decision.setpoint_mw == 0.0
 
             plant.faults["bms_modbus"].clear()
             await wait_for(lambda: c.decision.binding not in ("comm_loss", "stale"), 15, "the BMS back")
@@ -71,25 +88,27 @@ async def test_ready_after_the_first_good_cycle_then_watchdog_and_stopping(plant
         assert "STOPPING=1" in received(sock)
 
 
-async def test_no_ready_until_every_device_answered(plant, tmp_path, monkeypatch):
+async def test_ready_after_the_first_cycle_even_while_a_device_is_silent(plant, tmp_path, monkeypatch):
+    """READY says the daemon is up (its cycle completes), not that the plant answers: the start-up gate keeps
+    the PCS at 0 MW until every device has answered."""
     plant.faults["pcs"].silent = True
     with notify_socket(tmp_path, monkeypatch) as sock:
         from controller.core import Controller
         from controller.store import Store
-        from tests.fixtures.controller import device_ports, site_config
 
         cfg = site_config(tmp_path, device_ports(plant))
         store = Store(tmp_path / "state.db")
         c = Controller(cfg, store)
         try:
             await c.start()
-            await wait_for(lambda: c.stats.cycles >= 5, 10, "five cycles without the PCS")
-            assert c.stats.good_cycles == 0
-            assert not any(m.startswith("READY=1") for m in received(sock))
+            await wait_for(lambda: c.stats.cycles >= 1, 10, "the first cycle without the PCS")
+            await wait_for(lambda: any(m.startswith("READY=1") for m in received(sock)), 5, "READY")
+            assert c.stats.good_cycles == 0 and c.decision.setpoint_mw == 0.0
+            assert c.decision.binding in ("comm_loss", "stale")
             plant.faults["pcs"].clear()
             await wait_for(lambda: c.stats.good_cycles >= 1, 15, "the first good cycle")
             await asyncio.sleep(0.1)
-            assert any(m.startswith("READY=1") for m in received(sock))
+            assert not any(m.startswith("READY=1") for m in received(sock)), "READY sent twice"
         finally:
             await c.stop()
             store.close()
@@ -129,3 +148,101 @@ async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
         # 10 per second nominally; a shared 2-core CI box may lose a few to scheduling, never most of them
         assert rate >= 7, f"{rate:.1f} cycles/s at a 0.1 s period"
         assert c.decision.setpoint_mw == pytest.approx(2.5)
+
+
+# ------------------------------------------------------------------ a real `bess-edge run` under a NOTIFY_SOCKET
+REPO = Path(__file__).resolve().parents[2]
+BESS_EDGE = str(Path(sys.executable).with_name("bess-edge"))
+WATCHDOG_S = 3.0   # WatchdogSec as systemd would pass it (WATCHDOG_USEC)
+
+
+def http_get_json(url: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"X-API-Key": "demo"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plant, tmp_path):
+    """Old code pinged only on good cycles: a BMS outage longer than WatchdogSec made systemd restart the daemon
+    again and again, taking the dashboard and the SCADA face away while the operator needed them."""
+    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, limits={"ramp_mw_per_s": 1000},
+                      scada={"modbus": {"enabled": True}, "opcua": {"enabled": False}})
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.setblocking(False)
+    # PYTHONPATH: the console script imports this checkout's code, not whichever one the venv was installed from
+    env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": str(REPO),
+           "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))}
+    messages: list[tuple[float, str]] = []   # (monotonic time received, datagram)
+
+    def collect() -> list[str]:
+        new = [(time.monotonic(), m) for m in received(sock)]
+        messages.extend(new)
+        return [m for _, m in new]
+
+    async def collect_until(predicate, timeout_s: float, what: str) -> None:
+        async def poll() -> bool:
+            collect()
+            return predicate()
+        deadline = time.monotonic() + timeout_s
+        while not await poll():
+            assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
+            await asyncio.sleep(0.02)
+
+    url = f"http://127.0.0.1:{cfg.web.port}"
+    log_file = open(tmp_path / "daemon.log", "ab")
+    proc = await asyncio.create_subprocess_exec(
+        BESS_EDGE, "run", "--config", str(tmp_path / "site.yaml"), "--state-dir", str(tmp_path / "state"),
+        "--log-format", "text", cwd=REPO, env=env, stdout=log_file, stderr=log_file)
+    log_file.close()
+    try:
+        await collect_until(lambda: any(m.startswith("READY=1") for _, m in messages) or proc.returncode is not None,
+                            30, "READY=1")
+        assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
+        # READY comes after every face is up: the dashboard and the SCADA face answer at once
+        status, health = await asyncio.to_thread(http_get_json, url + "/healthz")
+        assert status == 200, health
+        reader, writer = await asyncio.open_connection("127.0.0.1", cfg.scada.modbus.port)
+        writer.close()
+
+        # the BMS goes silent for twice WatchdogSec
+        plant.faults["bms_modbus"].silent = True
+        silent_at = time.monotonic()
+        await collect_until(lambda: time.monotonic() - silent_at > 2 * WATCHDOG_S, 4 * WATCHDOG_S,
+                            "twice WatchdogSec of BMS silence")
+        assert proc.returncode is None, "the daemon exited during the BMS outage"
+        pings = [t for t, m in messages if m == "WATCHDOG=1" and t >= silent_at - WATCHDOG_S]
+        gaps = [b - a for a, b in zip([silent_at] + pings, pings + [time.monotonic()])]
+        assert len(pings) >= 4 and max(gaps) < WATCHDOG_S, f"watchdog pings stopped: gaps {gaps}"
+
+        # the operator sees why, the plant is in its safe state, SCADA still answers
+        status, st = await asyncio.to_thread(http_get_json, url + "/api/bess-status")
+        assert status == 200, st
+        assert st["status"] == "offline" and st["setpoint_mw"] == 0.0, st
+        assert any("bms" in a for a in st["alarms"]), st["alarms"]
+        assert wset_mw(plant) == 0.0
+        reader, writer = await asyncio.open_connection("127.0.0.1", cfg.scada.modbus.port)
+        try:
+            writer.write(struct.pack(">HHHBBHH", 1, 0, 6, 1, 4, 0, 1))   # read input register 0 (SoC)
+            await writer.drain()
+            answer = await asyncio.wait_for(reader.readexactly(11), 5)
+            assert answer[7] == 4, f"SCADA read refused: {answer!r}"
+        finally:
+            writer.close()
+
+        plant.faults["bms_modbus"].clear()
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        collect()
+        assert any(m.startswith("STOPPING=1") for _, m in messages)
+        assert sum(m.startswith("READY=1") for _, m in messages) == 1
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        sock.close()
