@@ -155,7 +155,9 @@ class Controller:
                 log.exception("on_trade callback failed")
         reason = "stored"
         feas = self.feasibility()
-        if not feas.ok:
+        if feas.limit == "soc_unknown":  # not a finding about the schedule: say so, raise nothing
+            reason = f"stored; delivery not checked: {feas.reason}"
+        elif not feas.ok:
             # An executed trade is binding: keep it, deliver what the limits allow, flag the shortfall ahead.
             reason = f"stored; delivery at risk: {feas.reason}"
             self.raise_alarm("schedule:infeasible", "schedule", "infeasible", feas.reason)
@@ -184,16 +186,16 @@ class Controller:
         except (StoreError, sqlite3.Error) as e:
             log.error("trade ack confirmation not stored", extra={"trade_id": trade_id, "error": str(e)})
 
-    def feasibility(self, extra_positions: dict[float, float] | None = None):
+    def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()):
+        """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed
+        MW) of orders that may still fill) at their worst case. Only a fresh SoC counts: the last cycle's reading,
+        no older than `stale_after_s` (no stored or guessed value: the check then says `soc_unknown`)."""
         now = self.clock.now()
-        soc = self.snapshot.soc_pct if self.snapshot and self.snapshot.soc_pct is not None else None
-        if soc is None:
-            soc = self.store.get_state("last_soc_pct", None)
-        positions = dict(self.schedule.periods(period_start(now), now + 7 * 86400))
-        for p, mw in (extra_positions or {}).items():
-            positions[p] = positions.get(p, 0.0) + mw
-        return check_feasibility(sorted(positions.items()), soc if soc is not None else 50.0, now,
-                                 self.config.battery, self.config.limits)
+        snap = self.snapshot
+        fresh = snap is not None and snap.soc_pct is not None and now - snap.ts <= self.config.limits.stale_after_s
+        positions = self.schedule.periods(period_start(now), now + 7 * 86400)
+        return check_feasibility(positions, snap.soc_pct if fresh else None, now, self.config.battery,
+                                 self.config.limits, open_orders=open_orders)
 
     def set_mode(self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None,
                  source: str = "api") -> ModeState:

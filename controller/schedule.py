@@ -255,8 +255,49 @@ def _power_breach(p: float, mw: float, limits: Limits) -> tuple[str, str] | None
     return name, f"period {iso_minute(p)}: {word} {abs(mw):g} MW > {name} {cap:g} MW"
 
 
-def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float, now_ts: float, battery: Battery,
-                      limits: Limits) -> Feasibility:
+def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float | None, now_ts: float,
+                      battery: Battery, limits: Limits, *,
+                      open_orders: Iterable[tuple[float, float]] = ()) -> Feasibility:
+    """Whether the schedule `positions` ((period start, MW) pairs; + is discharge) stays within the limits
+    whichever of the `open_orders` ((period start, signed MW still open) pairs: + a sell, - a buy) fill, from
+    the SoC `soc_pct_now` at `now_ts`; the first period and limit breached otherwise.
+
+    Worst case per limit: for the SoC floor and the discharge power, every open sell fills and no buy; for the
+    SoC ceiling and the charge power, every open buy fills and no sell. Any other set of fills (partial fills
+    included) lies between those two, because the SoC path only falls as positions rise, so the schedule is
+    feasible for every set of fills exactly when it is for both.
+
+    SoC unknown (None): nothing can be checked, and the answer is "not feasible", limit `soc_unknown` (a
+    guessed SoC would let an order through that the battery cannot deliver).
+    """
+    if soc_pct_now is None:
+        return Feasibility(False, None, "soc_unknown",
+                           "SoC unknown: no live, fresh SoC reading from the BMS, so the schedule's SoC path "
+                           "cannot be checked")
+    open_orders = list(open_orders)
+    if not open_orders:
+        return _simulate(positions, soc_pct_now, now_ts, battery, limits)
+    sells = [(p, mw) for p, mw in open_orders if mw > 0]
+    buys = [(p, mw) for p, mw in open_orders if mw < 0]
+    down = _simulate(list(positions) + sells, soc_pct_now, now_ts, battery, limits)
+    up = _simulate(list(positions) + buys, soc_pct_now, now_ts, battery, limits)
+    breaches = [(f, what) for f, what, legs in ((down, "sell", sells), (up, "buy", buys)) if not f.ok]
+    if not breaches:
+        lo = min(s for _, s in down.soc_path)
+        hi = max(s for _, s in up.soc_path)
+        return Feasibility(True, None, None,
+                           f"feasible whichever open orders fill: SoC stays within {lo:.1f}–{hi:.1f} %",
+                           down.soc_path)
+    f, side = min(breaches, key=lambda b: b[0].period_start if b[0].period_start is not None else -math.inf)
+    n = len(sells if side == "sell" else buys)
+    if n:  # say which worst case it was, so the operator sees why an order that fits alone was refused
+        other = "buy" if side == "sell" else "sell"
+        f.reason += f" (worst case: the site's {n} open {side} order(s) all fill, no open {other} order does)"
+    return f
+
+
+def _simulate(positions: list[tuple[float, float]], soc_pct_now: float, now_ts: float, battery: Battery,
+              limits: Limits) -> Feasibility:
     """Simulate the SoC from `now_ts` through the last period of `positions` ((period start, MW) pairs; + is
     discharge) and report the first period and limit breached.
 

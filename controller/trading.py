@@ -31,6 +31,21 @@ log = logging.getLogger("bess.trading")
 
 GATE_CLOSURE_S = 300
 ORDER_SYNC_MAX = 50  # locally active orders re-read one by one per refresh, at most
+OPEN_ORDERS_MAX = 10_000  # open orders counted by the pre-trade check (far more than a site has)
+
+
+def _leg(side: Any, quantity_mw: Any, delivery_start: Any) -> tuple[float, float] | None:
+    """An order as (period start, signed MW: + sell, - buy); None for a record that cannot be read (logged)."""
+    try:
+        start = parse_iso(delivery_start) if isinstance(delivery_start, str) else float(delivery_start)
+        mw = float(quantity_mw)
+    except (TypeError, ValueError):
+        log.error("stored order unreadable: left out of the pre-trade check",
+                  extra={"side": side, "quantity_mw": quantity_mw, "delivery_start": delivery_start})
+        return None
+    if side not in ("buy", "sell") or not (math.isfinite(mw) and math.isfinite(start)) or mw <= 0:
+        return None
+    return start, mw if side == "sell" else -mw
 
 
 class OrderRefused(Exception):
@@ -118,10 +133,22 @@ class OrderDesk:
 
     # ---------------------------------------------------------------- orders
     def pre_trade_check(self, order: OrderRequest):
-        """Feasibility of the whole schedule with this order filled completely."""
-        p = parse_iso(order.delivery_start)
-        signed = order.quantity_mw if order.side == "sell" else -order.quantity_mw
-        return self.controller.feasibility({p: signed})
+        """Feasibility of the whole schedule if this order and any of the site's open orders fill: each limit at
+        its worst case (schedule.check_feasibility). Refuses on an unknown SoC."""
+        return self.controller.feasibility(self.open_legs() + [_leg(order.side, order.quantity_mw,
+                                                                    order.delivery_start)])
+
+    def open_legs(self) -> list[tuple[float, float]]:
+        """(period start, signed MW that may still fill) of every order of the site that may still trade: the
+        open and partially filled orders' remaining quantity (their filled part is in the schedule as trades)."""
+        legs = []
+        for o in self.store.orders(active_only=True, limit=OPEN_ORDERS_MAX):
+            remaining = o.get("remaining_mw")
+            remaining = o.get("quantity_mw") if not isinstance(remaining, (int, float)) else remaining
+            leg = _leg(o.get("side"), remaining, o.get("delivery_start"))
+            if leg is not None:
+                legs.append(leg)
+        return legs
 
     async def place_order(self, body: dict[str, Any], who: str = "api") -> dict[str, Any]:
         order = OrderRequest.model_validate(body)

@@ -125,6 +125,18 @@ async def api_until(api: httpx.AsyncClient, path: str, predicate, timeout_s: flo
     return body
 
 
+async def step_clock(clock: SteppedClock, ts: float, d: Daemon) -> None:
+    """Step the shared clock to `ts`, then wait for a cycle on fresh readings after it: the step makes every
+    reading look old for a moment, and the pre-trade check takes only a live, fresh SoC."""
+    clock.advance_to(ts)
+
+    def fresh() -> bool:
+        snap = d.controller.snapshot
+        return snap is not None and snap.ts >= ts and snap.soc_pct is not None
+
+    await wait_for(fresh, 10, "a cycle on fresh readings after the clock step")
+
+
 async def publisher_connected(ex: RunningExchange) -> None:
     await wait_for(lambda: ex.app.state.publisher.connected.is_set(), 10, "the exchange's MQTT publisher")
 
@@ -140,7 +152,7 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
             running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api), \
             ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other:
         await publisher_connected(ex)
-        clock.advance_to(delivery - GATE_S - 10)  # 10 s before gate closure
+        await step_clock(clock, delivery - GATE_S - 10, d)  # 10 s before gate closure
         ds = iso(delivery).replace(".000Z", "Z")
         assert plant.pcs.requested_mw() == 0.0
 
@@ -210,7 +222,7 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
 
         # the other sign: a buy in the following period charges (-1 MW), filled completely this time
         nxt = delivery + PERIOD_S
-        clock.advance_to(nxt - GATE_S - 10)
+        await step_clock(clock, nxt - GATE_S - 10, d)
         ask = await other.place_order(order_body("sell", 1.0, 40.0, nxt))
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 45.0, nxt))
         assert r.status_code == 201 and r.json()["status"] == "filled", r.text

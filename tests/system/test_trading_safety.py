@@ -71,3 +71,51 @@ async def test_without_exchange_api_key_orders_are_refused_and_trades_still_rece
                        10, "the trade acked accepted")
         assert d.controller.schedule.position_mw(delivery) == 1.0
         assert d.controller.stats.good_cycles > 0
+
+
+# ----------------------------------------------------------------------------------------------- pre-trade check
+async def test_open_orders_count_as_filled_in_the_pre_trade_check(mosquitto, make_plant, tmp_path):  # noqa: F811
+    """From 30 % of 20 MWh, a 10 MW sell for one period takes ~13 %: each of two such sells fits alone, both
+    together would end under soc_min (10 %). With the first resting open at the exchange, the second is refused,
+    with the worst case named; a buy (it can only raise the SoC) still goes."""
+    clock, delivery = stepped_clock_before_gate()
+    plant = await make_plant(initial_soc_pct=30)
+    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
+            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+        second = delivery + PERIOD_S
+        check = await api.post("/api/orders/check", json=order_body("sell", 10.0, 90.0, second))
+        assert check.status_code == 200 and check.json()["ok"] is True, check.text  # alone, it fits
+        first = await api.post("/api/orders", json=order_body("sell", 10.0, 90.0, delivery))
+        assert first.status_code == 201 and first.json()["status"] == "open", first.text
+        r = await api.post("/api/orders", json=order_body("sell", 10.0, 90.0, second))
+        assert r.status_code == 409, r.text
+        body = r.json()
+        assert body["limit"] == "soc_min" and "worst case" in body["detail"] and "sell" in body["detail"], body
+        assert [o.order_id for o in ex.service.engine.orders_of(SITE)] == [first.json()["order_id"]]
+        buy = await api.post("/api/orders", json=order_body("buy", 5.0, 20.0, second))
+        assert buy.status_code == 201, buy.text
+        # once the first order is cancelled, it no longer counts: the second sell fits again... against the
+        # open buy, which may not fill, so the floor's worst case is the sell alone
+        assert (await api.delete(f"/api/orders/{first.json()['order_id']}")).status_code == 200
+        again = await api.post("/api/orders", json=order_body("sell", 10.0, 90.0, second))
+        assert again.status_code == 201, again.text
+
+
+async def test_unknown_soc_refuses_orders(mosquitto, make_plant, tmp_path):  # noqa: F811
+    """The BMS stops answering: its SoC is unknown (no fresh reading), and an order is refused with that reason
+    instead of being checked against a guessed 50 %."""
+    clock, delivery = stepped_clock_before_gate()
+    plant = await make_plant()
+    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
+            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+        plant.faults["bms_modbus"].silent = True
+        await wait_for(lambda: d.controller.snapshot is not None and d.controller.snapshot.soc_pct is None, 20,
+                       "the BMS's SoC unknown")
+        r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
+        assert r.status_code == 409, r.text
+        assert r.json()["limit"] == "soc_unknown" and "SoC unknown" in r.json()["detail"], r.json()
+        assert ex.service.engine.orders_of(SITE) == []
+        plant.faults["bms_modbus"].silent = False
+        await wait_for(lambda: d.controller.snapshot.soc_pct is not None, 20, "the SoC back")
+        r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
+        assert r.status_code == 201, r.text

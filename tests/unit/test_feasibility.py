@@ -259,3 +259,73 @@ def test_a_feasible_schedule_is_feasible_up_to_any_period(pairs, soc, now, batte
         return
     prefix = [(p, mw) for p, mw in positions if p < T0 + cut * PERIOD_S]
     assert check_feasibility(prefix, soc, T0 + now, battery, limits).ok
+
+
+# ---------------------------------------------------------------- open orders and an unknown SoC (issue 11)
+
+def test_unknown_soc_is_not_feasible_and_says_why() -> None:
+    f = check_feasibility([(T0, 1.0)], None, T0, IDEAL, LIMITS)
+    assert (f.ok, f.limit, f.period_start) == (False, "soc_unknown", None)
+    assert "SoC unknown" in f.reason
+    assert not check_feasibility([], None, T0, IDEAL, LIMITS).ok  # nothing is checked without a SoC
+
+
+def test_two_orders_feasible_alone_breach_together() -> None:
+    """20 MWh from 50 %: order A sells 4 MW for an hour (-20 %), order B 5 MW for the hour after (-25 %). Each
+    fits alone; with A open, B is refused (30 % - 25 % < 10 %), and an open buy does not count against the floor."""
+    a = [(T0 + k * PERIOD_S, 4.0) for k in range(4)]
+    b = [(T0 + (4 + k) * PERIOD_S, 5.0) for k in range(4)]
+    assert check_feasibility([], 50, T0, IDEAL, LIMITS, open_orders=a).ok
+    assert check_feasibility([], 50, T0, IDEAL, LIMITS, open_orders=b).ok
+    buy = [(T0 + 4 * PERIOD_S, -10.0)]  # would refill 12.5 % if it filled; it may not
+    f = check_feasibility([], 50, T0, IDEAL, LIMITS, open_orders=a + buy + b)
+    assert (f.ok, f.limit, f.period_start) == (False, "soc_min", T0 + 7 * PERIOD_S), f.reason
+    assert "worst case" in f.reason and "8 open sell" in f.reason
+    # the ceiling the other way: open buys fill, open sells do not
+    up = [(p, -mw) for p, mw in a + b]
+    g = check_feasibility([], 50, T0, IDEAL, LIMITS, open_orders=up + [(T0 + 4 * PERIOD_S, 10.0)])
+    assert (g.ok, g.limit) == (False, "soc_max"), g.reason
+    # power: a trade and an open buy in one period, each within p_charge_max (10 MW) alone
+    h = check_feasibility([(T0 + 900, -6.0)], 50, T0, IDEAL, LIMITS, open_orders=[(T0 + 900, -6.0), (T0 + 900, 3.0)])
+    assert (h.ok, h.limit) == (False, "p_charge_max"), h.reason
+
+
+_HALF_MW = st.integers(-40, 40).map(lambda n: n / 2)          # exact in binary: sums do not depend on order
+_ORDERS = st.lists(st.tuples(st.integers(0, 12), _HALF_MW.filter(lambda mw: mw != 0)), max_size=5)
+
+
+@st.composite
+def plain_batteries(draw) -> Battery:
+    return Battery(capacity_mwh=draw(st.integers(5, 60)), charge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
+                   discharge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
+                   self_discharge_pct_per_day=draw(st.sampled_from([0, 0.5])),
+                   aux_load_mw=draw(st.sampled_from([0, 0.02])))
+
+
+@FEAS_EXAMPLES
+@given(st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6), _ORDERS, st.integers(0, 100), _NOW,
+       plain_batteries(), valid_limits())
+def test_open_orders_check_is_every_set_of_fills(pairs, orders, soc, now, battery, limits) -> None:
+    """The worst-case rule is exact: the check with open orders is ok if and only if the schedule is feasible for
+    every subset of the open orders filling (each limit's worst case is one of those subsets)."""
+    positions = _positions(pairs)
+    legs = _positions(orders)
+    f = check_feasibility(positions, soc, T0 + now, battery, limits, open_orders=legs)
+    every = all(check_feasibility(positions + [leg for i, leg in enumerate(legs) if mask >> i & 1], soc, T0 + now,
+                                  battery, limits).ok for mask in range(1 << len(legs)))
+    assert f.ok == every, f.reason
+
+
+@FEAS_EXAMPLES
+@given(st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6), _ORDERS, st.integers(0, 100), _NOW,
+       plain_batteries(), valid_limits(), st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=5,
+                                                   max_size=5))
+def test_open_orders_ok_means_any_partial_fills_are_feasible(pairs, orders, soc, now, battery, limits,
+                                                             fractions) -> None:
+    positions = _positions(pairs)
+    legs = _positions(orders)
+    if not check_feasibility(positions, soc, T0 + now, battery, limits, open_orders=legs).ok:
+        return
+    filled = [(p, mw * x) for (p, mw), x in zip(legs, fractions)]
+    f = check_feasibility(positions + filled, soc, T0 + now, battery, limits)
+    assert f.ok, f.reason
