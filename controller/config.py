@@ -163,7 +163,21 @@ class ScadaModbus(_Model):
     port: int = Field(5020, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
     read_only: bool = False
-    allow_clients: list[str] = Field(default_factory=list, description="client IPs; empty allows all")
+    allow_clients: list[str] = Field(default_factory=list, description=(
+        "IP addresses or networks of the SCADA masters that may connect (read and write); empty: anyone may "
+        "read, and writes are taken only when the face listens on loopback only"))
+
+    @field_validator("allow_clients")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        import ipaddress
+
+        for item in v:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"must be IP addresses or networks such as 10.0.0.5 or 10.0.0.0/24 (got {item!r})")
+        return v
 
 
 class ScadaOpcUa(_Model):
@@ -178,6 +192,10 @@ class ScadaOpcUa(_Model):
 class Scada(_Model):
     modbus: ScadaModbus = ScadaModbus()
     opcua: ScadaOpcUa = ScadaOpcUa()
+    # mode/setpoint writes over both faces together (each one wakes the control cycle): a write storm is refused
+    # past this rate, so it cannot make the controller cycle flat out
+    write_rate_per_s: float = Field(1.0, gt=0, le=100, description="sustained mode/setpoint writes per second")
+    write_burst: int = Field(5, ge=1, le=100, description="mode/setpoint writes accepted back to back")
 
 
 class Exchange(_Model):

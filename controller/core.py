@@ -203,6 +203,7 @@ class Controller:
         if mode not in MODES:
             raise ValueError(f"mode: must be one of {', '.join(MODES)} (got {mode!r})")
         now = self.clock.now()
+        before = (self.mode.mode, self.mode.manual_setpoint_mw)
         if mode == "manual":
             if setpoint_mw is None or not math.isfinite(setpoint_mw):
                 raise ValueError("setpoint_mw: a finite number is required in manual mode")
@@ -214,7 +215,8 @@ class Controller:
             self.mode = ModeState(mode, 0.0, None, source)
         self.store.set_state("mode", dataclasses.asdict(self.mode))
         log.info("mode set", extra={"mode": mode, "setpoint_mw": setpoint_mw, "source": source})
-        self._wake.set()
+        if (self.mode.mode, self.mode.manual_setpoint_mw) != before:
+            self._wake.set()  # a change applies now; renewing the same setpoint waits for the next cycle
         return self.mode
 
     def subscribe(self) -> asyncio.Queue:

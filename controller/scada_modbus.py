@@ -1,20 +1,28 @@
 """The SCADA face over Modbus TCP (pymodbus SimDevice server): status as input registers, an allow-listed,
 range-checked set of holding registers for control; everything else is refused with exception 02/03.
 The register map is `controller/scada_map.py` (documented in docs/scada-modbus.md).
+
+Who may write: the masters `scada.modbus.allow_clients` lists (others are disconnected), or, with an empty
+list, any client of a face that listens on loopback only. A face bound to any other address with an empty
+list denies writes by default (exception 01) and serves reads. Mode/setpoint writes also pass the SCADA
+faces' shared `WriteLimiter` (exception 06 past it).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 from typing import TYPE_CHECKING
 
 from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ExceptionResponse
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
+from controller.scada import WriteLimiter
 from controller.scada_map import CONTROL, MODE_CODES, MODE_NAMES, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
@@ -23,35 +31,79 @@ if TYPE_CHECKING:
 log = logging.getLogger("bess.scada.modbus")
 
 READ_INPUT, READ_HOLDING, WRITE_SINGLE, WRITE_MULTIPLE = 4, 3, 6, 16
+# every Modbus function that writes: coils (5, 15), registers (6, 16), mask write (22), read/write (23)
+WRITE_FUNCTIONS = frozenset({5, 6, 15, 16, 22, 23})
 STATUS_WORDS = max(p.address + p.words for p in STATUS)
 CONTROL_START = min(p.address for p in CONTROL)
 CONTROL_WORDS = max(p.address + p.words for p in CONTROL) - CONTROL_START
 
 
-class _AllowListHandler(ServerRequestHandler):
-    """Closes connections from clients that are not on the allow-list, before any request is read."""
+def listens_on_loopback_only(host: str) -> bool:
+    """True when a server bound to `host` can be reached from this machine only (127.0.0.0/8, ::1, a name that
+    resolves to loopback addresses only). "", 0.0.0.0, :: and every LAN address are not."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP) if host else []
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(info[4][0].split("%")[0]).is_loopback for info in infos)
 
-    allowed: list = []
+
+def _listed(host: str | None, networks: list) -> bool:
+    try:
+        return host is not None and any(ipaddress.ip_address(host) in net for net in networks)
+    except ValueError:
+        return False
+
+
+class _ClientHandler(ServerRequestHandler):
+    """One client connection. A client off a non-empty allow-list is disconnected before any request is read;
+    a client that may not write gets exception 01 for every write function, before the datastore sees it."""
+
+    face: "ScadaModbusServer"
 
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
-        host = peer[0] if peer else None
-        if self.allowed and (host is None or not any(ipaddress.ip_address(host) in net for net in self.allowed)):
-            log.warning("SCADA Modbus connection refused: client not on the allow-list", extra={"client": host})
+        self.client = peer[0] if peer else None
+        face = self.face
+        if face.allowed and not _listed(self.client, face.allowed):
+            log.warning("SCADA Modbus connection refused: client not on the allow-list", extra={"client": self.client})
             # close through the protocol so the server also forgets this connection
             self.transport = transport
             self.close()
             return
+        self.may_write = bool(face.allowed) or face.loopback_only
+        self._refusal_logged = False
         super().connection_made(transport)
+
+    async def handle_request(self):
+        pdu = self.last_pdu
+        if pdu is not None and pdu.function_code in WRITE_FUNCTIONS and not self.may_write:
+            self.face.writes_refused += 1
+            if not self._refusal_logged:  # once per connection: a master that keeps trying does not flood the log
+                self._refusal_logged = True
+                log.warning("SCADA Modbus write refused: the face listens on a non-loopback address and "
+                            "scada.modbus.allow_clients is empty, so writes are denied by default; list the "
+                            "SCADA master there", extra={"client": self.client, "host": self.face.cfg.host})
+            self.server_send(ExceptionResponse(pdu.function_code, exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                               device_id=pdu.dev_id, transaction=pdu.transaction_id), self.last_addr)
+            return
+        await super().handle_request()
 
 
 class ScadaModbusServer:
-    def __init__(self, controller: "Controller", cfg: ScadaModbus):
+    def __init__(self, controller: "Controller", cfg: ScadaModbus, limiter: WriteLimiter | None = None):
         self.controller = controller
         self.cfg = cfg
         self.server: ModbusTcpServer | None = None
         self._pending = {"manual_setpoint_mw": 0.0, "manual_expires_s": controller.config.cycle.manual_timeout_s}
         self.writes_refused = 0
+        self.limiter = limiter or WriteLimiter.for_controller(controller)
+        self.allowed = [ipaddress.ip_network(a, strict=False) for a in cfg.allow_clients]
+        self.loopback_only = listens_on_loopback_only(cfg.host)
 
     def _device(self) -> SimDevice:
         # coils and discrete inputs: one placeholder bit each, refused by the action (no bit points exist)
@@ -108,6 +160,11 @@ class ScadaModbusServer:
                             extra={"point": p.name, "value": v, "min": lo, "max": hi})
                 return ExcCodes.ILLEGAL_VALUE
             new[p.name] = v
+        if ("mode" in new or "manual_setpoint_mw" in new) and not self.limiter.allow():
+            self.writes_refused += 1
+            self.limiter.log_refusal(log, "SCADA Modbus write refused: mode/setpoint writes over the rate limit "
+                                          "(exception 06)", address=address)
+            return ExcCodes.DEVICE_BUSY
         c = self.controller
         try:
             if "manual_expires_s" in new:
@@ -129,12 +186,8 @@ class ScadaModbusServer:
         return None
 
     async def start(self) -> None:
-        allowed = [ipaddress.ip_network(a, strict=False) for a in self.cfg.allow_clients]
-
-        class Handler(_AllowListHandler):
-            pass
-
-        Handler.allowed = allowed
+        class Handler(_ClientHandler):
+            face = self
 
         class Server(ModbusTcpServer):
             def callback_new_connection(self):
@@ -144,6 +197,10 @@ class ScadaModbusServer:
         await self.server.serve_forever(background=True)
         log.info("Modbus SCADA face listening", extra={"host": self.cfg.host, "port": self.cfg.port,
                                                        "read_only": self.cfg.read_only, "allow_clients": self.cfg.allow_clients})
+        if not self.allowed and not self.loopback_only and not self.cfg.read_only:
+            log.warning("SCADA Modbus face listens beyond loopback with an empty scada.modbus.allow_clients: "
+                        "every write is refused (exception 01) until the SCADA master is listed; reads are open",
+                        extra={"host": self.cfg.host, "port": self.cfg.port})
 
     async def stop(self) -> None:
         if self.server:

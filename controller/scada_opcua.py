@@ -5,6 +5,9 @@ what a client last wrote; the live mode and setpoint are in the Status folder.
 Security is explicit, because asyncua's defaults are open: Basic256Sha256 and Aes256_Sha256_RsaPss with Sign
 and SignAndEncrypt, a trust store for client certificates, no anonymous login, users with a read-only
 (`viewer`) or an `operator` role, and the None policy only when the config says so for a lab.
+
+Mode/setpoint writes pass the SCADA faces' shared `WriteLimiter` (BadServerTooBusy past it): each one wakes
+the control cycle, and a write storm must not make it cycle flat out.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
+from controller.scada import WriteLimiter
 from controller.scada_map import CONTROL, MODE_NAMES, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
@@ -40,6 +44,7 @@ log = logging.getLogger("bess.scada.opcua")
 NAMESPACE = "urn:phoenyra:bess-edge:scada"
 APP_URI = "urn:phoenyra:bess-edge:scada:server"
 ROLES = ("viewer", "operator")
+RATE_LIMITED = ("mode", "manual_setpoint_mw")  # the writes that wake the control cycle
 
 _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
 _ADMIN_ONLY = {ua.NodeId(i) for i in (
@@ -128,8 +133,11 @@ def _eu(unit: str) -> ua.EUInformation:
 class ScadaOpcUaServer:
     """asyncua server publishing the status table and accepting allow-listed, range-checked writes."""
 
-    def __init__(self, controller: "Controller", cfg: ScadaOpcUa, state_dir: Path, demo: bool = False):
+    def __init__(self, controller: "Controller", cfg: ScadaOpcUa, state_dir: Path, demo: bool = False,
+                 limiter: WriteLimiter | None = None):
         self.controller = controller
+        self.limiter = limiter or WriteLimiter.for_controller(controller)
+        self.writes_refused = 0
         self.cfg = cfg
         self.dir = Path(state_dir) / "scada-opcua"
         self.demo = demo
@@ -223,11 +231,18 @@ class ScadaOpcUaServer:
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadTypeMismatch)
             lo, hi = control_limits(self.controller).get(name, (None, None))
             if lo is not None and not lo <= value <= hi:
+                self.writes_refused += 1
                 log.warning("OPC UA write refused: out of range", extra={"point": name, "value": value, "min": lo, "max": hi})
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
+            if name in RATE_LIMITED and not self.limiter.allow():
+                self.writes_refused += 1
+                self.limiter.log_refusal(log, "OPC UA write refused: mode/setpoint writes over the rate limit "
+                                              "(BadServerTooBusy)", point=name)
+                raise ua.UaStatusCodeError(ua.StatusCodes.BadServerTooBusy)
             try:
                 self._apply(name, float(value))
             except ValueError as e:
+                self.writes_refused += 1
                 log.warning("OPC UA write refused", extra={"point": name, "value": value, "reason": str(e)})
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange) from e
             node_data.attributes[attr].value = datavalue

@@ -18,9 +18,10 @@ from asyncua.crypto.cert_gen import setup_self_signed_certificate
 from asyncua.crypto.security_policies import SecurityPolicyAes256Sha256RsaPss, SecurityPolicyBasic256Sha256
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
 
 from controller.scada_map import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
-from controller.scada_modbus import STATUS_WORDS, ScadaModbusServer
+from controller.scada_modbus import STATUS_WORDS, ScadaModbusServer, listens_on_loopback_only
 from controller.scada_opcua import NAMESPACE
 from tests.conftest import free_port
 from tests.fixtures.controller import make_controller, running_scada, wait_for
@@ -28,7 +29,7 @@ from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
-ILLEGAL_ADDRESS, ILLEGAL_VALUE = 2, 3
+ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_BUSY = 1, 2, 3, 6
 POINTS = {p.name: p for p in STATUS}
 CTL = {p.name: p for p in CONTROL}
 MODBUS_ONLY = {"scada": {"modbus": {"enabled": True}, "opcua": {"enabled": False}}}
@@ -165,6 +166,110 @@ async def test_modbus_client_allow_list(plant, tmp_path):
                 cl.close()
         finally:
             await second.stop()
+
+
+async def test_modbus_writes_only_from_a_listed_master(plant, tmp_path):
+    """allow_clients lists 127.0.0.3: a client from 127.0.0.1 is refused, one bound to 127.0.0.3 writes."""
+    listed = {"scada": {"modbus": {"enabled": True, "allow_clients": ["127.0.0.3"]}, "opcua": {"enabled": False}}}
+    async with make_controller(plant, tmp_path, **listed) as c, running_scada(c):
+        port = c.config.scada.modbus.port
+        stranger = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
+        try:
+            await stranger.connect()   # the kernel accepts; the face closes it before reading a request
+            with pytest.raises(ModbusException):
+                rr = await stranger.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)
+                assert rr.isError(), rr   # (never reached: no answer at all)
+        finally:
+            stranger.close()
+        assert c.mode.mode == "auto", "a client off the allow-list changed the mode"
+
+        master = AsyncModbusTcpClient("127.0.0.1", port=port, source_address=("127.0.0.3", 0), timeout=2, retries=0)
+        try:
+            assert await master.connect()
+            rr = await master.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)
+            assert not rr.isError(), rr
+        finally:
+            master.close()
+        assert c.mode.mode == "stopped" and c.mode.source == "scada-modbus"
+
+
+async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, caplog):
+    """A face bound to every interface with an empty allow_clients serves reads but refuses every write with
+    exception 01, and says why. (Old code: writes were open to every client whenever the list was empty.)"""
+    everywhere = {"scada": {"modbus": {"enabled": True, "host": "0.0.0.0"}, "opcua": {"enabled": False}}}
+    async with make_controller(plant, tmp_path, **everywhere) as c, running_scada(c) as face, modbus(c) as cl:
+        assert (await read_status(cl))["online"] == 1, "reads stay open"
+        sp = CTL["manual_setpoint_mw"]
+        for what, request in (("mode", cl.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)),
+                              ("setpoint", cl.write_registers(sp.address, sp.to_registers(1.0), device_id=1)),
+                              ("a coil", cl.write_coil(0, True, device_id=1))):
+            rr = await request
+            assert exception_code(rr) == ILLEGAL_FUNCTION, f"{what}: {rr}"
+        assert face.parts[0].writes_refused == 3
+        assert c.mode.mode == "auto" and c.mode.source == "startup"
+        assert (await read_status(cl))["mode"] == MODE_CODES["auto"]
+        assert any("allow_clients is empty" in r.getMessage() for r in caplog.records), "the refusal is not explained"
+
+        # the same bind with the master listed takes its writes
+        cfg = c.config.scada.modbus.model_copy(update={"allow_clients": ["127.0.0.1"], "port": free_port()})
+        listed = ScadaModbusServer(c, cfg)
+        await listed.start()
+        try:
+            cl2 = AsyncModbusTcpClient("127.0.0.1", port=cfg.port, timeout=2, retries=0)
+            assert await cl2.connect()
+            try:
+                rr = await cl2.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)
+                assert not rr.isError(), rr
+            finally:
+                cl2.close()
+        finally:
+            await listed.stop()
+        assert c.mode.mode == "stopped"
+
+
+@pytest.mark.parametrize("host,loopback", [
+    ("127.0.0.1", True), ("127.0.0.3", True), ("::1", True), ("localhost", True),
+    ("0.0.0.0", False), ("::", False), ("", False), ("10.1.2.3", False), ("192.168.0.10", False),
+])
+def test_which_binds_count_as_loopback_only(host, loopback):
+    assert listens_on_loopback_only(host) is loopback
+
+
+def storm_bound(elapsed_s: float, c) -> float:
+    """Most cycles a storm of `elapsed_s` may see: the period's own rhythm plus the writes the limiter lets
+    through (each accepted write may wake one cycle early), plus one at each end."""
+    scada = c.config.scada
+    return elapsed_s / c.config.cycle.period_s + scada.write_burst + scada.write_rate_per_s * elapsed_s + 3
+
+
+async def test_a_modbus_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_path):
+    """Old code: every accepted setpoint write woke the cycle, so a storm made the controller cycle flat out."""
+    async with make_controller(plant, tmp_path, **MODBUS_ONLY) as c, running_scada(c) as face, modbus(c) as cl:
+        c.set_mode("manual", 1.0, 300, source="test")
+        sp = CTL["manual_setpoint_mw"]
+        await wait_for(lambda: c.decision.setpoint_mw == 1.0, 5, "manual 1 MW")
+        accepted = refused = 0
+        cycles, t0 = c.stats.cycles, time.monotonic()
+        for i in range(5000):   # a changing setpoint each time: every write that lands wakes the cycle
+            if time.monotonic() - t0 > 3.0:
+                break
+            rr = await cl.write_registers(sp.address, sp.to_registers(1.0 + (i % 2)), device_id=1)
+            if rr.isError():
+                assert exception_code(rr) == DEVICE_BUSY, rr
+                refused += 1
+            else:
+                accepted += 1
+        elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
+        scada = c.config.scada
+        assert 1 <= ran <= storm_bound(elapsed_s, c), f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
+        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (accepted, refused)
+        assert face.parts[0].writes_refused == refused
+
+        # the storm over, a write is taken again
+        await wait_for(lambda: face.limiter.available() >= 1, 5, "the limiter refilled")
+        rr = await cl.write_registers(sp.address, sp.to_registers(3.0), device_id=1)
+        assert not rr.isError(), rr
+        await wait_for(lambda: c.decision.setpoint_mw == 3.0, 5, "manual 3 MW")
 
 
 async def test_manual_setpoint_over_modbus_is_limited_and_expires(plant, tmp_path):
@@ -332,3 +437,26 @@ async def test_opcua_secure_policies_trust_store_and_no_none(plant, tmp_path, mo
                 async with opcua(c, "operator") as cl:
                     await node(cl, "Controls.mode").write_value(u16(MODE_CODES["auto"]))
             assert c.mode.mode == "stopped"
+
+
+async def test_an_opcua_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_path):
+    lab = {"scada": {"modbus": {"enabled": False}, "opcua": {"enabled": True, "allow_none_security": True}}}
+    async with make_controller(plant, tmp_path, **lab) as c, running_scada(c) as face, opcua(c, "operator") as cl:
+        c.set_mode("manual", 1.0, 300, source="test")
+        await wait_for(lambda: c.decision.setpoint_mw == 1.0, 5, "manual 1 MW")
+        setpoint = node(cl, "Controls.manual_setpoint_mw")
+        accepted = refused = 0
+        cycles, t0 = c.stats.cycles, time.monotonic()
+        for i in range(5000):
+            if time.monotonic() - t0 > 3.0:
+                break
+            try:
+                await setpoint.write_value(mw(1.0 + (i % 2)))
+                accepted += 1
+            except ua.uaerrors.BadServerTooBusy:
+                refused += 1
+        elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
+        scada = c.config.scada
+        assert 1 <= ran <= storm_bound(elapsed_s, c), f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
+        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (accepted, refused)
+        assert face.parts[0].writes_refused == refused
