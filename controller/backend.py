@@ -31,7 +31,7 @@ class ControllerBackend:
         self._schedule_cache: tuple[float, tuple, dict] | None = None
 
     async def start(self) -> None:
-        pass
+        await self.desk.start()  # reconciles order intents a previous run left pending
 
     async def stop(self) -> None:
         await self.desk.close()

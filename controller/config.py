@@ -202,6 +202,9 @@ class Exchange(_Model):
     market: str = "intraday"
     timeout_s: float = Field(5.0, gt=0)
     cache_s: float = Field(2.0, ge=0)
+    # the exchange's X-Timestamp window (DESIGN.md: 30 s): a request it has not taken within that window (plus
+    # clock skew) never will be, so an unanswered order is settled as not placed after 2 windows and a margin
+    request_window_s: float = Field(30.0, gt=0, le=300)
 
 
 class Simulator(_Model):

@@ -1,5 +1,5 @@
-"""The durable store: one SQLite database (WAL) in the state directory holding trades, orders, the decision
-log, alarms, the audit log, shortfalls and key-value state, with retention.
+"""The durable store: one SQLite database (WAL) in the state directory holding trades, orders and order
+intents, the decision log, alarms, the audit log, shortfalls and key-value state, with retention.
 
 Durability. The connection runs `synchronous=FULL`: in WAL mode every commit fsyncs the WAL, so a write
 that acknowledges something (a trade, an order, an alarm, a state change, an audit row) survives a process
@@ -16,7 +16,8 @@ periodic flush is ~0.1 ms, is skipped, not waited for, while another thread of t
 database, and waits at most 20 ms for another connection's write lock before leaving the rows buffered for
 the next cycle), `get_state`, `has_trade`, `active_alarms`. One fsync each (~0.3-1 ms on an SSD), fine for
 events but not for every cycle: `add_trade`, `raise_alarm`, `clear_alarm`, `set_state`, `audit`,
-`record_shortfall`, `add_order`, `update_order`, `record_rejected_trade`. Not for the cycle: `prune` (may
+`record_shortfall`, `add_order`, `update_order`, `add_order_intent`, `resolve_order_intent`,
+`record_rejected_trade`. Not for the cycle: `prune` (may
 delete many rows; run it from housekeeping: it works in chunks so it never holds the database for long)
 and large reads.
 
@@ -157,7 +158,27 @@ MIGRATIONS: list[list[str]] = [
         "ALTER TABLE trade_ids ADD COLUMN ack_confirmed_ts REAL",
         "UPDATE trade_ids SET ack_confirmed_ts = first_seen_ts",   # ids stored before this: answered back then
     ],
+    [
+        # An order's intent, committed before the order is sent: after a timeout, an error or a kill -9 the site
+        # asks the exchange by client_order_id whether it took the order, instead of sending it again. state:
+        # pending (stored; maybe sent, maybe taken), placed (the exchange has it: order_id), refused (the
+        # exchange said no), not_placed (the exchange never took it, and no longer can).
+        """CREATE TABLE order_intents (
+            client_order_id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            order_id TEXT,
+            side TEXT NOT NULL,
+            quantity_mw REAL NOT NULL,
+            delivery_start TEXT NOT NULL,
+            created_ts REAL NOT NULL,
+            updated_ts REAL NOT NULL,
+            reason TEXT,
+            json TEXT NOT NULL
+        )""",
+        "CREATE INDEX order_intents_state ON order_intents(state)",
+    ],
 ]
+INTENT_STATES = ("pending", "placed", "refused", "not_placed")
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ORDER_COLUMNS = ("status", "side", "quantity_mw", "price_eur_mwh", "delivery_start", "market",
@@ -372,17 +393,61 @@ class Store:
         order_id = order.get("order_id")
         if not isinstance(order_id, str) or not order_id:
             raise StoreError(f"order without an order_id: {order!r}")
-        now = self._now()
-        cols = self._order_columns(order)
         with self._tx() as c:
-            c.execute(
-                "INSERT INTO orders (order_id, status, side, quantity_mw, price_eur_mwh, delivery_start, market, "
-                "filled_mw, remaining_mw, created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                "ON CONFLICT(order_id) DO UPDATE SET status=excluded.status, side=excluded.side, "
-                "quantity_mw=excluded.quantity_mw, price_eur_mwh=excluded.price_eur_mwh, "
-                "delivery_start=excluded.delivery_start, market=excluded.market, filled_mw=excluded.filled_mw, "
-                "remaining_mw=excluded.remaining_mw, updated_ts=excluded.updated_ts, json=excluded.json",
-                (order_id, *cols, now, now, _json(order)))
+            self._upsert_order(c, order, self._now())
+
+    def _upsert_order(self, c: sqlite3.Connection, order: dict[str, Any], now: float) -> None:
+        """Insert or replace an order inside the caller's transaction."""
+        c.execute(
+            "INSERT INTO orders (order_id, status, side, quantity_mw, price_eur_mwh, delivery_start, market, "
+            "filled_mw, remaining_mw, created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+            "ON CONFLICT(order_id) DO UPDATE SET status=excluded.status, side=excluded.side, "
+            "quantity_mw=excluded.quantity_mw, price_eur_mwh=excluded.price_eur_mwh, "
+            "delivery_start=excluded.delivery_start, market=excluded.market, filled_mw=excluded.filled_mw, "
+            "remaining_mw=excluded.remaining_mw, updated_ts=excluded.updated_ts, json=excluded.json",
+            (order["order_id"], *self._order_columns(order), now, now, _json(order)))
+
+    # ---------------------------------------------------------------- order intents
+    def add_order_intent(self, client_order_id: str, order: dict[str, Any], ts: float) -> None:
+        """Store the intent to send `order` (the request body, with its client_order_id), state pending,
+        committed and fsynced before this returns: the order may be sent only after that."""
+        if not client_order_id or order.get("client_order_id") != client_order_id:
+            raise StoreError(f"order intent: client_order_id {client_order_id!r} missing or not the order's")
+        side, qty, start = order.get("side"), _num(order.get("quantity_mw")), order.get("delivery_start")
+        if side not in ("buy", "sell") or qty is None or not isinstance(start, str):
+            raise StoreError(f"order intent {client_order_id}: side, quantity_mw and delivery_start are required")
+        with self._tx() as c:
+            c.execute("INSERT INTO order_intents (client_order_id, state, side, quantity_mw, delivery_start, "
+                      "created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?)",
+                      (client_order_id, "pending", side, qty, start, ts, ts, _json(order)))
+
+    def resolve_order_intent(self, client_order_id: str, state: str, order: dict[str, Any] | None = None,
+                             reason: str | None = None) -> bool:
+        """Settle a pending intent: `state` placed (with the exchange's `order`, stored in the same transaction),
+        refused (with the exchange's rejected `order` if it sent one) or not_placed. False, and nothing changes,
+        if the intent is not pending any more (settled by someone else first) or unknown."""
+        if state not in INTENT_STATES or state == "pending":
+            raise StoreError(f"order intent {client_order_id}: cannot settle as {state!r}")
+        order_id = order.get("order_id") if isinstance(order, dict) else None
+        if state == "placed" and not (isinstance(order_id, str) and order_id):
+            raise StoreError(f"order intent {client_order_id}: placed needs the exchange's order with its order_id")
+        now = self._now()
+        with self._tx() as c:
+            n = c.execute("UPDATE order_intents SET state=?, order_id=?, reason=?, updated_ts=? "
+                          "WHERE client_order_id=? AND state='pending'",
+                          (state, order_id, reason, now, client_order_id)).rowcount
+            if n and isinstance(order_id, str) and order_id:
+                self._upsert_order(c, order, now)
+        return n == 1
+
+    def order_intents(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Intents, oldest first: {client_order_id, state, order_id, side, quantity_mw, delivery_start,
+        created_ts, updated_ts, reason, order (the request body)}; only those in `state` if given."""
+        where, params = ("WHERE state = ?", (state, limit)) if state else ("", (limit,))
+        rows = self._query(f"SELECT * FROM order_intents {where} ORDER BY created_ts, rowid LIMIT ?", params)
+        for r in rows:
+            r["order"] = json.loads(r.pop("json"))
+        return rows
 
     def update_order(self, order_id: str, **fields: Any) -> None:
         """Change fields of a stored order (status, filled_mw, remaining_mw, ...). A None value means
@@ -577,6 +642,7 @@ class Store:
             ("rejected_trades", "ts < ?", rejected_trade_retention_days),
             ("shortfalls", "period_start < ?", shortfall_retention_days),
             ("orders", f"status NOT IN ({active}) AND updated_ts < ?", order_retention_days),
+            ("order_intents", "state != 'pending' AND updated_ts < ?", order_retention_days),
             ("trades", "delivery_end_ts < ?", trade_retention_days),
         ]
         deleted: dict[str, int] = {}
@@ -597,8 +663,8 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Rows per table (for metrics and the health endpoint)."""
-        tables = ("trades", "trade_ids", "rejected_trades", "orders", "decisions", "alarms", "audit", "state",
-                  "shortfalls")
+        tables = ("trades", "trade_ids", "rejected_trades", "orders", "order_intents", "decisions", "alarms",
+                  "audit", "state", "shortfalls")
         self.flush()
         with self._lock:
             return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}

@@ -1,6 +1,8 @@
-"""Trading on the edge: orders from the site pass the pre-trade feasibility check, are signed and sent to the
-exchange, and are kept in the store; market data, orders and trades are served from a short cache that still
-answers (flagged `stale`) when the exchange is unreachable. Position and PnL per 15-minute period.
+"""Trading on the edge: orders from the site pass the pre-trade feasibility check (open orders at their worst
+case), their intent is stored, then they are signed and sent to the exchange, and kept in the store; an order
+left without an answer (timeout, error, kill -9) is reconciled with the exchange by its client_order_id, never
+sent twice. Market data, orders and trades are served from a short cache that still answers (flagged `stale`)
+when the exchange is unreachable. Position and PnL per 15-minute period.
 Also `bess-edge trade add` for commissioning.
 """
 
@@ -10,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import sqlite3
 import sys
 import time
 import uuid
@@ -21,7 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from controller.clock import iso, parse_iso
 from controller.schedule import PERIOD_S, period_start
-from simulators.exchange.client import ExchangeClient, ExchangeError, ExchangeRejected, ExchangeUnavailable
+from controller.store import StoreError
+from simulators.exchange.client import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected,
+                                        ExchangeUnavailable)
 
 if TYPE_CHECKING:
     from controller.config import Secrets
@@ -32,6 +37,8 @@ log = logging.getLogger("bess.trading")
 GATE_CLOSURE_S = 300
 ORDER_SYNC_MAX = 50  # locally active orders re-read one by one per refresh, at most
 OPEN_ORDERS_MAX = 10_000  # open orders counted by the pre-trade check (far more than a site has)
+RECONCILE_INTERVAL_S = 2.0  # pending order intents are asked for at the exchange this often (real seconds)
+SETTLE_MARGIN_S = 5.0       # beyond two request windows, before an order the exchange lacks is settled not placed
 
 
 def _leg(side: Any, quantity_mw: Any, delivery_start: Any) -> tuple[float, float] | None:
@@ -127,8 +134,22 @@ class OrderDesk:
         self._orders = Cached()
         self._trades = Cached()
         self._lock = asyncio.Lock()
+        self._in_flight: set[str] = set()   # client_order_ids whose request this process is sending now
+        self._reconciler: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Reconcile the intents a previous run left pending (a kill -9 mid-send), now and then periodically."""
+        if self._reconciler is None:
+            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="order-intents")
 
     async def close(self) -> None:
+        if self._reconciler is not None:
+            self._reconciler.cancel()
+            try:
+                await self._reconciler
+            except asyncio.CancelledError:
+                pass
+            self._reconciler = None
         await self.client.aclose()
 
     # ---------------------------------------------------------------- orders
@@ -140,7 +161,8 @@ class OrderDesk:
 
     def open_legs(self) -> list[tuple[float, float]]:
         """(period start, signed MW that may still fill) of every order of the site that may still trade: the
-        open and partially filled orders' remaining quantity (their filled part is in the schedule as trades)."""
+        open and partially filled orders' remaining quantity (their filled part is in the schedule as trades),
+        and the intents not yet settled (sent or not, the exchange may have them)."""
         legs = []
         for o in self.store.orders(active_only=True, limit=OPEN_ORDERS_MAX):
             remaining = o.get("remaining_mw")
@@ -148,9 +170,15 @@ class OrderDesk:
             leg = _leg(o.get("side"), remaining, o.get("delivery_start"))
             if leg is not None:
                 legs.append(leg)
+        for i in self.store.order_intents("pending", limit=OPEN_ORDERS_MAX):  # maybe at the exchange: in full
+            leg = _leg(i["side"], i["quantity_mw"], i["delivery_start"])
+            if leg is not None:
+                legs.append(leg)
         return legs
 
     async def place_order(self, body: dict[str, Any], who: str = "api") -> dict[str, Any]:
+        """Check, store the intent (committed), send; the order as the exchange holds it. With no answer from the
+        exchange, ask it by client_order_id; the order is never sent twice."""
         order = OrderRequest.model_validate(body)
         if not self.has_key:
             raise ExchangeNotConfigured()
@@ -159,32 +187,115 @@ class OrderDesk:
         if start - now < GATE_CLOSURE_S:
             raise OrderRefused(f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
                                iso(start), "gate_closure")
+        # from the check to the stored intent nothing awaits: two requests at once cannot both pass the check
+        # against the same open orders
         feas = self.pre_trade_check(order)
         if not feas.ok:
             period = iso(feas.period_start) if feas.period_start is not None else None
             log.info("order refused by the pre-trade check", extra={"reason": feas.reason, "side": order.side,
                                                                     "quantity_mw": order.quantity_mw})
             raise OrderRefused(feas.reason, period, feas.limit)
-        out = {**order.model_dump(), "participant": self.config.site.id,
-               "client_order_id": f"{self.config.site.id}-{uuid.uuid4().hex[:16]}"}
+        cid = f"{self.config.site.id}-{uuid.uuid4().hex[:16]}"
+        out = {**order.model_dump(), "participant": self.config.site.id, "client_order_id": cid}
+        try:
+            self.store.add_order_intent(cid, out, now)
+        except (StoreError, sqlite3.Error) as e:
+            log.error("order intent not stored: order not sent", extra={"client_order_id": cid, "error": str(e)})
+            raise ExchangeDown(f"order not sent: its intent could not be stored ({e})") from e
+        self._in_flight.add(cid)
+        try:
+            placed = await self._send(cid, out, now)
+        finally:
+            self._in_flight.discard(cid)
+        self._orders.fetched_mono = -math.inf  # refresh on the next read
+        return placed
+
+    async def _send(self, cid: str, out: dict[str, Any], created_ts: float) -> dict[str, Any]:
+        """Send a stored intent once and settle it by the answer: placed, refused, or (no answer) reconciled."""
         try:
             placed = await self.client.place_order(out)
-        except ExchangeRejected as e:
+        except ExchangeRejected as e:  # a definite answer: the exchange did not take it
             detail = e.detail
-            log.warning("exchange refused the order", extra={"reason": detail, "status": e.status_code})
+            log.warning("exchange refused the order", extra={"reason": detail, "status": e.status_code,
+                                                             "client_order_id": cid})
             rec = e.body.get("order") if isinstance(e.body, dict) else None
-            if isinstance(rec, dict) and rec.get("order_id"):
-                self.store.add_order(rec)
-            raise OrderRefused(f"exchange refused: {detail}", order.delivery_start, "exchange",
+            self.store.resolve_order_intent(cid, "refused", rec if isinstance(rec, dict) else None, detail)
+            raise OrderRefused(f"exchange refused: {detail}", out["delivery_start"], "exchange",
                                status=409 if e.status_code == 409 else 422) from e
-        except ExchangeError as e:
-            log.error("exchange unreachable: order not sent", extra={"error": str(e)})
+        except ExchangeNotReached as e:  # no connection, so nothing sent: settled now
+            log.error("exchange unreachable: order not sent", extra={"error": str(e), "client_order_id": cid})
+            self.store.resolve_order_intent(cid, "not_placed", reason=f"exchange unreachable, nothing sent: {e}")
             raise ExchangeDown(f"exchange unreachable, order not sent: {e}") from e
+        except ExchangeError as e:  # no answer, or a 5xx: the exchange may have taken it all the same
+            log.warning("no answer from the exchange: asking it by client_order_id",
+                        extra={"client_order_id": cid, "error": str(e)})
+            found = await self._reconcile(cid, created_ts)
+            if found is None:
+                raise ExchangeDown(
+                    f"no answer from the exchange ({e}); the order may or may not have been taken: it is kept "
+                    f"pending as client_order_id {cid}, counted as open by the pre-trade check, and reconciled "
+                    f"with the exchange by that id (never sent again)") from e
+            return found
         placed.pop("trades", None)
-        self.store.add_order(placed)  # the web app audits the request itself (who, what, when)
-        self._orders.fetched_mono = -math.inf  # refresh on the next read
-        log.info("order sent", extra={"order_id": placed.get("order_id"), "status": placed.get("status")})
+        if not self.store.resolve_order_intent(cid, "placed", placed):
+            self.store.add_order(placed)  # settled meanwhile by the reconciler: keep the freshest view
+        log.info("order sent", extra={"order_id": placed.get("order_id"), "status": placed.get("status"),
+                                      "client_order_id": cid})
         return placed
+
+    @property
+    def settle_s(self) -> float:
+        """How long after its intent was stored an order the exchange does not have can still arrive there: its
+        request carries a timestamp from just after that moment, and the exchange refuses one older than its
+        window, on its own clock (up to a window apart from ours)."""
+        return 2 * self.config.exchange.request_window_s + SETTLE_MARGIN_S
+
+    async def _reconcile(self, cid: str, created_ts: float) -> dict[str, Any] | None:
+        """Ask the exchange for the order of a pending intent. It has it: placed (stored). It has not, and can no
+        longer take it (`settle_s` passed): not_placed. Otherwise (or unreachable): still pending, None."""
+        try:
+            found = await self.client.order_by_client_id(cid)
+        except ExchangeError as e:
+            log.warning("order intent not reconciled: exchange unreachable", extra={"client_order_id": cid,
+                                                                                    "error": str(e)})
+            return None
+        if found is not None:
+            found.pop("trades", None)
+            if not self.store.resolve_order_intent(cid, "placed", found):
+                log.error("the exchange has an order whose intent was already settled: stored as it is there",
+                          extra={"client_order_id": cid, "order_id": found.get("order_id")})
+                self.store.add_order(found)
+            log.info("order intent reconciled: the exchange has the order",
+                     extra={"client_order_id": cid, "order_id": found.get("order_id"), "status": found.get("status")})
+            self._orders.fetched_mono = -math.inf
+            return found
+        waited_s = self.controller.clock.now() - created_ts
+        if waited_s >= self.settle_s:
+            reason = (f"not at the exchange {waited_s:.0f} s after it was stored (the request never reached it, "
+                      f"and one older than its {self.config.exchange.request_window_s:g} s window cannot)")
+            if self.store.resolve_order_intent(cid, "not_placed", reason=reason):
+                log.warning("order intent settled: never placed", extra={"client_order_id": cid, "reason": reason})
+        return None
+
+    async def reconcile_pending(self) -> int:
+        """Reconcile every pending intent not being sent right now (startup, then every RECONCILE_INTERVAL_S);
+        how many are still pending."""
+        pending = [i for i in self.store.order_intents("pending") if i["client_order_id"] not in self._in_flight]
+        if pending and not self.has_key:
+            log.warning("pending order intents cannot be reconciled without EXCHANGE_API_KEY",
+                        extra={"pending": len(pending)})
+            return len(pending)
+        for intent in pending:
+            await self._reconcile(intent["client_order_id"], intent["created_ts"])
+        return len(self.store.order_intents("pending")) if pending else 0
+
+    async def _reconcile_loop(self) -> None:
+        while True:
+            try:
+                await self.reconcile_pending()
+            except (StoreError, sqlite3.Error) as e:
+                log.error("order intents not reconciled: store error", extra={"error": str(e)})
+            await asyncio.sleep(RECONCILE_INTERVAL_S)
 
     async def cancel_order(self, order_id: str, who: str = "api") -> dict[str, Any]:
         if not self.has_key:

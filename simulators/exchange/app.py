@@ -1,8 +1,10 @@
 """REST face of the exchange simulator (FastAPI): orders, trades, market data, signed-request auth;
 `create_app()` for tests, `serve()` / `main_exchange()` for `bess-edge exchange` (port 9000).
 
-Responses: POST /api/orders -> 201 with the order (+ `trades` it made); an order the market refuses (gate
-closed, product not open yet) -> 409 `{detail, order}` with the order in status `rejected`; bad fields -> 422
+Responses: POST /api/orders -> 201 with the order (+ `trades` it made); a `client_order_id` the caller used
+before -> 200 with that order as it is now (a retry never places a second order), or 409 if the fields differ;
+GET /api/orders?client_order_id=X -> the caller's order with that id as a list of one, or []; an order the
+market refuses (gate closed, product not open yet) -> 409 `{detail, order}` with the order in status `rejected`; bad fields -> 422
 `{detail, errors}`; auth failures -> 401 `{detail}`. GET /api/market-data is public market information (a
 person can open it in a browser); if auth headers are sent, they are checked.
 """
@@ -83,6 +85,17 @@ def _errors_detail(e: ValidationError) -> tuple[str, list[dict]]:
     errors = [{"field": ".".join(str(x) for x in err["loc"]) or "body",
                "message": err["msg"].removeprefix("Value error, ")} for err in e.errors()]
     return "; ".join(f"{x['field']}: {x['message']}" for x in errors), errors
+
+
+def _differs(known, order_in: OrderIn) -> str | None:
+    """The fields in which a repeated client_order_id's order differs from the one it first named, or None."""
+    fields = {"side": (known.side, order_in.side),
+              "price_eur_mwh": (known.price_ticks, price_to_ticks(order_in.price_eur_mwh)),
+              "quantity_mw": (known.quantity_lots, mw_to_lots(order_in.quantity_mw)),
+              "delivery_start": (known.delivery_start, order_in.delivery_start),
+              "market": (known.market, order_in.market), "time_in_force": (known.time_in_force, order_in.time_in_force)}
+    bad = [name for name, (a, b) in fields.items() if a != b]
+    return ", ".join(bad) if bad else None
 
 
 def _json(status: int, content) -> JSONResponse:
@@ -193,7 +206,14 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
                                "errors": [{"field": "market", "message": "unknown market"}]})
         if order_in.client_order_id:
             known = engine.find_client_order(site, order_in.client_order_id)
-            if known is not None:  # an idempotent retry: the order as it is now
+            if known is not None:
+                # never a second order for one client_order_id: a retry gets the order as it is now; the id
+                # reused for another order is refused
+                differs = _differs(known, order_in)
+                if differs:
+                    return _json(409, {"detail": f"client_order_id {order_in.client_order_id!r} is already used by "
+                                                 f"order {known.order_id} with another {differs}",
+                                       "order": known.to_dict()})
                 return _json(200, {**known.to_dict(), "trades": []})
         req = OrderRequest(participant=site, side=order_in.side, price_ticks=price_to_ticks(order_in.price_eur_mwh),
                            quantity_lots=mw_to_lots(order_in.quantity_mw), delivery_start=order_in.delivery_start,
@@ -206,9 +226,15 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
         return _json(201, {**order, "trades": [t.view(site) for t in result.trades]})
 
     @app.get("/api/orders")
-    async def list_orders(request: Request, status: str | None = None):
+    async def list_orders(request: Request, status: str | None = None, client_order_id: str | None = None):
+        """The caller's orders; `status=active` (open or partially filled) or one status; `client_order_id`:
+        the caller's order with that id, as a list of one, or [] if there is none (how a client that got no
+        answer learns whether its order was taken)."""
         site = await caller(request)
         service.expire(clock.now())
+        if client_order_id is not None:
+            known = engine.find_client_order(site, client_order_id)
+            return [known.to_dict()] if known is not None else []
         wanted = {"active": {"open", "partially_filled"}}.get(status, {status} if status else None)
         if status and status != "active" and status not in ORDER_STATUSES:
             return _json(422, {"detail": f"status: expected active or one of {', '.join(ORDER_STATUSES)}"})

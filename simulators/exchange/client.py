@@ -1,6 +1,7 @@
 """Async client of the exchange REST API (the simulator's or the real one's): signs every request.
 
-Errors are typed: ExchangeUnavailable (network, timeout, 5xx: the caller may serve stale data),
+Errors are typed: ExchangeUnavailable (network, timeout, 5xx: the caller may serve stale data; its subclass
+ExchangeNotReached when no connection was made, so nothing was sent),
 ExchangeRejected (4xx; `.body` has the server's JSON, e.g. the rejected order), and its subclass
 ExchangeAuthError (401).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from typing import Any, Callable
+from urllib.parse import urlencode
 
 import httpx
 
@@ -31,6 +33,10 @@ class ExchangeError(Exception):
 
 class ExchangeUnavailable(ExchangeError):
     pass
+
+
+class ExchangeNotReached(ExchangeUnavailable):
+    """No connection could be made (refused, connect timeout, TLS handshake): the request was never sent."""
 
 
 class ExchangeRejected(ExchangeError):
@@ -82,6 +88,8 @@ class ExchangeClient:
             headers["Content-Type"] = "application/json"
         try:
             r = await self._http.request(method, path, content=content, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise ExchangeNotReached(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from e
         except httpx.HTTPError as e:
             raise ExchangeUnavailable(f"{method} {self.base_url}{path}: {type(e).__name__}: {e}") from e
         try:
@@ -106,6 +114,16 @@ class ExchangeClient:
 
     async def order(self, order_id: str) -> dict:
         return await self.request("GET", f"/api/orders/{order_id}")
+
+    async def order_by_client_id(self, client_order_id: str) -> dict | None:
+        """The caller's order placed with `client_order_id`, or None if the exchange has none (it never took it)."""
+        found = await self.request("GET", "/api/orders?" + urlencode({"client_order_id": client_order_id}))
+        # anything but [] or [that very order] (an exchange that ignores the filter lists every order) is not an
+        # answer to the question: never read it as "not there" or as "this one"
+        if not isinstance(found, list) or len(found) > 1 or \
+                (found and (not isinstance(found[0], dict) or found[0].get("client_order_id") != client_order_id)):
+            raise ExchangeUnavailable(f"GET /api/orders?client_order_id: unexpected answer {str(found)[:200]}")
+        return found[0] if found else None
 
     async def orders(self, status: str | None = None) -> list[dict]:
         """The caller's orders; status "active" = open or partially filled."""

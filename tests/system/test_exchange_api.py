@@ -110,6 +110,27 @@ async def test_place_match_cancel_over_uvicorn(exchange):  # noqa: F811
             assert (await anonymous.get(exchange.url + "/healthz")).json()["status"] == "ok"
 
 
+async def test_client_order_id_lookup_and_never_a_second_order(exchange):  # noqa: F811
+    """A client that got no answer asks by client_order_id; a retry returns the order it placed, and the id reused
+    for another order is refused. Another participant's id is not visible."""
+    import time
+
+    ds = (int(time.time()) // 900 + 4) * 900
+    async with ExchangeClient(exchange.url, "demo", "phoenyra_demo_secret") as demo, \
+            ExchangeClient(exchange.url, "other-key", "phoenyra_demo_secret") as other:
+        assert await demo.order_by_client_id("site-c-9") is None
+        placed = await demo.place_order(order("buy", 1.0, 40.0, ds, client_order_id="site-c-9"))
+        found = await demo.order_by_client_id("site-c-9")
+        assert found["order_id"] == placed["order_id"] and found["client_order_id"] == "site-c-9"
+        assert await other.order_by_client_id("site-c-9") is None
+        retry = await demo.place_order(order("buy", 1.0, 40.0, ds, client_order_id="site-c-9"))
+        assert retry["order_id"] == placed["order_id"]
+        with pytest.raises(ExchangeRejected) as e:
+            await demo.place_order(order("buy", 2.0, 40.0, ds, client_order_id="site-c-9"))
+        assert e.value.status_code == 409 and "quantity_mw" in e.value.detail
+        assert [o.order_id for o in exchange.service.engine.orders_of("demo")] == [placed["order_id"]]
+
+
 # ---- API level with a settable clock -----------------------------------------------------------------------
 
 async def test_gate_closure_expires_resting_and_refuses_new(api):

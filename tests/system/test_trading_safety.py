@@ -8,18 +8,26 @@ Helpers (the stepped clock, the site daemon, the exchange's kwargs) come from te
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
 import time
+from pathlib import Path
 
+import httpx
 import pytest
 
-from controller.clock import iso
+from controller.clock import Clock, iso
 from controller.schedule import PERIOD_S
-from simulators.exchange.client import ExchangeClient
-from tests.fixtures.controller import wait_for
+from controller.store import DB_FILENAME
+from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.exchange import running_exchange
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
-from tests.system.test_trading_e2e import (GATE_S, LOCAL_KEY, OTHER_KEY, SECRET, SITE, SITE_KEY, SteppedClock,
+from tests.fixtures.tcp_proxy import TcpProxy
+from tests.system.test_trading_e2e import (GATE_S, LOCAL_KEY, PARTICIPANTS, SECRET, SITE, SITE_KEY, SteppedClock,
                                            exchange_kwargs, next_open_period, order_body, publisher_connected,
                                            running_site)
 
@@ -119,3 +127,162 @@ async def test_unknown_soc_refuses_orders(mosquitto, make_plant, tmp_path):  # n
         await wait_for(lambda: d.controller.snapshot.soc_pct is not None, 20, "the SoC back")
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
         assert r.status_code == 201, r.text
+
+
+# ----------------------------------------------------------------------------------------------- order intents
+REPO = Path(__file__).resolve().parents[2]
+WINDOW_S = 1.0  # the exchange's request window in these tests (DESIGN.md's is 30 s): unanswered orders settle fast
+
+
+def intents(state_dir: Path) -> list[tuple[str, str, str | None]]:
+    """(client_order_id, state, order_id) of every order intent in the site's store, read by another connection."""
+    db = state_dir / DB_FILENAME
+    if not db.exists():
+        return []
+    c = sqlite3.connect(db, timeout=5)
+    try:
+        return c.execute("SELECT client_order_id, state, order_id FROM order_intents ORDER BY created_ts").fetchall()
+    finally:
+        c.close()
+
+
+def settled(state_dir: Path) -> bool:
+    rows = intents(state_dir)
+    return bool(rows) and all(state != "pending" for _, state, _ in rows)
+
+
+async def start_daemon(tmp_path: Path, exchange_url: str) -> asyncio.subprocess.Process:
+    """`bess-edge run` on tmp_path/site.yaml as a real process, its log appended to tmp_path/daemon.log."""
+    env = {**os.environ, "API_KEY": LOCAL_KEY, "EXCHANGE_API_KEY": SITE_KEY, "HMAC_SECRET": SECRET,
+           "EXCHANGE_BASE_URL": exchange_url, "PYTHONUNBUFFERED": "1"}
+    with open(tmp_path / "daemon.log", "ab") as log:
+        return await asyncio.create_subprocess_exec(   # this tree's code, whatever `bess-edge` is installed from
+            sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"), "--state-dir", str(tmp_path / "state"),
+            "--log-format", "text", cwd=REPO, env=env, stdout=log, stderr=log)
+
+
+async def kill_9(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 10)
+
+
+async def site_ready(api: httpx.AsyncClient, proc: asyncio.subprocess.Process, tmp_path: Path) -> None:
+    """The daemon's API answers with a live SoC (the pre-trade check needs one); bounded."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
+        try:
+            r = await api.get("/api/bess-status")
+            if r.status_code == 200 and r.json().get("soc_pct") is not None:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("the daemon's API with a live SoC did not come up in 30 s: "
+                         + (tmp_path / "daemon.log").read_text()[-3000:])
+
+
+def process_site(tmp_path: Path, plant) -> httpx.AsyncClient:
+    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False},
+                      scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+                      exchange={"request_window_s": WINDOW_S, "timeout_s": 60})
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY},
+                             timeout=60)
+
+
+async def test_kill_9_before_the_order_reaches_the_exchange(make_plant, tmp_path):  # noqa: F811
+    """The order's intent is stored, then the daemon dies before the exchange sees the request (here the request
+    goes into a black hole, which is the same to the exchange). After the restart the intent is reconciled by
+    client_order_id: the exchange has no such order, and once the request can no longer arrive (its timestamp
+    is out of the exchange's window) it is settled as not placed. Nothing is sent again."""
+    plant = await make_plant()
+    api = process_site(tmp_path, plant)
+    state = tmp_path / "state"
+    delivery = next_open_period(time.time())
+    proc = None
+    async with running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S,
+                                id_prefix="") as ex, TcpProxy(ex.port) as proxy:
+        try:
+            proxy.blackhole = True
+            proc = await start_daemon(tmp_path, proxy.url)
+            await site_ready(api, proc, tmp_path)
+            post = asyncio.create_task(api.post("/api/orders", json=order_body("sell", 1.0, 80.0, delivery)))
+            await wait_for(lambda: b"POST /api/orders" in proxy.received, 10, "the order's request on its way")
+            assert [s for _, s, _ in intents(state)] == ["pending"]   # stored before it was sent
+            await kill_9(proc)
+            with pytest.raises(httpx.TransportError):
+                await post
+
+            proc = await start_daemon(tmp_path, ex.url)   # the exchange reachable again
+            await site_ready(api, proc, tmp_path)
+            await wait_for(lambda: settled(state), 30, "the pending intent reconciled and settled")
+            [(cid, outcome, order_id)] = intents(state)
+            assert (outcome, order_id) == ("not_placed", None)
+            assert ex.service.engine.orders_of(SITE) == []              # never placed, never sent again
+            assert (await api.get("/api/orders")).json()["orders"] == []
+        finally:
+            await api.aclose()
+            if proc is not None:
+                await kill_9(proc)
+
+
+async def test_kill_9_while_the_exchange_takes_the_order(make_plant, tmp_path):  # noqa: F811
+    """The exchange takes the order, but its answer never comes back (held by the network), and the daemon dies
+    waiting. After the restart the intent is reconciled by client_order_id: the site stores the exchange's order
+    and lists it; the exchange holds it once."""
+    plant = await make_plant()
+    api = process_site(tmp_path, plant)
+    state = tmp_path / "state"
+    delivery = next_open_period(time.time())
+    proc = None
+    async with running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S,
+                                id_prefix="") as ex, TcpProxy(ex.port) as proxy:
+        try:
+            proxy.hold_posts = True
+            proc = await start_daemon(tmp_path, proxy.url)
+            await site_ready(api, proc, tmp_path)
+            post = asyncio.create_task(api.post("/api/orders", json=order_body("buy", 2.0, 20.0, delivery)))
+            await wait_for(lambda: len(ex.service.engine.orders_of(SITE)) == 1, 10, "the exchange taking the order")
+            await wait_for(lambda: bool(proxy.swallowed), 10, "the exchange's answer (held back)")
+            assert [s for _, s, _ in intents(state)] == ["pending"]
+            await kill_9(proc)
+            with pytest.raises(httpx.TransportError):
+                await post
+
+            proc = await start_daemon(tmp_path, ex.url)
+            await site_ready(api, proc, tmp_path)
+            await wait_for(lambda: settled(state), 30, "the pending intent reconciled")
+            [at_exchange] = ex.service.engine.orders_of(SITE)             # once, not twice
+            [(cid, outcome, order_id)] = intents(state)
+            assert (outcome, order_id, at_exchange.client_order_id) == ("placed", at_exchange.order_id, cid)
+            listed = (await api.get("/api/orders")).json()["orders"]
+            assert [(o["order_id"], o["status"]) for o in listed] == [(at_exchange.order_id, "open")]
+            # and it counts in the next pre-trade check as an open order, like any other
+            r = await api.post("/api/orders/check", json=order_body("buy", 2.0, 20.0, delivery))
+            assert r.status_code == 200, r.text
+        finally:
+            await api.aclose()
+            if proc is not None:
+                await kill_9(proc)
+
+
+async def test_client_timeout_with_the_order_taken_is_reconciled_not_placed_again(mosquitto, make_plant,  # noqa: F811
+                                                                                tmp_path):
+    """The site's request times out (the exchange's answer is held back) although the exchange took the order:
+    the site asks by client_order_id, finds it, stores it and answers 201 with it. Before, the answer was
+    'exchange unreachable, order not sent', and the operator's retry placed the order a second time."""
+    clock = Clock()
+    delivery = next_open_period(clock.now())
+    plant = await make_plant()
+    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, TcpProxy(ex.port) as proxy, \
+            running_site(plant, mosquitto, tmp_path, clock, proxy.url, exchange={"timeout_s": 0.5}) as (d, api):
+        proxy.hold_posts = True
+        r = await api.post("/api/orders", json=order_body("sell", 1.0, 80.0, delivery))
+        assert r.status_code == 201, r.text
+        assert proxy.swallowed, "the exchange's answer to the POST was not held back"
+        [at_exchange] = ex.service.engine.orders_of(SITE)
+        assert (r.json()["order_id"], r.json()["client_order_id"]) == (at_exchange.order_id,
+                                                                     at_exchange.client_order_id)
+        assert [(o["order_id"], o["status"]) for o in d.store.orders()] == [(at_exchange.order_id, "open")]
+        assert [(i["state"], i["order_id"]) for i in d.store.order_intents()] == [("placed", at_exchange.order_id)]

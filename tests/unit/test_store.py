@@ -437,6 +437,9 @@ def test_prune_deletes_only_what_is_old_and_finished(store, wall, monkeypatch):
     wall.t = now - 200 * DAY
     store.add_order(order("old-filled", status="filled"))
     store.add_order(order("old-open"))
+    store.add_order_intent("old-settled", intent_body("old-settled"), now - 200 * DAY)
+    store.resolve_order_intent("old-settled", "not_placed")
+    store.add_order_intent("old-pending", intent_body("old-pending"), now - 200 * DAY)  # pending: kept
     wall.t = now
     store.add_order(order("new-filled", status="filled"))
     store.add_trade(make_trade("old-trade", start=T0), "mqtt")
@@ -444,7 +447,8 @@ def test_prune_deletes_only_what_is_old_and_finished(store, wall, monkeypatch):
 
     deleted = store.prune(now, decision_retention_days=7)
     assert deleted == {"decisions": 30, "alarms": 1, "audit": 1, "rejected_trades": 1, "shortfalls": 1,
-                       "orders": 1, "trades": 0}
+                       "orders": 1, "order_intents": 1, "trades": 0}
+    assert [i["client_order_id"] for i in store.order_intents()] == ["old-pending"]
     assert len(store.decisions(limit=1000)) == 5
     assert {a["key"] for a in store.alarm_history()} == {"old-active", "recent"}
     assert {o["order_id"] for o in store.orders(active_only=False)} == {"old-open", "new-filled"}
@@ -522,3 +526,60 @@ def test_outbox_like_writer_in_other_threads_and_store_writers_interleave(store)
         assert other.execute("SELECT count(*) FROM outbox_test").fetchone()[0] == n
         assert other.execute("SELECT count(*) FROM trades").fetchone()[0] == n
         assert other.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# ---------------------------------------------------------------- order intents (schema 3)
+
+def intent_body(cid: str, side: str = "sell", quantity_mw: float = 2.0) -> dict:
+    return {"side": side, "quantity_mw": quantity_mw, "price_eur_mwh": 80.0, "market": "intraday",
+            "delivery_start": "2026-11-25T15:00Z", "time_in_force": "GTC", "participant": "demo",
+            "client_order_id": cid}
+
+
+def test_order_intent_is_durable_and_settles_once(tmp_path, wall):
+    """An intent is committed before the order is sent (a reopened store has it, pending); settling it as placed
+    stores the exchange's order in the same transaction; a second settlement changes nothing."""
+    path = tmp_path / "state"
+    with Store.in_state_dir(path, now=wall) as s:
+        s.add_order_intent("demo-1", intent_body("demo-1"), T0)
+        s.add_order_intent("demo-2", intent_body("demo-2", "buy"), T0 + 1)
+        with pytest.raises(sqlite3.IntegrityError):
+            s.add_order_intent("demo-1", intent_body("demo-1"), T0 + 2)  # one intent per client_order_id
+        with pytest.raises(StoreError, match="client_order_id"):
+            s.add_order_intent("demo-3", intent_body("demo-x"), T0)
+    with Store.in_state_dir(path, now=wall) as s:  # as after a kill -9: committed means on disk
+        pending = s.order_intents("pending")
+        assert [(i["client_order_id"], i["side"], i["quantity_mw"]) for i in pending] == \
+            [("demo-1", "sell", 2.0), ("demo-2", "buy", 2.0)]
+        assert pending[0]["order"] == intent_body("demo-1") and pending[0]["created_ts"] == T0
+        assert s.orders(active_only=False) == []
+        order = {**intent_body("demo-1"), "order_id": "O-1", "status": "open", "filled_mw": 0.0, "remaining_mw": 2.0}
+        assert s.resolve_order_intent("demo-1", "placed", order)
+        assert not s.resolve_order_intent("demo-1", "not_placed", reason="late")  # already settled
+        assert s.resolve_order_intent("demo-2", "not_placed", reason="never reached the exchange")
+        assert not s.resolve_order_intent("demo-unknown", "refused")
+        with pytest.raises(StoreError):
+            s.resolve_order_intent("demo-2", "placed", {"status": "open"})  # placed needs an order_id
+        assert s.order_intents("pending") == []
+        settled = {i["client_order_id"]: (i["state"], i["order_id"], i["reason"]) for i in s.order_intents()}
+        assert settled == {"demo-1": ("placed", "O-1", None), "demo-2": ("not_placed", None, "never reached the exchange")}
+        assert [o["order_id"] for o in s.orders()] == ["O-1"]
+        assert s.counts()["order_intents"] == 2
+
+
+def test_migration_from_schema_2_adds_order_intents(tmp_path):
+    path = tmp_path / "v2.db"
+    c = sqlite3.connect(path)
+    for migration in store_mod.MIGRATIONS[:2]:
+        for stmt in migration:
+            c.execute(stmt)
+    c.execute("PRAGMA user_version=2")
+    c.execute("INSERT INTO orders (order_id, status, created_ts, updated_ts, json) VALUES ('O-old','open',?,?,'{}')",
+              (T0, T0))
+    c.commit()
+    c.close()
+    with Store(path) as s:
+        assert s.schema_version == SCHEMA_VERSION >= 3
+        assert s.order_intents() == [] and s.orders() == [{}]
+        s.add_order_intent("demo-1", intent_body("demo-1"), T0)
+        assert len(s.order_intents("pending")) == 1
