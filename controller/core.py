@@ -290,7 +290,8 @@ class Controller:
         if now < self._readback_hold_until:
             snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{self.devices.pcs.name}:readback_mismatch",))
         target = self.target_mw(now)
-        decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode)
+        decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode,
+                         max_dt_s=2 * self.config.cycle.period_s * self.clock.speed)  # a stall earns no ramp
         readback = await self._dispatch(decision, now)
         self.snapshot = snap
         self.decision = decision

@@ -139,14 +139,16 @@ def _ramp(clipped: float, previous: float, step: float) -> float:
 
 
 def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, dt_s: float,
-          mode: str = "auto") -> Decision:
+          mode: str = "auto", max_dt_s: float | None = None) -> Decision:
     """The setpoint for `target_mw` (positive = discharge) under every limit; the strictest wins.
 
     Safe state (0 MW, at once, never ramped) in precedence order: mode stopped (or unknown), lost
     communication, stale readings, any alarm or fault. Otherwise each limit may only narrow the allowed range
     [lower, upper] (unknown value = no power that way), the target is clipped into it, and an increase of |P|
-    is ramped from `previous_mw` by at most ramp_mw_per_s * dt_s. Ties between equally strict limits go to
-    the first of: configured max, grid limit, BMS allowed power, SoC, SoC taper, temperature.
+    is ramped from `previous_mw` by at most ramp_mw_per_s * min(dt_s, max_dt_s): after a stalled loop the
+    ramp resumes where it was instead of jumping by everything the stall "earned" (the cycle passes two
+    periods as `max_dt_s`). Ties between equally strict limits go to the first of: configured max, grid
+    limit, BMS allowed power, SoC, SoC taper, temperature.
     """
     notes: list[str] = []
     target = float(target_mw)
@@ -154,7 +156,12 @@ def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, 
         notes.append(f"target {target_mw!r} MW is not a finite number: treated as 0 MW")
         target = 0.0
     previous = previous_mw if math.isfinite(previous_mw) else 0.0
-    dt = dt_s if math.isfinite(dt_s) and dt_s > 0 else 0.0
+    elapsed = dt_s if math.isfinite(dt_s) and dt_s > 0 else 0.0
+    dt = elapsed
+    if max_dt_s is not None:
+        # a cap that is not a finite number >= 0 is no licence to ramp: treat it as no time passed
+        cap = max_dt_s if math.isfinite(max_dt_s) and max_dt_s > 0 else 0.0
+        dt = min(elapsed, cap)
 
     safe = _safe_state(snap, mode)
     if safe:
@@ -183,6 +190,7 @@ def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, 
     lower += 0.0
     if setpoint != clipped:
         binding = "ramp"
-        reasons.insert(0, f"ramp {limits.ramp_mw_per_s:g} MW/s over {dt:g} s: {previous:g} -> {setpoint:g} MW "
-                          f"(allowed {clipped:g} MW)")
+        capped = f" ({elapsed:g} s elapsed, capped)" if dt < elapsed else ""
+        reasons.insert(0, f"ramp {limits.ramp_mw_per_s:g} MW/s over {dt:g} s{capped}: {previous:g} -> "
+                          f"{setpoint:g} MW (allowed {clipped:g} MW)")
     return Decision(target, setpoint, binding, tuple(reasons + notes), lower, upper)

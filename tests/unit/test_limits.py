@@ -128,6 +128,28 @@ def test_nan_target_is_explained() -> None:
     assert any("not a finite number" in r for r in d.reasons)
 
 
+def test_a_stalled_loop_ramps_by_the_cap_not_by_the_stall() -> None:
+    """Issue 11: the ramp used the real elapsed time, so after a 5 s loop stall the setpoint jumped 0 -> 10 MW
+    in one write. With the cycle's cap (two periods of 0.2 s) it moves 5 MW/s * 0.4 s = 2 MW, and says why."""
+    lim = Limits(**{**BASE_LIMITS, "p_discharge_max_mw": 10, "grid_limit_mw": 10})
+    snap = Snapshot(**BASE_SNAPSHOT)
+    assert limit(10, snap, lim, 0.0, 5.0).setpoint_mw == 10.0   # no cap: what the stall earned, at once
+    d = limit(10, snap, lim, 0.0, 5.0, max_dt_s=0.4)
+    assert d.setpoint_mw == pytest.approx(2.0) and d.binding == "ramp"
+    assert "5 s elapsed, capped" in d.reasons[0]
+    # charge the same way; a decrease of |P| is still immediate however long the stall
+    assert limit(-8, snap, lim, 0.0, 5.0, max_dt_s=0.4).setpoint_mw == pytest.approx(-2.0)
+    assert limit(0, snap, lim, 9.0, 5.0, max_dt_s=0.4).setpoint_mw == 0.0
+    # a normal cycle is not touched by the cap
+    assert limit(10, snap, lim, 0.0, 0.2, max_dt_s=0.4).setpoint_mw == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("max_dt", [math.nan, math.inf, -1.0, 0.0])
+def test_a_nonsense_cap_allows_no_increase(max_dt: float) -> None:
+    d = limit(5, Snapshot(**BASE_SNAPSHOT), Limits(**BASE_LIMITS), 1.0, 5.0, max_dt_s=max_dt)
+    assert d.setpoint_mw == 1.0 and d.binding == "ramp"
+
+
 def test_decision_is_frozen() -> None:
     d = limit(1, Snapshot(**BASE_SNAPSHOT), Limits(**BASE_LIMITS), 1, 1)
     assert isinstance(d, Decision)
@@ -146,7 +168,10 @@ _TARGET_SPECIAL = st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e3
 _TARGET_ANY = st.floats(allow_nan=False)
 _FRACTION = st.floats(-2, 2)
 _PREVIOUS = st.floats(-600, 600)
-_DT = st.floats(0, 2)
+# elapsed time: a normal cycle, a stalled loop (seconds to days), and values no clock should give
+_DT = st.one_of(st.floats(0, 2), st.floats(2, 1e6), st.sampled_from([math.inf, -math.inf, math.nan, -1.0]))
+# the ramp's cap on it (the cycle passes two periods), absent, or nonsense (no licence to ramp)
+_MAX_DT = st.one_of(st.none(), st.floats(0, 4), st.sampled_from([0.0, math.inf, math.nan, -1.0]))
 
 
 class _Decoder:
@@ -181,12 +206,12 @@ def decode_limits(dec: _Decoder) -> Limits:
 
 def _reading(dec: _Decoder, healthy: tuple[float, float], wide: tuple[float, float], edges: list[float]) -> float | None:
     """A reading: in its healthy range (kinds 0-7), anywhere (8-10), exactly on a limit's edge (11-14),
-    unknown (15) or NaN (16)."""
-    kind, fraction = dec.byte() % 17, dec.unit()
+    unknown (15), NaN (16), +inf (17) or -inf (18)."""
+    kind, fraction = dec.byte() % 19, dec.unit()
     if kind == 15:
         return None
-    if kind == 16:
-        return math.nan
+    if kind >= 16:
+        return (math.nan, math.inf, -math.inf)[kind - 16]
     if kind >= 11:
         return edges[(kind - 11) % len(edges)]
     low, high = healthy if kind < 8 else wide
@@ -200,7 +225,7 @@ def valid_limits(draw) -> Limits:
 
 @st.composite
 def scenarios(draw):
-    """(target, snapshot, limits, previous, dt, mode)."""
+    """(target, snapshot, limits, previous, dt, mode, max_dt)."""
     dec = _Decoder(draw(_SCENARIO_BYTES))
     lim = decode_limits(dec)
     soc = _reading(dec, (lim.soc_min_pct, lim.soc_max_pct), (-5, 105),
@@ -228,7 +253,16 @@ def scenarios(draw):
     else:
         target = draw(_FRACTION) * scale
     previous = 0.0 if how == 2 else draw(_FRACTION) * scale if how < 6 else draw(_PREVIOUS)
-    return target, snap, lim, previous, draw(_DT), mode
+    return target, snap, lim, previous, draw(_DT), mode, draw(_MAX_DT)
+
+
+def effective_dt(dt: float, max_dt: float | None) -> float:
+    """The time the ramp may use, from the docstring of limit(): elapsed time if it is a finite number > 0
+    (else none), capped by max_dt if given (a cap that is not a finite number > 0 allows no time)."""
+    elapsed = dt if math.isfinite(dt) and dt > 0 else 0.0
+    if max_dt is None:
+        return elapsed
+    return min(elapsed, max_dt if math.isfinite(max_dt) and max_dt > 0 else 0.0)
 
 
 def _bounds(snap: Snapshot, lim: Limits) -> tuple[float, float]:
@@ -266,13 +300,14 @@ EPS = 1e-9
 def test_limit_properties(scenario) -> None:
     """One scenario, every property: the bounds, the safe state, SoC edges, monotone approach, the binding,
     and that cycle after cycle with the same inputs the setpoint reaches the limited target."""
-    target, snap, lim, previous, dt, mode = scenario
-    d = limit(target, snap, lim, previous, dt, mode)
-    _check_decision(d, target, snap, lim, previous, dt, mode)
-    _check_convergence(d, target, snap, lim, previous, dt, mode)
+    target, snap, lim, previous, dt, mode, max_dt = scenario
+    d = limit(target, snap, lim, previous, dt, mode, max_dt_s=max_dt)
+    _check_decision(d, target, snap, lim, previous, effective_dt(dt, max_dt), mode)
+    _check_convergence(d, target, snap, lim, previous, effective_dt(dt, max_dt), mode)
 
 
 def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, dt, mode) -> None:
+    """`dt`: the time the ramp may use (after the cap), so a stall never moves |P| by more than ramp * cap."""
     s = d.setpoint_mw
     assert math.isfinite(s)
     assert d.binding in BINDINGS
@@ -293,7 +328,7 @@ def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, 
     assert d.upper_mw == pytest.approx(dis_max, rel=EPS, abs=EPS)
     assert d.lower_mw == pytest.approx(-chg_max, rel=EPS, abs=EPS)
     soc = snap.soc_pct
-    soc_unknown = soc is None or math.isnan(soc)
+    soc_unknown = soc is None or not math.isfinite(soc)
     if soc_unknown or soc >= lim.soc_max_pct:
         assert s >= 0.0, "charging at or above soc_max (or with SoC unknown)"
     if soc_unknown or soc <= lim.soc_min_pct:
@@ -333,8 +368,10 @@ def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, 
             "soc_max": lambda: s == 0.0 and t < 0 and (soc_unknown or soc >= lim.soc_max_pct),
             "soc_taper": lambda: (lim.soc_min_pct < soc < lim.soc_min_pct + lim.soc_taper_band_pct) if t > 0 else
                                  (lim.soc_max_pct - lim.soc_taper_band_pct < soc < lim.soc_max_pct),
-            "bms_allowed_discharge": lambda: s == (0.0 if bms_dis is None or math.isnan(bms_dis) else max(bms_dis, 0.0)),
-            "bms_allowed_charge": lambda: -s == (0.0 if bms_chg is None or math.isnan(bms_chg) else max(bms_chg, 0.0)),
+            "bms_allowed_discharge": lambda: s == (0.0 if bms_dis is None or not math.isfinite(bms_dis)
+                                                   else max(bms_dis, 0.0)),
+            "bms_allowed_charge": lambda: -s == (0.0 if bms_chg is None or not math.isfinite(bms_chg)
+                                                 else max(bms_chg, 0.0)),
             "temperature": lambda: abs(s) < (lim.p_discharge_max_mw if t > 0 else lim.p_charge_max_mw),
         }
         assert expected[d.binding](), f"binding {d.binding} does not explain setpoint {s} for target {t}"
