@@ -254,6 +254,8 @@ class Controller:
         for f in snap.faults:
             dev, _, name = f.partition(":")
             want[f"{f}"] = (dev, name, f"{dev} reports fault {name}")
+        for bad in snap.invalid:   # an implausible reading: named with its point and raw value
+            want[bad.key] = (bad.device, "invalid_reading", bad.message)
         for key in [k for k in self.active_alarms if k not in want and not k.startswith(("schedule:", "pcs_readback:"))]:
             self.clear_alarm(key)
         for key, (dev, cause, msg) in want.items():

@@ -1,19 +1,22 @@
 """Device links: one driver per configured device, polled on its interval, with health and staleness.
 
 Stale means unknown: after 2 failed reads in a row, or 3 poll periods (or `stale_after_s`) without a good
-read, a device's readings are withheld from the snapshot, never served as last-good.
+read, a device's readings are withheld from the snapshot, never served as last-good. A single reading the
+driver could not trust is unknown too, and listed in the snapshot (an alarm naming it); an alarm or fault
+word that cannot be decoded is an alarm.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.config import Device, SiteConfig
-from controller.snapshot import DeviceHealth, Reading, Snapshot
+from controller.snapshot import DeviceHealth, InvalidReading, Reading, Snapshot
 from drivers.errors import DeviceError, Disconnected, DeviceTimeout
 from drivers.profile import Profile
 
@@ -21,23 +24,27 @@ log = logging.getLogger("bess.devices")
 
 FAILED_READS_STALE = 2
 PERIODS_STALE = 3
+ALARM_WORDS = ("alarm_bits", "fault_bits")
+_MAX_BITS = 64
 
 
-def make_driver(name: str, dev: Device, profile: Profile, clock: Clock):
-    """The driver for a device's protocol."""
+def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None):
+    """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible."""
     if dev.protocol == "modbus":
         from drivers.modbus import ModbusDriver
 
-        return ModbusDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s, clock=clock)
+        return ModbusDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
+                            clock=clock, rating_mw=rating_mw)
     if dev.protocol == "sunspec":
         from drivers.sunspec import SunSpecDriver
 
-        return SunSpecDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s, clock=clock)
+        return SunSpecDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
+                             clock=clock, rating_mw=rating_mw)
     if dev.protocol == "opcua":
         from drivers.opcua import OpcUaDriver
 
         return OpcUaDriver(name, profile, dev.endpoint, timeout_s=dev.timeout_s, clock=clock, subscribe=dev.subscribe,
-                           publishing_interval_s=profile.publishing_interval_s)
+                           publishing_interval_s=profile.publishing_interval_s, rating_mw=rating_mw)
     raise ValueError(f"device {name}: unknown protocol {dev.protocol!r}")
 
 
@@ -103,7 +110,10 @@ class DeviceLink:
 
     def value(self, point: str) -> float | None:
         r = self.readings.get(point)
-        return None if r is None or r.value is None else float(r.value)
+        if r is None or r.value is None or isinstance(r.value, str):
+            return None
+        v = float(r.value)
+        return v if math.isfinite(v) else None   # a driver that let NaN through still gives unknown
 
     def bit_names(self, point: str) -> list[str]:
         """Names of the set bits of a bit-field point (`alarm_bits`), from the profile."""
@@ -112,7 +122,29 @@ class DeviceLink:
             return []
         bits = int(v)
         names = (self.profile.points[point].bits or {}) if point in self.profile.points else {}
-        return [names.get(b, f"bit{b}") for b in range(32) if bits >> b & 1]
+        return [names.get(b, f"bit{b}") for b in range(_MAX_BITS) if bits >> b & 1]
+
+    def invalid(self) -> list[InvalidReading]:
+        """The readings of the last poll the driver could not trust."""
+        return [InvalidReading(self.name, n, r.raw or "?", r.invalid) for n, r in self.readings.items()
+                if r.invalid is not None]
+
+    def undecodable_words(self) -> list[InvalidReading]:
+        """Alarm/fault words of the profile that the last poll did not bring as a whole number >= 0: an
+        alarm word that cannot be read must not read as 'no alarms'."""
+        out = []
+        for point in ALARM_WORDS:
+            if point not in self.profile.points:
+                continue
+            r = self.readings.get(point)
+            v = None if r is None else r.value
+            if r is not None and r.invalid is not None:
+                out.append(InvalidReading(self.name, point, r.raw or "?", r.invalid))
+            elif not (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v == int(v))) \
+                    or isinstance(v, bool) or v < 0 or v >= 1 << _MAX_BITS:
+                out.append(InvalidReading(self.name, point, "missing" if r is None else repr(v)[:80],
+                                          "not an alarm word (a whole number >= 0)"))
+        return out
 
 
 class DeviceSet:
@@ -122,9 +154,11 @@ class DeviceSet:
         self.config = config
         self.clock = clock
         self.links: dict[str, DeviceLink] = {}
+        # the site's largest power limit stands for the plant's rating (a profile may state its own)
+        rating_mw = max(config.limits.p_charge_max_mw, config.limits.p_discharge_max_mw)
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
-            driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock)
+            driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw)
             self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
         self.bms = next(l for l in self.links.values() if l.role == "bms")
         self.pcs = next(l for l in self.links.values() if l.role == "pcs")
@@ -161,16 +195,21 @@ class DeviceSet:
         bms, pcs = self.bms, self.pcs
         alarms: list[str] = []
         faults: list[str] = []
-        if not by_name[bms.name].stale:
-            alarms += [f"{bms.name}:{n}" for n in bms.bit_names("alarm_bits")]
-            faults += [f"{bms.name}:{n}" for n in bms.bit_names("fault_bits")]
-        if not by_name[pcs.name].stale:
-            alarms += [f"{pcs.name}:{n}" for n in pcs.bit_names("alarm_bits")]
-            faults += [f"{pcs.name}:{n}" for n in pcs.bit_names("fault_bits")]
+        invalid: dict[str, InvalidReading] = {}
+        for link in (bms, pcs):
+            if by_name[link.name].stale:
+                continue
+            alarms += [f"{link.name}:{n}" for n in link.bit_names("alarm_bits")]
+            faults += [f"{link.name}:{n}" for n in link.bit_names("fault_bits")]
+            for bad in link.undecodable_words():
+                alarms.append(bad.key)   # the key of its detailed alarm too (see InvalidReading.key)
+                invalid[bad.key] = bad
         points = {}
         for link in self.links.values():
             if not by_name[link.name].stale:
                 points.update({f"{link.name}.{k}": r for k, r in link.readings.items()})
+                for bad in link.invalid():
+                    invalid.setdefault(bad.key, bad)
         return Snapshot(
             ts=now,
             soc_pct=v(bms, "soc_pct"),
@@ -186,4 +225,5 @@ class DeviceSet:
             comm_loss=comm_loss,
             devices=healths,
             points=points,
+            invalid=tuple(invalid.values()),
         )

@@ -7,10 +7,34 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """One point's value in canonical units, with the time (Unix s, from the injected clock) it was read."""
+    """One point's value in canonical units, with the time (Unix s, from the injected clock) it was read.
+
+    A reading the driver could not trust (a marker value, outside its plausible range, not finite, a bad OPC UA
+    status) has value None, `raw` (what the device sent, as text) and `invalid` (why it is unknown)."""
 
     value: float | int | str | None
     ts: float
+    raw: str | None = None
+    invalid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidReading:
+    """A point whose reading this cycle is unknown because the device sent something implausible."""
+
+    device: str
+    point: str
+    raw: str
+    why: str
+
+    @property
+    def key(self) -> str:
+        """The alarm key; for an alarm/fault word it is also the entry in Snapshot.alarms."""
+        return f"{self.device}:invalid_{self.point}"
+
+    @property
+    def message(self) -> str:
+        return f"{self.device} {self.point}: raw value {self.raw} is {self.why}: treated as unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +68,7 @@ class Snapshot:
     comm_loss: tuple[str, ...] = ()
     devices: tuple[DeviceHealth, ...] = ()
     points: dict[str, Reading] = field(default_factory=dict)
+    invalid: tuple[InvalidReading, ...] = ()   # readings that are unknown because implausible (an alarm each)
 
     @property
     def temperature_c(self) -> float | None:

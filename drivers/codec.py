@@ -60,7 +60,8 @@ def resolution(point: Point, sf: int | None = None) -> float:
     return abs(scale) if scale is not None else 0.0
 
 
-def _words_to_int(regs: list[int], word_order: str) -> int:
+def words_to_int(regs: list[int], word_order: str) -> int:
+    """A point's registers as one unsigned integer (the first register is the high word in big word order)."""
     words = regs if word_order == "big" else list(reversed(regs))
     raw = 0
     for w in words:
@@ -68,9 +69,14 @@ def _words_to_int(regs: list[int], word_order: str) -> int:
     return raw
 
 
-def _int_to_words(raw: int, n: int, word_order: str) -> list[int]:
+def int_to_words(raw: int, n: int, word_order: str) -> list[int]:
+    """The inverse of words_to_int: an unsigned integer as `n` registers."""
     words = [(raw >> (16 * (n - 1 - i))) & 0xFFFF for i in range(n)]
     return words if word_order == "big" else list(reversed(words))
+
+
+_words_to_int = words_to_int
+_int_to_words = int_to_words
 
 
 def decode(point: Point, regs: list[int], word_order: str, sf: int | None = None,

@@ -1,5 +1,8 @@
 """Profile-driven Modbus TCP client: plans a profile's reads into as few requests as possible, decodes them
 into canonical readings, writes with read-back verification, and maps every failure to a typed error.
+
+A register that holds a marker value, a non-finite float or a value outside the point's plausible range
+reads as unknown (value None, with the raw registers and the reason), never as a number to act on.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from controller.snapshot import Reading
 from drivers import codec
 from drivers.backoff import Backoff
 from drivers.errors import DeviceTimeout, Disconnected, ModbusError, ReadbackMismatch, WriteRefused
-from drivers.profile import Function, Point, Profile
+from drivers.profile import Function, Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.modbus")
 
@@ -80,12 +83,34 @@ def _request(function: str, start: int, end: int, group: list[tuple[str, Point]]
     return ReadRequest(function, start, end - start, tuple((n, p, p.address - start) for n, p in group))  # type: ignore[arg-type]
 
 
+@dataclass(frozen=True, slots=True)
+class _PointPlan:
+    """What decoding and checking one point of a request needs, worked out once per profile: a read then does
+    no property lookups (count, factor, word order, ranges) per point, which was most of its CPU time."""
+
+    name: str
+    point: Point
+    start: int                  # offset of the point's registers in the response
+    end: int
+    word_order: str
+    is_sf: bool                 # other points scale by this one: it decodes first
+    sf_name: str | None         # the scale-factor point this one scales by
+    factor: float               # device unit -> canonical unit
+    markers: frozenset[int]     # raw contents that mean 'no value'
+    marker_kind: str            # how to name a marker in an alarm
+    plausible: tuple[float, float] | None   # device unit
+
+
+def _hex(raw: int, words: int) -> str:
+    return f"0x{raw:0{4 * words}X}"
+
+
 class ModbusDriver:
     """A device read and written through its register-map profile over one Modbus TCP connection."""
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
                  timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
-                 max_gap: int = 8):
+                 max_gap: int = 8, rating_mw: float | None = None):
         self.name = name
         self.host = host
         self.port = port
@@ -98,6 +123,8 @@ class ModbusDriver:
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
         self.max_gap = max_gap
+        # power points are plausible within +-1.5x this (the profile's own rating wins)
+        self.rating_mw = rating_mw
         self.use_profile(profile)
 
     def use_profile(self, profile: Profile) -> None:
@@ -108,11 +135,14 @@ class ModbusDriver:
         self._plan = plan_reads(profile.points, max_gap=self.max_gap)
         # scale-factor points decode first so the points they scale can use them in the same pass
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
-        # Per request, what decoding each point needs, worked out once: a read then does no property
-        # lookups (count, factor, word order) per point, which was most of its CPU time (bench/poll.py).
+        rating = profile.rated_power_mw or self.rating_mw
+        kind = "SunSpec's 'not implemented' value" if self._sunspec else "a marker value meaning 'no value'"
         self._decoders = [
-            tuple((name, p, off, off + p.count, profile.word_order_of(p), name in self._sf_names,
-                   p.scale if isinstance(p.scale, str) else None, p.factor) for name, p, off in req.points)
+            tuple(_PointPlan(name, p, off, off + p.count, profile.word_order_of(p), name in self._sf_names,
+                             p.scale if isinstance(p.scale, str) else None, p.factor,
+                             p.marker_values(self._sunspec), kind,
+                             plausible_range(name, p, rating, scale_factor=name in self._sf_names))
+                  for name, p, off in req.points)
             for req in self._plan]
 
     @property
@@ -249,31 +279,54 @@ class ModbusDriver:
 
     def _decode_all(self, raw: list[tuple[ReadRequest, list[int], float]]) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
-        later: list[tuple[str, Point, list[int], float, str, str | None, float]] = []
+        later: list[tuple[_PointPlan, list[int], float]] = []
         sf_values = self._sf_values
-        decode, sunspec = codec.decode, self._sunspec
-        for (req, regs, ts), decoders in zip(raw, self._decoders):
+        for (req, regs, ts), plans in zip(raw, self._decoders):
             if req.function in ("coil", "discrete"):
-                for name, _p, off, _end, _wo, _is_sf, _sf, _f in decoders:
-                    out[name] = Reading(regs[off], ts)
+                for d in plans:
+                    out[d.name] = Reading(regs[d.start], ts)
                 continue
-            for name, p, off, end, word_order, is_sf, sf_name, factor in decoders:
-                if is_sf:
-                    value = self._decode(name, p, regs[off:end], None)
-                    sf_values[name] = value if isinstance(value, int) else None
-                    out[name] = Reading(value, ts)
+            for d in plans:
+                if d.is_sf:
+                    r = self._checked(d, regs[d.start:d.end], None, ts)
+                    sf_values[d.name] = r.value if isinstance(r.value, int) else None
+                    out[d.name] = r
                 else:
-                    later.append((name, p, regs[off:end], ts, word_order, sf_name, factor))
-        for name, p, regs, ts, word_order, sf_name, factor in later:
-            sf = sf_values.get(sf_name) if sf_name is not None else None
-            try:
-                value = decode(p, regs, word_order, sf, sunspec=sunspec)
-            except ValueError as e:
-                raise ValueError(f"device {self.name} point {name}: {e}") from None
-            if factor != 1 and value is not None and not isinstance(value, str):
-                value = codec.apply_scale(value, factor)
-            out[name] = Reading(value, ts)
+                    later.append((d, regs[d.start:d.end], ts))
+        for d, words, ts in later:
+            sf = sf_values.get(d.sf_name) if d.sf_name is not None else None
+            out[d.name] = self._checked(d, words, sf, ts)
         return out
+
+    def _checked(self, d: _PointPlan, words: list[int], sf: int | None, ts: float) -> Reading:
+        """One point's registers -> its reading in canonical units, or an unknown reading that says why."""
+        p = d.point
+        if d.markers:
+            raw_u = codec.words_to_int(words, d.word_order)
+            if raw_u in d.markers:
+                return Reading(None, ts, _hex(raw_u, p.count), d.marker_kind)
+        if d.sf_name is not None and sf is None:
+            return Reading(None, ts, self._raw_text(d, words), f"scaled by {d.sf_name}, whose value is unknown")
+        try:
+            value = codec.decode(p, words, d.word_order, sf)
+        except ValueError as e:
+            raise ValueError(f"device {self.name} point {d.name}: {e}") from None
+        if isinstance(value, str):
+            return Reading(value, ts)
+        if isinstance(value, float) and not math.isfinite(value):
+            return Reading(None, ts, self._raw_text(d, words), "not a finite number")
+        if d.plausible is not None and not d.plausible[0] <= value <= d.plausible[1]:
+            lo, hi = d.plausible
+            unit = f" {p.unit}" if p.unit else ""
+            return Reading(None, ts, f"{self._raw_text(d, words)} ({value:g}{unit})",
+                           f"outside the plausible range {lo:g}..{hi:g}{unit}")
+        if d.factor != 1:
+            value = codec.apply_scale(value, d.factor)
+        return Reading(value, ts)
+
+    @staticmethod
+    def _raw_text(d: _PointPlan, words: list[int]) -> str:
+        return _hex(codec.words_to_int(words, d.word_order), len(words))
 
     def _decode(self, name: str, p: Point, regs: list[int], sf: int | None):
         try:

@@ -6,6 +6,10 @@ Freshness: a subscribed value is served only while the subscription keeps publis
 each reading carries the driver-clock time the server last vouched for it (the last publish response
 received, or the Read response received). Server SourceTimestamps are not used: a plant clock need not
 agree with ours.
+
+Trust: a value whose StatusCode is not Good (from the subscription or a poll alike), a non-finite or
+non-numeric value, or one outside the point's plausible range reads as unknown (value None, with the raw
+value and the reason), never as a number to act on.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from controller.snapshot import Reading
 from drivers import codec
 from drivers.backoff import Backoff
 from drivers.errors import DeviceTimeout, Disconnected, OpcUaError, ReadbackMismatch, WriteRefused
-from drivers.profile import Point, Profile
+from drivers.profile import Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.opcua")
 
@@ -68,7 +72,8 @@ class OpcUaDriver:
     def __init__(self, name: str, profile: Profile, endpoint: str, timeout_s: float = 1.0,
                  clock: Clock | None = None, subscribe: bool = True,
                  publishing_interval_s: float = PUBLISHING_INTERVAL_S, max_age_s: float | None = None,
-                 backoff_max_s: float = 10.0, resubscribe_after_s: float = RESUBSCRIBE_AFTER_S):
+                 backoff_max_s: float = 10.0, resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
+                 rating_mw: float | None = None):
         if profile.protocol != "opcua":
             raise ValueError(f"device {name}: profile {profile.name} is a {profile.protocol} profile, not opcua")
         self.name = name
@@ -88,12 +93,16 @@ class OpcUaDriver:
         self._client: Client | None = None
         self._nodes: dict[str, ua.NodeId] = {}
         self._sub: Any = None
-        self._sub_values: dict[str, Any] = {}     # device values as the subscription last delivered them
+        # (device value, StatusCode) as the subscription last delivered them
+        self._sub_values: dict[str, tuple[Any, ua.StatusCode | None]] = {}
         self._sub_failed_at: float | None = None  # monotonic, of the last subscription failure
         self._sub_since = 0.0                     # monotonic, when the current subscription was made
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
+        rating = profile.rated_power_mw or rating_mw
+        self._plausible = {n: plausible_range(n, p, rating, scale_factor=n in self._sf_names)
+                           for n, p in profile.points.items()}
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -243,13 +252,13 @@ class OpcUaDriver:
         self._sub_failed_at = None
         self.stats.subscriptions += 1
 
-    def _on_change(self, node: Any, value: Any) -> None:
+    def _on_change(self, node: Any, value: Any, status: ua.StatusCode | None) -> None:
         name = next((n for n, nid in self._nodes.items() if nid == node.nodeid), None)
         if name is None:
             log.debug("device %s: notification for unknown node %s", self.name, node.nodeid)
             return
         self.stats.notifications += 1
-        self._sub_values[name] = value
+        self._sub_values[name] = (value, status)
 
     async def _drop_subscription(self, why: str) -> None:
         """Stop trusting the subscription (delete it on the server, bounded) and poll until resubscribing."""
@@ -325,6 +334,16 @@ class OpcUaDriver:
             out[n] = dv.Value.Value if dv.Value is not None else None
         return out
 
+    async def _poll(self, names: list[str]) -> dict[str, tuple[Any, ua.StatusCode]]:
+        """(device value, StatusCode) of `names` in one Read request; a bad status makes that point unknown
+        (see _checked), not the whole read a failure: the other points are still good."""
+        async def read(client: Client, nids: list[ua.NodeId]) -> list[ua.DataValue]:
+            return await client.uaclient.read_attributes(nids, ua.AttributeIds.Value)
+
+        dvs = await self._call(f"read {len(names)} nodes", read, [self._nodes[n] for n in names])
+        return {n: (dv.Value.Value if dv.Value is not None else None, dv.StatusCode or ua.StatusCode())
+                for n, dv in zip(names, dvs)}
+
     # -- read ------------------------------------------------------------------------------------------
 
     async def read(self) -> dict[str, Reading]:
@@ -344,8 +363,7 @@ class OpcUaDriver:
             raw = dict(self._sub_values)
             self.stats.served_from_subscription += 1
         else:
-            names = list(self._nodes)
-            raw = await self.read_raw(names)
+            raw = await self._poll(list(self._nodes))
             ts = self.clock.now()
             self.stats.polls += 1
         out = self._decode_all(raw, ts)
@@ -353,12 +371,53 @@ class OpcUaDriver:
         self.stats.last_read_latency_s = time.perf_counter() - t0
         return out
 
-    def _decode_all(self, raw: dict[str, Any], ts: float) -> dict[str, Reading]:
-        sf_values = {n: raw.get(n) for n in self._sf_names}
-        return {n: Reading(self._to_canonical(n, self.profile.points[n], v, sf_values), ts) for n, v in raw.items()}
+    def _decode_all(self, raw: dict[str, tuple[Any, ua.StatusCode | None]], ts: float) -> dict[str, Reading]:
+        out: dict[str, Reading] = {}
+        sf_values: dict[str, Any] = {}
+        for n in self._sf_names:   # scale factors first: the points they scale need their checked value
+            if n in raw:
+                out[n] = self._checked(n, self.profile.points[n], *raw[n], sf_values, ts)
+                sf_values[n] = out[n].value
+        for n, (value, status) in raw.items():
+            if n not in out:
+                out[n] = self._checked(n, self.profile.points[n], value, status, sf_values, ts)
+        return out
+
+    def _checked(self, name: str, p: Point, value: Any, status: ua.StatusCode | None, sf_values: dict[str, Any],
+                 ts: float) -> Reading:
+        """One node's value -> its reading in canonical units, or an unknown reading that says why."""
+        if status is not None and not status.is_good():
+            return Reading(None, ts, f"{value!r} with status {status.name}", f"not Good ({status.name})")
+        if p.type == "string" and isinstance(value, (str, bytes)):
+            return Reading(value.decode(errors="replace") if isinstance(value, bytes) else value, ts)
+        if isinstance(value, bool):
+            value = int(value)
+        if value is None:
+            return Reading(None, ts, "null", "an empty value")
+        if not isinstance(value, (int, float)) or p.type == "string":
+            return Reading(None, ts, repr(value)[:80], f"not what a {p.type} point holds")
+        if isinstance(value, float) and not math.isfinite(value):
+            return Reading(None, ts, repr(value), "not a finite number")
+        if p.bits and (value < 0 or value != int(value)):
+            return Reading(None, ts, repr(value), "not a bit field (a whole number >= 0)")
+        if isinstance(p.scale, str):
+            sf = sf_values.get(p.scale)
+            if sf is None:
+                return Reading(None, ts, repr(value), f"scaled by {p.scale}, whose value is unknown")
+            device = codec.apply_scale(value, 10.0 ** int(sf))
+        else:
+            device = codec.apply_scale(value, p.scale) if p.scale != 1 else value
+        if p.offset:
+            device = device + p.offset
+        rng = self._plausible.get(name)
+        if rng is not None and not rng[0] <= device <= rng[1]:
+            unit = f" {p.unit}" if p.unit else ""
+            return Reading(None, ts, f"{value!r} ({device:g}{unit})", f"outside the plausible range {rng[0]:g}..{rng[1]:g}{unit}")
+        f = p.factor
+        return Reading(device if f == 1 else codec.apply_scale(device, f), ts)
 
     def _to_canonical(self, name: str, p: Point, value: Any, sf_values: dict[str, Any]):
-        """Device value -> canonical units: value * scale (constant or 10^sf) + offset, then the unit factor."""
+        """Device value -> canonical units (a write's read-back): value * scale + offset, then the unit factor."""
         if value is None or isinstance(value, (str, bytes)):
             return value.decode(errors="replace") if isinstance(value, bytes) else value
         if isinstance(value, bool):
@@ -457,7 +516,9 @@ class _Handler:
         self.driver = driver
 
     def datachange_notification(self, node: Any, val: Any, data: Any) -> None:
-        self.driver._on_change(node, val)
+        # the value's StatusCode travels with it: a Bad value must not be served as a good one
+        dv = getattr(getattr(data, "monitored_item", None), "Value", None)
+        self.driver._on_change(node, val, getattr(dv, "StatusCode", None) or ua.StatusCode())
 
     def status_change_notification(self, status: Any) -> None:
         log.warning("device %s: subscription status changed: %s", self.driver.name, status)

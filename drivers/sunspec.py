@@ -205,23 +205,24 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
         try:
             points[name] = _point(mp, address, p.sunspec, scale, writable=p.writable,
                                   unit=p.unit or _UNITS.get(mp.units, mp.units), minimum=p.min, maximum=p.max,
-                                  bits=p.bits, description=p.description)
+                                  bits=p.bits, plausible=p.plausible, description=p.description)
         except ValueError as e:
             raise ProfileError(f"points.{name}: {p.sunspec} of type {mp.type} cannot be decoded: {e}") from None
     for name in hidden:
         if name in profile.points:
             hidden.discard(name)
     resolved = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", word_order="big",
-                       description=profile.description, points=points)
+                       description=profile.description, rated_power_mw=profile.rated_power_mw, points=points)
     return resolved, hidden
 
 
 def _point(mp: ModelPoint, address: int, ref: str, scale: float | str, *, writable: bool, unit: str = "",
            minimum: float | None = None, maximum: float | None = None, bits: dict[int, str] | None = None,
-           description: str = "") -> Point:
+           plausible: tuple[float, float] | None = None, description: str = "") -> Point:
     return Point(address=address, function="holding", type=mp.type,
                  words=mp.size if mp.type == "string" else None, scale=scale, unit=unit, writable=writable,
-                 min=minimum, max=maximum, sunspec=ref, bits=bits, description=description or f"SunSpec {ref}")
+                 min=minimum, max=maximum, sunspec=ref, bits=bits, plausible=plausible,
+                 description=description or f"SunSpec {ref}")
 
 
 class SunSpecDriver:
@@ -230,7 +231,7 @@ class SunSpecDriver:
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
                  timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
-                 base_addresses: tuple[int, ...] | None = None):
+                 base_addresses: tuple[int, ...] | None = None, rating_mw: float | None = None):
         self.name = name
         self.profile = profile
         if base_addresses is None:
@@ -243,7 +244,7 @@ class SunSpecDriver:
         # may span unused registers freely (max_gap = a whole request).
         empty = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", points={})
         self.modbus = ModbusDriver(name, empty, host, port, unit_id=unit_id, timeout_s=timeout_s, clock=clock,
-                                   backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS)
+                                   backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS, rating_mw=rating_mw)
 
     @property
     def stats(self):

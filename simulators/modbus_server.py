@@ -1,5 +1,6 @@
 """A Modbus TCP device served from a profile (pymodbus 3.16 server, SimDevice datastore): register banks
-read and written by point name through the codec, a write hook for the owner, and injected faults."""
+read and written by point name through the codec, a write hook for the owner, and injected faults (among
+them raw register contents served for any point, whatever the owner keeps in its registers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.codec import decode, encode
+from drivers.codec import decode, encode, int_to_words
 from drivers.errors import ProfileError
 from drivers.profile import Point, Profile
 from simulators.faults import Faults
@@ -161,6 +162,42 @@ class ModbusSimServer:
         for k, v in values.items():
             self.set(k, v)
 
+    def raw_registers(self, name: str, value: object) -> tuple[Point, list[int]]:
+        """What a `faults.raw` entry puts on the wire for point `name`: an int is the point's whole raw content
+        (its registers combined in the point's word order; a negative one in two's complement), a list is one
+        int per register. Raises ValueError naming the point when it does not fit."""
+        try:
+            p = self.point(name)
+        except ProfileError:
+            raise ValueError(f"raw.{name}: no such point on this face") from None
+        n = p.count
+        if p.function in _BITS:
+            if value not in (0, 1) or isinstance(value, (bool, list)):
+                raise ValueError(f"raw.{name}: a {p.function} is one bit: 0 or 1 (got {value!r})")
+            return p, [int(value)]  # type: ignore[call-overload]
+        if isinstance(value, int) and not isinstance(value, bool):
+            bits = 16 * n
+            if not -(1 << (bits - 1)) <= value < (1 << bits):
+                raise ValueError(f"raw.{name}: {value} does not fit the point's {n} register(s)")
+            return p, int_to_words(value & ((1 << bits) - 1), n, self.word_order_of(p))
+        if (isinstance(value, list) and len(value) == n
+                and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 0xFFFF for r in value)):
+            return p, list(value)
+        raise ValueError(f"raw.{name}: an int, or a list of {n} register values 0..65535 (got {value!r})")
+
+    def _raw_overrides(self, fn: str) -> list[tuple[int, int]]:
+        """(address, register) pairs the faults tell this face to serve instead of its own, for one bank."""
+        out: list[tuple[int, int]] = []
+        for name, value in self.faults.raw.items():
+            try:
+                p, regs = self.raw_registers(name, value)
+            except ValueError as e:   # checked by the control API; an entry set some other way is skipped
+                log.warning("raw value not served", extra={"device": self.name, "error": str(e)})
+                continue
+            if p.function == fn:
+                out.extend((p.address + i, r) for i, r in enumerate(regs))
+        return out
+
     # --- the datastore's view -----------------------------------------------------------------------------
 
     async def _action(self, function_code: int, start_address: int, address: int, count: int,
@@ -171,14 +208,19 @@ class ModbusSimServer:
         bank = self._banks.get(fn) if fn else None
         if bank is None:
             return ExcCodes.ILLEGAL_ADDRESS
+        raw = self._raw_overrides(fn) if self.faults.raw else ()
         if fn in _BITS:
             if set_values is not None and function_code in _WRITE_CODES:
                 refused = self._write(fn, address, [1 if v else 0 for v in set_values])
                 if refused:
                     return refused
+            bits = list(bank.values)
+            for a, b in raw:
+                if bank.start <= a < bank.end:
+                    bits[a - bank.start] = b
             # pymodbus keeps bits 16 to a register, bit 0 first
-            packed = [sum(1 << i for i, b in enumerate(bank.values[k:k + 16]) if b)
-                      for k in range(0, len(bank.values), 16)]
+            packed = [sum(1 << i for i, b in enumerate(bits[k:k + 16]) if b)
+                      for k in range(0, len(bits), 16)]
             registers[:len(packed)] = packed
             return None
         if set_values is not None and function_code in _WRITE_CODES:
@@ -187,6 +229,9 @@ class ModbusSimServer:
                 return refused
         off = address - start_address
         registers[off:off + count] = bank.values[address - bank.start:address - bank.start + count]
+        for a, r in raw:
+            if address <= a < address + count:
+                registers[a - start_address] = r
         return None
 
     def _write(self, fn: str, address: int, values: list[int]) -> ExcCodes | None:

@@ -4,13 +4,16 @@ laid out by the OPC UA BMS profile, with a writable heartbeat and injectable fau
 Faults act on the wire, the way a sick device or network shows them: the asyncua server listens on an
 internal loopback port and a small TCP gate on the public port forwards bytes both ways. `silent` holds
 every byte (requests get no answer, subscriptions stop publishing), `delay_s` holds the server's answers
-that long, `drop` closes every connection and refuses new ones; alarm/fault bits are ORed into the values.
+that long, `drop` closes every connection and refuses new ones; alarm/fault bits are ORed into the values;
+`raw` serves a given value for a point (any type: garbage as a device would send it) and `status_codes` a
+given StatusCode, to reads and subscriptions alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -77,6 +80,36 @@ def to_variant(point: Point, canonical: float | int | str) -> ua.Variant:
         return ua.Variant(float(device), vt)
     lo, hi = _INT_RANGES[point.type]
     return ua.Variant(min(hi, max(lo, int(round(device)))), vt)
+
+
+_F32_MAX = 3.4028234663852886e38
+
+
+def raw_variant(point: Point, value: object) -> ua.Variant:
+    """A `faults.raw` value as the variant served: the point's own type when the value fits it, else the
+    nearest OPC UA type that holds it (a device sending the wrong type is one of the faults to show)."""
+    if value is None:
+        return ua.Variant()
+    if isinstance(value, bool):
+        return ua.Variant(value, ua.VariantType.Boolean)
+    if isinstance(value, int):
+        lo, hi = _INT_RANGES.get(point.type, (1, 0))
+        if lo <= value <= hi:
+            return ua.Variant(value, VARIANT_TYPES[point.type])
+        if point.type == "f32":
+            return ua.Variant(float(value), ua.VariantType.Float)
+        if -(2**63) <= value < 2**63:
+            return ua.Variant(value, ua.VariantType.Int64)
+        if 0 <= value < 2**64:
+            return ua.Variant(value, ua.VariantType.UInt64)
+        raise ValueError(f"raw.{point.node_id}: {value} does not fit any OPC UA integer type")
+    if isinstance(value, float):
+        fits_f32 = not math.isfinite(value) or abs(value) <= _F32_MAX
+        vt = ua.VariantType.Float if point.type == "f32" and fits_f32 else ua.VariantType.Double
+        return ua.Variant(value, vt)
+    if isinstance(value, str):
+        return ua.Variant(value, ua.VariantType.String)
+    raise ValueError(f"raw: a number, a string, true/false or null (got {type(value).__name__})")
 
 
 class _Gate:
@@ -177,6 +210,10 @@ class OpcUaBmsServer:
         self.heartbeat: int | None = None
         self.heartbeat_ts: float | None = None  # clock time of the last heartbeat a client wrote
         self._nodes: dict[str, tuple[ua.NodeId, Point]] = {}
+        self._written: dict[str, ua.DataValue] = {}   # writable point -> what a client last wrote
+        self._overridden: set[str] = set()             # points served from faults.raw / status_codes
+        self._retyped: set[str] = set()                # points that hold a variant of another type than theirs
+        self._internal_write = False                   # our own write of a writable point: no range check
         self._gate: _Gate | None = None
         self._task: asyncio.Task | None = None
 
@@ -244,6 +281,9 @@ class OpcUaBmsServer:
         """Range-check a client's write; a refused one answers BadOutOfRange and changes nothing."""
 
         def setter(node_data, attr, datavalue: ua.DataValue) -> None:
+            if self._internal_write:   # a fault served on a writable point, or putting it back
+                node_data.attributes[attr].value = datavalue
+                return
             value = datavalue.Value.Value if datavalue.Value is not None else None
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadTypeMismatch)
@@ -251,20 +291,77 @@ class OpcUaBmsServer:
                 log.warning("OPC UA BMS write refused: out of range", extra={"point": name, "value": value})
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
             node_data.attributes[attr].value = datavalue
+            self._written[name] = datavalue
             if name == "heartbeat":
                 self.heartbeat = int(value)
                 self.heartbeat_ts = self.clock.now()
 
         return setter
 
+    def check_fault(self, raw: dict[str, object], status_codes: dict[str, int]) -> None:
+        """Raise ValueError naming the point when a raw value or status code cannot be served."""
+        for name, value in raw.items():
+            if name not in self._nodes:
+                raise ValueError(f"raw.{name}: no such point on this face (one of {', '.join(self._nodes)})")
+            try:
+                raw_variant(self._nodes[name][1], value)
+            except ValueError as e:
+                raise ValueError(f"raw.{name}: {e}") from None
+        for name, code in status_codes.items():
+            if name not in self._nodes:
+                raise ValueError(f"status_codes.{name}: no such point on this face (one of {', '.join(self._nodes)})")
+            if isinstance(code, bool) or not isinstance(code, int) or not 0 <= code <= 0xFFFFFFFF:
+                raise ValueError(f"status_codes.{name}: a StatusCode is an int 0..0xFFFFFFFF (got {code!r})")
+
     async def _write_values(self) -> None:
         values = bms_values(self.model, self.faults)
         source_ts = self.clock.utcnow()
+        raw, codes = self.faults.raw, self.faults.status_codes
         for name, (nid, point) in self._nodes.items():
-            if point.writable or name not in values:
+            overridden = name in raw or name in codes
+            if overridden:
+                self._overridden.add(name)
+            elif name in self._overridden:
+                self._overridden.discard(name)
+                if point.writable:   # put back what the client wrote, with a good status
+                    dv = self._written.get(name) or ua.DataValue(to_variant(point, 0))
+                    await self._write_internal(nid, ua.DataValue(dv.Value, SourceTimestamp=source_ts))
+                    continue
+            if (point.writable and not overridden) or (name not in values and name not in raw):
                 continue  # writable points hold what the client wrote
-            dv = ua.DataValue(to_variant(point, values[name]), SourceTimestamp=source_ts)
+            try:
+                variant = raw_variant(point, raw[name]) if name in raw else to_variant(point, values[name])
+            except ValueError as e:   # checked by the control API; an entry set some other way is skipped
+                log.warning("raw value not served", extra={"point": name, "error": str(e)})
+                variant = to_variant(point, values.get(name, 0))
+            status = ua.StatusCode(codes[name]) if name in codes else ua.StatusCode()
+            dv = ua.DataValue(variant, StatusCode=status, SourceTimestamp=source_ts)
+            if overridden or name in self._retyped:
+                self._allow_type_change(nid, variant, name)
+            if point.writable:
+                await self._write_internal(nid, dv)
+            else:
+                await self.server.write_attribute_value(nid, dv)
+
+    def _allow_type_change(self, nid: ua.NodeId, variant: ua.Variant, name: str) -> None:
+        """asyncua refuses a write of another type than the variable holds (BadTypeMismatch), but a device
+        sending the wrong type is one of the faults to show, and putting the right type back must work too:
+        an empty value may be overwritten by any type, so empty it first."""
+        attval = self.server.iserver.aspace[nid].attributes[ua.AttributeIds.Value]
+        held = attval.value.Value if attval.value is not None else None
+        if held is not None and held.VariantType != variant.VariantType:
+            attval.value = None
+        if variant.VariantType == VARIANT_TYPES[self._nodes[name][1].type]:
+            self._retyped.discard(name)
+        else:
+            self._retyped.add(name)
+
+    async def _write_internal(self, nid: ua.NodeId, dv: ua.DataValue) -> None:
+        self._internal_write = True
+        try:
             await self.server.write_attribute_value(nid, dv)
+        finally:
+            self._internal_write = False
 
     async def _update_loop(self) -> None:
         while True:

@@ -108,6 +108,19 @@ class Plant:
         if "contactor_closed" in self.bms_profile.points:
             self.bms.set("contactor_closed", 0 if self.model.fault_bits else 1)
 
+    def check_fault(self, face: str, raw: dict[str, Any], status_codes: dict[str, Any]) -> None:
+        """Can `face` serve these raw values and status codes? ValueError naming the point if not."""
+        if face in ("bms_modbus", "pcs"):
+            if status_codes:
+                raise ValueError("status_codes: a Modbus face has none (only bms_opcua serves status codes)")
+            server = self.bms if face == "bms_modbus" else self.pcs_server
+            for name, value in raw.items():
+                server.raw_registers(name, value)
+            return
+        if self.opcua is None:
+            raise ValueError(f"{face}: the OPC UA face is not running")
+        self.opcua.check_fault(raw, status_codes)
+
     def _merge_injected_bits(self) -> None:
         # alarm and fault bits are a plant condition: raised on any face, every face shows them
         alarm = fault = 0
@@ -210,7 +223,7 @@ class _ControlServer:
             def capture_signals(self):
                 yield
 
-        app = create_control_app(plant.model, plant.faults)
+        app = create_control_app(plant.model, plant.faults, plant.check_fault)
         self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                             lifespan="off"))
         self.port = port
