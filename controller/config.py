@@ -330,6 +330,11 @@ def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secre
             errors.append("API_KEY: the demo key 'demo' is refused unless the config says mode: demo")
         if secret == DEMO_HMAC_SECRET:
             errors.append("HMAC_SECRET: the demo secret is refused unless the config says mode: demo")
+        if exchange_key == DEMO_API_KEY:
+            errors.append("EXCHANGE_API_KEY: the demo key 'demo' is refused unless the config says mode: demo")
+        elif exchange_key and exchange_key in set(keys) | set(read_keys):
+            # one secret, one purpose: whoever learns the site's exchange key must not also get its local API
+            errors.append("EXCHANGE_API_KEY: must not be one of the local keys (API_KEY, API_KEY_READ)")
     mqtt_url = env.get("MQTT_URL", "mqtt://127.0.0.1:1883")
     try:
         parse_mqtt_url(mqtt_url)

@@ -110,6 +110,22 @@ def test_secrets_refuse_demo_values_outside_demo_mode():
     assert load_secrets(demo, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret"}).api_keys == ["demo"]
 
 
+def test_exchange_api_key_has_one_purpose():
+    """EXCHANGE_API_KEY is what the site presents to the exchange: optional (a site may only receive trades), not
+    the demo key outside demo mode, and never one of the site's own API keys."""
+    cfg = load_config(ROOT / "config" / "site.example.yaml")
+    base = {"API_KEY": "local-1", "API_KEY_READ": "reader-1", "HMAC_SECRET": "s" * 32}
+    assert load_secrets(cfg, base).exchange_api_key is None
+    assert load_secrets(cfg, {**base, "EXCHANGE_API_KEY": " ex-1 "}).exchange_api_key == "ex-1"
+    for bad, needle in (("demo", "demo key"), ("local-1", "local keys"), ("reader-1", "local keys")):
+        with pytest.raises(ConfigError) as exc:
+            load_secrets(cfg, {**base, "EXCHANGE_API_KEY": bad})
+        assert any(e.startswith("EXCHANGE_API_KEY:") and needle in e for e in exc.value.errors), exc.value.errors
+    demo = load_config(ROOT / "config" / "demo.yaml")  # the demo's fixed keys: demo everywhere
+    assert load_secrets(demo, {"API_KEY": "demo", "EXCHANGE_API_KEY": "demo",
+                               "HMAC_SECRET": "phoenyra_demo_secret"}).exchange_api_key == "demo"
+
+
 def test_mqtt_url_scheme_is_checked():
     with pytest.raises(ValueError, match="MQTT_URL: scheme"):
         parse_mqtt_url("http://x")
