@@ -99,6 +99,7 @@ class Controller:
         # READY goes to systemd once a cycle has completed and `allow_ready()` was called (the daemon calls it
         # when every face is up; a bare controller has no faces to wait for)
         self._ready_allowed = True
+        self._last_cycle_failed = False
         self._last_telemetry_mono = -math.inf
         self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
         self._status_seq = 0
@@ -291,6 +292,10 @@ class Controller:
             snap = dataclasses.replace(snap, stale=tuple(sorted(set(snap.stale) | set(missing))))
         if now < self._readback_hold_until:
             snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{self.devices.pcs.name}:readback_mismatch",))
+        if self._last_cycle_failed:
+            # the last cycle raised: this one holds the safe state too, so that a failure after the write
+            # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
+            snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
         target = self.target_mw(now)
         decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode,
                          max_dt_s=2 * self.config.cycle.period_s * self.clock.speed)  # a stall earns no ramp
@@ -308,6 +313,7 @@ class Controller:
         self.stats.cycles += 1
         if good:
             self.stats.good_cycles += 1
+        self._last_cycle_failed = False
         self.clear_alarm(CYCLE_ERROR_ALARM)  # this cycle completed: the last one's failure is over
         self._notify_health()
         # the cycle's own work ends here; the faces (metrics, websocket, telemetry) then see its duration
@@ -338,8 +344,9 @@ class Controller:
     async def _safe_state_after_error(self, error: Exception) -> None:
         """A cycle raised: command 0 MW now (best effort, through the limit function like every setpoint)
         rather than leave the last setpoint live until the PCS's reversion timer runs out, and raise an alarm
-        naming the exception. The next completed cycle clears it."""
+        naming the exception. The next cycle holds 0 MW too; once it completes, the alarm is cleared."""
         self.stats.failed_cycles += 1
+        self._last_cycle_failed = True
         safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
         try:
             await asyncio.wait_for(self.dispatcher.apply(safe), timeout=SAFE_WRITE_TIMEOUT_S)

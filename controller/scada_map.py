@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from controller.core import CYCLE_ERROR_ALARM
 from controller.limits import BINDINGS
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ ALARM_BITS = {
     3: "PCS alarm or fault",
     4: "PCS read-back mismatch",
     5: "schedule cannot be delivered",
+    6: "control cycle failed (0 MW commanded)",
 }
 
 NA = {"u16": 0xFFFF, "i16": 0x8000, "u32": 0xFFFFFFFF, "i32": 0x80000000}
@@ -118,6 +120,8 @@ def status_values(c: "Controller") -> dict[str, float | None]:
         bits |= 1 << 4
     if "schedule:infeasible" in c.active_alarms:
         bits |= 1 << 5
+    if CYCLE_ERROR_ALARM in c.active_alarms:
+        bits |= 1 << 6
     manual = c.mode.mode == "manual"
     return {
         "soc_pct": s.soc_pct if s else None,

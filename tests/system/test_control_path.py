@@ -7,6 +7,7 @@ exception, cleared after the next completed cycle.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.core import CYCLE_ERROR_ALARM, Controller
+from controller.scada_map import status_values
 from controller.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from controller.store import Store
 from simulators.plant import Plant
@@ -65,6 +67,17 @@ class ThreadRecordingEvent(asyncio.Event):
         super().set()
 
 
+class BreakableStore(Store):
+    """A store whose decision log fails on demand: a cycle that raises after its setpoint went out."""
+
+    broken = False
+
+    def record_decision(self, *args, **kwargs) -> None:
+        if self.broken:
+            raise sqlite3.OperationalError("disk I/O error")
+        super().record_decision(*args, **kwargs)
+
+
 class BreakableSchedule(Schedule):
     """A target source that raises on demand: a bug somewhere in the cycle, as the cycle sees it."""
 
@@ -78,10 +91,10 @@ class BreakableSchedule(Schedule):
 
 @asynccontextmanager
 async def controller_with(plant: Plant, tmp_path: Path, schedule: Schedule, clock: Clock | None = None,
-                          **overrides: Any) -> AsyncIterator[Controller]:
-    """A real Controller on `plant` with `schedule` injected; started, always stopped."""
+                          store_class: type[Store] = Store, **overrides: Any) -> AsyncIterator[Controller]:
+    """A real Controller on `plant` with `schedule` (and a store of `store_class`) injected; always stopped."""
     cfg = site_config(tmp_path, device_ports(plant), **overrides)
-    store = Store(tmp_path / "state.db")
+    store = store_class(tmp_path / "state.db")
     c = Controller(cfg, store, clock, schedule=schedule)
     try:
         yield c
@@ -151,9 +164,43 @@ async def test_a_cycle_that_raises_commands_0_mw_and_raises_an_alarm(plant, tmp_
         assert any("control cycle failed" in a for a in c.status()["alarms"])
         assert c.status()["setpoint_mw"] == 0.0
         assert any(a["key"] == CYCLE_ERROR_ALARM for a in c.store.active_alarms())
+        assert status_values(c)["alarm_bits"] & 1 << 6, "the SCADA face does not show the failed cycle"
 
         # the bug goes away: the next completed cycle clears the alarm, and the schedule is followed again
         schedule.broken = False
         await wait_for(lambda: CYCLE_ERROR_ALARM not in c.active_alarms, 5, "the alarm cleared")
         await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS again")
         assert not any(a["key"] == CYCLE_ERROR_ALARM for a in c.store.active_alarms())
+
+
+async def test_a_cycle_failing_after_its_write_holds_0_mw_instead_of_swinging(plant, tmp_path):
+    """A cycle that raises after the setpoint went out: the next cycle holds 0 MW as well, so a lasting fault
+    cannot swing the PCS between the setpoint and 0 MW every cycle."""
+    clock = Clock(start=period_start(time.time()) + 300)
+    async with controller_with(plant, tmp_path, Schedule(), clock, store_class=BreakableStore,
+                               cycle={"period_s": 0.2}, limits={"ramp_mw_per_s": 1000}) as c:
+        await c.start()
+        await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
+        now = clock.now()
+        assert c.accept_trade(trade("T1", "sell", 3.0, period_start(now), now), source="test").accepted
+        await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS")
+
+        writes: list[float] = []
+        inner = plant.pcs_server.on_write
+
+        def spy(changes):
+            if "704.WSet" in changes:
+                writes.append(changes["704.WSet"] * 1e-6)
+            return inner(changes)
+
+        plant.pcs_server.on_write = spy
+        c.store.broken = True
+        failed = c.stats.failed_cycles
+        await wait_for(lambda: c.stats.failed_cycles >= failed + 5, 10, "five failed cycles")
+        first_zero = writes.index(0.0)
+        assert all(w == 0.0 for w in writes[first_zero:]), f"the PCS swung after the first failure: {writes}"
+        assert CYCLE_ERROR_ALARM in c.active_alarms and "disk I/O error" in c.active_alarms[CYCLE_ERROR_ALARM]["message"]
+
+        c.store.broken = False
+        await wait_for(lambda: CYCLE_ERROR_ALARM not in c.active_alarms, 5, "the alarm cleared")
+        await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS again")
