@@ -155,6 +155,17 @@ class Web(_Model):
     tls: WebTls = WebTls()
     lockout_failures: int = Field(10, ge=1)
     lockout_s: float = Field(300, gt=0)
+    # bounds a client cannot grow past (web/server.py, web/app.py): memory and file descriptors stay bounded
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
+                                description="request body limit, counted as it streams (413 past it)")
+    max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers (431 past it)")
+    max_connections: int = Field(128, ge=4, le=10_000, description="open connections, websockets included")
+    max_connections_per_client: int = Field(32, ge=1, le=10_000, description="open HTTP connections per client IP")
+    header_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request's body must arrive within this")
+    keep_alive_s: float = Field(5.0, gt=0, le=300, description="an idle keep-alive connection is closed after this")
+    open_metrics: bool = Field(False, description="serve /metrics without a key")
+    open_docs: bool = Field(False, description="serve /docs and /openapi.json without a key")
 
 
 class ScadaModbus(_Model):

@@ -23,7 +23,8 @@ log = logging.getLogger("bess.daemon")
 class _Uvicorn:
     """uvicorn's Server without its own signal capture: the daemon owns SIGTERM/SIGINT for every part."""
 
-    def __init__(self, app: Any, host: str, port: int, ssl_certfile: str | None = None, ssl_keyfile: str | None = None):
+    def __init__(self, app: Any, host: str, port: int, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
+                 **options: Any):  # more uvicorn.Config keywords (web.server.uvicorn_options: the web's bounds)
         import uvicorn
 
         class Server(uvicorn.Server):
@@ -32,7 +33,7 @@ class _Uvicorn:
                 yield
 
         cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ws_ping_interval=20)
+                             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ws_ping_interval=20, **options)
         self.server = Server(cfg)
         self.task: asyncio.Task | None = None
 
@@ -110,14 +111,19 @@ class Daemon:
         if cfg.web.enabled:
             from controller.backend import ControllerBackend
             from web.app import create_app
+            from web.server import uvicorn_options
+            from web.session_key import load_session_key
 
             self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
             await self.backend.start()
             self.parts.append(self.backend)
-            app = create_app(self.backend, self.secrets.api_keys, self.secrets.hmac_secret,
+            # sessions are signed with the state directory's own random key, never with HMAC_SECRET
+            app = create_app(self.backend, self.secrets.api_keys, load_session_key(self.state_dir),
+                             read_keys=self.secrets.api_keys_read, max_body_bytes=cfg.web.max_body_bytes,
+                             open_metrics=cfg.web.open_metrics, open_docs=cfg.web.open_docs,
                              lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
                              metrics_registry=self.metrics.registry)
-            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, cert, key)
+            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, cert, key, **uvicorn_options(cfg.web))
             await self.web.start()
             self.parts.append(self.web)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:

@@ -34,7 +34,7 @@ log = logging.getLogger("bess.web")
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "bess_session"
-MAX_BODY_BYTES = 64 * 1024
+DEFAULT_MAX_BODY_BYTES = 1_048_576   # web.max_body_bytes
 GATE_MAX_S = 0.05          # longest a request waits for a running control cycle to end
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 DAY_S = 86_400
@@ -42,7 +42,8 @@ PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inl
             "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 
 _ERRORS = {401: {"model": m.Error, "description": "no or wrong API key / session"},
-           403: {"model": m.Error, "description": "cross-site request with the session cookie"},
+           403: {"model": m.Error, "description": "a write with a read-only key or session, or a cross-site "
+                                                  "request with the session cookie"},
            422: {"model": m.InvalidRequest, "description": "invalid parameters or body"},
            429: {"model": m.Error, "description": "locked out after repeated failures"}}
 
@@ -88,13 +89,26 @@ class _Metrics:
         return existing if existing is not None else make()
 
 
+class BodyTooLarge(HTTPException):
+    """A request body past the limit, found while it streams. An HTTPException, so FastAPI's body reading lets it
+    through to the exception handlers (any other error there becomes a 400 "error parsing the body")."""
+
+    def __init__(self, limit_bytes: int):
+        super().__init__(413, f"request body larger than {limit_bytes} bytes")
+
+
 class _GuardMiddleware:
-    """Pure ASGI: refuse bodies over MAX_BODY_BYTES before anything parses them; add the security headers."""
+    """Pure ASGI: count each request body as it streams, whatever Content-Length or Transfer-Encoding say, and stop
+    at `max_body_bytes` with a 413 before anything buffers more (a chunked body has no length to check up front);
+    add the security headers. A refused body ends the connection (connection: close), so the rest of it is never
+    read."""
 
     HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+    CLOSE = (b"connection", b"close")
 
-    def __init__(self, app):
+    def __init__(self, app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -103,18 +117,41 @@ class _GuardMiddleware:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                await _json_error(400, "content-length: not a number")(scope, receive, send)
+                await _json_error(400, "content-length: not a number", {"connection": "close"})(scope, receive, send)
                 return
-            if int(length) > MAX_BODY_BYTES:
-                await _json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")(scope, receive, send)
+            if int(length) > self.max_body_bytes:
+                await _json_error(413, f"request body larger than {self.max_body_bytes} bytes",
+                                  {"connection": "close"})(scope, receive, send)
                 return
+        received = 0
+        over = False
+        started = False
+
+        async def counted_receive():
+            nonlocal received, over
+            if over:   # asked again after being told: the body stays refused
+                raise BodyTooLarge(self.max_body_bytes)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    over = True
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
 
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                message["headers"] = list(message.get("headers", [])) + self.HEADERS
+                started = True
+                message["headers"] = list(message.get("headers", [])) + self.HEADERS + ([self.CLOSE] if over else [])
             await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+        try:
+            await self.app(scope, counted_receive, send_with_headers)
+        except BodyTooLarge as e:   # raised where no exception handler turned it into the answer
+            if started:
+                raise
+            await _json_error(413, e.detail, {"connection": "close"})(scope, receive, send_with_headers)
 
 
 class _CycleGateMiddleware:
@@ -166,30 +203,37 @@ class _TimingMiddleware:
             self.histogram.labels(template, scope.get("method", ""), str(status)).observe(time.perf_counter() - start)
 
 
-def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, lockout_failures: int = 10,
+def create_app(backend: Backend, api_keys: list[str], session_secret: str | bytes, *,
+               read_keys: list[str] | tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               open_metrics: bool = False, open_docs: bool = False, lockout_failures: int = 10,
                lockout_s: float = 300, metrics_registry=None, session_ttl_s: float = 12 * 3600,
                ws_token_ttl_s: float = 60, ws_max_hz: float = 4.0, ws_max_clients: int = 200,
                ws_send_timeout_s: float = 10.0) -> FastAPI:
-    """The web app. `api_keys`: every key is valid (rotation); `hmac_secret` signs the session cookie and the
-    websocket tokens (keys derived per purpose). `metrics_registry`: a prometheus_client CollectorRegistry to
-    serve at /metrics and to record request durations in; None serves no /metrics."""
-    keys = ApiKeys(api_keys)
+    """The web app. `api_keys` (API_KEY): full access, every key valid (rotation); `read_keys` (API_KEY_READ):
+    GET and /ws only, 403 on any write, and their dashboard sessions are read-only. `session_secret` signs the
+    session cookie and the websocket tokens (keys derived per purpose): the daemon's random key from its state
+    directory (web/session_key.py), never HMAC_SECRET. `max_body_bytes`: request bodies are counted as they
+    stream, 413 past it. `metrics_registry`: a prometheus_client CollectorRegistry to serve at /metrics and to
+    record request durations in; None serves no /metrics. /metrics, /docs and /openapi.json need a key (X-API-Key,
+    `Authorization: Bearer`, or the session cookie; read keys suffice) unless `open_metrics` / `open_docs`."""
+    keys = ApiKeys(api_keys, read_keys)
     lockout = Lockout(lockout_failures, lockout_s)
-    sessions = Signer(hmac_secret, "session")
-    ws_tokens = Signer(hmac_secret, "websocket")
+    sessions = Signer(session_secret, "session")
+    ws_tokens = Signer(session_secret, "websocket")
     revoked_sessions = NonceSet()
     used_ws_tokens = NonceSet()
     metrics = _Metrics(metrics_registry) if metrics_registry is not None else None
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     ws_clients: set[WebSocket] = set()
 
-    app = FastAPI(title="BESS edge controller", version="0.1.0", docs_url=None, redoc_url=None,
+    app = FastAPI(title="BESS edge controller", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
                   description="Local REST API of the battery plant controller. Power in MW, positive = discharge; "
-                              "SoC in %; prices in EUR/MWh; times UTC ISO 8601. Authenticate with the X-API-Key header.")
+                              "SoC in %; prices in EUR/MWh; times UTC ISO 8601. Authenticate with the X-API-Key header "
+                              "(keys in API_KEY may do everything, keys in API_KEY_READ only GET).")
     app.state.backend = backend
 
     # ------------------------------------------------------------------ middleware (pure ASGI, outermost last)
-    app.add_middleware(_GuardMiddleware)
+    app.add_middleware(_GuardMiddleware, max_body_bytes=max_body_bytes)
     if metrics is not None:
         app.add_middleware(_TimingMiddleware, histogram=metrics.http)
     cycle_idle = getattr(backend, "cycle_idle", None)   # a backend without a control cycle has no gate
@@ -259,6 +303,43 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
         host = request.headers.get("host", "")
         return origin.split("://", 1)[-1].rstrip("/") == host
 
+    def refuse_write_if_read_only(request: Request, fp: str, what: str) -> None:
+        # the key's rights now, not when a session began: a key moved to API_KEY_READ loses writes at once
+        if request.method not in SAFE_METHODS and not keys.can_write(fp):
+            raise HTTPException(403, f"read-only {what}: a key from API_KEY_READ may only read (GET); "
+                                     f"{request.method} needs a key from API_KEY")
+
+    async def reader(request: Request) -> str:
+        """For /metrics, /docs and /openapi.json: X-API-Key, `Authorization: Bearer <key>` (Prometheus) or the
+        session cookie; read keys suffice. 401/429 otherwise."""
+        ip = client_ip(request)
+        refuse_if_locked(ip)
+        scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
+        candidate = request.headers.get("x-api-key") or (bearer.strip() if scheme.lower() == "bearer" else None)
+        if candidate:
+            fp = keys.check(candidate)
+            if fp is None:
+                await record_failure(ip, "metrics/docs key")
+                raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+            lockout.success(ip)
+            return f"key:{fp}"
+        token = request.cookies.get(SESSION_COOKIE)
+        if token:
+            try:
+                return f"session:{session_of(token)['kid']}"
+            except TokenError as e:
+                if e.forged:
+                    await record_failure(ip, "session cookie")
+                raise HTTPException(401, f"{e.reason}: log in again", headers={"WWW-Authenticate": "Bearer"}) from e
+        raise HTTPException(401, "API key required: send `Authorization: Bearer <key>` or X-API-Key, or log in",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+    async def open_access() -> str:
+        return "open"
+
+    metrics_access = Depends(open_access if open_metrics else reader)
+    docs_access = Depends(open_access if open_docs else reader)
+
     async def authenticated(request: Request, api_key: str | None = Security(header_scheme),
                             session: str | None = Security(cookie_scheme)) -> str:
         """Who is calling: "key:<fingerprint>" or "session:<fingerprint>". 401/403/429 otherwise."""
@@ -270,6 +351,7 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
                 await record_failure(ip, "X-API-Key")
                 raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "ApiKey"})
             lockout.success(ip)
+            refuse_write_if_read_only(request, fp, "API key")
             return f"key:{fp}"
         if session:
             try:
@@ -280,6 +362,7 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
                 raise HTTPException(401, f"{e.reason}: log in again", headers={"WWW-Authenticate": "ApiKey"}) from e
             if request.method not in SAFE_METHODS and not same_origin(request):
                 raise HTTPException(403, "cross-site request refused: the Origin does not match this dashboard")
+            refuse_write_if_read_only(request, payload["kid"], "session")
             return f"session:{payload['kid']}"
         raise HTTPException(401, "API key required: send the X-API-Key header or log in",
                             headers={"WWW-Authenticate": "ApiKey"})
@@ -332,7 +415,7 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         @app.get("/metrics", include_in_schema=False)
-        async def prometheus_metrics():
+        async def prometheus_metrics(who: str = metrics_access):
             return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     # ------------------------------------------------------------------ session
@@ -349,8 +432,9 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
         token, payload = sessions.issue(session_ttl_s, kid=fp)
         response.set_cookie(SESSION_COOKIE, token, max_age=int(session_ttl_s), httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/")
-        await audit(f"session:{fp}", "login", {"client": ip})
-        return {"ok": True, "expires": iso(payload["exp"])}
+        read_only = not keys.can_write(fp)
+        await audit(f"session:{fp}", "login", {"client": ip, "read_only": read_only})
+        return {"ok": True, "expires": iso(payload["exp"]), "read_only": read_only}
 
     @app.post("/api/logout", tags=["auth"])
     async def logout(request: Request, response: Response) -> dict[str, bool]:
@@ -530,8 +614,8 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
     # ------------------------------------------------------------------ pages, docs, assets
     asset_version = str(int(max(p.stat().st_mtime for p in (HERE / "static").rglob("*") if p.is_file())))
 
-    def page(request: Request, name: str) -> HTMLResponse:
-        resp = templates.TemplateResponse(request, name, {"v": asset_version})
+    def page(request: Request, name: str, read_only: bool = False) -> HTMLResponse:
+        resp = templates.TemplateResponse(request, name, {"v": asset_version, "read_only": read_only})
         resp.headers["Content-Security-Policy"] = PAGE_CSP
         resp.headers["Cache-Control"] = "no-store"
         return resp
@@ -540,18 +624,23 @@ def create_app(backend: Backend, api_keys: list[str], hmac_secret: str, *, locko
     async def dashboard(request: Request):
         token = request.cookies.get(SESSION_COOKIE)
         try:
-            session_of(token)
+            payload = session_of(token)
         except TokenError:
             return RedirectResponse("/login", status_code=303)
-        return page(request, "index.html")
+        # a read-only session gets a dashboard without write controls (the API refuses its writes anyway)
+        return page(request, "index.html", read_only=not keys.can_write(str(payload["kid"])))
 
     @app.get("/login", include_in_schema=False)
     async def login_page(request: Request):
         return page(request, "login.html")
 
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi_json(who: str = docs_access):
+        return JSONResponse(app.openapi())
+
     @app.get("/docs", include_in_schema=False)
-    async def docs():
-        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="BESS edge API",
+    async def docs(who: str = docs_access):
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="BESS edge API",
                                    swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
                                    swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
                                    swagger_favicon_url="/static/img/favicon.svg")

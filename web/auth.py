@@ -22,15 +22,20 @@ def fingerprint(api_key: str) -> str:
 
 
 class ApiKeys:
-    """The set of valid keys. Every candidate is compared with every key with hmac.compare_digest, so the time
-    taken says nothing about which key, or which prefix, was close."""
+    """The set of valid keys: full-access keys (API_KEY) and read-only keys (API_KEY_READ). Every candidate is
+    compared with every key with hmac.compare_digest, so the time taken says nothing about which key, or which
+    prefix, was close, nor whether it is a read key."""
 
-    def __init__(self, keys: list[str]):
+    def __init__(self, keys: list[str], read_keys: list[str] | tuple[str, ...] = ()):
         cleaned = [k.strip() for k in keys if k and k.strip()]
         if not cleaned:
             raise ValueError("API_KEY: at least one API key is required")
-        self._keys = [k.encode() for k in cleaned]
-        self._fingerprints = {fingerprint(k) for k in cleaned}
+        read = [k.strip() for k in read_keys if k and k.strip()]
+        if set(read) & set(cleaned):
+            raise ValueError("API_KEY_READ: a key may not be in both API_KEY and API_KEY_READ")
+        self._keys = [k.encode() for k in cleaned + read]
+        self._fingerprints = {fingerprint(k) for k in cleaned + read}
+        self._writers = {fingerprint(k) for k in cleaned}
 
     def check(self, candidate: str | None) -> str | None:
         """The key's fingerprint if `candidate` is one of the keys, else None."""
@@ -45,6 +50,10 @@ class ApiKeys:
 
     def known_fingerprint(self, fp: str) -> bool:
         return fp in self._fingerprints
+
+    def can_write(self, fp: str) -> bool:
+        """True for a key from API_KEY; False for a read-only key (or one no longer valid)."""
+        return fp in self._writers
 
 
 def _b64(data: bytes) -> str:
@@ -66,12 +75,14 @@ class TokenError(Exception):
 
 class Signer:
     """Signed, expiring tokens `b64url(json payload).hex(HMAC-SHA256)` for one purpose. The key is derived
-    from HMAC_SECRET and the purpose, so a websocket token is never a valid session cookie or vice versa."""
+    from the web's session secret (the daemon's random key, web/session_key.py) and the purpose, so a websocket
+    token is never a valid session cookie or vice versa."""
 
-    def __init__(self, secret: str, purpose: str, wall: Callable[[], float] = time.time):
+    def __init__(self, secret: str | bytes, purpose: str, wall: Callable[[], float] = time.time):
         if not secret:
-            raise ValueError("HMAC_SECRET: a secret is required to sign web tokens")
-        self._key = hmac.new(secret.encode(), f"bess-edge web {purpose}".encode(), hashlib.sha256).digest()
+            raise ValueError("session secret: a secret is required to sign web tokens")
+        raw = secret.encode() if isinstance(secret, str) else bytes(secret)
+        self._key = hmac.new(raw, f"bess-edge web {purpose}".encode(), hashlib.sha256).digest()
         self._wall = wall
 
     def _mac(self, body: str) -> str:

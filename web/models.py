@@ -269,6 +269,7 @@ class WsToken(BaseModel):
 class LoginOut(BaseModel):
     ok: bool
     expires: str
+    read_only: bool = Field(False, description="a key from API_KEY_READ: the session may only read")
 
 
 class Health(BaseModel):

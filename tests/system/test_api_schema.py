@@ -62,7 +62,8 @@ def web_url():
 
 @pytest.fixture(scope="module")
 def api_schema(web_url):
-    return schemathesis.openapi.from_url(f"{web_url}/openapi.json", timeout=10)
+    # the schema is behind a key too (web.open_docs opens it)
+    return schemathesis.openapi.from_url(f"{web_url}/openapi.json", timeout=10, headers=H)
 
 
 def app_operations() -> dict[str, dict]:

@@ -20,7 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from controller.clock import iso
-from tests.fixtures.web import KEYS, SECRET, MemoryBackend, running_web
+from tests.fixtures.web import KEYS, READ_KEYS, SECRET, MemoryBackend, demo_backend, running_web
 from web.app import create_app
 from web.auth import fingerprint
 
@@ -213,7 +213,7 @@ async def test_a_session_ends_when_its_key_is_rotated_away():
 async def test_forged_or_foreign_session_cookie_is_refused(web):
     r = await with_cookie(web.url, "GET", "/api/bess-status", "eyJleHAiOjF9.00")
     assert_json_error(r, 401)
-    async with running_web(hmac_secret="another-secret") as other:
+    async with running_web(session_secret="another-secret") as other:
         async with httpx.AsyncClient(base_url=other.url) as c:
             await c.post("/api/login", json={"api_key": KEYS[0]})
             foreign = c.cookies["bess_session"]
@@ -253,12 +253,95 @@ async def test_failed_logins_count_towards_the_lockout():
             assert (await c.get("/api/bess-status", headers=H)).status_code == 429
 
 
+# ----------------------------------------------------------------------------------------- read-only keys
+RK = {"X-API-Key": READ_KEYS[0]}
+
+
+def write_routes(app) -> list[tuple[str, str]]:
+    """Every (method, path) of the app that is not a read, with path parameters filled in."""
+    out = []
+    for r in app.routes:
+        for method in sorted(getattr(r, "methods", None) or ()):
+            if method not in ("GET", "HEAD") and r.path not in ("/api/login", "/api/logout"):
+                out.append((method, r.path.replace("{order_id}", "o-demo-0")))
+    return out
+
+
+async def test_a_read_only_key_reads_and_every_write_is_403():
+    async with running_web(demo_backend(), read_keys=READ_KEYS) as w:
+        writes = write_routes(w.app)
+        assert {("POST", "/api/orders"), ("POST", "/api/mode"), ("POST", "/api/telemetry"),
+                ("DELETE", "/api/orders/o-demo-0"), ("POST", "/api/orders/check")} <= set(writes)
+        async with httpx.AsyncClient(base_url=w.url) as c:
+            for path in ("/api/bess-status", "/api/market-data", "/api/orders", "/api/trades", "/api/alarms",
+                         "/api/decisions", "/api/schedule", "/api/ws-token"):
+                assert (await c.get(path, headers=RK)).status_code == 200, path
+            before = (w.backend.mode, len(w.backend.orders_by_id), len(w.backend.telemetry_sent))
+            for method, path in writes:
+                r = await c.request(method, path, headers=RK, json={"mode": "stopped"})
+                assert "read-only" in assert_json_error(r, 403)["detail"], (method, path)
+            assert (w.backend.mode, len(w.backend.orders_by_id), len(w.backend.telemetry_sent)) == before
+            assert w.backend.orders_by_id["o-demo-0"]["status"] == "open"
+            # the full key still writes
+            assert (await c.post("/api/mode", headers=H, json={"mode": "stopped"})).status_code == 200
+            token = (await c.get("/api/ws-token", headers=RK)).json()["token"]
+        async with connect(f"{w.ws_url}?token={token}", open_timeout=5) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["mode"] == "stopped"
+
+
+async def test_a_read_only_login_gives_a_read_only_session_and_dashboard():
+    async with running_web(read_keys=READ_KEYS) as w:
+        async with httpx.AsyncClient(base_url=w.url) as c:
+            r = await c.post("/api/login", json={"api_key": READ_KEYS[0]})
+            assert r.status_code == 200 and r.json()["read_only"] is True
+            assert (await c.get("/api/bess-status")).status_code == 200
+            r = await c.post("/api/mode", json={"mode": "stopped"}, headers={"Origin": w.url})
+            assert "read-only session" in assert_json_error(r, 403)["detail"]
+            page = (await c.get("/")).text
+            assert 'data-read-only="true"' in page and 'id="soc-value"' in page
+            for control in ('id="order-form"', 'id="mode-form"', 'id="telemetry-form"'):
+                assert control not in page, control
+        async with httpx.AsyncClient(base_url=w.url) as c:
+            r = await c.post("/api/login", json={"api_key": KEYS[0]})
+            assert r.json()["read_only"] is False
+            page = (await c.get("/")).text
+            assert 'data-read-only="false"' in page and 'id="order-form"' in page and 'id="mode-form"' in page
+    assert w.backend.mode == "auto"
+
+
+def test_a_key_in_both_lists_is_refused():
+    with pytest.raises(ValueError, match="API_KEY_READ"):
+        create_app(MemoryBackend(), KEYS, SECRET, read_keys=[KEYS[0]])
+
+
+# ------------------------------------------------------------------------------------ metrics and docs keys
+@pytest.mark.parametrize("path", ["/metrics", "/docs", "/openapi.json"])
+async def test_metrics_and_docs_need_a_key_unless_opened(path):
+    registry = CollectorRegistry()
+    async with running_web(read_keys=READ_KEYS, metrics_registry=registry) as w:
+        async with httpx.AsyncClient(base_url=w.url) as c:
+            r = await c.get(path)
+            assert_json_error(r, 401)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert_json_error(await c.get(path, headers={"Authorization": "Bearer wrong"}), 401)
+            for headers in ({"Authorization": f"Bearer {READ_KEYS[0]}"}, {"Authorization": f"bearer {KEYS[1]}"},
+                            RK, H):
+                assert (await c.get(path, headers=headers)).status_code == 200, headers
+            await c.post("/api/login", json={"api_key": READ_KEYS[0]})
+            assert (await c.get(path)).status_code == 200   # the dashboard's session opens the docs
+            c.cookies.clear()
+            assert (await c.get("/healthz")).status_code == 200 and (await c.get("/readyz")).status_code == 200
+    async with running_web(metrics_registry=CollectorRegistry(), open_metrics=True, open_docs=True) as w:
+        async with httpx.AsyncClient(base_url=w.url) as c:
+            assert (await c.get(path)).status_code == 200
+
+
 def test_the_app_refuses_to_start_without_a_key_or_secret():
     with pytest.raises(ValueError, match="API_KEY"):
         create_app(MemoryBackend(), [], SECRET)
     with pytest.raises(ValueError, match="API_KEY"):
         create_app(MemoryBackend(), [" ", ""], SECRET)
-    with pytest.raises(ValueError, match="HMAC_SECRET"):
+    with pytest.raises(ValueError, match="session secret"):
         create_app(MemoryBackend(), KEYS, "")
 
 
@@ -390,8 +473,9 @@ async def test_bad_bodies_get_a_4xx_json_answer_never_500(web, path):
 
 async def test_huge_bodies_are_refused_before_parsing(web):
     r = await web.client.post("/api/orders", headers={**H, "Content-Type": "application/json"},
-                              content=b'{"side":"' + b"x" * 100_000 + b'"}')
+                              content=b'{"side":"' + b"x" * 1_100_000 + b'"}')
     assert_json_error(r, 413)
+    assert r.headers["connection"] == "close"  # the rest of the body is never read
 
 
 @pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "before=yesterday", "before=2030-13-01T00:00:00Z",
@@ -513,7 +597,7 @@ async def test_websocket_refuses_bad_expired_and_reused_tokens():
 
 
 async def test_websocket_tokens_from_another_secret_count_as_failures():
-    async with running_web(lockout_failures=2, lockout_s=30) as w, running_web(hmac_secret="other") as other:
+    async with running_web(lockout_failures=2, lockout_s=30) as w, running_web(session_secret="other") as other:
         async with httpx.AsyncClient(base_url=other.url) as c:
             foreign = (await c.get("/api/ws-token", headers=H)).json()["token"]
         assert await close_code(f"{w.ws_url}?token={foreign}") == 4401
@@ -550,7 +634,7 @@ async def test_metrics_record_requests_by_route_template():
             await c.get("/api/bess-status", headers=H)
             await c.delete("/api/orders/o-x", headers=H)
             await c.get("/api/nothing")
-            text = (await c.get("/metrics")).text
+            text = (await c.get("/metrics", headers={"Authorization": f"Bearer {KEYS[0]}"})).text
     assert 'bess_http_request_duration_seconds_count{method="GET",route="/api/bess-status",status="200"} 1.0' in text
     assert 'route="/api/orders/{order_id}",status="404"' in text
     assert 'route="unmatched",status="404"' in text
@@ -559,10 +643,10 @@ async def test_metrics_record_requests_by_route_template():
 
 
 async def test_docs_and_openapi_are_served_locally(web):
-    docs = await web.client.get("/docs")
+    docs = await web.client.get("/docs", headers=H)
     assert docs.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
     assert not re.search(r"https?://(?!127\.0\.0\.1)", docs.text.split("<script>")[0])
-    spec = (await web.client.get("/openapi.json")).json()
+    spec = (await web.client.get("/openapi.json", headers=H)).json()
     for path in ("/api/bess-status", "/api/market-data", "/api/orders", "/api/trades", "/api/telemetry", "/api/mode",
                  "/api/orders/{order_id}", "/api/alarms", "/api/decisions", "/api/schedule", "/healthz", "/readyz"):
         assert path in spec["paths"], path

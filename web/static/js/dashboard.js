@@ -6,6 +6,10 @@
   "use strict";
 
   const $ = (id) => document.getElementById(id);
+  // a read-only session (a key from API_KEY_READ) gets no write controls: the page leaves them out, the API
+  // refuses the writes anyway
+  const READ_ONLY = document.body.dataset.readOnly === "true";
+  const on = (id, type, fn) => { const el = $(id); if (el) el.addEventListener(type, fn); };
   const reduceMotion = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
   const POLL_MS = 10000;
   const PERIOD_MS = 15 * 60 * 1000;
@@ -287,7 +291,7 @@
     marketSamples.push([now, m.mark, m.ema, m.vwap]);
     marketSamples = marketSamples.filter((s) => now - s[0] < 2 * 3600 * 1000).slice(-1440);
     try { sessionStorage.setItem(MARKET_KEY, JSON.stringify(marketSamples)); } catch (e) { /* quota: keep in memory */ }
-    if (!pricePrefilled && m.mark != null) { $("order-price").value = Number(m.mark).toFixed(2); pricePrefilled = true; }
+    if (!READ_ONLY && !pricePrefilled && m.mark != null) { $("order-price").value = Number(m.mark).toFixed(2); pricePrefilled = true; }
     if (charts.market) {
       // a window of at least the last 15 minutes up to now: a page just opened has a sample or two, and
       // ApexCharts would otherwise stretch a single point over days
@@ -329,7 +333,7 @@
       '<td class="' + (x.side === "sell" ? "msg-ok" : "msg-warn") + '">' + esc(x.side) + "</td>" +
       '<td class="text-right">' + fmt(x.quantity_mw, 1) + '</td><td class="text-right">' + fmt(x.price_eur_mwh, 2) + "</td>" +
       "<td>" + esc(x.status) + '</td><td class="text-right">' + fmt(x.filled_mw, 1) + "</td>" +
-      '<td class="text-right"><button type="button" class="btn btn-danger px-3" data-testid="cancel-order" data-order-id="' + esc(x.order_id) + '" aria-label="Cancel order"><i class="fa-solid fa-xmark"></i><span class="hidden sm:inline">Cancel</span></button></td></tr>');
+      '<td class="text-right">' + (READ_ONLY ? "" : '<button type="button" class="btn btn-danger px-3" data-testid="cancel-order" data-order-id="' + esc(x.order_id) + '" aria-label="Cancel order"><i class="fa-solid fa-xmark"></i><span class="hidden sm:inline">Cancel</span></button>') + "</td></tr>");
     $("orders-table").tBodies[0].innerHTML = rows.join("") || '<tr><td colspan="7" class="text-muted">No active orders</td></tr>';
   }
 
@@ -360,6 +364,7 @@
 
   // ------------------------------------------------------------------ order form
   function fillDeliveryOptions() {
+    if (READ_ONLY) return;
     const sel = $("order-delivery");
     const keep = sel.value;
     const now = Date.now() + serverOffsetMs;
@@ -394,6 +399,7 @@
   let checkTimer = null;
   let checkSeq = 0;
   function scheduleCheck() {
+    if (READ_ONLY) return;
     clearTimeout(checkTimer);
     checkTimer = setTimeout(runCheck, 300);
   }
@@ -412,10 +418,10 @@
     }
   }
 
-  $("order-price").addEventListener("input", () => { pricePrefilled = true; }); // never overwrite what was typed
-  $("order-form").addEventListener("input", scheduleCheck);
-  $("order-form").addEventListener("change", scheduleCheck);
-  $("order-form").addEventListener("submit", async (ev) => {
+  on("order-price", "input", () => { pricePrefilled = true; }); // never overwrite what was typed
+  on("order-form", "input", scheduleCheck);
+  on("order-form", "change", scheduleCheck);
+  on("order-form", "submit", async (ev) => {
     ev.preventDefault();
     const b = orderBody();
     const problem = localProblem(b);
@@ -447,7 +453,7 @@
     });
   }
 
-  $("mode-form").addEventListener("click", async (ev) => {
+  on("mode-form", "click", async (ev) => {
     const btn = ev.target.closest("[data-mode]");
     if (!btn) return;
     const mode = btn.dataset.mode;
@@ -476,7 +482,7 @@
     }
   });
 
-  $("telemetry-form").addEventListener("submit", async (ev) => {
+  on("telemetry-form", "submit", async (ev) => {
     ev.preventDefault();
     const body = {
       soc_pct: parseFloat($("telemetry-soc").value),

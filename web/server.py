@@ -1,0 +1,313 @@
+"""The web face's HTTP server bounds: what uvicorn is told, and a small guard at the protocol level for what it
+does not do itself, so that no client can grow the daemon's memory or file descriptors without limit.
+
+uvicorn (0.3x-0.5x) gives: `timeout_keep_alive` (idle keep-alive connections), `ws_max_size`/`ws_max_queue`
+(websocket messages), `limit_concurrency` (a 503 once the headers are in: too late against a client that never
+finishes them) and, for h11 only, `h11_max_incomplete_event_size`. The httptools protocol it picks by default
+buffers a header of any length (measured: 20 MB of one header value held 20 MB), starts no timer until the first
+response, and keeps reading (and dropping) a body nobody reads for as long as it comes. `guarded_protocol()`
+adds, per connection:
+  - a cap on open connections (total and per client IP): over it, a 503 and the socket closed at once;
+  - request line + headers counted as they arrive: 431 past `max_header_bytes`;
+  - a deadline for the headers (from the connection, or from the previous response): 408 and closed;
+  - a deadline for the body (from the end of the headers): closed when it passes with the body incomplete;
+  - a cap on the bytes a request may put on the wire after its headers (a body nobody reads, chunk framing,
+    trailers): closed past it.
+The body limit itself (413 as the body streams, whatever the headers say) is web/app.py's ASGI middleware, where
+the answer can be a proper JSON error.
+
+Not covered here: a TLS handshake that never completes holds its socket for asyncio's handshake timeout (60 s)
+before the protocol exists; the TLS face is for a site's LAN, the plain face binds loopback by default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+log = logging.getLogger("bess.web")
+
+SLICE_BYTES = 4096        # header bytes are fed to the parser in slices this big, so the count is this exact
+WS_MAX_MESSAGE_BYTES = 64 * 1024   # the dashboard sends nothing on /ws; this bounds what a client may
+WS_MAX_QUEUE = 4
+LINGER_S = 2.0            # after an early answer, how long the rest of a request is read and dropped
+
+
+@dataclass(frozen=True)
+class Bounds:
+    max_header_bytes: int = 16_384
+    max_connections: int = 128
+    max_connections_per_client: int = 32
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    max_body_bytes: int = 1_048_576
+
+    @property
+    def max_wire_bytes(self) -> int:
+        """Bytes a request may send after its headers: twice the body limit (chunk framing, and the app's 413
+        comes when it has read past the limit, while up to a buffer more is already in) plus 1 MiB."""
+        return 2 * self.max_body_bytes + 1_048_576
+
+    @classmethod
+    def of(cls, web: Any) -> "Bounds":
+        """From the site file's `web:` section (controller.config.Web)."""
+        return cls(max_header_bytes=web.max_header_bytes, max_connections=web.max_connections,
+                   max_connections_per_client=web.max_connections_per_client,
+                   header_timeout_s=web.header_timeout_s, body_timeout_s=web.body_timeout_s,
+                   max_body_bytes=web.max_body_bytes)
+
+
+def uvicorn_options(web: Any) -> dict[str, Any]:
+    """uvicorn.Config keywords for the site file's `web:` section."""
+    bounds = Bounds.of(web)
+    return {"http": guarded_protocol(bounds), "timeout_keep_alive": web.keep_alive_s,
+            "ws_max_size": WS_MAX_MESSAGE_BYTES, "ws_max_queue": WS_MAX_QUEUE,
+            # the guard refuses connections past the cap; a request on an admitted one is always served
+            "limit_concurrency": None, "backlog": min(2048, 4 * bounds.max_connections)}
+
+
+class _Throttled:
+    """One warning per kind at most every `every_s`, with how many were not logged: a flood of bad clients must
+    not become a flood of log lines."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._count: Counter = Counter()
+
+    def warn(self, kind: str, message: str, **extra: Any) -> None:
+        self._count[kind] += 1
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) >= self.every_s:
+            self._last[kind] = now
+            log.warning(message, extra={**extra, "kind": kind, "count_since_last": self._count.pop(kind)})
+
+
+_warn = _Throttled()
+
+
+def _raw_response(status: int, reason: str, detail: str) -> bytes:
+    body = json.dumps({"detail": detail}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            f"connection: close\r\n\r\n").encode() + body
+
+
+class _CloseLingers:
+    """The transport as a request's cycle sees it: its close() lingers (see _Guarded._linger)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: "_Guarded"):
+        self._transport = transport
+        self._protocol = protocol
+
+    def close(self) -> None:
+        self._protocol._close_after_response()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def guarded_protocol(bounds: Bounds) -> type[HttpToolsProtocol]:
+    """A uvicorn http protocol class (pass as uvicorn.Config(http=...)) enforcing `bounds`. One class per
+    server: the per-client connection counts are shared by that server's connections only."""
+
+    class GuardedHttpToolsProtocol(_Guarded):
+        BOUNDS = bounds
+        per_client: Counter = Counter()
+
+    return GuardedHttpToolsProtocol
+
+
+class _Guarded(HttpToolsProtocol):
+    BOUNDS: Bounds
+    per_client: Counter
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._admitted_as: str | None = None   # the client key counted in per_client, until released
+        self._refused = False
+        self._in_headers = True       # waiting for, or reading, a request line and headers
+        self._header_bytes = 0
+        self._wire_bytes = 0          # bytes since the current request's headers ended
+        self._deadline: asyncio.TimerHandle | None = None
+        self._lingering = False
+
+    # ---------------------------------------------------------------- connection
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)   # counts it in the server's connections
+        b = self.BOUNDS
+        host = self.client[0] if self.client else ""
+        if len(self.connections) > b.max_connections or self.per_client[host] >= b.max_connections_per_client:
+            self._refused = True
+            _warn.warn("connection_refused", "web: connection refused, too many open",
+                       client=host, open=len(self.connections), open_from_client=self.per_client[host])
+            transport.write(_raw_response(503, "Service Unavailable", "too many open connections: try again later"))
+            transport.close()
+            return
+        self.per_client[host] += 1
+        self._admitted_as = host
+        self._arm(b.header_timeout_s, self._headers_late)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self._release()
+        super().connection_lost(exc)
+
+    def _release(self) -> None:
+        if self._admitted_as is not None:
+            self.per_client[self._admitted_as] -= 1
+            if self.per_client[self._admitted_as] <= 0:
+                del self.per_client[self._admitted_as]
+            self._admitted_as = None
+
+    def handle_websocket_upgrade(self) -> None:
+        # the websocket protocol takes the socket over (its own size limits and pings; the app caps its clients)
+        self._disarm()
+        self._release()
+        super().handle_websocket_upgrade()
+
+    # ---------------------------------------------------------------- timers
+    def _arm(self, delay_s: float, callback) -> None:
+        self._disarm()
+        self._deadline = self.loop.call_later(delay_s, callback)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _idle(self) -> bool:
+        """No response in progress on this connection: a raw answer cannot interleave with the app's."""
+        return self.cycle is None or self.cycle.response_complete
+
+    def _headers_late(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        _warn.warn("header_timeout", "web: request headers too slow, connection closed",
+                   client=self.client[0] if self.client else "", timeout_s=self.BOUNDS.header_timeout_s)
+        if self._idle() and self._header_bytes:
+            self.transport.write(_raw_response(408, "Request Timeout",
+                                               f"request headers not complete within {self.BOUNDS.header_timeout_s:g} s"))
+            self._linger()
+        else:
+            self.transport.close()
+
+    def _body_late(self) -> None:
+        self._deadline = None
+        if self.transport.is_closing():
+            return
+        _warn.warn("body_timeout", "web: request body too slow, connection closed",
+                   client=self.client[0] if self.client else "", timeout_s=self.BOUNDS.body_timeout_s)
+        # the app may be answering this request: no raw answer, the app sees a disconnect
+        self.transport.close()
+
+    # ---------------------------------------------------------------- closing after an early answer
+    def _linger(self) -> None:
+        """Close after an answer sent while the client may still be sending (413, 431, 408): send FIN after the
+        answer, then read and drop what still comes for at most LINGER_S. Closing at once with unread data makes
+        the kernel send a reset, which can destroy the answer before the client reads it."""
+        if self._lingering or self.transport.is_closing():
+            return
+        if not self.transport.can_write_eof():   # TLS: no half-close
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write_eof()
+        self.flow.resume_reading()
+        self._arm(LINGER_S, self.transport.close)
+
+    def _close_after_response(self) -> None:
+        """The app's connection: close (e.g. its 413): linger if the request body is still coming."""
+        if not self._in_headers:
+            self._linger()
+        else:
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._wire_bytes = 0
+        self._arm(self.BOUNDS.body_timeout_s, self._body_late)
+        real = self.transport
+        self.transport = _CloseLingers(real, self)   # what the request's cycle closes when it answers
+        try:
+            super().on_headers_complete()
+        finally:
+            self.transport = real
+
+    # ---------------------------------------------------------------- parsing
+    def data_received(self, data: bytes) -> None:
+        if self._refused or self.parser is None:
+            return
+        if self._lingering:   # answered and closing: drop the rest (for LINGER_S at most)
+            return
+        self._unset_keepalive_if_required()
+        view = memoryview(data)
+        while view:
+            in_headers = self._in_headers
+            if in_headers:   # fed in slices, so that the count stops a long header within SLICE_BYTES
+                piece, view = view[:SLICE_BYTES], view[SLICE_BYTES:]
+            else:
+                piece, view = view, view[len(view):]
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                _warn.warn("bad_request", "web: invalid HTTP request", client=self.client[0] if self.client else "")
+                self.send_400_response("Invalid HTTP request received.")
+                return
+            if in_headers and self._in_headers:
+                self._header_bytes += len(piece)
+                if self._header_bytes > self.BOUNDS.max_header_bytes:
+                    self._refuse(431, "Request Header Fields Too Large",
+                                 f"request line and headers larger than {self.BOUNDS.max_header_bytes} bytes")
+                    return
+            elif not in_headers:
+                self._wire_bytes += len(piece)
+                if self._wire_bytes > self.BOUNDS.max_wire_bytes:
+                    _warn.warn("body_flood", "web: request body far over the limit, connection closed",
+                               client=self.client[0] if self.client else "", bytes=self._wire_bytes)
+                    self.transport.close()
+                    return
+
+    def _refuse(self, status: int, reason: str, detail: str) -> None:
+        _warn.warn(f"refused_{status}", f"web: request refused ({status})", client=self.client[0] if self.client else "",
+                   detail=detail)
+        self._disarm()
+        if self._idle() and not self.transport.is_closing():
+            self.transport.write(_raw_response(status, reason, detail))
+            self._linger()
+        else:
+            self.transport.close()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = 0
+
+    def on_message_complete(self) -> None:
+        self._in_headers = True
+        self._header_bytes = 0
+        self._disarm()
+        super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        if self._lingering:
+            return
+        waiting = bool(self.pipeline)
+        super().on_response_complete()
+        # ready for the next request: its headers must come within the deadline (a pipelined one already did)
+        if not waiting and self._in_headers and not self.transport.is_closing():
+            self._arm(self.BOUNDS.header_timeout_s, self._headers_late)
