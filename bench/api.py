@@ -36,9 +36,10 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))] if xs else float("nan")
 
 
-async def cycle_histogram(client: httpx.AsyncClient) -> dict[float, float]:
-    """Cumulative bucket counts of bess_cycle_duration_seconds, by upper bound (s)."""
-    text = (await client.get("/metrics")).text
+async def cycle_histogram(client: httpx.AsyncClient, key: str) -> dict[float, float]:
+    """Cumulative bucket counts of bess_cycle_duration_seconds, by upper bound (s). /metrics takes the key as
+    Prometheus sends it (Authorization: Bearer)."""
+    text = (await client.get("/metrics", headers={"Authorization": f"Bearer {key}"})).text
     out = {}
     for le, v in re.findall(r'^bess_cycle_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$', text, re.M):
         out[float(le)] = float(v)
@@ -183,12 +184,12 @@ async def run(base: str, key: str, duration_s: float) -> dict:
         for name, path, auth, rate in (("healthz_500rps", "/healthz", None, 500.0),
                                        ("paced_500rps", "/api/bess-status", key, 500.0),
                                        ("flat_out", "/api/bess-status", key, None)):
-            h0 = await cycle_histogram(c)
+            h0 = await cycle_histogram(c, key)
             out[name] = await load(base, path, auth, 50, rate, duration_s)
-            out[name]["cycle"] = window_quantile(h0, await cycle_histogram(c), 0.99)
-        h0 = await cycle_histogram(c)
+            out[name]["cycle"] = window_quantile(h0, await cycle_histogram(c, key), 0.99)
+        h0 = await cycle_histogram(c, key)
         out["websocket"] = await fanout(base, key, 100, duration_s)
-        out["websocket"]["cycle"] = window_quantile(h0, await cycle_histogram(c), 0.99)
+        out["websocket"]["cycle"] = window_quantile(h0, await cycle_histogram(c, key), 0.99)
     return out
 
 

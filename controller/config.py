@@ -159,8 +159,8 @@ class Web(_Model):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
                                 description="request body limit, counted as it streams (413 past it)")
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers (431 past it)")
-    max_connections: int = Field(128, ge=4, le=10_000, description="open connections, websockets included")
-    max_connections_per_client: int = Field(32, ge=1, le=10_000, description="open HTTP connections per client IP")
+    max_connections: int = Field(256, ge=4, le=10_000, description="open connections, websockets included")
+    max_connections_per_client: int = Field(64, ge=1, le=10_000, description="open HTTP connections per client IP")
     header_timeout_s: float = Field(10.0, gt=0, le=300, description="a request's headers must arrive within this")
     body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request's body must arrive within this")
     keep_alive_s: float = Field(5.0, gt=0, le=300, description="an idle keep-alive connection is closed after this")

@@ -257,8 +257,8 @@ def main_demo(args) -> int:
 Demo running. Everything listens on 127.0.0.1:
   dashboard      {web}/          API key: {DEMO_API_KEY}
   REST API       {web}/api/bess-status   (header X-API-Key: {DEMO_API_KEY})
-  API docs       {web}/docs
-  metrics        {web}/metrics
+  API docs       {web}/docs      (after logging in to the dashboard)
+  metrics        {web}/metrics   (header Authorization: Bearer {DEMO_API_KEY})
   exchange       http://127.0.0.1:{EXCHANGE_PORT}/api/market-data
   MQTT broker    mqtt://127.0.0.1:{MQTT_PORT}   topics bess/{cfg.site.id}/#
   BMS simulator  Modbus TCP 127.0.0.1:{sim.bms_modbus_port}, OPC UA opc.tcp://127.0.0.1:{sim.bms_opcua_port}

@@ -44,8 +44,8 @@ LINGER_S = 2.0            # after an early answer, how long the rest of a reques
 @dataclass(frozen=True)
 class Bounds:
     max_header_bytes: int = 16_384
-    max_connections: int = 128
-    max_connections_per_client: int = 32
+    max_connections: int = 256
+    max_connections_per_client: int = 64
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
     max_body_bytes: int = 1_048_576

@@ -78,7 +78,8 @@ async def test_daemon_metrics_pass_promtool_lint(plant, tmp_path):  # noqa: F811
             assert (await client.get("/api/bess-status", headers={"X-API-Key": API_KEY})).status_code == 200
             assert (await client.get("/api/bess-status")).status_code == 401
             assert (await client.get("/no-such-page")).status_code == 404
-            r = await client.get("/metrics")
+            assert (await client.get("/metrics")).status_code == 401   # keyed unless web.open_metrics
+            r = await client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})   # as Prometheus scrapes
     finally:
         await daemon.stop()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
@@ -106,6 +107,13 @@ def test_alert_rules_pass_promtool():
     for needed in ("BessTelemetryStale", "BessDeviceDown", "BessSocNearMin", "BessSocNearMax", "BessTemperatureHigh",
                    "BessMqttOutboxGrowing", "BessCycleOverruns"):
         assert needed in alerts
+
+
+def test_scrape_config_sends_a_bearer_key():
+    """/metrics needs a key (issue 11): Prometheus reads it from a file and sends it as a bearer token."""
+    job = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"][0]
+    assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
+    assert "bearer_token" not in job and "credentials" not in job["authorization"]   # no key in the file itself
 
 
 def test_scrape_config_passes_promtool(tmp_path):
