@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import struct
 import time
 from contextlib import asynccontextmanager
@@ -57,6 +58,13 @@ async def read_status(cl) -> dict[str, float | None]:
         raw = regs[0] if p.words == 1 else regs[0] << 16 | regs[1]
         out[p.name] = None if raw == NA[p.type] else p.from_registers(regs)
     return out
+
+
+def free_wildcard_port() -> int:
+    """A TCP port that nothing listens on, on any interface (for a face bound to 0.0.0.0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("0.0.0.0", 0))
+        return s.getsockname()[1]
 
 
 def exception_code(rr) -> int | None:
@@ -196,7 +204,9 @@ async def test_modbus_writes_only_from_a_listed_master(plant, tmp_path):
 async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, caplog):
     """A face bound to every interface with an empty allow_clients serves reads but refuses every write with
     exception 01, and says why. (Old code: writes were open to every client whenever the list was empty.)"""
-    everywhere = {"scada": {"modbus": {"enabled": True, "host": "0.0.0.0"}, "opcua": {"enabled": False}}}
+    # a port free on every interface (free_port() checks 127.0.0.1 only; a wildcard bind clashes with any address)
+    everywhere = {"scada": {"modbus": {"enabled": True, "host": "0.0.0.0", "port": free_wildcard_port()},
+                            "opcua": {"enabled": False}}}
     async with make_controller(plant, tmp_path, **everywhere) as c, running_scada(c) as face, modbus(c) as cl:
         assert (await read_status(cl))["online"] == 1, "reads stay open"
         sp = CTL["manual_setpoint_mw"]
@@ -211,7 +221,7 @@ async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, 
         assert any("allow_clients is empty" in r.getMessage() for r in caplog.records), "the refusal is not explained"
 
         # the same bind with the master listed takes its writes
-        cfg = c.config.scada.modbus.model_copy(update={"allow_clients": ["127.0.0.1"], "port": free_port()})
+        cfg = c.config.scada.modbus.model_copy(update={"allow_clients": ["127.0.0.1"], "port": free_wildcard_port()})
         listed = ScadaModbusServer(c, cfg)
         await listed.start()
         try:
