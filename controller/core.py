@@ -568,8 +568,21 @@ class Controller:
         if any(deleted.values()):
             log.info("retention pruned rows", extra={"deleted": deleted})
 
+    def _check_watchdog_margin(self) -> None:
+        """Under systemd's watchdog every completed cycle pings; a device that stops answering stretches a cycle to
+        its timeout (a connect and a read), so timeouts near WatchdogSec would get a healthy daemon restarted."""
+        watchdog_s = self.notifier.watchdog_interval_s
+        if not watchdog_s or not self.config.devices:
+            return
+        worst_cycle_s = self.config.cycle.period_s + 2 * max(d.timeout_s for d in self.config.devices.values())
+        if worst_cycle_s >= watchdog_s / 2:
+            log.warning("device timeouts are long for the systemd watchdog: a silent device stretches a cycle "
+                        "past half of WatchdogSec; shorten devices.*.timeout_s or raise WatchdogSec",
+                        extra={"worst_cycle_s": round(worst_cycle_s, 2), "watchdog_s": watchdog_s})
+
     async def start(self) -> None:
         self._started_ts = self.clock.now()
+        self._check_watchdog_margin()
         self._start_scheduler()
         self._task = asyncio.create_task(self._loop(), name="control-cycle")
 

@@ -297,3 +297,18 @@ async def test_every_cycle_is_recorded_and_published(rig):
     assert got and set(got[-1]) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
                                     "status", "mode", "binding"}
     assert q.get_nowait()["status"] == "online"
+
+
+@pytest.mark.parametrize("watchdog_usec,warned", [("1000000", True), ("60000000", False), (None, False)])
+async def test_device_timeouts_near_the_systemd_watchdog_are_warned_about_at_start(rig, monkeypatch, caplog,
+                                                                                   watchdog_usec, warned):
+    """Every completed cycle pings the watchdog, and a silent device stretches a cycle to its timeout: a
+    WatchdogSec too short for the devices' timeouts would get a healthy daemon restarted."""
+    if watchdog_usec is None:
+        monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    else:
+        monkeypatch.setenv("WATCHDOG_USEC", watchdog_usec)
+    await rig.controller.start()
+    await rig.controller.stop()
+    said = any("timeouts are long for the systemd watchdog" in r.getMessage() for r in caplog.records)
+    assert said is warned
