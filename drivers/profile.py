@@ -100,10 +100,11 @@ class Point(BaseModel):
     def _alias_type(cls, v: object) -> object:
         return _TYPE_ALIASES.get(v, v) if isinstance(v, str) else v
 
-    @field_validator("scale")
+    @field_validator("scale", mode="before")
     @classmethod
-    def _scale(cls, v: float | str) -> float | str:
-        if isinstance(v, float) and (v == 0 or not math.isfinite(v)):
+    def _scale(cls, v: object) -> object:
+        # checked before the union: a bad number would otherwise be reported once per member (float, str)
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and (v == 0 or not math.isfinite(v)):
             raise ValueError(f"must be a finite non-zero number or the name of a scale-factor point (got {v})")
         return v
 
@@ -268,6 +269,8 @@ def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]
                 msg = msg[len(lead):]
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif e["type"] == "finite_number":
+            msg = f"{msg} (got {e.get('input')!r})"   # pydantic does not say which: nan, inf or -inf
         full = ".".join(p for p in (prefix, path) if p)
         lines.append(f"{full}: {msg}" if full else msg)
     return lines
