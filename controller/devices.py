@@ -116,11 +116,12 @@ class DeviceLink:
         return v if math.isfinite(v) else None   # a driver that let NaN through still gives unknown
 
     def bit_names(self, point: str) -> list[str]:
-        """Names of the set bits of a bit-field point (`alarm_bits`), from the profile."""
-        v = self.value(point)
-        if not v:
+        """Names of the set bits of a bit-field point (`alarm_bits`), from the profile; none when the word
+        cannot be decoded (undecodable_words names that as an alarm of its own)."""
+        r = self.readings.get(point)
+        bits = _word(r.value) if r is not None else None
+        if not bits:
             return []
-        bits = int(v)
         names = (self.profile.points[point].bits or {}) if point in self.profile.points else {}
         return [names.get(b, f"bit{b}") for b in range(_MAX_BITS) if bits >> b & 1]
 
@@ -137,14 +138,22 @@ class DeviceLink:
             if point not in self.profile.points:
                 continue
             r = self.readings.get(point)
-            v = None if r is None else r.value
             if r is not None and r.invalid is not None:
                 out.append(InvalidReading(self.name, point, r.raw or "?", r.invalid))
-            elif not (isinstance(v, int) or (isinstance(v, float) and math.isfinite(v) and v == int(v))) \
-                    or isinstance(v, bool) or v < 0 or v >= 1 << _MAX_BITS:
-                out.append(InvalidReading(self.name, point, "missing" if r is None else repr(v)[:80],
+            elif r is None or _word(r.value) is None:
+                out.append(InvalidReading(self.name, point, "missing" if r is None else repr(r.value)[:80],
                                           "not an alarm word (a whole number >= 0)"))
         return out
+
+
+def _word(v: object) -> int | None:
+    """A bit field's value as an int: a whole number 0 <= v < 2**64, else None (cannot be decoded)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if isinstance(v, float) and not (math.isfinite(v) and v.is_integer()):
+        return None
+    w = int(v)
+    return w if 0 <= w < 1 << _MAX_BITS else None
 
 
 class DeviceSet:
