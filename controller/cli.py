@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from controller.config import ConfigError, load_config, read_env_file
+from controller.config import ConfigError, load_config, read_env_file, transport_check
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DEMO_CONFIG = REPO_ROOT / "config" / "demo.yaml"
@@ -30,6 +30,14 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
         return 2
+    # what `run` would refuse in this environment (MQTT_URL, EXCHANGE_BASE_URL), without needing the secrets
+    _load_env_file(args.env_file)
+    env_errors, env_warnings = transport_check(cfg, dict(os.environ))
+    if env_errors:
+        print(f"{args.file}: INVALID in this environment", file=sys.stderr)
+        for line in env_errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
     bms_name, bms = cfg.device("bms")
     pcs_name, pcs = cfg.device("pcs")
     lim = cfg.limits
@@ -41,6 +49,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
           f"SoC {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %, derate {lim.t_derate_c:g}-{lim.t_max_c:g} °C, "
           f"grid {lim.grid_limit_mw:g} MW")
     print(f"  battery: {cfg.battery.capacity_mwh:g} MWh, round trip {cfg.battery.round_trip_efficiency:.1%}")
+    for line in cfg.warnings + env_warnings:
+        print(f"  warning: {line}")
     return 0
 
 
@@ -100,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("check-config", help="validate a site config and its device profiles")
     s.add_argument("file")
+    s.add_argument("--env-file", help="also check MQTT_URL / EXCHANGE_BASE_URL from this KEY=VALUE file")
     s.set_defaults(func=cmd_check_config)
 
     s = sub.add_parser("run", help="run the controller daemon")

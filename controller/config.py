@@ -2,17 +2,27 @@
 
 A bad file fails at start with the YAML path (and line) of every error, e.g.
 `limits.soc_max_pct (line 31): must be > limits.soc_min_pct (got 10 <= 20)`.
+
+Strict on purpose: a NaN or an infinity in a limit silently switches that limit off (every comparison with
+NaN is false), so every number must be finite, within a range a plant can have, and consistent with the
+numbers it relates to (SoC window, temperature order, staleness against the cycle, the PCS's reversion
+timer). Risks a site accepts on purpose (no reversion point on the PCS, plain-text transport in production)
+must be spelled out in the site file and are warned about on every start.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
+from pydantic_core import PydanticCustomError
 
 from drivers.errors import ProfileError
 from drivers.profile import Profile, format_validation_error, load_profile
@@ -30,8 +40,21 @@ class ConfigError(Exception):
         self.errors = errors
 
 
+# temperatures a site file may name, °C (a battery limit outside this is a typo, not a plant)
+T_MIN_C, T_MAX_C = -50.0, 100.0
+# PCS reversion timer: at least 1 s (a PCS takes whole seconds), at most a few minutes (the plant must not
+# hold a setpoint that long after the controller died)
+REVERSION_MIN_S, REVERSION_MAX_S = 1.0, 300.0
+STALE_MAX_S = 60.0
+# controller/devices.py: a device is stale after this many poll periods without a good read
+POLL_PERIODS_STALE = 3
+USER_ROLES = ("viewer", "operator")          # controller/scada_opcua.py ROLES
+_SCRYPT_HASH = re.compile(r"^scrypt\$(?:[0-9a-f]{2})+\$[0-9a-f]{128}$")  # scada_opcua.hash_password
+
+
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # allow_inf_nan=False: `.nan` / `.inf` in YAML are floats, and a NaN limit compares false to everything
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Site(_Model):
@@ -53,7 +76,9 @@ class Device(_Model):
     timeout_s: float = Field(0.5, gt=0, le=30)
     endpoint_path: str = Field("", description="OPC UA endpoint path after host:port")
     subscribe: bool = Field(True, description="OPC UA: read by subscription, polling as fallback")
-    reversion_timeout_s: float = Field(10.0, gt=0, le=3600, description="PCS: falls back to 0 MW after this")
+    reversion_timeout_s: float = Field(10.0, ge=REVERSION_MIN_S, le=REVERSION_MAX_S,
+                                      description="PCS: falls back to 0 MW after this")
+    allow_no_reversion: bool = Field(False, description="PCS: accept a profile without reversion points (warned)")
     username: str | None = None
 
     @property
@@ -69,12 +94,12 @@ class Limits(_Model):
     soc_min_pct: float = Field(ge=0, le=100)
     soc_max_pct: float = Field(ge=0, le=100)
     soc_taper_band_pct: float = Field(5.0, ge=0, le=50)
-    t_derate_c: float = 45.0
-    t_max_c: float = 55.0
-    t_min_charge_c: float = 0.0
+    t_derate_c: float = Field(45.0, ge=T_MIN_C, le=T_MAX_C)
+    t_max_c: float = Field(55.0, ge=T_MIN_C, le=T_MAX_C)
+    t_min_charge_c: float = Field(0.0, ge=T_MIN_C, le=T_MAX_C)
     ramp_mw_per_s: float = Field(5.0, gt=0)
     grid_limit_mw: float = Field(gt=0)
-    stale_after_s: float = Field(3.0, gt=0)
+    stale_after_s: float = Field(3.0, gt=0, le=STALE_MAX_S)
 
     @field_validator("soc_max_pct")
     @classmethod
@@ -90,6 +115,14 @@ class Limits(_Model):
         lo = info.data.get("t_derate_c")
         if lo is not None and v <= lo:
             raise ValueError(f"must be > limits.t_derate_c (got {v:g} <= {lo:g})")
+        return v
+
+    @field_validator("t_min_charge_c")
+    @classmethod
+    def _t_min_order(cls, v: float, info: ValidationInfo) -> float:
+        hi = info.data.get("t_derate_c")
+        if hi is not None and v >= hi:
+            raise ValueError(f"must be < limits.t_derate_c (got {v:g} >= {hi:g})")
         return v
 
     @field_validator("soc_taper_band_pct")
@@ -117,8 +150,8 @@ class Battery(_Model):
 
 class Cycle(_Model):
     period_s: float = Field(1.0, ge=0.1, le=10)
-    manual_timeout_s: float = Field(300.0, gt=0)
-    decision_retention_days: float = Field(30.0, gt=0)
+    manual_timeout_s: float = Field(300.0, gt=0, le=86400)
+    decision_retention_days: float = Field(30.0, gt=0, le=3650)
 
 
 class Tls(_Model):
@@ -133,12 +166,12 @@ class Mqtt(_Model):
     protocol: Literal["5", "3.1.1"] = "5"
     client_id: str | None = None
     keepalive_s: int = Field(30, ge=5, le=3600)
-    session_expiry_s: int = Field(86400, ge=0)
-    telemetry_interval_s: float = Field(1.0, ge=0.1)
-    outbox_max_rows: int = Field(1_000_000, ge=100)
-    outbox_max_age_s: float = Field(7 * 86400, gt=0)
+    session_expiry_s: int = Field(86400, ge=0, le=0xFFFFFFFF)  # MQTT 5: a four-byte integer
+    telemetry_interval_s: float = Field(1.0, ge=0.1, le=3600)
+    outbox_max_rows: int = Field(1_000_000, ge=100, le=100_000_000)
+    outbox_max_age_s: float = Field(7 * 86400, gt=0, le=366 * 86400)
     drain_rate_per_s: float = Field(50_000, gt=0)  # backlog drain cap; the cycle keeps its rhythm either way
-    reconnect_max_s: float = Field(30, gt=0)
+    reconnect_max_s: float = Field(30, gt=0, le=3600)
     tls: Tls | None = None
 
 
@@ -211,8 +244,8 @@ class Scada(_Model):
 
 class Exchange(_Model):
     market: str = "intraday"
-    timeout_s: float = Field(5.0, gt=0)
-    cache_s: float = Field(2.0, ge=0)
+    timeout_s: float = Field(5.0, gt=0, le=120)
+    cache_s: float = Field(2.0, ge=0, le=3600)
     # the exchange's X-Timestamp window (DESIGN.md: 30 s): a request it has not taken within that window (plus
     # clock skew) never will be, so an unanswered order is settled as not placed after 2 windows and a margin
     request_window_s: float = Field(30.0, gt=0, le=300)
@@ -223,8 +256,8 @@ class Simulator(_Model):
 
     time_scale: float = Field(1.0, gt=0, le=10000)
     initial_soc_pct: float = Field(50.0, ge=0, le=100)
-    ambient_c: float = 25.0
-    initial_temperature_c: float = 25.0
+    ambient_c: float = Field(25.0, ge=T_MIN_C, le=T_MAX_C)
+    initial_temperature_c: float = Field(25.0, ge=T_MIN_C, le=T_MAX_C)
     thermal_time_constant_s: float = Field(1800.0, gt=0)
     heating_c_per_mw: float = Field(2.0, ge=0, description="steady-state rise above ambient per MW of |P|")
     ramp_mw_per_s: float = Field(10.0, gt=0)
@@ -241,6 +274,7 @@ class SiteConfig(_Model):
 
     site: Site
     mode: Literal["production", "demo"] = "production"
+    allow_insecure: bool = Field(False, description="production: accept a remote broker/exchange without TLS (warned)")
     devices: dict[str, Device]
     limits: Limits
     battery: Battery
@@ -253,15 +287,22 @@ class SiteConfig(_Model):
 
     # set by load_config, not by the file
     base_dir: Path | None = Field(None, exclude=True)
+    # risks the file accepts on purpose (allow_no_reversion ...): logged on every start, printed by check-config
+    _warnings: list[str] = PrivateAttr(default_factory=list)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._warnings
 
     @model_validator(mode="after")
-    def _roles(self) -> "SiteConfig":
-        roles = [d.role for d in self.devices.values()]
-        for role in ("bms", "pcs"):
-            if roles.count(role) != 1:
-                raise ValueError(f"devices: need exactly one device with role {role!r} (found {roles.count(role)})")
-        if self.limits.grid_limit_mw <= 0:
-            raise ValueError("limits.grid_limit_mw: must be > 0")
+    def _relations(self) -> "SiteConfig":
+        """Checks between sections. All of them are reported at once, each with its own YAML path (load_config
+        expands them; see _expand)."""
+        errors = _relation_errors(self)
+        if errors:
+            raise PydanticCustomError("relations", "{summary}",
+                                      {"summary": "; ".join(f"{'.'.join(map(str, loc))}: {m}" for loc, m in errors),
+                                       "errors": errors})
         return self
 
     def device(self, role: str) -> tuple[str, Device]:
@@ -275,6 +316,64 @@ class SiteConfig(_Model):
         return load_profile(self.profile_path(device))
 
 
+Loc = tuple[str | int, ...]
+
+
+def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """(YAML path, message) for every relation between sections that does not hold."""
+    errors: list[tuple[Loc, str]] = []
+    roles = [d.role for d in cfg.devices.values()]
+    for role in ("bms", "pcs"):
+        if roles.count(role) != 1:
+            errors.append((("devices",), f"need exactly one device with role {role!r} (found {roles.count(role)})"))
+    period, stale = cfg.cycle.period_s, cfg.limits.stale_after_s
+    if stale <= period:
+        errors.append((("limits", "stale_after_s"), f"must be > cycle.period_s (got {stale:g} <= {period:g})"))
+    for name, dev in cfg.devices.items():
+        loc: Loc = ("devices", name)
+        if dev.poll_interval_s * POLL_PERIODS_STALE > stale:
+            errors.append((loc + ("poll_interval_s",),
+                           f"must be <= limits.stale_after_s / {POLL_PERIODS_STALE} (got {dev.poll_interval_s:g} > "
+                           f"{stale / POLL_PERIODS_STALE:g}): a device only goes stale after "
+                           f"{POLL_PERIODS_STALE} poll periods without a good read"))
+        if dev.timeout_s >= stale:
+            errors.append((loc + ("timeout_s",), f"must be < limits.stale_after_s (got {dev.timeout_s:g} >= {stale:g})"))
+        if dev.role == "pcs" and dev.reversion_timeout_s < 2 * period:
+            errors.append((loc + ("reversion_timeout_s",),
+                           f"must be >= 2 x cycle.period_s (got {dev.reversion_timeout_s:g} < {2 * period:g}): "
+                           "the PCS would revert between two setpoint writes"))
+        if dev.role != "pcs" and dev.allow_no_reversion:
+            errors.append((loc + ("allow_no_reversion",), f"only for a device with role pcs (this one is {dev.role})"))
+    errors += _port_clashes("", _listeners(cfg))
+    sim = cfg.simulator
+    errors += _port_clashes("simulator.", {f: getattr(sim, f) for f in
+                                           ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")})
+    return errors
+
+
+def _listeners(cfg: SiteConfig) -> dict[str, int]:
+    """YAML path -> port of every server the daemon opens (web, each enabled SCADA face)."""
+    out = {"web.port": cfg.web.port} if cfg.web.enabled else {}
+    for face_name in type(cfg.scada).model_fields:
+        face = getattr(cfg.scada, face_name)
+        if getattr(face, "enabled", False) and isinstance(getattr(face, "port", None), int):
+            out[f"scada.{face_name}.port"] = face.port
+    return out
+
+
+def _port_clashes(prefix: str, ports: dict[str, int | None]) -> list[tuple[Loc, str]]:
+    seen: dict[int, str] = {}
+    errors: list[tuple[Loc, str]] = []
+    for path, port in ports.items():
+        if not port:
+            continue
+        if port in seen:
+            errors.append((tuple(f"{prefix}{path}".split(".")), f"port {port} is already {seen[port]}'s"))
+        else:
+            seen[port] = f"{prefix}{path}"
+    return errors
+
+
 class Secrets(BaseModel):
     """Secrets from the environment (or an env file), never from the YAML."""
 
@@ -284,6 +383,7 @@ class Secrets(BaseModel):
     exchange_base_url: str
     api_keys_read: list[str] = []         # API_KEY_READ: read-only keys (GET, /ws; writes get 403)
     exchange_api_key: str | None = None   # EXCHANGE_API_KEY: the key this site presents to the exchange
+    warnings: list[str] = []              # risks the site file accepts (allow_insecure): logged on every start
 
     @property
     def mqtt(self) -> "MqttUrl":
@@ -346,16 +446,69 @@ def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secre
         elif exchange_key and exchange_key in set(keys) | set(read_keys):
             # one secret, one purpose: whoever learns the site's exchange key must not also get its local API
             errors.append("EXCHANGE_API_KEY: must not be one of the local keys (API_KEY, API_KEY_READ)")
-    mqtt_url = env.get("MQTT_URL", "mqtt://127.0.0.1:1883")
+    mqtt_url, exchange_url = transport_urls(env)
     try:
         parse_mqtt_url(mqtt_url)
     except ValueError as e:
         errors.append(str(e))
+    insecure, warnings = transport_check(config, env)
+    errors += insecure
     if errors:
         raise ConfigError("environment", errors)
-    return Secrets(api_keys=keys, hmac_secret=secret, mqtt_url=mqtt_url,
-                   exchange_base_url=env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"),
-                   api_keys_read=read_keys, exchange_api_key=exchange_key)
+    return Secrets(api_keys=keys, hmac_secret=secret, mqtt_url=mqtt_url, exchange_base_url=exchange_url,
+                   api_keys_read=read_keys, exchange_api_key=exchange_key, warnings=warnings)
+
+
+def transport_urls(env: dict[str, str]) -> tuple[str, str]:
+    """MQTT_URL and EXCHANGE_BASE_URL with their defaults (both on this machine)."""
+    return (env.get("MQTT_URL", "mqtt://127.0.0.1:1883"),
+            env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """localhost, 127.0.0.0/8 or ::1 (IPv4-mapped too). Other names are not resolved: they count as remote."""
+    host = host.strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def transport_check(config: SiteConfig, env: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(errors, warnings) for plain-text links leaving this machine. In mode: production a remote broker
+    without TLS or a remote exchange over http is an error, unless the site file says allow_insecure: true:
+    then each is a warning, logged on every start. Loopback is fine without TLS; other modes are labs."""
+    mqtt_url, exchange_url = transport_urls(env)
+    problems = []
+    if config.mqtt.enabled:
+        try:
+            m = parse_mqtt_url(mqtt_url)
+        except ValueError:
+            m = None  # reported by load_secrets
+        if m is not None and not is_loopback_host(m.host):
+            if not m.tls and config.mqtt.tls is None:
+                problems.append(f"MQTT_URL: the broker {m.host} is not on this machine and the link is not "
+                                "encrypted (mqtt://); use mqtts:// or mqtt.tls")
+            elif config.mqtt.tls is not None and config.mqtt.tls.insecure:
+                problems.append(f"MQTT_URL: the broker {m.host} is not on this machine and mqtt.tls.insecure: true "
+                                "turns off the check of its certificate")
+    u = urlparse(exchange_url)
+    errors = []
+    if u.scheme not in ("http", "https") or not u.hostname:
+        errors.append(f"EXCHANGE_BASE_URL: must be http(s)://host[:port] (got {exchange_url!r})")
+    elif u.scheme == "http" and not is_loopback_host(u.hostname):
+        problems.append(f"EXCHANGE_BASE_URL: the exchange {u.hostname} is not on this machine and the link is not "
+                        "encrypted (http://); use https://")
+    if config.mode != "production" or not problems:
+        return errors, []
+    if config.allow_insecure:
+        return errors, [f"{p} (accepted by allow_insecure: true)" for p in problems]
+    return errors + [f"{p} (refused in mode: production unless the site file says allow_insecure: true)"
+                     for p in problems], []
 
 
 def _key_list(value: str) -> list[str]:
@@ -363,12 +516,14 @@ def _key_list(value: str) -> list[str]:
 
 
 def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
-    """The 1-based line of a YAML path in the composed node tree, or of its nearest existing parent."""
+    """The 1-based line of a YAML path in the composed node tree, or of its nearest existing parent (None when
+    not even its first key is in the file: line 1 would point at nothing)."""
     node, line = root, None
     for key in loc:
         if node is None:
             break
-        line = node.start_mark.line + 1
+        if node is not root:
+            line = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             node = next((v for k, v in node.value if k.value == str(key)), None)
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
@@ -396,7 +551,8 @@ def _resolve_files(cfg: SiteConfig) -> None:
 
 
 def load_config(path: str | Path) -> SiteConfig:
-    """Read, validate and resolve a site file, profiles included. Raises ConfigError listing every error."""
+    """Read, validate and resolve a site file, profiles and users file included. Raises ConfigError listing
+    every error, each led by its YAML path (and line)."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -412,23 +568,118 @@ def load_config(path: str | Path) -> SiteConfig:
     try:
         cfg = SiteConfig.model_validate(raw)
     except ValidationError as e:
-        lines = []
-        for err, text_line in zip(e.errors(), format_validation_error(e)):
-            n = _line_of(root, err["loc"])
-            head, _, msg = text_line.partition(": ")
-            lines.append(f"{head} (line {n}): {msg}" if n and err["loc"] else text_line)
-        raise ConfigError(str(path), lines) from e
+        raise ConfigError(str(path), [_located(root, loc, msg) for loc, msg in _expand(e)]) from e
     cfg.base_dir = path.resolve().parent
     _resolve_files(cfg)
-    errors = []
-    for name, dev in cfg.devices.items():
-        try:
-            prof = cfg.load_profile(dev)
-        except ProfileError as e:
-            errors.append(f"devices.{name}.profile: {e}")
-            continue
-        if prof.protocol != dev.protocol:
-            errors.append(f"devices.{name}.profile: profile {prof.name!r} is for {prof.protocol}, device says {dev.protocol}")
+    errors = [_located(root, loc, msg) for loc, msg in _device_errors(cfg) + _users_file_errors(cfg)]
     if errors:
         raise ConfigError(str(path), errors)
     return cfg
+
+
+def _expand(err: ValidationError) -> list[tuple[Loc, str]]:
+    """(YAML path, message) per error; the relations check's bundle becomes one line per relation, and the
+    offending value is named where pydantic's message does not (`Input should be a finite number (got nan)`)."""
+    out: list[tuple[Loc, str]] = []
+    for e, line in zip(err.errors(), format_validation_error(err)):
+        if e["type"] == "relations":
+            out += [(tuple(e["loc"]) + tuple(loc), msg) for loc, msg in e["ctx"]["errors"]]
+            continue
+        msg = line.partition(": ")[2] if e["loc"] else line
+        value = e.get("input")
+        if (e["type"] not in ("extra_forbidden", "missing") and "(got " not in msg
+                and isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 80):
+            msg = f"{msg} (got {value!r})"
+        out.append((tuple(e["loc"]), msg))
+    return out
+
+
+def _located(root: yaml.Node | None, loc: Loc, msg: str) -> str:
+    """`a.b.c (line N): msg`, or just the message for the file as a whole."""
+    if not loc:
+        return msg
+    n = _line_of(root, loc)
+    where = ".".join(str(x) for x in loc)
+    return f"{where} (line {n}): {msg}" if n else f"{where}: {msg}"
+
+
+def _reversion_points(prof: Profile) -> list[str]:
+    """The points controller/dispatch.py uses to make the PCS fall back to 0 MW on its own: the SunSpec-style
+    reversion timer (wset_rvrt_tms) or a heartbeat/watchdog register; only writable ones count."""
+    return [n for n in ("wset_rvrt_tms", "heartbeat") if n in prof.points and prof.points[n].writable]
+
+
+def _device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """Checks that need each device's profile: it loads, fits the protocol, and a PCS can revert by itself."""
+    errors: list[tuple[Loc, str]] = []
+    for name, dev in cfg.devices.items():
+        loc: Loc = ("devices", name)
+        try:
+            prof = cfg.load_profile(dev)
+        except ProfileError as e:
+            errors.append((loc + ("profile",), str(e)))
+            continue
+        if prof.protocol != dev.protocol:
+            errors.append((loc + ("profile",), f"profile {prof.name!r} is for {prof.protocol}, device says {dev.protocol}"))
+        if dev.role != "pcs":
+            continue
+        if not _reversion_points(prof):
+            if dev.allow_no_reversion:
+                cfg.warnings.append(
+                    f"devices.{name}: profile {prof.name!r} has no reversion point (wset_rvrt_tms or heartbeat): "
+                    "if the controller dies, the PCS holds its last setpoint (accepted by allow_no_reversion: true)")
+            else:
+                errors.append((loc + ("profile",),
+                               f"profile {prof.name!r} has no writable reversion point (wset_rvrt_tms or heartbeat): "
+                               "the PCS would hold its last setpoint if the controller died; say "
+                               f"devices.{name}.allow_no_reversion: true to accept that"))
+        tms = prof.points.get("wset_rvrt_tms")
+        if tms is not None and tms.writable:
+            device_value = dev.reversion_timeout_s / tms.factor   # seconds -> the point's unit
+            lo, hi = tms.min, tms.max
+            if (lo is not None and device_value < lo) or (hi is not None and device_value > hi):
+                errors.append((loc + ("reversion_timeout_s",),
+                               f"profile {prof.name!r} accepts wset_rvrt_tms {lo:g}..{hi:g} {tms.unit or 's'} "
+                               f"(got {dev.reversion_timeout_s:g} s)"))
+    return errors
+
+
+def _users_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The OPC UA face's users file, as controller/scada_opcua.py reads it:
+    `users: {name: {password: scrypt$<salt hex>$<hash hex>, role: viewer|operator}}`."""
+    ua = cfg.scada.opcua
+    loc: Loc = ("scada", "opcua", "users_file")
+    if not getattr(ua, "enabled", False):
+        return []
+    if not ua.users_file:
+        if cfg.mode == "demo":
+            return []  # the demo's well-known users, like its API key
+        return [(loc, "required when scada.opcua is enabled outside mode: demo (no anonymous login on the OPC UA face)")]
+    path = Path(ua.users_file)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        return [(loc, f"cannot read {path}: {e.strerror}")]
+    except yaml.YAMLError as e:
+        return [(loc, f"{path}: not valid YAML: {e}")]
+    shape = "users: {name: {password: scrypt$..., role: viewer|operator}}"
+    if not isinstance(data, dict) or set(data) != {"users"} or not isinstance(data["users"], dict):
+        return [(loc, f"{path}: must be a mapping with one key, {shape}")]
+    if not data["users"]:
+        return [(loc, f"{path}: no users (nobody could log in)")]
+    errors = []
+    for name, user in data["users"].items():
+        where = f"{path}: users.{name}"
+        if not isinstance(user, dict):
+            errors.append((loc, f"{where}: must be a mapping {{password: scrypt$..., role: viewer|operator}}"))
+            continue
+        for key in sorted(set(user) - {"password", "role"}):
+            errors.append((loc, f"{where}.{key}: unknown key"))
+        role, password = user.get("role"), user.get("password")
+        if role not in USER_ROLES:
+            errors.append((loc, f"{where}.role: must be one of {', '.join(USER_ROLES)} (got {role!r})"))
+        if not isinstance(password, str) or not _SCRYPT_HASH.match(password):
+            got = "missing" if password is None else "not a scrypt hash"
+            errors.append((loc, f"{where}.password: must be scrypt$<salt hex>$<hash hex> from "
+                                f"controller.scada_opcua.hash_password ({got})"))
+    return errors

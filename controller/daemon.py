@@ -167,6 +167,8 @@ def main_run(config: SiteConfig, args) -> int:
         for line in e.errors:
             print(f"environment: {line}", flush=True)
         return 2
+    for line in config.warnings + secrets.warnings:  # risks the site file accepts on purpose: said on every start
+        log.warning("accepted risk", extra={"risk": line})
     time_scale = getattr(args, "time_scale", None)
     # a sped-up clock is for labs and tests against simulators run at the same --time-scale, never a site
     clock = Clock(speed=time_scale) if time_scale and time_scale != 1.0 else None

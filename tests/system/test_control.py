@@ -229,7 +229,8 @@ async def test_new_period_applies_at_the_boundary_and_the_old_one_ends(plant, tm
     """The cycle is 5 s here, so only the boundary wake-up (APScheduler) can explain a change within 0.5 s."""
     boundary = period_start(time.time()) + PERIOD_S
     clock = Clock(start=boundary - 4.0)
-    overrides = merge(FAST_RAMP, {"cycle": {"period_s": 5.0}})
+    # stale_after_s must exceed the cycle period (config check), so it grows with this slow cycle
+    overrides = merge(FAST_RAMP, {"cycle": {"period_s": 5.0}, "limits": {"stale_after_s": 12}})
     async with make_controller(plant, tmp_path, clock=clock, **overrides) as c:
         now = clock.now()
         assert now < boundary - 1.0, "the controller took too long to start"

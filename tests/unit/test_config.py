@@ -68,8 +68,8 @@ def test_missing_profile_and_protocol_mismatch_are_named(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text))
     text = "\n".join(exc.value.errors)
-    assert "devices.pcs.profile:" in text and "nope.yaml" in text
-    assert "devices.bms.profile: profile 'generic-bms' is for modbus, device says opcua" in text
+    assert "devices.pcs.profile (line 4):" in text and "nope.yaml" in text
+    assert "devices.bms.profile (line 3): profile 'generic-bms' is for modbus, device says opcua" in text
 
 
 def test_check_config_cli_exit_codes(tmp_path):

@@ -76,6 +76,8 @@ def site_file(tmp_path: Path) -> Path:
     (tmp_path / "profiles" / "dummy-pcs.yaml").write_text(DUMMY_PCS_PROFILE)
     text = (ROOT / "config" / "demo-modbus.yaml").read_text()
     text = text.replace("protocol: sunspec", "protocol: modbus").replace("profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml")
+    # the dummy PCS has no reversion point: a site file must accept that explicitly
+    text = text.replace("    reversion_timeout_s: 10\n", "    reversion_timeout_s: 10\n    allow_no_reversion: true\n")
     p = tmp_path / "site.yaml"
     p.write_text(text)
     return p

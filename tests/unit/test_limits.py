@@ -193,14 +193,15 @@ class _Decoder:
 
 
 def decode_limits(dec: _Decoder) -> Limits:
-    """Any Limits the config accepts: soc_min < soc_max, band <= half the window, t_derate < t_max."""
+    """Any Limits the config accepts: soc_min < soc_max, band <= half the window, t_min_charge < t_derate < t_max
+    <= 100 °C."""
     soc_min = dec.span(0, 95)
     soc_max = soc_min + 1 + (99 - soc_min) * dec.unit()
     band = dec.unit() * (soc_max - soc_min) / 2
     t_derate = dec.span(-20, 80)
     return Limits(p_charge_max_mw=dec.span(0.01, 500), p_discharge_max_mw=dec.span(0.01, 500), soc_min_pct=soc_min,
                   soc_max_pct=soc_max, soc_taper_band_pct=band, t_derate_c=t_derate,
-                  t_max_c=t_derate + dec.span(0.1, 40), t_min_charge_c=dec.span(-30, 20),
+                  t_max_c=min(t_derate + dec.span(0.1, 40), 100.0), t_min_charge_c=min(dec.span(-30, 20), t_derate - 0.1),
                   ramp_mw_per_s=dec.span(0.01, 20), grid_limit_mw=dec.span(0.01, 500))
 
 
