@@ -110,8 +110,10 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
     clock = Clock(start=boundary - 4.0)   # the next period starts 4 s into the test
     schedule = ThreadRecordingSchedule()
     period_s = 6.0   # longer than the way to the boundary: only the boundary's wake-up can start the next cycle
+    # the config check wants stale_after_s above the cycle period and the PCS reversion at least two periods
     async with controller_with(plant, tmp_path, schedule, clock, cycle={"period_s": period_s},
-                               limits={"ramp_mw_per_s": 1000}) as c:
+                               limits={"ramp_mw_per_s": 1000, "stale_after_s": 2 * period_s + 1},
+                               devices={"pcs": {"reversion_timeout_s": 3 * period_s}}) as c:
         c._wake = wake = ThreadRecordingEvent()
         await c.start()
         loop_thread = threading.get_ident()
