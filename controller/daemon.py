@@ -123,7 +123,8 @@ class Daemon:
                              open_metrics=cfg.web.open_metrics, open_docs=cfg.web.open_docs,
                              lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
                              metrics_registry=self.metrics.registry)
-            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, cert, key, **uvicorn_options(cfg.web))
+            # TLS (cert, key) is done inside the web's connection guard: see web/server.py
+            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, **uvicorn_options(cfg.web, cert, key))
             await self.web.start()
             self.parts.append(self.web)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:

@@ -16,8 +16,8 @@ adds, per connection:
 The body limit itself (413 as the body streams, whatever the headers say) is web/app.py's ASGI middleware, where
 the answer can be a proper JSON error.
 
-Not covered here: a TLS handshake that never completes holds its socket for asyncio's handshake timeout (60 s)
-before the protocol exists; the TLS face is for a site's LAN, the plain face binds loopback by default.
+With TLS on, the guard does the handshake itself (uvicorn gets no ssl), so that a handshake too counts against
+the caps and runs under the header deadline; asyncio's own would hold each socket 60 s, uncounted.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.utils import get_remote_addr, is_ssl
 
 log = logging.getLogger("bess.web")
 
@@ -65,13 +67,24 @@ class Bounds:
                    max_body_bytes=web.max_body_bytes)
 
 
-def uvicorn_options(web: Any) -> dict[str, Any]:
-    """uvicorn.Config keywords for the site file's `web:` section."""
+def uvicorn_options(web: Any, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> dict[str, Any]:
+    """uvicorn.Config keywords for the site file's `web:` section. With a certificate and key, the guard does the
+    TLS handshake itself (uvicorn is given no ssl): a handshake then counts against the connection caps and has
+    the header deadline, where asyncio's own would hold a socket for 60 s outside them."""
     bounds = Bounds.of(web)
-    return {"http": guarded_protocol(bounds), "timeout_keep_alive": web.keep_alive_s,
+    tls = server_tls_context(ssl_certfile, ssl_keyfile) if ssl_certfile else None
+    return {"http": guarded_protocol(bounds, tls), "timeout_keep_alive": web.keep_alive_s,
             "ws_max_size": WS_MAX_MESSAGE_BYTES, "ws_max_queue": WS_MAX_QUEUE,
             # the guard refuses connections past the cap; a request on an admitted one is always served
             "limit_concurrency": None, "backlog": min(2048, 4 * bounds.max_connections)}
+
+
+def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """What uvicorn would build from ssl_certfile/ssl_keyfile, with TLS 1.2 as the floor."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(certfile, keyfile)
+    return ctx
 
 
 class _Throttled:
@@ -114,12 +127,14 @@ class _CloseLingers:
         return getattr(self._transport, name)
 
 
-def guarded_protocol(bounds: Bounds) -> type[HttpToolsProtocol]:
-    """A uvicorn http protocol class (pass as uvicorn.Config(http=...)) enforcing `bounds`. One class per
-    server: the per-client connection counts are shared by that server's connections only."""
+def guarded_protocol(bounds: Bounds, tls: ssl.SSLContext | None = None) -> type[HttpToolsProtocol]:
+    """A uvicorn http protocol class (pass as uvicorn.Config(http=...)) enforcing `bounds`, doing the TLS
+    handshake itself with `tls` if given. One class per server: the per-client connection counts are shared by
+    that server's connections only."""
 
     class GuardedHttpToolsProtocol(_Guarded):
         BOUNDS = bounds
+        TLS = tls
         per_client: Counter = Counter()
 
     return GuardedHttpToolsProtocol
@@ -127,6 +142,7 @@ def guarded_protocol(bounds: Bounds) -> type[HttpToolsProtocol]:
 
 class _Guarded(HttpToolsProtocol):
     BOUNDS: Bounds
+    TLS: ssl.SSLContext | None = None
     per_client: Counter
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -138,22 +154,80 @@ class _Guarded(HttpToolsProtocol):
         self._wire_bytes = 0          # bytes since the current request's headers ended
         self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
+        self._handshaking = False     # TLS: admitted, handshake under way (the TLS transport not made yet)
+        self._early = b""             # TLS: data that came between the handshake's end and connection_made
+        self._tls_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- connection
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.TLS is not None and not is_ssl(transport):
+            self._start_tls(transport)
+            return
+        if self._handshaking:   # the TLS transport, on an admitted connection: its deadline runs since accept
+            self._handshaking = False
+            super().connection_made(transport)
+            early, self._early = self._early, b""
+            if early:
+                self.data_received(early)
+            return
         super().connection_made(transport)   # counts it in the server's connections
+        if self._admit(transport, answer=True):
+            self._arm(self.BOUNDS.header_timeout_s, self._headers_late)
+
+    def _admit(self, transport: asyncio.Transport, answer: bool) -> bool:
+        """Count the connection, or refuse it (503 if `answer`) and close it at once when over a cap."""
         b = self.BOUNDS
         host = self.client[0] if self.client else ""
         if len(self.connections) > b.max_connections or self.per_client[host] >= b.max_connections_per_client:
             self._refused = True
             _warn.warn("connection_refused", "web: connection refused, too many open",
                        client=host, open=len(self.connections), open_from_client=self.per_client[host])
-            transport.write(_raw_response(503, "Service Unavailable", "too many open connections: try again later"))
+            if answer:
+                transport.write(_raw_response(503, "Service Unavailable", "too many open connections: try again later"))
             transport.close()
-            return
+            return False
         self.per_client[host] += 1
         self._admitted_as = host
-        self._arm(b.header_timeout_s, self._headers_late)
+        return True
+
+    # ---------------------------------------------------------------- TLS inside the guard
+    def _start_tls(self, transport: asyncio.Transport) -> None:
+        self.transport = transport   # the plain one, until the handshake ends
+        self.client = get_remote_addr(transport)
+        self.connections.add(self)
+        if not self._admit(transport, answer=False):   # a TLS client could not read a plain 503
+            self.connections.discard(self)
+            return
+        self._handshaking = True
+        # one deadline from accept for handshake and headers; closing the plain transport ends the handshake
+        self._arm(self.BOUNDS.header_timeout_s, self._headers_late)
+        self._tls_task = self.loop.create_task(self._handshake(transport))   # referenced until done
+
+    async def _handshake(self, transport: asyncio.Transport) -> None:
+        try:
+            tls_transport = await self.loop.start_tls(transport, self, self.TLS, server_side=True,
+                                                      ssl_handshake_timeout=self.BOUNDS.header_timeout_s)
+        except Exception as e:   # no TLS client, a bad handshake, too slow
+            self._handshake_failed(transport, str(e) or type(e).__name__)
+            return
+        if tls_transport is None:   # closed during the handshake (asyncio then answers None, not an error)
+            self._handshake_failed(transport, "connection closed during the handshake")
+            return
+        self.connection_made(tls_transport)
+
+    def _handshake_failed(self, transport: asyncio.Transport, why: str) -> None:
+        _warn.warn("tls_failed", "web: TLS handshake failed", client=self.client[0] if self.client else "", error=why)
+        self._disarm()
+        self._release()
+        self._handshaking = False
+        self.connections.discard(self)
+        transport.close()
+
+    def shutdown(self) -> None:
+        if self._handshaking:   # the server stops: end the handshake (which releases the connection)
+            self.transport.close()
+            return
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -245,6 +319,11 @@ class _Guarded(HttpToolsProtocol):
     # ---------------------------------------------------------------- parsing
     def data_received(self, data: bytes) -> None:
         if self._refused or self.parser is None:
+            return
+        if self._handshaking:   # TLS up, our connection_made for it not yet run: keep it for then (bounded)
+            self._early += data
+            if len(self._early) > self.BOUNDS.max_header_bytes:
+                self.transport.close()
             return
         if self._lingering:   # answered and closing: drop the rest (for LINGER_S at most)
             return

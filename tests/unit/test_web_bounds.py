@@ -219,3 +219,44 @@ async def test_keep_alive_requests_and_the_websocket_still_work_behind_the_guard
             async with connect(f"{w.ws_url}?token={token}", open_timeout=5) as ws:
                 assert json.loads(await asyncio.wait_for(ws.recv(), 5))["status"] == "online"
                 assert (await c.post("/api/mode", headers=H, json={"mode": "stopped"})).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------------------ TLS
+async def test_tls_handshakes_count_against_the_cap_and_have_a_deadline(tmp_path):
+    """With TLS the guard does the handshake: a client that connects and never says hello holds a slot only until
+    the header deadline, and connections over the cap are closed at once (asyncio's own handshake would hold each
+    socket 60 s, outside any count)."""
+    import ssl
+
+    from controller.config import WebTls
+    from controller.tls import ensure_certificate
+
+    cert, key = ensure_certificate(WebTls(enabled=True), tmp_path, bind_host="127.0.0.1")
+    ctx = ssl.create_default_context(cafile=cert)
+    async with running_web(web={"max_connections": 6, "max_connections_per_client": 6, "header_timeout_s": 3},
+                           tls=(cert, key)) as w:
+        url = f"https://127.0.0.1:{w.port}"
+        async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=10) as c:
+            assert (await c.get("/api/bess-status", headers=H)).status_code == 200
+        for _ in range(100):
+            if not w.server.server_state.connections:
+                break
+            await asyncio.sleep(0.02)
+        held = [await asyncio.open_connection("127.0.0.1", w.port) for _ in range(6)]   # no ClientHello, ever
+        reader, writer = await asyncio.open_connection("127.0.0.1", w.port)
+        assert await asyncio.wait_for(reader.read(), 10) == b""   # the 7th: closed
+        writer.close()
+        assert len(w.server.server_state.connections) == 6        # ... while the 6 still hold their slots
+        for r, wr in held:                                         # each closed at its deadline
+            assert await asyncio.wait_for(r.read(), 20) == b""
+            wr.close()
+        for _ in range(100):
+            if not w.server.server_state.connections:
+                break
+            await asyncio.sleep(0.02)
+        assert not w.server.server_state.connections
+        async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=10) as c:
+            assert (await c.get("/api/bess-status", headers=H)).status_code == 200
+            r = await c.post("/api/login", headers={"Content-Type": "application/json"},
+                             content=b'{"api_key":"' + b"k" * 1_100_000 + b'"}')
+            assert r.status_code == 413   # and the bounds hold inside TLS
