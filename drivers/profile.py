@@ -142,7 +142,8 @@ class Point(BaseModel):
             lo = -(1 << (bits - 1)) if signed else 0
             wrong = [v for v in self.invalid_values if not lo <= v < (1 << bits)]
             if wrong:
-                raise ValueError(f"invalid_values: {wrong} do not fit {self.count} register(s) of a {self.type}")
+                raise ValueError(f"invalid_values: {wrong} do not fit the point's type {self.type} "
+                                 f"({lo}..{(1 << bits) - 1})")
         return self
 
     @property
