@@ -5,7 +5,6 @@ asyncio loop until SIGTERM/SIGINT, then stops them in reverse order, leaving the
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -18,40 +17,6 @@ from controller.logs import setup_logging
 from controller.store import Store
 
 log = logging.getLogger("bess.daemon")
-
-
-class _Uvicorn:
-    """uvicorn's Server without its own signal capture: the daemon owns SIGTERM/SIGINT for every part."""
-
-    def __init__(self, app: Any, host: str, port: int, ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
-                 **options: Any):  # more uvicorn.Config keywords (web.server.uvicorn_options: the web's bounds)
-        import uvicorn
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):  # the daemon handles signals and stops us with should_exit
-                yield
-
-        cfg = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="on",
-                             ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, ws_ping_interval=20, **options)
-        self.server = Server(cfg)
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve(), name="web")
-        for _ in range(200):  # bounded: up to 10 s
-            if self.server.started or self.task.done():
-                break
-            await asyncio.sleep(0.05)
-        if self.task.done():
-            self.task.result()  # raises the bind error, with its message
-            raise RuntimeError("web server stopped during start")
-
-    async def stop(self) -> None:
-        if self.task:
-            self.server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, timeout=5)
 
 
 class Daemon:
@@ -111,7 +76,7 @@ class Daemon:
         if cfg.web.enabled:
             from controller.backend import ControllerBackend
             from web.app import create_app
-            from web.server import uvicorn_options
+            from web.server import UvicornServer, uvicorn_options
             from web.session_key import load_session_key
 
             self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
@@ -124,7 +89,8 @@ class Daemon:
                              lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
                              metrics_registry=self.metrics.registry)
             # TLS (cert, key) is done inside the web's connection guard: see web/server.py
-            self.web = _Uvicorn(app, cfg.web.host, cfg.web.port, **uvicorn_options(cfg.web, cert, key))
+            self.web = UvicornServer(app, cfg.web.host, cfg.web.port, name="web", lifespan="on", ws_ping_interval=20,
+                                     **uvicorn_options(cfg.web, cert, key))
             await self.web.start()
             self.parts.append(self.web)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:

@@ -8,7 +8,7 @@ import contextlib
 import logging
 import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.clock import Clock
 from controller.config import SiteConfig
@@ -17,6 +17,9 @@ from simulators.battery import BatteryModel, BatteryParams
 from simulators.faults import Faults
 from simulators.modbus_server import ModbusSimServer
 from simulators.pcs import Pcs, PcsParams
+
+if TYPE_CHECKING:
+    from web.server import UvicornServer
 
 log = logging.getLogger("bess.sim.plant")
 
@@ -180,7 +183,7 @@ class Plant:
                 await self.opcua.start()
                 self._started.append(self.opcua)
             if self._ports_wanted["control"] is not None:
-                self._control = _ControlServer(self, self.host, self._ports_wanted["control"])
+                self._control = _control_server(self, self.host, self._ports_wanted["control"])
                 await self._control.start()
                 self._started.append(self._control)
             self._tick = asyncio.create_task(self._run(), name="plant-tick")
@@ -209,44 +212,14 @@ class Plant:
         await self.stop()
 
 
-class _ControlServer:
+def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":
     """The loopback HTTP control app (simulators/control.py) under uvicorn, without uvicorn's signal capture
     (main_simulate owns SIGINT/SIGTERM)."""
+    from simulators.control import create_control_app
+    from web.server import UvicornServer   # here: uvicorn is heavy and only this face needs it
 
-    def __init__(self, plant: Plant, host: str, port: int):
-        import uvicorn
-
-        from simulators.control import create_control_app
-
-        class Server(uvicorn.Server):
-            @contextlib.contextmanager
-            def capture_signals(self):
-                yield
-
-        app = create_control_app(plant.model, plant.faults, plant.check_fault)
-        self.server = Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                            lifespan="off"))
-        self.port = port
-        self.task: asyncio.Task | None = None
-
-    async def start(self) -> None:
-        self.task = asyncio.create_task(self.server.serve(), name="sim-control")
-        for _ in range(200):  # bounded: up to 10 s
-            if self.server.started or self.task.done():
-                break
-            await asyncio.sleep(0.05)
-        if self.task.done():
-            self.task.result()
-            raise RuntimeError("simulator control server stopped during start")
-        if self.port == 0:
-            self.port = self.server.servers[0].sockets[0].getsockname()[1]
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait_for(self.task, timeout=5)
-            self.task = None
+    app = create_control_app(plant.model, plant.faults, plant.check_fault)
+    return UvicornServer(app, host, port, name="simulator control", lifespan="off")
 
 
 async def main_simulate(config: SiteConfig) -> None:

@@ -18,11 +18,15 @@ the answer can be a proper JSON error.
 
 With TLS on, the guard does the handshake itself (uvicorn gets no ssl), so that a handshake too counts against
 the caps and runs under the header deadline; asyncio's own would hold each socket 60 s, uncounted.
+
+`UvicornServer` runs an ASGI app under uvicorn without uvicorn's own signal capture: the process that owns it
+(the daemon, `bess-edge simulate`, `bess-edge exchange`) handles SIGTERM/SIGINT and calls `stop()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httptools
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.utils import get_remote_addr, is_ssl
 
@@ -77,6 +82,45 @@ def uvicorn_options(web: Any, ssl_certfile: str | None = None, ssl_keyfile: str 
             "ws_max_size": WS_MAX_MESSAGE_BYTES, "ws_max_queue": WS_MAX_QUEUE,
             # the guard refuses connections past the cap; a request on an admitted one is always served
             "limit_concurrency": None, "backlog": min(2048, 4 * bounds.max_connections)}
+
+
+class _NoSignalServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):  # the owner handles signals and stops us with should_exit
+        yield
+
+
+class UvicornServer:
+    """An ASGI app served by uvicorn as one task of the running loop, without uvicorn's signal capture.
+    `options`: more uvicorn.Config keywords (e.g. `uvicorn_options()`'s bounds, `lifespan`). Port 0 binds a free
+    port; `port` is the bound one after `start()`."""
+
+    def __init__(self, app: Any, host: str, port: int, *, name: str = "web", **options: Any):
+        self.name = name
+        self.port = port
+        self.server = _NoSignalServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                     access_log=False, **options))
+        self.task: asyncio.Task | None = None
+
+    async def start(self, timeout_s: float = 10.0) -> None:
+        """Serve; return once listening. Raises the bind error (with its message), or RuntimeError."""
+        self.task = asyncio.create_task(self.server.serve(), name=self.name)
+        for _ in range(max(1, int(timeout_s / 0.05))):  # bounded
+            if self.server.started or self.task.done():
+                break
+            await asyncio.sleep(0.05)
+        if self.task.done():
+            self.task.result()  # raises the bind error, with its message
+            raise RuntimeError(f"{self.name} server stopped during start")
+        if self.port == 0 and self.server.started:
+            self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(self.task, timeout=5)
+            self.task = None
 
 
 def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
