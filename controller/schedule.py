@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.config import Battery, Limits
+from drivers.validation import validation_problems
 
 PERIOD_S = 900
 MAX_DELIVERY_S = 24 * 3600
@@ -135,15 +136,14 @@ class Trade(BaseModel):
 def _format_errors(err: ValidationError) -> str:
     """pydantic's errors as `field: what is wrong (got value)`, joined by '; '."""
     lines = []
-    for e in err.errors():
-        path = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        if e["type"] == "missing":
+    for p in validation_problems(err):
+        msg = p.message.replace("Input should be", "must be")
+        if p.type == "missing":
             msg = "missing (required)"
-        elif e["type"] != "value_error" and isinstance(e.get("input"), (str, int, float, bool)):
-            msg += f" (got {e['input']!r:.80})"
+        elif p.type != "value_error" and isinstance(p.input, (str, int, float, bool)):
+            msg += f" (got {p.input!r:.80})"
         # model-level checks (loc empty) name their field in the message
-        lines.append(f"{path}: {msg}" if path else msg)
+        lines.append(f"{p.path}: {msg}" if p.path else msg)
     return "; ".join(lines)
 
 

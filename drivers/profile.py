@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from drivers.errors import ProfileError
+from drivers.validation import format_validation_error
 
 PointType = Literal["u16", "i16", "u32", "i32", "u64", "i64", "f32", "string"]
 Function = Literal["holding", "input", "coil", "discrete"]
@@ -257,24 +258,6 @@ def plausible_range(name: str, point: Point, rating_mw: float | None = None,
     f = point.factor
     lo, hi = rng[0] / f, rng[1] / f
     return (min(lo, hi), max(lo, hi))
-
-
-def format_validation_error(err: ValidationError, prefix: str = "") -> list[str]:
-    """One line per error, each led by its dotted path: `limits.soc_max_pct: must be > ...`."""
-    lines = []
-    for e in err.errors():
-        path = ".".join(str(x) for x in e["loc"])
-        msg = e["msg"]
-        for lead in ("Value error, ", "Assertion failed, "):
-            if msg.startswith(lead):
-                msg = msg[len(lead):]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        elif e["type"] == "finite_number":
-            msg = f"{msg} (got {e.get('input')!r})"   # pydantic does not say which: nan, inf or -inf
-        full = ".".join(p for p in (prefix, path) if p)
-        lines.append(f"{full}: {msg}" if full else msg)
-    return lines
 
 
 def load_profile(path: str | Path) -> Profile:

@@ -24,6 +24,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from drivers.validation import validation_problems
 from web.auth import ApiKeys, Lockout, Signer
 from web.backend import Backend, ExchangeDown, OrderRefused
 from web.routes import auth, live, ops, pages, plant, trading
@@ -45,13 +46,9 @@ def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None,
 def _describe_errors(errors: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     """A one-line detail naming each field, and the errors without their inputs (an input may be NaN or huge,
     which must not break the JSON answer, and may be a secret)."""
-    clean, parts = [], []
-    for e in errors:
-        loc = [str(x) for x in e.get("loc", ())]
-        msg = str(e.get("msg", "invalid"))
-        clean.append({"loc": loc, "msg": msg, "type": str(e.get("type", ""))})
-        parts.append(f"{'.'.join(loc) or 'request'}: {msg}")
-    return "; ".join(parts) or "invalid request", clean
+    problems = validation_problems(errors)
+    clean = [{"loc": list(p.loc), "msg": p.msg, "type": p.type} for p in problems]
+    return "; ".join(f"{p.path or 'request'}: {p.msg}" for p in problems) or "invalid request", clean
 
 
 class _Metrics:
