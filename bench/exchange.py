@@ -26,7 +26,7 @@ import httpx  # noqa: E402
 
 from controller.clock import iso  # noqa: E402
 from simulators.exchange.client import ExchangeClient  # noqa: E402
-from simulators.exchange.engine import MatchingEngine, OrderRequest  # noqa: E402
+from simulators.exchange.engine import MatchingEngine, TickOrder  # noqa: E402
 
 SECRET = "bench-secret"
 KEYS = {"bench-a": "site-a", "bench-b": "site-b"}
@@ -37,14 +37,14 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-def random_orders(n: int, products: list[int], seed: int = 1) -> list[OrderRequest]:
+def random_orders(n: int, products: list[int], seed: int = 1) -> list[TickOrder]:
     """Orders around 100 EUR/MWh, both sides, four participants, mostly GTC: books stay deep and cross often."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         side = rng.choice(("buy", "sell"))
         price = 10_000 + int(rng.gauss(0, 150)) + (-60 if side == "buy" else 60)
-        out.append(OrderRequest(participant=rng.choice("abcd"), side=side, price_ticks=price,
+        out.append(TickOrder(participant=rng.choice("abcd"), side=side, price_ticks=price,
                                 quantity_lots=rng.randint(1, 50), delivery_start=rng.choice(products),
                                 time_in_force=rng.choice(("GTC",) * 8 + ("IOC", "FOK"))))
     return out
@@ -110,7 +110,7 @@ async def bench_rest(url: str, n: int, concurrency: int, time_cap_s: float) -> d
     clients = {k: ExchangeClient(url, k, SECRET, timeout_s=10) for k in KEYS}
     keys = list(KEYS)
 
-    def body(req: OrderRequest) -> dict:
+    def body(req: TickOrder) -> dict:
         return {"side": req.side, "quantity_mw": req.quantity_lots / 10, "price_eur_mwh": req.price_ticks / 100,
                 "delivery_start": iso(req.delivery_start), "market": "intraday", "time_in_force": req.time_in_force}
 

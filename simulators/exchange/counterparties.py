@@ -12,13 +12,13 @@ import random
 from typing import Protocol
 
 from simulators.exchange.curve import PriceCurve
-from simulators.exchange.engine import MatchingEngine, OrderRequest, Result, price_to_ticks
+from simulators.exchange.engine import MatchingEngine, TickOrder, Result, price_to_ticks
 
 
 class Venue(Protocol):
     engine: MatchingEngine
 
-    def submit(self, req: OrderRequest, now: float) -> Result: ...
+    def submit(self, req: TickOrder, now: float) -> Result: ...
 
     def cancel(self, order_id: str, participant: str, now: float): ...
 
@@ -39,8 +39,8 @@ class Counterparties:
     def fair_eur(self, name: str, delivery_start: int) -> float:
         return self.curve.price(delivery_start) + self.bias_eur[name] + self.drift_eur.get(delivery_start, 0.0)
 
-    def _request(self, name: str, side: str, price_eur: float, lots: int, ds: int, tif: str = "GTC") -> OrderRequest:
-        return OrderRequest(participant=name, side=side, price_ticks=price_to_ticks(round(price_eur, 2)),
+    def _request(self, name: str, side: str, price_eur: float, lots: int, ds: int, tif: str = "GTC") -> TickOrder:
+        return TickOrder(participant=name, side=side, price_ticks=price_to_ticks(round(price_eur, 2)),
                             quantity_lots=lots, delivery_start=ds, market=self.market, time_in_force=tif)
 
     def _quote(self, venue: Venue, name: str, ds: int, now: float, side: str | None = None) -> None:

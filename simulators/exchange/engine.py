@@ -80,8 +80,9 @@ def lots_to_mw(lots: int) -> float:
 
 
 @dataclass(frozen=True)
-class OrderRequest:
-    """A validated order, already in ticks and lots."""
+class TickOrder:
+    """An order in the engine's units: integer 0.01 EUR/MWh ticks and 0.1 MW lots (the wire's MW and EUR/MWh
+    become these at the engine's boundary: simulators/exchange/wire.py)."""
 
     participant: str
     side: Side
@@ -326,7 +327,7 @@ class MatchingEngine:
         first = (int(now + self.gate_closure_s) // PERIOD_S + 1) * PERIOD_S
         return [p for p in (first + i * PERIOD_S for i in range(count)) if self.is_open(p, now)]
 
-    def refusal(self, req: OrderRequest, now: float) -> str | None:
+    def refusal(self, req: TickOrder, now: float) -> str | None:
         """Why `req` cannot enter at `now`, or None when it can."""
         if req.delivery_start % PERIOD_S:
             return "delivery_start is not on a 15-minute boundary"
@@ -340,7 +341,7 @@ class MatchingEngine:
         return None
 
     # ---- orders ---------------------------------------------------------------------------------------
-    def _new_order(self, req: OrderRequest, now: float) -> Order:
+    def _new_order(self, req: TickOrder, now: float) -> Order:
         self._order_seq += 1
         order = Order(order_id=f"{self.id_prefix}O{self._order_seq:08d}", seq=self._order_seq,
                       participant=req.participant, side=req.side, price_ticks=req.price_ticks,
@@ -357,7 +358,7 @@ class MatchingEngine:
         oid = self._by_client_id.get((participant, client_order_id))
         return self.orders.get(oid) if oid else None
 
-    def submit(self, req: OrderRequest, now: float) -> Result:
+    def submit(self, req: TickOrder, now: float) -> Result:
         """Enter an order at `now`: reject it, match it, and rest (GTC) or cancel (IOC/FOK) the remainder."""
         order = self._new_order(req, now)
         why = self.refusal(req, now)

@@ -9,7 +9,7 @@ import logging
 from typing import Protocol
 
 from simulators.exchange.counterparties import Counterparties
-from simulators.exchange.engine import MatchingEngine, Order, OrderRequest, Result, Trade
+from simulators.exchange.engine import MatchingEngine, Order, TickOrder, Result, Trade
 from simulators.exchange.marketdata import MarketData
 
 log = logging.getLogger("bess.exchange")
@@ -36,7 +36,7 @@ class ExchangeService:
         self.site_trades: dict[str, list[Trade]] = {}
         self.trades_total = 0
 
-    def submit(self, req: OrderRequest, now: float) -> Result:
+    def submit(self, req: TickOrder, now: float) -> Result:
         self.expire(now)
         result = self.engine.submit(req, now)
         for trade in result.trades:

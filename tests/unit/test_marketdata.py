@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from simulators.exchange.curve import PriceCurve
-from simulators.exchange.engine import MatchingEngine, OrderRequest, Trade
+from simulators.exchange.engine import MatchingEngine, Trade
+from simulators.exchange.engine import TickOrder as OrderRequest
 from simulators.exchange.marketdata import MarketData, ema, ema_alpha, mark, vwap
 
 DS = 1_800_000_000 - 1_800_000_000 % 900

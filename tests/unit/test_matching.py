@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulators.exchange.engine import (MatchingEngine, OrderNotActive, OrderNotFound, OrderRequest, lots_to_mw,
-                                        mw_to_lots, price_to_ticks, ticks_to_price)
+from simulators.exchange.engine import (MatchingEngine, OrderNotActive, OrderNotFound, lots_to_mw, mw_to_lots,
+                                        price_to_ticks, ticks_to_price)
+from simulators.exchange.engine import TickOrder as OrderRequest
 
 T0 = 1_800_000_000 - 1_800_000_000 % 900  # a 15-minute boundary
 DS = T0 + 4 * 900  # a product one hour ahead: open from T0 on
