@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -224,22 +223,16 @@ def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":
 
 async def main_simulate(config: SiteConfig) -> None:
     """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation."""
+    from web.server import stop_signals
+
     plant = Plant.from_config(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        async with plant:
-            sim = config.simulator
-            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
-                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
-            names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
-                     "control": "control HTTP"}
-            for face, port in plant.ports.items():
-                print(f"  {names[face]:<26} {sim.host}:{port}", flush=True)
-            await stop.wait()
-            print("plant simulator: stopping", flush=True)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+    async with stop_signals() as stop, plant:
+        sim = config.simulator
+        print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
+              f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
+        names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
+                 "control": "control HTTP"}
+        for face, port in plant.ports.items():
+            print(f"  {names[face]:<26} {sim.host}:{port}", flush=True)
+        await stop.wait()
+        print("plant simulator: stopping", flush=True)

@@ -29,9 +29,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import signal
 import ssl
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +123,21 @@ class UvicornServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait_for(self.task, timeout=5)
             self.task = None
+
+
+@contextlib.asynccontextmanager
+async def stop_signals() -> AsyncIterator[asyncio.Event]:
+    """The owner's half of a UvicornServer (which captures no signals): an event that SIGINT or SIGTERM sets while
+    inside; the handlers are removed on leaving."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def server_tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:

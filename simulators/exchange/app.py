@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -125,20 +124,15 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
 
 async def serve(host: str = "127.0.0.1", port: int = 9000, **app_kwargs) -> None:
     """Run the exchange app under uvicorn until cancelled or SIGINT/SIGTERM (then stopped gracefully)."""
-    from web.server import UvicornServer   # here: uvicorn is heavy, and only serving needs it
+    from web.server import UvicornServer, stop_signals   # here: uvicorn is heavy, and only serving needs it
 
     server = UvicornServer(create_app(**app_kwargs), host, port, name="exchange", lifespan="on")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    async with stop_signals() as stop:
         await server.start()
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await server.stop()
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
 
 
 def main_exchange(args) -> int:
