@@ -238,7 +238,7 @@ class _Guarded(HttpToolsProtocol):
     def _admit(self, transport: asyncio.Transport, answer: bool) -> bool:
         """Count the connection, or refuse it (503 if `answer`) and close it at once when over a cap."""
         b = self.BOUNDS
-        host = self.client[0] if self.client else ""
+        host = self._host()
         if len(self.connections) > b.max_connections or self.per_client[host] >= b.max_connections_per_client:
             self._refused = True
             _warn.warn("connection_refused", "web: connection refused, too many open",
@@ -277,7 +277,7 @@ class _Guarded(HttpToolsProtocol):
         self.connection_made(tls_transport)
 
     def _handshake_failed(self, transport: asyncio.Transport, why: str) -> None:
-        _warn.warn("tls_failed", "web: TLS handshake failed", client=self.client[0] if self.client else "", error=why)
+        _warn.warn("tls_failed", "web: TLS handshake failed", client=self._host(), error=why)
         self._disarm()
         self._release()
         self._handshaking = False
@@ -318,16 +318,26 @@ class _Guarded(HttpToolsProtocol):
             self._deadline.cancel()
             self._deadline = None
 
+    def _host(self) -> str:
+        """The client's IP address, "" when unknown (what the per-client counts and the log lines use)."""
+        return self.client[0] if self.client else ""
+
     def _idle(self) -> bool:
         """No response in progress on this connection: a raw answer cannot interleave with the app's."""
         return self.cycle is None or self.cycle.response_complete
 
-    def _headers_late(self) -> None:
+    def _deadline_passed(self, kind: str, message: str, timeout_s: float) -> bool:
+        """A deadline's callback begins here: False if the connection is closing already, else logged."""
         self._deadline = None
         if self.transport.is_closing():
+            return False
+        _warn.warn(kind, message, client=self._host(), timeout_s=timeout_s)
+        return True
+
+    def _headers_late(self) -> None:
+        if not self._deadline_passed("header_timeout", "web: request headers too slow, connection closed",
+                                     self.BOUNDS.header_timeout_s):
             return
-        _warn.warn("header_timeout", "web: request headers too slow, connection closed",
-                   client=self.client[0] if self.client else "", timeout_s=self.BOUNDS.header_timeout_s)
         if self._idle() and self._header_bytes:
             self.transport.write(_raw_response(408, "Request Timeout",
                                                f"request headers not complete within {self.BOUNDS.header_timeout_s:g} s"))
@@ -336,11 +346,9 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
 
     def _body_late(self) -> None:
-        self._deadline = None
-        if self.transport.is_closing():
+        if not self._deadline_passed("body_timeout", "web: request body too slow, connection closed",
+                                     self.BOUNDS.body_timeout_s):
             return
-        _warn.warn("body_timeout", "web: request body too slow, connection closed",
-                   client=self.client[0] if self.client else "", timeout_s=self.BOUNDS.body_timeout_s)
         # the app may be answering this request: no raw answer, the app sees a disconnect
         self.transport.close()
 
@@ -405,7 +413,7 @@ class _Guarded(HttpToolsProtocol):
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError:
-                _warn.warn("bad_request", "web: invalid HTTP request", client=self.client[0] if self.client else "")
+                _warn.warn("bad_request", "web: invalid HTTP request", client=self._host())
                 self.send_400_response("Invalid HTTP request received.")
                 return
             if in_headers and self._in_headers:
@@ -418,12 +426,12 @@ class _Guarded(HttpToolsProtocol):
                 self._wire_bytes += len(piece)
                 if self._wire_bytes > self.BOUNDS.max_wire_bytes:
                     _warn.warn("body_flood", "web: request body far over the limit, connection closed",
-                               client=self.client[0] if self.client else "", bytes=self._wire_bytes)
+                               client=self._host(), bytes=self._wire_bytes)
                     self.transport.close()
                     return
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
-        _warn.warn(f"refused_{status}", f"web: request refused ({status})", client=self.client[0] if self.client else "",
+        _warn.warn(f"refused_{status}", f"web: request refused ({status})", client=self._host(),
                    detail=detail)
         self._disarm()
         if self._idle() and not self.transport.is_closing():
