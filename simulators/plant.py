@@ -215,7 +215,7 @@ def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":
     """The loopback HTTP control app (simulators/control.py) under uvicorn, without uvicorn's signal capture
     (main_simulate owns SIGINT/SIGTERM)."""
     from simulators.control import create_control_app
-    from web.server import UvicornServer   # here: uvicorn is heavy and only this face needs it
+    from web.server import UvicornServer  # here: uvicorn is heavy and only this face needs it
 
     app = create_control_app(plant.model, plant.faults, plant.check_fault)
     return UvicornServer(app, host, port, name="simulator control", lifespan="off")

@@ -86,7 +86,8 @@ class _GuardMiddleware:
     add the security headers. A refused body ends the connection (connection: close), so the rest of it is never
     read."""
 
-    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"), (b"x-frame-options", b"DENY")]
+    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+               (b"x-frame-options", b"DENY")]
     CLOSE = (b"connection", b"close")
 
     def __init__(self, app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):

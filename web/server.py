@@ -339,8 +339,8 @@ class _Guarded(HttpToolsProtocol):
                                      self.BOUNDS.header_timeout_s):
             return
         if self._idle() and self._header_bytes:
-            self.transport.write(_raw_response(408, "Request Timeout",
-                                               f"request headers not complete within {self.BOUNDS.header_timeout_s:g} s"))
+            detail = f"request headers not complete within {self.BOUNDS.header_timeout_s:g} s"
+            self.transport.write(_raw_response(408, "Request Timeout", detail))
             self._linger()
         else:
             self.transport.close()

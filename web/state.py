@@ -69,8 +69,9 @@ class WebState:
     def refuse_if_locked(self, ip: str) -> None:
         retry = self.lockout.retry_after_s(ip)
         if retry > 0:
-            raise HTTPException(429, f"too many failed authentication attempts from {ip}: "
-                                     f"try again in {math.ceil(retry)} s", headers={"Retry-After": str(math.ceil(retry))})
+            wait_s = math.ceil(retry)
+            raise HTTPException(429, f"too many failed authentication attempts from {ip}: try again in {wait_s} s",
+                                headers={"Retry-After": str(wait_s)})
 
     # ---------------------------------------------------------------- audited writes
     async def audit(self, who: str, action: str, details: dict[str, Any]) -> None:

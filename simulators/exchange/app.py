@@ -1,12 +1,13 @@
 """REST face of the exchange simulator (FastAPI): orders, trades, market data, signed-request auth;
-`create_app()` for tests, `serve()` / `main_exchange()` for `bess-edge exchange` (port 9000).
+`create_app()` for tests, `serve()` / `main_exchange()` for `bess-edge exchange` (port 9000). This module builds
+the app (state, ticker, auth errors); the routes are simulators/exchange/routes.py, the order's wire model wire.py.
 
 Responses: POST /api/orders -> 201 with the order (+ `trades` it made); a `client_order_id` the caller used
 before -> 200 with that order as it is now (a retry never places a second order), or 409 if the fields differ;
 GET /api/orders?client_order_id=X -> the caller's order with that id as a list of one, or []; an order the
-market refuses (gate closed, product not open yet) -> 409 `{detail, order}` with the order in status `rejected`; bad fields -> 422
-`{detail, errors}`; auth failures -> 401 `{detail}`. GET /api/market-data is public market information (a
-person can open it in a browser); if auth headers are sent, they are checked.
+market refuses (gate closed, product not open yet) -> 409 `{detail, order}` with the order in status `rejected`;
+bad fields -> 422 `{detail, errors}`; auth failures -> 401 `{detail}`. GET /api/market-data is public market
+information (a person can open it in a browser); if auth headers are sent, they are checked.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi.responses import JSONResponse
 
 from controller.clock import Clock
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET
-from simulators.exchange.auth import AuthError, Authenticator
+from simulators.exchange.auth import Authenticator, AuthError
 from simulators.exchange.counterparties import Counterparties
 from simulators.exchange.curve import PriceCurve
 from simulators.exchange.engine import GATE_CLOSURE_S, MatchingEngine
@@ -124,7 +125,7 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
 
 async def serve(host: str = "127.0.0.1", port: int = 9000, **app_kwargs) -> None:
     """Run the exchange app under uvicorn until cancelled or SIGINT/SIGTERM (then stopped gracefully)."""
-    from web.server import UvicornServer, stop_signals   # here: uvicorn is heavy, and only serving needs it
+    from web.server import UvicornServer, stop_signals  # here: uvicorn is heavy, and only serving needs it
 
     server = UvicornServer(create_app(**app_kwargs), host, port, name="exchange", lifespan="on")
     async with stop_signals() as stop:

@@ -12,7 +12,7 @@ import random
 from typing import Protocol
 
 from simulators.exchange.curve import PriceCurve
-from simulators.exchange.engine import MatchingEngine, TickOrder, Result, price_to_ticks
+from simulators.exchange.engine import MatchingEngine, Result, TickOrder, price_to_ticks
 
 
 class Venue(Protocol):

@@ -9,7 +9,7 @@ import logging
 from typing import Protocol
 
 from simulators.exchange.counterparties import Counterparties
-from simulators.exchange.engine import MatchingEngine, Order, TickOrder, Result, Trade
+from simulators.exchange.engine import MatchingEngine, Order, Result, TickOrder, Trade
 from simulators.exchange.marketdata import MarketData
 
 log = logging.getLogger("bess.exchange")
