@@ -38,6 +38,16 @@ def _refuse_write_if_read_only(state: WebState, request: Request, fp: str, what:
                                  f"{request.method} needs a key from API_KEY")
 
 
+async def _key_or_401(state: WebState, ip: str, key: str, what: str, scheme: str) -> str:
+    """The key's fingerprint (and the client's failures forgiven), or 401 (counted towards the lockout)."""
+    fp = state.keys.check(key)
+    if fp is None:
+        await state.record_failure(ip, what)
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": scheme})
+    state.lockout.success(ip)
+    return fp
+
+
 async def _session_or_401(state: WebState, ip: str, token: str, scheme: str) -> dict:
     """The session's payload, or 401 (a forged cookie counts towards the lockout)."""
     try:
@@ -55,11 +65,7 @@ async def authenticated(request: Request, api_key: str | None = Security(header_
     ip = client_ip(request)
     state.refuse_if_locked(ip)
     if api_key is not None:
-        fp = state.keys.check(api_key)
-        if fp is None:
-            await state.record_failure(ip, "X-API-Key")
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "ApiKey"})
-        state.lockout.success(ip)
+        fp = await _key_or_401(state, ip, api_key, "X-API-Key", "ApiKey")
         _refuse_write_if_read_only(state, request, fp, "API key")
         return f"key:{fp}"
     if session:
@@ -83,12 +89,7 @@ async def _reader(request: Request, state: WebState) -> str:
     scheme, _, bearer = request.headers.get("authorization", "").partition(" ")
     candidate = request.headers.get("x-api-key") or (bearer.strip() if scheme.lower() == "bearer" else None)
     if candidate:
-        fp = state.keys.check(candidate)
-        if fp is None:
-            await state.record_failure(ip, "metrics/docs key")
-            raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-        state.lockout.success(ip)
-        return f"key:{fp}"
+        return f"key:{await _key_or_401(state, ip, candidate, 'metrics/docs key', 'Bearer')}"
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         return f"session:{(await _session_or_401(state, ip, token, 'Bearer'))['kid']}"
