@@ -88,6 +88,21 @@ class StackError(RuntimeError):
     """The stack could not be started or a part of it died."""
 
 
+# set by SIGINT/SIGTERM: their handler also raises KeyboardInterrupt, but one raised while Python runs a finalizer
+# is printed and dropped, so the waits check this too
+STOP = threading.Event()
+
+
+def on_stop_signal(signum: int, frame: Any) -> None:
+    STOP.set()
+    raise KeyboardInterrupt
+
+
+def check_stop() -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -116,7 +131,7 @@ class Proc:
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen | None = None
-    starts: int = 0
+    pgids: list[int] = field(default_factory=list)  # one per start: its own session and process group
 
     @property
     def pid(self) -> int | None:
@@ -129,7 +144,7 @@ class Proc:
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
-        self.starts += 1
+        self.pgids.append(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(port_open(p) for p in self.ports):
             if self.proc.poll() is not None:
@@ -138,7 +153,20 @@ class Proc:
             if time.monotonic() > deadline:
                 raise StackError(f"{self.name} did not open ports {self.ports} within {START_TIMEOUT_S:g} s; "
                                  f"log {self.log_path}:\n" + tail(self.log_path))
+            check_stop()
             time.sleep(0.1)
+
+    def left_behind(self) -> bool:
+        """Is any process of any of its starts still there? (signal 0 to each process group: none -> ESRCH)"""
+        for pgid in self.pgids:
+            try:
+                os.killpg(pgid, 0)
+                return True
+            except ProcessLookupError:
+                continue
+            except PermissionError:
+                return True
+        return False
 
     def stop(self, timeout_s: float = 10.0) -> None:
         """SIGTERM to its process group, then SIGKILL if it is still there after timeout_s."""
@@ -612,6 +640,7 @@ def stored_trade_ids(state_dir: Path) -> set[str]:
 def wait_until(pred: Callable[[], bool], timeout_s: float, step_s: float = 0.5) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        check_stop()
         if pred():
             return True
         time.sleep(step_s)
@@ -780,6 +809,7 @@ class Soak:
         next_sample, next_order, next_fault = self.t0, self.t0 + min(30.0, a.order_every_s), self.t0 + a.fault_every_s
         self._last_buckets = buckets(self.site.metrics() or {})
         while True:
+            check_stop()
             now = time.monotonic()
             if now >= end and self.active is None:
                 break
@@ -803,6 +833,7 @@ class Soak:
             wake = min(next_sample, next_order, next_fault, end, self.active["clear_at"] if self.active else math.inf)
             time.sleep(max(0.05, min(1.0, wake - time.monotonic())))
         while self.recovering is not None:
+            check_stop()
             self.check_recovery()
             time.sleep(0.5)
         self.sample()
@@ -940,12 +971,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
-    keep = args.keep
+    keep = True  # until the run ends well: its logs are what tells why it did not
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt  # SIGTERM: the same way out as Ctrl-C, through every finally
-
-    signal.signal(signal.SIGTERM, on_term)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C and SIGTERM: the same way out, through every finally
+        signal.signal(sig, on_stop_signal)
     soak = None
     code = 2
     try:
@@ -957,20 +986,21 @@ def main(argv: list[str] | None = None) -> int:
         end = soak.settle()
         out = report(args, soak, end)
         code = 0 if out["all_passed"] else 1
-        keep = keep or code != 0
+        keep = args.keep or code != 0
         print(json.dumps(out), flush=True)
     except StackError as e:
         print(f"soak: {e}", file=sys.stderr, flush=True)
-        keep = True
     except KeyboardInterrupt:
         print("soak: interrupted", file=sys.stderr, flush=True)
-        keep = True
         code = 130
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not leave a process behind
+            signal.signal(sig, signal.SIG_IGN)
         if soak is not None:
             soak.stop_all()
-            left = [p.name for p in soak.procs if p.running()]
-            print("soak: every process stopped" if not left else f"soak: still running: {left}", flush=True)
+            left = [p.name for p in soak.procs if p.left_behind()]
+            print(f"soak: every process it started ({sum(len(p.pgids) for p in soak.procs)}, restarts included) "
+                  "has ended" if not left else f"soak: STILL RUNNING: {left}", flush=True)
         if keep:
             print(f"soak: logs and state kept in {work}", flush=True)
         else:
