@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.config import Device, SiteConfig
-from controller.snapshot import DeviceHealth, InvalidReading, Reading, Snapshot
+from controller.snapshot import DeviceHealth, InvalidReading, Snapshot
+from drivers.base import DeviceDriver, Reading
 from drivers.errors import DeviceError, Disconnected, DeviceTimeout
 from drivers.profile import Profile
 
@@ -28,7 +29,7 @@ ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 
 
-def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None):
+def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None) -> DeviceDriver:
     """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible."""
     if dev.protocol == "modbus":
         from drivers.modbus import ModbusDriver
@@ -56,7 +57,7 @@ class DeviceLink:
     role: str
     config: Device
     profile: Profile
-    driver: object
+    driver: DeviceDriver
     readings: dict[str, Reading] = field(default_factory=dict)
     last_good_ts: float | None = None
     last_poll_ts: float | None = None
@@ -159,7 +160,7 @@ def _word(v: object) -> int | None:
 class DeviceSet:
     """All device links of the site; builds the frozen snapshot of a cycle."""
 
-    def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, object] | None = None):
+    def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, DeviceDriver] | None = None):
         self.config = config
         self.clock = clock
         self.links: dict[str, DeviceLink] = {}

@@ -4,18 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from drivers.base import Reading
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One point's value in canonical units, with the time (Unix s, from the injected clock) it was read.
-
-    A reading the driver could not trust (a marker value, outside its plausible range, not finite, a bad OPC UA
-    status) has value None, `raw` (what the device sent, as text) and `invalid` (why it is unknown)."""
-
-    value: float | int | str | None
-    ts: float
-    raw: str | None = None
-    invalid: str | None = None
+__all__ = ["Reading", "InvalidReading", "DeviceHealth", "Snapshot"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 
-from controller.clock import Clock
-from controller.snapshot import Reading
 from drivers import codec
 from drivers.backoff import Backoff
+from drivers.base import DriverStats, Reading, TimeSource, WallTime
 from drivers.errors import DeviceTimeout, Disconnected, ModbusError, ReadbackMismatch, WriteRefused
 from drivers.profile import Function, Point, Profile, plausible_range
 
@@ -39,16 +38,6 @@ class ReadRequest:
     points: tuple[tuple[str, Point, int], ...]
 
 
-@dataclass
-class DriverStats:
-    requests: int = 0
-    errors: int = 0
-    reads: int = 0
-    connect_attempts: int = 0
-    connects: int = 0
-    last_latency_s: float = 0.0        # of the last request
-    last_read_latency_s: float = 0.0   # of the last whole read()
-    last_error: str | None = None
 
 
 def plan_reads(points: dict[str, Point], max_gap: int = 8) -> list[ReadRequest]:
@@ -109,14 +98,14 @@ class ModbusDriver:
     """A device read and written through its register-map profile over one Modbus TCP connection."""
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
-                 timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
+                 timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
                  max_gap: int = 8, rating_mw: float | None = None):
         self.name = name
         self.host = host
         self.port = port
         self.unit_id = unit_id
         self.timeout_s = timeout_s
-        self.clock = clock or Clock()
+        self.clock: TimeSource = clock or WallTime()
         self.backoff = Backoff(backoff_max_s)
         self.stats = DriverStats()
         self._client: AsyncModbusTcpClient | None = None

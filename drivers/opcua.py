@@ -19,16 +19,14 @@ import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from asyncua import Client, ua
 from asyncua.client.ua_client import UaClientState
 
-from controller.clock import Clock
-from controller.snapshot import Reading
 from drivers import codec
 from drivers.backoff import Backoff
+from drivers.base import DriverStats, Reading, TimeSource, WallTime
 from drivers.errors import DeviceTimeout, Disconnected, OpcUaError, ReadbackMismatch, WriteRefused
 from drivers.profile import Point, Profile, plausible_range
 
@@ -49,28 +47,13 @@ _INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFF
                "i32": (-0x80000000, 0x7FFFFFFF), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
 
 
-@dataclass
-class DriverStats:
-    requests: int = 0
-    errors: int = 0
-    reads: int = 0
-    polls: int = 0                    # reads served by a batched Read request
-    served_from_subscription: int = 0
-    notifications: int = 0
-    subscriptions: int = 0            # subscriptions created
-    subscription_failures: int = 0    # failed to create, or went quiet
-    connect_attempts: int = 0
-    connects: int = 0
-    last_latency_s: float = 0.0
-    last_read_latency_s: float = 0.0
-    last_error: str | None = None
 
 
 class OpcUaDriver:
     """A device read and written through its node-id profile over one OPC UA session (None security)."""
 
     def __init__(self, name: str, profile: Profile, endpoint: str, timeout_s: float = 1.0,
-                 clock: Clock | None = None, subscribe: bool = True,
+                 clock: TimeSource | None = None, subscribe: bool = True,
                  publishing_interval_s: float = PUBLISHING_INTERVAL_S, max_age_s: float | None = None,
                  backoff_max_s: float = 10.0, resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
                  rating_mw: float | None = None):
@@ -80,7 +63,7 @@ class OpcUaDriver:
         self.profile = profile
         self.endpoint = endpoint
         self.timeout_s = timeout_s
-        self.clock = clock or Clock()
+        self.clock: TimeSource = clock or WallTime()
         self.subscribe = subscribe
         self.publishing_interval_s = publishing_interval_s
         self.keepalive_count = max(1, math.ceil(KEEPALIVE_S / publishing_interval_s))

@@ -14,8 +14,7 @@ from typing import Any
 
 import sunspec2
 
-from controller.clock import Clock
-from controller.snapshot import Reading
+from drivers.base import DriverStats, Reading, TimeSource
 from drivers.errors import DeviceError, ModbusError, ProfileError
 from drivers.modbus import MAX_REGISTERS, ModbusDriver
 from drivers.profile import Point, Profile
@@ -230,7 +229,7 @@ class SunSpecDriver:
     first connect; then every read and write goes through a ModbusDriver on the resolved register map."""
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
-                 timeout_s: float = 0.5, clock: Clock | None = None, backoff_max_s: float = 10.0,
+                 timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
                  base_addresses: tuple[int, ...] | None = None, rating_mw: float | None = None):
         self.name = name
         self.profile = profile
@@ -247,7 +246,7 @@ class SunSpecDriver:
                                    backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS, rating_mw=rating_mw)
 
     @property
-    def stats(self):
+    def stats(self) -> DriverStats:
         return self.modbus.stats
 
     @property

@@ -12,7 +12,7 @@ from controller.clock import Clock
 from controller.config import load_config
 from controller.devices import DeviceSet
 from controller.limits import limit
-from controller.snapshot import Reading
+from drivers.base import Reading
 from tests.unit.test_controller import DummyDevice, site_file
 
 BMS = {"soc_pct": 50.0, "temperature_max_c": 25.0, "temperature_min_c": 24.0, "allowed_charge_mw": 10.0,

@@ -14,7 +14,7 @@ from controller.clock import Clock, iso
 from controller.config import load_config
 from controller.core import Controller
 from controller.devices import DeviceSet
-from controller.snapshot import Reading
+from drivers.base import Reading
 from controller.store import Store
 from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
 
