@@ -99,7 +99,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_trade_add(args: argparse.Namespace) -> int:
-    from controller.trading import add_trade_cli
+    from controller.trading.orders import add_trade_cli
 
     return add_trade_cli(args)
 

@@ -46,9 +46,9 @@ T_MIN_C, T_MAX_C = -50.0, 100.0
 # hold a setpoint that long after the controller died)
 REVERSION_MIN_S, REVERSION_MAX_S = 1.0, 300.0
 STALE_MAX_S = 60.0
-# controller/devices.py: a device is stale after this many poll periods without a good read
+# controller/cycle/devices.py: a device is stale after this many poll periods without a good read
 POLL_PERIODS_STALE = 3
-USER_ROLES = ("viewer", "operator")          # controller/scada_opcua.py ROLES
+USER_ROLES = ("viewer", "operator")          # controller/scada/opcua.py ROLES
 _SCRYPT_HASH = re.compile(r"^scrypt\$(?:[0-9a-f]{2})+\$[0-9a-f]{128}$")  # scada_opcua.hash_password
 
 
@@ -604,7 +604,7 @@ def _located(root: yaml.Node | None, loc: Loc, msg: str) -> str:
 
 
 def _reversion_points(prof: Profile) -> list[str]:
-    """The points controller/dispatch.py uses to make the PCS fall back to 0 MW on its own: the SunSpec-style
+    """The points controller/cycle/dispatch.py uses to make the PCS fall back to 0 MW on its own: the SunSpec-style
     reversion timer (wset_rvrt_tms) or a heartbeat/watchdog register; only writable ones count."""
     return [n for n in ("wset_rvrt_tms", "heartbeat") if n in prof.points and prof.points[n].writable]
 
@@ -645,7 +645,7 @@ def _device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
 
 
 def _users_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
-    """The OPC UA face's users file, as controller/scada_opcua.py reads it:
+    """The OPC UA face's users file, as controller/scada/opcua.py reads it:
     `users: {name: {password: scrypt$<salt hex>$<hash hex>, role: viewer|operator}}`."""
     ua = cfg.scada.opcua
     loc: Loc = ("scada", "opcua", "users_file")

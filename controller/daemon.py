@@ -12,7 +12,7 @@ from typing import Any
 
 from controller.clock import Clock
 from controller.config import ConfigError, Secrets, SiteConfig, load_secrets
-from controller.core import Controller
+from controller.cycle.loop import Controller
 from controller.logs import setup_logging
 from controller.store import Store
 
@@ -58,8 +58,8 @@ class Daemon:
         self.controller.on_cycle.append(self.metrics.on_cycle)
         self.controller.on_trade.append(self.metrics.on_trade)
         if cfg.mqtt.enabled:
-            from controller.outbox import Outbox
-            from controller.uplink import Uplink
+            from controller.uplink.outbox import Outbox
+            from controller.uplink.mqtt import Uplink
 
             outbox = Outbox(self.store.path, cfg.mqtt.outbox_max_rows, cfg.mqtt.outbox_max_age_s)
             self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock,
@@ -74,7 +74,7 @@ class Daemon:
         await self.controller.start()
         self.parts.append(self.controller)
         if cfg.web.enabled:
-            from controller.backend import ControllerBackend
+            from controller.web_backend import ControllerBackend
             from web.app import create_app
             from web.server import UvicornServer, uvicorn_options
             from web.session_key import load_session_key
@@ -94,7 +94,7 @@ class Daemon:
             await self.web.start()
             self.parts.append(self.web)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
-            from controller.scada import ScadaFace
+            from controller.scada.face import ScadaFace
 
             self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
             await self.scada.start()

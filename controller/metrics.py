@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from controller.limits import BINDINGS
+from controller.cycle.limits import BINDINGS
 
 if TYPE_CHECKING:
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
 
 MODES = ("auto", "manual", "stopped")
 

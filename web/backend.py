@@ -2,7 +2,7 @@
 
 The app never polls devices: every read is the controller's latest state (or its store), every write goes
 through the controller, which applies the limits. The real implementation sits on the controller
-(`controller.backend.ControllerBackend`); tests use an in-memory one (`tests/fixtures/web.py`).
+(`controller.web_backend.ControllerBackend`); tests use an in-memory one (`tests/fixtures/web.py`).
 
 Errors a backend raises and the HTTP answer the app gives:
   OrderRefused(reason, period, limit, status=409)  -> `status` (409 refused by a check, 422 invalid, 404 unknown)
@@ -18,7 +18,7 @@ import asyncio
 from typing import Any, Protocol, runtime_checkable
 
 # One error type for the whole path (order desk -> backend -> HTTP): the order desk raises these already.
-from controller.trading import ExchangeDown, OrderRefused
+from controller.trading.orders import ExchangeDown, OrderRefused
 
 __all__ = ["Backend", "ExchangeDown", "OrderRefused"]
 

@@ -26,9 +26,9 @@ from hypothesis import strategies as st
 
 from controller.clock import Clock
 from controller.config import SiteConfig
-from controller.devices import DeviceSet
-from controller.limits import limit
-from controller.snapshot import Snapshot
+from controller.cycle.devices import DeviceSet
+from controller.cycle.limits import limit
+from controller.cycle.snapshot import Snapshot
 from simulators.plant import Plant
 from tests.conftest import free_port
 from tests.fixtures.controller import ROOT, device_ports, site_config

@@ -17,9 +17,9 @@ from typing import Any, AsyncIterator
 import pytest
 
 from controller.clock import Clock, iso
-from controller.core import CYCLE_ERROR_ALARM, Controller
-from controller.scada_map import status_values
-from controller.schedule import PERIOD_S, Schedule, parse_trade, period_start
+from controller.cycle.loop import CYCLE_ERROR_ALARM, Controller
+from controller.scada.points import status_values
+from controller.trading.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from controller.store import Store
 from simulators.plant import Plant
 from tests.fixtures.controller import device_ports, site_config, wait_for

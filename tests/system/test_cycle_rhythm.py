@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from controller.clock import Clock, iso
-from controller.schedule import PERIOD_S, period_start
+from controller.trading.schedule import PERIOD_S, period_start
 from tests.fixtures.controller import device_ports, make_controller, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
@@ -93,7 +93,7 @@ async def test_ready_after_the_first_cycle_even_while_a_device_is_silent(plant, 
     the PCS at 0 MW until every device has answered."""
     plant.faults["pcs"].silent = True
     with notify_socket(tmp_path, monkeypatch) as sock:
-        from controller.core import Controller
+        from controller.cycle.loop import Controller
         from controller.store import Store
 
         cfg = site_config(tmp_path, device_ports(plant))

@@ -16,7 +16,7 @@ from controller.clock import iso, parse_iso
 from controller.signing import request_signature, verify_message
 from simulators.exchange.app import create_app, participants_from_env
 from simulators.exchange.auth import ReplayCache
-from simulators.exchange.client import ExchangeAuthError, ExchangeClient, ExchangeRejected
+from controller.trading.exchange import ExchangeAuthError, ExchangeClient, ExchangeRejected
 from tests.fixtures.exchange import exchange, running_exchange  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 

@@ -23,7 +23,7 @@ import pytest
 from controller.clock import iso
 from controller.config import load_secrets
 from controller.daemon import Daemon
-from controller.schedule import PERIOD_S, parse_trade, period_start
+from controller.trading.schedule import PERIOD_S, parse_trade, period_start
 from controller.signing import sign_message
 from controller.store import DB_FILENAME, Store
 from simulators.exchange.publisher import TradePublisher
@@ -170,7 +170,7 @@ async def test_restarted_controller_sends_its_outbox(broker, plant, tmp_path):
         await wait_for(lambda: d.uplink.outbox.last_seq >= 10, 10, "ten telemetry messages in the outbox")
     finally:
         await d.stop()
-    from controller.outbox import Outbox
+    from controller.uplink.outbox import Outbox
     box = Outbox(state / "bess-edge.db", 1000, 3600)
     left, depth = box.last_seq, box.depth
     box.close()

@@ -18,7 +18,7 @@ import yaml
 from controller.config import Secrets
 from controller.daemon import Daemon
 from controller.metrics import Metrics
-from controller.scada_map import DOCS
+from controller.scada.docs import DOCS
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 from web.app import create_app
@@ -48,11 +48,11 @@ def run(*args: str, stdin: str | None = None, timeout_s: float = 60) -> subproce
 @pytest.mark.parametrize("rel", sorted(DOCS))
 def test_scada_docs_match_their_generator(rel):
     committed = (ROOT / rel).read_text(encoding="utf-8")
-    assert committed == DOCS[rel](), f"{rel} drifted from controller/scada_map.py: run `python -m controller.scada_map --write`"
+    assert committed == DOCS[rel](), f"{rel} drifted from controller/scada/points.py: run `python -m controller.scada.docs --write`"
 
 
 def test_scada_modbus_doc_lists_every_register():
-    from controller.scada_map import CONTROL, STATUS
+    from controller.scada.points import CONTROL, STATUS
 
     doc = (ROOT / "docs" / "scada-modbus.md").read_text(encoding="utf-8")
     for p in STATUS + CONTROL:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from controller.core import Controller
+from controller.cycle.loop import Controller
 from simulators.plant import Plant
 from tests.fixtures.controller import ROOT, make_controller, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)

@@ -21,9 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from controller.scada_map import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
-from controller.scada_modbus import STATUS_WORDS, ScadaModbusServer, listens_on_loopback_only
-from controller.scada_opcua import NAMESPACE
+from controller.scada.points import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
+from controller.scada.modbus import STATUS_WORDS, ScadaModbusServer, listens_on_loopback_only
+from controller.scada.opcua import NAMESPACE
 from tests.conftest import free_port
 from tests.fixtures.controller import make_controller, running_scada, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)

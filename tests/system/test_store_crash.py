@@ -28,7 +28,7 @@ from controller.store import Store
 path, round_no, previous_id, max_iter = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 store = Store(path)
 
-def outbox():  # its own connection and table, like controller/outbox.py
+def outbox():  # its own connection and table, like controller/uplink/outbox.py
     c = sqlite3.connect(path, timeout=5, isolation_level=None)
     c.execute("PRAGMA busy_timeout=5000")
     c.execute("CREATE TABLE IF NOT EXISTS crash_outbox (seq INTEGER PRIMARY KEY, payload TEXT)")

@@ -25,9 +25,9 @@ import pytest
 from controller.clock import Clock, iso
 from controller.config import load_secrets
 from controller.daemon import Daemon
-from controller.schedule import PERIOD_S, period_start
+from controller.trading.schedule import PERIOD_S, period_start
 from controller.signing import request_signature
-from simulators.exchange.client import ExchangeClient
+from controller.trading.exchange import ExchangeClient
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.exchange import RunningExchange, running_exchange
 from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from controller.clock import Clock, iso
-from controller.schedule import PERIOD_S
+from controller.trading.schedule import PERIOD_S
 from controller.store import DB_FILENAME
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.exchange import running_exchange

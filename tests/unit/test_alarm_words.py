@@ -10,8 +10,8 @@ import pytest
 
 from controller.clock import Clock
 from controller.config import load_config
-from controller.devices import DeviceSet
-from controller.limits import limit
+from controller.cycle.devices import DeviceSet
+from controller.cycle.limits import limit
 from drivers.base import Reading
 from tests.unit.test_controller import DummyDevice, site_file
 

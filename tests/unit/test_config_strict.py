@@ -312,7 +312,7 @@ def test_good_users_file_loads_and_a_disabled_face_is_not_checked(tmp_path):
 
 
 def test_the_shipped_users_file_is_what_scada_opcua_reads():
-    from controller.scada_opcua import PasswordUserManager
+    from controller.scada.opcua import PasswordUserManager
 
     users = PasswordUserManager.from_file(CONFIG / "scada" / "users.yaml").users
     assert {u["role"] for u in users.values()} == {"viewer", "operator"}

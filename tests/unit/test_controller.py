@@ -12,8 +12,8 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.config import load_config
-from controller.core import Controller
-from controller.devices import DeviceSet
+from controller.cycle.loop import Controller
+from controller.cycle.devices import DeviceSet
 from drivers.base import Reading
 from controller.store import Store
 from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from controller.clock import parse_iso
 from controller.config import Battery, Limits
-from controller.schedule import PERIOD_S, Feasibility, check_feasibility
+from controller.trading.schedule import PERIOD_S, Feasibility, check_feasibility
 from tests.unit.test_limits import valid_limits
 
 T0 = parse_iso("2026-11-25T14:00:00Z")

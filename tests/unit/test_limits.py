@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.config import Limits
-from controller.limits import BINDINGS, SAFE_STATES, Decision, limit
-from controller.snapshot import Snapshot
+from controller.cycle.limits import BINDINGS, SAFE_STATES, Decision, limit
+from controller.cycle.snapshot import Snapshot
 
 BASE_LIMITS = dict(p_charge_max_mw=8, p_discharge_max_mw=9, soc_min_pct=10, soc_max_pct=90, soc_taper_band_pct=5,
                    t_derate_c=45, t_max_c=55, t_min_charge_c=0, ramp_mw_per_s=5, grid_limit_mw=12, stale_after_s=3)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.outbox import Outbox
+from controller.uplink.outbox import Outbox
 from controller.store import Store
 
 

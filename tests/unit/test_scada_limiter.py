@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.scada import WriteLimiter
+from controller.scada.face import WriteLimiter
 
 
 class ManualTime:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.clock import parse_iso
-from controller.schedule import (PERIOD_S, Schedule, Trade, TradeError, iso_minute, next_boundary, parse_trade,
+from controller.trading.schedule import (PERIOD_S, Schedule, Trade, TradeError, iso_minute, next_boundary, parse_trade,
                                  period_start)
 
 T0 = parse_iso("2026-11-25T14:00:00Z")  # a period boundary

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.config import Limits
-from controller.snapshot import Snapshot
+from controller.cycle.snapshot import Snapshot
 
 BINDINGS = ("none", "p_charge_max", "p_discharge_max", "bms_allowed_charge", "bms_allowed_discharge", "soc_min",
             "soc_max", "soc_taper", "temperature", "ramp", "grid_limit", "stale", "alarm", "comm_loss",

@@ -33,11 +33,11 @@ from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
-from controller.scada import WriteLimiter
-from controller.scada_map import CONTROL, MODE_NAMES, STATUS, control_limits, status_values
+from controller.scada.face import WriteLimiter
+from controller.scada.points import CONTROL, MODE_NAMES, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
 
 log = logging.getLogger("bess.scada.opcua")
 

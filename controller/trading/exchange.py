@@ -1,4 +1,5 @@
-"""Async client of the exchange REST API (the simulator's or the real one's): signs every request.
+"""The production exchange client: async client of the exchange REST API (the real one, or the simulator that
+stands in for it), signing every request. It lives in the controller, not in simulators/: the site trades with it.
 
 Errors are typed: ExchangeUnavailable (network, timeout, 5xx: the caller may serve stale data; its subclass
 ExchangeNotReached when no connection was made, so nothing was sent),

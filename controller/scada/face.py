@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
 
 REFUSAL_LOG_EVERY_S = 10.0  # a write storm logs its refusals once per this, with the count, not once per write
 
@@ -69,11 +69,11 @@ class ScadaFace:
         self.parts = []
         self.limiter = WriteLimiter.for_controller(controller)
         if cfg.modbus.enabled:
-            from controller.scada_modbus import ScadaModbusServer
+            from controller.scada.modbus import ScadaModbusServer
 
             self.parts.append(ScadaModbusServer(controller, cfg.modbus, limiter=self.limiter))
         if cfg.opcua.enabled:
-            from controller.scada_opcua import ScadaOpcUaServer
+            from controller.scada.opcua import ScadaOpcUaServer
 
             self.parts.append(ScadaOpcUaServer(controller, cfg.opcua, state_dir, demo=controller.config.mode == "demo",
                                                limiter=self.limiter))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from controller.devices import DeviceLink
-from controller.limits import Decision
+from controller.cycle.devices import DeviceLink
+from controller.cycle.limits import Decision
 
 log = logging.getLogger("bess.dispatch")
 

@@ -23,14 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.clock import iso, parse_iso
-from controller.schedule import PERIOD_S, period_start
+from controller.trading.schedule import PERIOD_S, period_start
 from controller.store import StoreError
-from simulators.exchange.client import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected,
+from controller.trading.exchange import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected,
                                         ExchangeUnavailable)
 
 if TYPE_CHECKING:
     from controller.config import Secrets
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
 
 log = logging.getLogger("bess.trading")
 
@@ -399,7 +399,7 @@ class OrderDesk:
 def add_trade_cli(args) -> int:
     """`bess-edge trade add`: validate and store one executed trade, print the ack as JSON. A running daemon
     picks it up from the store within a cycle."""
-    from controller.schedule import TradeError, parse_trade
+    from controller.trading.schedule import TradeError, parse_trade
     from controller.store import Store
 
     if args.json:

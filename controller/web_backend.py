@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from controller.clock import iso, parse_iso
-from controller.trading import GATE_CLOSURE_S, OrderDesk, OrderRefused, OrderRequest
+from controller.trading.orders import GATE_CLOSURE_S, OrderDesk, OrderRefused, OrderRequest
 
 if TYPE_CHECKING:
     from controller.config import Secrets
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
     from controller.metrics import Metrics
 
 log = logging.getLogger("bess.backend")

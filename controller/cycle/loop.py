@@ -17,11 +17,11 @@ from typing import Any, Callable
 
 from controller.clock import Clock, iso
 from controller.config import SiteConfig
-from controller.devices import DeviceSet
-from controller.dispatch import Dispatcher
-from controller.limits import Decision, limit
-from controller.schedule import PERIOD_S, Schedule, TradeError, check_feasibility, parse_trade, period_start
-from controller.snapshot import Snapshot
+from controller.cycle.devices import DeviceSet
+from controller.cycle.dispatch import Dispatcher
+from controller.cycle.limits import Decision, limit
+from controller.trading.schedule import PERIOD_S, Schedule, TradeError, check_feasibility, parse_trade, period_start
+from controller.cycle.snapshot import Snapshot
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
 from drivers.errors import DeviceError, ReadbackMismatch

@@ -1,6 +1,6 @@
 """The SCADA face over Modbus TCP (pymodbus SimDevice server): status as input registers, an allow-listed,
 range-checked set of holding registers for control; everything else is refused with exception 02/03.
-The register map is `controller/scada_map.py` (documented in docs/scada-modbus.md).
+The register map is `controller/scada/points.py` (documented in docs/scada-modbus.md).
 
 Who may write: the masters `scada.modbus.allow_clients` lists (others are disconnected), or, with an empty
 list, any client of a face that listens on loopback only. A face bound to any other address with an empty
@@ -22,11 +22,11 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
-from controller.scada import WriteLimiter
-from controller.scada_map import CONTROL, MODE_CODES, MODE_NAMES, STATUS, control_limits, status_values
+from controller.scada.face import WriteLimiter
+from controller.scada.points import CONTROL, MODE_CODES, MODE_NAMES, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
-    from controller.core import Controller
+    from controller.cycle.loop import Controller
 
 log = logging.getLogger("bess.scada.modbus")
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from controller.clock import Clock
 from controller.config import Device, SiteConfig
-from controller.snapshot import DeviceHealth, InvalidReading, Snapshot
+from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from drivers.base import DeviceDriver, Reading
 from drivers.errors import DeviceError, Disconnected, DeviceTimeout
 from drivers.profile import Profile

@@ -45,7 +45,7 @@ from paho.mqtt.properties import Properties
 
 from controller.clock import Clock, iso, parse_iso
 from controller.config import Secrets, SiteConfig
-from controller.outbox import Outbox, OutboxError
+from controller.uplink.outbox import Outbox, OutboxError
 from controller.signing import verify_message
 
 log = logging.getLogger("bess.uplink")

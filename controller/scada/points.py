@@ -1,0 +1,150 @@
+"""The SCADA face's data: one table of status points (read-only) and allow-listed control points (writable,
+range-checked), used by the Modbus server, the OPC UA server and the generated docs (controller.scada.docs).
+
+Modbus addresses are 0-based on the wire. Status points are input registers (function 04); control points
+are holding registers (function 03 to read, 06/16 to write). Unknown values read as the type's
+"not available" marker (0x8000 for i16, 0x80000000 for i32, 0xFFFF for u16), as SunSpec does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from controller.cycle.loop import CYCLE_ERROR_ALARM
+from controller.cycle.limits import BINDINGS
+
+if TYPE_CHECKING:
+    from controller.cycle.loop import Controller
+
+MODE_CODES = {"auto": 0, "manual": 1, "stopped": 2}
+MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
+BINDING_CODES = {name: i for i, name in enumerate(BINDINGS)}
+
+# alarm bits of the `alarm_bits` status register
+ALARM_BITS = {
+    0: "device communication lost or stale",
+    1: "BMS alarm",
+    2: "BMS fault",
+    3: "PCS alarm or fault",
+    4: "PCS read-back mismatch",
+    5: "schedule cannot be delivered",
+    6: "control cycle failed (0 MW commanded)",
+}
+
+NA = {"u16": 0xFFFF, "i16": 0x8000, "u32": 0xFFFFFFFF, "i32": 0x80000000}
+RANGE = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF), "i32": (-0x80000000, 0x7FFFFFFF)}
+WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2}
+
+
+@dataclass(frozen=True)
+class ScadaPoint:
+    name: str
+    address: int
+    type: str          # u16 | i16 | u32 | i32, big-endian words
+    scale: float       # engineering value = raw * scale
+    unit: str
+    description: str
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+    @property
+    def words(self) -> int:
+        return WORDS[self.type]
+
+    def to_raw(self, value: float | None) -> int:
+        """Engineering value -> unsigned register value(s) as one int (NA marker for unknown)."""
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            return NA[self.type]
+        raw = round(value / self.scale)
+        lo, hi = RANGE[self.type]
+        raw = min(hi, max(lo, raw))
+        return raw & (0xFFFF if self.words == 1 else 0xFFFFFFFF)
+
+    def to_registers(self, value: float | None) -> list[int]:
+        raw = self.to_raw(value)
+        return [raw] if self.words == 1 else [raw >> 16, raw & 0xFFFF]
+
+    def from_registers(self, regs: list[int]) -> float:
+        raw = regs[0] if self.words == 1 else (regs[0] << 16) | regs[1]
+        if self.type.startswith("i") and raw >= 1 << (16 * self.words - 1):
+            raw -= 1 << (16 * self.words)
+        return raw * self.scale
+
+
+STATUS: list[ScadaPoint] = [
+    ScadaPoint("soc_pct", 0, "u16", 0.01, "%", "State of charge"),
+    ScadaPoint("power_mw", 1, "i32", 0.001, "MW", "Active power at the PCS, + discharge"),
+    ScadaPoint("setpoint_mw", 3, "i32", 0.001, "MW", "Setpoint written to the PCS, + discharge"),
+    ScadaPoint("target_mw", 5, "i32", 0.001, "MW", "Target before limits (schedule or manual), + discharge"),
+    ScadaPoint("temperature_c", 7, "i16", 0.1, "°C", "Highest cell temperature"),
+    ScadaPoint("mode", 8, "u16", 1, "", "Operating mode: 0 auto, 1 manual, 2 stopped"),
+    ScadaPoint("binding", 9, "u16", 1, "", "Binding limit code (table below)"),
+    ScadaPoint("alarm_bits", 10, "u16", 1, "", "Alarm bits (table below); 0 = no alarm"),
+    ScadaPoint("online", 11, "u16", 1, "", "1 when every device has fresh readings"),
+    ScadaPoint("heartbeat", 12, "u16", 1, "", "Cycle counter, wraps at 65535: changes every control cycle"),
+    ScadaPoint("timestamp_s", 13, "u32", 1, "s", "Unix time of the last control cycle (UTC)"),
+    ScadaPoint("bms_allowed_charge_mw", 15, "i32", 0.001, "MW", "Charge power the BMS allows"),
+    ScadaPoint("bms_allowed_discharge_mw", 17, "i32", 0.001, "MW", "Discharge power the BMS allows"),
+    ScadaPoint("manual_setpoint_mw", 19, "i32", 0.001, "MW", "Active manual setpoint (NA unless mode is manual)"),
+    ScadaPoint("manual_expires_s", 21, "u32", 1, "s", "Unix time the manual setpoint expires (NA unless manual)"),
+]
+
+CONTROL: list[ScadaPoint] = [
+    ScadaPoint("mode", 100, "u16", 1, "", "Write 0 auto, 1 manual (uses the setpoint below), 2 stopped",
+               writable=True, min=0, max=2),
+    ScadaPoint("manual_setpoint_mw", 101, "i32", 0.001, "MW",
+               "Manual setpoint, + discharge; renews the expiry; still passes every limit", writable=True),
+    ScadaPoint("manual_expires_s", 103, "u16", 1, "s", "Manual setpoint lifetime from the last write", writable=True,
+               min=1, max=65535),
+]
+
+
+def status_values(c: "Controller") -> dict[str, float | None]:
+    """The status table's values from the controller's latest cycle (never from devices)."""
+    s, d = c.snapshot, c.decision
+    bits = 0
+    if s is not None:
+        if s.stale or s.comm_loss:
+            bits |= 1 << 0
+        bms, pcs = c.devices.bms.name, c.devices.pcs.name
+        if any(a.startswith(bms + ":") and not a.endswith("readback_mismatch") for a in s.alarms):
+            bits |= 1 << 1
+        if any(f.startswith(bms + ":") for f in s.faults):
+            bits |= 1 << 2
+        if any(x.startswith(pcs + ":") and not x.endswith("readback_mismatch") for x in s.alarms + s.faults):
+            bits |= 1 << 3
+    if any(k.startswith("pcs_readback:") for k in c.active_alarms):
+        bits |= 1 << 4
+    if "schedule:infeasible" in c.active_alarms:
+        bits |= 1 << 5
+    if CYCLE_ERROR_ALARM in c.active_alarms:
+        bits |= 1 << 6
+    manual = c.mode.mode == "manual"
+    return {
+        "soc_pct": s.soc_pct if s else None,
+        "power_mw": s.power_mw if s else None,
+        "setpoint_mw": d.setpoint_mw if d else None,
+        "target_mw": d.target_mw if d else None,
+        "temperature_c": s.temperature_max_c if s else None,
+        "mode": MODE_CODES[c.mode.mode],
+        "binding": BINDING_CODES.get(d.binding, 0) if d else 0,
+        "alarm_bits": bits,
+        "online": 1 if (s and not s.stale and not s.comm_loss) else 0,
+        "heartbeat": c.stats.cycles % 65536,
+        "timestamp_s": int(s.ts) if s else None,
+        "bms_allowed_charge_mw": s.bms_allowed_charge_mw if s else None,
+        "bms_allowed_discharge_mw": s.bms_allowed_discharge_mw if s else None,
+        "manual_setpoint_mw": c.mode.manual_setpoint_mw if manual else None,
+        "manual_expires_s": int(c.mode.manual_expires_ts) if manual and c.mode.manual_expires_ts else None,
+    }
+
+
+def control_limits(c: "Controller") -> dict[str, tuple[float, float]]:
+    """Write ranges of the control points; the setpoint range comes from the configured power limits."""
+    lim = c.config.limits
+    out = {p.name: (p.min, p.max) for p in CONTROL if p.min is not None}
+    out["manual_setpoint_mw"] = (-lim.p_charge_max_mw, lim.p_discharge_max_mw)
+    return out
