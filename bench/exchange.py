@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 import httpx  # noqa: E402
 
 from controller.clock import iso  # noqa: E402
-from simulators.exchange.client import ExchangeClient  # noqa: E402
+from controller.trading.exchange import ExchangeClient  # noqa: E402
 from simulators.exchange.engine import MatchingEngine, TickOrder  # noqa: E402
 
 SECRET = "bench-secret"

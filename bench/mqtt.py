@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from controller.clock import Clock, iso  # noqa: E402
 from controller.config import load_config, load_secrets  # noqa: E402
-from controller.outbox import Outbox  # noqa: E402
-from controller.uplink import Uplink  # noqa: E402
+from controller.uplink.outbox import Outbox  # noqa: E402
+from controller.uplink.mqtt import Uplink  # noqa: E402
 
 SITE = ROOT / "config" / "demo-modbus.yaml"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
