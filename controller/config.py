@@ -681,5 +681,5 @@ def _users_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
         if not isinstance(password, str) or not _SCRYPT_HASH.match(password):
             got = "missing" if password is None else "not a scrypt hash"
             errors.append((loc, f"{where}.password: must be scrypt$<salt hex>$<hash hex> from "
-                                f"controller.scada_opcua.hash_password ({got})"))
+                                f"controller.scada.opcua.hash_password ({got})"))
     return errors
