@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 from controller.clock import Clock, iso  # noqa: E402
 from controller.config import load_config  # noqa: E402
 from controller.cycle.loop import Controller  # noqa: E402
-from controller.trading.schedule import PERIOD_S, period_start  # noqa: E402
+from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 from controller.store import Store  # noqa: E402
 
 BASE = ROOT / "config" / "demo-modbus.yaml"

@@ -71,9 +71,9 @@ from bench.api import window_quantile  # noqa: E402
 from controller.clock import iso  # noqa: E402
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET, ConfigError, load_config  # noqa: E402
 from controller.demo import mosquitto_binary, write_mosquitto_conf  # noqa: E402
-from controller.trading.schedule import PERIOD_S, period_start  # noqa: E402
+from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 from controller.store import DB_FILENAME  # noqa: E402
-from controller.trading.orders import GATE_CLOSURE_S  # noqa: E402
+from controller.trading.market import GATE_CLOSURE_S  # noqa: E402
 
 HOST = "127.0.0.1"
 FAULTS = ("bms_silent", "pcs_drop", "broker_down", "exchange_down", "garbage")

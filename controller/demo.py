@@ -182,8 +182,8 @@ def place_demo_orders(web: str, say) -> None:
     import httpx
 
     from controller.clock import iso
-    from controller.trading.schedule import PERIOD_S, period_start
-    from controller.trading.orders import GATE_CLOSURE_S
+    from controller.trading.market import PERIOD_S, period_start
+    from controller.trading.market import GATE_CLOSURE_S
 
     headers = {"X-API-Key": DEMO_API_KEY}
     try:

@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.cycle.limits import BINDINGS
+from controller.cycle.mode import MODES
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
 
-MODES = ("auto", "manual", "stopped")
 
 
 class Metrics:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from controller.clock import iso, parse_iso
-from controller.trading.orders import GATE_CLOSURE_S, OrderDesk, OrderRefused, OrderRequest
+from controller.trading.market import gate_open
+from controller.trading.orders import OrderDesk, OrderRefused, OrderRequest
 
 if TYPE_CHECKING:
     from controller.config import Secrets
@@ -69,7 +70,7 @@ class ControllerBackend:
     async def check_order(self, order: dict[str, Any]) -> dict[str, Any]:
         req = OrderRequest.model_validate(order)
         start = parse_iso(req.delivery_start)
-        if start - self.now() < GATE_CLOSURE_S:
+        if not gate_open(start, self.now()):
             return {"ok": False, "reason": f"gate closed: delivery {req.delivery_start} starts in less than 5 minutes",
                     "period": iso(start), "limit": "gate_closure"}
         feas = self.desk.pre_trade_check(req)

@@ -11,8 +11,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from controller.clock import iso, parse_iso
+from controller.cycle.mode import MODES
+from controller.trading.market import PERIOD_S
 
-PERIOD_S = 900
+ModeName = Literal[MODES]  # the cycle's modes, one definition (controller.cycle.mode)
+
 
 
 def _iso_ts(v: Any) -> Any:
@@ -81,7 +84,7 @@ class TelemetryIn(_Request):
 
 
 class ModeIn(_Request):
-    mode: Literal["auto", "manual", "stopped"]
+    mode: ModeName
     setpoint_mw: float | None = Field(None, ge=-10_000, le=10_000, description="manual mode only; MW, + discharge")
     expires_s: float | None = Field(None, gt=0, le=86_400, description="manual mode only; default from config")
 
@@ -202,7 +205,7 @@ class TelemetryOut(_Response):
 
 
 class ModeOut(_Response):
-    mode: Literal["auto", "manual", "stopped"]
+    mode: ModeName
     setpoint_mw: OptNum = None
     expires: OptIsoTs = None
     source: str | None = None

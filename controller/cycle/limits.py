@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from controller.config import Limits
+from controller.cycle.mode import MODES
 from controller.cycle.snapshot import Snapshot
 
 BINDINGS = ("none", "p_charge_max", "p_discharge_max", "bms_allowed_charge", "bms_allowed_discharge", "soc_min",
@@ -18,7 +19,6 @@ BINDINGS = ("none", "p_charge_max", "p_discharge_max", "bms_allowed_charge", "bm
 
 # Safe-state causes, in precedence order: the first one present names the binding; all are listed in reasons.
 SAFE_STATES = ("mode_stopped", "comm_loss", "stale", "alarm")
-MODES = ("auto", "manual", "stopped")
 
 
 @dataclass(frozen=True, slots=True)

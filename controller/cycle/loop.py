@@ -20,7 +20,10 @@ from controller.config import SiteConfig
 from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
 from controller.cycle.limits import Decision, limit
-from controller.trading.schedule import PERIOD_S, Schedule, TradeError, check_feasibility, parse_trade, period_start
+from controller.cycle.mode import MODES, ModeState
+from controller.trading.intake import Ack, load_stored, store_trade, unanswered_redelivery
+from controller.trading.market import PERIOD_S, period_start
+from controller.trading.schedule import Schedule, check_feasibility
 from controller.cycle.snapshot import Snapshot
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
@@ -28,30 +31,11 @@ from drivers.errors import DeviceError, ReadbackMismatch
 
 log = logging.getLogger("bess.cycle")
 
-MODES = ("auto", "manual", "stopped")
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
 STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
 BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = "controller:cycle_error"
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    trade_id: str | None
-    accepted: bool
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"trade_id": self.trade_id, "accepted": self.accepted, "reason": self.reason}
-
-
-@dataclass
-class ModeState:
-    mode: str = "auto"
-    manual_setpoint_mw: float = 0.0
-    manual_expires_ts: float | None = None
-    source: str = "startup"
 
 
 @dataclass
@@ -113,11 +97,7 @@ class Controller:
     # ---------------------------------------------------------------- state on start
     def _restore(self) -> None:
         now = self.clock.now()
-        for t in self.store.trades_for_schedule(now - PERIOD_S):
-            try:
-                self.schedule.add(parse_trade(t))
-            except TradeError as e:
-                log.error("stored trade no longer parses", extra={"trade_id": t.get("trade_id"), "reason": str(e)})
+        load_stored(self.schedule, self.store.trades_for_schedule(now - PERIOD_S))
         saved = self.store.get_state("mode")
         if isinstance(saved, dict) and saved.get("mode") in MODES:
             self.mode = ModeState(**{k: saved[k] for k in ("mode", "manual_setpoint_mw", "manual_expires_ts", "source") if k in saved})
@@ -126,22 +106,12 @@ class Controller:
     # ---------------------------------------------------------------- entry points for the faces
     def accept_trade(self, data: dict[str, Any], source: str = "mqtt") -> Ack:
         """Validate, store (committed before the ack), schedule. Idempotent by trade_id."""
-        trade_id = data.get("trade_id") if isinstance(data, dict) else None
-        try:
-            trade = parse_trade(data)
-        except TradeError as e:
-            self.store.record_rejected_trade(data, str(e))
-            log.warning("trade rejected", extra={"trade_id": trade_id, "reason": str(e), "source": source})
-            return Ack(trade_id if isinstance(trade_id, str) else None, False, str(e))
-        try:
-            body = trade.model_dump(mode="json")
-            new = self.store.add_trade(body, source)
-        except (StoreError, sqlite3.Error) as e:
-            # nothing was stored, so nothing may be acknowledged as accepted
-            log.error("trade could not be stored", extra={"trade_id": trade.trade_id, "error": str(e)})
-            return Ack(trade.trade_id, False, f"not stored (storage error, retry later): {e}")
-        if not new:
-            if source == "mqtt" and self._unanswered_redelivery(trade.trade_id, body):
+        stored = store_trade(self.store, data, source)
+        if isinstance(stored, Ack):
+            return stored
+        trade = stored.trade
+        if not stored.new:
+            if source == "mqtt" and unanswered_redelivery(self.store, trade.trade_id, stored.body):
                 log.info("trade redelivered before its ack was confirmed: acked again, not dispatched again",
                          extra={"trade_id": trade.trade_id, "source": source})
                 return Ack(trade.trade_id, True, "stored (redelivered before its ack reached the broker); "
@@ -166,18 +136,6 @@ class Controller:
                                            "quantity_mw": trade.quantity_mw, "source": source})
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
         return Ack(trade.trade_id, True, reason)
-
-    def _unanswered_redelivery(self, trade_id: str, body: dict[str, Any]) -> bool:
-        """True for an MQTT trade we stored whose ack never reached the broker (we died in between), received
-        again with the same content: the exchange never got an answer, and the truthful one is "accepted".
-        A replay of an answered trade, or the id reused with other content, stays a refused duplicate."""
-        try:
-            seen = self.store.stored_trade(trade_id)
-        except (StoreError, sqlite3.Error) as e:
-            log.error("stored trade could not be read", extra={"trade_id": trade_id, "error": str(e)})
-            return False
-        return (seen is not None and seen["ack_confirmed_ts"] is None and seen["source"] == "mqtt"
-                and seen["trade"] == body)
 
     def confirm_trade_ack(self, trade_id: str) -> None:
         """The broker took our ack of this MQTT trade (the uplink's pump thread calls this on its PUBACK; the
@@ -550,12 +508,7 @@ class Controller:
         read in a worker thread (it is thread-safe); the schedule is only touched here, on the loop, so this
         never races `accept_trade`'s check-then-insert."""
         rows = await asyncio.to_thread(self.store.trades_for_schedule, self.clock.now() - PERIOD_S)
-        added = 0
-        for t in rows:
-            try:
-                added += bool(self.schedule.add(parse_trade(t)))
-            except TradeError as e:
-                log.error("stored trade does not parse", extra={"trade_id": t.get("trade_id"), "reason": str(e)})
+        added = load_stored(self.schedule, rows)
         if added:
             log.info("trades picked up from the store", extra={"count": added})
             self._wake.set()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from controller.cycle.loop import CYCLE_ERROR_ALARM
 from controller.cycle.limits import BINDINGS

@@ -13,20 +13,18 @@ import json
 import logging
 import math
 import sqlite3
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.clock import iso, parse_iso
-from controller.trading.schedule import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, gate_open
 from controller.store import StoreError
-from controller.trading.exchange import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected,
-                                        ExchangeUnavailable)
+from controller.trading.exchange import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected)
 
 if TYPE_CHECKING:
     from controller.config import Secrets
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("bess.trading")
 
-GATE_CLOSURE_S = 300
 ORDER_SYNC_MAX = 50  # locally active orders re-read one by one per refresh, at most
 OPEN_ORDERS_MAX = 10_000  # open orders counted by the pre-trade check (far more than a site has)
 RECONCILE_INTERVAL_S = 2.0  # pending order intents are asked for at the exchange this often (real seconds)
@@ -184,7 +181,7 @@ class OrderDesk:
             raise ExchangeNotConfigured()
         now = self.controller.clock.now()
         start = parse_iso(order.delivery_start)
-        if start - now < GATE_CLOSURE_S:
+        if not gate_open(start, now):
             raise OrderRefused(f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
                                iso(start), "gate_closure")
         # from the check to the stored intent nothing awaits: two requests at once cannot both pass the check
@@ -399,8 +396,8 @@ class OrderDesk:
 def add_trade_cli(args) -> int:
     """`bess-edge trade add`: validate and store one executed trade, print the ack as JSON. A running daemon
     picks it up from the store within a cycle."""
-    from controller.trading.schedule import TradeError, parse_trade
     from controller.store import Store
+    from controller.trading.intake import Ack, store_trade
 
     if args.json:
         try:
@@ -416,16 +413,12 @@ def add_trade_cli(args) -> int:
                 "market": args.market, "executed_at": now}
     store = Store.in_state_dir(args.state_dir)
     try:
-        try:
-            trade = parse_trade(data)
-        except TradeError as e:
-            print(json.dumps({"trade_id": data.get("trade_id") if isinstance(data, dict) else None,
-                              "accepted": False, "reason": str(e)}))
+        stored = store_trade(store, data, "cli", record_rejected=False)
+        if isinstance(stored, Ack):
+            print(json.dumps(stored.as_dict()))
             return 2
-        new = store.add_trade(trade.model_dump(mode="json"), "cli")
-        ack = {"trade_id": trade.trade_id, "accepted": new,
-               "reason": "stored" if new else "duplicate trade_id: already stored"}
-        print(json.dumps(ack))
-        return 0 if new else 1
+        ack = Ack(stored.trade.trade_id, stored.new, "stored" if stored.new else "duplicate trade_id: already stored")
+        print(json.dumps(ack.as_dict()))
+        return 0 if stored.new else 1
     finally:
         store.close()

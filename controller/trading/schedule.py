@@ -14,22 +14,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from controller.config import Battery, Limits
+from controller.trading.market import PERIOD_S, period_start
 from drivers.validation import validation_problems
 
-PERIOD_S = 900
 MAX_DELIVERY_S = 24 * 3600
 MAX_QUANTITY_MW = 100_000.0  # far above any single site; keeps sums of positions finite
 _PERIOD = timedelta(seconds=PERIOD_S)
-
-
-def period_start(ts: float) -> float:
-    """The start of the 15-minute period containing `ts` (periods are [start, start + 900))."""
-    return ts - ts % PERIOD_S  # float % is exact, so boundaries stay exact
-
-
-def next_boundary(ts: float) -> float:
-    """The first period boundary strictly after `ts`."""
-    return period_start(ts) + PERIOD_S
 
 
 def iso_minute(ts: float) -> str:
@@ -207,19 +197,6 @@ class Schedule:
         lo = bisect.bisect_left(self._starts, period_start(from_ts))
         hi = bisect.bisect_left(self._starts, to_ts)
         return [(p, self._position[p]) for p in self._starts[lo:hi]]
-
-    def next_boundary(self, ts: float) -> float:
-        """The first period boundary after `ts`: when the target may change next."""
-        return next_boundary(ts)
-
-    def prune(self, before_ts: float) -> int:
-        """Forget positions of periods that ended at or before `before_ts` (trade ids are kept, so a late
-        duplicate is still ignored). Returns how many periods were dropped."""
-        cut = bisect.bisect_right(self._starts, before_ts - PERIOD_S)
-        for p in self._starts[:cut]:
-            del self._legs[p], self._position[p]
-        del self._starts[:cut]
-        return cut
 
 
 # ---------------------------------------------------------------- feasibility

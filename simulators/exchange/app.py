@@ -25,7 +25,8 @@ from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET
 from simulators.exchange.auth import Authenticator, AuthError
 from simulators.exchange.counterparties import Counterparties
 from simulators.exchange.curve import PriceCurve
-from simulators.exchange.engine import GATE_CLOSURE_S, MatchingEngine
+from controller.trading.market import GATE_CLOSURE_S
+from simulators.exchange.engine import MatchingEngine
 from simulators.exchange.marketdata import MarketData
 from simulators.exchange.publisher import TradePublisher
 from simulators.exchange.routes import ExchangeState, router

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 
-from simulators.exchange.engine import PERIOD_S
+from controller.trading.market import PERIOD_S
 
 DAY_S = 86400
 PERIODS_PER_DAY = 96

@@ -21,12 +21,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from controller.clock import iso
+from controller.trading import market
+from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open
 
 Side = Literal["buy", "sell"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 
-PERIOD_S = 900
-GATE_CLOSURE_S = 300
 TICKS_PER_EUR = 100  # 0.01 EUR/MWh
 LOTS_PER_MW = 10  # 0.1 MW
 
@@ -317,10 +317,10 @@ class MatchingEngine:
 
     # ---- products -------------------------------------------------------------------------------------
     def gate_closes_at(self, delivery_start: int) -> int:
-        return delivery_start - self.gate_closure_s
+        return market.gate_closes_at(delivery_start, self.gate_closure_s)
 
     def is_open(self, delivery_start: int, now: float) -> bool:
-        return now < self.gate_closes_at(delivery_start) and delivery_start - now <= self.horizon_s
+        return gate_open(delivery_start, now, self.gate_closure_s) and delivery_start - now <= self.horizon_s
 
     def open_products(self, now: float, count: int) -> list[int]:
         """The next `count` products still open for trading at `now`, nearest first."""
@@ -331,7 +331,7 @@ class MatchingEngine:
         """Why `req` cannot enter at `now`, or None when it can."""
         if req.delivery_start % PERIOD_S:
             return "delivery_start is not on a 15-minute boundary"
-        if now >= self.gate_closes_at(req.delivery_start):
+        if not gate_open(req.delivery_start, now, self.gate_closure_s):
             return (f"gate closed for {iso(req.delivery_start)} at {iso(self.gate_closes_at(req.delivery_start))} "
                     f"({self.gate_closure_s // 60} min before delivery)")
         if req.delivery_start - now > self.horizon_s:
@@ -437,7 +437,7 @@ class MatchingEngine:
     def expire(self, now: float) -> list[Order]:
         """Expire every resting order of the products whose gate has closed at `now`; drop those books."""
         expired: list[Order] = []
-        for ds in [ds for ds in self.books if now >= self.gate_closes_at(ds)]:
+        for ds in [ds for ds in self.books if not gate_open(ds, now, self.gate_closure_s)]:
             book = self.books.pop(ds)
             for side in ("buy", "sell"):
                 for o in book.orders(side):

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from controller.clock import iso
-from simulators.exchange.engine import PERIOD_S, Trade, lots_to_mw, ticks_to_price
+from controller.trading.market import PERIOD_S
+from simulators.exchange.engine import Trade, lots_to_mw, ticks_to_price
 
 
 def ema_alpha(span: int) -> float:

@@ -12,7 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator
 
 from controller.clock import parse_iso
-from simulators.exchange.engine import PERIOD_S, Order, TickOrder, mw_to_lots, price_to_ticks
+from controller.trading.market import PERIOD_S
+from simulators.exchange.engine import Order, TickOrder, mw_to_lots, price_to_ticks
 
 PRICE_LIMIT_EUR = 9999.0  # the harmonised intraday price limits (±9,999 EUR/MWh)
 QUANTITY_MAX_MW = 10000.0

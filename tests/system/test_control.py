@@ -15,7 +15,7 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.cycle.loop import Controller
-from controller.trading.schedule import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, period_start
 from simulators.plant import Plant
 from tests.fixtures.controller import make_controller, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from controller.clock import Clock, iso
-from controller.trading.schedule import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, period_start
 from tests.fixtures.controller import device_ports, make_controller, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from controller.clock import iso
-from controller.trading.schedule import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, period_start
 from controller.store import Store
 from simulators.plant import Plant
 from tests.fixtures.controller import device_ports, site_config, wait_for

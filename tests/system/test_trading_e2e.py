@@ -25,7 +25,7 @@ import pytest
 from controller.clock import Clock, iso
 from controller.config import load_secrets
 from controller.daemon import Daemon
-from controller.trading.schedule import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, period_start
 from controller.signing import request_signature
 from controller.trading.exchange import ExchangeClient
 from tests.fixtures.controller import device_ports, site_config, wait_for

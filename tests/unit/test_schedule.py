@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.clock import parse_iso
-from controller.trading.schedule import (PERIOD_S, Schedule, Trade, TradeError, iso_minute, next_boundary, parse_trade,
+from controller.trading.schedule import (PERIOD_S, Schedule, Trade, TradeError, iso_minute, parse_trade,
                                  period_start)
 
 T0 = parse_iso("2026-11-25T14:00:00Z")  # a period boundary
@@ -33,7 +33,6 @@ def trade_dict(**over) -> dict:
 ])
 def test_period_start(ts: float, start: float) -> None:
     assert period_start(ts) == start
-    assert next_boundary(ts) == start + PERIOD_S
 
 
 def test_iso_minute() -> None:
@@ -143,7 +142,6 @@ def test_schedule_positions() -> None:
     assert s.periods(T0 + 10, T0 + 1800) == [(T0, 3.0), (T0 + 900, -2.0)]
     assert s.periods(T0 - 3600, T0 + 86400) == [(T0, 3.0), (T0 + 900, -2.0), (T0 + 1800, -1.5), (T0 + 2700, 0.5)]
     assert s.periods(T0 + 3600, T0 + 7200) == []
-    assert s.next_boundary(T0 + 5) == T0 + 900
 
 
 def test_duplicate_trade_id_is_ignored() -> None:
@@ -159,13 +157,6 @@ def test_opposite_trades_cancel_exactly() -> None:
         s.add(parse_trade(trade_dict(trade_id=f"x{i}", side=side, quantity_mw=q)))
     assert s.position_mw(T0) == 0.0
     assert s.periods(T0, T0 + 900) == [(T0, 0.0)]  # the period still has trades
-
-
-def test_prune_forgets_old_periods_not_ids() -> None:
-    s = Schedule([parse_trade(trade_dict(trade_id="a", delivery_end="2026-11-25T15:00:00Z"))])
-    assert s.prune(T0 + 1800) == 2
-    assert s.periods(T0 - 86400, T0 + 86400) == [(T0 + 1800, 5.0), (T0 + 2700, 5.0)]
-    assert not s.add(parse_trade(trade_dict(trade_id="a")))
 
 
 # ---------------------------------------------------------------- properties
