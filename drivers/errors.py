@@ -58,12 +58,6 @@ class ReadbackMismatch(DeviceError):
         self.read = read
 
 
-class StaleReading(DeviceError):
-    """A reading is older than allowed; stale means unknown, never last-good."""
-
-    cause = "stale"
-
-
 class WriteRefused(DeviceError):
     """A write was refused before it reached the wire (point not writable, value out of range)."""
 

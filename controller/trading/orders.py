@@ -363,34 +363,6 @@ class OrderDesk:
     def trades(self, limit: int = 200) -> dict[str, Any]:
         return {"trades": self.store.trades(limit=limit), "stale": False}
 
-    # ---------------------------------------------------------------- position and PnL
-    def positions(self, mark: float | None, now: float | None = None) -> list[dict[str, Any]]:
-        """Per period: net position (MW), energy (MWh), cash (EUR, + received), realised PnL for delivered periods,
-        unrealised PnL of open periods against `mark` (what closing the position at mark would give)."""
-        now = self.controller.clock.now() if now is None else now
-        periods: dict[float, dict[str, float]] = {}
-        for t in self.store.trades(limit=10_000):
-            start, end = parse_iso(t["delivery_start"]), parse_iso(t["delivery_end"])
-            sign = 1 if t["side"] == "sell" else -1
-            p = start
-            while p < end:
-                row = periods.setdefault(p, {"position_mw": 0.0, "cash_eur": 0.0})
-                mwh = t["quantity_mw"] * PERIOD_S / 3600
-                row["position_mw"] += sign * t["quantity_mw"]
-                row["cash_eur"] += sign * mwh * t["price_eur_mwh"]
-                p += PERIOD_S
-        out = []
-        for p in sorted(periods):
-            row = periods[p]
-            energy = row["position_mw"] * PERIOD_S / 3600
-            delivered = p + PERIOD_S <= now
-            realised = row["cash_eur"] if delivered else 0.0
-            unrealised = 0.0 if delivered or mark is None else row["cash_eur"] - energy * mark
-            out.append({"period_start": iso(p), "position_mw": round(row["position_mw"], 6),
-                        "energy_mwh": round(energy, 6), "cash_eur": round(row["cash_eur"], 2),
-                        "realised_pnl_eur": round(realised, 2), "unrealised_pnl_eur": round(unrealised, 2)})
-        return out
-
 
 # ---------------------------------------------------------------- commissioning CLI
 def add_trade_cli(args) -> int:

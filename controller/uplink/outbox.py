@@ -213,10 +213,3 @@ class Outbox:
             # sqlite3 hands INTEGER back as int and BLOB as bytes: the rows go to paho as they are
             return self._conn.execute("SELECT seq, payload FROM mqtt_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
                                       (after_seq, limit)).fetchall()
-
-    def first_seq(self) -> int | None:
-        with self._lock:
-            if self._conn is None:
-                raise OutboxError("outbox is closed")
-            row = self._conn.execute("SELECT MIN(seq) FROM mqtt_outbox").fetchone()
-            return None if row[0] is None else int(row[0])
