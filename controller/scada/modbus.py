@@ -22,8 +22,8 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
-from controller.scada.face import WriteLimiter
-from controller.scada.points import CONTROL, MODE_CODES, MODE_NAMES, STATUS, control_limits, status_values
+from controller.scada.controls import PendingControls, WriteLimiter
+from controller.scada.points import CONTROL, MODE_CODES, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
@@ -99,7 +99,7 @@ class ScadaModbusServer:
         self.controller = controller
         self.cfg = cfg
         self.server: ModbusTcpServer | None = None
-        self._pending = {"manual_setpoint_mw": 0.0, "manual_expires_s": controller.config.cycle.manual_timeout_s}
+        self.pending = PendingControls(controller, "scada-modbus")
         self.writes_refused = 0
         self.limiter = limiter or WriteLimiter.for_controller(controller)
         self.allowed = [ipaddress.ip_network(a, strict=False) for a in cfg.allow_clients]
@@ -132,8 +132,8 @@ class ScadaModbusServer:
     def _fill_controls(self, registers: list[int], start: int) -> None:
         c = self.controller
         current = {"mode": MODE_CODES[c.mode.mode],
-                   "manual_setpoint_mw": c.mode.manual_setpoint_mw if c.mode.mode == "manual" else self._pending["manual_setpoint_mw"],
-                   "manual_expires_s": self._pending["manual_expires_s"]}
+                   "manual_setpoint_mw": c.mode.manual_setpoint_mw if c.mode.mode == "manual" else self.pending.setpoint_mw,
+                   "manual_expires_s": self.pending.expires_s}
         for p in CONTROL:
             registers[p.address - start:p.address - start + p.words] = p.to_registers(current[p.name])
 
@@ -167,16 +167,7 @@ class ScadaModbusServer:
             return ExcCodes.DEVICE_BUSY
         c = self.controller
         try:
-            if "manual_expires_s" in new:
-                self._pending["manual_expires_s"] = new["manual_expires_s"]
-            if "manual_setpoint_mw" in new:
-                self._pending["manual_setpoint_mw"] = new["manual_setpoint_mw"]
-                if c.mode.mode == "manual" and "mode" not in new:  # renew
-                    c.set_mode("manual", new["manual_setpoint_mw"], self._pending["manual_expires_s"], source="scada-modbus")
-            if "mode" in new:
-                mode = MODE_NAMES[int(new["mode"])]
-                c.set_mode(mode, self._pending["manual_setpoint_mw"] if mode == "manual" else None,
-                           self._pending["manual_expires_s"] if mode == "manual" else None, source="scada-modbus")
+            self.pending.apply(new)
         except ValueError as e:
             self.writes_refused += 1
             log.warning("SCADA Modbus write refused", extra={"reason": str(e)})

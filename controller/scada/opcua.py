@@ -33,8 +33,8 @@ from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
-from controller.scada.face import WriteLimiter
-from controller.scada.points import CONTROL, MODE_NAMES, STATUS, control_limits, status_values
+from controller.scada.controls import PendingControls, WriteLimiter
+from controller.scada.points import CONTROL, STATUS, control_limits, status_values
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
@@ -145,7 +145,7 @@ class ScadaOpcUaServer:
         self.nodes: dict[str, Any] = {}
         self.controls: dict[str, Any] = {}
         self._task: asyncio.Task | None = None
-        self._pending: dict[str, float] = {}
+        self.pending = PendingControls(controller, "scada-opcua")
 
     def _user_manager(self) -> PasswordUserManager:
         if self.cfg.users_file:
@@ -251,18 +251,7 @@ class ScadaOpcUaServer:
 
     def _apply(self, name: str, value: float) -> None:
         c = self.controller
-        if name == "manual_setpoint_mw":
-            self._pending["manual_setpoint_mw"] = value
-            if c.mode.mode == "manual":
-                c.set_mode("manual", value, self._pending.get("manual_expires_s"), source="scada-opcua")
-        elif name == "manual_expires_s":
-            self._pending["manual_expires_s"] = value
-        elif name == "mode":
-            mode = MODE_NAMES.get(int(value))
-            if mode is None:
-                raise ValueError(f"mode: unknown code {value}")
-            sp = self._pending.get("manual_setpoint_mw", 0.0) if mode == "manual" else None
-            c.set_mode(mode, sp, self._pending.get("manual_expires_s") if mode == "manual" else None, source="scada-opcua")
+        self.pending.apply({name: value})
         c.store.audit("scada-opcua", f"write {name}", {"value": value}, c.clock.now())
 
     async def _update_loop(self) -> None:

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.scada.face import WriteLimiter
+from controller.scada.controls import WriteLimiter
 
 
 class ManualTime:
