@@ -18,7 +18,7 @@ import asyncio
 from typing import Any, Protocol, runtime_checkable
 
 # One error type for the whole path (order desk -> backend -> HTTP): the order desk raises these already.
-from controller.trading.orders import ExchangeDown, OrderRefused
+from controller.trading.errors import ExchangeDown, OrderRefused
 
 __all__ = ["Backend", "ExchangeDown", "OrderRefused"]
 

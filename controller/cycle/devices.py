@@ -18,7 +18,7 @@ from controller.clock import Clock
 from controller.config import Device, SiteConfig
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from drivers.base import DeviceDriver, Reading
-from drivers.errors import DeviceError, Disconnected, DeviceTimeout
+from drivers.errors import DeviceError, DeviceTimeout, Disconnected
 from drivers.profile import Profile
 
 log = logging.getLogger("bess.devices")

@@ -21,12 +21,17 @@ from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
 from controller.cycle.limits import Decision, limit
 from controller.cycle.mode import MODES, ModeState
-from controller.trading.intake import Ack, load_stored, store_trade, unanswered_redelivery
-from controller.trading.market import PERIOD_S, period_start
-from controller.trading.schedule import Schedule, check_feasibility
 from controller.cycle.snapshot import Snapshot
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
+from controller.trading.intake import (
+    Ack,
+    load_stored,
+    store_trade,
+    unanswered_redelivery,
+)
+from controller.trading.market import PERIOD_S, period_start
+from controller.trading.schedule import Schedule, check_feasibility
 from drivers.errors import DeviceError, ReadbackMismatch
 
 log = logging.getLogger("bess.cycle")

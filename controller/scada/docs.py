@@ -8,8 +8,15 @@ from __future__ import annotations
 import math
 
 from controller.scada.opcua import _VT, APP_URI, NAMESPACE, ROLES
-from controller.scada.points import (ALARM_BITS, BINDING_CODES, CONTROL, MODE_CODES, RANGE, STATUS,
-                                     ScadaPoint)
+from controller.scada.points import (
+    ALARM_BITS,
+    BINDING_CODES,
+    CONTROL,
+    MODE_CODES,
+    RANGE,
+    STATUS,
+    ScadaPoint,
+)
 
 
 def _eng_range(p: ScadaPoint) -> str:

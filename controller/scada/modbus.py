@@ -23,7 +23,13 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
 from controller.scada.controls import PendingControls, WriteLimiter
-from controller.scada.points import CONTROL, MODE_CODES, STATUS, control_limits, status_values
+from controller.scada.points import (
+    CONTROL,
+    MODE_CODES,
+    STATUS,
+    control_limits,
+    status_values,
+)
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller

@@ -12,8 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from controller.cycle.loop import CYCLE_ERROR_ALARM
 from controller.cycle.limits import BINDINGS
+from controller.cycle.loop import CYCLE_ERROR_ALARM
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller

@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.clock import iso, parse_iso
-from controller.trading.market import PERIOD_S, gate_open
 from controller.store import StoreError
-from controller.trading.exchange import (ExchangeClient, ExchangeError, ExchangeNotReached, ExchangeRejected)
+from controller.trading.errors import ExchangeDown, ExchangeNotConfigured, OrderRefused
+from controller.trading.exchange import (
+    ExchangeClient,
+    ExchangeError,
+    ExchangeNotReached,
+    ExchangeRejected,
+)
+from controller.trading.market import PERIOD_S, gate_open
 
 if TYPE_CHECKING:
     from controller.config import Secrets
@@ -50,30 +56,6 @@ def _leg(side: Any, quantity_mw: Any, delivery_start: Any) -> tuple[float, float
     if side not in ("buy", "sell") or not (math.isfinite(mw) and math.isfinite(start)) or mw <= 0:
         return None
     return start, mw if side == "sell" else -mw
-
-
-class OrderRefused(Exception):
-    """An order the site will not send (or the exchange refused): `status` is the HTTP code to answer with."""
-
-    def __init__(self, reason: str, period: str | None = None, limit: str | None = None, status: int = 409):
-        super().__init__(reason)
-        self.reason = reason
-        self.period = period
-        self.limit = limit
-        self.status = status
-
-
-class ExchangeDown(Exception):
-    """The exchange could not be reached; nothing was sent."""
-
-
-class ExchangeNotConfigured(ExchangeDown):
-    """No EXCHANGE_API_KEY: this site may receive trades but cannot place orders (answered 503)."""
-
-    def __init__(self) -> None:
-        super().__init__("EXCHANGE_API_KEY is not set: this site has no key to present to the exchange, so it "
-                         "cannot place or cancel orders (it still receives trades); set EXCHANGE_API_KEY in the "
-                         "environment or env file and restart")
 
 
 class OrderRequest(BaseModel):

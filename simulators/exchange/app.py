@@ -22,10 +22,10 @@ from fastapi.responses import JSONResponse
 
 from controller.clock import Clock
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET
+from controller.trading.market import GATE_CLOSURE_S
 from simulators.exchange.auth import Authenticator, AuthError
 from simulators.exchange.counterparties import Counterparties
 from simulators.exchange.curve import PriceCurve
-from controller.trading.market import GATE_CLOSURE_S
 from simulators.exchange.engine import MatchingEngine
 from simulators.exchange.marketdata import MarketData
 from simulators.exchange.publisher import TradePublisher
@@ -126,7 +126,10 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
 
 async def serve(host: str = "127.0.0.1", port: int = 9000, **app_kwargs) -> None:
     """Run the exchange app under uvicorn until cancelled or SIGINT/SIGTERM (then stopped gracefully)."""
-    from web.server import UvicornServer, stop_signals  # here: uvicorn is heavy, and only serving needs it
+    from web.server import (  # here: uvicorn is heavy, and only serving needs it
+        UvicornServer,
+        stop_signals,
+    )
 
     server = UvicornServer(create_app(**app_kwargs), host, port, name="exchange", lifespan="on")
     async with stop_signals() as stop:

@@ -21,8 +21,12 @@ from decimal import Decimal, InvalidOperation
 from typing import Literal
 
 from controller.clock import iso
-from controller.trading import market
-from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open
+from controller.trading.market import (
+    GATE_CLOSURE_S,
+    PERIOD_S,
+    gate_closes_at,
+    gate_open,
+)
 
 Side = Literal["buy", "sell"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
@@ -317,7 +321,7 @@ class MatchingEngine:
 
     # ---- products -------------------------------------------------------------------------------------
     def gate_closes_at(self, delivery_start: int) -> int:
-        return market.gate_closes_at(delivery_start, self.gate_closure_s)
+        return gate_closes_at(delivery_start, self.gate_closure_s)
 
     def is_open(self, delivery_start: int, now: float) -> bool:
         return gate_open(delivery_start, now, self.gate_closure_s) and delivery_start - now <= self.horizon_s
