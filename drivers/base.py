@@ -59,6 +59,11 @@ class DriverStats:
     subscriptions: int = 0             # OPC UA: subscriptions created
     subscription_failures: int = 0     # OPC UA: failed to create, or went quiet
 
+    def failed(self, what: str, why: str) -> None:
+        """Count one failed request or connect, and remember what failed and why (for logs and tests)."""
+        self.errors += 1
+        self.last_error = f"{what}: {why}"
+
 
 class DeviceDriver(Protocol):
     """A device read and written through its profile. Values are in canonical units (MW, %, °C, s).

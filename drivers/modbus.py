@@ -19,7 +19,13 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from drivers import codec
 from drivers.backoff import Backoff
 from drivers.base import DriverStats, Reading, TimeSource, WallTime
-from drivers.errors import DeviceTimeout, Disconnected, ModbusError, ReadbackMismatch, WriteRefused
+from drivers.errors import (
+    DeviceTimeout,
+    Disconnected,
+    ModbusError,
+    ReadbackMismatch,
+    WriteRefused,
+)
 from drivers.profile import Function, Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.modbus")
@@ -172,7 +178,7 @@ class ModbusDriver:
             if not ok:
                 client.close()
                 self.backoff.failed()
-                self._fail("connect", "refused or unreachable")
+                self.stats.failed("connect", "refused or unreachable")
                 log.warning("device %s: cannot connect to %s:%s; next attempt in %.1f s",
                             self.name, self.host, self.port, self.backoff.delay_s)
                 raise Disconnected(self.name, f"cannot connect to {self.host}:{self.port}")
@@ -212,16 +218,16 @@ class ModbusDriver:
                                         self.timeout_s)
         except asyncio.TimeoutError:
             # a late answer would otherwise arrive as the reply to our next request: start afresh
-            self._fail(what, "timeout")
+            self.stats.failed(what, "timeout")
             self._drop_client()
             raise DeviceTimeout(self.name, f"{what}: no answer within {self.timeout_s} s") from None
         except ModbusIOException as e:
-            self._fail(what, "timeout")
+            self.stats.failed(what, "timeout")
             self._drop_client()
             raise DeviceTimeout(self.name, f"{what}: no answer ({e})") from None
         except (ConnectionException, ConnectionError, OSError) as e:
             # a device that accepts connections and drops them at once must not be hammered either
-            self._fail(what, "disconnected")
+            self.stats.failed(what, "disconnected")
             self._drop_client()
             self.backoff.failed()
             raise Disconnected(self.name, f"{what}: connection lost ({e})") from None
@@ -229,13 +235,9 @@ class ModbusDriver:
         self.backoff.succeeded()
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
-            self._fail(what, f"exception {code}")
+            self.stats.failed(what, f"exception {code}")
             raise ModbusError(self.name, code, f"{what}: Modbus exception code {code}")
         return rr
-
-    def _fail(self, what: str, why: str) -> None:
-        self.stats.errors += 1
-        self.stats.last_error = f"{what}: {why}"
 
     async def read_raw(self, function: Function, address: int, count: int) -> list[int]:
         """Registers (or bits, for coils and discrete inputs) straight off the wire."""

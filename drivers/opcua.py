@@ -27,7 +27,13 @@ from asyncua.client.ua_client import UaClientState
 from drivers import codec
 from drivers.backoff import Backoff
 from drivers.base import DriverStats, Reading, TimeSource, WallTime
-from drivers.errors import DeviceTimeout, Disconnected, OpcUaError, ReadbackMismatch, WriteRefused
+from drivers.errors import (
+    DeviceTimeout,
+    Disconnected,
+    OpcUaError,
+    ReadbackMismatch,
+    WriteRefused,
+)
 from drivers.profile import Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.opcua")
@@ -43,7 +49,7 @@ VARIANT_TYPES = {
     "i32": ua.VariantType.Int32, "u64": ua.VariantType.UInt64, "i64": ua.VariantType.Int64,
     "f32": ua.VariantType.Float, "string": ua.VariantType.String,
 }
-_INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF),
+INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF),
                "i32": (-0x80000000, 0x7FFFFFFF), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
 
 
@@ -281,7 +287,7 @@ class OpcUaDriver:
             result = await asyncio.wait_for(coro_fn(client, *args), self.timeout_s)
         except (asyncio.TimeoutError, ConnectionError, OSError, ua.UaError) as e:
             err = self._typed(e, what)
-            self._fail(what, err.cause)
+            self.stats.failed(what, err.cause)
             if not isinstance(err, OpcUaError):
                 # a silent or dropped link: start afresh (a new session) on the next request
                 await self._drop_client()
@@ -291,16 +297,12 @@ class OpcUaDriver:
         except Exception as e:
             # asyncua re-raises any other failure of its transport as-is; the contract is typed errors only
             log.exception("device %s: %s failed inside asyncua", self.name, what)
-            self._fail(what, "unexpected")
+            self.stats.failed(what, "unexpected")
             await self._drop_client()
             raise self._typed(e, what) from None
         self.stats.last_latency_s = time.perf_counter() - t0
         self.backoff.succeeded()
         return result
-
-    def _fail(self, what: str, why: str) -> None:
-        self.stats.errors += 1
-        self.stats.last_error = f"{what}: {why}"
 
     async def read_raw(self, names: list[str]) -> dict[str, Any]:
         """Device values of `names` in one Read request; a bad status on any node raises OpcUaError."""
@@ -312,7 +314,7 @@ class OpcUaDriver:
         for n, dv in zip(names, dvs):
             status = dv.StatusCode or ua.StatusCode()
             if status.is_bad():
-                self._fail(f"read {n}", status.name)
+                self.stats.failed(f"read {n}", status.name)
                 raise OpcUaError(self.name, status.name, f"read {n} ({self._nodes[n].to_string()}): {status.name}")
             out[n] = dv.Value.Value if dv.Value is not None else None
         return out
@@ -450,7 +452,7 @@ class OpcUaDriver:
         raw = round(device)
         if abs(device - raw) > 1e-6 * max(1.0, abs(device)):
             raise WriteRefused(self.name, f"{point}: {value} is not a whole number of device units")
-        lo, hi = _INT_RANGES[p.type]
+        lo, hi = INT_RANGES[p.type]
         if not lo <= raw <= hi:
             raise WriteRefused(self.name, f"{point}: {value} does not fit a {p.type}")
         return ua.Variant(int(raw), vt)
@@ -470,7 +472,7 @@ class OpcUaDriver:
         statuses = await self._call(f"write {point}", write, self._nodes[point], ua.DataValue(variant))
         status = statuses[0]
         if not status.is_good():
-            self._fail(f"write {point}", status.name)
+            self.stats.failed(f"write {point}", status.name)
             raise OpcUaError(self.name, status.name, f"write {point} = {value!r}: {status.name}")
         if not verify:
             return None

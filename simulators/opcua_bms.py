@@ -20,6 +20,10 @@ from pathlib import Path
 from asyncua import Server, ua
 
 from controller.clock import Clock
+from drivers.opcua import (  # one mapping of profile types to OPC UA types
+    INT_RANGES,
+    VARIANT_TYPES,
+)
 from drivers.profile import Point, Profile, load_profile
 from simulators.battery import BatteryModel
 from simulators.faults import Faults
@@ -29,14 +33,6 @@ log = logging.getLogger("bess.sim.opcua_bms")
 DEFAULT_PROFILE = Path(__file__).resolve().parent.parent / "config" / "profiles" / "opcua-bms.yaml"
 APP_URI = "urn:phoenyra:bess:bms:simulator"
 UPDATE_PERIOD_S = 0.1  # real seconds between copies of the model into the address space
-
-VARIANT_TYPES = {
-    "u16": ua.VariantType.UInt16, "i16": ua.VariantType.Int16, "u32": ua.VariantType.UInt32,
-    "i32": ua.VariantType.Int32, "u64": ua.VariantType.UInt64, "i64": ua.VariantType.Int64,
-    "f32": ua.VariantType.Float, "string": ua.VariantType.String,
-}
-_INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF),
-               "i32": (-0x80000000, 0x7FFFFFFF), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
 
 # UNECE Rec. 20 common codes: the OPC UA EUInformation UnitId is the code's bytes as one integer
 _UNECE = {"%": "P1", "°C": "CEL", "V": "VLT", "A": "AMP", "W": "WTT", "kW": "KWT", "MW": "MAW",
@@ -78,7 +74,7 @@ def to_variant(point: Point, canonical: float | int | str) -> ua.Variant:
     device = canonical / point.factor if point.factor != 1.0 else canonical
     if point.type == "f32":
         return ua.Variant(float(device), vt)
-    lo, hi = _INT_RANGES[point.type]
+    lo, hi = INT_RANGES[point.type]
     return ua.Variant(min(hi, max(lo, int(round(device)))), vt)
 
 
@@ -93,7 +89,7 @@ def raw_variant(point: Point, value: object) -> ua.Variant:
     if isinstance(value, bool):
         return ua.Variant(value, ua.VariantType.Boolean)
     if isinstance(value, int):
-        lo, hi = _INT_RANGES.get(point.type, (1, 0))
+        lo, hi = INT_RANGES.get(point.type, (1, 0))
         if lo <= value <= hi:
             return ua.Variant(value, VARIANT_TYPES[point.type])
         if point.type == "f32":
