@@ -120,7 +120,8 @@ def render_opcua_markdown() -> str:
             "second; one past it is refused with `BadServerTooBusy` and changes nothing (retry later). Each",
             "accepted change wakes the control cycle, so a write storm cannot make the controller cycle flat out.", "",
             "| node id | data type | unit | range | meaning |", "|---|---|---|---|---|"]
-    out += [f"| `Controls.{p.name}` | {vtype(p)} | {p.unit or '–'} | {_eng_range(p)} | {p.description} |" for p in CONTROL]
+    out += [f"| `Controls.{p.name}` | {vtype(p)} | {p.unit or '–'} | {_eng_range(p)} | {p.description} |"
+            for p in CONTROL]
     out += ["", "## Security", "",
             "asyncua's defaults are open (a None endpoint, every certificate trusted), so the server sets",
             "everything explicitly:", "",
