@@ -82,9 +82,10 @@ async def test_ready_after_the_first_cycle_then_watchdog_on_every_cycle_and_stop
 
             plant.faults["bms_modbus"].clear()
             await wait_for(lambda: c.decision.binding not in ("comm_loss", "stale"), 15, "the BMS back")
-            await asyncio.sleep(0.5)
-            back = received(sock)
-            assert "WATCHDOG=1" in back and not any(m.startswith("READY=1") for m in back)
+            back: list[str] = []
+            await wait_for(lambda: back.extend(received(sock)) or "WATCHDOG=1" in back, 10,
+                           "a watchdog ping with the BMS back")
+            assert not any(m.startswith("READY=1") for m in back), back
         assert "STOPPING=1" in received(sock)
 
 
@@ -107,31 +108,56 @@ async def test_ready_after_the_first_cycle_even_while_a_device_is_silent(plant, 
             assert c.decision.binding in ("comm_loss", "stale")
             plant.faults["pcs"].clear()
             await wait_for(lambda: c.stats.good_cycles >= 1, 15, "the first good cycle")
-            await asyncio.sleep(0.1)
+            cycles = c.stats.cycles
+            await wait_for(lambda: c.stats.cycles >= cycles + 2, 10, "two more cycles after the first good one")
             assert not any(m.startswith("READY=1") for m in received(sock)), "READY sent twice"
         finally:
             await c.stop()
             store.close()
 
 
+def watch_cycles(c) -> list[str]:
+    """The order in which the controller's cycles start and end ("start", "end", ...), seen by wrapping the
+    cycle the loop calls: two cycles that overlap show as two starts in a row."""
+    events: list[str] = []
+    inner = c.run_cycle
+
+    async def run_cycle():
+        events.append("start")
+        try:
+            return await inner()
+        finally:
+            events.append("end")
+
+    c.run_cycle = run_cycle
+    return events
+
+
 async def test_an_overrunning_cycle_is_counted_and_never_stacked(plant, tmp_path):
     async with make_controller(plant, tmp_path, cycle={"period_s": 0.1}) as c:
+        events = watch_cycles(c)
         # the BMS answers 0.1 s late to every request (inside its 1 s timeout): a cycle outlasts its 0.1 s period
         plant.faults["bms_modbus"].delay_s = 0.1
-        await asyncio.sleep(1.0)  # let the cycle already in flight finish
-        cycles, overruns, t0 = c.stats.cycles, c.stats.overruns, time.monotonic()
-        await asyncio.sleep(3.0)
-        elapsed_s = time.monotonic() - t0
+        # the cycle in flight may have started before the delay: count from the first one that starts after it
+        await wait_for(lambda: events.count("start") >= 2, 10, "a cycle started with the BMS late")
+        cycles, overruns, seen = c.stats.cycles, c.stats.overruns, len(events)
+        await wait_for(lambda: c.stats.cycles >= cycles + 5, 20, "five cycles with the BMS late")
         ran = c.stats.cycles - cycles
-        assert ran >= 3 and c.stats.overruns - overruns >= ran - 1
-        # one cycle at a time: the cycles' durations add up to no more than the wall time they ran in
+        assert c.stats.overruns - overruns >= ran - 1, f"{ran} cycles, {c.stats.overruns - overruns} overruns counted"
         durations = list(c.stats.durations_s)[-ran:]
-        assert min(durations) > 0.1
-        assert sum(durations) <= elapsed_s + max(durations), f"{ran} cycles overlapped: {durations}"
+        assert min(durations) > 0.1, durations   # each of them did outlast its period
+        # one cycle at a time: every start is followed by its end before the next start
+        watched = events[:]
+        assert all(a != b for a, b in zip(watched, watched[1:])), f"cycles overlapped: {watched}"
+        assert len(watched) - seen >= 2 * (ran - 1)
         plant.faults["bms_modbus"].clear()
 
 
 async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
+    """The loop runs at the configured 0.1 s period, holding the setpoint on every cycle. How many cycles a
+    second it manages is a figure of the machine, printed by bench/cycle.py (cycle @ 0.1 s, cycles/s); here a
+    generous bound on 30 cycles (15 s, five times the nominal 3 s) catches a loop that waits on a coarser timer
+    (1 s or more) than the period."""
     clock = Clock(start=period_start(time.time()) + 300)
     async with make_controller(plant, tmp_path, clock=clock, cycle={"period_s": 0.1},
                                limits={"ramp_mw_per_s": 1000}) as c:
@@ -142,11 +168,12 @@ async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
                               "market": "intraday", "executed_at": iso(now)}, source="test")
         assert ack.accepted, ack
         await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_500_000, 2, "2.5 MW at the PCS")
-        cycles, overruns, t0 = c.stats.cycles, c.stats.overruns, time.monotonic()
-        await asyncio.sleep(2.0)
-        rate = (c.stats.cycles - cycles) / (time.monotonic() - t0)
-        # 10 per second nominally; a shared 2-core CI box may lose a few to scheduling, never most of them
-        assert rate >= 7, f"{rate:.1f} cycles/s at a 0.1 s period"
+        cycles, failed, since = c.stats.cycles, c.stats.failed_cycles, clock.now()
+        await wait_for(lambda: c.stats.cycles >= cycles + 30, 15, "30 cycles at a 0.1 s period")
+        assert c.stats.failed_cycles == failed
+        # every one of those cycles decided 2.5 MW (the decision log has a row per cycle)
+        setpoints = [d["setpoint_mw"] for d in c.store.decisions(limit=1000) if d["ts"] >= since]
+        assert len(setpoints) >= 30 and all(mw == pytest.approx(2.5) for mw in setpoints), setpoints
         assert c.decision.setpoint_mw == pytest.approx(2.5)
 
 
