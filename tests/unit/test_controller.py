@@ -246,9 +246,15 @@ async def test_manual_mode_is_limited_and_expires(rig):
     rig.controller.set_mode("manual", 25.0, expires_s=0.3)
     d = await rig.cycles(1)
     assert d.setpoint_mw == pytest.approx(10.0) and d.binding in ("p_discharge_max", "grid_limit")
-    await asyncio.sleep(0.35)
-    d = await rig.cycles(1)
-    assert rig.controller.mode.mode == "auto" and d.setpoint_mw == 0.0
+    expires_ts = rig.controller.mode.manual_expires_ts
+    # cycle until the manual setpoint expires (bounded): held at 10 MW until then, never expired early
+    for _ in range(500):
+        d = await rig.cycles(1)
+        if rig.controller.mode.mode != "manual":
+            break
+        assert d.setpoint_mw == pytest.approx(10.0)
+    assert rig.clock.now() >= expires_ts, "expired early"
+    assert rig.controller.mode.mode == "auto" and d.setpoint_mw == 0.0, "the manual setpoint did not expire"
     with pytest.raises(ValueError, match="setpoint_mw"):
         rig.controller.set_mode("manual", float("nan"))
     with pytest.raises(ValueError, match="mode"):
