@@ -108,17 +108,16 @@ async def test_kill_9_reverts_the_pcs_and_a_restart_resumes_the_schedule(make_pl
         await wait_for(lambda: wset_mw(plant) == pytest.approx(2.0), 10, "2 MW after the buy trades")
         await wait_for(lambda: plant.model.power_mw == pytest.approx(2.0, abs=0.01), 3, "the plant delivering 2 MW")
 
-        # kill -9: nobody writes 0 MW; the PCS's own reversion timer must
-        killed_at = time.monotonic()
+        # kill -9: nobody writes 0 MW; the PCS's own reversion timer (armed at REVERSION_S, above) must
         daemon.send_signal(signal.SIGKILL)
         assert await asyncio.wait_for(daemon.wait(), 10) == -signal.SIGKILL
         daemon = None
+        killed = len(writes)
         reversions = plant.pcs.reversions
-        await wait_for(lambda: abs(plant.model.power_mw) < 1e-6, REVERSION_S + 3, "the plant at 0 MW after kill -9")
-        fell_back_s = time.monotonic() - killed_at
-        assert plant.pcs.reversions == reversions + 1 and wset_mw(plant) == 0.0
-        # reversion timer (3 s from the last write) + one plant tick + the PCS ramp of 2 MW at 10 MW/s
-        assert fell_back_s < REVERSION_S + 0.6, f"0 MW {fell_back_s:.2f} s after kill -9"
+        # bounded: the 3 s timer, a plant tick and the ramp take ~3.3 s; how late is the simulator's business
+        await wait_for(lambda: abs(plant.model.power_mw) < 1e-6, REVERSION_S + 12, "the plant at 0 MW after kill -9")
+        assert plant.pcs.reversions == reversions + 1 and wset_mw(plant) == 0.0, "0 MW, but not by the reversion"
+        assert writes[killed:] == [], f"something wrote to the PCS after kill -9: {writes[killed:]}"
 
         with Store.in_state_dir(state) as store:
             stored = {t["trade_id"] for t in store.trades()}
@@ -132,7 +131,9 @@ async def test_kill_9_reverts_the_pcs_and_a_restart_resumes_the_schedule(make_pl
         await wait_for(lambda: plant.pcs_server.get("704.WSetRvrtTms") == REVERSION_S, 30, "the new daemon arming")
         await wait_for(lambda: any(t > restarted_at and "704.WSet" in w for t, w in writes), 10,
                        "the new daemon's first setpoint write")
-        await asyncio.sleep(2.0)   # several cycles without fresh BMS readings
+        # several cycles without fresh BMS readings: each writes (and so refreshes) the setpoint
+        await wait_for(lambda: sum("704.WSet" in w for t, w in writes if t > restarted_at) >= 4, 15,
+                       "four setpoint writes by the new daemon")
         early = [w["704.WSet"] for t, w in writes if t > restarted_at and "704.WSet" in w]
         assert early and all(v == 0 for v in early), f"non-zero setpoint without fresh BMS readings: {early}"
         assert wset_mw(plant) == 0.0 and abs(plant.model.power_mw) < 1e-6
