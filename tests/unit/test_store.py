@@ -332,17 +332,31 @@ def test_record_decision_does_not_wait_for_another_thread(store):
 
 
 def test_record_decision_keeps_rows_when_another_connection_holds_the_write_lock(store, caplog):
-    with raw(store) as other:
-        other.isolation_level = None
-        other.execute("BEGIN IMMEDIATE")  # e.g. the outbox in the middle of a write
-        try:
-            t0 = time.perf_counter()
-            for i in range(store_mod.DECISION_BATCH_ROWS):
-                decision(store, T0 + i)
-            elapsed = time.perf_counter() - t0
-        finally:
+    """The cycle's flush gives up after the short hot-path timeout, not BUSY_TIMEOUT_MS: seen as the order of
+    events, not as elapsed time. Another connection holds the write lock until the cycle's recording is done,
+    but lets go after half of BUSY_TIMEOUT_MS at the latest: a flush that waited the long timeout would then
+    get the lock and succeed, and nothing would be logged."""
+    held, done, released = threading.Event(), threading.Event(), []
+
+    def hold():
+        with raw(store) as other:
+            other.isolation_level = None
+            other.execute("BEGIN IMMEDIATE")  # e.g. the outbox in the middle of a write
+            held.set()
+            released.append("after the recording" if done.wait(store_mod.BUSY_TIMEOUT_MS / 1000 / 2)
+                            else "before the recording was done")
             other.execute("COMMIT")
-    assert elapsed < store_mod.BUSY_TIMEOUT_MS / 1000 / 2  # the short hot-path timeout, not BUSY_TIMEOUT_MS
+
+    th = threading.Thread(target=hold)
+    th.start()
+    try:
+        assert held.wait(5)
+        for i in range(store_mod.DECISION_BATCH_ROWS):
+            decision(store, T0 + i)
+    finally:
+        done.set()
+        th.join(10)
+    assert released == ["after the recording"], "the hot-path flush waited for the other connection"
     assert "decision log write failed" in caplog.text
     assert len(store.decisions(limit=1000)) == store_mod.DECISION_BATCH_ROWS
 
