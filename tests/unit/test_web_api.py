@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from controller.clock import iso
+from tests.fixtures.controller import wait_for
 from tests.fixtures.web import KEYS, READ_KEYS, SECRET, MemoryBackend, demo_backend, running_web
 from web.app import create_app
 from web.auth import fingerprint
@@ -573,8 +574,11 @@ async def test_websocket_is_throttled_and_the_latest_value_wins():
                 w.backend.cycle(0.0)
                 await asyncio.sleep(0.01)
             last_soc = w.backend.soc_pct
-            await asyncio.sleep(0.4)
+            # the latest value wins: it is pushed once the throttle window allows (bounded wait, not a sleep)
+            await wait_for(lambda: any(m["soc_pct"] == pytest.approx(last_soc) for m in received), 5,
+                           "the last cycle's value at the client")
             task.cancel()
+            # an upper bound on the pushes: a slow machine only lengthens the window, so it cannot fail this
             elapsed = time.monotonic() - t0
         assert 2 <= len(received) <= math.ceil(elapsed * 4) + 1, (len(received), elapsed)
         assert received[-1]["soc_pct"] == pytest.approx(last_soc)
@@ -619,11 +623,7 @@ async def test_an_idle_client_does_not_hold_up_the_others(web):
             await asyncio.wait_for(reader.recv(), 5)
             got += 1
         assert got == 8 and len(web.backend._subscribers) == 2
-    for _ in range(50):  # both handlers notice the close and unsubscribe
-        if not web.backend._subscribers:
-            break
-        await asyncio.sleep(0.05)
-    assert web.backend._subscribers == set()
+    await wait_for(lambda: not web.backend._subscribers, 10, "both handlers to notice the close and unsubscribe")
 
 
 # -------------------------------------------------------------------------------- metrics, docs, assets
