@@ -165,6 +165,9 @@ class Demo:
             try:
                 c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
+                # said, so that a stop that needed force shows (tests/system/test_demo.py looks for it)
+                print(f"demo: {c.name} did not stop within {timeout_s:g} s of SIGTERM: killed", file=sys.stderr,
+                      flush=True)
                 try:
                     os.killpg(c.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:

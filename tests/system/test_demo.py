@@ -1,5 +1,5 @@
 """`bess-edge demo` as a user runs it: it starts everything on DESIGN.md's fixed ports, the controller runs
-the plant, and Ctrl-C stops every process within 10 s with the ports freed."""
+the plant, and Ctrl-C stops every process on its SIGTERM (none needs killing) with the ports freed."""
 
 from __future__ import annotations
 
@@ -95,12 +95,12 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
             break
         time.sleep(0.5)
     assert want <= positions, (said, positions)
-    t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    rest, _ = proc.communicate(timeout=15)
-    assert time.monotonic() - t0 < 10, "demo took longer than 10 s to stop"
+    # bounded wait: the demo gives its processes 8 s after SIGTERM, then kills what is left and says so
+    rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "stopped: all demo processes ended" in rest
+    assert "did not stop" not in rest, f"a demo process had to be killed:\n{rest}"
     still = [n for n, p in PORTS.items() if port_open(p)]
     assert not still, f"ports still open after stop: {still}"
 
