@@ -202,7 +202,8 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
         assert [(p["period_start"][:16], p["position_mw"]) for p in schedule["periods"]] == [(ds[:16], 2.0)]
 
         # before delivery the PCS stays at 0 MW; at the period's start the sell is +2 MW (discharge)
-        await asyncio.sleep(0.5)
+        cycles = d.controller.stats.cycles   # a few cycles with the trade in the schedule, counted
+        await wait_for(lambda: d.controller.stats.cycles >= cycles + 2, 10, "two cycles before delivery")
         assert plant.pcs.requested_mw() == 0.0 and plant.pcs_server.get("704.WSet") == 0
         soc_before = plant.model.soc_pct
         clock.advance_to(delivery + 0.5)
