@@ -7,7 +7,6 @@ timeout is armed and kept fresh.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
