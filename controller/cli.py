@@ -103,6 +103,12 @@ def cmd_trade_add(args: argparse.Namespace) -> int:
     return add_trade_cli(args)
 
 
+def cmd_probe(args: argparse.Namespace) -> int:
+    from controller.probe.command import main_probe
+
+    return main_probe(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bess-edge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -141,6 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--env-file")
     s.set_defaults(func=cmd_exchange)
+
+    from controller.probe.arguments import add_arguments as probe_arguments
+
+    s = sub.add_parser("probe", help="commissioning: scan a device (SunSpec, register ranges, OPC UA) and draft "
+                                     "its profile")
+    probe_arguments(s)
+    s.set_defaults(func=cmd_probe)
 
     s = sub.add_parser("trade", help="commissioning: add an executed trade by hand")
     tsub = s.add_subparsers(dest="trade_command", required=True)

@@ -100,6 +100,12 @@ class OpcUaDriver:
         return self._client is not None and self._client.uaclient.state is UaClientState.CONNECTED
 
     @property
+    def session(self) -> Client | None:
+        """The open asyncua client, None while down: commissioning (`bess-edge probe --opcua`) browses the address
+        space through it, so it connects exactly as the control cycle would."""
+        return self._client
+
+    @property
     def mode(self) -> str:
         """'subscription' when reads are served from a live subscription, else 'polling'."""
         return "subscription" if self._sub_fresh() else "polling"
