@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from controller.probe.draft import Draft, draft_sunspec, fmt
+from drivers.errors import DeviceError
 from controller.probe.modbus_link import ModbusLink, NoAnswer, ProbeTarget
 from controller.probe.registers import draft_registers, parse_ranges, scan_registers
 from controller.probe.sunspec_scan import UnitScan, scan_units
@@ -134,6 +135,7 @@ async def _run_sunspec(plan: Plan) -> int:
         doc["draft"] = draft.as_json()
         if not a.json:
             print_draft_summary(draft)
+        doc["read_back"] = await read_back_sunspec(draft, scan.target, a.json)
         path = out_path(a.out, scan.target.unit_id, len(found) > 1) if a.out else None
         err = deliver(draft, path, a.force, doc, a.json)
         if err:
@@ -143,6 +145,26 @@ async def _run_sunspec(plan: Plan) -> int:
     else:
         print_summary(a.host, a.port, scans)
     return FOUND if found else NOTHING
+
+
+async def read_back_sunspec(draft: Draft, target: ProbeTarget, as_json: bool) -> dict[str, Any]:
+    """Read the draft through the control cycle's driver: every point should come back known."""
+    from drivers.sunspec import SunSpecDriver
+
+    driver = SunSpecDriver("probe", draft.profile, target.host, target.port, unit_id=target.unit_id,
+                           timeout_s=target.timeout_s)
+    try:
+        readings = await driver.read()
+    except DeviceError as e:
+        print(f"bess-edge probe: {target.where}: reading the draft back failed: {e.message}", file=sys.stderr)
+        return {"error": e.message}
+    finally:
+        await driver.close()
+    unknown = {n: r.invalid for n, r in readings.items() if r.invalid is not None}
+    if not as_json:
+        print(f"draft read back through the driver: {len(readings)} points, "
+              + ("all known" if not unknown else f"unknown: {unknown}"))
+    return {"points": len(readings), "unknown": unknown}
 
 
 def print_sunspec(scan: UnitScan) -> None:

@@ -12,6 +12,7 @@ from controller.probe.modbus_link import ModbusLink, ProbeTarget, exception_text
 from drivers.errors import ModbusError
 from drivers.modbus import MAX_REGISTERS
 
+READ_GAP = 8   # drivers.modbus.plan_reads' default max_gap: unused registers a read may span
 FUNCTIONS = ("holding", "input", "coil", "discrete")
 _RANGE = re.compile(r"^(holding|input|coil|discrete):(\d+)(?:-(\d+))?$")
 
@@ -104,6 +105,12 @@ def draft_registers(scan: RegisterScan) -> Draft:
             "# named (soc_pct, power_mw ...), typed (i16, u32, f32 ...), scaled (scale, unit) and pruned by the engineer.",
             "# invalid_values: [] keeps every raw value; set the device's 'no value' markers when you know them."]
     head += [f"# skipped {fn} {a}-{b}: {why}" for fn, a, b, why in scan.skipped]
+    narrow = [f"{fn} {a}-{b}" for fn, a, b, _ in scan.skipped
+              if b - a + 1 <= READ_GAP and (fn, a - 1) in scan.values and (fn, b + 1) in scan.values]
+    if narrow:
+        draft.checks.append(f"the driver reads across gaps of up to {READ_GAP} registers in one request, and this "
+                            f"device refuses reads that touch {', '.join(narrow)}: keep points on one side of each")
+    head += [f"# CHECK: {c}" for c in draft.checks]
     head += ["# In the site file:", f"#   DEVICE: {site}"]
     body = ["name: draft-registers", "vendor: unknown", "protocol: modbus", "word_order: big",
             f"description: {flow(['Raw registers of ' + t.where])[1:-1]}", "points:" if lines else "points: {}"]

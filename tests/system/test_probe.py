@@ -1,0 +1,194 @@
+"""`bess-edge probe` as a real process against real devices: the PCS simulator (SunSpec) and the OPC UA BMS
+simulator probed, their drafted profiles put in a site file that passes `check-config` and drives `bess-edge run`
+to good cycles (setpoints reach the PCS through the drafted map); a device with gaps and exception ranges scanned
+register by register; a gateway with one silent unit id scanned to the end, the silent one named."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from drivers.modbus import ModbusDriver
+from drivers.profile import load_profile
+from tests.conftest import free_port
+from tests.fixtures.controller import wait_for
+from tests.fixtures.modbus_devices import GappyDevice, ModbusGateway
+from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config"
+BESS_EDGE = [sys.executable, "-m", "controller.cli"]
+ENV = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1",
+       "PYTHONPATH": str(ROOT)}
+
+
+async def bess_edge(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
+    """A bess-edge command as a process; the test's event loop (and the simulators in it) keeps running."""
+    proc = await asyncio.create_subprocess_exec(*BESS_EDGE, *args, cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()
+
+
+def write_site(tmp_path: Path, devices: dict, web_port: int) -> Path:
+    """demo.yaml with the drafted profiles' devices, MQTT and SCADA off, the web face on a free port."""
+    raw = yaml.safe_load((CONFIG / "demo.yaml").read_text())
+    raw["devices"] = devices
+    raw["mqtt"] = {"enabled": False}
+    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    raw["web"] = {"host": "127.0.0.1", "port": web_port}
+    raw["cycle"] = {"period_s": 0.5}
+    raw["limits"]["ramp_mw_per_s"] = 1000
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_plant, tmp_path):
+    plant = await make_plant(opcua=True)
+    ports = plant.ports
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(ports["pcs"]), "--unit-id", "auto",
+                                   "--out", str(profiles / "pcs.yaml"))
+    assert rc == 0, out + err
+    assert "model 704 DERCtlAC" in out and "not implemented" in out and "role pcs" in out, out
+    assert "draft read back through the driver: " in out and "all known" in out, out
+    assert "unit id 0" not in out, "auto stops at the first unit id that answers"
+    rc, out, err = await bess_edge("probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}",
+                                   "--out", str(profiles / "bms.yaml"))
+    assert rc == 0, out + err
+    assert "ns=2;s=BMS.SoC" in out and "all known" in out, out
+    pcs = (profiles / "pcs.yaml").read_text()
+    assert "The device has every point the controller needs" in pcs, pcs
+    assert "setpoint_mw: {sunspec: 704.WSet" in pcs and "# needed" in pcs, pcs
+
+    web_port = free_port()
+    site = write_site(tmp_path, {
+        "bms": {"role": "bms", "protocol": "opcua", "host": "127.0.0.1", "port": ports["bms_opcua"],
+                "profile": "profiles/bms.yaml", "timeout_s": 1.0},
+        "pcs": {"role": "pcs", "protocol": "sunspec", "host": "127.0.0.1", "port": ports["pcs"], "unit_id": 1,
+                "profile": "profiles/pcs.yaml", "reversion_timeout_s": 7},
+    }, web_port)
+    rc, out, err = await bess_edge("check-config", str(site))
+    assert rc == 0 and f"{site}: OK" in out, out + err
+
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:
+        daemon = await asyncio.create_subprocess_exec(
+            *BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text",
+            cwd=ROOT, env=ENV, stdout=log, stderr=log)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web:
+            status: dict = {}
+
+            async def poll_status() -> None:
+                nonlocal status
+                try:
+                    status = (await web.get("/api/bess-status")).json()
+                except httpx.HTTPError:
+                    status = {}
+
+            for _ in range(120):   # bounded: the daemon starts and reaches a good cycle
+                await poll_status()
+                if status.get("status") == "online" or daemon.returncode is not None:
+                    break
+                await asyncio.sleep(0.25)
+            assert status.get("status") == "online", status
+            assert status["soc_pct"] == pytest.approx(plant.model.soc_pct, abs=1.0)
+            assert plant.pcs_server.get("704.WSetRvrtTms") == 7, "reversion armed through the drafted profile"
+            assert plant.opcua.heartbeat is not None, "heartbeat written through the drafted OPC UA profile"
+            r = await web.post("/api/mode", json={"mode": "manual", "setpoint_mw": 2.0})
+            assert r.status_code == 200, r.text
+            await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000, 15,
+                           "the manual 2 MW written to 704.WSet through the drafted profile")
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        if daemon.returncode is None:
+            daemon.terminate()
+            try:
+                await asyncio.wait_for(daemon.wait(), 20)
+            except asyncio.TimeoutError:
+                daemon.kill()
+                await daemon.wait()
+
+
+async def test_register_scan_skips_exception_ranges_and_drafts_a_skeleton(tmp_path):
+    gaps = {"holding": set(range(10, 20)) | set(range(40, 300)) | {33}, "input": {5}}
+    async with GappyDevice(size=300, gaps=gaps) as dev:
+        out_file = tmp_path / "skeleton.yaml"
+        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(dev.port), "--registers",
+                                       "holding:0-299,input:0-9", "--out", str(out_file), "--json")
+        assert rc == 0, out + err
+        doc = json.loads(out)
+        unit = doc["units"][0]
+        got = {(r["function"], r["address"]): r["value"] for r in unit["registers"]}
+        want_holding = [a for a in range(300) if a not in gaps["holding"]]
+        assert sorted(a for f, a in got if f == "holding") == want_holding
+        assert sorted(a for f, a in got if f == "input") == [a for a in range(10) if a != 5]
+        assert all(v == GappyDevice.value(a) for (_, a), v in got.items())
+        assert {(s["function"], s["first"], s["last"]) for s in unit["skipped"]} == {
+            ("holding", 10, 19), ("holding", 33, 33), ("holding", 40, 299), ("input", 5, 5)}
+        assert all("exception 2" in s["why"] for s in unit["skipped"])
+        text = out_file.read_text()
+        assert "# skipped holding 40-299: exception 2 (illegal data address)" in text, text
+        assert "# CHECK: the driver reads across gaps" in text and "holding 33-33, input 5-5" in text, text
+        # the skeleton is a valid profile that the Modbus driver reads as the scan saw it (reads not spanning the
+        # refused addresses: what the CHECK line tells the engineer to arrange)
+        driver = ModbusDriver("skeleton", load_profile(out_file), "127.0.0.1", dev.port, max_gap=0)
+        try:
+            readings = await driver.read()
+        finally:
+            await driver.close()
+        assert readings["holding_00021"].value == GappyDevice.value(21)
+        assert readings["input_00009"].value == GappyDevice.value(9)
+
+
+async def test_a_gateway_with_a_silent_unit_id_is_scanned_to_the_end(make_plant, tmp_path):
+    a, b = await make_plant(), await make_plant()
+    routes = {1: (a.ports["pcs"], 1), 2: (b.ports["pcs"], 1)}
+    async with ModbusGateway(routes, silent={3}) as gw:
+        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(gw.port), "--unit-id", "1,3",
+                                       "--unit-id", "2", "--timeout-s", "0.3", "--retries", "1",
+                                       "--out", str(tmp_path / "pcs.yaml"), "--json")
+        assert rc == 0, out + err
+        units = {u["unit_id"]: u for u in json.loads(out)["units"]}
+        assert [units[u]["status"] for u in (1, 3, 2)] == ["found", "no_answer", "found"]
+        assert f"127.0.0.1:{gw.port} unit id 3: no answer to read holding 40000+2 (2 tries, 0.3 s each" in err, err
+        assert gw.unanswered == [3, 3], "one try and one retry, then the scan moved on"
+        for u in (1, 2):
+            assert units[u]["draft"]["lacking"] == {} and units[u]["read_back"]["unknown"] == {}
+            assert load_profile(tmp_path / f"pcs-unit{u}.yaml").sunspec.models == [1, 701, 704, 713, 802]
+        assert not (tmp_path / "pcs-unit3.yaml").exists()
+
+
+async def test_exit_codes_and_errors_name_where(tmp_path):
+    port = free_port()
+    rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(port), "--timeout-s", "0.3")
+    assert rc == 1, out + err
+    assert f"127.0.0.1:{port} unit id 1: no answer to read holding 40000+2" in err, err
+    for bad in (["--host", "h", "--unit-id", "300"], ["--host", "h", "--registers", "holding:9-1"],
+                ["--port", "502"], ["--opcua", "http://x:1"], ["--host", "h", "--timeout-s", "0"],
+                ["--host", "h", "--config", "site.yaml"]):
+        rc, out, err = await bess_edge("probe", *bad)
+        assert rc == 2 and "bess-edge probe: " in err and "Traceback" not in err, (bad, err)
+    existing = tmp_path / "x.yaml"
+    existing.write_text("keep")
+    rc, _, err = await bess_edge("probe", "--host", "h", "--out", str(existing))
+    assert rc == 2 and "exists" in err and existing.read_text() == "keep"
