@@ -42,7 +42,10 @@ def _pow10_exponent(scale: float) -> int | None:
 
 def apply_scale(raw: int | float, scale: float) -> float:
     """raw * scale, correctly rounded for decimal scales: raw / 100 is exact where raw * 0.01 is not
-    (1234 * 0.01 = 12.340000000000002). Also turns W into MW (factor 1e-6) without float dust."""
+    (1234 * 0.01 = 12.340000000000002). Also turns W into MW (factor 1e-6) without float dust, and a point of
+    `sign: -1` negates exactly."""
+    if scale < 0:
+        return -apply_scale(raw, -scale) + 0.0   # + 0.0: no -0.0 for a zero reading
     k = _pow10_exponent(scale)
     if k is not None and k < 0:
         return raw / 10 ** -k

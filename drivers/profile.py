@@ -82,6 +82,9 @@ class Point(BaseModel):
     scale: float | str = 1.0
     offset: float = 0.0
     unit: str = ""
+    sign: Literal[1, -1] = Field(1, description=(
+        "-1: the device counts the other way round from ours (a grid meter's W is positive for import at most "
+        "sites; ours is positive for export): the driver negates the value both ways"))
     writable: bool = False
     min: float | None = None
     max: float | None = None
@@ -156,8 +159,8 @@ class Point(BaseModel):
 
     @property
     def factor(self) -> float:
-        """Device unit -> canonical unit factor (W -> MW is 1e-6)."""
-        return unit_factor(self.unit)
+        """Device unit -> canonical unit factor (W -> MW is 1e-6; negative for a point of `sign: -1`)."""
+        return unit_factor(self.unit) * self.sign
 
     def marker_values(self, sunspec: bool = False) -> frozenset[int]:
         """Raw register contents (unsigned, the point's words combined) that mean 'no value': SunSpec's

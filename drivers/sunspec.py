@@ -1,6 +1,7 @@
 """SunSpec over Modbus TCP: discovery ('SunS' marker, model chain), point layout from the published model
 definitions shipped with pysunspec2, and a driver that resolves a profile's `701.W` refs into a concrete
-register map and then reads and writes through ModbusDriver.
+register map and then reads and writes through ModbusDriver. A meter profile's `203.W` refs also read a meter
+that carries model 201, 202 or 204 instead (same points, same offsets).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ MODELS_DIR = Path(sunspec2.__file__).resolve().parent / "models" / "json"
 SUNS = (0x5375, 0x6E53)
 END_ID = 0xFFFF
 MAX_MODELS = 256   # a chain longer than this is a corrupt map, not a device
+# The integer meter models (single phase, split phase, wye, delta): the same points at the same offsets, so a
+# meter profile written for 203 reads a meter that carries any one of them.
+METER_MODELS = (201, 202, 203, 204)
 
 # SunSpec unit spellings -> the profile's (drivers.profile unit_factor) spellings, used when a profile point
 # leaves `unit` out and takes the model's.
@@ -68,6 +72,10 @@ class SunSpecMap:
         for m in self.models:
             if m.id == model_id:
                 return m
+        if model_id in METER_MODELS:
+            for m in self.models:
+                if m.id in METER_MODELS:
+                    return m
         raise ProfileError(f"SunSpec model {model_id}: the device does not carry it "
                            f"(it has {[m.id for m in self.models]})")
 
@@ -84,6 +92,7 @@ class SunSpecMap:
         points = model_points(loc.id)
         if name not in points:
             raise ProfileError(f"SunSpec point {ref!r}: model {loc.id} has no fixed point {name!r}")
+        # (a meter ref of model 203 read from a 201, 202 or 204 lands at the same offset: see METER_MODELS)
         mp = points[name]
         if mp.offset + mp.size > loc.length + 2:
             raise ProfileError(f"SunSpec point {ref!r}: beyond the model's length {loc.length} on this device")
@@ -204,7 +213,7 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
         try:
             points[name] = _point(mp, address, p.sunspec, scale, writable=p.writable,
                                   unit=p.unit or _UNITS.get(mp.units, mp.units), minimum=p.min, maximum=p.max,
-                                  bits=p.bits, plausible=p.plausible, description=p.description)
+                                  bits=p.bits, plausible=p.plausible, description=p.description, sign=p.sign)
         except ValueError as e:
             raise ProfileError(f"points.{name}: {p.sunspec} of type {mp.type} cannot be decoded: {e}") from None
     for name in hidden:
@@ -217,11 +226,11 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
 
 def _point(mp: ModelPoint, address: int, ref: str, scale: float | str, *, writable: bool, unit: str = "",
            minimum: float | None = None, maximum: float | None = None, bits: dict[int, str] | None = None,
-           plausible: tuple[float, float] | None = None, description: str = "") -> Point:
+           plausible: tuple[float, float] | None = None, description: str = "", sign: int = 1) -> Point:
     return Point(address=address, function="holding", type=mp.type,
                  words=mp.size if mp.type == "string" else None, scale=scale, unit=unit, writable=writable,
                  min=minimum, max=maximum, sunspec=ref, bits=bits, plausible=plausible,
-                 description=description or f"SunSpec {ref}")
+                 description=description or f"SunSpec {ref}", sign=sign)
 
 
 class SunSpecDriver:

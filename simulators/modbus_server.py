@@ -69,6 +69,7 @@ class ModbusSimServer:
         self.name = name
         self.requests = 0
         self._server: ModbusTcpServer | None = None
+        self._members: dict[int, ModbusSimServer] = {}   # other devices served on this port (a gateway)
         self._watch: asyncio.Task | None = None
         self._banks = initial if initial is not None else {}
         for fn in ("holding", "input", *_BITS):
@@ -282,11 +283,23 @@ class ModbusSimServer:
 
     # --- serving ------------------------------------------------------------------------------------------
 
+    def serve_also(self, other: "ModbusSimServer") -> None:
+        """Serve `other` on this server's port, at its own unit id, as a gateway does for the devices behind
+        it (call before start). Each keeps its own registers and faults; a request for a unit id nobody here
+        has is answered with exception 0B (gateway target failed to respond)."""
+        if other.unit_id in self._members or other.unit_id == self.unit_id:
+            raise ValueError(f"{other.name}: unit id {other.unit_id} is already served on {self.name}'s port")
+        self._members[other.unit_id] = other
+        other.port = self.port
+
     async def start(self) -> None:
-        server = _FaultyServer(self, self._device(), address=(self.host, self.port))
+        sims = {self.unit_id: self, **self._members}
+        server = _FaultyServer(sims, [s._device() for s in sims.values()], address=(self.host, self.port))
         await server.serve_forever(background=True)
         self._server = server
         self.port = server.transport.sockets[0].getsockname()[1]
+        for member in self._members.values():
+            member.port = self.port
         self._watch = asyncio.create_task(self._drop_watch(), name=f"{self.name}-drop-watch")
         log.info("Modbus simulator serving", extra={"device": self.name, "port": self.port, "unit_id": self.unit_id})
 
@@ -340,7 +353,7 @@ def sunspec_points(profile: Profile, layout: SunSpecLayout) -> tuple[dict[str, P
         ref = layout.point(p.sunspec).ref
         if p.writable and not points[ref].writable:
             raise ProfileError(f"points.{name}: {ref} is read-only in the SunSpec model")
-        update = {k: getattr(p, k) for k in ("min", "max", "bits") if getattr(p, k) is not None}
+        update = {k: getattr(p, k) for k in ("min", "max", "bits", "sign") if getattr(p, k) is not None}
         if update:
             points[ref] = points[ref].model_copy(update=update)
         aliases[name] = ref
@@ -348,15 +361,20 @@ def sunspec_points(profile: Profile, layout: SunSpecLayout) -> tuple[dict[str, P
 
 
 class _FaultyHandler(ServerRequestHandler):
-    """pymodbus's per-connection handler with the owner's faults applied before each answer."""
+    """pymodbus's per-connection handler with the addressed device's faults applied before each answer.
+
+    Behind a gateway (several devices on one port), `drop` of one device does not cut the shared connection:
+    the gateway answers exception 0A (path unavailable) for that device, as a real gateway does when it loses
+    the device behind it. A lone device's `drop` closes the connection, as before."""
 
     def __init__(self, owner: "_FaultyServer", *args):
         super().__init__(owner, *args)
-        self.sim = owner.sim
+        self.sims = owner.sims
+        self.lone = next(iter(owner.sims.values())) if len(owner.sims) == 1 else None
 
     def callback_connected(self) -> None:
         super().callback_connected()
-        if self.sim.faults.drop:
+        if self.lone is not None and self.lone.faults.drop:
             self.close()
 
     async def handle_request(self) -> None:
@@ -364,27 +382,33 @@ class _FaultyHandler(ServerRequestHandler):
         pdu, addr = self.last_pdu, self.last_addr
         if pdu is None:
             return
-        self.sim.requests += 1
-        faults = self.sim.faults
-        if faults.drop:
+        sim = self.sims.get(pdu.dev_id)
+        if sim is None:   # nobody at that unit id: answer like a gateway, at once
+            await self._answer(None, pdu, addr, ExcCodes.GATEWAY_NO_RESPONSE)
+            return
+        sim.requests += 1
+        faults = sim.faults
+        if faults.drop and self.lone is not None:
             self.close()
             return
         if faults.silent:
             return
         if faults.delay_s > 0:
             await asyncio.sleep(faults.delay_s)
-            if faults.drop or faults.silent:
+            if (faults.drop and self.lone is not None) or faults.silent:
                 return
-        code = faults.exception_code
-        if pdu.dev_id != self.sim.unit_id:
-            code = ExcCodes.GATEWAY_NO_RESPONSE
+        code = ExcCodes.GATEWAY_PATH_UNAVIABLE if faults.drop else faults.exception_code
+        await self._answer(sim, pdu, addr, code)
+
+    async def _answer(self, sim: "ModbusSimServer | None", pdu, addr, code) -> None:
         if code:
             response = ExceptionResponse(pdu.function_code, exception_code=code)
         else:
             try:
                 response = await pdu.datastore_update(self.server.context, pdu.dev_id)
             except Exception:  # noqa: BLE001 - a bug in a hook must answer 04 and be logged, not kill the server
-                log.exception("simulator request failed", extra={"device": self.sim.name, "function": pdu.function_code})
+                log.exception("simulator request failed",
+                              extra={"device": sim.name if sim else "?", "function": pdu.function_code})
                 response = ExceptionResponse(pdu.function_code, exception_code=ExcCodes.DEVICE_FAILURE)
         response.transaction_id = pdu.transaction_id
         response.dev_id = pdu.dev_id
@@ -392,9 +416,9 @@ class _FaultyHandler(ServerRequestHandler):
 
 
 class _FaultyServer(ModbusTcpServer):
-    def __init__(self, sim: ModbusSimServer, device: SimDevice, address: tuple[str, int]):
-        super().__init__(device, address=address)
-        self.sim = sim
+    def __init__(self, sims: dict[int, "ModbusSimServer"], devices: list[SimDevice], address: tuple[str, int]):
+        super().__init__(devices if len(devices) > 1 else devices[0], address=address)
+        self.sims = sims
 
     def callback_new_connection(self) -> ServerRequestHandler:
         return _FaultyHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)

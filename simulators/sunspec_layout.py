@@ -13,6 +13,7 @@ import sunspec2
 
 from drivers.errors import ProfileError
 from drivers.profile import Point
+from drivers.sunspec import METER_MODELS
 
 MODELS_DIR = Path(sunspec2.__file__).resolve().parent / "models" / "json"
 SUNS_MARKER = [0x5375, 0x6E53]  # "SunS"
@@ -74,7 +75,10 @@ class SunSpecLayout:
         """'701.W' -> its point; ProfileError for a model or point the layout does not carry."""
         model_s, _, name = ref.partition(".")
         try:
-            return self.models[int(model_s)].points[name]
+            mid = int(model_s)
+            if mid not in self.models and mid in METER_MODELS:   # 201-204: same points (drivers/sunspec.py)
+                mid = next((m for m in self.models if m in METER_MODELS), mid)
+            return self.models[mid].points[name]
         except (ValueError, KeyError):
             raise ProfileError(f"SunSpec point {ref!r}: not in models {sorted(self.models)}") from None
 
