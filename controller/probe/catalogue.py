@@ -23,6 +23,7 @@ class Want:
     description: str = ""
     bits_from_symbols: bool = False  # bit names from the SunSpec model's symbols
     plausible: tuple[float, float] | None = None
+    sign: int = 1                    # -1: the device counts the other way round from ours (a meter's W: + import)
 
 
 _INVERTER_W = ("701.W", "103.W", "113.W", "102.W", "112.W", "101.W", "111.W")
@@ -75,16 +76,22 @@ METER_MODELS = (201, 202, 203, 204, 211, 212, 213, 214)
 
 
 def meter_wants(model_id: int) -> tuple[Want, ...]:
-    """The POI meter's points in meter model `model_id` (201-204 integer + scale factor, 211-214 float)."""
+    """The POI meter's points in meter model `model_id` (201-204 integer + scale factor, 211-214 float), named as
+    in config/profiles/sunspec-meter.yaml."""
     m = str(model_id)
     return (
-        Want("power_mw", (f"{m}.W",), NEEDED, "W", description="Total active power at the meter"),
-        Want("frequency_hz", (f"{m}.Hz",), USED, "Hz", description="Grid frequency", plausible=(40, 70)),
-        Want("reactive_power_mvar", (f"{m}.VAR",), unit="var", description="Total reactive power"),
+        Want("power_mw", (f"{m}.W",), NEEDED, "W", description="Total active power at the POI, + export", sign=-1),
+        Want("frequency_hz", (f"{m}.Hz",), USED, "Hz", description="Grid frequency", plausible=(45, 65)),
+        Want("reactive_power_mvar", (f"{m}.VAR",), unit="var", description="Total reactive power, + export",
+             sign=-1),
         Want("apparent_power_mva", (f"{m}.VA",), unit="VA", description="Total apparent power"),
-        Want("power_factor", (f"{m}.PF",), description="Power factor"),
-        Want("voltage_v", (f"{m}.PPV", f"{m}.PhV"), unit="V", description="Voltage (line-to-line, else line-to-neutral)"),
-        Want("current_a", (f"{m}.A",), unit="A", description="Total AC current"),
+        Want("power_factor_pct", (f"{m}.PF",), unit="%", description="Power factor, percent",
+             plausible=(-100, 100)),
+        Want("voltage_ln_v", (f"{m}.PhV",), unit="V", description="Average line-to-neutral voltage",
+             plausible=(0, 500000)),
+        Want("voltage_ll_v", (f"{m}.PPV",), unit="V", description="Average line-to-line voltage",
+             plausible=(0, 500000)),
+        Want("current_a", (f"{m}.A",), unit="A", description="Total current", plausible=(0, 100000)),
         Want("energy_exported_mwh", (f"{m}.TotWhExp",), unit="Wh", description="Total active energy exported"),
         Want("energy_imported_mwh", (f"{m}.TotWhImp",), unit="Wh", description="Total active energy imported"),
     )

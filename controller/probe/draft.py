@@ -15,7 +15,7 @@ import yaml
 from controller.probe.catalogue import (BMS, INFO, METER_MODELS, NEEDED, PCS, PCS_MODELS, RATING_REFS, REVERSION,
                                         USED, Want, meter_wants)
 from controller.probe.sunspec_scan import NOT_IMPLEMENTED, UnitScan
-from drivers.profile import Profile
+from drivers.profile import Point, Profile
 from drivers.sunspec import model_definition
 
 _MARK = {NEEDED: "needed", USED: "used", REVERSION: "needed (reversion)", INFO: ""}
@@ -122,6 +122,8 @@ def _sunspec_point(want: Want, ref: str, rating_w: float | None) -> tuple[dict[s
                 check = f"{want.name}: the device's rating was not found: set min/max (W)"
         elif isinstance(want.limits, tuple):
             entry["min"], entry["max"] = want.limits
+    if want.sign != 1 and "sign" in Point.model_fields:
+        entry["sign"] = want.sign
     if want.plausible:
         entry["plausible"] = list(want.plausible)
     if want.bits_from_symbols:
@@ -161,13 +163,16 @@ def draft_sunspec(scan: UnitScan, role: str | None = None) -> Draft | None:
     if "wset_rvrt_tms" in draft.found or "heartbeat" in draft.found:
         draft.lacking.pop("wset_rvrt_tms", None)
         draft.lacking.pop("heartbeat", None)
-    _pcs_checks(scan, draft)
+    _role_checks(scan, draft)
     draft.text = _sunspec_text(scan, role, draft, lines, rating_w)
     draft.profile   # noqa: B018 - validates: a draft that would not load is a bug here, not the engineer's
     return draft
 
 
-def _pcs_checks(scan: UnitScan, draft: Draft) -> None:
+def _role_checks(scan: UnitScan, draft: Draft) -> None:
+    if draft.role == "meter" and "power_mw" in draft.found:
+        draft.checks.append("power_mw: a SunSpec meter's W is + for import at most sites, ours + for export "
+                            "(hence sign: -1); check it with a known export (the PCS discharging): it must read > 0")
     mod = scan.point("704.WSetMod")
     if draft.role == "pcs" and mod is not None and mod.value == 0:
         draft.checks.append("704.WSetMod reads 0 (percent of WMax): the controller writes watts; set WSetMod to 1 "

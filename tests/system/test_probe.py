@@ -86,6 +86,12 @@ async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_p
     }, web_port)
     rc, out, err = await bess_edge("check-config", str(site))
     assert rc == 0 and f"{site}: OK" in out, out + err
+    # with the site file, the probe connects as the site's OPC UA device does
+    rc, out, err = await bess_edge("probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}", "--config",
+                                   str(site), "--json")
+    assert rc == 0, out + err
+    doc = json.loads(out)
+    assert "for device bms" in doc["security"] and doc["draft"]["lacking"] == {}, doc["security"]
 
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
