@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from controller.probe.arguments import AUTO_UNIT_IDS
 from controller.probe.draft import Draft, draft_sunspec, fmt
-from drivers.errors import DeviceError
 from controller.probe.modbus_link import ModbusLink, NoAnswer, ProbeTarget
 from controller.probe.registers import draft_registers, parse_ranges, scan_registers
 from controller.probe.sunspec_scan import UnitScan, scan_units
+from drivers.errors import DeviceError
 
-from controller.probe.arguments import AUTO_UNIT_IDS
 FOUND, NOTHING, BAD_ARGS = 0, 1, 2
 
 
@@ -77,7 +77,9 @@ def main_probe(args: argparse.Namespace) -> int:
         print(f"bess-edge probe: {e}", file=sys.stderr)
         return BAD_ARGS
     if args.opcua:
-        from controller.probe.opcua_command import run_opcua   # asyncua only when asked for
+        from controller.probe.opcua_command import (
+            run_opcua,  # asyncua only when asked for
+        )
 
         return asyncio.run(run_opcua(args))
     if plan.ranges:
@@ -177,7 +179,7 @@ def print_sunspec(scan: UnitScan) -> None:
         print(f"  {'point':<18} {'address':>7}  {'type':<10} {'value':<24} {'units':<8} access")
         for p in m.points.values():
             value = fmt(p.value) if p.status == "ok" else p.status if p.status != "undecoded" else p.raw
-            print(f"  {p.name:<18} {p.address:>7}  {p.type:<10} {str(value):<24} {p.units:<8} "
+            print(f"  {p.name:<18} {p.address:>7}  {p.type:<10} {value!s:<24} {p.units:<8} "
                   f"{'RW' if p.writable else 'R'}")
     print()
 

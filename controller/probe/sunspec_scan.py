@@ -6,12 +6,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from controller.probe.modbus_link import (
+    GATEWAY_CODES,
+    ModbusLink,
+    NoAnswer,
+    ProbeTarget,
+    exception_text,
+)
 from drivers import codec
 from drivers.errors import ModbusError, ProfileError
 from drivers.modbus import MAX_REGISTERS
 from drivers.profile import Point
-from drivers.sunspec import ModelLocation, ModelPoint, SunSpecMap, SunSpecNotFound, discover, model_definition, model_points
-from controller.probe.modbus_link import GATEWAY_CODES, ModbusLink, NoAnswer, ProbeTarget, exception_text
+from drivers.sunspec import (
+    ModelLocation,
+    ModelPoint,
+    SunSpecNotFound,
+    discover,
+    model_definition,
+    model_points,
+)
 
 BASE_ADDRESSES = (40000, 0, 50000)
 NOT_IMPLEMENTED = "not implemented"

@@ -130,7 +130,7 @@ async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_p
             daemon.terminate()
             try:
                 await asyncio.wait_for(daemon.wait(), 20)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 daemon.kill()
                 await daemon.wait()
 
