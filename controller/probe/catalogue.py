@@ -80,6 +80,9 @@ def meter_wants(model_id: int) -> tuple[Want, ...]:
     in config/profiles/sunspec-meter.yaml."""
     m = str(model_id)
     return (
+        Want("manufacturer", ("1.Mn",), description="Manufacturer"),
+        Want("model", ("1.Md",), description="Model"),
+        Want("serial", ("1.SN",), description="Serial number"),
         Want("power_mw", (f"{m}.W",), NEEDED, "W", description="Total active power at the POI, + export", sign=-1),
         Want("frequency_hz", (f"{m}.Hz",), USED, "Hz", description="Grid frequency", plausible=(45, 65)),
         Want("reactive_power_mvar", (f"{m}.VAR",), unit="var", description="Total reactive power, + export",

@@ -180,8 +180,8 @@ def draft_sunspec(scan: UnitScan, role: str | None = None) -> Draft | None:
 
 def _role_checks(scan: UnitScan, draft: Draft) -> None:
     if draft.role == "meter" and "power_mw" in draft.found:
-        draft.checks.append(("power_mw: a SunSpec meter's W is + for import at most sites, ours + for export "
-                             "(hence sign: -1); check it with a known export (the PCS discharging): it must read > 0"))
+        draft.checks.append("power_mw: a SunSpec meter's W is + for import at most sites, ours + for export "
+                             "(hence sign: -1); check it with a known export (the PCS discharging): it must read > 0")
     mod = scan.point("704.WSetMod")
     if draft.role == "pcs" and mod is not None and mod.value == 0:
         draft.checks.append("704.WSetMod reads 0 (percent of WMax): the controller writes watts; set WSetMod to 1 "

@@ -15,8 +15,14 @@ import httpx
 import pytest
 import yaml
 
+from controller.clock import Clock
 from drivers.modbus import ModbusDriver
 from drivers.profile import load_profile
+from drivers.sunspec import SunSpecDriver
+from simulators.battery import BatteryModel, BatteryParams
+from simulators.meter import GridFrequency, GridParams, Meter, MeterParams
+from simulators.modbus_server import ModbusSimServer
+from simulators.pcs import Pcs, PcsParams
 from tests.conftest import free_port
 from tests.fixtures.controller import wait_for
 from tests.fixtures.modbus_devices import GappyDevice, ModbusGateway
@@ -182,6 +188,47 @@ async def test_a_gateway_with_a_silent_unit_id_is_scanned_to_the_end(make_plant,
             assert units[u]["draft"]["lacking"] == {} and units[u]["read_back"]["unknown"] == {}
             assert load_profile(tmp_path / f"pcs-unit{u}.yaml").sunspec.models == [1, 701, 704, 713, 802]
         assert not (tmp_path / "pcs-unit3.yaml").exists()
+
+
+async def test_a_pcs_a_meter_and_a_silent_unit_behind_one_port(tmp_path):
+    """The simulators' own gateway: PCS at unit id 1, the POI meter (SunSpec 203) at 2, a silent meter at 3."""
+    pcs = ModbusSimServer.from_profile(load_profile(CONFIG / "profiles" / "sunspec-pcs.yaml"), unit_id=1, name="pcs")
+    Pcs(BatteryModel(BatteryParams()), pcs, PcsParams(), Clock())
+    shipped_meter = load_profile(CONFIG / "profiles" / "sunspec-meter.yaml")
+    meter_srv = ModbusSimServer.from_profile(shipped_meter, unit_id=2, name="meter")
+    meter = Meter(meter_srv, [lambda: 4.0], MeterParams(aux_load_mw=0.0, loss_fraction=0.0), GridFrequency(GridParams()))
+    meter.grid.set_wander(False)
+    meter.step(0.0)
+    silent = ModbusSimServer.from_profile(shipped_meter, unit_id=3, name="silent meter")
+    silent.faults.silent = True
+    pcs.serve_also(meter_srv)
+    pcs.serve_also(silent)
+    await pcs.start()
+    try:
+        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(pcs.port), "--unit-id", "1,2,3",
+                                       "--timeout-s", "0.3", "--out", str(tmp_path / "dev.yaml"), "--json")
+        assert rc == 0, out + err
+        units = {u["unit_id"]: u for u in json.loads(out)["units"]}
+        assert [units[u]["status"] for u in (1, 2, 3)] == ["found", "found", "no_answer"], err
+        assert f"127.0.0.1:{pcs.port} unit id 3: no answer to read holding 40000+2" in err, err
+        assert [units[u]["draft"]["role"] for u in (1, 2)] == ["pcs", "meter"]
+        assert units[2]["draft"]["lacking"] == {} and units[2]["read_back"]["unknown"] == {}
+        drafted = load_profile(tmp_path / "dev-unit2.yaml")
+        assert drafted.points.keys() == shipped_meter.points.keys()
+        assert drafted.points["power_mw"].sign == -1 and "CHECK: power_mw" in units[2]["draft"]["yaml"]
+        # the drafted meter profile reads what the shipped one reads: + export, in MW
+        readings = {}
+        for name, prof in (("drafted", drafted), ("shipped", shipped_meter)):
+            driver = SunSpecDriver(name, prof, "127.0.0.1", pcs.port, unit_id=2, timeout_s=1.0, rating_mw=10)
+            try:
+                readings[name] = {k: r.value for k, r in (await driver.read()).items()}
+            finally:
+                await driver.close()
+        assert readings["drafted"]["power_mw"] == pytest.approx(4.0, abs=0.01)
+        for k in ("power_mw", "frequency_hz", "voltage_ll_v", "energy_imported_mwh"):
+            assert readings["drafted"][k] == readings["shipped"][k], k
+    finally:
+        await pcs.stop()
 
 
 async def test_exit_codes_and_errors_name_where(tmp_path):
