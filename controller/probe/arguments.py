@@ -17,7 +17,7 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--opcua", metavar="URL", help="browse an OPC UA server (opc.tcp://H:P) and draft a BMS profile")
     s.add_argument("--config", metavar="SITE", help="with --opcua: connect as the site file's OPC UA device does")
     s.add_argument("--role", choices=["pcs", "meter"], help="SunSpec: draft for this role (default: from the models)")
-    s.add_argument("--out", metavar="FILE", help="write the draft here (several units: FILE-unitN.yaml); "
+    s.add_argument("--out", metavar="FILE", help="write the draft here (several unit ids asked: FILE-unitN.yaml); "
                                                  "default: print it")
     s.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     s.add_argument("--json", action="store_true", help="one JSON document on stdout instead of the table")

@@ -118,6 +118,7 @@ async def _run_sunspec(plan: Plan) -> int:
     a = plan.args
     scans = await scan_units(_targets(plan), stop_at_first=plan.auto)
     found = [s for s in scans if s.status == "found"]
+    several = len(plan.unit_ids) > 1 and not plan.auto   # file names follow the question, not what answered
     docs = []
     for scan in scans:
         doc: dict[str, Any] = {"unit_id": scan.target.unit_id, "status": scan.status, "error": scan.error,
@@ -138,7 +139,7 @@ async def _run_sunspec(plan: Plan) -> int:
         if not a.json:
             print_draft_summary(draft)
         doc["read_back"] = await read_back_sunspec(draft, scan.target, a.json)
-        path = out_path(a.out, scan.target.unit_id, len(found) > 1) if a.out else None
+        path = out_path(a.out, scan.target.unit_id, several) if a.out else None
         err = deliver(draft, path, a.force, doc, a.json)
         if err:
             print(f"bess-edge probe: {err}", file=sys.stderr)
