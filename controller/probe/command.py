@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 from controller.probe.arguments import AUTO_UNIT_IDS
 from controller.probe.draft import Draft, draft_sunspec, fmt
 from controller.probe.modbus_link import ModbusLink, NoAnswer, ProbeTarget
+from controller.probe.output import deliver, print_draft_summary
 from controller.probe.registers import draft_registers, parse_ranges, scan_registers
 from controller.probe.sunspec_scan import UnitScan, scan_units
 from drivers.errors import DeviceError
@@ -77,9 +78,8 @@ def main_probe(args: argparse.Namespace) -> int:
         print(f"bess-edge probe: {e}", file=sys.stderr)
         return BAD_ARGS
     if args.opcua:
-        from controller.probe.opcua_command import (
-            run_opcua,  # asyncua only when asked for
-        )
+        # imported here: asyncua is heavy and only this mode needs it
+        from controller.probe.opcua_command import run_opcua
 
         return asyncio.run(run_opcua(args))
     if plan.ranges:
@@ -95,21 +95,6 @@ def _targets(plan: Plan) -> list[ProbeTarget]:
 def out_path(out: str, unit_id: int, several: bool) -> Path:
     p = Path(out)
     return p.with_name(f"{p.stem}-unit{unit_id}{p.suffix or '.yaml'}") if several else p
-
-
-def deliver(draft: Draft, path: Path | None, force: bool, doc: dict[str, Any], as_json: bool) -> str | None:
-    """Write the draft to `path` (or print it after the table); returns an error text, None when done."""
-    if path is None:
-        if not as_json:
-            print(f"--- draft {draft.role} profile ---\n{draft.text}", end="")
-        return None
-    if path.exists() and not force:
-        return f"{path} exists (say --force to overwrite it)"
-    path.write_text(draft.text)
-    doc["profile_file"] = str(path)
-    if not as_json:
-        print(f"draft {draft.role} profile written to {path}")
-    return None
 
 
 # --- SunSpec --------------------------------------------------------------------------------------------------
@@ -183,14 +168,6 @@ def print_sunspec(scan: UnitScan) -> None:
             print(f"  {p.name:<18} {p.address:>7}  {p.type:<10} {value!s:<24} {p.units:<8} "
                   f"{'RW' if p.writable else 'R'}")
     print()
-
-
-def print_draft_summary(draft: Draft) -> None:
-    print(f"role {draft.role}: {len(draft.found)} points drafted")
-    for name, why in draft.lacking.items():
-        print(f"  LACKING {name}: {why}")
-    for c in draft.checks:
-        print(f"  CHECK {c}")
 
 
 def print_summary(host: str, port: int, scans: list[UnitScan]) -> None:

@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 
 from controller.probe.draft import flow, fmt
 from controller.probe.opcua_browse import Browse, browse, draft_opcua, probe_driver
+from controller.probe.output import deliver, print_draft_summary
 from drivers.errors import DeviceError
 from drivers.opcua import OpcUaDriver
 
@@ -68,12 +69,8 @@ async def run_opcua(args: argparse.Namespace) -> int:
         print(f"bess-edge probe: {args.opcua}: no variable matches a BMS point the controller needs", file=sys.stderr)
     else:
         if not args.json:
-            from controller.probe.command import print_draft_summary
-
             print_draft_summary(draft)
         await _read_back(draft, args.opcua, timeout_s, doc, args.json)
-        from controller.probe.command import deliver
-
         err = deliver(draft, Path(args.out) if args.out else None, args.force, doc, args.json)
         if err:
             print(f"bess-edge probe: {err}", file=sys.stderr)
