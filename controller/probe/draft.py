@@ -189,8 +189,9 @@ def _role_checks(scan: UnitScan, draft: Draft) -> None:
 
 
 def header(what: str, where: str, draft: Draft, site_line: str) -> list[str]:
-    out = [f"# Draft {draft.role} profile written by `bess-edge probe` on "
-           f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from {where}.",
+    """The draft's leading comment: where it came from, what to check, what is lacking, the site-file line."""
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    out = [f"# Draft {draft.role} profile written by `bess-edge probe` on {when} from {where}.",
            f"# {what}",
            "# Check every point against the device's manual, then `bess-edge check-config SITE`.",
            "# Marks: needed = the controller cannot run the device without it; used = read or written when present."]
