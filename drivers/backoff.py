@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import time
 
+from drivers.errors import Disconnected
+
 BACKOFF_MIN_S = 0.1
 
 
@@ -24,6 +26,12 @@ class Backoff:
 
     def succeeded(self) -> None:
         self.delay_s = 0.0
+
+    def refuse_while_waiting(self, device: str, peer: str) -> None:
+        """Raise Disconnected while the wait runs, so a connect fails at once instead of timing out again."""
+        wait_s = self.wait_s()
+        if wait_s > 0:
+            raise Disconnected(device, f"{peer} unreachable, next attempt in {wait_s:.2f} s")
 
     def wait_s(self) -> float:
         """How long until the next attempt is allowed (<= 0: now)."""

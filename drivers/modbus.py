@@ -161,9 +161,7 @@ class ModbusDriver:
         async with self._connect_lock:
             if self.connected:
                 return
-            wait_s = self.backoff.wait_s()
-            if wait_s > 0:
-                raise Disconnected(self.name, f"{self.host}:{self.port} unreachable, next attempt in {wait_s:.2f} s")
+            self.backoff.refuse_while_waiting(self.name, f"{self.host}:{self.port}")
             self._drop_client()
             self.stats.connect_attempts += 1
             client = AsyncModbusTcpClient(

@@ -133,9 +133,7 @@ class OpcUaDriver:
         async with self._connect_lock:
             if self.connected:
                 return
-            wait_s = self.backoff.wait_s()
-            if wait_s > 0:
-                raise Disconnected(self.name, f"{self.endpoint} unreachable, next attempt in {wait_s:.2f} s")
+            self.backoff.refuse_while_waiting(self.name, self.endpoint)
             await self._drop_client()
             self.stats.connect_attempts += 1
             client = Client(self.endpoint, timeout=self.timeout_s, watchdog_intervall=WATCHDOG_S)
