@@ -9,6 +9,8 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -64,6 +66,44 @@ def write_site(tmp_path: Path, devices: dict, web_port: int) -> Path:
     return path
 
 
+@asynccontextmanager
+async def running_daemon(site: Path, tmp_path: Path) -> AsyncIterator[asyncio.subprocess.Process]:
+    """`bess-edge run` on the site file, its log printed when the test fails; always stopped."""
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "wb") as log:   # noqa: ASYNC230 - a local file, opened once before the child starts
+        daemon = await asyncio.create_subprocess_exec(
+            *BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text",
+            cwd=ROOT, env=ENV, stdout=log, stderr=log)
+    try:
+        yield daemon
+    except BaseException:
+        print(log_path.read_text(errors="replace")[-4000:])
+        raise
+    finally:
+        if daemon.returncode is None:
+            daemon.terminate()
+            try:
+                await asyncio.wait_for(daemon.wait(), 20)
+            except TimeoutError:
+                daemon.kill()
+                await daemon.wait()
+
+
+async def wait_online(web: httpx.AsyncClient, daemon: asyncio.subprocess.Process) -> dict:
+    """The daemon's status once a cycle had every device fresh (status online); bounded to 120 polls."""
+    status: dict = {}
+    for _ in range(120):
+        try:
+            status = (await web.get("/api/bess-status")).json()
+        except httpx.HTTPError:
+            status = {}
+        if status.get("status") == "online" or daemon.returncode is not None:
+            break
+        await asyncio.sleep(0.25)
+    assert status.get("status") == "online", status
+    return status
+
+
 async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_plant, tmp_path):
     plant = await make_plant(opcua=True)
     ports = plant.ports
@@ -99,46 +139,16 @@ async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_p
     doc = json.loads(out)
     assert "for device bms" in doc["security"] and doc["draft"]["lacking"] == {}, doc["security"]
 
-    log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:
-        daemon = await asyncio.create_subprocess_exec(
-            *BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text",
-            cwd=ROOT, env=ENV, stdout=log, stderr=log)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web:
-            status: dict = {}
-
-            async def poll_status() -> None:
-                nonlocal status
-                try:
-                    status = (await web.get("/api/bess-status")).json()
-                except httpx.HTTPError:
-                    status = {}
-
-            for _ in range(120):   # bounded: the daemon starts and reaches a good cycle
-                await poll_status()
-                if status.get("status") == "online" or daemon.returncode is not None:
-                    break
-                await asyncio.sleep(0.25)
-            assert status.get("status") == "online", status
-            assert status["soc_pct"] == pytest.approx(plant.model.soc_pct, abs=1.0)
-            assert plant.pcs_server.get("704.WSetRvrtTms") == 7, "reversion armed through the drafted profile"
-            assert plant.opcua.heartbeat is not None, "heartbeat written through the drafted OPC UA profile"
-            r = await web.post("/api/mode", json={"mode": "manual", "setpoint_mw": 2.0})
-            assert r.status_code == 200, r.text
-            await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000, 15,
-                           "the manual 2 MW written to 704.WSet through the drafted profile")
-    except BaseException:
-        print(log_path.read_text(errors="replace")[-4000:])
-        raise
-    finally:
-        if daemon.returncode is None:
-            daemon.terminate()
-            try:
-                await asyncio.wait_for(daemon.wait(), 20)
-            except TimeoutError:
-                daemon.kill()
-                await daemon.wait()
+    async with running_daemon(site, tmp_path) as daemon, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web:
+        status = await wait_online(web, daemon)
+        assert status["soc_pct"] == pytest.approx(plant.model.soc_pct, abs=1.0)
+        assert plant.pcs_server.get("704.WSetRvrtTms") == 7, "reversion armed through the drafted profile"
+        assert plant.opcua.heartbeat is not None, "heartbeat written through the drafted OPC UA profile"
+        r = await web.post("/api/mode", json={"mode": "manual", "setpoint_mw": 2.0})
+        assert r.status_code == 200, r.text
+        await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000, 15,
+                       "the manual 2 MW written to 704.WSet through the drafted profile")
 
 
 async def test_register_scan_skips_exception_ranges_and_drafts_a_skeleton(tmp_path):
