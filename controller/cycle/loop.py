@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from controller.clock import Clock, iso
 from controller.config import SiteConfig
+from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, readback_key
 from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
 from controller.cycle.limits import Decision, limit
@@ -40,7 +41,7 @@ READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state thi
 STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
 BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
-CYCLE_ERROR_ALARM = "controller:cycle_error"
+CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
 
 
 @dataclass
@@ -73,7 +74,7 @@ class Controller:
         self.stats = CycleStats()
         self.decision: Decision | None = None
         self.snapshot: Snapshot | None = None
-        self.active_alarms: dict[str, dict[str, Any]] = {}
+        self.alarms = Alarms(store, self.clock)
         self.on_cycle: list[Callable[["Controller"], None]] = []   # faces: telemetry, websocket, metrics
         self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None
         self.on_trade: list[Callable[[Any], None]] = []             # metrics: every accepted trade
@@ -136,7 +137,7 @@ class Controller:
         elif not feas.ok:
             # An executed trade is binding: keep it, deliver what the limits allow, flag the shortfall ahead.
             reason = f"stored; delivery at risk: {feas.reason}"
-            self.raise_alarm("schedule:infeasible", "schedule", "infeasible", feas.reason)
+            self.alarms.raise_(SCHEDULE_INFEASIBLE, "infeasible", feas.reason)
         log.info("trade accepted", extra={"trade_id": trade.trade_id, "side": trade.side,
                                            "quantity_mw": trade.quantity_mw, "source": source})
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
@@ -193,37 +194,10 @@ class Controller:
         self._subscribers.discard(q)
 
     # ---------------------------------------------------------------- alarms
-    def raise_alarm(self, key: str, device: str, cause: str, message: str) -> None:
-        if key not in self.active_alarms:
-            now = self.clock.now()
-            self.active_alarms[key] = {"key": key, "device": device, "cause": cause, "message": message, "since": iso(now)}
-            self.store.raise_alarm(key, device, cause, message, now)
-            log.warning("alarm raised", extra={"alarm": key, "device": device, "cause": cause, "detail": message})
-
-    def clear_alarm(self, key: str) -> None:
-        if self.active_alarms.pop(key, None) is not None:
-            self.store.clear_alarm(key, self.clock.now())
-            log.info("alarm cleared", extra={"alarm": key})
-
-    def _sync_alarms(self, snap: Snapshot) -> None:
-        want: dict[str, tuple[str, str, str]] = {}
-        for h in snap.devices:
-            if h.stale:
-                cause = h.cause or "stale"
-                want[f"{h.name}:comm"] = (h.name, cause, f"{h.name}: {cause.replace('_', ' ')}, no fresh readings"
-                                                          + (f" ({h.error})" if h.error else ""))
-        for a in snap.alarms:
-            dev, _, name = a.partition(":")
-            want[f"{a}"] = (dev, name, f"{dev} reports alarm {name}")
-        for f in snap.faults:
-            dev, _, name = f.partition(":")
-            want[f"{f}"] = (dev, name, f"{dev} reports fault {name}")
-        for bad in snap.invalid:   # an implausible reading: named with its point and raw value
-            want[bad.key] = (bad.device, "invalid_reading", bad.message)
-        for key in [k for k in self.active_alarms if k not in want and not k.startswith(("schedule:", "pcs_readback:"))]:
-            self.clear_alarm(key)
-        for key, (dev, cause, msg) in want.items():
-            self.raise_alarm(key, dev, cause, msg)
+    @property
+    def active_alarms(self) -> dict[str, dict[str, Any]]:
+        """{string key: alarm} of the active alarms (read-only view; `self.alarms` owns them)."""
+        return self.alarms.as_dicts()
 
     # ---------------------------------------------------------------- the cycle
     def target_mw(self, now: float) -> float:
@@ -265,7 +239,7 @@ class Controller:
         readback = await self._dispatch(decision, now)
         self.snapshot = snap
         self.decision = decision
-        self._sync_alarms(snap)
+        self.alarms.sync(snap)
         self._account_delivery(snap, now, dt)
         self.store.record_decision(now, decision.target_mw, decision.setpoint_mw, decision.binding, self.mode.mode,
                                    snap.soc_pct, snap.power_mw, snap.temperature_max_c, readback,
@@ -277,7 +251,7 @@ class Controller:
         if good:
             self.stats.good_cycles += 1
         self._last_cycle_failed = False
-        self.clear_alarm(CYCLE_ERROR_ALARM)  # this cycle completed: the last one's failure is over
+        self.alarms.clear(CYCLE_FAILED)  # this cycle completed: the last one's failure is over
         self._notify_health()
         # the cycle's own work ends here; the faces (metrics, websocket, telemetry) then see its duration
         duration = time.perf_counter() - t0
@@ -320,8 +294,8 @@ class Controller:
             log.error("safe-state write after a failed cycle failed", extra={"error": f"{type(e).__name__}: {e}"})
         self._previous_mw = 0.0
         try:
-            self.raise_alarm(CYCLE_ERROR_ALARM, "controller", "cycle_error",
-                             f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded")
+            self.alarms.raise_(CYCLE_FAILED, "cycle_error",
+                               f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded")
         except Exception:
             log.exception("cycle-error alarm could not be raised")
 
@@ -330,10 +304,10 @@ class Controller:
         try:
             readback = await self.dispatcher.apply(decision)
             self._previous_mw = decision.setpoint_mw
-            self.clear_alarm(f"pcs_readback:{pcs.name}")
+            self.alarms.clear(readback_key(pcs.name))
         except ReadbackMismatch as e:
             self._readback_hold_until = now + READBACK_HOLD_S
-            self.raise_alarm(f"pcs_readback:{pcs.name}", pcs.name, e.cause, str(e))
+            self.alarms.raise_(readback_key(pcs.name), e.cause, str(e))
             safe = limit(0.0, Snapshot(ts=now), self.config.limits, self._previous_mw, 0.0, "stopped")
             try:
                 await self.dispatcher.apply(safe)
@@ -390,7 +364,7 @@ class Controller:
             "mode": self.mode.mode,
             "binding": d.binding if d else "none",
             "reasons": list(d.reasons) if d else [],
-            "alarms": [a["message"] for a in self.active_alarms.values()],
+            "alarms": [a.message for a in self.alarms],
             "manual_setpoint_mw": self.mode.manual_setpoint_mw if self.mode.mode == "manual" else None,
             "manual_expires": iso(self.mode.manual_expires_ts) if self.mode.manual_expires_ts else None,
             "ts": iso(s.ts if s else self.clock.now()),
