@@ -36,8 +36,9 @@ sys.path.insert(0, str(ROOT))
 
 from controller.clock import Clock, iso  # noqa: E402
 from controller.config import load_config, load_secrets  # noqa: E402
-from controller.uplink.outbox import Outbox  # noqa: E402
+from controller.cycle.phases import Phase  # noqa: E402
 from controller.uplink.mqtt import Uplink  # noqa: E402
+from controller.uplink.outbox import Outbox  # noqa: E402
 
 SITE = ROOT / "config" / "demo-modbus.yaml"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -215,8 +216,8 @@ async def start_daemon(d) -> None:
     """Daemon.start() (it wires the uplink's on_cycle callback: the pump's quiet window around each cycle);
     --no-cycle-hook takes it out (without the hook the drain competes with the cycle)."""
     await d.start()
-    if not HOOK["cycle"] and d.uplink is not None and d.uplink.on_cycle in d.controller.on_cycle:
-        d.controller.on_cycle.remove(d.uplink.on_cycle)
+    if not HOOK["cycle"] and d.uplink is not None:
+        d.controller.faces.detach(Phase.AFTER_WRITE, d.uplink.on_cycle)
 
 
 async def drain(tmp: Path, broker: Broker, backlog: int, drain_rate_per_s: float | None, idle_s: float) -> dict:
@@ -264,7 +265,7 @@ async def drain(tmp: Path, broker: Broker, backlog: int, drain_rate_per_s: float
         busy = cycle_figures(list(d.controller.stats.durations_s)[c0:])
         overruns = d.controller.stats.overruns - overruns0
         delivered = up.stats.get("acked", 0) - acked0
-        hooked = up.on_cycle in d.controller.on_cycle
+        hooked = up.on_cycle in d.controller.faces.attached(Phase.AFTER_WRITE)
     finally:
         await d.stop()
         await plant.stop()

@@ -1,5 +1,6 @@
-"""`bess-edge run`: wires the controller to its faces (MQTT uplink, web, SCADA, metrics) and runs them in one
-asyncio loop until SIGTERM/SIGINT, then stops them in reverse order, leaving the plant at 0 MW.
+"""`bess-edge run`: the composition root. It builds the controller and its faces (MQTT uplink, web, SCADA,
+metrics), attaches the faces to the cycle's phases (the only module that does), runs them in one asyncio loop
+until SIGTERM/SIGINT, then stops them in reverse order, leaving the plant at 0 MW.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from controller.clock import Clock
 from controller.config import ConfigError, Secrets, SiteConfig, load_secrets
 from controller.cycle.loop import Controller
+from controller.cycle.phases import Event, Phase
 from controller.logs import setup_logging
 from controller.store import Store
 
@@ -54,19 +56,23 @@ class Daemon:
                         extra={"cert": cfg.web.tls.cert_file})
         from controller.metrics import Metrics
 
-        self.metrics = Metrics(self.controller)
-        self.controller.on_cycle.append(self.metrics.on_cycle)
-        self.controller.on_trade.append(self.metrics.on_trade)
+        faces = self.controller.faces
+        self.metrics = Metrics()
+        faces.attach(Event.TRADE_ACCEPTED, self.metrics.on_trade)
         if cfg.mqtt.enabled:
-            from controller.uplink.outbox import Outbox
             from controller.uplink.mqtt import Uplink
+            from controller.uplink.outbox import Outbox
 
             outbox = Outbox(self.store.path, cfg.mqtt.outbox_max_rows, cfg.mqtt.outbox_max_age_s)
             self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock,
                                  on_ack_confirmed=self.controller.confirm_trade_ack)
-            self.controller.telemetry_sink = self.uplink.publish_telemetry
-            # the outbox drain goes quiet around each control cycle (the cycle keeps its rhythm while a backlog drains)
-            self.controller.on_cycle.append(self.uplink.on_cycle)
+            faces.attach(Phase.AFTER_WRITE, self.uplink.on_telemetry)
+        # after the telemetry, so that the outbox depth counts this cycle's message
+        faces.attach(Phase.AFTER_WRITE, self.metrics.on_cycle)
+        if self.uplink is not None:
+            # the outbox drain goes quiet around each control cycle (the cycle keeps its rhythm while a backlog
+            # drains): set after each cycle, before the next one is due
+            faces.attach(Phase.AFTER_WRITE, self.uplink.on_cycle)
             self.metrics.uplink = self.uplink
             await self.uplink.start()
             self.parts.append(self.uplink)
@@ -80,6 +86,10 @@ class Daemon:
             from web.session_key import load_session_key
 
             self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
+            self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
+            faces.attach(Phase.READ, self.backend.cycle_started)   # the web's cycle gate
+            faces.attach(Phase.IDLE, self.backend.cycle_over)
+            faces.attach(Phase.AFTER_WRITE, self.backend.publish)  # websocket subscribers
             await self.backend.start()
             self.parts.append(self.backend)
             # sessions are signed with the state directory's own random key, never with HMAC_SECRET

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the controller, updated once per cycle from the latest decision (never from devices).
+"""Prometheus metrics of the controller: a projection of each cycle's PlantState (never from devices), attached
+to the cycle's AFTER_WRITE phase, and of every accepted trade (Event.TRADE_ACCEPTED), by the daemon.
 
 Names follow Prometheus conventions: base units in names (`_mw`, `_pct`, `_celsius`, `_seconds`), `_total`
 for counters. The web app mounts `registry` at /metrics and adds HTTP request durations to it.
@@ -7,22 +8,18 @@ for counters. The web app mounts `registry` at /metrics and adds HTTP request du
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.cycle.limits import BINDINGS
 from controller.cycle.mode import MODES
-
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
-
+from controller.cycle.state import PlantState
 
 
 class Metrics:
-    def __init__(self, controller: "Controller | None" = None, registry: CollectorRegistry | None = None):
+    def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
-        self.controller = controller
         self.uplink: Any = None
         self.soc = Gauge("bess_soc_pct", "State of charge (%)", registry=r)
         self.power = Gauge("bess_power_mw", "Active power at the PCS (MW, + discharge)", registry=r)
@@ -76,42 +73,44 @@ class Metrics:
         except RuntimeError:  # no running loop (a test calling on_cycle by hand): leave the gauge as it was
             pass
 
-    def on_cycle(self, c: "Controller") -> None:
-        s, d = c.snapshot, c.decision
-        if s is None or d is None:
+    def on_cycle(self, state: PlantState) -> None:
+        """An AFTER_WRITE callback: the gauges and counters of the cycle that just ended."""
+        if not state.has_cycle:
             return
-        for g, v in ((self.soc, s.soc_pct), (self.power, s.power_mw), (self.temperature, s.temperature_max_c),
-                     (self.allowed_charge, s.bms_allowed_charge_mw), (self.allowed_discharge, s.bms_allowed_discharge_mw)):
-            g.set(float("nan") if v is None else v)
-        self.setpoint.set(d.setpoint_mw)
-        self.target.set(d.target_mw)
-        for m in MODES:
-            self.mode.labels(m).set(1 if c.mode.mode == m else 0)
-        for b in BINDINGS:
-            self.binding.labels(b).set(1 if d.binding == b else 0)
-        self.online.set(0 if (s.stale or s.comm_loss) else 1)
-        self.alarms.set(len(c.active_alarms))
-        ages = [s.ts - h.last_good_ts for h in s.devices if h.last_good_ts is not None]
-        self.telemetry_age.set(max(ages) if ages and len(ages) == len(s.devices) else float("inf"))
-        self.cycle_duration.observe(c.stats.last_duration_s)
+        self._plant(state)
+        self.alarms.set(len(state.alarms))
+        ages = [state.ts - h.last_good_ts for h in state.devices if h.last_good_ts is not None]
+        self.telemetry_age.set(max(ages) if ages and len(ages) == len(state.devices) else float("inf"))
+        self.cycle_duration.observe(state.last_duration_s)
         self._count_tasks()
-        if c.stats.cycles % 10 == 1:   # sorting 4096 floats takes ~0.3 ms: not every cycle
-            ds = sorted(c.stats.durations_s)  # copy first: the deque is appended to by the cycle
-            if ds:
-                self.cycle_p99.set(ds[min(len(ds) - 1, int(len(ds) * 0.99))])
-        self.cycles.inc(c.stats.cycles - self._cycles_seen)
-        self._cycles_seen = c.stats.cycles
-        self.overruns.inc(c.stats.overruns - self._overruns_seen)
-        self._overruns_seen = c.stats.overruns
-        for name, link in c.devices.links.items():
-            self.device_latency.labels(name).set(link.request_latency_s)
-            seen = self._errors_seen.get(name, 0)
-            self.device_errors.labels(name).inc(link.errors_total - seen)
-            self._errors_seen[name] = link.errors_total
-        for h in s.devices:
+        if state.cycle_p99_s is not None:
+            self.cycle_p99.set(state.cycle_p99_s)
+        self.cycles.inc(state.cycles - self._cycles_seen)
+        self._cycles_seen = state.cycles
+        self.overruns.inc(state.overruns - self._overruns_seen)
+        self._overruns_seen = state.overruns
+        for link in state.links:
+            self.device_latency.labels(link.name).set(link.request_latency_s)
+            seen = self._errors_seen.get(link.name, 0)
+            self.device_errors.labels(link.name).inc(link.errors_total - seen)
+            self._errors_seen[link.name] = link.errors_total
+        for h in state.devices:
             self.device_up.labels(h.name).set(0 if h.stale else 1)
         if self.uplink is not None:
             st = self.uplink.stats
             self.outbox_depth.set(st.get("outbox_depth", 0))
             self.outbox_dropped.set(st.get("outbox_dropped", 0))
             self.mqtt_connected.set(1 if self.uplink.connected else 0)
+
+    def _plant(self, state: PlantState) -> None:
+        for g, v in ((self.soc, state.soc_pct), (self.power, state.power_mw), (self.temperature, state.temperature_c),
+                     (self.allowed_charge, state.bms_allowed_charge_mw),
+                     (self.allowed_discharge, state.bms_allowed_discharge_mw)):
+            g.set(float("nan") if v is None else v)
+        self.setpoint.set(state.setpoint_mw)
+        self.target.set(state.target_mw)
+        for m in MODES:
+            self.mode.labels(m).set(1 if state.mode == m else 0)
+        for b in BINDINGS:
+            self.binding.labels(b).set(1 if state.binding == b else 0)
+        self.online.set(1 if state.online else 0)

@@ -1,16 +1,20 @@
-"""The web app's Backend (web/backend.py) on the real controller: live state from the latest cycle, trading
-through the order desk, history from the store. Nothing here talks to a device."""
+"""The web app's Backend (web/backend.py) on the real controller: live state projected from the latest PlantState,
+trading through the order desk, history from the store. Nothing here talks to a device.
+
+The daemon attaches `cycle_started`/`cycle_over` (the cycle gate) and `publish` (websocket subscribers) to the
+cycle's phases, and gives it the uplink's telemetry sink for manual samples."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import httpx
 
 from controller.clock import iso, parse_iso
+from controller.cycle.state import PlantState, status
 from controller.trading.market import gate_open
 from controller.trading.orders import OrderDesk, OrderRefused, OrderRequest
 
@@ -30,6 +34,12 @@ class ControllerBackend:
         self.metrics = metrics
         self.desk = desk or OrderDesk(controller, secrets)
         self._schedule_cache: tuple[float, tuple, dict] | None = None
+        # set while no cycle runs: a flood of API requests must not stretch the cycle's awaits (each would wait
+        # behind a whole event-loop pass of request handling); the web face waits on it (bounded) before serving
+        self.cycle_idle = asyncio.Event()
+        self.cycle_idle.set()
+        self._subscribers: set[asyncio.Queue] = set()
+        self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None  # the uplink's, when MQTT is on
 
     async def start(self) -> None:
         await self.desk.start()  # reconciles order intents a previous run left pending
@@ -37,25 +47,42 @@ class ControllerBackend:
     async def stop(self) -> None:
         await self.desk.close()
 
+    # ---- phase callbacks (attached by the daemon; event loop)
+    def cycle_started(self, _state: PlantState) -> None:
+        """READ: the web face holds new requests until the cycle is over (see web/app.py)."""
+        self.cycle_idle.clear()
+
+    def cycle_over(self, _state: PlantState) -> None:
+        """IDLE: requests may go ahead."""
+        self.cycle_idle.set()
+
+    def publish(self, state: PlantState) -> None:
+        """AFTER_WRITE: every websocket subscriber's queue gets the new status (latest wins)."""
+        if self._subscribers:
+            st = status(state, self.now())
+            for q in list(self._subscribers):
+                if q.full():
+                    q.get_nowait()
+                q.put_nowait(st)
+
     # ---- live state
     def status(self) -> dict[str, Any]:
-        return self.controller.status()
-
-    @property
-    def cycle_idle(self) -> asyncio.Event:
-        return self.controller.cycle_idle
+        return status(self.controller.faces.latest(), self.now())
 
     def now(self) -> float:
         return self.controller.clock.now()
 
     def ready(self) -> bool:
-        return self.controller.stats.cycles > 0
+        return self.controller.faces.latest().cycles > 0
 
     def subscribe(self) -> asyncio.Queue:
-        return self.controller.subscribe()
+        """A queue that always holds the latest status (size 1: a slow reader never blocks the cycle)."""
+        q: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self._subscribers.add(q)
+        return q
 
     def unsubscribe(self, queue: asyncio.Queue) -> None:
-        self.controller.unsubscribe(queue)
+        self._subscribers.discard(queue)
 
     # ---- trading
     async def market_data(self) -> dict[str, Any]:
@@ -95,12 +122,13 @@ class ControllerBackend:
     async def post_telemetry(self, sample: dict[str, Any], who: str) -> dict[str, Any]:
         c = self.controller
         now = c.clock.now()
+        state = c.faces.latest()
         msg = {"ts": iso(now), "soc_pct": sample.get("soc_pct"), "power_mw": sample.get("power_mw"),
                "temperature_c": sample.get("temperature_c"), "source": "manual", "site": c.config.site.id,
-               "status": c.status()["status"], "mode": c.mode.mode}
-        if c.telemetry_sink is not None:
-            c.telemetry_sink(msg)
-        out = {**msg, "sent": c.telemetry_sink is not None, "simulator_updated": False}
+               "status": "online" if state.online else "offline", "mode": state.mode}
+        if self.telemetry_sink is not None:
+            self.telemetry_sink(msg)
+        out = {**msg, "sent": self.telemetry_sink is not None, "simulator_updated": False}
         if c.config.mode == "demo":
             out["simulator_updated"] = await self._set_simulator(sample)
         return out

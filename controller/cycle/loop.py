@@ -13,7 +13,7 @@ import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from controller.clock import Clock, iso
 from controller.config import SiteConfig
@@ -22,6 +22,8 @@ from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
 from controller.cycle.limits import Decision, limit
 from controller.cycle.mode import MODES, ModeState
+from controller.cycle.phases import Event, Faces, Phase
+from controller.cycle.state import LinkFigures, PlantState, build, status
 from controller.cycle.snapshot import Snapshot
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
@@ -75,9 +77,8 @@ class Controller:
         self.decision: Decision | None = None
         self.snapshot: Snapshot | None = None
         self.alarms = Alarms(store, self.clock)
-        self.on_cycle: list[Callable[["Controller"], None]] = []   # faces: telemetry, websocket, metrics
-        self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None
-        self.on_trade: list[Callable[[Any], None]] = []             # metrics: every accepted trade
+        # the one way faces see the controller: a frozen PlantState per phase, and the accepted-trade event
+        self.faces = Faces()
         self._previous_mw = 0.0
         self._last_cycle_mono: float | None = None
         self._started_ts: float = 0.0
@@ -90,15 +91,9 @@ class Controller:
         # when every face is up; a bare controller has no faces to wait for)
         self._ready_allowed = True
         self._last_cycle_failed = False
-        self._last_telemetry_mono = -math.inf
         self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
-        self._status_seq = 0
-        # set while no cycle runs: a flood of API requests must not stretch the cycle's awaits (each would wait
-        # behind a whole event-loop pass of request handling); the web face waits on it (bounded) before serving
-        self.cycle_idle = asyncio.Event()
-        self.cycle_idle.set()
-        self._subscribers: set[asyncio.Queue] = set()
         self._restore()
+        self._refresh_state()
 
     # ---------------------------------------------------------------- state on start
     def _restore(self) -> None:
@@ -125,11 +120,7 @@ class Controller:
             log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
             return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
         self.schedule.add(trade)
-        for cb in self.on_trade:
-            try:
-                cb(trade)
-            except Exception:
-                log.exception("on_trade callback failed")
+        self.faces.fire(Event.TRADE_ACCEPTED, trade)
         reason = "stored"
         feas = self.feasibility()
         if feas.limit == "soc_unknown":  # not a finding about the schedule: say so, raise nothing
@@ -138,6 +129,7 @@ class Controller:
             # An executed trade is binding: keep it, deliver what the limits allow, flag the shortfall ahead.
             reason = f"stored; delivery at risk: {feas.reason}"
             self.alarms.raise_(SCHEDULE_INFEASIBLE, "infeasible", feas.reason)
+            self._refresh_state()
         log.info("trade accepted", extra={"trade_id": trade.trade_id, "side": trade.side,
                                            "quantity_mw": trade.quantity_mw, "source": source})
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
@@ -180,18 +172,10 @@ class Controller:
             self.mode = ModeState(mode, 0.0, None, source)
         self.store.set_state("mode", dataclasses.asdict(self.mode))
         log.info("mode set", extra={"mode": mode, "setpoint_mw": setpoint_mw, "source": source})
+        self._refresh_state()
         if (self.mode.mode, self.mode.manual_setpoint_mw) != before:
             self._wake.set()  # a change applies now; renewing the same setpoint waits for the next cycle
         return self.mode
-
-    def subscribe(self) -> asyncio.Queue:
-        """A queue that always holds the latest status (size 1: a slow reader never blocks the cycle)."""
-        q: asyncio.Queue = asyncio.Queue(maxsize=1)
-        self._subscribers.add(q)
-        return q
-
-    def unsubscribe(self, q: asyncio.Queue) -> None:
-        self._subscribers.discard(q)
 
     # ---------------------------------------------------------------- alarms
     @property
@@ -233,9 +217,11 @@ class Controller:
             # the last cycle raised: this one holds the safe state too, so that a failure after the write
             # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
             snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
+        self.faces.fire(Phase.DECIDE)
         target = self.target_mw(now)
         decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode,
                          max_dt_s=2 * self.config.cycle.period_s * self.clock.speed)  # a stall earns no ramp
+        self.faces.fire(Phase.WRITE)
         readback = await self._dispatch(decision, now)
         self.snapshot = snap
         self.decision = decision
@@ -257,8 +243,31 @@ class Controller:
         duration = time.perf_counter() - t0
         self.stats.last_duration_s = duration
         self.stats.durations_s.append(duration)
-        self._publish(now)
+        self._refresh_state(self._cycle_p99())
+        self.faces.fire(Phase.AFTER_WRITE)
         return decision
+
+    def _refresh_state(self, cycle_p99_s: float | None = None) -> PlantState:
+        """The frozen state of now: at the end of each cycle, and when the mode or an alarm changes between."""
+        links = (LinkFigures(name, link.request_latency_s, link.errors_total)
+                 for name, link in self.devices.links.items())
+        state = build(self.snapshot, self.decision, self.mode, self.alarms, self.stats, links,
+                      self.devices.bms.name, self.devices.pcs.name, cycle_p99_s)
+        self.faces.update(state)
+        return state
+
+    def _cycle_p99(self) -> float | None:
+        """p99 of the last 4096 durations, every 10th cycle (sorting them takes ~0.3 ms) and only when a face
+        reads it; None otherwise (the reader keeps the last figure)."""
+        if self.stats.cycles % 10 != 1 or not self.faces.attached(Phase.AFTER_WRITE):
+            return None
+        ds = sorted(self.stats.durations_s)
+        return ds[min(len(ds) - 1, int(len(ds) * 0.99))] if ds else None
+
+    def status(self) -> dict[str, Any]:
+        """DESIGN.md's /api/bess-status shape, from the latest state (for tools and tests; faces project the
+        PlantState that `faces` hands them)."""
+        return status(self.faces.latest(), self.clock.now())
 
     def _notify_health(self) -> None:
         """systemd hears the daemon's health, not the plant's: every completed cycle pings the watchdog, whatever
@@ -298,6 +307,10 @@ class Controller:
                                f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded")
         except Exception:
             log.exception("cycle-error alarm could not be raised")
+        try:
+            self._refresh_state()  # the faces show the 0 MW and the alarm now, not after the next good cycle
+        except Exception:
+            log.exception("state after a failed cycle could not be built")
 
     async def _dispatch(self, decision: Decision, now: float) -> float | None:
         pcs = self.devices.pcs
@@ -350,56 +363,11 @@ class Controller:
         if snap.power_mw is not None and dt > 0:
             self._period_energy = (start, mwh + snap.power_mw * dt / 3600.0)
 
-    def status(self) -> dict[str, Any]:
-        """DESIGN.md's /api/bess-status shape, from the latest cycle."""
-        s, d = self.snapshot, self.decision
-        online = bool(s) and not s.stale and not s.comm_loss
-        return {
-            "soc_pct": s.soc_pct if s else None,
-            "power_mw": s.power_mw if s else None,
-            "setpoint_mw": d.setpoint_mw if d else None,
-            "target_mw": d.target_mw if d else None,
-            "temperature_c": s.temperature_max_c if s else None,
-            "status": "online" if online else "offline",
-            "mode": self.mode.mode,
-            "binding": d.binding if d else "none",
-            "reasons": list(d.reasons) if d else [],
-            "alarms": [a.message for a in self.alarms],
-            "manual_setpoint_mw": self.mode.manual_setpoint_mw if self.mode.mode == "manual" else None,
-            "manual_expires": iso(self.mode.manual_expires_ts) if self.mode.manual_expires_ts else None,
-            "ts": iso(s.ts if s else self.clock.now()),
-        }
-
-    def _publish(self, now: float) -> None:
-        self._status_seq += 1
-        if self._subscribers:
-            st = self.status()
-            for q in list(self._subscribers):
-                if q.full():
-                    q.get_nowait()
-                q.put_nowait(st)
-        if self.telemetry_sink is not None:
-            mono = self.clock.monotonic()
-            if mono - self._last_telemetry_mono >= self.config.mqtt.telemetry_interval_s * 0.95:
-                self._last_telemetry_mono = mono
-                st = self.status()
-                payload = {k: st[k] for k in ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw",
-                                               "temperature_c", "status", "mode", "binding")}
-                try:
-                    self.telemetry_sink(payload)
-                except Exception:
-                    log.exception("telemetry sink failed")
-        for cb in self.on_cycle:
-            try:
-                cb(self)
-            except Exception:
-                log.exception("on_cycle callback failed", extra={"callback": getattr(cb, "__name__", repr(cb))})
-
     async def _loop(self) -> None:
         period = self.config.cycle.period_s
         next_t = time.monotonic()
         while not self._stopping:
-            self.cycle_idle.clear()   # the web face holds new requests until the cycle is done (see web/app.py)
+            self.faces.fire(Phase.READ)   # e.g. the web face holds new requests until the cycle is done
             # cleared as the cycle starts, not after it: a wake-up that comes during the cycle (a trade, a mode
             # change, a period boundary after the cycle read its target) starts the next cycle at once
             self._wake.clear()
@@ -413,7 +381,7 @@ class Controller:
                 log.exception("control cycle failed: commanding 0 MW")
                 await self._safe_state_after_error(e)
             finally:
-                self.cycle_idle.set()
+                self.faces.fire(Phase.IDLE)
             next_t += period
             now = time.monotonic()
             if now > next_t:

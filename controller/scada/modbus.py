@@ -124,7 +124,7 @@ class ScadaModbusServer:
 
     async def _action(self, fc: int, start: int, address: int, count: int, registers: list[int], values) -> ExcCodes | None:
         if fc == READ_INPUT:
-            vals = status_values(self.controller)
+            vals = status_values(self.controller.faces.latest())
             for p in STATUS:
                 registers[p.address - start:p.address - start + p.words] = p.to_registers(vals[p.name])
             return None

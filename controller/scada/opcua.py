@@ -257,7 +257,7 @@ class ScadaOpcUaServer:
     async def _update_loop(self) -> None:
         period = max(0.1, self.controller.config.cycle.period_s)
         while True:
-            values = status_values(self.controller)
+            values = status_values(self.controller.faces.latest())
             for name, (node, vt) in self.nodes.items():
                 v = values.get(name)
                 try:

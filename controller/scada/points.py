@@ -12,8 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from controller.cycle.alarms import CYCLE_ERROR, INFEASIBLE, READBACK, reported_by
 from controller.cycle.limits import BINDINGS
-from controller.cycle.loop import CYCLE_ERROR_ALARM
+from controller.cycle.state import PlantState
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
@@ -102,44 +103,50 @@ CONTROL: list[ScadaPoint] = [
 ]
 
 
-def status_values(c: "Controller") -> dict[str, float | None]:
-    """The status table's values from the controller's latest cycle (never from devices)."""
-    s, d = c.snapshot, c.decision
-    bits = 0
-    if s is not None:
-        if s.stale or s.comm_loss:
-            bits |= 1 << 0
-        bms, pcs = c.devices.bms.name, c.devices.pcs.name
-        if any(a.startswith(bms + ":") and not a.endswith("readback_mismatch") for a in s.alarms):
-            bits |= 1 << 1
-        if any(f.startswith(bms + ":") for f in s.faults):
-            bits |= 1 << 2
-        if any(x.startswith(pcs + ":") and not x.endswith("readback_mismatch") for x in s.alarms + s.faults):
-            bits |= 1 << 3
-    if any(k.startswith("pcs_readback:") for k in c.active_alarms):
-        bits |= 1 << 4
-    if "schedule:infeasible" in c.active_alarms:
-        bits |= 1 << 5
-    if CYCLE_ERROR_ALARM in c.active_alarms:
-        bits |= 1 << 6
-    manual = c.mode.mode == "manual"
+def status_values(state: PlantState) -> dict[str, float | None]:
+    """The status table's values: a projection of the latest PlantState (never of devices)."""
+    has_image = state.ts is not None
+    manual = state.manual
     return {
-        "soc_pct": s.soc_pct if s else None,
-        "power_mw": s.power_mw if s else None,
-        "setpoint_mw": d.setpoint_mw if d else None,
-        "target_mw": d.target_mw if d else None,
-        "temperature_c": s.temperature_max_c if s else None,
-        "mode": MODE_CODES[c.mode.mode],
-        "binding": BINDING_CODES.get(d.binding, 0) if d else 0,
-        "alarm_bits": bits,
-        "online": 1 if (s and not s.stale and not s.comm_loss) else 0,
-        "heartbeat": c.stats.cycles % 65536,
-        "timestamp_s": int(s.ts) if s else None,
-        "bms_allowed_charge_mw": s.bms_allowed_charge_mw if s else None,
-        "bms_allowed_discharge_mw": s.bms_allowed_discharge_mw if s else None,
-        "manual_setpoint_mw": c.mode.manual_setpoint_mw if manual else None,
-        "manual_expires_s": int(c.mode.manual_expires_ts) if manual and c.mode.manual_expires_ts else None,
+        "soc_pct": state.soc_pct,
+        "power_mw": state.power_mw,
+        "setpoint_mw": state.setpoint_mw,
+        "target_mw": state.target_mw,
+        "temperature_c": state.temperature_c,
+        "mode": MODE_CODES[state.mode],
+        "binding": BINDING_CODES.get(state.binding, 0) if state.binding is not None else 0,
+        "alarm_bits": alarm_bits(state),
+        "online": 1 if state.online else 0,
+        "heartbeat": state.cycles % 65536,
+        "timestamp_s": int(state.ts) if has_image else None,
+        "bms_allowed_charge_mw": state.bms_allowed_charge_mw,
+        "bms_allowed_discharge_mw": state.bms_allowed_discharge_mw,
+        "manual_setpoint_mw": state.manual_setpoint_mw if manual else None,
+        "manual_expires_s": int(state.manual_expires_ts) if manual and state.manual_expires_ts else None,
     }
+
+
+def alarm_bits(state: PlantState) -> int:
+    """The `alarm_bits` register: bit 0 offline, 1 BMS alarm, 2 BMS fault, 3 PCS alarm or fault, 4 read-back
+    mismatch, 5 schedule infeasible, 6 a control cycle failed (docs/scada-modbus.md)."""
+    bits = 0
+    if state.ts is not None:
+        if not state.online:
+            bits |= 1 << 0
+        if reported_by(state.device_alarms, state.bms, ignore_suffix="readback_mismatch"):
+            bits |= 1 << 1
+        if reported_by(state.device_faults, state.bms):
+            bits |= 1 << 2
+        if reported_by(state.device_alarms + state.device_faults, state.pcs, ignore_suffix="readback_mismatch"):
+            bits |= 1 << 3
+    kinds = {a.key.kind for a in state.alarms}
+    if READBACK in kinds:
+        bits |= 1 << 4
+    if INFEASIBLE in kinds:
+        bits |= 1 << 5
+    if CYCLE_ERROR in kinds:
+        bits |= 1 << 6
+    return bits
 
 
 def control_limits(c: "Controller") -> dict[str, tuple[float, float]]:

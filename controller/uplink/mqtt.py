@@ -16,9 +16,9 @@ asyncio loop waits for the GIL after every I/O completion (up to the 5 ms switch
 cycle's p99 tripled while a backlog drained. So the drain is cheap per message (rows fetched `PEEK_ROWS` at a
 time as the JSON bytes they were stored as, counters per batch, deletes by seq range every `DELETE_ROWS` rows,
 `DELETE_EVERY_S` or when nothing is in flight), paho holds at most `WINDOW_MSGS` of our messages, and around
-each control cycle the pump goes quiet: `on_cycle` (a Controller.on_cycle callback) says when the cycle
-started and ended, so from `QUIET_LEAD_S` before the next one is due until it ends the pump hands paho nothing
-and touches no SQLite, and paho has finished what it held. A cycle woken early (a trade, a period boundary)
+each control cycle the pump goes quiet: `on_cycle` (attached to the cycle's AFTER_WRITE phase) says when the
+cycle started and ended, so from `QUIET_LEAD_S` before the next one is due until it ends the pump hands paho
+nothing and touches no SQLite, and paho has finished what it held. A cycle woken early (a trade, a period boundary)
 just shares the GIL for that once.
 
 Ordering across reconnects. paho keeps the messages it was handed and re-sends them, in order, on reconnect;
@@ -45,8 +45,9 @@ from paho.mqtt.properties import Properties
 
 from controller.clock import Clock, iso, parse_iso
 from controller.config import Secrets, SiteConfig
-from controller.uplink.outbox import Outbox, OutboxError
+from controller.cycle.state import PlantState, telemetry
 from controller.signing import verify_message
+from controller.uplink.outbox import Outbox, OutboxError
 
 log = logging.getLogger("bess.uplink")
 
@@ -161,6 +162,7 @@ class Uplink:
         self._next_delete = 0.0
         self._quiet = (math.inf, math.inf)     # (from, to) monotonic: the pump leaves the GIL to the cycle
         self._due: float | None = None         # when the next control cycle is due (monotonic), from on_cycle
+        self._last_telemetry_mono = -math.inf  # the controller clock's monotonic time of the last telemetry
         self._counters = collections.Counter({k: 0 for k in (
             "sent", "acked", "connects", "connect_refused", "disconnects", "handoff_dropped",
             "trades_accepted", "trades_rejected", "trades_failed")})
@@ -274,20 +276,27 @@ class Uplink:
         self._handoff.append(payload)
         self._wake.set()
 
-    def on_cycle(self, controller: Any) -> None:
-        """A Controller.on_cycle callback (asyncio loop): a cycle just ended, so the next one is due one period
+    def on_telemetry(self, state: PlantState) -> None:
+        """An AFTER_WRITE callback (asyncio loop): the cycle's telemetry payload, at most one per
+        `mqtt.telemetry_interval_s` (of the controller's clock; 5 % early is on time)."""
+        mono = self.clock.monotonic()
+        if mono - self._last_telemetry_mono >= self.config.mqtt.telemetry_interval_s * 0.95:
+            self._last_telemetry_mono = mono
+            self.publish_telemetry(telemetry(state, self.clock.now()))
+
+    def on_cycle(self, state: PlantState) -> None:
+        """An AFTER_WRITE callback (asyncio loop): a cycle just ended, so the next one is due one period
         after this one was due; the pump goes quiet from QUIET_LEAD_S before that until the next call.
 
         The controller's loop keeps a grid (each cycle due one period after the last was due) unless a cycle
-        overran or was woken early. A cycle's start is its process image's time (`controller.snapshot.ts`, from
-        the controller's clock); one that started a little late (the loop was busy) is still on the grid."""
+        overran or was woken early. A cycle's start is its process image's time (`state.ts`, from the
+        controller's clock); one that started a little late (the loop was busy) is still on the grid."""
         now = time.monotonic()
         period = self.config.cycle.period_s
-        snap, clock = getattr(controller, "snapshot", None), getattr(controller, "clock", None)
-        if snap is not None and clock is not None:
-            took = clock.real_seconds(clock.now() - snap.ts)
+        if state.ts is not None:
+            took = self.clock.real_seconds(self.clock.now() - state.ts)
         else:  # no image yet: the previous cycle's duration is a fair estimate
-            took = float(getattr(controller.stats, "last_duration_s", 0.0) or 0.0)
+            took = state.last_duration_s
         start = now - min(max(took, 0.0), period)
         due = start + period
         if self._due is not None and self._due - GRID_SLACK_S <= start < self._due + period / 2:

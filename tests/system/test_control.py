@@ -14,6 +14,7 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.cycle.loop import Controller
+from controller.cycle.phases import Phase
 from controller.trading.market import PERIOD_S, period_start
 from simulators.plant import Plant
 from tests.fixtures.controller import make_controller, wait_for
@@ -62,7 +63,7 @@ async def test_trade_for_current_period_reaches_the_pcs_within_one_cycle(plant, 
     async with make_controller(plant, tmp_path, clock=mid_period_clock(), **FAST_RAMP) as c:
         assert wset_mw(plant) == 0.0
         at_cycle_end: list[tuple[int, float]] = []   # (cycle number, the PCS's setpoint in MW) as each cycle ends
-        c.on_cycle.append(lambda ctl: at_cycle_end.append((ctl.stats.cycles, wset_mw(plant))))
+        c.faces.attach(Phase.AFTER_WRITE, lambda st: at_cycle_end.append((st.cycles, wset_mw(plant))))
         n0 = c.stats.cycles
         add_current(c, "T-1", side, abs(expected_mw))
         await wait_for(lambda: at_cycle_end and at_cycle_end[-1][0] >= n0 + 2, 5, "two cycles after the trade")

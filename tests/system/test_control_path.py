@@ -18,6 +18,7 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.cycle.loop import CYCLE_ERROR_ALARM, Controller
+from controller.cycle.phases import Phase
 from controller.scada.points import status_values
 from controller.trading.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from controller.store import Store
@@ -115,6 +116,10 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
                                limits={"ramp_mw_per_s": 1000, "stale_after_s": 2 * period_s + 1},
                                devices={"pcs": {"reversion_timeout_s": 3 * period_s}}) as c:
         c._wake = wake = ThreadRecordingEvent()
+        idle = asyncio.Event()   # set while no cycle runs, as the web face's gate is
+        idle.set()
+        c.faces.attach(Phase.READ, lambda _: idle.clear())
+        c.faces.attach(Phase.IDLE, lambda _: idle.set())
         await c.start()
         loop_thread = threading.get_ident()
         await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
@@ -123,7 +128,7 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
         with Store(tmp_path / "state.db") as other:
             other.add_trade(parse_trade(trade("NEXT", "sell", 2.0, boundary, clock.now())).model_dump(mode="json"), "cli")
         await wait_for(lambda: schedule.position_mw(boundary) == 2.0, 10, "the pick-up job adding the stored trade")
-        await wait_for(lambda: not wake.is_set() and c.cycle_idle.is_set(), 5, "the woken cycle done")
+        await wait_for(lambda: not wake.is_set() and idle.is_set(), 5, "the woken cycle done")
         assert clock.now() < boundary - 0.5, "the test's set-up ran into the period boundary"
         cycles, last_start = c.stats.cycles, c._last_cycle_mono
         assert c.decision.target_mw == 0.0
@@ -166,7 +171,7 @@ async def test_a_cycle_that_raises_commands_0_mw_and_raises_an_alarm(plant, tmp_
         assert any("control cycle failed" in a for a in c.status()["alarms"])
         assert c.status()["setpoint_mw"] == 0.0
         assert any(a["key"] == CYCLE_ERROR_ALARM for a in c.store.active_alarms())
-        assert status_values(c)["alarm_bits"] & 1 << 6, "the SCADA face does not show the failed cycle"
+        assert status_values(c.faces.latest())["alarm_bits"] & 1 << 6, "the SCADA face does not show the failed cycle"
 
         # the bug goes away: the next completed cycle clears the alarm, and the schedule is followed again
         schedule.broken = False

@@ -22,10 +22,11 @@ import pytest
 
 from controller.clock import iso
 from controller.config import load_secrets
+from controller.cycle.phases import Phase
 from controller.daemon import Daemon
-from controller.trading.schedule import PERIOD_S, parse_trade, period_start
 from controller.signing import sign_message
 from controller.store import DB_FILENAME, Store
+from controller.trading.schedule import PERIOD_S, parse_trade, period_start
 from simulators.exchange.publisher import TradePublisher
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.mosquitto import Mosquitto
@@ -197,8 +198,7 @@ async def test_outage_backlog_drains_in_order_beside_a_fast_cycle(broker, plant,
     sub = Sub(broker, ["bess/demo/telemetry"])
     d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
     up = d.uplink
-    if up.on_cycle not in d.controller.on_cycle:  # until the Daemon registers it itself
-        d.controller.on_cycle.append(up.on_cycle)
+    assert up.on_cycle in d.controller.faces.attached(Phase.AFTER_WRITE)  # the Daemon attaches it
     try:
         await wait_for(lambda: up.connected and len(seqs(sub)) >= 3, 10, "live telemetry")
         broker.stop()

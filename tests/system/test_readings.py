@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 
 from controller.cycle.loop import Controller
+from controller.cycle.phases import Phase
+from controller.cycle.state import PlantState
 from simulators.plant import Plant
 from tests.fixtures.controller import ROOT, make_controller, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
@@ -30,12 +32,11 @@ class Cycles:
 
     def __init__(self, c: Controller):
         self.rows: list[dict[str, Any]] = []
-        c.on_cycle.append(self._record)
+        c.faces.attach(Phase.AFTER_WRITE, self._record)
 
-    def _record(self, c: Controller) -> None:
-        self.rows.append({"n": c.stats.cycles, "soc": c.snapshot.soc_pct, "t_max": c.snapshot.temperature_max_c,
-                          "setpoint": c.decision.setpoint_mw, "binding": c.decision.binding,
-                          "alarms": c.snapshot.alarms})
+    def _record(self, st: PlantState) -> None:
+        self.rows.append({"n": st.cycles, "soc": st.soc_pct, "t_max": st.temperature_c,
+                          "setpoint": st.setpoint_mw, "binding": st.binding, "alarms": st.device_alarms})
 
     def since(self, n: int) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["n"] > n]
@@ -121,14 +122,14 @@ async def test_a_5_s_loop_stall_does_not_jump_the_setpoint(plant, tmp_path):
         writes: list[tuple[int, float]] = []
         stalled: list[int] = []
 
-        def on_cycle(ctl: Controller) -> None:
-            writes.append((ctl.stats.cycles, ctl.decision.setpoint_mw))
-            if not stalled and ctl.decision.setpoint_mw == 0.0:
-                stalled.append(ctl.stats.cycles)
-                ctl.set_mode("manual", setpoint_mw=10.0, source="test")
+        def on_cycle(st: PlantState) -> None:
+            writes.append((st.cycles, st.setpoint_mw))
+            if not stalled and st.setpoint_mw == 0.0:
+                stalled.append(st.cycles)
+                c.set_mode("manual", setpoint_mw=10.0, source="test")
                 time.sleep(5.0)   # the loop stalls (a blocking call, a swap storm) right after the target changed
 
-        c.on_cycle.append(on_cycle)
+        c.faces.attach(Phase.AFTER_WRITE, on_cycle)
         await wait_for(lambda: wset_mw(plant) == pytest.approx(10.0), 20, "10 MW reached by ramping")
         after = [mw for n, mw in writes if n > stalled[0]]
         assert 0.0 < after[0] <= 2.0 + 1e-9, writes       # was 10.0: the whole stall's worth at once

@@ -8,7 +8,16 @@ from hypothesis import strategies as st
 
 from controller.clock import Clock
 from controller.cycle.alarms import (
-    COMM, CYCLE_ERROR, CYCLE_FAILED, INFEASIBLE, INVALID, READBACK, REPORTED, SCHEDULE_INFEASIBLE, AlarmKey, Alarms,
+    COMM,
+    CYCLE_ERROR,
+    CYCLE_FAILED,
+    INFEASIBLE,
+    INVALID,
+    READBACK,
+    REPORTED,
+    SCHEDULE_INFEASIBLE,
+    AlarmKey,
+    Alarms,
 )
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from controller.store import Store

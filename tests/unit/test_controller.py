@@ -12,10 +12,12 @@ import pytest
 
 from controller.clock import Clock, iso
 from controller.config import load_config
-from controller.cycle.loop import Controller
 from controller.cycle.devices import DeviceSet
-from drivers.base import Reading
+from controller.cycle.loop import Controller
+from controller.cycle.phases import Event, Phase
+from controller.cycle.state import status, telemetry
 from controller.store import Store
+from drivers.base import Reading
 from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -297,16 +299,15 @@ async def test_temperature_derates_then_stops(rig):
 
 
 async def test_every_cycle_is_recorded_and_published(rig):
-    got = []
-    rig.controller.telemetry_sink = got.append
-    rig.config.mqtt.telemetry_interval_s = 0.1
-    q = rig.controller.subscribe()
+    states = []   # every cycle's PlantState, as the faces get it
+    rig.controller.faces.attach(Phase.AFTER_WRITE, states.append)
     await rig.cycles(3)
     rig.store.flush()
     assert len(rig.store.decisions(limit=10)) == 3
-    assert got and set(got[-1]) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
-                                    "status", "mode", "binding"}
-    assert q.get_nowait()["status"] == "online"
+    assert [st.cycles for st in states] == [1, 2, 3]
+    assert set(telemetry(states[-1], 0.0)) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw",
+                                               "temperature_c", "status", "mode", "binding"}
+    assert status(states[-1], 0.0)["status"] == "online"
 
 
 @pytest.mark.parametrize("watchdog_usec,warned", [("1000000", True), ("60000000", False), (None, False)])
@@ -322,3 +323,41 @@ async def test_device_timeouts_near_the_systemd_watchdog_are_warned_about_at_sta
     await rig.controller.stop()
     said = any("timeouts are long for the systemd watchdog" in r.getMessage() for r in caplog.records)
     assert said is warned
+
+
+async def test_faces_see_the_phases_in_order_and_a_frozen_state(rig):
+    """A running cycle goes READ → DECIDE → WRITE → AFTER_WRITE → IDLE; AFTER_WRITE hands over the new state,
+    accepted trades come as an event, a callback that raises does not stop the others, and a mode change between
+    cycles shows in `latest()` at once."""
+    seen: list[tuple[str, int]] = []
+    for phase in Phase:
+        rig.controller.faces.attach(phase, lambda st, p=phase: seen.append((p.value, st.cycles)))
+
+    def broken(_state):
+        raise RuntimeError("a face's bug")
+
+    rig.controller.faces.attach(Phase.AFTER_WRITE, broken)
+    trades = []
+    rig.controller.faces.attach(Event.TRADE_ACCEPTED, trades.append)
+    await rig.controller.start()
+    try:
+        await wait_until(lambda: sum(1 for p, _ in seen if p == "idle") >= 2)
+    finally:
+        await rig.controller.stop()
+    first = [p for p, _ in seen[:5]]
+    assert first == ["read", "decide", "write", "after_write", "idle"], seen
+    assert [n for p, n in seen if p == "after_write"][:2] == [1, 2]
+    state = rig.controller.faces.latest()
+    with pytest.raises(AttributeError):
+        state.mode = "stopped"   # frozen
+    rig.controller.accept_trade(rig.trade("sell", 2.0))
+    assert [t.trade_id for t in trades] == ["T1"]
+    rig.controller.set_mode("stopped", source="test")
+    assert rig.controller.faces.latest().mode == "stopped" and state.mode == "auto"
+
+
+async def wait_until(cond, timeout_s: float = 10.0) -> None:
+    """A bounded wait for a condition (never a timed assertion)."""
+    async with asyncio.timeout(timeout_s):
+        while not cond():
+            await asyncio.sleep(0.01)

@@ -1,0 +1,130 @@
+"""One frozen `PlantState` per cycle: what the plant and the controller were at the end of it. Every face reads
+this (status, telemetry, SCADA registers, metrics are small projections of it), never the Controller.
+
+`build` makes one from the cycle's snapshot, decision, mode, alarms and figures; `status` and `telemetry` are
+the two projections the controller's own contracts define (DESIGN.md's /api/bess-status and the MQTT telemetry
+payload). SCADA's projection lives with its point table (controller.scada.points), the metrics' with them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+from controller.clock import iso
+
+if TYPE_CHECKING:
+    from controller.cycle.alarms import Alarm
+    from controller.cycle.limits import Decision
+    from controller.cycle.snapshot import DeviceHealth, Snapshot
+
+# the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection
+TELEMETRY_FIELDS = ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode",
+                    "binding")
+
+
+@dataclass(frozen=True, slots=True)
+class LinkFigures:
+    """A device connection's counters at the end of the cycle (for the metrics)."""
+
+    name: str
+    request_latency_s: float
+    errors_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class PlantState:
+    """The plant at the end of a cycle. None means unknown; `ts` is None until a cycle has read the devices."""
+
+    ts: float | None = None                   # the process image's time (Unix s, the controller's clock)
+    soc_pct: float | None = None
+    power_mw: float | None = None
+    temperature_c: float | None = None        # the highest cell temperature
+    bms_allowed_charge_mw: float | None = None
+    bms_allowed_discharge_mw: float | None = None
+    online: bool = False                      # every device has fresh readings
+    setpoint_mw: float | None = None          # what the PCS was told last (None before the first decision)
+    target_mw: float | None = None
+    binding: str | None = None
+    reasons: tuple[str, ...] = ()
+    mode: str = "auto"
+    manual_setpoint_mw: float = 0.0
+    manual_expires_ts: float | None = None
+    alarms: tuple["Alarm", ...] = ()          # the active alarms, in raise order
+    device_alarms: tuple[str, ...] = ()       # the snapshot's alarm and fault words ("device:name")
+    device_faults: tuple[str, ...] = ()
+    devices: tuple["DeviceHealth", ...] = ()
+    bms: str = "bms"                          # the device names of the BMS and the PCS
+    pcs: str = "pcs"
+    links: tuple[LinkFigures, ...] = ()
+    cycles: int = 0
+    overruns: int = 0
+    last_duration_s: float = 0.0
+    cycle_p99_s: float | None = None          # recomputed every 10th cycle only (None: unchanged)
+
+    @property
+    def has_cycle(self) -> bool:
+        """A cycle has read the devices and decided (the metrics wait for both)."""
+        return self.ts is not None and self.setpoint_mw is not None
+
+    @property
+    def manual(self) -> bool:
+        return self.mode == "manual"
+
+
+def build(snapshot: "Snapshot | None", decision: "Decision | None", mode: Any, alarms: Iterable["Alarm"],
+          stats: Any, links: Iterable[LinkFigures], bms: str, pcs: str, cycle_p99_s: float | None = None) -> PlantState:
+    """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats)."""
+    s, d = snapshot, decision
+    return PlantState(
+        ts=s.ts if s else None,
+        soc_pct=s.soc_pct if s else None,
+        power_mw=s.power_mw if s else None,
+        temperature_c=s.temperature_max_c if s else None,
+        bms_allowed_charge_mw=s.bms_allowed_charge_mw if s else None,
+        bms_allowed_discharge_mw=s.bms_allowed_discharge_mw if s else None,
+        online=bool(s) and not s.stale and not s.comm_loss,
+        setpoint_mw=d.setpoint_mw if d else None,
+        target_mw=d.target_mw if d else None,
+        binding=d.binding if d else None,
+        reasons=tuple(d.reasons) if d else (),
+        mode=mode.mode,
+        manual_setpoint_mw=mode.manual_setpoint_mw,
+        manual_expires_ts=mode.manual_expires_ts,
+        alarms=tuple(alarms),
+        device_alarms=s.alarms if s else (),
+        device_faults=s.faults if s else (),
+        devices=s.devices if s else (),
+        bms=bms,
+        pcs=pcs,
+        links=tuple(links),
+        cycles=stats.cycles,
+        overruns=stats.overruns,
+        last_duration_s=stats.last_duration_s,
+        cycle_p99_s=cycle_p99_s,
+    )
+
+
+def status(state: PlantState, now: float) -> dict[str, Any]:
+    """DESIGN.md's /api/bess-status shape. `now` stands in for `ts` before the first cycle."""
+    return {
+        "soc_pct": state.soc_pct,
+        "power_mw": state.power_mw,
+        "setpoint_mw": state.setpoint_mw,
+        "target_mw": state.target_mw,
+        "temperature_c": state.temperature_c,
+        "status": "online" if state.online else "offline",
+        "mode": state.mode,
+        "binding": state.binding if state.binding is not None else "none",
+        "reasons": list(state.reasons),
+        "alarms": [a.message for a in state.alarms],
+        "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else None,
+        "manual_expires": iso(state.manual_expires_ts) if state.manual_expires_ts else None,
+        "ts": iso(state.ts if state.ts is not None else now),
+    }
+
+
+def telemetry(state: PlantState, now: float) -> dict[str, Any]:
+    """The MQTT telemetry payload (DESIGN.md), `seq` added by the outbox."""
+    st = status(state, now)
+    return {k: st[k] for k in TELEMETRY_FIELDS}
