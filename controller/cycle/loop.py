@@ -1,6 +1,8 @@
-"""The controller: owns the control cycle (poll → snapshot → target → limit → dispatch → record/publish),
-the operating mode, the schedule and the alarms. Faces (web, MQTT, SCADA) read its latest state and call
-its few entry points (`accept_trade`, `set_mode`); they never touch devices.
+"""The control cycle's rhythm: each cycle runs the phases READ (poll → snapshot) → DECIDE (target → limit) →
+WRITE (dispatch) → AFTER_WRITE (record, then one frozen PlantState handed to the faces) → IDLE, and the
+controller keeps the mode, the schedule and the alarms it needs between cycles. Faces (web, MQTT, SCADA,
+metrics) attach to the phases through `faces` (controller.cycle.phases) and call its few entry points
+(`accept_trade`, `set_mode`); they never touch devices or its internals.
 """
 
 from __future__ import annotations
@@ -15,16 +17,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from controller.clock import Clock, iso
+from controller.clock import Clock
 from controller.config import SiteConfig
 from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, readback_key
+from controller.cycle.delivery import Delivery
 from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
+from controller.cycle.jobs import Jobs
 from controller.cycle.limits import Decision, limit
 from controller.cycle.mode import MODES, ModeState
 from controller.cycle.phases import Event, Faces, Phase
-from controller.cycle.state import LinkFigures, PlantState, build, status
 from controller.cycle.snapshot import Snapshot
+from controller.cycle.state import LinkFigures, PlantState, build, status
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
 from controller.trading.intake import (
@@ -41,7 +45,6 @@ log = logging.getLogger("bess.cycle")
 
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
 STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
-BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) after the boundary
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
 
@@ -86,12 +89,15 @@ class Controller:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
-        self._scheduler = None
+        # the scheduler's jobs (period-boundary wake-up, trade pick-up, housekeeping); wake late-bound: tests swap
+        # `_wake` for a recording one
+        self.jobs = Jobs(self.clock, store, self.schedule, self.stats, lambda: self._wake.set(),
+                         config.cycle.decision_retention_days)
         # READY goes to systemd once a cycle has completed and `allow_ready()` was called (the daemon calls it
         # when every face is up; a bare controller has no faces to wait for)
         self._ready_allowed = True
         self._last_cycle_failed = False
-        self._period_energy: tuple[float, float] | None = None  # (period_start, MWh delivered so far)
+        self.delivery = Delivery(self.schedule, store)  # shortfall against the schedule, per period
         self._restore()
         self._refresh_state()
 
@@ -226,7 +232,7 @@ class Controller:
         self.snapshot = snap
         self.decision = decision
         self.alarms.sync(snap)
-        self._account_delivery(snap, now, dt)
+        self.delivery.account(snap, now, dt)
         self.store.record_decision(now, decision.target_mw, decision.setpoint_mw, decision.binding, self.mode.mode,
                                    snap.soc_pct, snap.power_mw, snap.temperature_max_c, readback,
                                    "; ".join(decision.reasons))
@@ -343,26 +349,6 @@ class Controller:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
         return readback
 
-    def _account_delivery(self, snap: Snapshot, now: float, dt: float) -> None:
-        """Integrate delivered energy per period; at each period end record any shortfall vs the position."""
-        p = period_start(now)
-        if self._period_energy is None:
-            self._period_energy = (p, 0.0)
-        start, mwh = self._period_energy
-        if p != start:
-            position = self.schedule.position_mw(start)
-            if position:
-                due = position * PERIOD_S / 3600.0
-                short = due - mwh if position > 0 else mwh - due
-                if short > 0.01 * abs(due):
-                    self.store.record_shortfall(start, position, mwh, short)
-                    log.warning("delivery shortfall", extra={"period": iso(start), "position_mw": position,
-                                                            "delivered_mwh": mwh, "shortfall_mwh": short})
-            self._period_energy = (p, 0.0)
-            start, mwh = self._period_energy
-        if snap.power_mw is not None and dt > 0:
-            self._period_energy = (start, mwh + snap.power_mw * dt / 3600.0)
-
     async def _loop(self) -> None:
         period = self.config.cycle.period_s
         next_t = time.monotonic()
@@ -396,78 +382,6 @@ class Controller:
             except asyncio.TimeoutError:
                 pass
 
-    async def _boundary_job(self) -> None:
-        """An async job, so AsyncIOScheduler runs it on the event loop: `_wake` is an asyncio.Event, which only
-        the loop's thread may set (set from a worker thread, the wake-up could wait a whole cycle)."""
-        self.stats.boundary_wakeups += 1
-        self._wake.set()
-        self._schedule_boundary()
-
-    def _schedule_boundary(self) -> None:
-        """The next period boundary of the controller's clock, as an APScheduler date job in real time.
-
-        A cron trigger would follow the wall clock, not the injected one: with a sped-up or shifted clock the
-        schedule's boundaries and the wake-ups would disagree, and a new period's target would wait a cycle."""
-        if self._scheduler is None:
-            return
-        from datetime import datetime, timedelta, timezone
-
-        now = self.clock.now()
-        boundary = period_start(now) + PERIOD_S
-        # a hair after the boundary, so that the cycle it wakes reads clock.now() >= boundary
-        delay_s = self.clock.real_seconds(boundary - now) + BOUNDARY_LAG_S
-        run_at = datetime.now(timezone.utc) + timedelta(seconds=delay_s)
-        self._scheduler.add_job(self._boundary_job, "date", run_date=run_at, id="period_boundary",
-                                replace_existing=True, max_instances=1, misfire_grace_time=5, coalesce=True)
-
-    def _start_scheduler(self) -> None:
-        """APScheduler fires at every period boundary so the new period's target applies at once, picks up
-        trades stored by other processes, and prunes the store. Every job is `async def`: AsyncIOScheduler
-        runs those on the event loop (a plain `def` job would run in a worker thread), so the schedule and the
-        asyncio objects are only ever touched from the loop; blocking store work goes to a thread explicitly."""
-        from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_JOB_MISSED
-        from apscheduler.schedulers.asyncio import AsyncIOScheduler
-
-        sched = AsyncIOScheduler(timezone="UTC")
-        sched.add_job(self._housekeeping, "interval", minutes=10, id="housekeeping", max_instances=1)
-        sched.add_job(self._pick_up_trades, "interval", seconds=2, id="trade_pickup", max_instances=1)
-
-        loop = asyncio.get_running_loop()
-
-        def missed(event) -> None:
-            # listeners run where the scheduler processes its jobs (the loop, for AsyncIOScheduler); hand over
-            # anyway, so the chain is re-armed on the loop whichever thread reports the miss
-            loop.call_soon_threadsafe(self._job_missed, event.job_id)
-
-        sched.add_listener(missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
-        sched.start()
-        self._scheduler = sched
-        self._schedule_boundary()
-
-    def _job_missed(self, job_id: str) -> None:
-        self.stats.missed_boundaries += 1
-        log.warning("scheduled job missed or overlapped", extra={"job": job_id})
-        if job_id == "period_boundary":
-            self._schedule_boundary()  # a date job that misfired would otherwise end the chain
-
-    async def _pick_up_trades(self) -> None:
-        """Trades stored by another process (`bess-edge trade add`) join the schedule within 2 s. The store is
-        read in a worker thread (it is thread-safe); the schedule is only touched here, on the loop, so this
-        never races `accept_trade`'s check-then-insert."""
-        rows = await asyncio.to_thread(self.store.trades_for_schedule, self.clock.now() - PERIOD_S)
-        added = load_stored(self.schedule, rows)
-        if added:
-            log.info("trades picked up from the store", extra={"count": added})
-            self._wake.set()
-
-    async def _housekeeping(self) -> None:
-        """Flush and prune in a worker thread: the store is thread-safe and prunes in chunks, and the loop
-        keeps cycling meanwhile."""
-        deleted = await asyncio.to_thread(self.store.prune, self.clock.now(),
-                                          self.config.cycle.decision_retention_days)  # prune flushes first
-        if any(deleted.values()):
-            log.info("retention pruned rows", extra={"deleted": deleted})
-
     def _check_watchdog_margin(self) -> None:
         """Under systemd's watchdog every completed cycle pings; a device that stops answering stretches a cycle to
         its timeout (a connect and a read), so timeouts near WatchdogSec would get a healthy daemon restarted."""
@@ -483,7 +397,7 @@ class Controller:
     async def start(self) -> None:
         self._started_ts = self.clock.now()
         self._check_watchdog_margin()
-        self._start_scheduler()
+        self.jobs.start()
         self._task = asyncio.create_task(self._loop(), name="control-cycle")
 
     async def stop(self) -> None:
@@ -506,9 +420,7 @@ class Controller:
                 self._task.cancel()
                 raise
             self._task = None
-        if self._scheduler:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        self.jobs.stop()
         # leave the plant at 0 MW on an orderly stop; if this fails the PCS reversion still brings it there
         try:
             safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")

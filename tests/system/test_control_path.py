@@ -20,8 +20,8 @@ from controller.clock import Clock, iso
 from controller.cycle.loop import CYCLE_ERROR_ALARM, Controller
 from controller.cycle.phases import Phase
 from controller.scada.points import status_values
-from controller.trading.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from controller.store import Store
+from controller.trading.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from simulators.plant import Plant
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
@@ -140,10 +140,10 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
         assert c._last_cycle_mono - last_start < period_s
         await wait_for(lambda: wset_mw(plant) == pytest.approx(2.0), 5, "2 MW at the PCS")
 
-        jobs = c._scheduler.get_jobs()
+        jobs = c.jobs.scheduler.get_jobs()
         assert {j.id for j in jobs} >= {"housekeeping", "trade_pickup", "period_boundary"}
         assert all(asyncio.iscoroutinefunction(j.func) for j in jobs), "a job would run in a worker thread"
-        await c._housekeeping()   # as the scheduler runs it: on the loop, the store work in a thread
+        await c.jobs.housekeeping()   # as the scheduler runs it: on the loop, the store work in a thread
     assert wake.setters == {loop_thread}, "the wake-up Event was set from another thread"
     assert schedule.threads == {loop_thread}, "the schedule was touched from another thread"
 
