@@ -37,13 +37,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         for line in env_errors:
             print(f"  {line}", file=sys.stderr)
         return 2
-    bms_name, bms = cfg.device("bms")
-    pcs_name, pcs = cfg.device("pcs")
     lim = cfg.limits
     print(f"{args.file}: OK")
     print(f"  site {cfg.site.id} ({cfg.mode}), cycle {cfg.cycle.period_s:g} s")
-    print(f"  bms  {bms_name}: {bms.protocol} {bms.host}:{bms.port} profile {bms.profile}")
-    print(f"  pcs  {pcs_name}: {pcs.protocol} {pcs.host}:{pcs.port} profile {pcs.profile}")
+    for u in cfg.unit_plan():
+        indent = "  "
+        if cfg.units:
+            print(f"  unit {u.unit}: {u.rated_mw:g} MW / {u.capacity_mwh:g} MWh")
+            indent = "    "
+        print(f"{indent}bms  {u.bms_name}: {u.bms.protocol} {u.bms.host}:{u.bms.port} profile {u.bms.profile}")
+        print(f"{indent}pcs  {u.pcs_name}: {u.pcs.protocol} {u.pcs.host}:{u.pcs.port} profile {u.pcs.profile}")
+    meter = cfg.meter()
+    if meter is not None:
+        name, dev = meter
+        print(f"  meter {name}: {dev.protocol} {dev.host}:{dev.port} profile {dev.profile} (POI)")
     print(f"  limits: charge {lim.p_charge_max_mw:g} MW, discharge {lim.p_discharge_max_mw:g} MW, "
           f"SoC {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %, derate {lim.t_derate_c:g}-{lim.t_max_c:g} °C, "
           f"grid {lim.grid_limit_mw:g} MW")
@@ -88,7 +95,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _load_env_file(args.env_file)
     cfg = _config_or_exit(args.config)
-    return main_run(cfg, args)
+    try:
+        return main_run(cfg, args)
+    except ConfigError as e:   # what the daemon cannot run yet, found as it builds the plant (DeviceSet)
+        print(f"{e.source}: cannot run", file=sys.stderr)
+        for line in e.errors:
+            print(f"  {line}", file=sys.stderr)
+        return 2
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
@@ -66,7 +67,9 @@ class Site(_Model):
 class Device(_Model):
     """One device on the plant LAN."""
 
-    role: Literal["bms", "pcs"]
+    role: Literal["bms", "pcs", "meter"]
+    unit: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
+                             description="the unit (in units:) this PCS or BMS belongs to; none for a meter")
     protocol: Literal["modbus", "sunspec", "opcua"]
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
@@ -84,6 +87,29 @@ class Device(_Model):
     @property
     def endpoint(self) -> str:
         return f"opc.tcp://{self.host}:{self.port}{self.endpoint_path}"
+
+
+class Unit(_Model):
+    """One unit of the plant: a PCS and the battery behind it (its BMS)."""
+
+    rated_mw: float = Field(gt=0, le=10_000, description="the PCS's rating, both directions")
+    capacity_mwh: float = Field(gt=0, le=100_000, description="the battery's usable energy")
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """A unit as the rest of the code sees it (SiteConfig.unit_plan): its PCS and BMS by name, rating, capacity."""
+
+    unit: str
+    pcs_name: str
+    pcs: Device
+    bms_name: str
+    bms: Device
+    rated_mw: float
+    capacity_mwh: float
+
+
+IMPLICIT_UNIT = "u1"   # the name of the one unit of a site file without units:
 
 
 class Limits(_Model):
@@ -251,8 +277,19 @@ class Exchange(_Model):
     request_window_s: float = Field(30.0, gt=0, le=300)
 
 
+class UnitSimulator(_Model):
+    """One unit's simulator (simulator.units.<unit>): where it starts, and faces besides its devices' own."""
+
+    initial_soc_pct: float | None = Field(None, ge=0, le=100)
+    initial_temperature_c: float | None = Field(None, ge=T_MIN_C, le=T_MAX_C)
+    bms_modbus_port: int | None = Field(None, ge=1, le=65535, description="an extra BMS Modbus face")
+    bms_opcua_port: int | None = Field(None, ge=1, le=65535, description="an extra BMS OPC UA face")
+
+
 class Simulator(_Model):
-    """The plant simulators (`bess-edge simulate` / `demo`)."""
+    """The plant simulators (`bess-edge simulate` / `demo`). A multi-unit plant serves every unit's BMS and PCS
+    on its device's port (devices sharing a host:port behind one gateway port), the POI meter on the meter
+    device's port; `units:` here sets a unit's start and extra faces."""
 
     time_scale: float = Field(1.0, gt=0, le=10000)
     initial_soc_pct: float = Field(50.0, ge=0, le=100)
@@ -267,6 +304,7 @@ class Simulator(_Model):
     bms_opcua_port: int | None = Field(4841, ge=1, le=65535)
     control_port: int | None = Field(1504, ge=1, le=65535, description="HTTP control of the simulator (demo, tests)")
     host: str = "127.0.0.1"
+    units: dict[str, UnitSimulator] = Field(default_factory=dict)
 
 
 class SiteConfig(_Model):
@@ -276,6 +314,7 @@ class SiteConfig(_Model):
     mode: Literal["production", "demo"] = "production"
     allow_insecure: bool = Field(False, description="production: accept a remote broker/exchange without TLS (warned)")
     devices: dict[str, Device]
+    units: dict[str, Unit] = Field(default_factory=dict, description="optional with one bms and one pcs without unit")
     limits: Limits
     battery: Battery
     cycle: Cycle = Cycle()
@@ -306,7 +345,26 @@ class SiteConfig(_Model):
         return self
 
     def device(self, role: str) -> tuple[str, Device]:
+        """The first device with this role (of a one-unit plant: its only bms, its only pcs)."""
         return next((n, d) for n, d in self.devices.items() if d.role == role)
+
+    def unit_plan(self) -> list[UnitPlan]:
+        """Every unit in file order. A file without units: is one implicit unit (IMPLICIT_UNIT) rated at the
+        site's largest power limit, with the battery's capacity."""
+        if not self.units:
+            (pn, pcs), (bn, bms) = self.device("pcs"), self.device("bms")
+            rating = max(self.limits.p_charge_max_mw, self.limits.p_discharge_max_mw)
+            return [UnitPlan(IMPLICIT_UNIT, pn, pcs, bn, bms, rating, self.battery.capacity_mwh)]
+        plan = []
+        for unit, u in self.units.items():
+            pn, pcs = next((n, d) for n, d in self.devices.items() if d.role == "pcs" and d.unit == unit)
+            bn, bms = next((n, d) for n, d in self.devices.items() if d.role == "bms" and d.unit == unit)
+            plan.append(UnitPlan(unit, pn, pcs, bn, bms, u.rated_mw, u.capacity_mwh))
+        return plan
+
+    def meter(self) -> tuple[str, Device] | None:
+        """The POI meter, if the site has one."""
+        return next(((n, d) for n, d in self.devices.items() if d.role == "meter"), None)
 
     def profile_path(self, device: Device) -> Path:
         p = Path(device.profile)
@@ -321,11 +379,7 @@ Loc = tuple[str | int, ...]
 
 def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     """(YAML path, message) for every relation between sections that does not hold."""
-    errors: list[tuple[Loc, str]] = []
-    roles = [d.role for d in cfg.devices.values()]
-    for role in ("bms", "pcs"):
-        if roles.count(role) != 1:
-            errors.append((("devices",), f"need exactly one device with role {role!r} (found {roles.count(role)})"))
+    errors = _unit_errors(cfg)
     period, stale = cfg.cycle.period_s, cfg.limits.stale_after_s
     if stale <= period:
         errors.append((("limits", "stale_after_s"), f"must be > cycle.period_s (got {stale:g} <= {period:g})"))
@@ -348,6 +402,102 @@ def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     sim = cfg.simulator
     errors += _port_clashes("simulator.", {f: getattr(sim, f) for f in
                                            ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")})
+    return errors
+
+
+def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The plant's topology: units (or the one implicit unit), the devices in each, the meter, the same
+    device configured twice, ratings and capacities against the site's limits and battery."""
+    errors: list[tuple[Loc, str]] = []
+    meters = [n for n, d in cfg.devices.items() if d.role == "meter"]
+    if len(meters) > 1:
+        errors.append((("devices", meters[1], "role"),
+                       f"at most one device with role 'meter' (the POI's); devices.{meters[0]} is one"))
+    for n in meters:
+        if cfg.devices[n].unit is not None:
+            errors.append((("devices", n, "unit"), "a meter measures the plant at the POI: it belongs to no unit"))
+    members = {n: d for n, d in cfg.devices.items() if d.role != "meter"}
+    with_unit = [n for n, d in members.items() if d.unit is not None]
+    without = [n for n, d in members.items() if d.unit is None]
+    if with_unit and without:
+        errors += [(("devices", n), f"names no unit, while devices.{with_unit[0]} does: every bms and pcs names "
+                                    "its unit, or none does (one unit)") for n in without]
+        return errors + _same_device_errors(cfg)
+    if not with_unit:
+        roles = [d.role for d in members.values()]
+        for role in ("bms", "pcs"):
+            if roles.count(role) != 1:
+                errors.append((("devices",), f"need exactly one device with role {role!r} (found {roles.count(role)})"
+                                             + (", or units: with devices naming their unit" if roles.count(role) > 1
+                                                else "")))
+        if cfg.units:
+            errors.append((("units",), "no bms or pcs names a unit (say devices.<name>.unit on each, or leave "
+                                       "units: out for a plant of one unit)"))
+        return errors + _same_device_errors(cfg)
+    for n in with_unit:
+        if cfg.devices[n].unit not in cfg.units:
+            errors.append((("devices", n, "unit"), f"unit {cfg.devices[n].unit!r} is not in units: "
+                                                   f"({', '.join(cfg.units) or 'none'})"))
+    for unit in cfg.units:
+        mine = {role: [n for n, d in members.items() if d.unit == unit and d.role == role] for role in ("pcs", "bms")}
+        if not mine["pcs"] and not mine["bms"]:
+            errors.append((("units", unit), "no device names this unit (devices.<name>.unit)"))
+            continue
+        for role, names in mine.items():
+            what = "a PCS" if role == "pcs" else "a BMS"
+            if not names:
+                errors.append((("units", unit), f"no device with role {role} names this unit: a unit is one PCS and "
+                                                "the BMS of its battery"))
+            elif len(names) > 1:
+                errors.append((("devices", names[1], "unit"), f"unit {unit!r} has {what} already "
+                                                            f"(devices.{names[0]}): a unit is one PCS and one BMS"))
+    for unit in cfg.simulator.units:
+        if unit not in cfg.units:
+            errors.append((("simulator", "units", unit), f"not in units: ({', '.join(cfg.units)})"))
+    errors += _port_clashes("", _simulator_listeners(cfg))
+    lim, units = cfg.limits, cfg.units.values()
+    total_mw = sum(u.rated_mw for u in units)
+    for key in ("p_discharge_max_mw", "p_charge_max_mw"):
+        if cfg.units and total_mw < getattr(lim, key):
+            errors.append((("units",), f"the units' ratings add up to {total_mw:g} MW, below limits.{key} "
+                                       f"({getattr(lim, key):g} MW): the plant cannot deliver its own limit"))
+    total_mwh = sum(u.capacity_mwh for u in units)
+    if cfg.units and abs(total_mwh - cfg.battery.capacity_mwh) > 1e-6 * max(1.0, total_mwh):
+        errors.append((("battery", "capacity_mwh"), f"must be the units' total capacity {total_mwh:g} MWh "
+                                                    f"(got {cfg.battery.capacity_mwh:g})"))
+    return errors + _same_device_errors(cfg)
+
+
+def _simulator_listeners(cfg: SiteConfig) -> dict[str, int | None]:
+    """YAML path -> port of every server `bess-edge simulate` opens for a multi-unit plant: each device's
+    host:port once (devices behind one gateway share it), the units' extra faces, the control app."""
+    out: dict[str, int | None] = {}
+    seen: set[tuple[str, int]] = set()
+    for n, d in cfg.devices.items():
+        if (d.host, d.port) not in seen:
+            seen.add((d.host, d.port))
+            out[f"devices.{n}.port"] = d.port
+    for unit, u in cfg.simulator.units.items():
+        out[f"simulator.units.{unit}.bms_modbus_port"] = u.bms_modbus_port
+        out[f"simulator.units.{unit}.bms_opcua_port"] = u.bms_opcua_port
+    out["simulator.control_port"] = cfg.simulator.control_port
+    return out
+
+
+def _same_device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """One device configured twice (the same host, port, unit id and profile), e.g. a PCS in two units. Devices
+    behind one gateway share host:port but have their own unit ids; that is fine."""
+    seen: dict[tuple, str] = {}
+    errors: list[tuple[Loc, str]] = []
+    for n, d in cfg.devices.items():
+        key = (d.protocol == "opcua", d.host, d.port, d.unit_id if d.protocol != "opcua" else d.endpoint_path,
+               d.profile)
+        if key in seen:
+            where = f"{d.host}:{d.port}" + (f" unit id {d.unit_id}" if d.protocol != "opcua" else "")
+            errors.append((("devices", n), f"the same device as devices.{seen[key]} ({where}, same profile): "
+                                           "one device cannot be in two places (say its unit_id behind a gateway)"))
+        else:
+            seen[key] = n
     return errors
 
 

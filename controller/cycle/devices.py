@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from controller.clock import Clock
-from controller.config import Device, SiteConfig
+from controller.config import ConfigError, Device, SiteConfig
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from drivers.base import DeviceDriver, Reading
 from drivers.errors import DeviceError, DeviceTimeout, Disconnected
@@ -161,6 +161,9 @@ class DeviceSet:
     """All device links of the site; builds the frozen snapshot of a cycle."""
 
     def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, DeviceDriver] | None = None):
+        if len(config.unit_plan()) > 1:   # the one guard until the cycle dispatches per unit (issue 13)
+            raise ConfigError("devices", ["units: multi-unit plants: not yet supported by the cycle "
+                                          "(check-config accepts the file; bess-edge simulate serves it)"])
         self.config = config
         self.clock = clock
         self.links: dict[str, DeviceLink] = {}
