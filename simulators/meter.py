@@ -130,7 +130,7 @@ class Meter:
         self._sign = power.sign if power is not None else -1    # registers: + import unless the profile says
         if self._sunspec:
             self._init_sunspec()
-        self.publish()
+        self.step(0.0)
 
     def _init_sunspec(self) -> None:
         p = self.p

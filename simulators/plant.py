@@ -33,7 +33,8 @@ class Plant:
                  initial_soc_pct: float = 50.0, initial_temperature_c: float | None = None,
                  host: str = "127.0.0.1", bms_modbus_port: int | None = 0, pcs_modbus_port: int | None = 0,
                  bms_opcua_port: int | None = None, control_port: int | None = None, unit_id: int = 1,
-                 bms_profile: Profile | None = None, pcs_profile: Profile | None = None, tick_s: float = 0.05):
+                 bms_profile: Profile | None = None, pcs_profile: Profile | None = None, tick_s: float = 0.05,
+                 bms_unit_id: int | None = None, pcs_unit_id: int | None = None, name: str = ""):
         self.clock = clock or Clock()
         self.host = host
         self.tick_s = tick_s
@@ -41,11 +42,13 @@ class Plant:
         self.faults: dict[str, Faults] = {face: Faults() for face in FACES}
         self.bms_profile = bms_profile or load_profile(PROFILES / "generic-bms.yaml")
         self.pcs_profile = pcs_profile or load_profile(PROFILES / "sunspec-pcs.yaml")
-        self.bms = ModbusSimServer.from_profile(self.bms_profile, unit_id=unit_id, host=host,
+        lead = f"{name}." if name else ""    # a unit of a multi-unit plant: its faces are named u2.bms ...
+        self.bms = ModbusSimServer.from_profile(self.bms_profile, unit_id=bms_unit_id or unit_id, host=host,
                                                 port=bms_modbus_port or 0, faults=self.faults["bms_modbus"],
-                                                name="bms")
-        self.pcs_server = ModbusSimServer.from_profile(self.pcs_profile, unit_id=unit_id, host=host,
-                                                       port=pcs_modbus_port or 0, faults=self.faults["pcs"], name="pcs")
+                                                name=f"{lead}bms")
+        self.pcs_server = ModbusSimServer.from_profile(self.pcs_profile, unit_id=pcs_unit_id or unit_id, host=host,
+                                                       port=pcs_modbus_port or 0, faults=self.faults["pcs"],
+                                                       name=f"{lead}pcs")
         self.pcs = Pcs(self.model, self.pcs_server, pcs, self.clock)
         self._ports_wanted = {"bms_modbus": bms_modbus_port, "pcs": pcs_modbus_port, "bms_opcua": bms_opcua_port,
                               "control": control_port}
@@ -222,17 +225,26 @@ def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":
 
 
 async def main_simulate(config: SiteConfig) -> None:
-    """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation."""
+    """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation. A plant
+    of several units or with a POI meter is simulators.site.SitePlant; a one-unit file without one, this Plant."""
+    from simulators.site import SitePlant, needs_site_plant
     from web.server import stop_signals
 
-    plant = Plant.from_config(config)
+    sim = config.simulator
+    site = needs_site_plant(config)
+    plant: Any = SitePlant(config, control_port=sim.control_port) if site else Plant.from_config(config)
     async with stop_signals() as stop, plant:
-        sim = config.simulator
-        print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
-              f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
+        if site:
+            for u in config.unit_plan():
+                print(f"plant simulator: unit {u.unit} {u.capacity_mwh:g} MWh / {u.rated_mw:g} MW", flush=True)
+        else:
+            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
+                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
         names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
-                 "control": "control HTTP"}
+                 "control": "control HTTP", "meter": "POI meter Modbus TCP"}
         for face, port in plant.ports.items():
-            print(f"  {names[face]:<26} {sim.host}:{port}", flush=True)
+            unit, _, kind = face.rpartition(".")
+            label = f"{unit} {names[kind]}" if unit else names[kind]
+            print(f"  {label:<29} {sim.host}:{port}", flush=True)
         await stop.wait()
         print("plant simulator: stopping", flush=True)
