@@ -71,7 +71,7 @@ def _config_or_exit(path: str):
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.plant import main_simulate
+    from simulators.site import main_simulate
 
     cfg = _config_or_exit(args.config)
     if args.time_scale:

@@ -1,5 +1,6 @@
 """The plant simulator: one battery model behind a BMS Modbus face, a PCS SunSpec face and a BMS OPC UA face,
-stepped by an injected (possibly sped-up) clock in one asyncio loop. `bess-edge simulate` runs it."""
+stepped by an injected (possibly sped-up) clock in one asyncio loop. `bess-edge simulate` runs it for a one-unit
+site file (simulators/site.py: main_simulate)."""
 
 from __future__ import annotations
 
@@ -222,29 +223,3 @@ def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":
 
     app = create_control_app(plant.model, plant.faults, plant.check_fault)
     return UvicornServer(app, host, port, name="simulator control", lifespan="off")
-
-
-async def main_simulate(config: SiteConfig) -> None:
-    """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation. A plant
-    of several units or with a POI meter is simulators.site.SitePlant; a one-unit file without one, this Plant."""
-    from simulators.site import SitePlant, needs_site_plant
-    from web.server import stop_signals
-
-    sim = config.simulator
-    site = needs_site_plant(config)
-    plant: Any = SitePlant(config, control_port=sim.control_port) if site else Plant.from_config(config)
-    async with stop_signals() as stop, plant:
-        if site:
-            for u in config.unit_plan():
-                print(f"plant simulator: unit {u.unit} {u.capacity_mwh:g} MWh / {u.rated_mw:g} MW", flush=True)
-        else:
-            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
-                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
-        names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
-                 "control": "control HTTP", "meter": "POI meter Modbus TCP"}
-        for face, port in plant.ports.items():
-            unit, _, kind = face.rpartition(".")
-            label = f"{unit} {names[kind]}" if unit else names[kind]
-            print(f"  {label:<29} {sim.host}:{port}", flush=True)
-        await stop.wait()
-        print("plant simulator: stopping", flush=True)

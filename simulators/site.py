@@ -1,8 +1,8 @@
 """The whole site's simulator for a plant of several units and/or a POI meter: every unit is a Plant (its own
 battery model, PCS, BMS faces; ratings, capacity, SoC and temperature may differ) on the ports its devices name in
 the site file, devices that share a host:port served as unit ids behind one gateway port, the POI meter
-(simulators/meter.py) measuring the units' sum, and one control app. `bess-edge simulate` runs it for such a file;
-a one-unit file without a meter keeps simulators.plant.Plant, unchanged.
+(simulators/meter.py) measuring the units' sum, and one control app. `bess-edge simulate` (main_simulate, here)
+runs it for such a file; a one-unit file without a meter keeps simulators.plant.Plant, unchanged.
 
 Face names (control API `POST /sim/faults/{face}`): `u2.bms_modbus`, `u2.pcs`, `u1.bms_opcua`, ... and `meter`;
 a one-unit file with a meter keeps `bms_modbus`, `pcs`, `bms_opcua` and adds `meter`.
@@ -224,3 +224,27 @@ def needs_site_plant(config: SiteConfig) -> bool:
     """Several units or a POI meter: more than simulators.plant.Plant serves."""
     return bool(config.units) or config.meter() is not None
 
+
+async def main_simulate(config: SiteConfig) -> None:
+    """`bess-edge simulate`: serve the plant on the config's ports until SIGINT/SIGTERM or cancellation. A plant
+    of several units or with a POI meter is a SitePlant; a one-unit file without one, simulators.plant.Plant."""
+    from web.server import stop_signals
+
+    sim = config.simulator
+    site = needs_site_plant(config)
+    plant: Any = SitePlant(config, control_port=sim.control_port) if site else Plant.from_config(config)
+    async with stop_signals() as stop, plant:
+        if site:
+            for u in config.unit_plan():
+                print(f"plant simulator: unit {u.unit} {u.capacity_mwh:g} MWh / {u.rated_mw:g} MW", flush=True)
+        else:
+            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
+                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
+        names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
+                 "control": "control HTTP", "meter": "POI meter Modbus TCP"}
+        for face, port in plant.ports.items():
+            unit, _, kind = face.rpartition(".")
+            label = f"{unit} {names[kind]}" if unit else names[kind]
+            print(f"  {label:<29} {sim.host}:{port}", flush=True)
+        await stop.wait()
+        print("plant simulator: stopping", flush=True)
