@@ -1,7 +1,8 @@
-"""`bess-edge probe` as a real process against real devices: the PCS simulator (SunSpec) and the OPC UA BMS
-simulator probed, their drafted profiles put in a site file that passes `check-config` and drives `bess-edge run`
-to good cycles (setpoints reach the PCS through the drafted map); a device with gaps and exception ranges scanned
-register by register; a gateway with one silent unit id scanned to the end, the silent one named."""
+"""`bess-edge probe` as a real process against real devices: the PCS simulator (SunSpec), the POI meter simulator
+(SunSpec 203) and the OPC UA BMS simulator probed, their drafted profiles put in a site file that passes
+`check-config` and drives `bess-edge run` to good cycles (setpoints reach the PCS and the meter is polled through the
+drafted maps); a device with gaps and exception ranges scanned register by register; a gateway with one silent unit
+id scanned to the end, the silent one named."""
 
 from __future__ import annotations
 
@@ -104,11 +105,41 @@ async def wait_online(web: httpx.AsyncClient, daemon: asyncio.subprocess.Process
     return status
 
 
-async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_plant, tmp_path):
+@asynccontextmanager
+async def poi_meter(plant) -> AsyncIterator[ModbusSimServer]:
+    """The SunSpec POI meter simulator (models 1 + 203) measuring the plant's PCS power, on a free port."""
+    server = ModbusSimServer.from_profile(load_profile(CONFIG / "profiles" / "sunspec-meter.yaml"), name="meter")
+    meter = Meter(server, [lambda: plant.model.power_mw], MeterParams(), GridFrequency(GridParams()))
+    meter.step(0.0)
+
+    async def follow() -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            meter.step(0.1)
+
+    await server.start()
+    task = asyncio.create_task(follow())
+    try:
+        yield server
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
+
+
+async def test_drafted_pcs_meter_and_opcua_bms_profiles_check_and_run_the_plant(make_plant, tmp_path):
     plant = await make_plant(opcua=True)
-    ports = plant.ports
+    async with poi_meter(plant) as meter:
+        await _round_trip(plant, meter, tmp_path)
+
+
+async def _round_trip(plant, meter: ModbusSimServer, tmp_path: Path) -> None:
+    ports, meter_port = plant.ports, meter.port
     profiles = tmp_path / "profiles"
     profiles.mkdir()
+    rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(meter_port),
+                                   "--out", str(profiles / "meter.yaml"))
+    assert rc == 0 and "role meter" in out and "all known" in out, out + err
     rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(ports["pcs"]), "--unit-id", "auto",
                                    "--out", str(profiles / "pcs.yaml"))
     assert rc == 0, out + err
@@ -129,6 +160,8 @@ async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_p
                 "profile": "profiles/bms.yaml", "timeout_s": 1.0},
         "pcs": {"role": "pcs", "protocol": "sunspec", "host": "127.0.0.1", "port": ports["pcs"], "unit_id": 1,
                 "profile": "profiles/pcs.yaml", "reversion_timeout_s": 7},
+        "poi": {"role": "meter", "protocol": "sunspec", "host": "127.0.0.1", "port": meter_port,
+                "profile": "profiles/meter.yaml"},
     }, web_port)
     rc, out, err = await bess_edge("check-config", str(site))
     assert rc == 0 and f"{site}: OK" in out, out + err
@@ -139,12 +172,14 @@ async def test_drafted_pcs_and_opcua_bms_profiles_check_and_run_the_plant(make_p
     doc = json.loads(out)
     assert "for device bms" in doc["security"] and doc["draft"]["lacking"] == {}, doc["security"]
 
+    meter_requests = meter.requests
     async with running_daemon(site, tmp_path) as daemon, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web:
         status = await wait_online(web, daemon)
         assert status["soc_pct"] == pytest.approx(plant.model.soc_pct, abs=1.0)
         assert plant.pcs_server.get("704.WSetRvrtTms") == 7, "reversion armed through the drafted profile"
         assert plant.opcua.heartbeat is not None, "heartbeat written through the drafted OPC UA profile"
+        assert meter.requests > meter_requests, "the daemon polls the POI meter through its drafted profile"
         r = await web.post("/api/mode", json={"mode": "manual", "setpoint_mw": 2.0})
         assert r.status_code == 200, r.text
         await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000, 15,
