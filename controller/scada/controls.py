@@ -84,7 +84,7 @@ class PendingControls:
             self.expires_s = new["manual_expires_s"]
         if "manual_setpoint_mw" in new:
             self.setpoint_mw = new["manual_setpoint_mw"]
-            if c.mode.mode == "manual" and "mode" not in new:  # renew
+            if c.faces.latest().manual and "mode" not in new:  # renew
                 c.set_mode("manual", self.setpoint_mw, self.expires_s, source=self.source)
         if "mode" in new:
             mode = MODE_NAMES.get(int(new["mode"]))

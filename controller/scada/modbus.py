@@ -136,9 +136,9 @@ class ScadaModbusServer:
         return ExcCodes.ILLEGAL_ADDRESS  # coils / discrete inputs: none exist
 
     def _fill_controls(self, registers: list[int], start: int) -> None:
-        c = self.controller
-        current = {"mode": MODE_CODES[c.mode.mode],
-                   "manual_setpoint_mw": c.mode.manual_setpoint_mw if c.mode.mode == "manual" else self.pending.setpoint_mw,
+        state = self.controller.faces.latest()
+        current = {"mode": MODE_CODES[state.mode],
+                   "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else self.pending.setpoint_mw,
                    "manual_expires_s": self.pending.expires_s}
         for p in CONTROL:
             registers[p.address - start:p.address - start + p.words] = p.to_registers(current[p.name])
