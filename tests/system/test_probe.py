@@ -1,8 +1,9 @@
 """`bess-edge probe` as a real process against real devices: the PCS simulator (SunSpec), the POI meter simulator
 (SunSpec 203) and the OPC UA BMS simulator probed, their drafted profiles put in a site file that passes
 `check-config` and drives `bess-edge run` to good cycles (setpoints reach the PCS and the meter is polled through the
-drafted maps); a device with gaps and exception ranges scanned register by register; a gateway with one silent unit
-id scanned to the end, the silent one named."""
+drafted maps); a device with gaps and exception ranges scanned register by register; gateways (a test fixture's,
+the simulators' serve_also, the N-unit site simulator's) with a silent unit id scanned to the end, the silent one
+named."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from controller.clock import Clock
+from controller.config import load_config
 from drivers.modbus import ModbusDriver
 from drivers.profile import load_profile
 from drivers.sunspec import SunSpecDriver
@@ -26,6 +28,7 @@ from simulators.battery import BatteryModel, BatteryParams
 from simulators.meter import GridFrequency, GridParams, Meter, MeterParams
 from simulators.modbus_server import ModbusSimServer
 from simulators.pcs import Pcs, PcsParams
+from simulators.site import SitePlant
 from tests.conftest import free_port
 from tests.fixtures.controller import wait_for
 from tests.fixtures.modbus_devices import GappyDevice, ModbusGateway
@@ -274,6 +277,38 @@ async def test_a_pcs_a_meter_and_a_silent_unit_behind_one_port(tmp_path):
             assert readings["drafted"][k] == readings["shipped"][k], k
     finally:
         await pcs.stop()
+
+
+async def test_the_site_simulators_gateway_two_pcs_the_meter_one_silent_one_absent(tmp_path):
+    """simulators/site.py from demo-two-unit.yaml with both PCS and the POI meter behind one gateway port (unit
+    ids 1, 2, 3): unit 2's PCS silenced through its faults, unit id 4 served by nobody (the gateway answers 0B)."""
+    raw = yaml.safe_load((CONFIG / "demo-two-unit.yaml").read_text())
+    devices, gateway = raw["devices"], free_port()
+    for dev in devices.values():
+        dev["profile"] = str(CONFIG / dev["profile"])
+        dev["port"] = free_port()
+    for name, unit_id in (("pcs1", 1), ("pcs2", 2), ("poi", 3)):
+        devices[name].update(port=gateway, unit_id=unit_id)
+    raw["simulator"]["units"]["u1"]["bms_modbus_port"] = free_port()
+    raw["simulator"]["control_port"] = None
+    (tmp_path / "site.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    site = SitePlant(load_config(tmp_path / "site.yaml"))
+    site.faults["u2.pcs"].silent = True
+    await site.start()
+    try:
+        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(gateway), "--unit-id", "1,2,3,4",
+                                       "--timeout-s", "0.3", "--json",
+                                       "--out", str(tmp_path / "dev.yaml"))
+    finally:
+        await site.stop()
+    assert rc == 0, out + err
+    units = {u["unit_id"]: u for u in json.loads(out)["units"]}
+    assert [units[u]["status"] for u in (1, 2, 3, 4)] == ["found", "no_answer", "found", "no_answer"], err
+    assert f"127.0.0.1:{gateway} unit id 2: no answer to read holding 40000+2 (2 tries, 0.3 s each" in err, err
+    assert f"127.0.0.1:{gateway} unit id 4: no answer to read holding 40000+2 (the gateway says exception 11" in err
+    assert units[1]["draft"]["role"] == "pcs" and units[3]["draft"]["role"] == "meter"
+    assert units[1]["read_back"]["unknown"] == {} and units[3]["read_back"]["unknown"] == {}
+    assert sorted(p.name for p in tmp_path.glob("dev-unit*.yaml")) == ["dev-unit1.yaml", "dev-unit3.yaml"]
 
 
 async def test_exit_codes_and_errors_name_where(tmp_path):
