@@ -218,6 +218,21 @@ def _split(plant_mw: float, plant: PlantView, live: Sequence[UnitView]) -> list[
     return out
 
 
+def _no_excess(setpoints: list[float], plant_mw: float) -> list[float]:
+    """The unit setpoints with their sum never beyond plant_mw: the split's rounding can put the sum an ulp or
+    two over it (and so over the POI range). The excess comes off the largest unit: a smaller |P| the same
+    way passes every unit limit (decreases are never ramped)."""
+    out = list(setpoints)
+    for _ in range(8):  # one pass is the rule; each further one takes at least an ulp of the largest
+        excess = abs(sum(out)) - abs(plant_mw)
+        if excess <= 0.0 or not out:
+            break
+        i = max(range(len(out)), key=lambda k: abs(out[k]))
+        less = max(abs(out[i]) - max(excess, math.ulp(out[i])), 0.0)
+        out[i] = math.copysign(less, out[i]) + 0.0
+    return out
+
+
 def _all_out(target: float, plant: PlantView, units: Sequence[UnitView], binding: str | None,
              reasons: tuple[str, ...]) -> Allocation:
     """The plant's safe state: every unit at 0 MW at once. `binding` None: every unit is out of service, and
@@ -303,12 +318,13 @@ def allocate(target_mw: float, plant: PlantView, units: Sequence[UnitView]) -> A
     plant_mw = min(max(plant_d.setpoint_mw, poi_lower), poi_upper) + 0.0
     poi_bound = plant_mw != plant_d.setpoint_mw
     split = _split(plant_mw, plant, live)
+    setpoints = iter(_no_excess([d.setpoint_mw for d, _ in split], plant_mw))
     decisions = iter(split)
     shares: list[UnitShare] = []
     for u, ok in zip(units, in_service):
         if ok:
             d, _ = next(decisions)
-            shares.append(UnitShare(u.name, d.setpoint_mw, d.binding, True, d.reasons, d.lower_mw, d.upper_mw))
+            shares.append(UnitShare(u.name, next(setpoints), d.binding, True, d.reasons, d.lower_mw, d.upper_mw))
         else:
             shares.append(_out_of_service(u, plant))
     total = sum(s.setpoint_mw for s in shares) + 0.0
