@@ -307,9 +307,10 @@ def allocate(target_mw: float, plant: PlantView, units: Sequence[UnitView]) -> A
     poi_safe = plant.poi is not None and plant.poi.safe
     poi_lower, poi_upper = _poi_bounds(plant.poi)
     direction = 1.0 if target > 0 else -1.0 if target < 0 else 0.0
+    previous = sum(_known(u.previous_mw) or 0.0 for u in units)  # the plant's last setpoint, for its ramp
     plant_d = limit(target, _plant_totals(plant, live, direction, poi_safe),
-                    _plant_limits(plant.limits, plant.poi, poi_lower, poi_upper), sum(_known(u.previous_mw) or 0.0 for u in units),
-                    plant.dt_s, plant.mode, plant.max_dt_s)
+                    _plant_limits(plant.limits, plant.poi, poi_lower, poi_upper), previous, plant.dt_s, plant.mode,
+                    plant.max_dt_s)
     if plant_d.binding in SAFE_STATES:
         return _all_out(target, plant, units, plant_d.binding, plant_d.reasons + notes)
     if not live:

@@ -1,5 +1,6 @@
 """The POI closed loop: the range of plant setpoints that keeps the *measured* export/import at the point of
-interconnection within the grid limit, from the meter's reading and a bounded trim carried from cycle to cycle.
+interconnection within the grid limit, from the meter's reading and two bounded trims (one per direction) carried
+from cycle to cycle.
 
 Pure like `limit()`: values in, values out; the time and the trim's state are passed in and handed back.
 """
@@ -19,9 +20,9 @@ class PoiConfig:
     export_limit_mw: float
     import_limit_mw: float
     gain_per_s: float = 0.5          # share of the error the trim takes per second (integral gain)
-    max_step_mw: float = 0.25        # most the trim moves in one update
-    max_trim_mw: float = 1.0         # most the trim ever is, either way (anti-windup)
-    settle_margin_mw: float = 0.05   # the loop aims this far inside the limit, so it settles within it
+    max_step_mw: float = 0.25        # most a trim moves in one update
+    max_trim_mw: float = 1.0         # most a trim ever is, either way (anti-windup)
+    settle_margin_mw: float = 0.05   # the range is this far inside the limit, so the loop settles within it
     fallback_margin_mw: float = 0.5  # meter lost: the limit less this applies to the plant setpoint (open loop)
     stale_after_s: float = 3.0       # a reading older than this is a lost meter
     required: bool = False           # meter lost -> the plant's safe state instead of the fallback
@@ -47,9 +48,10 @@ class PoiReading:
 
 @dataclass(frozen=True, slots=True)
 class TrimState:
-    """Carried from one cycle to the next: the trim, the range given last cycle, the reading last integrated."""
+    """Carried from one cycle to the next: the trims, the range given last cycle, the reading last integrated."""
 
-    trim_mw: float = 0.0
+    export_trim_mw: float = 0.0
+    import_trim_mw: float = 0.0
     lower_mw: float | None = None
     upper_mw: float | None = None
     reading_ts: float | None = None
@@ -61,7 +63,8 @@ class PoiRange:
 
     lower_mw: float
     upper_mw: float
-    trim_mw: float
+    export_trim_mw: float
+    import_trim_mw: float
     measured_mw: float | None  # the reading used; None when the meter is lost
     fallback: bool             # meter lost: open-loop limits with the margin; the caller raises an alarm
     safe: bool                 # meter lost and required: the plant goes to its safe state
@@ -89,22 +92,34 @@ def _lost(reading: PoiReading, cfg: PoiConfig, now: float) -> str | None:
     return None
 
 
-def _side(measured: float, setpoint: float | None, state: TrimState, cfg: PoiConfig) -> int:
-    """Which limit the loop works on: +1 export, -1 import, 0 neither (the trim holds).
+def _level(measured: float, setpoint: float | None, plant_mw: float | None) -> float:
+    """The POI power the loop acts on: what the meter will read once the plant is at its setpoint (measured +
+    setpoint - the plant's own measured power), so that a plant still ramping toward the range is not taken
+    for an offset (that winds the trim up and overshoots the limit once the plant arrives). Without the plant's
+    power, the measurement itself."""
+    if setpoint is None or plant_mw is None:
+        return measured
+    return measured + (setpoint - plant_mw)
 
-    Measured power beyond the goal (the limit less the margin) tightens at once. Power inside it loosens only
-    when the plant sat on the range last cycle, i.e. it asked for more than the range gave: otherwise the trim
-    would wind up while the plant is elsewhere and let the next step overshoot.
+
+def _side(level: float, setpoint: float | None, state: TrimState, cfg: PoiConfig, may_loosen: bool) -> int:
+    """Which trim moves: +1 export, -1 import, 0 neither (both hold).
+
+    A level beyond the range's goal (the limit less the margin) tightens that way at once. A level inside it
+    loosens only when the plant sat on the range last cycle, i.e. it asked for more than the range gave
+    (otherwise the trim would wind up while the plant is elsewhere), and only when the level is a prediction
+    from the plant's own power: on the meter alone the trims only ever tighten.
     """
-    if measured > cfg.export_limit_mw - cfg.settle_margin_mw:
+    if level > cfg.export_limit_mw - cfg.settle_margin_mw:
         return 1
-    if measured < -cfg.import_limit_mw + cfg.settle_margin_mw:
+    if level < -cfg.import_limit_mw + cfg.settle_margin_mw:
         return -1
-    if setpoint is None:
+    if setpoint is None or not may_loosen:
         return 0
-    if state.upper_mw is not None and state.upper_mw > 0 and setpoint >= state.upper_mw - 1e-9 * (1 + state.upper_mw):
+    upper, lower = state.upper_mw, state.lower_mw
+    if upper is not None and upper > 0 and setpoint >= upper - 1e-9 * (1 + upper):
         return 1
-    if state.lower_mw is not None and state.lower_mw < 0 and setpoint <= state.lower_mw + 1e-9 * (1 - state.lower_mw):
+    if lower is not None and lower < 0 and setpoint <= lower + 1e-9 * (1 - lower):
         return -1
     return 0
 
@@ -117,42 +132,57 @@ def _elapsed(reading_ts: float, state: TrimState, dt_s: float, cfg: PoiConfig) -
     return min(dt, cfg.max_dt_s) if math.isfinite(dt) and dt > 0 else 0.0
 
 
-def _contain_zero(lower: float, upper: float) -> tuple[float, float]:
+def _range(cfg: PoiConfig, export_trim: float, import_trim: float) -> tuple[float, float]:
     # the loop narrows the range, it never forces power: a site load behind the POI is not the battery's to serve
-    return min(lower, 0.0), max(upper, 0.0)
+    return (min(-cfg.import_limit_mw + cfg.settle_margin_mw + import_trim, 0.0),
+            max(cfg.export_limit_mw - cfg.settle_margin_mw + export_trim, 0.0))
+
+
+def _fallback(why: str, state: TrimState, cfg: PoiConfig, trims: tuple[float, float]) -> PoiRange:
+    """Meter lost: open loop on the plant setpoint, the limits less the margin; the trims held for its return."""
+    m = cfg.fallback_margin_mw
+    lower, upper = min(-(cfg.import_limit_mw - m), 0.0), max(cfg.export_limit_mw - m, 0.0)
+    then = "safe state (meter required)" if cfg.required else f"open loop, limits less {m:g} MW"
+    return PoiRange(lower, upper, *trims, None, True, cfg.required, f"{why}: {then}",
+                    TrimState(*trims, lower, upper, state.reading_ts))
 
 
 def poi_range(reading: PoiReading, state: TrimState, cfg: PoiConfig, setpoint_mw: float | None, now: float,
-              dt_s: float) -> PoiRange:
+              dt_s: float, plant_mw: float | None = None) -> PoiRange:
     """The plant setpoint's range for this cycle.
 
-    `setpoint_mw` is the plant setpoint of the last cycle (the one this reading answers). The trim estimates
-    what lies between the plant's setpoint and the POI (aux loads, losses, other generation behind the meter):
-    range = [-import + trim, export + trim]. Each new reading moves it by gain * dt * (goal - measured), at
-    most max_step_mw per update and max_trim_mw in all. A stale, unknown or old reading is a lost meter:
-    open-loop [-(import - margin), export - margin], the trim held for when the meter returns, `fallback` set;
-    if the meter is required, `safe` set too.
+    `setpoint_mw` is the plant setpoint of the last cycle (the one this reading answers); `plant_mw` the plant's
+    own measured AC power then (the units' PCS readings summed; None when one is unknown). Each trim estimates
+    what lies between the plant and the POI that way (aux loads, losses, generation behind the meter; losses
+    differ by direction, and one direction's correction must not loosen the other): range =
+    [-import + margin + import_trim, export - margin + export_trim]. Each new reading moves the trim of the side
+    in play (see _side) by gain * dt * (goal - level), at most max_step_mw per update and max_trim_mw in all.
+    A stale, unknown or old reading is a lost meter: open loop [-(import - fallback margin), export - fallback
+    margin], `fallback` set; if the meter is required, `safe` set too.
     """
-    trim = _clamp(_finite(state.trim_mw) or 0.0, cfg.max_trim_mw)
+    export_trim = _clamp(_finite(state.export_trim_mw) or 0.0, cfg.max_trim_mw)
+    import_trim = _clamp(_finite(state.import_trim_mw) or 0.0, cfg.max_trim_mw)
     why = _lost(reading, cfg, now)
     if why is not None:
-        m = cfg.fallback_margin_mw
-        lower, upper = _contain_zero(-(cfg.import_limit_mw - m), cfg.export_limit_mw - m)
-        then = "safe state (meter required)" if cfg.required else f"open loop, limits less {m:g} MW"
-        return PoiRange(lower, upper, trim, None, True, cfg.required, f"{why}: {then}",
-                        TrimState(trim, lower, upper, state.reading_ts))
+        return _fallback(why, state, cfg, (export_trim, import_trim))
 
     measured = float(reading.power_mw)  # type: ignore[arg-type]  # _lost() checked it is finite
     ts = float(reading.ts)  # type: ignore[arg-type]
     last = _finite(state.reading_ts)
-    side = _side(measured, _finite(setpoint_mw), state, cfg) if last is None or ts > last else 0
-    reason = f"POI measured {measured:g} MW, trim held at {trim:g} MW"
+    new = last is None or ts > last
+    setpoint, plant = _finite(setpoint_mw), _finite(plant_mw)
+    level = _level(measured, setpoint, plant)
+    side = _side(level, setpoint, state, cfg, plant is not None) if new else 0
+    reason = f"POI measured {measured:g} MW, trims held"
     if side:
         goal = cfg.export_limit_mw - cfg.settle_margin_mw if side > 0 else -cfg.import_limit_mw + cfg.settle_margin_mw
-        step = _clamp(cfg.gain_per_s * _elapsed(ts, state, dt_s, cfg) * (goal - measured), cfg.max_step_mw)
-        trim = _clamp(trim + step, cfg.max_trim_mw)
-        reason = f"POI measured {measured:g} MW against {'export' if side > 0 else 'import'} goal {goal:g} MW: " \
-                 f"trim {trim:g} MW"
-    lower, upper = _contain_zero(-cfg.import_limit_mw + trim, cfg.export_limit_mw + trim)
-    return PoiRange(lower, upper, trim, measured, False, False, reason,
-                    TrimState(trim, lower, upper, ts if last is None or ts > last else last))
+        step = _clamp(cfg.gain_per_s * _elapsed(ts, state, dt_s, cfg) * (goal - level), cfg.max_step_mw)
+        if side > 0:
+            export_trim = _clamp(export_trim + step, cfg.max_trim_mw)
+        else:
+            import_trim = _clamp(import_trim + step, cfg.max_trim_mw)
+        reason = f"POI measured {measured:g} MW (at the plant's setpoint {level:g} MW) against the " \
+                 f"{'export' if side > 0 else 'import'} goal {goal:g} MW: trim {step:+.3g} MW"
+    lower, upper = _range(cfg, export_trim, import_trim)
+    return PoiRange(lower, upper, export_trim, import_trim, measured, False, False, reason,
+                    TrimState(export_trim, import_trim, lower, upper, ts if new else last))

@@ -12,12 +12,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.config import Limits
-from controller.cycle.allocation import (SITE_BINDINGS, Allocation, PlantView, UnitView, allocate, unit_limits)
+from controller.cycle.allocation import SITE_BINDINGS, Allocation, PlantView, UnitView, allocate, unit_limits
 from controller.cycle.limits import limit
 from controller.cycle.poi import PoiRange, TrimState
 from controller.cycle.snapshot import Snapshot
-from tests.unit.test_limits import (_DT, _FRACTION, _MAX_DT, _TARGET_ANY, _TARGET_SPECIAL, _bounds, _Decoder,
-                                    _reading, decode_limits, scenarios)
+from tests.unit.test_limits import (
+    _DT,
+    _FRACTION,
+    _MAX_DT,
+    _TARGET_ANY,
+    _TARGET_SPECIAL,
+    _bounds,
+    _Decoder,
+    _reading,
+    decode_limits,
+    scenarios,
+)
 
 # a 2 x 5 MW / 10 MWh plant; the ramp wide open unless a case is about it
 PLANT = dict(p_charge_max_mw=10, p_discharge_max_mw=10, soc_min_pct=10, soc_max_pct=90, soc_taper_band_pct=5,
@@ -27,7 +37,7 @@ UNIT_SNAP = dict(ts=0.0, soc_pct=50.0, power_mw=0.0, temperature_max_c=25.0, tem
 
 
 def poi(lower: float, upper: float, safe: bool = False) -> PoiRange:
-    return PoiRange(lower, upper, 0.0, None if safe else 0.0, safe, safe, "test range", TrimState())
+    return PoiRange(lower, upper, 0.0, 0.0, None if safe else 0.0, safe, safe, "test range", TrimState())
 
 
 @dataclass
@@ -191,7 +201,7 @@ def _poi(dec: _Decoder, scale: float) -> PoiRange | None:
     lower, upper = -dec.span(0, 1.2) * scale, dec.span(0, 1.2) * scale
     if kind == 6:
         lower, upper = (math.nan, upper) if dec.byte() % 2 else (lower, math.inf)
-    return PoiRange(lower, upper, 0.0, 0.0, kind == 7, kind == 7, "drawn", TrimState())
+    return PoiRange(lower, upper, 0.0, 0.0, 0.0, kind == 7, kind == 7, "drawn", TrimState())
 
 
 @st.composite
