@@ -1,6 +1,12 @@
 """Profile-driven Modbus TCP client: plans a profile's reads into as few requests as possible, decodes them
 into canonical readings, writes with read-back verification, and maps every failure to a typed error.
 
+Devices behind one gateway (one host:port, each its own unit id) share one connection from a ModbusPool: their
+requests take turns on it, and waiting for the turn does not count against a device's timeout. A device that
+does not answer (a silent unit id) costs the others nothing but its turn: its late answer, should it come, is
+skipped by transaction id, so the shared connection is kept; it is dropped only when no device on it has
+answered for two rounds of requests (a dead gateway), or when the link itself fails.
+
 A register that holds a marker value, a non-finite float or a value outside the point's plausible range
 reads as unknown (value None, with the raw registers and the reason), never as a number to act on.
 """
@@ -100,23 +106,106 @@ def _hex(raw: int, words: int) -> str:
     return f"0x{raw:0{4 * words}X}"
 
 
+class ModbusConnection:
+    """One Modbus TCP connection to host:port, for one device or shared by the devices behind a gateway."""
+
+    def __init__(self, host: str, port: int, backoff_max_s: float = 10.0):
+        self.host = host
+        self.port = port
+        self.client: AsyncModbusTcpClient | None = None
+        self.connect_lock = asyncio.Lock()
+        self.turn = asyncio.Lock()          # one request on the wire at a time
+        # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
+        self.backoff = Backoff(backoff_max_s)
+        self.users: set[str] = set()
+        self.timeouts_in_row = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.client is not None and self.client.connected
+
+    @property
+    def shared(self) -> bool:
+        """More than one device on it: a lone device's connection behaves as it always did."""
+        return len(self.users) > 1
+
+    def library_timeout_s(self, timeout_s: float) -> float:
+        # Shared: pymodbus's own timeout must never fire before ours (it counts no-answers and closes the
+        # connection under the other devices); ours bounds every request.
+        return timeout_s + 1.0 if self.shared else timeout_s
+
+    def on_connect_change(self, connected: bool) -> None:
+        # pymodbus 3.16 leaves a request in flight waiting for its full timeout when the peer closes the
+        # connection; fail it now so a dropped connection reads as Disconnected, not as a timeout.
+        if connected or self.client is None:
+            return
+        fut = getattr(self.client.ctx, "response_future", None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError("connection closed by the device"))
+            # nobody may be waiting on it (no request in flight): mark the exception seen, or asyncio logs it
+            fut.add_done_callback(lambda f: f.exception())
+
+    def answered(self) -> None:
+        self.timeouts_in_row = 0
+        self.backoff.succeeded()
+
+    def timed_out(self) -> None:
+        """A request went unanswered. A lone device's connection starts afresh (a late answer would otherwise
+        be taken for the next one's); a shared one only when nobody on it answered for two rounds."""
+        self.timeouts_in_row += 1
+        if self.timeouts_in_row >= (2 * len(self.users) if self.shared else 1):
+            self.timeouts_in_row = 0
+            self.drop()
+
+    def drop(self) -> None:
+        if self.client is not None:
+            client, self.client = self.client, None
+            client.close()
+
+
+class ModbusPool:
+    """Modbus TCP connections by host:port, shared by the drivers given this pool (one per DeviceSet)."""
+
+    def __init__(self) -> None:
+        self._connections: dict[tuple[str, int], ModbusConnection] = {}
+
+    def connection(self, host: str, port: int, user: str, backoff_max_s: float = 10.0) -> ModbusConnection:
+        conn = self._connections.get((host, port))
+        if conn is None:
+            conn = self._connections[(host, port)] = ModbusConnection(host, port, backoff_max_s)
+        conn.users.add(user)
+        return conn
+
+    def release(self, conn: ModbusConnection, user: str) -> None:
+        """`user` is done with `conn`; the last one out closes it."""
+        conn.users.discard(user)
+        if not conn.users:
+            conn.drop()
+            if self._connections.get((conn.host, conn.port)) is conn:
+                del self._connections[(conn.host, conn.port)]
+
+    @property
+    def connections(self) -> list[ModbusConnection]:
+        return list(self._connections.values())
+
+
 class ModbusDriver:
     """A device read and written through its register-map profile over one Modbus TCP connection."""
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
                  timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
-                 max_gap: int = 8, rating_mw: float | None = None):
+                 max_gap: int = 8, rating_mw: float | None = None, pool: ModbusPool | None = None):
         self.name = name
         self.host = host
         self.port = port
         self.unit_id = unit_id
         self.timeout_s = timeout_s
         self.clock: TimeSource = clock or WallTime()
-        self.backoff = Backoff(backoff_max_s)
         self.stats = DriverStats()
-        self._client: AsyncModbusTcpClient | None = None
-        self._connect_lock = asyncio.Lock()
-        # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
+        # a pool shares one connection per host:port (a gateway); without one, the connection is this device's
+        self._pool = pool
+        self._backoff_max_s = backoff_max_s
+        self._conn = self._join()
         self.max_gap = max_gap
         # power points are plausible within +-1.5x this (the profile's own rating wins)
         self.rating_mw = rating_mw
@@ -148,26 +237,44 @@ class ModbusDriver:
     def plan(self) -> list[ReadRequest]:
         return list(self._plan)
 
+    def _join(self) -> ModbusConnection:
+        if self._pool is not None:
+            return self._pool.connection(self.host, self.port, self.name, self._backoff_max_s)
+        conn = ModbusConnection(self.host, self.port, self._backoff_max_s)
+        conn.users.add(self.name)
+        return conn
+
+    @property
+    def backoff(self) -> Backoff:
+        return self._conn.backoff
+
+    @property
+    def connection(self) -> ModbusConnection:
+        return self._conn
+
     @property
     def connected(self) -> bool:
-        return self._client is not None and self._client.connected
+        return self._conn.connected
 
     # -- connection ------------------------------------------------------------------------------------
 
     async def connect(self) -> None:
         """Open the connection unless it is open; while backing off after a failure, raise Disconnected."""
-        if self.connected:
+        if self.name not in self._conn.users:   # closed, and used again: back into the pool
+            self._conn = self._join()
+        conn = self._conn
+        if conn.connected:
             return
-        async with self._connect_lock:
-            if self.connected:
+        async with conn.connect_lock:
+            if conn.connected:
                 return
-            self.backoff.refuse_while_waiting(self.name, f"{self.host}:{self.port}")
-            self._drop_client()
+            conn.backoff.refuse_while_waiting(self.name, f"{self.host}:{self.port}")
+            conn.drop()
             self.stats.connect_attempts += 1
             client = AsyncModbusTcpClient(
-                self.host, port=self.port, timeout=self.timeout_s, retries=0,
+                self.host, port=self.port, timeout=conn.library_timeout_s(self.timeout_s), retries=0,
                 reconnect_delay=0,  # we reconnect ourselves, with backoff, on the next request
-                trace_connect=self._on_connect_change)
+                trace_connect=conn.on_connect_change)
             try:
                 ok = await asyncio.wait_for(client.connect(), self.timeout_s + 0.1)
             except (asyncio.TimeoutError, OSError) as e:
@@ -175,62 +282,53 @@ class ModbusDriver:
                 log.debug("connect %s:%s failed: %r", self.host, self.port, e)
             if not ok:
                 client.close()
-                self.backoff.failed()
+                conn.backoff.failed()
                 self.stats.failed("connect", "refused or unreachable")
                 log.warning("device %s: cannot connect to %s:%s; next attempt in %.1f s",
-                            self.name, self.host, self.port, self.backoff.delay_s)
+                            self.name, self.host, self.port, conn.backoff.delay_s)
                 raise Disconnected(self.name, f"cannot connect to {self.host}:{self.port}")
-            self._client = client
+            conn.client = client
             self.stats.connects += 1
 
-    def _on_connect_change(self, connected: bool) -> None:
-        # pymodbus 3.16 leaves a request in flight waiting for its full timeout when the peer closes the
-        # connection; fail it now so a dropped connection reads as Disconnected, not as a timeout.
-        if connected or self._client is None:
-            return
-        fut = getattr(self._client.ctx, "response_future", None)
-        if fut is not None and not fut.done():
-            fut.set_exception(ConnectionResetError("connection closed by the device"))
-            # nobody may be waiting on it (no request in flight): mark the exception seen, or asyncio logs it
-            fut.add_done_callback(lambda f: f.exception())
-
-    def _drop_client(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            client.close()
-
     async def close(self) -> None:
-        self._drop_client()
+        """Leave the connection (the last device on a shared one closes it); safe to call twice."""
+        if self._pool is not None:
+            self._pool.release(self._conn, self.name)
+        else:
+            self._conn.users.discard(self.name)
+            self._conn.drop()
 
     # -- requests --------------------------------------------------------------------------------------
 
     async def _call(self, what: str, method: str, *args, **kwargs):
-        """One request on the wire: typed errors, per-request timeout, stats."""
+        """One request on the wire: typed errors, per-request timeout (on a shared connection, the turn is
+        waited for first and does not count), stats."""
         await self.connect()
-        client = self._client
-        assert client is not None
-        t0 = time.perf_counter()
-        self.stats.requests += 1
-        try:
-            rr = await asyncio.wait_for(getattr(client, method)(*args, device_id=self.unit_id, **kwargs),
-                                        self.timeout_s)
-        except asyncio.TimeoutError:
-            # a late answer would otherwise arrive as the reply to our next request: start afresh
-            self.stats.failed(what, "timeout")
-            self._drop_client()
-            raise DeviceTimeout(self.name, f"{what}: no answer within {self.timeout_s} s") from None
-        except ModbusIOException as e:
-            self.stats.failed(what, "timeout")
-            self._drop_client()
-            raise DeviceTimeout(self.name, f"{what}: no answer ({e})") from None
-        except (ConnectionException, ConnectionError, OSError) as e:
-            # a device that accepts connections and drops them at once must not be hammered either
-            self.stats.failed(what, "disconnected")
-            self._drop_client()
-            self.backoff.failed()
-            raise Disconnected(self.name, f"{what}: connection lost ({e})") from None
-        self.stats.last_latency_s = time.perf_counter() - t0
-        self.backoff.succeeded()
+        conn = self._conn
+        async with conn.turn:
+            if not conn.connected:   # another device's request lost the link while we waited for our turn
+                await self.connect()
+            client = conn.client
+            assert client is not None
+            t0 = time.perf_counter()
+            self.stats.requests += 1
+            try:
+                rr = await asyncio.wait_for(getattr(client, method)(*args, device_id=self.unit_id, **kwargs),
+                                            self.timeout_s)
+            except (asyncio.TimeoutError, ModbusIOException) as e:
+                self.stats.failed(what, "timeout")
+                conn.timed_out()
+                detail = (f"no answer within {self.timeout_s} s" if isinstance(e, asyncio.TimeoutError)
+                          else f"no answer ({e})")
+                raise DeviceTimeout(self.name, f"{what}: {detail}") from None
+            except (ConnectionException, ConnectionError, OSError) as e:
+                # a device that accepts connections and drops them at once must not be hammered either
+                self.stats.failed(what, "disconnected")
+                conn.drop()
+                conn.backoff.failed()
+                raise Disconnected(self.name, f"{what}: connection lost ({e})") from None
+            self.stats.last_latency_s = time.perf_counter() - t0
+            conn.answered()
         if rr.isError():
             code = getattr(rr, "exception_code", 0)
             self.stats.failed(what, f"exception {code}")

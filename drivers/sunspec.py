@@ -17,7 +17,7 @@ import sunspec2
 
 from drivers.base import DriverStats, Reading, TimeSource
 from drivers.errors import DeviceError, ModbusError, ProfileError
-from drivers.modbus import MAX_REGISTERS, ModbusDriver
+from drivers.modbus import MAX_REGISTERS, ModbusDriver, ModbusPool
 from drivers.profile import Point, Profile
 
 log = logging.getLogger("bess.drivers.sunspec")
@@ -239,7 +239,8 @@ class SunSpecDriver:
 
     def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
                  timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
-                 base_addresses: tuple[int, ...] | None = None, rating_mw: float | None = None):
+                 base_addresses: tuple[int, ...] | None = None, rating_mw: float | None = None,
+                 pool: ModbusPool | None = None):
         self.name = name
         self.profile = profile
         if base_addresses is None:
@@ -252,7 +253,8 @@ class SunSpecDriver:
         # may span unused registers freely (max_gap = a whole request).
         empty = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", points={})
         self.modbus = ModbusDriver(name, empty, host, port, unit_id=unit_id, timeout_s=timeout_s, clock=clock,
-                                   backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS, rating_mw=rating_mw)
+                                   backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS, rating_mw=rating_mw,
+                                   pool=pool)
 
     @property
     def stats(self) -> DriverStats:

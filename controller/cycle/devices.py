@@ -29,18 +29,20 @@ ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 
 
-def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None) -> DeviceDriver:
-    """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible."""
+def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None,
+                pool: ModbusPool | None = None) -> DeviceDriver:
+    """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible. Modbus
+    devices given a `pool` share one connection per host:port (a gateway)."""
     if dev.protocol == "modbus":
         from drivers.modbus import ModbusDriver
 
         return ModbusDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
-                            clock=clock, rating_mw=rating_mw)
+                            clock=clock, rating_mw=rating_mw, pool=pool)
     if dev.protocol == "sunspec":
         from drivers.sunspec import SunSpecDriver
 
         return SunSpecDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
-                             clock=clock, rating_mw=rating_mw)
+                             clock=clock, rating_mw=rating_mw, pool=pool)
     if dev.protocol == "opcua":
         from drivers.opcua import OpcUaDriver
 
@@ -169,9 +171,10 @@ class DeviceSet:
         self.links: dict[str, DeviceLink] = {}
         # the site's largest power limit stands for the plant's rating (a profile may state its own)
         rating_mw = max(config.limits.p_charge_max_mw, config.limits.p_discharge_max_mw)
+        self.pool = ModbusPool()   # devices behind one gateway share its connection
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
-            driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw)
+            driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw, self.pool)
             self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
         self.bms = next(l for l in self.links.values() if l.role == "bms")
         self.pcs = next(l for l in self.links.values() if l.role == "pcs")
