@@ -19,6 +19,7 @@ from controller.config import ConfigError, Device, SiteConfig
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from drivers.base import DeviceDriver, Reading
 from drivers.errors import DeviceError, DeviceTimeout, Disconnected
+from drivers.modbus import ModbusPool
 from drivers.profile import Profile
 
 log = logging.getLogger("bess.devices")
