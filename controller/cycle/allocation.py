@@ -194,27 +194,37 @@ def _water_fill(amount: float, caps: list[float], weights: list[float]) -> tuple
 
 
 def _split(plant_mw: float, plant: PlantView, live: Sequence[UnitView]) -> list[tuple[Decision, bool]]:
-    """Each unit's decision for its share of plant_mw, and whether it is at its limit the plant's way."""
+    """Each unit's decision for its share of plant_mw, and whether it is at its limit the plant's way.
+
+    limit() gives each unit's reach that way this cycle (every limit of the unit and its ramp). A share within
+    the reach is a setpoint limit() passes unchanged (the limits only narrow a range that holds 0, and a smaller
+    |P| is never ramped), so it is taken as it is; a unit asked for its reach or more gets the reach, and the
+    reach's decision names what stops it. One limit() call per unit, so 64 units cost ~64 calls. The properties
+    check every unit's setpoint against its own limit().
+    """
     dt, mode, max_dt = plant.dt_s, plant.mode, plant.max_dt_s
     if plant_mw == 0.0 or not live:
         return [(limit(0.0, u.snapshot, u.limits, u.previous_mw, dt, mode, max_dt), False) for u in live]
     sign = 1.0 if plant_mw > 0 else -1.0
-    # the most each unit can give that way this cycle: its configured maximum that way, through all its limits
-    # and its ramp (every other bound is at most the configured maximum, so that target always reaches them)
-    probes = [limit(sign * (u.limits.p_discharge_max_mw if sign > 0 else u.limits.p_charge_max_mw), u.snapshot,
-                    u.limits, u.previous_mw, dt, mode, max_dt) for u in live]
-    caps = [max(sign * d.setpoint_mw, 0.0) for d in probes]
-    headroom = [max(d.upper_mw if sign > 0 else -d.lower_mw, 0.0) for d in probes]
+    # aimed at the unit's configured maximum that way: every other bound is at most that, so the aim reaches them
+    reach = [limit(sign * (u.limits.p_discharge_max_mw if sign > 0 else u.limits.p_charge_max_mw), u.snapshot,
+                   u.limits, u.previous_mw, dt, mode, max_dt) for u in live]
+    caps = [max(sign * d.setpoint_mw, 0.0) for d in reach]
+    headroom = [max(d.upper_mw if sign > 0 else -d.lower_mw, 0.0) for d in reach]
     factors = _balance_factors(live, sign, plant.balance_gain)
     shares, asks = _water_fill(abs(plant_mw), caps, [h * f for h, f in zip(headroom, factors)])
     out = []
-    for u, cap, share, ask in zip(live, caps, shares, asks):
-        saturated = share >= cap
-        if saturated:
-            # at its limit: asked at least a hair more than it can give, so that limit() names what stops it
-            # (the setpoint is the same: that limit's value, or the ramp's)
-            share = max(ask, math.nextafter(cap, math.inf))
-        out.append((limit(sign * share, u.snapshot, u.limits, u.previous_mw, dt, mode, max_dt), saturated))
+    for u, d, cap, share, ask in zip(live, reach, caps, shares, asks):
+        if share < cap:
+            p = sign * share + 0.0
+            out.append((Decision(p, p, "none", (), d.lower_mw, d.upper_mw), False))
+        elif d.binding != "none":
+            out.append((d, True))  # at its reach: the reach's decision names what stops it
+        else:
+            # at its configured maximum, which the reach was aimed at and so does not name: asked a hair more,
+            # limit() names it (the setpoint is the same)
+            ask = max(ask, math.nextafter(cap, math.inf))
+            out.append((limit(sign * ask, u.snapshot, u.limits, u.previous_mw, dt, mode, max_dt), True))
     return out
 
 
