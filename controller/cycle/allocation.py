@@ -166,7 +166,7 @@ def _balance_factors(units: Sequence[UnitView], direction: float, gain: float) -
     weights = [u.capacity_mwh if math.isfinite(u.capacity_mwh) and u.capacity_mwh > 0 else 0.0 for u in units]
     known = [(s, w) for s, w in zip(socs, weights) if s is not None]
     total = sum(w for _, w in known)
-    if not known or not math.isfinite(gain):
+    if not known or not math.isfinite(gain) or gain <= 0:  # a negative gain would push SoCs apart: none at all
         return [1.0] * len(units)
     mean = sum(s * w for s, w in known) / total if total > 0 else sum(s for s, _ in known) / len(known)
     return [1.0 if s is None else min(max(1.0 + direction * gain * (s - mean) / 100.0, FACTOR_MIN), FACTOR_MAX)
