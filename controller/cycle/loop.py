@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import sqlite3
 import time
 from collections import deque
@@ -25,7 +24,7 @@ from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
 from controller.cycle.jobs import Jobs
 from controller.cycle.limits import Decision, limit
-from controller.cycle.mode import MODES, ModeState
+from controller.cycle.mode import ModeState, expired, requested, restored
 from controller.cycle.phases import Event, Faces, Phase
 from controller.cycle.snapshot import Snapshot
 from controller.cycle.state import LinkFigures, PlantState, build, status
@@ -105,9 +104,7 @@ class Controller:
     def _restore(self) -> None:
         now = self.clock.now()
         load_stored(self.schedule, self.store.trades_for_schedule(now - PERIOD_S))
-        saved = self.store.get_state("mode")
-        if isinstance(saved, dict) and saved.get("mode") in MODES:
-            self.mode = ModeState(**{k: saved[k] for k in ("mode", "manual_setpoint_mw", "manual_expires_ts", "source") if k in saved})
+        self.mode = restored(self.store.get_state("mode")) or self.mode
         log.info("controller state restored", extra={"trades": len(self.schedule), "mode": self.mode.mode})
 
     # ---------------------------------------------------------------- entry points for the faces
@@ -163,19 +160,9 @@ class Controller:
     def set_mode(self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None,
                  source: str = "api") -> ModeState:
         """Switch mode. A manual setpoint still passes the limit function and expires unless renewed."""
-        if mode not in MODES:
-            raise ValueError(f"mode: must be one of {', '.join(MODES)} (got {mode!r})")
-        now = self.clock.now()
         before = (self.mode.mode, self.mode.manual_setpoint_mw)
-        if mode == "manual":
-            if setpoint_mw is None or not math.isfinite(setpoint_mw):
-                raise ValueError("setpoint_mw: a finite number is required in manual mode")
-            timeout = self.config.cycle.manual_timeout_s if expires_s is None else expires_s
-            if not 0 < timeout <= 86400:
-                raise ValueError(f"expires_s: must be > 0 and <= 86400 (got {timeout:g})")
-            self.mode = ModeState("manual", float(setpoint_mw), now + timeout, source)
-        else:
-            self.mode = ModeState(mode, 0.0, None, source)
+        self.mode = requested(mode, setpoint_mw, expires_s, source, self.clock.now(),
+                              self.config.cycle.manual_timeout_s)
         self.store.set_state("mode", dataclasses.asdict(self.mode))
         log.info("mode set", extra={"mode": mode, "setpoint_mw": setpoint_mw, "source": source})
         self._refresh_state()
@@ -195,7 +182,7 @@ class Controller:
         if m.mode == "stopped":
             return 0.0
         if m.mode == "manual":
-            if m.manual_expires_ts is not None and now >= m.manual_expires_ts:
+            if expired(m, now):
                 log.warning("manual setpoint expired: back to auto", extra={"setpoint_mw": m.manual_setpoint_mw})
                 self.store.audit("controller", "manual_expired", {"setpoint_mw": m.manual_setpoint_mw}, now)
                 self.set_mode("auto", source="expiry")

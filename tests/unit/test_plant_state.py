@@ -15,7 +15,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from controller.clock import iso
 from controller.cycle.alarms import CYCLE_FAILED, READBACK, SCHEDULE_INFEASIBLE, AlarmKey, Alarms
 from controller.cycle.limits import Decision
-from controller.cycle.loop import CycleStats, ModeState
+from controller.cycle.loop import CycleStats
+from controller.cycle.mode import ModeState
 from controller.cycle.snapshot import DeviceHealth, Snapshot
 from controller.cycle.state import LinkFigures, build, status, telemetry
 from controller.metrics import BINDINGS, MODES, Metrics
