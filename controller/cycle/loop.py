@@ -70,6 +70,7 @@ class Controller:
         self.store = store
         self.clock = clock or Clock()
         self.devices = devices or DeviceSet(config, self.clock)
+        self._unit = config.unit_plan()[0].unit   # a one-unit site's id in status' units
         pcs_cfg = self.devices.pcs.config
         self.dispatcher = Dispatcher(self.devices.pcs, self.devices.bms, pcs_cfg.reversion_timeout_s)
         self.notifier = notifier or Notifier()
@@ -245,7 +246,7 @@ class Controller:
         links = (LinkFigures(name, link.request_latency_s, link.errors_total)
                  for name, link in self.devices.links.items())
         state = build(self.snapshot, self.decision, self.mode, self.alarms, self.stats, links,
-                      self.devices.bms.name, self.devices.pcs.name, cycle_p99_s)
+                      self.devices.bms.name, self.devices.pcs.name, cycle_p99_s, self._unit)
         self.faces.update(state)
         return state
 

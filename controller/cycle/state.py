@@ -18,9 +18,10 @@ if TYPE_CHECKING:
     from controller.cycle.limits import Decision
     from controller.cycle.snapshot import DeviceHealth, Snapshot
 
-# the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection
+# the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection; units and poi are
+# issue 13's per-unit and POI figures
 TELEMETRY_FIELDS = ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode",
-                    "binding")
+                    "binding", "units", "poi")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,28 @@ class LinkFigures:
     name: str
     request_latency_s: float
     errors_total: int
+
+
+@dataclass(frozen=True, slots=True)
+class UnitState:
+    """One unit (a PCS and its battery's BMS) at the end of a cycle. None means unknown."""
+
+    unit: str
+    soc_pct: float | None = None
+    power_mw: float | None = None
+    setpoint_mw: float | None = None          # what this unit's PCS was told last
+    temperature_c: float | None = None        # the unit's highest cell temperature
+    available: bool = False                   # its devices answered in time and it is not in safe state
+    binding: str | None = None                # what bound this unit's share (None: nothing)
+
+
+@dataclass(frozen=True, slots=True)
+class PoiState:
+    """The point of interconnection as the POI meter measured it (export positive, like the plant's power)."""
+
+    power_mw: float | None = None
+    frequency_hz: float | None = None
+    ts: float | None = None                   # when the meter was last read (Unix s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +84,8 @@ class PlantState:
     overruns: int = 0
     last_duration_s: float = 0.0
     cycle_p99_s: float | None = None          # recomputed every 10th cycle only (None: unchanged)
+    units: tuple[UnitState, ...] = ()         # one entry for a one-unit site (its implicit unit's id)
+    poi: PoiState | None = None               # None without a POI meter
 
     @property
     def has_cycle(self) -> bool:
@@ -73,9 +98,15 @@ class PlantState:
 
 
 def build(snapshot: "Snapshot | None", decision: "Decision | None", mode: Any, alarms: Iterable["Alarm"],
-          stats: Any, links: Iterable[LinkFigures], bms: str, pcs: str, cycle_p99_s: float | None = None) -> PlantState:
-    """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats)."""
+          stats: Any, links: Iterable[LinkFigures], bms: str, pcs: str, cycle_p99_s: float | None = None,
+          unit: str = "u1") -> PlantState:
+    """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats) of a one-unit site:
+    the plant's figures are its one unit's (`unit` its id)."""
     s, d = snapshot, decision
+    online = bool(s) and not s.stale and not s.comm_loss
+    one = UnitState(unit=unit, soc_pct=s.soc_pct if s else None, power_mw=s.power_mw if s else None,
+                    setpoint_mw=d.setpoint_mw if d else None, temperature_c=s.temperature_max_c if s else None,
+                    available=online and not s.faults, binding=d.binding if d else None)
     return PlantState(
         ts=s.ts if s else None,
         soc_pct=s.soc_pct if s else None,
@@ -83,7 +114,7 @@ def build(snapshot: "Snapshot | None", decision: "Decision | None", mode: Any, a
         temperature_c=s.temperature_max_c if s else None,
         bms_allowed_charge_mw=s.bms_allowed_charge_mw if s else None,
         bms_allowed_discharge_mw=s.bms_allowed_discharge_mw if s else None,
-        online=bool(s) and not s.stale and not s.comm_loss,
+        online=online,
         setpoint_mw=d.setpoint_mw if d else None,
         target_mw=d.target_mw if d else None,
         binding=d.binding if d else None,
@@ -102,6 +133,7 @@ def build(snapshot: "Snapshot | None", decision: "Decision | None", mode: Any, a
         overruns=stats.overruns,
         last_duration_s=stats.last_duration_s,
         cycle_p99_s=cycle_p99_s,
+        units=(one,),
     )
 
 
@@ -121,7 +153,22 @@ def status(state: PlantState, now: float) -> dict[str, Any]:
         "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else None,
         "manual_expires": iso(state.manual_expires_ts) if state.manual_expires_ts else None,
         "ts": iso(state.ts if state.ts is not None else now),
+        "units": [unit_status(u) for u in state.units],
+        "poi": poi_status(state.poi),
     }
+
+
+def unit_status(u: UnitState) -> dict[str, Any]:
+    """One entry of status' and telemetry's `units` (DESIGN.md)."""
+    return {"unit": u.unit, "soc_pct": u.soc_pct, "power_mw": u.power_mw, "setpoint_mw": u.setpoint_mw,
+            "temperature_c": u.temperature_c, "available": u.available, "binding": u.binding}
+
+
+def poi_status(p: PoiState | None) -> dict[str, Any] | None:
+    """Status' and telemetry's `poi` (DESIGN.md): null without a meter."""
+    if p is None:
+        return None
+    return {"power_mw": p.power_mw, "frequency_hz": p.frequency_hz, "ts": iso(p.ts) if p.ts is not None else None}
 
 
 def telemetry(state: PlantState, now: float) -> dict[str, Any]:

@@ -138,7 +138,8 @@ async def test_telemetry_survives_a_20_s_broker_outage(broker, plant, tmp_path):
         assert got[0] == 1
         first = json.loads(json.dumps(sub.payloads("bess/demo/telemetry")[0]))
         assert set(first) == {"seq", "ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
-                              "status", "mode", "binding"}
+                              "status", "mode", "binding", "units", "poi"}
+        assert [u["unit"] for u in first["units"]] == ["u1"] and first["poi"] is None   # one unit, no meter
 
         broker.stop()
         await wait_for(lambda: not d.uplink.connected, 5, "the uplink to notice the outage")

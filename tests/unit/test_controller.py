@@ -306,7 +306,7 @@ async def test_every_cycle_is_recorded_and_published(rig):
     assert len(rig.store.decisions(limit=10)) == 3
     assert [st.cycles for st in states] == [1, 2, 3]
     assert set(telemetry(states[-1], 0.0)) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw",
-                                               "temperature_c", "status", "mode", "binding"}
+                                               "temperature_c", "status", "mode", "binding", "units", "poi"}
     assert status(states[-1], 0.0)["status"] == "online"
 
 

@@ -18,7 +18,7 @@ from controller.cycle.limits import Decision
 from controller.cycle.loop import CycleStats
 from controller.cycle.mode import ModeState
 from controller.cycle.snapshot import DeviceHealth, Snapshot
-from controller.cycle.state import LinkFigures, build, status, telemetry
+from controller.cycle.state import LinkFigures, PlantState, PoiState, UnitState, build, status, telemetry
 from controller.metrics import BINDINGS, MODES, Metrics
 from controller.scada.points import BINDING_CODES, MODE_CODES, status_values
 
@@ -204,11 +204,27 @@ def same(a: dict, b: dict) -> bool:
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_status_and_telemetry_are_the_old_ones(case):
+    """The old fields unchanged and in their order; issue 13's units and poi follow them."""
     old, state = parts(case)
-    assert status(state, NOW) == old_status(old)
-    assert list(status(state, NOW)) == list(old_status(old))   # the key order too (the JSON reads the same)
-    assert telemetry(state, NOW) == old_telemetry(old)
-    assert list(telemetry(state, NOW)) == list(old_telemetry(old))
+    for new, was in ((status(state, NOW), old_status(old)), (telemetry(state, NOW), old_telemetry(old))):
+        assert list(new) == list(was) + ["units", "poi"]   # the key order too (the JSON reads the same)
+        assert {k: new[k] for k in was} == was
+        assert new["poi"] is None                          # a one-unit site without a meter
+        assert new["units"] == [{"unit": "u1", "soc_pct": state.soc_pct, "power_mw": state.power_mw,
+                                 "setpoint_mw": state.setpoint_mw, "temperature_c": state.temperature_c,
+                                 "available": state.online and not state.device_faults,
+                                 "binding": state.binding}]
+
+
+def test_units_and_poi_project_as_design_says():
+    state = PlantState(units=(UnitState("u1", 50.0, 2.0, 2.0, 25.0, True, None),
+                              UnitState("u2", None, None, 0.0, None, False, "unit_unavailable")),
+                       poi=PoiState(2.0, 50.01, NOW))
+    st = status(state, NOW)
+    assert st["units"][1] == {"unit": "u2", "soc_pct": None, "power_mw": None, "setpoint_mw": 0.0,
+                              "temperature_c": None, "available": False, "binding": "unit_unavailable"}
+    assert st["poi"] == {"power_mw": 2.0, "frequency_hz": 50.01, "ts": iso(NOW)}
+    assert telemetry(state, NOW)["units"] == st["units"] and telemetry(state, NOW)["poi"] == st["poi"]
 
 
 @pytest.mark.parametrize("case", list(CASES))
