@@ -149,8 +149,8 @@ def test_registers_round_trip_for_every_integer_type(case, scale, offset):
     if word_order == "little":
         regs.reverse()
     value = decode(p, regs, word_order)
-    if type_ in ("u64", "i64") and (scale != 1 or offset != 0) and abs(raw) > 2**52:
-        return  # a scaled 64-bit value beyond 2^53 is a float and cannot hold every raw count
+    if type_ in ("u64", "i64") and (scale != 1 or offset != 0) and abs(raw) > 2**50:
+        return  # a scaled 64-bit value is a float: past ~2^51 counts its ulp (one rounding in decode, one in encode) can reach half a count
     assert encode(p, value, word_order) == regs
 
 
