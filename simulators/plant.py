@@ -5,7 +5,6 @@ site file (simulators/site.py: main_simulate)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +15,7 @@ from drivers.profile import Profile, load_profile
 from simulators.battery import BatteryModel, BatteryParams
 from simulators.faults import Faults
 from simulators.modbus_server import ModbusSimServer
+from simulators.parts import SimulatorParts
 from simulators.pcs import Pcs, PcsParams
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 FACES = ("bms_modbus", "pcs", "bms_opcua")
 
 
-class Plant:
+class Plant(SimulatorParts):
     """Battery + PCS + faces. Ports: None = face off, 0 = any free port (read `ports` after start)."""
 
     def __init__(self, battery: BatteryParams, pcs: PcsParams, *, clock: Clock | None = None,
@@ -36,6 +36,7 @@ class Plant:
                  bms_opcua_port: int | None = None, control_port: int | None = None, unit_id: int = 1,
                  bms_profile: Profile | None = None, pcs_profile: Profile | None = None, tick_s: float = 0.05,
                  bms_unit_id: int | None = None, pcs_unit_id: int | None = None, name: str = ""):
+        super().__init__()
         self.clock = clock or Clock()
         self.host = host
         self.tick_s = tick_s
@@ -55,8 +56,6 @@ class Plant:
                               "control": control_port}
         self.opcua: Any = None
         self._control: Any = None
-        self._tick: asyncio.Task | None = None
-        self._started: list[Any] = []
         self.ticks = 0
         self._bms_init()
         self.publish_bms()
@@ -193,26 +192,6 @@ class Plant:
         except BaseException:
             await self.stop()
             raise
-
-    async def stop(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
-            self._tick = None
-        while self._started:
-            face = self._started.pop()
-            try:
-                await face.stop()
-            except Exception:  # noqa: BLE001 - stop the other faces whatever one of them does
-                log.exception("stopping a simulator face failed", extra={"face": type(face).__name__})
-
-    async def __aenter__(self) -> "Plant":
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def _control_server(plant: Plant, host: str, port: int) -> "UvicornServer":

@@ -11,7 +11,6 @@ a one-unit file with a meter keeps `bms_modbus`, `pcs`, `bms_opcua` and adds `me
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from simulators.battery import BatteryParams
 from simulators.faults import Faults
 from simulators.meter import GridFrequency, Meter, MeterParams
 from simulators.modbus_server import ModbusSimServer
+from simulators.parts import SimulatorParts
 from simulators.pcs import PcsParams
 from simulators.plant import Plant
 
@@ -64,11 +64,12 @@ def _unit_plant(config: SiteConfig, u: UnitPlan, clock: Clock, host: str, tick_s
     return plant, faces
 
 
-class SitePlant:
+class SitePlant(SimulatorParts):
     """Units + meter + gateways + control. Ports: read `ports` after start (tests pass port 0 in the config)."""
 
     def __init__(self, config: SiteConfig, *, clock: Clock | None = None, tick_s: float = 0.05,
                  control_port: int | None = None, host: str | None = None):
+        super().__init__()
         self.config = config
         self.clock = clock or Clock(speed=config.simulator.time_scale)
         self.host = host or config.simulator.host
@@ -91,8 +92,6 @@ class SitePlant:
         self.meter, self.meter_server = self._meter(modbus_faces)
         self._listeners = self._gateways(modbus_faces)
         self._control: Any = None
-        self._tick: asyncio.Task | None = None
-        self._started: list[Any] = []
 
     def _meter(self, faces: list) -> tuple[Meter | None, ModbusSimServer | None]:
         found = self.config.meter()
@@ -188,26 +187,6 @@ class SitePlant:
             except Exception:  # noqa: BLE001 - one bad step is logged; the meter keeps serving
                 log.exception("meter step failed")
             last = now
-
-    async def stop(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tick
-            self._tick = None
-        while self._started:
-            part = self._started.pop()
-            try:
-                await part.stop()
-            except Exception:  # noqa: BLE001 - stop the other parts whatever one of them does
-                log.exception("stopping a simulator part failed", extra={"part": type(part).__name__})
-
-    async def __aenter__(self) -> "SitePlant":
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
 
 def _control_server(site: SitePlant, host: str, port: int) -> "UvicornServer":
