@@ -50,6 +50,24 @@ class Metrics:
         self.outbox_depth = Gauge("bess_mqtt_outbox_depth", "Telemetry messages waiting in the outbox", registry=r)
         self.outbox_dropped = Gauge("bess_mqtt_outbox_dropped", "Telemetry messages dropped by the outbox bound (since install)", registry=r)
         self.mqtt_connected = Gauge("bess_mqtt_connected", "1 when connected to the broker", registry=r)
+        # per unit (label `unit`, the site file's unit names) and at the POI
+        self.unit_soc = Gauge("bess_unit_soc_pct", "A unit's state of charge (%)", ["unit"], registry=r)
+        self.unit_power = Gauge("bess_unit_power_mw", "Active power at a unit's PCS (MW, + discharge)", ["unit"], registry=r)
+        self.unit_setpoint = Gauge("bess_unit_setpoint_mw", "Setpoint written to a unit's PCS (MW, + discharge)",
+                                   ["unit"], registry=r)
+        self.unit_temperature = Gauge("bess_unit_temperature_celsius", "A unit's highest cell temperature (°C)",
+                                      ["unit"], registry=r)
+        self.unit_available = Gauge("bess_unit_available", "1 when the unit takes setpoints (0: safe state, 0 MW)",
+                                    ["unit"], registry=r)
+        self.poi_power = Gauge("bess_poi_power_mw", "Measured active power at the POI (MW, + export)", registry=r)
+        self.poi_frequency = Gauge("bess_poi_frequency_hz", "Grid frequency measured at the POI (Hz)", registry=r)
+        self.poi_up = Gauge("bess_poi_meter_up", "1 when the POI meter gives a power reading, 0 when it is lost, "
+                            "NaN on a site without a meter", registry=r)
+        # NaN until a cycle carries the meter: an unlabelled gauge would read 0, and "meter up == 0" would alert on
+        # every site without a meter (NaN == 0 is false)
+        for g in (self.poi_power, self.poi_frequency, self.poi_up):
+            g.set(float("nan"))
+        self._has_meter = False
         # a leak of tasks (a face that spawns one per client or per reconnect and never ends it) shows here first;
         # bench/soak.py samples it beside RSS, fds and threads
         self.asyncio_tasks = Gauge("bess_asyncio_tasks", "Tasks alive on the controller's event loop", registry=r)
@@ -78,6 +96,7 @@ class Metrics:
         if not state.has_cycle:
             return
         self._plant(state)
+        self._units(state)
         self.alarms.set(len(state.alarms))
         ages = [state.ts - h.last_good_ts for h in state.devices if h.last_good_ts is not None]
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(state.devices) else float("inf"))
@@ -101,6 +120,23 @@ class Metrics:
             self.outbox_depth.set(st.get("outbox_depth", 0))
             self.outbox_dropped.set(st.get("outbox_dropped", 0))
             self.mqtt_connected.set(1 if self.uplink.connected else 0)
+
+    def _units(self, state: PlantState) -> None:
+        nan = float("nan")
+        for u in state.units:
+            for g, v in ((self.unit_soc, u.soc_pct), (self.unit_power, u.power_mw),
+                         (self.unit_setpoint, u.setpoint_mw), (self.unit_temperature, u.temperature_c)):
+                g.labels(u.unit).set(nan if v is None else v)
+            self.unit_available.labels(u.unit).set(1 if u.available else 0)
+        poi = state.poi
+        if poi is None and not self._has_meter:
+            return  # no meter: the POI gauges stay NaN
+        self._has_meter = True
+        power = poi.power_mw if poi is not None else None
+        freq = poi.frequency_hz if poi is not None else None
+        self.poi_power.set(nan if power is None else power)
+        self.poi_frequency.set(nan if freq is None else freq)
+        self.poi_up.set(0 if power is None else 1)
 
     def _plant(self, state: PlantState) -> None:
         for g, v in ((self.soc, state.soc_pct), (self.power, state.power_mw), (self.temperature, state.temperature_c),

@@ -12,10 +12,17 @@ from controller.scada.points import (
     ALARM_BITS,
     BINDING_CODES,
     CONTROL,
+    LAYOUT,
+    MAX_UNITS,
     MODE_CODES,
+    POI,
     RANGE,
     STATUS,
+    UNIT_BASE,
+    UNIT_POINTS,
+    UNIT_STRIDE,
     ScadaPoint,
+    unit_points,
 )
 
 
@@ -67,6 +74,18 @@ def render_markdown() -> str:
            "often as you like. `heartbeat` changes every control cycle; if it stops, the controller has stopped.", "",
            "## Status — input registers (function 04), read-only", ""]
     out += _register_rows(STATUS)
+    out += ["", "## Plant layout, POI meter and units — input registers (function 04), read-only", "",
+            "After the status table come where the unit blocks are, the POI meter's values (not available on a",
+            "site without a meter, or while the meter is lost) and one block per unit of the site file. Unit k",
+            f"(0-based, in the order of `units:` in the site file) starts at {UNIT_BASE} + k × {UNIT_STRIDE};",
+            "its points are at the offsets below. A site file without `units:` is one unit (`u1`): one block.",
+            "The units are read from the site file at start, so the map is fixed for a site (at most",
+            f"{MAX_UNITS} units). Registers between the tables read 0.", ""]
+    out += _register_rows(LAYOUT + POI)
+    out += ["", f"### One unit's block (offsets from {UNIT_BASE} + k × {UNIT_STRIDE})", ""]
+    out += _register_rows(UNIT_POINTS)
+    out += ["", "For example, the second unit (k = 1) of a two-unit plant:", ""]
+    out += _register_rows(unit_points(1))
     out += ["", "## Controls — holding registers (function 03 read, 06/16 write)", "",
             "Only these addresses can be written; any other address is refused with exception 02 (illegal data",
             "address), a value out of range with exception 03 (illegal data value), and a write that covers only",
@@ -110,6 +129,15 @@ def render_opcua_markdown() -> str:
            "## Status folder (read-only, refreshed every control cycle)", "",
            "| node id | data type | unit | meaning |", "|---|---|---|---|"]
     out += [f"| `Status.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in STATUS]
+    out += ["", "## POI folder (read-only): the POI meter", "",
+            "Not available (`BadWaitingForInitialData`) on a site without a meter, or while the meter is lost.", "",
+            "| node id | data type | unit | meaning |", "|---|---|---|---|"]
+    out += [f"| `POI.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in POI]
+    out += ["", "## Units folder (read-only): a folder per unit", "",
+            "`Objects/BESS/Units/<unit>` for every unit of the site file (`units:`; a file without it has one",
+            "unit, `u1`), fixed at start. The node ids are `Units.<unit>.<name>`, e.g. `Units.u2.soc_pct`.", "",
+            "| node id | data type | unit | meaning |", "|---|---|---|---|"]
+    out += [f"| `Units.<unit>.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in UNIT_POINTS]
     out += ["", "## Controls folder (writable by the `operator` role)", "",
             "The Controls variables hold what a client last wrote; the live mode and setpoint are in the Status",
             "folder. The same checks as the Modbus face apply: a value out of range is refused with",

@@ -28,7 +28,8 @@ from controller.scada.points import (
     MODE_CODES,
     STATUS,
     control_limits,
-    status_values,
+    input_registers,
+    input_words,
 )
 
 if TYPE_CHECKING:
@@ -110,6 +111,8 @@ class ScadaModbusServer:
         self.limiter = limiter or WriteLimiter.for_controller(controller)
         self.allowed = [ipaddress.ip_network(a, strict=False) for a in cfg.allow_clients]
         self.loopback_only = listens_on_loopback_only(cfg.host)
+        # the units are the site file's, fixed at start: so is the register map
+        self.units = [u.unit for u in controller.config.unit_plan()]
 
     def _device(self) -> SimDevice:
         # coils and discrete inputs: one placeholder bit each, refused by the action (no bit points exist)
@@ -118,15 +121,15 @@ class ScadaModbusServer:
             id=self.cfg.unit_id,
             simdata=(bits, list(bits),
                      [SimData(CONTROL_START, count=CONTROL_WORDS, values=0, datatype=DataType.REGISTERS)],
-                     [SimData(0, count=STATUS_WORDS, values=0, datatype=DataType.REGISTERS)]),
+                     [SimData(0, count=input_words(len(self.units)), values=0, datatype=DataType.REGISTERS)]),
             action=self._action,
         )
 
     async def _action(self, fc: int, start: int, address: int, count: int, registers: list[int], values) -> ExcCodes | None:
         if fc == READ_INPUT:
-            vals = status_values(self.controller.faces.latest())
-            for p in STATUS:
-                registers[p.address - start:p.address - start + p.words] = p.to_registers(vals[p.name])
+            words = input_registers(self.controller.faces.latest(), self.units)
+            for addr, word in words.items():  # gaps between the tables keep their 0
+                registers[addr - start] = word
             return None
         if fc == READ_HOLDING:
             self._fill_controls(registers, start)

@@ -34,7 +34,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
 from controller.scada.controls import PendingControls, WriteLimiter
-from controller.scada.points import CONTROL, STATUS, control_limits, status_values
+from controller.scada.points import (
+    CONTROL,
+    POI,
+    STATUS,
+    UNIT_POINTS,
+    ScadaPoint,
+    control_limits,
+    poi_values,
+    status_values,
+    unit_values,
+    units_by_name,
+)
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
@@ -144,6 +155,10 @@ class ScadaOpcUaServer:
         self.server: Server | None = None
         self.nodes: dict[str, Any] = {}
         self.controls: dict[str, Any] = {}
+        # node id -> (node, variant type); the units are the site file's, fixed at start like the address space
+        self.units = [u.unit for u in controller.config.unit_plan()]
+        self.unit_nodes: dict[str, dict[str, tuple[Any, Any]]] = {}
+        self.poi_nodes: dict[str, tuple[Any, Any]] = {}
         self._task: asyncio.Task | None = None
         self.pending = PendingControls(controller, "scada-opcua")
 
@@ -191,13 +206,13 @@ class ScadaOpcUaServer:
         idx = await server.register_namespace(NAMESPACE)
         root = await server.nodes.objects.add_object(ua.NodeId("BESS", idx), ua.QualifiedName("BESS", idx))
         status = await root.add_folder(ua.NodeId("Status", idx), ua.QualifiedName("Status", idx))
-        for p in STATUS:
-            vt = ua.VariantType.Double if p.scale != 1 else _VT[p.type]
-            init = 0.0 if vt == ua.VariantType.Double else 0
-            node = await status.add_variable(ua.NodeId(f"Status.{p.name}", idx), ua.QualifiedName(p.name, idx),
-                                             ua.Variant(init, vt))
-            await self._describe(server, node, p.description, p.unit, idx)
-            self.nodes[p.name] = (node, vt)
+        self.nodes = await self._variables(server, status, "Status", STATUS, idx)
+        units = await root.add_folder(ua.NodeId("Units", idx), ua.QualifiedName("Units", idx))
+        for name in self.units:
+            folder = await units.add_folder(ua.NodeId(f"Units.{name}", idx), ua.QualifiedName(name, idx))
+            self.unit_nodes[name] = await self._variables(server, folder, f"Units.{name}", UNIT_POINTS, idx)
+        poi = await root.add_folder(ua.NodeId("POI", idx), ua.QualifiedName("POI", idx))
+        self.poi_nodes = await self._variables(server, poi, "POI", POI, idx)
         ctl = await root.add_folder(ua.NodeId("Controls", idx), ua.QualifiedName("Controls", idx))
         for p in CONTROL:
             vt = ua.VariantType.Double if p.scale != 1 else _VT[p.type]
@@ -213,6 +228,19 @@ class ScadaOpcUaServer:
         self._task = asyncio.create_task(self._update_loop(), name="scada-opcua")
         log.info("OPC UA SCADA face listening", extra={"endpoint": f"opc.tcp://{self.cfg.host}:{self.cfg.port}/bess-edge/scada",
                                                         "none_policy": self.cfg.allow_none_security})
+
+    async def _variables(self, server: Server, folder, prefix: str, points: list[ScadaPoint],
+                         idx: int) -> dict[str, tuple[Any, Any]]:
+        """Read-only variables `<prefix>.<name>` in `folder`, one per point."""
+        out = {}
+        for p in points:
+            vt = ua.VariantType.Double if p.scale != 1 else _VT[p.type]
+            init = 0.0 if vt == ua.VariantType.Double else 0
+            node = await folder.add_variable(ua.NodeId(f"{prefix}.{p.name}", idx), ua.QualifiedName(p.name, idx),
+                                             ua.Variant(init, vt))
+            await self._describe(server, node, p.description, p.unit, idx)
+            out[p.name] = (node, vt)
+        return out
 
     async def _describe(self, server: Server, node, description: str, unit: str, idx: int) -> None:
         await node.write_attribute(ua.AttributeIds.Description,
@@ -257,19 +285,26 @@ class ScadaOpcUaServer:
     async def _update_loop(self) -> None:
         period = max(0.1, self.controller.config.cycle.period_s)
         while True:
-            values = status_values(self.controller.faces.latest())
-            for name, (node, vt) in self.nodes.items():
-                v = values.get(name)
-                try:
-                    if v is None:
-                        await node.write_value(ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
-                    elif vt == ua.VariantType.Double:
-                        await node.write_value(ua.Variant(float(v), vt))
-                    else:
-                        await node.write_value(ua.Variant(int(v), vt))
-                except Exception:
-                    log.exception("OPC UA status update failed", extra={"point": name})
+            state = self.controller.faces.latest()
+            await self._write_values(self.nodes, status_values(state))
+            await self._write_values(self.poi_nodes, poi_values(state))
+            by_name = units_by_name(state)
+            for unit, nodes in self.unit_nodes.items():
+                await self._write_values(nodes, unit_values(by_name.get(unit)))
             await asyncio.sleep(period)
+
+    async def _write_values(self, nodes: dict[str, tuple[Any, Any]], values: dict[str, float | None]) -> None:
+        for name, (node, vt) in nodes.items():
+            v = values.get(name)
+            try:
+                if v is None:
+                    await node.write_value(ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
+                elif vt == ua.VariantType.Double:
+                    await node.write_value(ua.Variant(float(v), vt))
+                else:
+                    await node.write_value(ua.Variant(int(v), vt))
+            except Exception:
+                log.exception("OPC UA status update failed", extra={"point": name, "node": str(node.nodeid)})
 
     async def stop(self) -> None:
         if self._task:

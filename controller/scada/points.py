@@ -4,6 +4,10 @@ range-checked), used by the Modbus server, the OPC UA server and the generated d
 Modbus addresses are 0-based on the wire. Status points are input registers (function 04); control points
 are holding registers (function 03 to read, 06/16 to write). Unknown values read as the type's
 "not available" marker (0x8000 for i16, 0x80000000 for i32, 0xFFFF for u16), as SunSpec does.
+
+After today's status table come the POI meter's points (POI) and one block per unit: unit k (0-based, in the
+site file's order) at UNIT_BASE + k * UNIT_STRIDE, its points at the offsets of UNIT_POINTS. Units are known at
+start (the site file), so the map is fixed for a site; a one-unit site has one block (its implicit unit).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from controller.cycle.state import PlantState
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
+    from controller.cycle.state import UnitState
 
 MODE_CODES = {"auto": 0, "manual": 1, "stopped": 2}
 MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
@@ -93,6 +98,32 @@ STATUS: list[ScadaPoint] = [
     ScadaPoint("manual_expires_s", 21, "u32", 1, "s", "Unix time the manual setpoint expires (NA unless manual)"),
 ]
 
+# where the unit blocks are, for a master that discovers the map (Modbus only: OPC UA browses its folders)
+LAYOUT: list[ScadaPoint] = [
+    ScadaPoint("unit_count", 23, "u16", 1, "", "Units of the plant: blocks at unit_base + k * unit_stride"),
+    ScadaPoint("unit_base", 24, "u16", 1, "", "Address of unit 0's block (input registers)"),
+    ScadaPoint("unit_stride", 25, "u16", 1, "", "Registers from one unit's block to the next"),
+]
+
+# the POI meter, after the status table (NA on a site without a meter, or while the meter is lost)
+POI: list[ScadaPoint] = [
+    ScadaPoint("power_mw", 30, "i32", 0.001, "MW", "Measured active power at the POI, + export"),
+    ScadaPoint("frequency_hz", 32, "u16", 0.001, "Hz", "Grid frequency measured at the POI"),
+]
+
+# one block per unit: unit k's point of offset o is at UNIT_BASE + k * UNIT_STRIDE + o
+UNIT_BASE = 200
+UNIT_STRIDE = 10
+MAX_UNITS = 64          # 64 blocks end at 840, far below any address limit
+UNIT_POINTS: list[ScadaPoint] = [
+    ScadaPoint("soc_pct", 0, "u16", 0.01, "%", "The unit's state of charge"),
+    ScadaPoint("power_mw", 1, "i32", 0.001, "MW", "Active power at the unit's PCS, + discharge"),
+    ScadaPoint("setpoint_mw", 3, "i32", 0.001, "MW", "Setpoint written to the unit's PCS, + discharge"),
+    ScadaPoint("temperature_c", 5, "i16", 0.1, "°C", "The unit's highest cell temperature"),
+    ScadaPoint("available", 6, "u16", 1, "", "1 when the unit takes setpoints (0: in its safe state, 0 MW)"),
+    ScadaPoint("binding", 7, "u16", 1, "", "The unit's own binding limit code (table below)"),
+]
+
 CONTROL: list[ScadaPoint] = [
     ScadaPoint("mode", 100, "u16", 1, "", "Write 0 auto, 1 manual (uses the setpoint below), 2 stopped",
                writable=True, min=0, max=2),
@@ -114,7 +145,7 @@ def status_values(state: PlantState) -> dict[str, float | None]:
         "target_mw": state.target_mw,
         "temperature_c": state.temperature_c,
         "mode": MODE_CODES[state.mode],
-        "binding": BINDING_CODES.get(state.binding, 0) if state.binding is not None else 0,
+        "binding": binding_code(state.binding),
         "alarm_bits": alarm_bits(state),
         "online": 1 if state.online else 0,
         "heartbeat": state.cycles % 65536,
@@ -124,6 +155,66 @@ def status_values(state: PlantState) -> dict[str, float | None]:
         "manual_setpoint_mw": state.manual_setpoint_mw if manual else None,
         "manual_expires_s": int(state.manual_expires_ts) if manual and state.manual_expires_ts else None,
     }
+
+
+def binding_code(binding: str | None) -> int:
+    return BINDING_CODES.get(binding, 0) if binding is not None else 0
+
+
+def unit_points(k: int) -> list[ScadaPoint]:
+    """Unit k's block (0-based, in the site file's order) at its absolute addresses."""
+    base = UNIT_BASE + k * UNIT_STRIDE
+    return [ScadaPoint(p.name, base + p.address, p.type, p.scale, p.unit, p.description) for p in UNIT_POINTS]
+
+
+def unit_values(unit: "UnitState | None") -> dict[str, float | None]:
+    """One unit's block values; a unit the state does not carry (before the first cycle) reads NA."""
+    if unit is None:
+        return {p.name: None for p in UNIT_POINTS}
+    return {
+        "soc_pct": unit.soc_pct,
+        "power_mw": unit.power_mw,
+        "setpoint_mw": unit.setpoint_mw,
+        "temperature_c": unit.temperature_c,
+        "available": 1 if unit.available else 0,
+        "binding": binding_code(unit.binding),
+    }
+
+
+def units_by_name(state: PlantState) -> dict[str, "UnitState"]:
+    return {u.unit: u for u in getattr(state, "units", ())}
+
+
+def poi_values(state: PlantState) -> dict[str, float | None]:
+    """The POI block's values (NA without a meter)."""
+    poi = getattr(state, "poi", None)
+    if poi is None:
+        return {"power_mw": None, "frequency_hz": None}
+    return {"power_mw": poi.power_mw, "frequency_hz": poi.frequency_hz}
+
+
+def input_registers(state: PlantState, units: list[str]) -> dict[int, int]:
+    """Every input register the Modbus face serves, address -> raw word: the status table, the POI block and
+    the blocks of `units` (the site's unit names, in file order, which fix the map)."""
+    out: dict[int, int] = {}
+
+    def put(points: list[ScadaPoint], values: dict[str, float | None]) -> None:
+        for p in points:
+            for i, word in enumerate(p.to_registers(values[p.name])):
+                out[p.address + i] = word
+
+    put(STATUS, status_values(state))
+    put(LAYOUT, {"unit_count": len(units), "unit_base": UNIT_BASE, "unit_stride": UNIT_STRIDE})
+    put(POI, poi_values(state))
+    by_name = units_by_name(state)
+    for k, name in enumerate(units):
+        put(unit_points(k), unit_values(by_name.get(name)))
+    return out
+
+
+def input_words(unit_count: int) -> int:
+    """How many input registers (from 0) the map of a site of `unit_count` units spans."""
+    return UNIT_BASE + unit_count * UNIT_STRIDE
 
 
 def alarm_bits(state: PlantState) -> int:

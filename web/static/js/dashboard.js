@@ -35,6 +35,8 @@
     alarm: "A device alarm: held at 0 MW (safe state).",
     comm_loss: "Communication with a device lost: held at 0 MW (safe state).",
     mode_stopped: "Stopped by an operator: 0 MW.",
+    unit_unavailable: "A unit is unavailable: it is held at 0 MW and the others take its share.",
+    poi_limit: "The grid limit measured at the point of interconnection.",
   };
 
   // ------------------------------------------------------------------ API
@@ -144,12 +146,76 @@
     $("alarms").innerHTML = alarms.length
       ? alarms.map((a) => '<li data-testid="alarm" class="msg-bad flex gap-2"><i class="fa-solid fa-circle-exclamation mt-1"></i><span>' + esc(a) + "</span></li>").join("")
       : '<li class="text-muted">No active alarms</li>';
+    renderUnits(s.units);
+    renderPoi(s.poi);
     for (const btn of document.querySelectorAll("#mode-form [data-mode]")) {
       const active = btn.dataset.mode === s.mode;
       btn.classList.toggle("ring-2", active);
       btn.classList.toggle("ring-gold", active);
       btn.setAttribute("aria-pressed", String(active));
     }
+  }
+
+  // ------------------------------------------------------------------ units and the POI meter
+  // The cards are built once per set of unit names (fixed by the site file) and then only updated, so the
+  // tickers animate and nothing flickers. Shown only for a plant of two or more units: a one-unit plant's card
+  // would repeat the plant cards above.
+  const UNIT_FIELDS = [["soc_pct", "SoC", "%", 1], ["power_mw", "Power", "MW", 2], ["setpoint_mw", "Setpoint", "MW", 2],
+    ["temperature_c", "Temp.", "°C", 1]];
+
+  function unitCard(name) {
+    const rows = UNIT_FIELDS.map(([f, label, unit]) =>
+      '<div class="flex justify-between gap-2"><span class="text-muted">' + label + '</span><span class="tabular">' +
+      '<span data-field="' + f + '" data-value="">–</span> ' + unit + "</span></div>").join("");
+    return '<div class="card" data-testid="unit-card" data-unit="' + esc(name) + '" data-available="">' +
+      '<div class="card-title justify-between"><span><i class="fa-solid fa-cube text-gold"></i> ' + esc(name) + "</span>" +
+      '<span data-field="available" class="pill normal-case tracking-normal">–</span></div>' +
+      '<div class="mt-2 space-y-1 text-sm">' + rows + "</div>" +
+      '<p class="mt-2 text-xs text-muted">limit: <span data-field="binding" data-binding="">–</span></p></div>';
+  }
+
+  function renderUnits(units) {
+    const list = Array.isArray(units) ? units : [];
+    const show = list.length > 1;
+    $("units").classList.toggle("hidden", !show);
+    if (!show) { syncUnitsSection(); return; }
+    const grid = $("units-grid");
+    const names = list.map((u) => String(u.unit)).join("\n");
+    if (grid.dataset.names !== names) {
+      grid.innerHTML = list.map((u) => unitCard(String(u.unit))).join("");
+      grid.dataset.names = names;
+    }
+    for (const u of list) {
+      const card = grid.querySelector('[data-testid="unit-card"][data-unit="' + CSS.escape(String(u.unit)) + '"]');
+      if (!card) continue;
+      for (const [f, , , d] of UNIT_FIELDS) tick(card.querySelector('[data-field="' + f + '"]'), u[f], d);
+      const av = card.querySelector('[data-field="available"]');
+      card.dataset.available = String(!!u.available);
+      av.textContent = u.available ? "available" : "unavailable";
+      av.classList.toggle("msg-ok", !!u.available);
+      av.classList.toggle("msg-bad", !u.available);
+      const b = card.querySelector('[data-field="binding"]');
+      b.dataset.binding = u.binding || "";
+      b.textContent = (u.binding || "none").replace(/_/g, " ");
+      b.title = BINDING_WORDS[u.binding] || "";
+    }
+    syncUnitsSection();
+  }
+
+  function renderPoi(poi) {
+    const show = poi != null && typeof poi === "object";
+    $("poi").classList.toggle("hidden", !show);
+    if (show) {
+      tick($("poi-power-value"), poi.power_mw, 2);
+      tick($("poi-frequency-value"), poi.frequency_hz, 3);
+      $("poi-age").textContent = poi.ts == null ? "no reading" : "read " + localTime(new Date(poi.ts * 1000).toISOString(), true);
+    }
+    syncUnitsSection();
+  }
+
+  // the section itself is hidden when both of its parts are, so a plain site shows no empty gap
+  function syncUnitsSection() {
+    $("units-poi").classList.toggle("hidden", $("units").classList.contains("hidden") && $("poi").classList.contains("hidden"));
   }
 
   // ------------------------------------------------------------------ connection: websocket, polling fallback
