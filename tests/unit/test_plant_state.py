@@ -240,7 +240,19 @@ def test_metrics_are_the_old_ones(case):
     for _ in range(2):   # twice: the counters count only what is new
         old_metrics_on_cycle(m_old, old)
         m_new.on_cycle(state)
-    assert exposed(m_new) == exposed(m_old)
+    # issue 13 adds the per-unit series (label `unit`); everything else is exposed exactly as before
+    unit_series = [line for line in exposed(m_new) if line.startswith("bess_unit_")]
+    assert [line for line in exposed(m_new) if line not in unit_series] == exposed(m_old)
+    if state.has_cycle:   # the one unit's series are the plant's own figures
+        nan = float("nan")
+        by_name = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in unit_series}
+        for name, v in (("bess_unit_soc_pct", state.soc_pct), ("bess_unit_power_mw", state.power_mw),
+                        ("bess_unit_setpoint_mw", state.setpoint_mw),
+                        ("bess_unit_temperature_celsius", state.temperature_c)):
+            assert same({name: by_name[name]}, {name: nan if v is None else float(v)}), name
+        assert all('{unit="u1"}' in line for line in unit_series), unit_series
+    else:
+        assert unit_series == []
 
 
 def exposed(m: Metrics) -> list[str]:

@@ -208,7 +208,8 @@
     if (show) {
       tick($("poi-power-value"), poi.power_mw, 2);
       tick($("poi-frequency-value"), poi.frequency_hz, 3);
-      $("poi-age").textContent = poi.ts == null ? "no reading" : "read " + localTime(new Date(poi.ts * 1000).toISOString(), true);
+      $("poi-age").textContent = poi.ts == null ? "no reading" : "read " + localTime(poi.ts, true);
+      $("poi-age").title = poi.ts || "";
     }
     syncUnitsSection();
   }
