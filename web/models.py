@@ -133,6 +133,22 @@ class OrderError(BaseModel):
     limit: str | None = None
 
 
+class UnitStatus(_Response):
+    unit: str
+    soc_pct: OptNum = None
+    power_mw: OptNum = None
+    setpoint_mw: OptNum = None
+    temperature_c: OptNum = None
+    available: bool = False
+    binding: str | None = None
+
+
+class PoiStatus(_Response):
+    power_mw: OptNum = None
+    frequency_hz: OptNum = None
+    ts: OptIsoTs = None
+
+
 class Status(_Response):
     soc_pct: OptNum
     power_mw: OptNum
@@ -147,6 +163,8 @@ class Status(_Response):
     reasons: list[str] = []
     manual_setpoint_mw: OptNum = None
     manual_expires: OptIsoTs = None
+    units: list[UnitStatus] = Field([], description="one per unit of the plant (issue 13), in the site file's order")
+    poi: PoiStatus | None = Field(None, description="the POI meter's reading; null on a site without a meter")
 
 
 class VwapPoint(_Response):
