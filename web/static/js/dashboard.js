@@ -168,7 +168,7 @@
       '<div class="flex justify-between gap-2"><span class="text-muted">' + label + '</span><span class="tabular">' +
       '<span data-field="' + f + '" data-value="">–</span> ' + unit + "</span></div>").join("");
     return '<div class="card" data-testid="unit-card" data-unit="' + esc(name) + '" data-available="">' +
-      '<div class="card-title justify-between"><span><i class="fa-solid fa-cube text-gold"></i> ' + esc(name) + "</span>" +
+      '<div class="card-title justify-between"><span><i class="fa-solid fa-cube text-gold"></i> <span class="normal-case tracking-normal">' + esc(name) + "</span></span>" +
       '<span data-field="available" class="pill normal-case tracking-normal">–</span></div>' +
       '<div class="mt-2 space-y-1 text-sm">' + rows + "</div>" +
       '<p class="mt-2 text-xs text-muted">limit: <span data-field="binding" data-binding="">–</span></p></div>';
