@@ -46,8 +46,14 @@ def pct(values: list[float], q: float) -> float:
 
 def plant_limits(n: int) -> Limits:
     total = n * UNIT_MW
-    return Limits(p_charge_max_mw=total, p_discharge_max_mw=total, soc_min_pct=10, soc_max_pct=90,
-                  ramp_mw_per_s=total / 2, grid_limit_mw=total * 0.9)
+    return Limits(
+        p_charge_max_mw=total,
+        p_discharge_max_mw=total,
+        soc_min_pct=10,
+        soc_max_pct=90,
+        ramp_mw_per_s=total / 2,
+        grid_limit_mw=total * 0.9,
+    )
 
 
 def scenario(n: int, rng: random.Random, lim: Limits, unit_lim: Limits, previous: list[float]):
@@ -56,9 +62,16 @@ def scenario(n: int, rng: random.Random, lim: Limits, unit_lim: Limits, previous
     units = []
     for i in range(n):
         bms = UNIT_MW * (0.3 if i % 8 == 3 else 1.2)
-        snap = Snapshot(ts=0.0, soc_pct=rng.uniform(15, 85), power_mw=previous[i],
-                        temperature_max_c=rng.uniform(20, 50), temperature_min_c=15.0, bms_allowed_charge_mw=bms,
-                        bms_allowed_discharge_mw=bms, stale=("bms",) if i == stale else ())
+        snap = Snapshot(
+            ts=0.0,
+            soc_pct=rng.uniform(15, 85),
+            power_mw=previous[i],
+            temperature_max_c=rng.uniform(20, 50),
+            temperature_min_c=15.0,
+            bms_allowed_charge_mw=bms,
+            bms_allowed_discharge_mw=bms,
+            stale=("bms",) if i == stale else (),
+        )
         units.append(UnitView(f"u{i}", snap, unit_lim, UNIT_MW, UNIT_MWH, previous[i]))
     target = rng.uniform(-1.1, 1.1) * lim.p_discharge_max_mw
     return target, units
@@ -73,8 +86,9 @@ def run_size(n: int, calls: int, rng: random.Random) -> tuple[list[float], list[
     previous, state, wall, cpu = [0.0] * n, TrimState(), [], []
     for k in range(calls):
         target, units = scenario(n, rng, lim, unit_lim, previous)
-        r = poi_range(PoiReading(sum(previous) - 0.05 * n, float(k)), state, cfg, sum(previous), float(k), 1.0,
-                      sum(previous))
+        r = poi_range(
+            PoiReading(sum(previous) - 0.05 * n, float(k)), state, cfg, sum(previous), float(k), 1.0, sum(previous)
+        )
         view = PlantView(lim, float(k), dt_s=1.0, max_dt_s=2.0, poi=r)
         t0, c0 = time.perf_counter(), time.thread_time()
         a = allocate(target, view, units)
@@ -91,8 +105,14 @@ def floor(calls: int, rng: random.Random) -> tuple[list[float], list[float]]:
     cfg = PoiConfig(lim.grid_limit_mw, lim.grid_limit_mw)
     limit_t, poi_t, state = [], [], TrimState()
     for k in range(calls):
-        snap = Snapshot(ts=0.0, soc_pct=rng.uniform(15, 85), temperature_max_c=rng.uniform(20, 50),
-                        temperature_min_c=15.0, bms_allowed_charge_mw=3.0, bms_allowed_discharge_mw=3.0)
+        snap = Snapshot(
+            ts=0.0,
+            soc_pct=rng.uniform(15, 85),
+            temperature_max_c=rng.uniform(20, 50),
+            temperature_min_c=15.0,
+            bms_allowed_charge_mw=3.0,
+            bms_allowed_discharge_mw=3.0,
+        )
         target, measured = rng.uniform(-3, 3), rng.uniform(-3, 3)
         t0 = time.perf_counter()
         limit(target, snap, lim, 0.0, 1.0)
@@ -136,11 +156,16 @@ def main() -> int:
     print(line("poi_range()", out["poi_range"]) + "  (wall)")
     floor_median = pct(limit_t, 0.5)
     for n in SIZES:
-        f = {"wall": figures(wall[n]), "cpu": figures(cpu[n]), "calls": len(wall[n]),
-             "median_vs_floor": round(pct(wall[n], 0.5) / floor_median, 1)}
+        f = {
+            "wall": figures(wall[n]),
+            "cpu": figures(cpu[n]),
+            "calls": len(wall[n]),
+            "median_vs_floor": round(pct(wall[n], 0.5) / floor_median, 1),
+        }
         out["units"][str(n)] = f
-        print(line(f"allocate() x{n}", f["wall"])
-              + f"  (wall; {f['median_vs_floor']:g}x the floor, {f['calls']} calls)")
+        print(
+            line(f"allocate() x{n}", f["wall"]) + f"  (wall; {f['median_vs_floor']:g}x the floor, {f['calls']} calls)"
+        )
         print(line("", f["cpu"]) + "  (CPU)")
     p99_64 = out["units"]["64"]["cpu"]["p99_us"] / 1e3
     ok = p99_64 < TARGET_P99_MS_64

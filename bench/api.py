@@ -61,8 +61,11 @@ def window_quantile(before: dict[float, float], after: dict[float, float], q: fl
             break
         lo, prev = le, c
     top = next(le for le, c in zip(les, counts) if c >= total)
-    return {"cycles": int(total), "p99_ms": round(value * 1000, 2),
-            "max_bucket_ms": None if top == float("inf") else round(top * 1000, 2)}
+    return {
+        "cycles": int(total),
+        "p99_ms": round(value * 1000, 2),
+        "max_bucket_ms": None if top == float("inf") else round(top * 1000, 2),
+    }
 
 
 class Conn:
@@ -132,9 +135,14 @@ async def load(base: str, path: str, key: str | None, clients: int, rate: float 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     wall = time.perf_counter() - t0
-    return {"requests": len(lat), "errors": errors, "rps": round(len(lat) / wall, 1),
-            "median_ms": round(statistics.median(lat) * 1000, 2), "p99_ms": round(pct(lat, 0.99) * 1000, 2),
-            "max_ms": round(max(lat) * 1000, 2)}
+    return {
+        "requests": len(lat),
+        "errors": errors,
+        "rps": round(len(lat) / wall, 1),
+        "median_ms": round(statistics.median(lat) * 1000, 2),
+        "p99_ms": round(pct(lat, 0.99) * 1000, 2),
+        "max_ms": round(max(lat) * 1000, 2),
+    }
 
 
 async def fanout(base: str, key: str, n: int, duration_s: float) -> dict:
@@ -166,11 +174,15 @@ async def fanout(base: str, key: str, n: int, duration_s: float) -> dict:
 
     await asyncio.gather(*(client(i) for i in range(n)))
     spreads = [max(ts) - min(ts) for ts in seen.values() if len(ts) == n]
-    return {"clients": n, "messages": sum(counts), "min_per_client": min(counts),
-            "msgs_per_s_per_client": round(sum(counts) / n / duration_s, 2),
-            "broadcasts_to_all": len(spreads),
-            "spread_median_ms": round(statistics.median(spreads) * 1000, 2) if spreads else None,
-            "spread_p99_ms": round(pct(spreads, 0.99) * 1000, 2) if spreads else None}
+    return {
+        "clients": n,
+        "messages": sum(counts),
+        "min_per_client": min(counts),
+        "msgs_per_s_per_client": round(sum(counts) / n / duration_s, 2),
+        "broadcasts_to_all": len(spreads),
+        "spread_median_ms": round(statistics.median(spreads) * 1000, 2) if spreads else None,
+        "spread_p99_ms": round(pct(spreads, 0.99) * 1000, 2) if spreads else None,
+    }
 
 
 async def run(base: str, key: str, duration_s: float) -> dict:
@@ -181,9 +193,11 @@ async def run(base: str, key: str, duration_s: float) -> dict:
             await asyncio.sleep(0.2)
         await asyncio.sleep(2)
         out: dict = {}
-        for name, path, auth, rate in (("healthz_500rps", "/healthz", None, 500.0),
-                                       ("paced_500rps", "/api/bess-status", key, 500.0),
-                                       ("flat_out", "/api/bess-status", key, None)):
+        for name, path, auth, rate in (
+            ("healthz_500rps", "/healthz", None, 500.0),
+            ("paced_500rps", "/api/bess-status", key, 500.0),
+            ("flat_out", "/api/bess-status", key, None),
+        ):
             h0 = await cycle_histogram(c, key)
             out[name] = await load(base, path, auth, 50, rate, duration_s)
             out[name]["cycle"] = window_quantile(h0, await cycle_histogram(c, key), 0.99)
@@ -213,21 +227,29 @@ def main() -> int:
     finally:
         if demo:
             demo.stop()
+
     def line(label: str, r: dict) -> str:
         cy = r["cycle"]
-        return (f"{label}: {r['rps']:7.1f} req/s  median {r['median_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
-                f"max {r['max_ms']:7.2f} ms  errors {r['errors']}  | cycle p99 {cy['p99_ms']} ms over {cy['cycles']}")
+        return (
+            f"{label}: {r['rps']:7.1f} req/s  median {r['median_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+            f"max {r['max_ms']:7.2f} ms  errors {r['errors']}  | cycle p99 {cy['p99_ms']} ms over {cy['cycles']}"
+        )
+
     print(line("/healthz (floor), 50 clients paced at 500 req/s ", res["healthz_500rps"]))
     print(line("/api/bess-status, 50 clients paced at 500 req/s ", res["paced_500rps"]))
     print(line("/api/bess-status, 50 clients flat out           ", res["flat_out"]))
     w = res["websocket"]
-    print(f"websocket fan-out: {w['clients']} clients, {w['msgs_per_s_per_client']} msg/s each (min {w['min_per_client']} "
-          f"per client), {w['broadcasts_to_all']} broadcasts reached all; first-to-last spread median "
-          f"{w['spread_median_ms']} ms p99 {w['spread_p99_ms']} ms | cycle p99 {w['cycle']['p99_ms']} ms")
+    print(
+        f"websocket fan-out: {w['clients']} clients, {w['msgs_per_s_per_client']} msg/s each (min {w['min_per_client']} "
+        f"per client), {w['broadcasts_to_all']} broadcasts reached all; first-to-last spread median "
+        f"{w['spread_median_ms']} ms p99 {w['spread_p99_ms']} ms | cycle p99 {w['cycle']['p99_ms']} ms"
+    )
     p = res["paced_500rps"]
     cyc = [res[k]["cycle"]["p99_ms"] for k in ("paced_500rps", "flat_out", "websocket")]
-    res["met"] = {"p99_under_20ms_at_500rps": p["p99_ms"] < 20 and p["rps"] >= 490 and p["errors"] == 0,
-                  "cycle_p99_under_20ms": all(x is not None and x < 20 for x in cyc)}
+    res["met"] = {
+        "p99_under_20ms_at_500rps": p["p99_ms"] < 20 and p["rps"] >= 490 and p["errors"] == 0,
+        "cycle_p99_under_20ms": all(x is not None and x < 20 for x in cyc),
+    }
     print(f"targets met: {res['met']}")
     print(json.dumps({"bench": "api", **res}))
     return 0

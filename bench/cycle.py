@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT))
 from controller.clock import Clock, iso  # noqa: E402
 from controller.config import load_config  # noqa: E402
 from controller.cycle.loop import Controller  # noqa: E402
-from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 from controller.store import Store  # noqa: E402
+from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 
 BASE = ROOT / "config" / "demo-modbus.yaml"
 TARGETS = {"cycle_p99_ms": 20.0, "cpu_pct_1s": 3.0, "trade_to_setpoint_p99_ms": 150.0}
@@ -96,7 +96,7 @@ class Run:
 
     async def __aenter__(self) -> Controller:
         await self.c.start()
-        for _ in range(200):   # bounded: up to 20 s for the first good cycle
+        for _ in range(200):  # bounded: up to 20 s for the first good cycle
             if self.c.stats.good_cycles:
                 break
             await asyncio.sleep(0.1)
@@ -111,7 +111,7 @@ class Run:
 
 async def cycle_phase(site: Path, state: Path, seconds: float, warmup_s: float = 3.0) -> dict:
     async with Run(site, state) as c:
-        await asyncio.sleep(warmup_s)   # first connections, SunSpec discovery, first arming
+        await asyncio.sleep(warmup_s)  # first connections, SunSpec discovery, first arming
         c.stats.durations_s.clear()
         overruns0 = c.stats.overruns
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -119,11 +119,19 @@ async def cycle_phase(site: Path, state: Path, seconds: float, warmup_s: float =
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         d = list(c.stats.durations_s)
         good = c.stats.good_cycles
-    return {"cycles": len(d), "median_ms": ms(pct(d, 0.5)), "p99_ms": ms(pct(d, 0.99)), "max_ms": ms(max(d)),
-            "overruns": c.stats.overruns - overruns0, "cpu_pct": round(100 * cpu / wall, 2), "good_cycles": good,
-            # how many cycles a second the loop keeps up (nominal 1 / period_s): the figure the system tests
-            # no longer time (tests/system/test_cycle_rhythm.py counts cycles and leaves the rate to this)
-            "cycles_per_s": round(len(d) / wall, 2), "nominal_per_s": round(1 / c.config.cycle.period_s, 2)}
+    return {
+        "cycles": len(d),
+        "median_ms": ms(pct(d, 0.5)),
+        "p99_ms": ms(pct(d, 0.99)),
+        "max_ms": ms(max(d)),
+        "overruns": c.stats.overruns - overruns0,
+        "cpu_pct": round(100 * cpu / wall, 2),
+        "good_cycles": good,
+        # how many cycles a second the loop keeps up (nominal 1 / period_s): the figure the system tests
+        # no longer time (tests/system/test_cycle_rhythm.py counts cycles and leaves the rate to this)
+        "cycles_per_s": round(len(d) / wall, 2),
+        "nominal_per_s": round(1 / c.config.cycle.period_s, 2),
+    }
 
 
 async def latency_phase(site: Path, state: Path, n: int, seed: int) -> dict:
@@ -140,24 +148,33 @@ async def latency_phase(site: Path, state: Path, n: int, seed: int) -> dict:
             await asyncio.sleep(1.0)
             position = 0.0
             for i in range(n):
-                await asyncio.sleep(rng.uniform(0.0, c.config.cycle.period_s))   # land anywhere in the cycle
+                await asyncio.sleep(rng.uniform(0.0, c.config.cycle.period_s))  # land anywhere in the cycle
                 side = "sell" if i % 2 == 0 else "buy"
                 position += 1.0 if side == "sell" else -1.0
                 now = c.clock.now()
                 start = period_start(now)
-                if start + PERIOD_S - now < 2.0:   # too close to the boundary: the trade would not apply
+                if start + PERIOD_S - now < 2.0:  # too close to the boundary: the trade would not apply
                     await asyncio.sleep(start + PERIOD_S - now + 0.5)
                     now = c.clock.now()
                     start = period_start(now)
                     position = c.schedule.position_mw(now) + (1.0 if side == "sell" else -1.0)
                 t0 = time.perf_counter()
-                ack = c.accept_trade({"trade_id": f"L-{seed}-{i}", "side": side, "quantity_mw": 1.0,
-                                      "price_eur_mwh": 80.0, "delivery_start": iso(start),
-                                      "delivery_end": iso(start + PERIOD_S), "market": "intraday",
-                                      "executed_at": iso(now)}, source="bench")
+                ack = c.accept_trade(
+                    {
+                        "trade_id": f"L-{seed}-{i}",
+                        "side": side,
+                        "quantity_mw": 1.0,
+                        "price_eur_mwh": 80.0,
+                        "delivery_start": iso(start),
+                        "delivery_end": iso(start + PERIOD_S),
+                        "market": "intraday",
+                        "executed_at": iso(now),
+                    },
+                    source="bench",
+                )
                 if not ack.accepted:
                     raise RuntimeError(f"trade refused: {ack}")
-                for _ in range(5000):   # bounded: ~5 s at most
+                for _ in range(5000):  # bounded: ~5 s at most
                     v = await probe.read_point("setpoint_mw")
                     if v is not None and abs(v - position) < 1e-6:
                         break
@@ -197,8 +214,12 @@ async def main(args) -> dict:
     res: dict = {"bench": "cycle", "targets": TARGETS}
     for period_s, key in ((1.0, "cycle_1s"), (0.1, "cycle_100ms")):
         site = sites[period_s]
-        sim = subprocess.Popen([str(Path(sys.executable).with_name("bess-edge")), "simulate", "--config", str(site)],
-                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sim = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bess-edge")), "simulate", "--config", str(site)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             cfg = load_config(site)
             for dev in cfg.devices.values():
@@ -235,9 +256,11 @@ if __name__ == "__main__":
     print(f"floor: raw 50-register read   median {f['median_ms']} ms, p99 {f['p99_ms']} ms")
     for key, label in (("cycle_1s", "cycle @ 1 s"), ("cycle_100ms", "cycle @ 0.1 s")):
         r = out[key]
-        print(f"{label:14s} n={r['cycles']:4d}  median {r['median_ms']} ms  p99 {r['p99_ms']} ms  max {r['max_ms']} ms  "
-              f"overruns {r['overruns']}  CPU {r['cpu_pct']} %  {r['cycles_per_s']} cycles/s "
-              f"(nominal {r['nominal_per_s']})")
+        print(
+            f"{label:14s} n={r['cycles']:4d}  median {r['median_ms']} ms  p99 {r['p99_ms']} ms  max {r['max_ms']} ms  "
+            f"overruns {r['overruns']}  CPU {r['cpu_pct']} %  {r['cycles_per_s']} cycles/s "
+            f"(nominal {r['nominal_per_s']})"
+        )
     t = out["trade_to_setpoint_1s"]
     print(f"trade->setpoint n={t['n']}  median {t['median_ms']} ms  p99 {t['p99_ms']} ms  max {t['max_ms']} ms")
     print(f"targets met: {out['met']}")

@@ -44,9 +44,16 @@ def random_orders(n: int, products: list[int], seed: int = 1) -> list[TickOrder]
     for _ in range(n):
         side = rng.choice(("buy", "sell"))
         price = 10_000 + int(rng.gauss(0, 150)) + (-60 if side == "buy" else 60)
-        out.append(TickOrder(participant=rng.choice("abcd"), side=side, price_ticks=price,
-                                quantity_lots=rng.randint(1, 50), delivery_start=rng.choice(products),
-                                time_in_force=rng.choice(("GTC",) * 8 + ("IOC", "FOK"))))
+        out.append(
+            TickOrder(
+                participant=rng.choice("abcd"),
+                side=side,
+                price_ticks=price,
+                quantity_lots=rng.randint(1, 50),
+                delivery_start=rng.choice(products),
+                time_in_force=rng.choice(("GTC",) * 8 + ("IOC", "FOK")),
+            )
+        )
     return out
 
 
@@ -67,9 +74,14 @@ def bench_engine(n: int, time_cap_s: float) -> dict:
             break
     wall = time.perf_counter() - t_start
     resting = sum(len(b) for b in eng.books.values())
-    return {"orders": len(lat_us), "orders_per_s": round(len(lat_us) / wall), "trades": trades,
-            "resting_at_end": resting, "median_us": round(statistics.median(lat_us), 1),
-            "p99_us": round(pct(lat_us, 0.99), 1)}
+    return {
+        "orders": len(lat_us),
+        "orders_per_s": round(len(lat_us) / wall),
+        "trades": trades,
+        "resting_at_end": resting,
+        "median_us": round(statistics.median(lat_us), 1),
+        "p99_us": round(pct(lat_us, 0.99), 1),
+    }
 
 
 def start_server(port: int) -> subprocess.Popen:
@@ -78,8 +90,13 @@ def start_server(port: int) -> subprocess.Popen:
         f"asyncio.run(serve('127.0.0.1', {port}, participants={KEYS!r}, hmac_secret={SECRET!r}, "
         "counterparties=0, mqtt_url=None))"
     )
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
 
 
 def free_port() -> int:
@@ -111,8 +128,14 @@ async def bench_rest(url: str, n: int, concurrency: int, time_cap_s: float) -> d
     keys = list(KEYS)
 
     def body(req: TickOrder) -> dict:
-        return {"side": req.side, "quantity_mw": req.quantity_lots / 10, "price_eur_mwh": req.price_ticks / 100,
-                "delivery_start": iso(req.delivery_start), "market": "intraday", "time_in_force": req.time_in_force}
+        return {
+            "side": req.side,
+            "quantity_mw": req.quantity_lots / 10,
+            "price_eur_mwh": req.price_ticks / 100,
+            "delivery_start": iso(req.delivery_start),
+            "market": "intraday",
+            "time_in_force": req.time_in_force,
+        }
 
     async with httpx.AsyncClient(base_url=url) as plain:
         floor = []
@@ -154,11 +177,19 @@ async def bench_rest(url: str, n: int, concurrency: int, time_cap_s: float) -> d
     return {
         "floor_healthz_median_ms": round(statistics.median(floor), 3),
         "floor_healthz_p99_ms": round(pct(floor, 0.99), 3),
-        "sequential": {"orders": len(seq_lat), "orders_per_s": round(len(seq_lat) / seq_wall),
-                       "median_ms": round(statistics.median(seq_lat), 3), "p99_ms": round(pct(seq_lat, 0.99), 3)},
-        "concurrent": {"concurrency": concurrency, "orders": len(conc_lat),
-                       "orders_per_s": round(len(conc_lat) / conc_wall),
-                       "median_ms": round(statistics.median(conc_lat), 3), "p99_ms": round(pct(conc_lat, 0.99), 3)},
+        "sequential": {
+            "orders": len(seq_lat),
+            "orders_per_s": round(len(seq_lat) / seq_wall),
+            "median_ms": round(statistics.median(seq_lat), 3),
+            "p99_ms": round(pct(seq_lat, 0.99), 3),
+        },
+        "concurrent": {
+            "concurrency": concurrency,
+            "orders": len(conc_lat),
+            "orders_per_s": round(len(conc_lat) / conc_wall),
+            "median_ms": round(statistics.median(conc_lat), 3),
+            "p99_ms": round(pct(conc_lat, 0.99), 3),
+        },
     }
 
 
@@ -171,8 +202,10 @@ def main() -> int:
     args = p.parse_args()
 
     eng = bench_engine(args.engine_orders, args.time_cap_s)
-    print(f"engine (in process): {eng['orders']} orders, {eng['orders_per_s']} orders/s, {eng['trades']} trades, "
-          f"latency median {eng['median_us']} µs, p99 {eng['p99_us']} µs")
+    print(
+        f"engine (in process): {eng['orders']} orders, {eng['orders_per_s']} orders/s, {eng['trades']} trades, "
+        f"latency median {eng['median_us']} µs, p99 {eng['p99_us']} µs"
+    )
 
     port = free_port()
     proc = start_server(port)
@@ -187,11 +220,17 @@ def main() -> int:
         except subprocess.TimeoutExpired:
             proc.kill()
     s, c = rest["sequential"], rest["concurrent"]
-    print(f"REST floor GET /healthz: median {rest['floor_healthz_median_ms']} ms, p99 {rest['floor_healthz_p99_ms']} ms")
-    print(f"REST sequential: {s['orders']} orders, {s['orders_per_s']} orders/s, "
-          f"median {s['median_ms']} ms, p99 {s['p99_ms']} ms")
-    print(f"REST {c['concurrency']} concurrent: {c['orders']} orders, {c['orders_per_s']} orders/s, "
-          f"median {c['median_ms']} ms, p99 {c['p99_ms']} ms")
+    print(
+        f"REST floor GET /healthz: median {rest['floor_healthz_median_ms']} ms, p99 {rest['floor_healthz_p99_ms']} ms"
+    )
+    print(
+        f"REST sequential: {s['orders']} orders, {s['orders_per_s']} orders/s, "
+        f"median {s['median_ms']} ms, p99 {s['p99_ms']} ms"
+    )
+    print(
+        f"REST {c['concurrency']} concurrent: {c['orders']} orders, {c['orders_per_s']} orders/s, "
+        f"median {c['median_ms']} ms, p99 {c['p99_ms']} ms"
+    )
     print(json.dumps({"bench": "exchange", "engine": eng, "rest": rest}))
     return 0
 

@@ -42,8 +42,17 @@ from controller.uplink.outbox import Outbox  # noqa: E402
 
 SITE = ROOT / "config" / "demo-modbus.yaml"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-PAYLOAD = {"ts": "2026-11-01T12:00:00.000Z", "soc_pct": 51.234, "power_mw": 2.0, "setpoint_mw": 2.0,
-           "target_mw": 2.0, "temperature_c": 27.5, "status": "online", "mode": "auto", "binding": "none"}
+PAYLOAD = {
+    "ts": "2026-11-01T12:00:00.000Z",
+    "soc_pct": 51.234,
+    "power_mw": 2.0,
+    "setpoint_mw": 2.0,
+    "target_mw": 2.0,
+    "temperature_c": 27.5,
+    "status": "online",
+    "mode": "auto",
+    "binding": "none",
+}
 CYCLE_P99_TARGET_MS = 20.0  # issue 3's target for the control cycle
 
 
@@ -57,13 +66,16 @@ class Broker:
     def __init__(self, workdir: Path):
         self.port = free_port()
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                             "max_queued_messages 0\nmax_inflight_messages 20\nlog_dest none\n")
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+            "max_queued_messages 0\nmax_inflight_messages 20\nlog_dest none\n"
+        )
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         for _ in range(200):  # bounded: up to 10 s
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
@@ -109,8 +121,9 @@ def raw_rate(port: int, n: int) -> float:
 def site(tmp: Path, port: int, **mqtt_over):
     cfg = load_config(ROOT / "config" / "demo-modbus.yaml")
     cfg = cfg.model_copy(update={"mode": "demo", "mqtt": cfg.mqtt.model_copy(update=mqtt_over)})
-    secrets = load_secrets(cfg, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret",
-                                 "MQTT_URL": f"mqtt://127.0.0.1:{port}"})
+    secrets = load_secrets(
+        cfg, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "MQTT_URL": f"mqtt://127.0.0.1:{port}"}
+    )
     return cfg, secrets
 
 
@@ -120,8 +133,7 @@ def write_site(tmp: Path, drain_rate_per_s: float | None) -> Path:
     benchmark's Daemon share. No drain_rate_per_s: the config's default."""
     raw = yaml.safe_load(SITE.read_text())
     bms_port, pcs_port = free_port(), free_port()
-    raw["simulator"].update(bms_modbus_port=bms_port, pcs_modbus_port=pcs_port, bms_opcua_port=None,
-                            control_port=None)
+    raw["simulator"].update(bms_modbus_port=bms_port, pcs_modbus_port=pcs_port, bms_opcua_port=None, control_port=None)
     for dev in raw["devices"].values():
         dev["port"] = pcs_port if dev["role"] == "pcs" else bms_port
         dev["profile"] = str((SITE.parent / dev["profile"]).resolve())
@@ -149,8 +161,12 @@ class PlantProcess:
 
     async def start(self) -> None:
         exe = Path(sys.executable).with_name("bess-edge")
-        self.proc = subprocess.Popen([str(exe), "simulate", "--config", str(self.site_file)], cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [str(exe), "simulate", "--config", str(self.site_file)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -205,8 +221,12 @@ async def outbox_rate(tmp: Path, port: int, n: int) -> float:
 def cycle_figures(durs_s: list[float]) -> dict:
     durs = sorted(durs_s)
     p = lambda q: durs[min(len(durs) - 1, int(len(durs) * q))] * 1e3 if durs else float("nan")  # noqa: E731
-    return {"cycles": len(durs), "median_ms": round(statistics.median(durs) * 1e3, 2) if durs else None,
-            "p99_ms": round(p(0.99), 2), "max_ms": round(durs[-1] * 1e3, 2) if durs else None}
+    return {
+        "cycles": len(durs),
+        "median_ms": round(statistics.median(durs) * 1e3, 2) if durs else None,
+        "p99_ms": round(p(0.99), 2),
+        "max_ms": round(durs[-1] * 1e3, 2) if durs else None,
+    }
 
 
 HOOK = {"cycle": True}
@@ -233,8 +253,9 @@ async def drain(tmp: Path, broker: Broker, backlog: int, drain_rate_per_s: float
     plant = PlantProcess(site_file)
     await plant.start()
     cfg = load_config(site_file)
-    secrets = load_secrets(cfg, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret",
-                                 "MQTT_URL": f"mqtt://127.0.0.1:{broker.port}"})
+    secrets = load_secrets(
+        cfg, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "MQTT_URL": f"mqtt://127.0.0.1:{broker.port}"}
+    )
     d = Daemon(cfg, secrets, work / "state")
     try:
         await start_daemon(d)
@@ -271,10 +292,19 @@ async def drain(tmp: Path, broker: Broker, backlog: int, drain_rate_per_s: float
         await plant.stop()
     if delivered < depth:
         raise RuntimeError(f"{depth} rows waiting at reconnect, only {delivered} acknowledged")
-    return {"backlog": backlog, "rows_at_reconnect": depth, "rows_delivered": delivered,
-            "drain_rate_per_s": cfg.mqtt.drain_rate_per_s, "fill_s": round(fill_s, 2), "drain_s": round(drain_s, 2),
-            "drain_msgs_per_s": round(delivered / drain_s), "cycle_idle": idle, "cycle_draining": busy,
-            "cycle_overruns": overruns, "uplink_on_cycle": hooked}
+    return {
+        "backlog": backlog,
+        "rows_at_reconnect": depth,
+        "rows_delivered": delivered,
+        "drain_rate_per_s": cfg.mqtt.drain_rate_per_s,
+        "fill_s": round(fill_s, 2),
+        "drain_s": round(drain_s, 2),
+        "drain_msgs_per_s": round(delivered / drain_s),
+        "cycle_idle": idle,
+        "cycle_draining": busy,
+        "cycle_overruns": overruns,
+        "uplink_on_cycle": hooked,
+    }
 
 
 async def main() -> None:
@@ -282,11 +312,18 @@ async def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="messages per throughput run")
     ap.add_argument("--backlog", type=int, default=100_000, help="outbox rows to drain")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--drain-rate", type=float, default=None,
-                    help="mqtt.drain_rate_per_s for the drain (default: the config's default)")
+    ap.add_argument(
+        "--drain-rate",
+        type=float,
+        default=None,
+        help="mqtt.drain_rate_per_s for the drain (default: the config's default)",
+    )
     ap.add_argument("--idle-s", type=float, default=5.0, help="seconds of cycle measured with an empty outbox")
-    ap.add_argument("--no-cycle-hook", action="store_true",
-                    help="take uplink.on_cycle out of the controller's callbacks (the drain then competes with the cycle)")
+    ap.add_argument(
+        "--no-cycle-hook",
+        action="store_true",
+        help="take uplink.on_cycle out of the controller's callbacks (the drain then competes with the cycle)",
+    )
     args = ap.parse_args()
     HOOK["cycle"] = not args.no_cycle_hook
     tmp = Path(tempfile.mkdtemp(prefix="bench-mqtt-"))
@@ -300,27 +337,47 @@ async def main() -> None:
             box.append(await outbox_rate(tmp / f"run{i}", broker.port, args.n))
         raw_med, box_med = statistics.median(raw), statistics.median(box)
         print(f"raw paho QoS 1 publisher      median {raw_med:8.0f} msg/s   runs {[round(r) for r in raw]}")
-        print(f"telemetry through the outbox  median {box_med:8.0f} msg/s   runs {[round(r) for r in box]}"
-              f"   = {box_med / raw_med:.2f}x raw")
+        print(
+            f"telemetry through the outbox  median {box_med:8.0f} msg/s   runs {[round(r) for r in box]}"
+            f"   = {box_med / raw_med:.2f}x raw"
+        )
         raw_before = await asyncio.to_thread(raw_rate, broker.port, args.n)
         dr = await drain(tmp, broker, args.backlog, args.drain_rate, args.idle_s)
         raw_after = await asyncio.to_thread(raw_rate, broker.port, args.n)
         raw_ref = statistics.median(raw + [raw_before, raw_after])
         ratio = dr["drain_msgs_per_s"] / raw_ref
         idle, busy = dr["cycle_idle"], dr["cycle_draining"]
-        print(f"outage backlog of {dr['rows_at_reconnect']} rows (filled in {dr['fill_s']} s), drain_rate_per_s "
-              f"{dr['drain_rate_per_s']:g}: {dr['rows_delivered']} rows drained in {dr['drain_s']} s = "
-              f"{dr['drain_msgs_per_s']} msg/s = {ratio:.2f}x raw ({raw_ref:.0f} msg/s)  target >= 0.70x")
-        print(f"control cycle at 0.1 s, idle uplink:   {idle['cycles']} cycles, median {idle['median_ms']} ms, "
-              f"p99 {idle['p99_ms']} ms, max {idle['max_ms']} ms")
-        print(f"control cycle at 0.1 s while draining: {busy['cycles']} cycles, median {busy['median_ms']} ms, "
-              f"p99 {busy['p99_ms']} ms, max {busy['max_ms']} ms (target p99 < {CYCLE_P99_TARGET_MS:g} ms), "
-              f"overruns {dr['cycle_overruns']}, uplink.on_cycle {'on' if dr['uplink_on_cycle'] else 'OFF'}")
-        print(json.dumps({"bench": "mqtt", "plant": "subprocess", "n": args.n, "raw_msgs_per_s": round(raw_ref),
-                          "outbox_msgs_per_s": round(box_med), "outbox_vs_raw": round(box_med / raw_med, 2),
-                          **dr, "drain_vs_raw": round(ratio, 2), "drain_target_met": ratio >= 0.7,
-                          "cycle_p99_target_ms": CYCLE_P99_TARGET_MS,
-                          "cycle_p99_target_met": busy["p99_ms"] < CYCLE_P99_TARGET_MS}))
+        print(
+            f"outage backlog of {dr['rows_at_reconnect']} rows (filled in {dr['fill_s']} s), drain_rate_per_s "
+            f"{dr['drain_rate_per_s']:g}: {dr['rows_delivered']} rows drained in {dr['drain_s']} s = "
+            f"{dr['drain_msgs_per_s']} msg/s = {ratio:.2f}x raw ({raw_ref:.0f} msg/s)  target >= 0.70x"
+        )
+        print(
+            f"control cycle at 0.1 s, idle uplink:   {idle['cycles']} cycles, median {idle['median_ms']} ms, "
+            f"p99 {idle['p99_ms']} ms, max {idle['max_ms']} ms"
+        )
+        print(
+            f"control cycle at 0.1 s while draining: {busy['cycles']} cycles, median {busy['median_ms']} ms, "
+            f"p99 {busy['p99_ms']} ms, max {busy['max_ms']} ms (target p99 < {CYCLE_P99_TARGET_MS:g} ms), "
+            f"overruns {dr['cycle_overruns']}, uplink.on_cycle {'on' if dr['uplink_on_cycle'] else 'OFF'}"
+        )
+        print(
+            json.dumps(
+                {
+                    "bench": "mqtt",
+                    "plant": "subprocess",
+                    "n": args.n,
+                    "raw_msgs_per_s": round(raw_ref),
+                    "outbox_msgs_per_s": round(box_med),
+                    "outbox_vs_raw": round(box_med / raw_med, 2),
+                    **dr,
+                    "drain_vs_raw": round(ratio, 2),
+                    "drain_target_met": ratio >= 0.7,
+                    "cycle_p99_target_ms": CYCLE_P99_TARGET_MS,
+                    "cycle_p99_target_met": busy["p99_ms"] < CYCLE_P99_TARGET_MS,
+                }
+            )
+        )
     finally:
         broker.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -52,11 +52,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 def figures(samples_s: list[float]) -> dict[str, float]:
-    return {"median_ms": round(statistics.median(samples_s) * 1e3, 3), "p99_ms": round(pct(samples_s, 0.99) * 1e3, 3),
-            "max_ms": round(max(samples_s) * 1e3, 3)}
+    return {
+        "median_ms": round(statistics.median(samples_s) * 1e3, 3),
+        "p99_ms": round(pct(samples_s, 0.99) * 1e3, 3),
+        "max_ms": round(max(samples_s) * 1e3, 3),
+    }
 
 
 # --- the plant --------------------------------------------------------------------------------------------
+
 
 class PlantProcess:
     """`bess-edge simulate` on free ports, from a copy of the demo Modbus config; stopped with SIGTERM."""
@@ -74,8 +78,9 @@ class PlantProcess:
 
     async def start(self) -> None:
         exe = Path(sys.executable).parent / "bess-edge"
-        self.proc = subprocess.Popen([str(exe), "simulate", "--config", str(self.config)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            [str(exe), "simulate", "--config", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -102,8 +107,9 @@ class PlantInProcess:
     def __init__(self) -> None:
         from simulators.plant import Plant
 
-        self.plant = Plant.from_config(load_config(CONFIG), bms_modbus_port=0, pcs_modbus_port=0,
-                                       bms_opcua_port=None, control_port=None)
+        self.plant = Plant.from_config(
+            load_config(CONFIG), bms_modbus_port=0, pcs_modbus_port=0, bms_opcua_port=None, control_port=None
+        )
         self.ports: dict[str, int] = {}
 
     async def start(self) -> None:
@@ -121,6 +127,7 @@ def _listening(port: int) -> bool:
 
 
 # --- the floor: hand-built MBAP frames on a bare asyncio socket -------------------------------------------
+
 
 class BareDevice:
     """One TCP connection that sends the driver's read plan as raw Modbus TCP frames, one after the other."""
@@ -161,6 +168,7 @@ class BareDevice:
 
 # --- the run ----------------------------------------------------------------------------------------------
 
+
 async def run(n: int, rounds: int, in_process: bool) -> dict:
     cfg = load_config(CONFIG)
     bms_profile = cfg.load_profile(cfg.devices["bms"])
@@ -172,9 +180,8 @@ async def run(n: int, rounds: int, in_process: bool) -> dict:
     floors: list[BareDevice] = []
     try:
         await bms.connect()
-        await pcs.connect()   # SunSpec discovery happens here, once, outside the timed loop
-        floors = [BareDevice(plant.ports["bms"], bms.plan),
-                  BareDevice(plant.ports["pcs"], pcs.modbus.plan)]
+        await pcs.connect()  # SunSpec discovery happens here, once, outside the timed loop
+        floors = [BareDevice(plant.ports["bms"], bms.plan), BareDevice(plant.ports["pcs"], pcs.modbus.plan)]
         for f in floors:
             await f.connect()
 
@@ -186,7 +193,7 @@ async def run(n: int, rounds: int, in_process: bool) -> dict:
         async def floor() -> None:
             await asyncio.gather(*(f.read() for f in floors))
 
-        for _ in range(min(200, n)):     # warm-up: connections, caches, the server's first answers
+        for _ in range(min(200, n)):  # warm-up: connections, caches, the server's first answers
             await snapshot()
             await floor()
         driver_s: list[float] = []
@@ -204,8 +211,10 @@ async def run(n: int, rounds: int, in_process: bool) -> dict:
                 await floor()
                 floor_s.append(clock() - t0)
         requests = bms.requests_per_read + pcs.requests_per_read
-        plan = {"bms": [(r.function, r.address, r.count) for r in bms.plan],
-                "pcs": [(r.function, r.address, r.count) for r in pcs.modbus.plan]}
+        plan = {
+            "bms": [(r.function, r.address, r.count) for r in bms.plan],
+            "pcs": [(r.function, r.address, r.count) for r in pcs.modbus.plan],
+        }
     finally:
         for f in floors:
             await f.close()
@@ -215,12 +224,21 @@ async def run(n: int, rounds: int, in_process: bool) -> dict:
     d, f = figures(driver_s), figures(floor_s)
     ratio = round(d["median_ms"] / f["median_ms"], 2)
     ratio_p99 = round(d["p99_ms"] / f["p99_ms"], 2)
-    return {"bench": "poll", "n": n, "plant": "in-process" if in_process else "subprocess",
-            "requests_per_snapshot": requests, "plan": plan, "driver": d, "floor": f,
-            "ratio_median": ratio, "ratio_p99": ratio_p99,
-            "target": {"ratio_max": TARGET_RATIO, "median_ms_max": TARGET_MEDIAN_MS},
-            "meets_target": ratio <= TARGET_RATIO and d["median_ms"] < TARGET_MEDIAN_MS,
-            "cpus": os.cpu_count(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+    return {
+        "bench": "poll",
+        "n": n,
+        "plant": "in-process" if in_process else "subprocess",
+        "requests_per_snapshot": requests,
+        "plan": plan,
+        "driver": d,
+        "floor": f,
+        "ratio_median": ratio,
+        "ratio_p99": ratio_p99,
+        "target": {"ratio_max": TARGET_RATIO, "median_ms_max": TARGET_MEDIAN_MS},
+        "meets_target": ratio <= TARGET_RATIO and d["median_ms"] < TARGET_MEDIAN_MS,
+        "cpus": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
 
 
 def main() -> int:
@@ -231,14 +249,18 @@ def main() -> int:
     args = ap.parse_args()
     res = asyncio.run(run(args.n, args.rounds, args.in_process))
     print(f"plant: {res['plant']}; snapshot = BMS (generic Modbus) + PCS (SunSpec), read concurrently")
-    print(f"requests per snapshot: {res['requests_per_snapshot']}  "
-          f"(BMS {len(res['plan']['bms'])}, PCS {len(res['plan']['pcs'])})")
+    print(
+        f"requests per snapshot: {res['requests_per_snapshot']}  "
+        f"(BMS {len(res['plan']['bms'])}, PCS {len(res['plan']['pcs'])})"
+    )
     for name in ("driver", "floor"):
         r = res[name]
         print(f"{name:7s} median {r['median_ms']:7.3f} ms   p99 {r['p99_ms']:7.3f} ms   max {r['max_ms']:7.3f} ms")
-    print(f"ratio   median {res['ratio_median']:.2f}x   p99 {res['ratio_p99']:.2f}x   "
-          f"(target: <= {TARGET_RATIO:g}x the floor, median < {TARGET_MEDIAN_MS:g} ms) -> "
-          f"{'met' if res['meets_target'] else 'MISSED'}")
+    print(
+        f"ratio   median {res['ratio_median']:.2f}x   p99 {res['ratio_p99']:.2f}x   "
+        f"(target: <= {TARGET_RATIO:g}x the floor, median < {TARGET_MEDIAN_MS:g} ms) -> "
+        f"{'met' if res['meets_target'] else 'MISSED'}"
+    )
     print(json.dumps(res))
     return 0
 

@@ -71,9 +71,12 @@ from bench.api import window_quantile  # noqa: E402
 from controller.clock import iso  # noqa: E402
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET, ConfigError, load_config  # noqa: E402
 from controller.demo import mosquitto_binary, write_mosquitto_conf  # noqa: E402
-from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 from controller.store import DB_FILENAME  # noqa: E402
-from controller.trading.market import GATE_CLOSURE_S  # noqa: E402
+from controller.trading.market import (  # noqa: E402
+    GATE_CLOSURE_S,  # noqa: E402
+    PERIOD_S,
+    period_start,
+)
 
 HOST = "127.0.0.1"
 FAULTS = ("bms_silent", "pcs_drop", "broker_down", "exchange_down", "garbage")
@@ -142,17 +145,27 @@ class Proc:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True, cwd=str(ROOT))
+            self.proc = subprocess.Popen(
+                self.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(ROOT),
+            )
         self.pgids.append(self.proc.pid)
         deadline = time.monotonic() + START_TIMEOUT_S
         while not all(port_open(p) for p in self.ports):
             if self.proc.poll() is not None:
-                raise StackError(f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n"
-                                 + tail(self.log_path))
+                raise StackError(
+                    f"{self.name} exited with code {self.proc.returncode}; log {self.log_path}:\n" + tail(self.log_path)
+                )
             if time.monotonic() > deadline:
-                raise StackError(f"{self.name} did not open ports {self.ports} within {START_TIMEOUT_S:g} s; "
-                                 f"log {self.log_path}:\n" + tail(self.log_path))
+                raise StackError(
+                    f"{self.name} did not open ports {self.ports} within {START_TIMEOUT_S:g} s; "
+                    f"log {self.log_path}:\n" + tail(self.log_path)
+                )
             check_stop()
             time.sleep(0.1)
 
@@ -224,8 +237,12 @@ def write_site(base: Path, ports: Ports, out: Path) -> Path:
             raise StackError(f"{base}: devices.{name}: role {dev['role']!r}: the soak runs a one-BMS, one-PCS plant")
         dev["host"] = HOST
         dev["profile"] = str((base.parent / dev["profile"]).resolve())
-    raw.setdefault("simulator", {}).update(bms_modbus_port=ports.bms_modbus, pcs_modbus_port=ports.pcs,
-                                           bms_opcua_port=ports.bms_opcua, control_port=ports.control)
+    raw.setdefault("simulator", {}).update(
+        bms_modbus_port=ports.bms_modbus,
+        pcs_modbus_port=ports.pcs,
+        bms_opcua_port=ports.bms_opcua,
+        control_port=ports.control,
+    )
     raw.setdefault("web", {}).update(host=HOST, port=ports.web)
     raw["web"].setdefault("tls", {})["enabled"] = False
     scada = raw.setdefault("scada", {})
@@ -284,11 +301,15 @@ class NotifyListener(threading.Thread):
         pings = [t for t in self.pings if t <= until]
         gaps = [(a, b - a) for a, b in zip(pings, pings[1:])] + ([(pings[-1], until - pings[-1])] if pings else [])
         missed = [{"at_s": round(a - t0, 1), "gap_s": round(g, 2)} for a, g in gaps if g > watchdog_s]
-        return {"watchdog_s": watchdog_s, "pings": len(pings), "missed": len(missed),
-                "longest_gap_s": round(max(g for _, g in gaps), 2) if gaps else None,
-                "missed_gaps": missed,
-                "first_ping_after_start_s": round(pings[0] - started_at, 2) if pings else None,
-                "ready": self.ready_at is not None}
+        return {
+            "watchdog_s": watchdog_s,
+            "pings": len(pings),
+            "missed": len(missed),
+            "longest_gap_s": round(max(g for _, g in gaps), 2) if gaps else None,
+            "missed_gaps": missed,
+            "first_ping_after_start_s": round(pings[0] - started_at, 2) if pings else None,
+            "ready": self.ready_at is not None,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ MQTT subscriber
@@ -304,8 +325,12 @@ class Subscriber:
         self.acks: dict[str, bool] = {}
         self.trades_seen: set[str] = set()
         self.connects = 0
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-soak-{os.getpid()}",
-                                  clean_session=False, protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"bench-soak-{os.getpid()}",
+            clean_session=False,
+            protocol=mqtt.MQTTv311,
+        )
         self.client.reconnect_delay_set(min_delay=1, max_delay=2)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
@@ -326,8 +351,9 @@ class Subscriber:
         if reason_code.is_failure:
             return
         self.connects += 1
-        client.subscribe([(f"bess/{self.site}/telemetry", 1), (f"bess/{self.site}/trades", 1),
-                          (f"bess/{self.site}/trades/ack", 1)])
+        client.subscribe(
+            [(f"bess/{self.site}/telemetry", 1), (f"bess/{self.site}/trades", 1), (f"bess/{self.site}/trades/ack", 1)]
+        )
         self.connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -387,8 +413,9 @@ class Site:
     """The controller's web face, as an operator's tools use it (API key in the headers)."""
 
     def __init__(self, base: str, key: str):
-        self.http = httpx.Client(base_url=base, timeout=5.0, headers={"X-API-Key": key,
-                                                                       "Authorization": f"Bearer {key}"})
+        self.http = httpx.Client(
+            base_url=base, timeout=5.0, headers={"X-API-Key": key, "Authorization": f"Bearer {key}"}
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -454,9 +481,14 @@ class Trader:
         start = period_start(time.time()) + PERIOD_S
         if start - time.time() <= GATE_CLOSURE_S + 30:
             start += PERIOD_S
-        order = {"side": side, "quantity_mw": self.quantity_mw, "market": "intraday", "time_in_force": "IOC",
-                 "price_eur_mwh": round(mark - 30 if side == "sell" else mark + 30, 2),
-                 "delivery_start": iso(start).replace(".000Z", "Z")}
+        order = {
+            "side": side,
+            "quantity_mw": self.quantity_mw,
+            "market": "intraday",
+            "time_in_force": "IOC",
+            "price_eur_mwh": round(mark - 30 if side == "sell" else mark + 30, 2),
+            "delivery_start": iso(start).replace(".000Z", "Z"),
+        }
         try:
             r = self.site.http.post("/api/orders", json=order)
         except httpx.HTTPError as e:
@@ -508,8 +540,10 @@ class Injector:
         if kind == "garbage":
             ok, note = self._post(self.bms_face, self.garbage_body())
             if not ok and "-> 422" in note:
-                note = ("the plant simulator does not take raw values / status codes yet (422; they land with the "
-                        "'readings' change of issue 11): " + note)
+                note = (
+                    "the plant simulator does not take raw values / status codes yet (422; they land with the "
+                    "'readings' change of issue 11): " + note
+                )
             return ok, note
         if kind == "broker_down":
             self.broker.stop()
@@ -565,10 +599,16 @@ def observe(site: Site) -> dict[str, Any]:
     st = site.status() or {}
     m = site.metrics() or {}
     up = {re.search(r'device="([^"]+)"', k).group(1): int(v) for k, v in m.items() if k.startswith("bess_device_up{")}
-    return {"status": st.get("status"), "soc_pct": st.get("soc_pct"), "setpoint_mw": st.get("setpoint_mw"),
-            "device_up": up, "mqtt_connected": m.get("bess_mqtt_connected"),
-            "outbox_depth": m.get("bess_mqtt_outbox_depth"), "market_stale": site.market().get("stale"),
-            "alarms": (st.get("alarms") or [])[:3]}
+    return {
+        "status": st.get("status"),
+        "soc_pct": st.get("soc_pct"),
+        "setpoint_mw": st.get("setpoint_mw"),
+        "device_up": up,
+        "mqtt_connected": m.get("bess_mqtt_connected"),
+        "outbox_depth": m.get("bess_mqtt_outbox_depth"),
+        "market_stale": site.market().get("stale"),
+        "alarms": (st.get("alarms") or [])[:3],
+    }
 
 
 # ------------------------------------------------------------------------------------------------ figures
@@ -595,14 +635,21 @@ QUANTITIES = (  # key, label, unit, target kind
 def quantity_figures(samples: list[dict[str, Any]], key: str, kind: str | None, warmup_s: float) -> dict[str, Any]:
     """First/last/min/max and the least-squares slope per hour of one quantity over the quiet samples (after the
     warm-up, no fault in their window): a leak stays after its fault has gone, a fault's transient does not."""
-    pts = [(s["t_s"], s[key]) for s in samples
-           if s["t_s"] >= warmup_s and not s.get("fault") and s.get(key) is not None]
+    pts = [
+        (s["t_s"], s[key]) for s in samples if s["t_s"] >= warmup_s and not s.get("fault") and s.get(key) is not None
+    ]
     if not pts:
         return {"first": None, "last": None, "slope_per_h": None, "target": None, "pass": None, "samples": 0}
     ts, ys = [p[0] for p in pts], [p[1] for p in pts]
     slope = slope_per_h(ts, ys)
-    out: dict[str, Any] = {"first": ys[0], "last": ys[-1], "min": min(ys), "max": max(ys), "samples": len(ys),
-                           "slope_per_h": None if slope is None else round(slope, 3)}
+    out: dict[str, Any] = {
+        "first": ys[0],
+        "last": ys[-1],
+        "min": min(ys),
+        "max": max(ys),
+        "samples": len(ys),
+        "slope_per_h": None if slope is None else round(slope, 3),
+    }
     if kind == "rss":
         out["target"] = f"slope < {RSS_SLOPE_TARGET_MB_H:g} MB/h"
         out["pass"] = slope is not None and slope < RSS_SLOPE_TARGET_MB_H
@@ -661,27 +708,46 @@ class Soak:
         self.state_dir = work / "state"
         (work / "logs").mkdir()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
-        env.update(API_KEY=DEMO_API_KEY, EXCHANGE_API_KEY=DEMO_API_KEY, HMAC_SECRET=DEMO_HMAC_SECRET,
-                   MQTT_URL=f"mqtt://{HOST}:{self.ports.mqtt}", EXCHANGE_BASE_URL=f"http://{HOST}:{self.ports.exchange}",
-                   PYTHONUNBUFFERED="1")
+        env.update(
+            API_KEY=DEMO_API_KEY,
+            EXCHANGE_API_KEY=DEMO_API_KEY,
+            HMAC_SECRET=DEMO_HMAC_SECRET,
+            MQTT_URL=f"mqtt://{HOST}:{self.ports.mqtt}",
+            EXCHANGE_BASE_URL=f"http://{HOST}:{self.ports.exchange}",
+            PYTHONUNBUFFERED="1",
+        )
         self.notify_path = work / "notify.sock"
         ctl_env = dict(env, NOTIFY_SOCKET=str(self.notify_path), WATCHDOG_USEC=str(int(args.watchdog_s * 1e6)))
         exe = [sys.executable, "-m", "controller.cli"]
         broker_bin = mosquitto_binary()
         if broker_bin is None:
-            raise StackError("mosquitto not found (scripts/setup.sh installs it): the broker outage needs a real broker")
+            raise StackError(
+                "mosquitto not found (scripts/setup.sh installs it): the broker outage needs a real broker"
+            )
         conf = write_mosquitto_conf(work / "mosquitto", self.ports.mqtt)
         log = lambda name: work / "logs" / f"{name}.log"  # noqa: E731
         self.broker = Proc("mosquitto", [broker_bin, "-c", str(conf)], [self.ports.mqtt], env, log("mosquitto"))
-        self.plant = Proc("plant simulators", exe + ["simulate", "--config", str(self.site_file)],
-                          [self.ports.bms_modbus, self.ports.pcs, self.ports.bms_opcua, self.ports.control], env,
-                          log("plant"))
-        self.exchange = Proc("exchange simulator", exe + ["exchange", "--port", str(self.ports.exchange),
-                                                          "--counterparties", str(args.counterparties)],
-                             [self.ports.exchange], env, log("exchange"))
-        self.controller = Proc("controller", exe + ["run", "--config", str(self.site_file), "--state-dir",
-                                                    str(self.state_dir), "--log-format", "json"],
-                               [self.ports.web], ctl_env, log("controller"))
+        self.plant = Proc(
+            "plant simulators",
+            exe + ["simulate", "--config", str(self.site_file)],
+            [self.ports.bms_modbus, self.ports.pcs, self.ports.bms_opcua, self.ports.control],
+            env,
+            log("plant"),
+        )
+        self.exchange = Proc(
+            "exchange simulator",
+            exe + ["exchange", "--port", str(self.ports.exchange), "--counterparties", str(args.counterparties)],
+            [self.ports.exchange],
+            env,
+            log("exchange"),
+        )
+        self.controller = Proc(
+            "controller",
+            exe + ["run", "--config", str(self.site_file), "--state-dir", str(self.state_dir), "--log-format", "json"],
+            [self.ports.web],
+            ctl_env,
+            log("controller"),
+        )
         self.procs = [self.broker, self.plant, self.exchange, self.controller]
         self.notify: NotifyListener | None = None
         self.sub: Subscriber | None = None
@@ -690,8 +756,8 @@ class Soak:
         self.trader = Trader(self.site, args.order_mw)
         self.samples: list[dict[str, Any]] = []
         self.faults: list[dict[str, Any]] = []
-        self.active: dict[str, Any] | None = None       # the fault being held
-        self.recovering: dict[str, Any] | None = None   # a cleared fault whose recovery we wait for
+        self.active: dict[str, Any] | None = None  # the fault being held
+        self.recovering: dict[str, Any] | None = None  # a cleared fault whose recovery we wait for
         self._fault_in_window = False
         self.t0 = 0.0
         self.controller_started_at = 0.0
@@ -712,8 +778,9 @@ class Soak:
         self.controller_started_at = time.monotonic()
         self.controller.start()
         if not wait_until(self.site.ready, 60):
-            raise StackError("the controller did not become ready (/readyz) within 60 s; log:\n"
-                             + tail(self.controller.log_path))
+            raise StackError(
+                "the controller did not become ready (/readyz) within 60 s; log:\n" + tail(self.controller.log_path)
+            )
         self.say(f"controller up (pid {self.controller.pid}, {self.site.http.base_url}), ready")
 
     def stop_all(self) -> None:
@@ -753,9 +820,11 @@ class Soak:
             s["cycle_p99_rolling_ms"] = None if rolling is None else round(rolling * 1000, 2)
             s["outbox_depth"] = m.get("bess_mqtt_outbox_depth")
         self.samples.append(s)
-        self.say(f"sample: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, threads {s['threads']}, tasks {s.get('tasks')}, "
-                 f"cycle p99 {s.get('cycle_p99_ms')} ms over {s.get('cycles')} cycles, outbox {s.get('outbox_depth')}"
-                 + ("  (fault in this window)" if s["fault"] else ""))
+        self.say(
+            f"sample: RSS {s['rss_mb']:.1f} MB, fds {s['fds']}, threads {s['threads']}, tasks {s.get('tasks')}, "
+            f"cycle p99 {s.get('cycle_p99_ms')} ms over {s.get('cycles')} cycles, outbox {s.get('outbox_depth')}"
+            + ("  (fault in this window)" if s["fault"] else "")
+        )
         return s
 
     # ---- faults on the timeline
@@ -779,8 +848,10 @@ class Soak:
         ok, note = self.injector.clear(f["kind"])
         del f["clear_at"]
         f.update(cleared=ok, clear_note=note, cleared_at_s=round(now - self.t0, 1))
-        self.say(f"fault {f['kind']}: {'cleared' if ok else 'NOT cleared'}: {note}; near the end of the hold: "
-                 f"{json.dumps(f['observed'])}")
+        self.say(
+            f"fault {f['kind']}: {'cleared' if ok else 'NOT cleared'}: {note}; near the end of the hold: "
+            f"{json.dumps(f['observed'])}"
+        )
         self.faults.append(f)
         self.active, self.recovering = None, {"fault": f, "since": now}
 
@@ -864,15 +935,29 @@ class Soak:
         lost = sorted(set(range(1, last_seq + 1)) - seqs - waiting)
         return {
             "watchdog": wd,
-            "trades": {"orders": dict(self.trader.results), "filled_mw": round(self.trader.filled_mw, 1),
-                       "published_to_site": len(trades_seen), "acked": len(acks), "acked_accepted": len(accepted),
-                       "acked_rejected": len(acks) - len(accepted), "stored": len(stored),
-                       "acked_accepted_not_stored": missing_trades, "published_without_ack": len(trades_seen - set(acks)),
-                       "all_acked_before_stop": acked},
-            "telemetry": {"last_seq": last_seq, "seen": len(seqs), "duplicates": dups,
-                          "still_in_outbox": len(waiting), "outbox_dropped": dropped, "drained_before_stop": drained,
-                          "lost": len(lost), "lost_seqs": lost[:50],
-                          "subscriber_connects": self.sub.connects},
+            "trades": {
+                "orders": dict(self.trader.results),
+                "filled_mw": round(self.trader.filled_mw, 1),
+                "published_to_site": len(trades_seen),
+                "acked": len(acks),
+                "acked_accepted": len(accepted),
+                "acked_rejected": len(acks) - len(accepted),
+                "stored": len(stored),
+                "acked_accepted_not_stored": missing_trades,
+                "published_without_ack": len(trades_seen - set(acks)),
+                "all_acked_before_stop": acked,
+            },
+            "telemetry": {
+                "last_seq": last_seq,
+                "seen": len(seqs),
+                "duplicates": dups,
+                "still_in_outbox": len(waiting),
+                "outbox_dropped": dropped,
+                "drained_before_stop": drained,
+                "lost": len(lost),
+                "lost_seqs": lost[:50],
+                "subscriber_connects": self.sub.connects,
+            },
         }
 
 
@@ -881,38 +966,57 @@ def report(args: argparse.Namespace, soak: Soak, end: dict[str, Any]) -> dict[st
     qs = {key: quantity_figures(soak.samples, key, kind, args.warmup_s) for key, _, _, kind in QUANTITIES}
     wd, tr, te = end["watchdog"], end["trades"], end["telemetry"]
     nothing_lost = not tr["acked_accepted_not_stored"] and te["lost"] == 0
-    targets = {"rss_slope": qs["rss_mb"]["pass"], "fds_flat": qs["fds"]["pass"], "threads_flat": qs["threads"]["pass"],
-               "tasks_flat": qs["tasks"]["pass"], "no_missed_ping": wd["missed"] == 0,
-               "nothing_acknowledged_lost": nothing_lost}
+    targets = {
+        "rss_slope": qs["rss_mb"]["pass"],
+        "fds_flat": qs["fds"]["pass"],
+        "threads_flat": qs["threads"]["pass"],
+        "tasks_flat": qs["tasks"]["pass"],
+        "no_missed_ping": wd["missed"] == 0,
+        "nothing_acknowledged_lost": nothing_lost,
+    }
     verdict = lambda ok: "PASS" if ok else ("FAIL" if ok is False else "n/a")  # noqa: E731
 
     span = soak.samples[-1]["t_s"] if soak.samples else 0
     print()
     quiet = qs["rss_mb"]["samples"]
-    print(f"soak: {span / 60:.1f} min, {len(soak.samples)} samples every {args.sample_s:g} s; figures over the {quiet} "
-          f"taken after {args.warmup_s:g} s of warm-up with no fault in their window"
-          + ("  (a short run: per-hour slopes extrapolate it)" if span < 1800 else ""))
+    print(
+        f"soak: {span / 60:.1f} min, {len(soak.samples)} samples every {args.sample_s:g} s; figures over the {quiet} "
+        f"taken after {args.warmup_s:g} s of warm-up with no fault in their window"
+        + ("  (a short run: per-hour slopes extrapolate it)" if span < 1800 else "")
+    )
     all_rss = [s["rss_mb"] for s in soak.samples]
-    print(f"every sample: RSS {min(all_rss):g}-{max(all_rss):g} MB, fds {min(s['fds'] for s in soak.samples)}-"
-          f"{max(s['fds'] for s in soak.samples)}, threads {min(s['threads'] for s in soak.samples)}-"
-          f"{max(s['threads'] for s in soak.samples)}, worst window's cycle p99 "
-          f"{max((s.get('cycle_p99_ms') or 0) for s in soak.samples):g} ms")
+    print(
+        f"every sample: RSS {min(all_rss):g}-{max(all_rss):g} MB, fds {min(s['fds'] for s in soak.samples)}-"
+        f"{max(s['fds'] for s in soak.samples)}, threads {min(s['threads'] for s in soak.samples)}-"
+        f"{max(s['threads'] for s in soak.samples)}, worst window's cycle p99 "
+        f"{max((s.get('cycle_p99_ms') or 0) for s in soak.samples):g} ms"
+    )
     print(f"{'quantity':<20}{'first':>10}{'last':>10}{'min':>10}{'max':>10}{'slope/h':>10}   {'target':<34}result")
     for key, label, unit, _ in QUANTITIES:
         q = qs[key]
         name = f"{label} ({unit})" if unit else label
         fmt = lambda v: "-" if v is None else f"{v:g}"  # noqa: E731
-        print(f"{name:<20}{fmt(q['first']):>10}{fmt(q['last']):>10}{fmt(q.get('min')):>10}{fmt(q.get('max')):>10}"
-              f"{fmt(q['slope_per_h']):>10}   {q['target'] or '-':<34}{verdict(q['pass']) if q['target'] else ''}")
-    gaps = ", ".join(f"{g['gap_s']:g} s at {clock_s(g['at_s'])} ({g['fault'] or 'no fault'})" for g in wd["missed_gaps"])
-    print(f"watchdog: {wd['pings']} pings, {wd['missed']} gaps > WatchdogSec {wd['watchdog_s']:g} s"
-          f"{': ' + gaps if gaps else ''}; longest gap {wd['longest_gap_s']} s   target: no missed ping   "
-          f"{verdict(targets['no_missed_ping'])}")
-    print(f"trades: orders {tr['orders']}, {tr['filled_mw']} MW filled; {tr['published_to_site']} trades published "
-          f"to the site, {tr['acked_accepted']} acked accepted ({tr['acked_rejected']} rejected), {tr['stored']} in "
-          f"the store; acked accepted but not stored: {len(tr['acked_accepted_not_stored'])}")
-    print(f"telemetry: seq 1..{te['last_seq']}, {te['seen']} seen by the subscriber ({te['duplicates']} duplicates), "
-          f"{te['still_in_outbox']} still in the outbox, {te['outbox_dropped']} dropped by its bound, lost {te['lost']}")
+        print(
+            f"{name:<20}{fmt(q['first']):>10}{fmt(q['last']):>10}{fmt(q.get('min')):>10}{fmt(q.get('max')):>10}"
+            f"{fmt(q['slope_per_h']):>10}   {q['target'] or '-':<34}{verdict(q['pass']) if q['target'] else ''}"
+        )
+    gaps = ", ".join(
+        f"{g['gap_s']:g} s at {clock_s(g['at_s'])} ({g['fault'] or 'no fault'})" for g in wd["missed_gaps"]
+    )
+    print(
+        f"watchdog: {wd['pings']} pings, {wd['missed']} gaps > WatchdogSec {wd['watchdog_s']:g} s"
+        f"{': ' + gaps if gaps else ''}; longest gap {wd['longest_gap_s']} s   target: no missed ping   "
+        f"{verdict(targets['no_missed_ping'])}"
+    )
+    print(
+        f"trades: orders {tr['orders']}, {tr['filled_mw']} MW filled; {tr['published_to_site']} trades published "
+        f"to the site, {tr['acked_accepted']} acked accepted ({tr['acked_rejected']} rejected), {tr['stored']} in "
+        f"the store; acked accepted but not stored: {len(tr['acked_accepted_not_stored'])}"
+    )
+    print(
+        f"telemetry: seq 1..{te['last_seq']}, {te['seen']} seen by the subscriber ({te['duplicates']} duplicates), "
+        f"{te['still_in_outbox']} still in the outbox, {te['outbox_dropped']} dropped by its bound, lost {te['lost']}"
+    )
     print(f"nothing acknowledged lost   {verdict(nothing_lost)}")
     print("faults:")
     for f in soak.faults:
@@ -920,18 +1024,32 @@ def report(args: argparse.Namespace, soak: Soak, end: dict[str, Any]) -> dict[st
         if not f["injected"]:
             print(f"  {clock_s(f['at_s'])} {f['kind']:<14} NOT INJECTED: {f['inject_note'][:200]}")
             continue
-        print(f"  {clock_s(f['at_s'])} {f['kind']:<14} injected, {'cleared' if f.get('cleared') else 'NOT cleared'}, "
-              + (f"recovered after {rec} s" if rec is not None else f"NOT recovered within {args.recover_s:g} s"))
+        print(
+            f"  {clock_s(f['at_s'])} {f['kind']:<14} injected, {'cleared' if f.get('cleared') else 'NOT cleared'}, "
+            + (f"recovered after {rec} s" if rec is not None else f"NOT recovered within {args.recover_s:g} s")
+        )
     kinds_seen = {f["kind"] for f in soak.faults if f["injected"]}
     not_run = [k for k in args.faults if k not in kinds_seen]
     if not_run:
         print(f"  faults never injected: {', '.join(not_run)}")
     print(f"targets: {json.dumps(targets)}")
-    return {"bench": "soak", "minutes": args.minutes, "fault_every_s": args.fault_every_s,
-            "fault_hold_s": args.fault_hold_s, "sample_s": args.sample_s, "warmup_s": args.warmup_s,
-            "config": str(args.config), "bms_face": soak.bms_face, "quantities": qs, **end, "faults": soak.faults,
-            "faults_not_injected": not_run, "targets": targets, "all_passed": all(v is True for v in targets.values()),
-            "samples": soak.samples}
+    return {
+        "bench": "soak",
+        "minutes": args.minutes,
+        "fault_every_s": args.fault_every_s,
+        "fault_hold_s": args.fault_hold_s,
+        "sample_s": args.sample_s,
+        "warmup_s": args.warmup_s,
+        "config": str(args.config),
+        "bms_face": soak.bms_face,
+        "quantities": qs,
+        **end,
+        "faults": soak.faults,
+        "faults_not_injected": not_run,
+        "targets": targets,
+        "all_passed": all(v is True for v in targets.values()),
+        "samples": soak.samples,
+    }
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -939,20 +1057,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--minutes", type=float, default=60.0, help="how long the soak runs (default 60)")
     ap.add_argument("--fault-every-s", type=float, default=300.0, help="a fault every this many s (default 300)")
     ap.add_argument("--fault-hold-s", type=float, default=60.0, help="each fault is held this long (default 60)")
-    ap.add_argument("--faults", default=",".join(FAULTS),
-                    help=f"which faults, in turn (default {','.join(FAULTS)})")
+    ap.add_argument("--faults", default=",".join(FAULTS), help=f"which faults, in turn (default {','.join(FAULTS)})")
     ap.add_argument("--sample-s", type=float, default=60.0, help="sample the controller every this many s (default 60)")
-    ap.add_argument("--warmup-s", type=float, default=120.0,
-                    help="samples before this are left out of the slopes (default 120)")
-    ap.add_argument("--recover-s", type=float, default=60.0,
-                    help="how long to wait for the stack to recover after a fault is cleared (default 60)")
+    ap.add_argument(
+        "--warmup-s", type=float, default=120.0, help="samples before this are left out of the slopes (default 120)"
+    )
+    ap.add_argument(
+        "--recover-s",
+        type=float,
+        default=60.0,
+        help="how long to wait for the stack to recover after a fault is cleared (default 60)",
+    )
     ap.add_argument("--watchdog-s", type=float, default=10.0, help="WatchdogSec given to the controller (default 10)")
     ap.add_argument("--order-every-s", type=float, default=60.0, help="an order through the site API every this many s")
     ap.add_argument("--order-mw", type=float, default=0.5, help="each order's quantity (multiple of 0.1 MW)")
     ap.add_argument("--counterparties", type=int, default=8, help="the exchange simulator's counterparties")
-    ap.add_argument("--config", default=str(ROOT / "config" / "demo.yaml"),
-                    help="the site file to start from (default config/demo.yaml; config/demo-modbus.yaml reads the "
-                         "BMS over Modbus); ports, mode and paths are rewritten")
+    ap.add_argument(
+        "--config",
+        default=str(ROOT / "config" / "demo.yaml"),
+        help="the site file to start from (default config/demo.yaml; config/demo-modbus.yaml reads the "
+        "BMS over Modbus); ports, mode and paths are rewritten",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state) even on success")
     a = ap.parse_args(argv)
     a.faults = [f.strip() for f in a.faults.split(",") if f.strip()]
@@ -979,8 +1104,11 @@ def main(argv: list[str] | None = None) -> int:
     code = 2
     try:
         soak = Soak(args, work)
-        print(f"soak: {args.minutes:g} min, faults {args.faults} every {args.fault_every_s:g} s held "
-              f"{args.fault_hold_s:g} s, samples every {args.sample_s:g} s; work dir {work}", flush=True)
+        print(
+            f"soak: {args.minutes:g} min, faults {args.faults} every {args.fault_every_s:g} s held "
+            f"{args.fault_hold_s:g} s, samples every {args.sample_s:g} s; work dir {work}",
+            flush=True,
+        )
         soak.start()
         soak.run()
         end = soak.settle()
@@ -999,8 +1127,12 @@ def main(argv: list[str] | None = None) -> int:
         if soak is not None:
             soak.stop_all()
             left = [p.name for p in soak.procs if p.left_behind()]
-            print(f"soak: every process it started ({sum(len(p.pgids) for p in soak.procs)}, restarts included) "
-                  "has ended" if not left else f"soak: STILL RUNNING: {left}", flush=True)
+            print(
+                f"soak: every process it started ({sum(len(p.pgids) for p in soak.procs)}, restarts included) has ended"
+                if not left
+                else f"soak: STILL RUNNING: {left}",
+                flush=True,
+            )
         if keep:
             print(f"soak: logs and state kept in {work}", flush=True)
         else:

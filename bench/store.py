@@ -27,8 +27,11 @@ from controller.store import Store  # noqa: E402
 
 def figures(xs: list[float]) -> dict:
     xs = sorted(xs)
-    return {"median_us": round(statistics.median(xs) * 1e6, 1), "p99_us": round(xs[int(len(xs) * 0.99)] * 1e6, 1),
-            "max_us": round(xs[-1] * 1e6, 1)}
+    return {
+        "median_us": round(statistics.median(xs) * 1e6, 1),
+        "p99_us": round(xs[int(len(xs) * 0.99)] * 1e6, 1),
+        "max_us": round(xs[-1] * 1e6, 1),
+    }
 
 
 def timed(n: int, call, pause_s: float = 0.0) -> dict:
@@ -47,8 +50,17 @@ def floor(work: Path, n: int) -> dict:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE t (id TEXT PRIMARY KEY, json TEXT NOT NULL)")
-    body = json.dumps({"trade_id": "x", "side": "sell", "quantity_mw": 2.0, "price_eur_mwh": 80.0,
-                       "delivery_start": iso(0), "delivery_end": iso(900), "market": "intraday"})
+    body = json.dumps(
+        {
+            "trade_id": "x",
+            "side": "sell",
+            "quantity_mw": 2.0,
+            "price_eur_mwh": 80.0,
+            "delivery_start": iso(0),
+            "delivery_end": iso(900),
+            "market": "intraday",
+        }
+    )
 
     def insert(i: int) -> None:
         conn.execute("BEGIN")
@@ -69,11 +81,19 @@ def main() -> int:
     out: dict = {"floor_insert_commit": floor(work, n)}
     s = Store.in_state_dir(work / "state")
     try:
+
         def trade(i: int) -> dict:
             start = 1_800_000_000 + 900 * i
-            return {"trade_id": f"T{i}", "side": "sell", "quantity_mw": 2.0, "price_eur_mwh": 80.0,
-                    "delivery_start": iso(start), "delivery_end": iso(start + 900), "market": "intraday",
-                    "executed_at": iso(start - 60)}
+            return {
+                "trade_id": f"T{i}",
+                "side": "sell",
+                "quantity_mw": 2.0,
+                "price_eur_mwh": 80.0,
+                "delivery_start": iso(start),
+                "delivery_end": iso(start + 900),
+                "market": "intraday",
+                "executed_at": iso(start - 60),
+            }
 
         out["add_trade"] = timed(n, lambda i: s.add_trade(trade(i), "bench"))
         out["add_trade_duplicate"] = timed(n, lambda i: s.add_trade(trade(i), "bench"))

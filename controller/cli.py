@@ -51,9 +51,11 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     if meter is not None:
         name, dev = meter
         print(f"  meter {name}: {dev.protocol} {dev.host}:{dev.port} profile {dev.profile} (POI)")
-    print(f"  limits: charge {lim.p_charge_max_mw:g} MW, discharge {lim.p_discharge_max_mw:g} MW, "
-          f"SoC {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %, derate {lim.t_derate_c:g}-{lim.t_max_c:g} °C, "
-          f"grid {lim.grid_limit_mw:g} MW")
+    print(
+        f"  limits: charge {lim.p_charge_max_mw:g} MW, discharge {lim.p_discharge_max_mw:g} MW, "
+        f"SoC {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %, derate {lim.t_derate_c:g}-{lim.t_max_c:g} °C, "
+        f"grid {lim.grid_limit_mw:g} MW"
+    )
     print(f"  battery: {cfg.battery.capacity_mwh:g} MWh, round trip {cfg.battery.round_trip_efficiency:.1%}")
     for line in cfg.warnings + env_warnings:
         print(f"  warning: {line}")
@@ -97,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = _config_or_exit(args.config)
     try:
         return main_run(cfg, args)
-    except ConfigError as e:   # what the daemon cannot run yet, found as it builds the plant (DeviceSet)
+    except ConfigError as e:  # what the daemon cannot run yet, found as it builds the plant (DeviceSet)
         print(f"{e.source}: cannot run", file=sys.stderr)
         for line in e.errors:
             print(f"  {line}", file=sys.stderr)
@@ -144,8 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", default=None, help="default: a temporary directory")
     s.add_argument("--counterparties", type=int, default=8)
     s.add_argument("--duration-s", type=float, default=None, help="stop by itself after this many seconds")
-    s.add_argument("--no-orders", dest="orders", action="store_false",
-                   help="do not place the two demo orders (a sell and a buy-back through the site API)")
+    s.add_argument(
+        "--no-orders",
+        dest="orders",
+        action="store_false",
+        help="do not place the two demo orders (a sell and a buy-back through the site API)",
+    )
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("simulate", help="plant simulators only (BMS + PCS over Modbus TCP, BMS over OPC UA)")
@@ -163,8 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from controller.probe.arguments import add_arguments as probe_arguments
 
-    s = sub.add_parser("probe", help="commissioning: scan a device (SunSpec, register ranges, OPC UA) and draft "
-                                     "its profile")
+    s = sub.add_parser(
+        "probe", help="commissioning: scan a device (SunSpec, register ranges, OPC UA) and draft its profile"
+    )
     probe_arguments(s)
     s.set_defaults(func=cmd_probe)
 

@@ -21,8 +21,16 @@ from typing import Literal
 from urllib.parse import unquote, urlparse
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
-                      model_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from drivers.errors import ProfileError
@@ -49,7 +57,7 @@ REVERSION_MIN_S, REVERSION_MAX_S = 1.0, 300.0
 STALE_MAX_S = 60.0
 # controller/cycle/devices.py: a device is stale after this many poll periods without a good read
 POLL_PERIODS_STALE = 3
-USER_ROLES = ("viewer", "operator")          # controller/scada/opcua.py ROLES
+USER_ROLES = ("viewer", "operator")  # controller/scada/opcua.py ROLES
 _SCRYPT_HASH = re.compile(r"^scrypt\$(?:[0-9a-f]{2})+\$[0-9a-f]{128}$")  # scada_opcua.hash_password
 
 
@@ -68,8 +76,11 @@ class Device(_Model):
     """One device on the plant LAN."""
 
     role: Literal["bms", "pcs", "meter"]
-    unit: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,32}$",
-                             description="the unit (in units:) this PCS or BMS belongs to; none for a meter")
+    unit: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="the unit (in units:) this PCS or BMS belongs to; none for a meter",
+    )
     protocol: Literal["modbus", "sunspec", "opcua"]
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
@@ -79,8 +90,9 @@ class Device(_Model):
     timeout_s: float = Field(0.5, gt=0, le=30)
     endpoint_path: str = Field("", description="OPC UA endpoint path after host:port")
     subscribe: bool = Field(True, description="OPC UA: read by subscription, polling as fallback")
-    reversion_timeout_s: float = Field(10.0, ge=REVERSION_MIN_S, le=REVERSION_MAX_S,
-                                      description="PCS: falls back to 0 MW after this")
+    reversion_timeout_s: float = Field(
+        10.0, ge=REVERSION_MIN_S, le=REVERSION_MAX_S, description="PCS: falls back to 0 MW after this"
+    )
     allow_no_reversion: bool = Field(False, description="PCS: accept a profile without reversion points (warned)")
     username: str | None = None
 
@@ -109,7 +121,7 @@ class UnitPlan:
     capacity_mwh: float
 
 
-IMPLICIT_UNIT = "u1"   # the name of the one unit of a site file without units:
+IMPLICIT_UNIT = "u1"  # the name of the one unit of a site file without units:
 
 
 class Limits(_Model):
@@ -215,8 +227,9 @@ class Web(_Model):
     lockout_failures: int = Field(10, ge=1)
     lockout_s: float = Field(300, gt=0)
     # bounds a client cannot grow past (web/server.py, web/app.py): memory and file descriptors stay bounded
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
-                                description="request body limit, counted as it streams (413 past it)")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, le=64 * 1_048_576, description="request body limit, counted as it streams (413 past it)"
+    )
     max_header_bytes: int = Field(16_384, ge=1024, le=1_048_576, description="request line + headers (431 past it)")
     max_connections: int = Field(256, ge=4, le=10_000, description="open connections, websockets included")
     max_connections_per_client: int = Field(64, ge=1, le=10_000, description="open HTTP connections per client IP")
@@ -233,9 +246,13 @@ class ScadaModbus(_Model):
     port: int = Field(5020, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
     read_only: bool = False
-    allow_clients: list[str] = Field(default_factory=list, description=(
-        "IP addresses or networks of the SCADA masters that may connect (read and write); empty: anyone may "
-        "read, and writes are taken only when the face listens on loopback only"))
+    allow_clients: list[str] = Field(
+        default_factory=list,
+        description=(
+            "IP addresses or networks of the SCADA masters that may connect (read and write); empty: anyone may "
+            "read, and writes are taken only when the face listens on loopback only"
+        ),
+    )
 
     @field_validator("allow_clients")
     @classmethod
@@ -339,9 +356,11 @@ class SiteConfig(_Model):
         expands them; see _expand)."""
         errors = _relation_errors(self)
         if errors:
-            raise PydanticCustomError("relations", "{summary}",
-                                      {"summary": "; ".join(f"{'.'.join(map(str, loc))}: {m}" for loc, m in errors),
-                                       "errors": errors})
+            raise PydanticCustomError(
+                "relations",
+                "{summary}",
+                {"summary": "; ".join(f"{'.'.join(map(str, loc))}: {m}" for loc, m in errors), "errors": errors},
+            )
         return self
 
     def device(self, role: str) -> tuple[str, Device]:
@@ -386,22 +405,34 @@ def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     for name, dev in cfg.devices.items():
         loc: Loc = ("devices", name)
         if dev.poll_interval_s * POLL_PERIODS_STALE > stale:
-            errors.append((loc + ("poll_interval_s",),
-                           f"must be <= limits.stale_after_s / {POLL_PERIODS_STALE} (got {dev.poll_interval_s:g} > "
-                           f"{stale / POLL_PERIODS_STALE:g}): a device only goes stale after "
-                           f"{POLL_PERIODS_STALE} poll periods without a good read"))
+            errors.append(
+                (
+                    loc + ("poll_interval_s",),
+                    f"must be <= limits.stale_after_s / {POLL_PERIODS_STALE} (got {dev.poll_interval_s:g} > "
+                    f"{stale / POLL_PERIODS_STALE:g}): a device only goes stale after "
+                    f"{POLL_PERIODS_STALE} poll periods without a good read",
+                )
+            )
         if dev.timeout_s >= stale:
-            errors.append((loc + ("timeout_s",), f"must be < limits.stale_after_s (got {dev.timeout_s:g} >= {stale:g})"))
+            errors.append(
+                (loc + ("timeout_s",), f"must be < limits.stale_after_s (got {dev.timeout_s:g} >= {stale:g})")
+            )
         if dev.role == "pcs" and dev.reversion_timeout_s < 2 * period:
-            errors.append((loc + ("reversion_timeout_s",),
-                           f"must be >= 2 x cycle.period_s (got {dev.reversion_timeout_s:g} < {2 * period:g}): "
-                           "the PCS would revert between two setpoint writes"))
+            errors.append(
+                (
+                    loc + ("reversion_timeout_s",),
+                    f"must be >= 2 x cycle.period_s (got {dev.reversion_timeout_s:g} < {2 * period:g}): "
+                    "the PCS would revert between two setpoint writes",
+                )
+            )
         if dev.role != "pcs" and dev.allow_no_reversion:
             errors.append((loc + ("allow_no_reversion",), f"only for a device with role pcs (this one is {dev.role})"))
     errors += _port_clashes("", _listeners(cfg))
     sim = cfg.simulator
-    errors += _port_clashes("simulator.", {f: getattr(sim, f) for f in
-                                           ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")})
+    errors += _port_clashes(
+        "simulator.",
+        {f: getattr(sim, f) for f in ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")},
+    )
     return errors
 
 
@@ -411,8 +442,12 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     errors: list[tuple[Loc, str]] = []
     meters = [n for n, d in cfg.devices.items() if d.role == "meter"]
     if len(meters) > 1:
-        errors.append((("devices", meters[1], "role"),
-                       f"at most one device with role 'meter' (the POI's); devices.{meters[0]} is one"))
+        errors.append(
+            (
+                ("devices", meters[1], "role"),
+                f"at most one device with role 'meter' (the POI's); devices.{meters[0]} is one",
+            )
+        )
     for n in meters:
         if cfg.devices[n].unit is not None:
             errors.append((("devices", n, "unit"), "a meter measures the plant at the POI: it belongs to no unit"))
@@ -420,24 +455,43 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     with_unit = [n for n, d in members.items() if d.unit is not None]
     without = [n for n, d in members.items() if d.unit is None]
     if with_unit and without:
-        errors += [(("devices", n), f"names no unit, while devices.{with_unit[0]} does: every bms and pcs names "
-                                    "its unit, or none does (one unit)") for n in without]
+        errors += [
+            (
+                ("devices", n),
+                f"names no unit, while devices.{with_unit[0]} does: every bms and pcs names "
+                "its unit, or none does (one unit)",
+            )
+            for n in without
+        ]
         return errors + _same_device_errors(cfg)
     if not with_unit:
         roles = [d.role for d in members.values()]
         for role in ("bms", "pcs"):
             if roles.count(role) != 1:
-                errors.append((("devices",), f"need exactly one device with role {role!r} (found {roles.count(role)})"
-                                             + (", or units: with devices naming their unit" if roles.count(role) > 1
-                                                else "")))
+                errors.append(
+                    (
+                        ("devices",),
+                        f"need exactly one device with role {role!r} (found {roles.count(role)})"
+                        + (", or units: with devices naming their unit" if roles.count(role) > 1 else ""),
+                    )
+                )
         if cfg.units:
-            errors.append((("units",), "no bms or pcs names a unit (say devices.<name>.unit on each, or leave "
-                                       "units: out for a plant of one unit)"))
+            errors.append(
+                (
+                    ("units",),
+                    "no bms or pcs names a unit (say devices.<name>.unit on each, or leave "
+                    "units: out for a plant of one unit)",
+                )
+            )
         return errors + _same_device_errors(cfg)
     for n in with_unit:
         if cfg.devices[n].unit not in cfg.units:
-            errors.append((("devices", n, "unit"), f"unit {cfg.devices[n].unit!r} is not in units: "
-                                                   f"({', '.join(cfg.units) or 'none'})"))
+            errors.append(
+                (
+                    ("devices", n, "unit"),
+                    f"unit {cfg.devices[n].unit!r} is not in units: ({', '.join(cfg.units) or 'none'})",
+                )
+            )
     for unit in cfg.units:
         mine = {role: [n for n, d in members.items() if d.unit == unit and d.role == role] for role in ("pcs", "bms")}
         if not mine["pcs"] and not mine["bms"]:
@@ -446,11 +500,19 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
         for role, names in mine.items():
             what = "a PCS" if role == "pcs" else "a BMS"
             if not names:
-                errors.append((("units", unit), f"no device with role {role} names this unit: a unit is one PCS and "
-                                                "the BMS of its battery"))
+                errors.append(
+                    (
+                        ("units", unit),
+                        f"no device with role {role} names this unit: a unit is one PCS and the BMS of its battery",
+                    )
+                )
             elif len(names) > 1:
-                errors.append((("devices", names[1], "unit"), f"unit {unit!r} has {what} already "
-                                                            f"(devices.{names[0]}): a unit is one PCS and one BMS"))
+                errors.append(
+                    (
+                        ("devices", names[1], "unit"),
+                        f"unit {unit!r} has {what} already (devices.{names[0]}): a unit is one PCS and one BMS",
+                    )
+                )
     for unit in cfg.simulator.units:
         if unit not in cfg.units:
             errors.append((("simulator", "units", unit), f"not in units: ({', '.join(cfg.units)})"))
@@ -459,12 +521,21 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     total_mw = sum(u.rated_mw for u in units)
     for key in ("p_discharge_max_mw", "p_charge_max_mw"):
         if cfg.units and total_mw < getattr(lim, key):
-            errors.append((("units",), f"the units' ratings add up to {total_mw:g} MW, below limits.{key} "
-                                       f"({getattr(lim, key):g} MW): the plant cannot deliver its own limit"))
+            errors.append(
+                (
+                    ("units",),
+                    f"the units' ratings add up to {total_mw:g} MW, below limits.{key} "
+                    f"({getattr(lim, key):g} MW): the plant cannot deliver its own limit",
+                )
+            )
     total_mwh = sum(u.capacity_mwh for u in units)
     if cfg.units and abs(total_mwh - cfg.battery.capacity_mwh) > 1e-6 * max(1.0, total_mwh):
-        errors.append((("battery", "capacity_mwh"), f"must be the units' total capacity {total_mwh:g} MWh "
-                                                    f"(got {cfg.battery.capacity_mwh:g})"))
+        errors.append(
+            (
+                ("battery", "capacity_mwh"),
+                f"must be the units' total capacity {total_mwh:g} MWh (got {cfg.battery.capacity_mwh:g})",
+            )
+        )
     return errors + _same_device_errors(cfg)
 
 
@@ -490,12 +561,22 @@ def _same_device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     seen: dict[tuple, str] = {}
     errors: list[tuple[Loc, str]] = []
     for n, d in cfg.devices.items():
-        key = (d.protocol == "opcua", d.host, d.port, d.unit_id if d.protocol != "opcua" else d.endpoint_path,
-               d.profile)
+        key = (
+            d.protocol == "opcua",
+            d.host,
+            d.port,
+            d.unit_id if d.protocol != "opcua" else d.endpoint_path,
+            d.profile,
+        )
         if key in seen:
             where = f"{d.host}:{d.port}" + (f" unit id {d.unit_id}" if d.protocol != "opcua" else "")
-            errors.append((("devices", n), f"the same device as devices.{seen[key]} ({where}, same profile): "
-                                           "one device cannot be in two places (say its unit_id behind a gateway)"))
+            errors.append(
+                (
+                    ("devices", n),
+                    f"the same device as devices.{seen[key]} ({where}, same profile): "
+                    "one device cannot be in two places (say its unit_id behind a gateway)",
+                )
+            )
         else:
             seen[key] = n
     return errors
@@ -527,13 +608,13 @@ def _port_clashes(prefix: str, ports: dict[str, int | None]) -> list[tuple[Loc, 
 class Secrets(BaseModel):
     """Secrets from the environment (or an env file), never from the YAML."""
 
-    api_keys: list[str]                   # API_KEY: full access (comma-separated: rotation)
-    hmac_secret: str                      # HMAC_SECRET: signs trades, acks and exchange requests, nothing else
+    api_keys: list[str]  # API_KEY: full access (comma-separated: rotation)
+    hmac_secret: str  # HMAC_SECRET: signs trades, acks and exchange requests, nothing else
     mqtt_url: str
     exchange_base_url: str
-    api_keys_read: list[str] = []         # API_KEY_READ: read-only keys (GET, /ws; writes get 403)
-    exchange_api_key: str | None = None   # EXCHANGE_API_KEY: the key this site presents to the exchange
-    warnings: list[str] = []              # risks the site file accepts (allow_insecure): logged on every start
+    api_keys_read: list[str] = []  # API_KEY_READ: read-only keys (GET, /ws; writes get 403)
+    exchange_api_key: str | None = None  # EXCHANGE_API_KEY: the key this site presents to the exchange
+    warnings: list[str] = []  # risks the site file accepts (allow_insecure): logged on every start
 
     @property
     def mqtt(self) -> "MqttUrl":
@@ -553,9 +634,13 @@ def parse_mqtt_url(url: str) -> MqttUrl:
     if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
         raise ValueError(f"MQTT_URL: scheme must be mqtt:// or mqtts:// (got {u.scheme!r})")
     tls = u.scheme in ("mqtts", "ssl")
-    return MqttUrl(host=u.hostname or "127.0.0.1", port=u.port or (8883 if tls else 1883),
-                   username=unquote(u.username) if u.username else None,
-                   password=unquote(u.password) if u.password else None, tls=tls)
+    return MqttUrl(
+        host=u.hostname or "127.0.0.1",
+        port=u.port or (8883 if tls else 1883),
+        username=unquote(u.username) if u.username else None,
+        password=unquote(u.password) if u.password else None,
+        tls=tls,
+    )
 
 
 def read_env_file(path: str | Path) -> dict[str, str]:
@@ -605,14 +690,23 @@ def load_secrets(config: SiteConfig, env: dict[str, str] | None = None) -> Secre
     errors += insecure
     if errors:
         raise ConfigError("environment", errors)
-    return Secrets(api_keys=keys, hmac_secret=secret, mqtt_url=mqtt_url, exchange_base_url=exchange_url,
-                   api_keys_read=read_keys, exchange_api_key=exchange_key, warnings=warnings)
+    return Secrets(
+        api_keys=keys,
+        hmac_secret=secret,
+        mqtt_url=mqtt_url,
+        exchange_base_url=exchange_url,
+        api_keys_read=read_keys,
+        exchange_api_key=exchange_key,
+        warnings=warnings,
+    )
 
 
 def transport_urls(env: dict[str, str]) -> tuple[str, str]:
     """MQTT_URL and EXCHANGE_BASE_URL with their defaults (both on this machine)."""
-    return (env.get("MQTT_URL", "mqtt://127.0.0.1:1883"),
-            env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"))
+    return (
+        env.get("MQTT_URL", "mqtt://127.0.0.1:1883"),
+        env.get("EXCHANGE_BASE_URL", "http://127.0.0.1:9000").rstrip("/"),
+    )
 
 
 def is_loopback_host(host: str) -> bool:
@@ -641,24 +735,31 @@ def transport_check(config: SiteConfig, env: dict[str, str]) -> tuple[list[str],
             m = None  # reported by load_secrets
         if m is not None and not is_loopback_host(m.host):
             if not m.tls and config.mqtt.tls is None:
-                problems.append(f"MQTT_URL: the broker {m.host} is not on this machine and the link is not "
-                                "encrypted (mqtt://); use mqtts:// or mqtt.tls")
+                problems.append(
+                    f"MQTT_URL: the broker {m.host} is not on this machine and the link is not "
+                    "encrypted (mqtt://); use mqtts:// or mqtt.tls"
+                )
             elif config.mqtt.tls is not None and config.mqtt.tls.insecure:
-                problems.append(f"MQTT_URL: the broker {m.host} is not on this machine and mqtt.tls.insecure: true "
-                                "turns off the check of its certificate")
+                problems.append(
+                    f"MQTT_URL: the broker {m.host} is not on this machine and mqtt.tls.insecure: true "
+                    "turns off the check of its certificate"
+                )
     u = urlparse(exchange_url)
     errors = []
     if u.scheme not in ("http", "https") or not u.hostname:
         errors.append(f"EXCHANGE_BASE_URL: must be http(s)://host[:port] (got {exchange_url!r})")
     elif u.scheme == "http" and not is_loopback_host(u.hostname):
-        problems.append(f"EXCHANGE_BASE_URL: the exchange {u.hostname} is not on this machine and the link is not "
-                        "encrypted (http://); use https://")
+        problems.append(
+            f"EXCHANGE_BASE_URL: the exchange {u.hostname} is not on this machine and the link is not "
+            "encrypted (http://); use https://"
+        )
     if config.mode != "production" or not problems:
         return errors, []
     if config.allow_insecure:
         return errors, [f"{p} (accepted by allow_insecure: true)" for p in problems]
-    return errors + [f"{p} (refused in mode: production unless the site file says allow_insecure: true)"
-                     for p in problems], []
+    return errors + [
+        f"{p} (refused in mode: production unless the site file says allow_insecure: true)" for p in problems
+    ], []
 
 
 def _key_list(value: str) -> list[str]:
@@ -688,6 +789,7 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
 def _resolve_files(cfg: SiteConfig) -> None:
     """Relative certificate/key/users file paths are relative to the site file, not to the working directory
     (which is / under systemd)."""
+
     def absolute(v: str | None) -> str | None:
         return v if v is None or Path(v).is_absolute() else str(cfg.base_dir / v)
 
@@ -737,8 +839,12 @@ def _expand(err: ValidationError) -> list[tuple[Loc, str]]:
             continue
         msg = line.partition(": ")[2] if e["loc"] else line
         value = e.get("input")
-        if (e["type"] not in ("extra_forbidden", "missing") and "(got " not in msg
-                and isinstance(value, (int, float, str, bool)) and len(repr(value)) <= 80):
+        if (
+            e["type"] not in ("extra_forbidden", "missing")
+            and "(got " not in msg
+            and isinstance(value, (int, float, str, bool))
+            and len(repr(value)) <= 80
+        ):
             msg = f"{msg} (got {value!r})"
         out.append((tuple(e["loc"]), msg))
     return out
@@ -770,27 +876,38 @@ def _device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
             errors.append((loc + ("profile",), str(e)))
             continue
         if prof.protocol != dev.protocol:
-            errors.append((loc + ("profile",), f"profile {prof.name!r} is for {prof.protocol}, device says {dev.protocol}"))
+            errors.append(
+                (loc + ("profile",), f"profile {prof.name!r} is for {prof.protocol}, device says {dev.protocol}")
+            )
         if dev.role != "pcs":
             continue
         if not _reversion_points(prof):
             if dev.allow_no_reversion:
                 cfg.warnings.append(
                     f"devices.{name}: profile {prof.name!r} has no reversion point (wset_rvrt_tms or heartbeat): "
-                    "if the controller dies, the PCS holds its last setpoint (accepted by allow_no_reversion: true)")
+                    "if the controller dies, the PCS holds its last setpoint (accepted by allow_no_reversion: true)"
+                )
             else:
-                errors.append((loc + ("profile",),
-                               f"profile {prof.name!r} has no writable reversion point (wset_rvrt_tms or heartbeat): "
-                               "the PCS would hold its last setpoint if the controller died; say "
-                               f"devices.{name}.allow_no_reversion: true to accept that"))
+                errors.append(
+                    (
+                        loc + ("profile",),
+                        f"profile {prof.name!r} has no writable reversion point (wset_rvrt_tms or heartbeat): "
+                        "the PCS would hold its last setpoint if the controller died; say "
+                        f"devices.{name}.allow_no_reversion: true to accept that",
+                    )
+                )
         tms = prof.points.get("wset_rvrt_tms")
         if tms is not None and tms.writable:
-            device_value = dev.reversion_timeout_s / tms.factor   # seconds -> the point's unit
+            device_value = dev.reversion_timeout_s / tms.factor  # seconds -> the point's unit
             lo, hi = tms.min, tms.max
             if (lo is not None and device_value < lo) or (hi is not None and device_value > hi):
-                errors.append((loc + ("reversion_timeout_s",),
-                               f"profile {prof.name!r} accepts wset_rvrt_tms {lo:g}..{hi:g} {tms.unit or 's'} "
-                               f"(got {dev.reversion_timeout_s:g} s)"))
+                errors.append(
+                    (
+                        loc + ("reversion_timeout_s",),
+                        f"profile {prof.name!r} accepts wset_rvrt_tms {lo:g}..{hi:g} {tms.unit or 's'} "
+                        f"(got {dev.reversion_timeout_s:g} s)",
+                    )
+                )
     return errors
 
 
@@ -804,7 +921,9 @@ def _users_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     if not ua.users_file:
         if cfg.mode == "demo":
             return []  # the demo's well-known users, like its API key
-        return [(loc, "required when scada.opcua is enabled outside mode: demo (no anonymous login on the OPC UA face)")]
+        return [
+            (loc, "required when scada.opcua is enabled outside mode: demo (no anonymous login on the OPC UA face)")
+        ]
     path = Path(ua.users_file)
     try:
         data = yaml.safe_load(path.read_text())
@@ -830,6 +949,11 @@ def _users_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
             errors.append((loc, f"{where}.role: must be one of {', '.join(USER_ROLES)} (got {role!r})"))
         if not isinstance(password, str) or not _SCRYPT_HASH.match(password):
             got = "missing" if password is None else "not a scrypt hash"
-            errors.append((loc, f"{where}.password: must be scrypt$<salt hex>$<hash hex> from "
-                                f"controller.scada.opcua.hash_password ({got})"))
+            errors.append(
+                (
+                    loc,
+                    f"{where}.password: must be scrypt$<salt hex>$<hash hex> from "
+                    f"controller.scada.opcua.hash_password ({got})",
+                )
+            )
     return errors

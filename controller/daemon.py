@@ -52,8 +52,10 @@ class Daemon:
             # first, before any part runs: a bad configured certificate stops the start with its YAML path
             cert, key = ensure_certificate(cfg.web.tls, self.state_dir, bind_host=cfg.web.host)
         elif cfg.web.enabled and (cfg.web.tls.cert_file or cfg.web.tls.key_file):
-            log.warning("web.tls has certificate files but web.tls.enabled is false: serving plain http",
-                        extra={"cert": cfg.web.tls.cert_file})
+            log.warning(
+                "web.tls has certificate files but web.tls.enabled is false: serving plain http",
+                extra={"cert": cfg.web.tls.cert_file},
+            )
         from controller.metrics import Metrics
 
         faces = self.controller.faces
@@ -64,8 +66,14 @@ class Daemon:
             from controller.uplink.outbox import Outbox
 
             outbox = Outbox(self.store.path, cfg.mqtt.outbox_max_rows, cfg.mqtt.outbox_max_age_s)
-            self.uplink = Uplink(cfg, self.secrets, outbox, self.controller.accept_trade, self.clock,
-                                 on_ack_confirmed=self.controller.confirm_trade_ack)
+            self.uplink = Uplink(
+                cfg,
+                self.secrets,
+                outbox,
+                self.controller.accept_trade,
+                self.clock,
+                on_ack_confirmed=self.controller.confirm_trade_ack,
+            )
             faces.attach(Phase.AFTER_WRITE, self.uplink.on_telemetry)
         # after the telemetry, so that the outbox depth counts this cycle's message
         faces.attach(Phase.AFTER_WRITE, self.metrics.on_cycle)
@@ -87,20 +95,34 @@ class Daemon:
 
             self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
             self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
-            faces.attach(Phase.READ, self.backend.cycle_started)   # the web's cycle gate
+            faces.attach(Phase.READ, self.backend.cycle_started)  # the web's cycle gate
             faces.attach(Phase.IDLE, self.backend.cycle_over)
             faces.attach(Phase.AFTER_WRITE, self.backend.publish)  # websocket subscribers
             await self.backend.start()
             self.parts.append(self.backend)
             # sessions are signed with the state directory's own random key, never with HMAC_SECRET
-            app = create_app(self.backend, self.secrets.api_keys, load_session_key(self.state_dir),
-                             read_keys=self.secrets.api_keys_read, max_body_bytes=cfg.web.max_body_bytes,
-                             open_metrics=cfg.web.open_metrics, open_docs=cfg.web.open_docs,
-                             lockout_failures=cfg.web.lockout_failures, lockout_s=cfg.web.lockout_s,
-                             metrics_registry=self.metrics.registry)
+            app = create_app(
+                self.backend,
+                self.secrets.api_keys,
+                load_session_key(self.state_dir),
+                read_keys=self.secrets.api_keys_read,
+                max_body_bytes=cfg.web.max_body_bytes,
+                open_metrics=cfg.web.open_metrics,
+                open_docs=cfg.web.open_docs,
+                lockout_failures=cfg.web.lockout_failures,
+                lockout_s=cfg.web.lockout_s,
+                metrics_registry=self.metrics.registry,
+            )
             # TLS (cert, key) is done inside the web's connection guard: see web/server.py
-            self.web = UvicornServer(app, cfg.web.host, cfg.web.port, name="web", lifespan="on", ws_ping_interval=20,
-                                     **uvicorn_options(cfg.web, cert, key))
+            self.web = UvicornServer(
+                app,
+                cfg.web.host,
+                cfg.web.port,
+                name="web",
+                lifespan="on",
+                ws_ping_interval=20,
+                **uvicorn_options(cfg.web, cert, key),
+            )
             await self.web.start()
             self.parts.append(self.web)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:

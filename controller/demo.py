@@ -50,9 +50,7 @@ def write_mosquitto_conf(directory: Path, port: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     conf = directory / "mosquitto.conf"
     conf.write_text(
-        f"listener {port} 127.0.0.1\n"
-        + mosquitto_user_line() +
-        "allow_anonymous true\n"
+        f"listener {port} 127.0.0.1\n" + mosquitto_user_line() + "allow_anonymous true\n"
         "max_queued_messages 0\n"
         "max_inflight_messages 0\n"
         "persistence true\n"
@@ -105,41 +103,70 @@ class Demo:
             conf = write_mosquitto_conf(self.state_dir / "mosquitto", MQTT_PORT)
             mqtt = Child("MQTT broker (mosquitto)", [broker, "-c", str(conf)], [MQTT_PORT])
         else:
-            mqtt = Child("MQTT broker (embedded amqtt)", [sys.executable, "-m", "simulators.broker", "--port", str(MQTT_PORT)], [MQTT_PORT])
+            mqtt = Child(
+                "MQTT broker (embedded amqtt)",
+                [sys.executable, "-m", "simulators.broker", "--port", str(MQTT_PORT)],
+                [MQTT_PORT],
+            )
         sim_ports = [p for p in (sim.bms_modbus_port, sim.pcs_modbus_port, sim.bms_opcua_port) if p]
         scada_ports = [p.port for p in (cfg.scada.modbus, cfg.scada.opcua) if p.enabled]
         return [
             mqtt,
             Child("plant simulators", exe + ["simulate", "--config", self.config_path], sim_ports),
-            Child("exchange simulator", exe + ["exchange", "--port", str(EXCHANGE_PORT),
-                                               "--counterparties", str(self.counterparties)], [EXCHANGE_PORT]),
-            Child("controller + dashboard", exe + ["run", "--config", self.config_path, "--state-dir",
-                                                   str(self.state_dir / "controller"), "--log-format", "json"],
-                  [cfg.web.port] + scada_ports),
+            Child(
+                "exchange simulator",
+                exe + ["exchange", "--port", str(EXCHANGE_PORT), "--counterparties", str(self.counterparties)],
+                [EXCHANGE_PORT],
+            ),
+            Child(
+                "controller + dashboard",
+                exe
+                + [
+                    "run",
+                    "--config",
+                    self.config_path,
+                    "--state-dir",
+                    str(self.state_dir / "controller"),
+                    "--log-format",
+                    "json",
+                ],
+                [cfg.web.port] + scada_ports,
+            ),
         ]
 
     def start(self) -> None:
         busy = [(c.name, p) for c in self.plan() for p in c.ports if port_open(p)]
         if busy:
-            raise RuntimeError("ports already in use: " + ", ".join(f"{p} ({n})" for n, p in busy)
-                               + " — is another demo running?")
+            raise RuntimeError(
+                "ports already in use: " + ", ".join(f"{p} ({n})" for n, p in busy) + " — is another demo running?"
+            )
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for child in self.plan():
             self.say(f"  starting {child.name} ...")
             child.log_path = logs / (child.name.split()[0].lower() + ".log")
             out = open(child.log_path, "ab")
-            child.proc = subprocess.Popen(child.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, cwd=str(Path(__file__).resolve().parent.parent))
+            child.proc = subprocess.Popen(
+                child.argv,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=str(Path(__file__).resolve().parent.parent),
+            )
             out.close()
             self.children.append(child)
             deadline = time.monotonic() + 45
             while not all(port_open(p) for p in child.ports):
                 if child.proc.poll() is not None:
-                    raise RuntimeError(f"{child.name} exited with code {child.proc.returncode}; "
-                                       f"its log: {child.log_path}\n{tail(child.log_path)}")
+                    raise RuntimeError(
+                        f"{child.name} exited with code {child.proc.returncode}; "
+                        f"its log: {child.log_path}\n{tail(child.log_path)}"
+                    )
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{child.name} did not open ports {child.ports} within 45 s; log: {child.log_path}\n{tail(child.log_path)}")
+                    raise RuntimeError(
+                        f"{child.name} did not open ports {child.ports} within 45 s; log: {child.log_path}\n{tail(child.log_path)}"
+                    )
                 time.sleep(0.1)
             self.say(f"  ✓ {child.name} on {', '.join(str(p) for p in child.ports)}")
 
@@ -166,8 +193,11 @@ class Demo:
                 c.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 # said, so that a stop that needed force shows (tests/system/test_demo.py looks for it)
-                print(f"demo: {c.name} did not stop within {timeout_s:g} s of SIGTERM: killed", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"demo: {c.name} did not stop within {timeout_s:g} s of SIGTERM: killed",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 try:
                     os.killpg(c.proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -185,14 +215,13 @@ def place_demo_orders(web: str, say) -> None:
     import httpx
 
     from controller.clock import iso
-    from controller.trading.market import PERIOD_S, period_start
-    from controller.trading.market import GATE_CLOSURE_S
+    from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, period_start
 
     headers = {"X-API-Key": DEMO_API_KEY}
     try:
         with httpx.Client(base_url=web, headers=headers, timeout=10, verify=False) as c:  # noqa: S501 (own cert)
             deadline = time.monotonic() + 30
-            while c.get("/readyz").status_code != 200:   # the controller's first good cycle
+            while c.get("/readyz").status_code != 200:  # the controller's first good cycle
                 if time.monotonic() > deadline:
                     say("  demo orders: the controller did not get ready within 30 s; none placed")
                     return
@@ -209,14 +238,26 @@ def place_demo_orders(web: str, say) -> None:
             if first - time.time() <= GATE_CLOSURE_S + 30:
                 first += PERIOD_S
             for side, start, price in (("sell", first, mark - 30), ("buy", first + PERIOD_S, mark + 30)):
-                order = {"side": side, "quantity_mw": 2.0, "price_eur_mwh": round(price, 2), "market": "intraday",
-                         "delivery_start": iso(start).replace(".000Z", "Z"), "time_in_force": "GTC"}
+                order = {
+                    "side": side,
+                    "quantity_mw": 2.0,
+                    "price_eur_mwh": round(price, 2),
+                    "market": "intraday",
+                    "delivery_start": iso(start).replace(".000Z", "Z"),
+                    "time_in_force": "GTC",
+                }
                 r = c.post("/api/orders", json=order)
                 body = r.json()
-                when = time.strftime("%H:%M", time.localtime(start)) + "-" + time.strftime("%H:%M", time.localtime(start + PERIOD_S))
+                when = (
+                    time.strftime("%H:%M", time.localtime(start))
+                    + "-"
+                    + time.strftime("%H:%M", time.localtime(start + PERIOD_S))
+                )
                 if r.status_code == 201:
-                    say(f"  demo order: {side} 2 MW for {when} at {order['price_eur_mwh']:.2f} EUR/MWh -> {body['status']}"
-                        f" ({body.get('filled_mw') or 0:g} MW filled)")
+                    say(
+                        f"  demo order: {side} 2 MW for {when} at {order['price_eur_mwh']:.2f} EUR/MWh -> {body['status']}"
+                        f" ({body.get('filled_mw') or 0:g} MW filled)"
+                    )
                 else:
                     say(f"  demo order: {side} 2 MW for {when} refused ({r.status_code}): {body.get('detail')}")
     except (httpx.HTTPError, ValueError) as e:
@@ -256,7 +297,8 @@ def main_demo(args) -> int:
         demo.start()
         sim = cfg.simulator
         web = f"{'https' if cfg.web.tls.enabled else 'http'}://127.0.0.1:{cfg.web.port}"
-        print(f"""
+        print(
+            f"""
 Demo running. Everything listens on 127.0.0.1:
   dashboard      {web}/          API key: {DEMO_API_KEY}
   REST API       {web}/api/bess-status   (header X-API-Key: {DEMO_API_KEY})
@@ -267,8 +309,10 @@ Demo running. Everything listens on 127.0.0.1:
   BMS simulator  Modbus TCP 127.0.0.1:{sim.bms_modbus_port}, OPC UA opc.tcp://127.0.0.1:{sim.bms_opcua_port}
   PCS simulator  Modbus TCP (SunSpec) 127.0.0.1:{sim.pcs_modbus_port}
   SCADA face     Modbus TCP 127.0.0.1:{cfg.scada.modbus.port}, OPC UA opc.tcp://127.0.0.1:{cfg.scada.opcua.port}
-  logs           {state_dir / 'logs'}
-Press Ctrl-C to stop.""", flush=True)
+  logs           {state_dir / "logs"}
+Press Ctrl-C to stop.""",
+            flush=True,
+        )
         if args.orders:
             place_demo_orders(web, lambda text: print(text, flush=True))
         deadline = time.monotonic() + args.duration_s if args.duration_s else None

@@ -27,42 +27,64 @@ class Metrics:
         self.target = Gauge("bess_target_mw", "Target before limits (MW, + discharge)", registry=r)
         self.temperature = Gauge("bess_temperature_celsius", "Highest cell temperature (°C)", registry=r)
         self.allowed_charge = Gauge("bess_bms_allowed_charge_mw", "Charge power the BMS allows (MW)", registry=r)
-        self.allowed_discharge = Gauge("bess_bms_allowed_discharge_mw", "Discharge power the BMS allows (MW)", registry=r)
+        self.allowed_discharge = Gauge(
+            "bess_bms_allowed_discharge_mw", "Discharge power the BMS allows (MW)", registry=r
+        )
         self.mode = Gauge("bess_mode", "Operating mode (1 for the active one)", ["mode"], registry=r)
-        self.binding = Gauge("bess_binding_limit", "Limit that bound the setpoint (1 for the active one)", ["limit"], registry=r)
+        self.binding = Gauge(
+            "bess_binding_limit", "Limit that bound the setpoint (1 for the active one)", ["limit"], registry=r
+        )
         self.online = Gauge("bess_online", "1 when every device has fresh readings", registry=r)
         self.alarms = Gauge("bess_alarms_active", "Active alarms", registry=r)
-        self.telemetry_age = Gauge("bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r)
+        self.telemetry_age = Gauge(
+            "bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r
+        )
         self.cycle_duration = Histogram(
-            "bess_cycle_duration_seconds", "Control cycle duration (poll + decide + write + record)",
+            "bess_cycle_duration_seconds",
+            "Control cycle duration (poll + decide + write + record)",
             buckets=(0.001, 0.002, 0.003, 0.004, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0),
-            registry=r)
+            registry=r,
+        )
         self.cycle_p99 = Gauge("bess_cycle_duration_p99_seconds", "p99 of the last 4096 cycle durations", registry=r)
         self.cycles = Counter("bess_cycles_total", "Control cycles run", registry=r)
         self.overruns = Counter("bess_cycle_overruns_total", "Cycles that overran their period", registry=r)
-        self.device_latency = Gauge("bess_device_request_duration_seconds", "Last full read of a device", ["device"], registry=r)
+        self.device_latency = Gauge(
+            "bess_device_request_duration_seconds", "Last full read of a device", ["device"], registry=r
+        )
         self.device_errors = Counter("bess_device_errors_total", "Failed device reads/writes", ["device"], registry=r)
-        self.device_up = Gauge("bess_device_up", "1 when the device answers and its readings are fresh", ["device"], registry=r)
+        self.device_up = Gauge(
+            "bess_device_up", "1 when the device answers and its readings are fresh", ["device"], registry=r
+        )
         self.orders = Counter("bess_orders_total", "Orders sent to the exchange", ["side", "result"], registry=r)
         self.trades = Counter("bess_trades_total", "Executed trades accepted", ["side"], registry=r)
         self.traded_volume = Counter("bess_traded_energy_mwh_total", "Traded energy (MWh)", ["side"], registry=r)
         self.pnl = Gauge("bess_pnl_eur", "Profit and loss (EUR)", ["kind"], registry=r)
         self.outbox_depth = Gauge("bess_mqtt_outbox_depth", "Telemetry messages waiting in the outbox", registry=r)
-        self.outbox_dropped = Gauge("bess_mqtt_outbox_dropped", "Telemetry messages dropped by the outbox bound (since install)", registry=r)
+        self.outbox_dropped = Gauge(
+            "bess_mqtt_outbox_dropped", "Telemetry messages dropped by the outbox bound (since install)", registry=r
+        )
         self.mqtt_connected = Gauge("bess_mqtt_connected", "1 when connected to the broker", registry=r)
         # per unit (label `unit`, the site file's unit names) and at the POI
         self.unit_soc = Gauge("bess_unit_soc_pct", "A unit's state of charge (%)", ["unit"], registry=r)
-        self.unit_power = Gauge("bess_unit_power_mw", "Active power at a unit's PCS (MW, + discharge)", ["unit"], registry=r)
-        self.unit_setpoint = Gauge("bess_unit_setpoint_mw", "Setpoint written to a unit's PCS (MW, + discharge)",
-                                   ["unit"], registry=r)
-        self.unit_temperature = Gauge("bess_unit_temperature_celsius", "A unit's highest cell temperature (°C)",
-                                      ["unit"], registry=r)
-        self.unit_available = Gauge("bess_unit_available", "1 when the unit takes setpoints (0: safe state, 0 MW)",
-                                    ["unit"], registry=r)
+        self.unit_power = Gauge(
+            "bess_unit_power_mw", "Active power at a unit's PCS (MW, + discharge)", ["unit"], registry=r
+        )
+        self.unit_setpoint = Gauge(
+            "bess_unit_setpoint_mw", "Setpoint written to a unit's PCS (MW, + discharge)", ["unit"], registry=r
+        )
+        self.unit_temperature = Gauge(
+            "bess_unit_temperature_celsius", "A unit's highest cell temperature (°C)", ["unit"], registry=r
+        )
+        self.unit_available = Gauge(
+            "bess_unit_available", "1 when the unit takes setpoints (0: safe state, 0 MW)", ["unit"], registry=r
+        )
         self.poi_power = Gauge("bess_poi_power_mw", "Measured active power at the POI (MW, + export)", registry=r)
         self.poi_frequency = Gauge("bess_poi_frequency_hz", "Grid frequency measured at the POI (Hz)", registry=r)
-        self.poi_up = Gauge("bess_poi_meter_up", "1 when the POI meter gives a power reading, 0 when it is lost, "
-                            "NaN on a site without a meter", registry=r)
+        self.poi_up = Gauge(
+            "bess_poi_meter_up",
+            "1 when the POI meter gives a power reading, 0 when it is lost, NaN on a site without a meter",
+            registry=r,
+        )
         # NaN until a cycle carries the meter: an unlabelled gauge would read 0, and "meter up == 0" would alert on
         # every site without a meter (NaN == 0 is false)
         for g in (self.poi_power, self.poi_frequency, self.poi_up):
@@ -124,8 +146,12 @@ class Metrics:
     def _units(self, state: PlantState) -> None:
         nan = float("nan")
         for u in state.units:
-            for g, v in ((self.unit_soc, u.soc_pct), (self.unit_power, u.power_mw),
-                         (self.unit_setpoint, u.setpoint_mw), (self.unit_temperature, u.temperature_c)):
+            for g, v in (
+                (self.unit_soc, u.soc_pct),
+                (self.unit_power, u.power_mw),
+                (self.unit_setpoint, u.setpoint_mw),
+                (self.unit_temperature, u.temperature_c),
+            ):
                 g.labels(u.unit).set(nan if v is None else v)
             self.unit_available.labels(u.unit).set(1 if u.available else 0)
         poi = state.poi
@@ -139,9 +165,13 @@ class Metrics:
         self.poi_up.set(0 if power is None else 1)
 
     def _plant(self, state: PlantState) -> None:
-        for g, v in ((self.soc, state.soc_pct), (self.power, state.power_mw), (self.temperature, state.temperature_c),
-                     (self.allowed_charge, state.bms_allowed_charge_mw),
-                     (self.allowed_discharge, state.bms_allowed_discharge_mw)):
+        for g, v in (
+            (self.soc, state.soc_pct),
+            (self.power, state.power_mw),
+            (self.temperature, state.temperature_c),
+            (self.allowed_charge, state.bms_allowed_charge_mw),
+            (self.allowed_discharge, state.bms_allowed_discharge_mw),
+        ):
             g.set(float("nan") if v is None else v)
         self.setpoint.set(state.setpoint_mw)
         self.target.set(state.target_mw)

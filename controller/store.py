@@ -48,11 +48,11 @@ log = logging.getLogger("bess.store")
 
 DB_FILENAME = "bess-edge.db"
 BUSY_TIMEOUT_MS = 5000
-HOT_BUSY_TIMEOUT_MS = 20      # the cycle's decision flush waits at most this for another connection's write
-DECISION_BATCH_ROWS = 50      # flush the decision buffer at this many rows...
-DECISION_FLUSH_S = 1.0        # ...or when the oldest unflushed row is this old (monotonic seconds)
+HOT_BUSY_TIMEOUT_MS = 20  # the cycle's decision flush waits at most this for another connection's write
+DECISION_BATCH_ROWS = 50  # flush the decision buffer at this many rows...
+DECISION_FLUSH_S = 1.0  # ...or when the oldest unflushed row is this old (monotonic seconds)
 DECISION_BUFFER_MAX = 100_000  # beyond this (a failing disk), drop the oldest rows rather than grow without end
-PRUNE_CHUNK_ROWS = 5000       # rows per delete transaction, so a prune never holds the database for long
+PRUNE_CHUNK_ROWS = 5000  # rows per delete transaction, so a prune never holds the database for long
 ACTIVE_ORDER_STATUSES = ("open", "partially_filled")
 DAY_S = 86400.0
 
@@ -156,7 +156,7 @@ MIGRATIONS: list[list[str]] = [
         # storing a trade and its ack reaching the broker leaves the exchange without an answer, so its
         # redelivery of that very trade is answered "accepted" again instead of "duplicate".
         "ALTER TABLE trade_ids ADD COLUMN ack_confirmed_ts REAL",
-        "UPDATE trade_ids SET ack_confirmed_ts = first_seen_ts",   # ids stored before this: answered back then
+        "UPDATE trade_ids SET ack_confirmed_ts = first_seen_ts",  # ids stored before this: answered back then
     ],
     [
         # An order's intent, committed before the order is sent: after a timeout, an error or a kill -9 the site
@@ -181,10 +181,28 @@ MIGRATIONS: list[list[str]] = [
 INTENT_STATES = ("pending", "placed", "refused", "not_placed")
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_ORDER_COLUMNS = ("status", "side", "quantity_mw", "price_eur_mwh", "delivery_start", "market",
-                  "filled_mw", "remaining_mw")
-_DECISION_COLUMNS = ("ts", "target_mw", "setpoint_mw", "binding", "mode", "soc_pct", "power_mw",
-                     "temperature_c", "readback_mw", "reasons")
+_ORDER_COLUMNS = (
+    "status",
+    "side",
+    "quantity_mw",
+    "price_eur_mwh",
+    "delivery_start",
+    "market",
+    "filled_mw",
+    "remaining_mw",
+)
+_DECISION_COLUMNS = (
+    "ts",
+    "target_mw",
+    "setpoint_mw",
+    "binding",
+    "mode",
+    "soc_pct",
+    "power_mw",
+    "temperature_c",
+    "readback_mw",
+    "reasons",
+)
 
 
 class StoreError(Exception):
@@ -235,15 +253,18 @@ class Store:
         self._pending_since_mono: float | None = None
         self._dropped_decisions = 0
         self._closed = False
-        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
-                                     timeout=BUSY_TIMEOUT_MS / 1000)
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         try:
             self._conn.row_factory = sqlite3.Row
             self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
-                raise StoreError(f"{self.path}: SQLite refused WAL mode (journal_mode={mode}); "
-                                 "the state directory must be on a local filesystem")
+                raise StoreError(
+                    f"{self.path}: SQLite refused WAL mode (journal_mode={mode}); "
+                    "the state directory must be on a local filesystem"
+                )
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA foreign_keys=ON")
             self._migrate()
@@ -284,8 +305,10 @@ class Store:
             # read inside the write transaction: two processes opening a new file at once migrate once
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise StoreError(f"{self.path}: schema version {version} is newer than this program's "
-                                 f"{SCHEMA_VERSION}; upgrade the program or restore an older state directory")
+                raise StoreError(
+                    f"{self.path}: schema version {version} is newer than this program's "
+                    f"{SCHEMA_VERSION}; upgrade the program or restore an older state directory"
+                )
             for target in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[target - 1]:
                     c.execute(statement)
@@ -328,12 +351,29 @@ class Store:
         executed_ts = _ts(executed, "executed_at") if executed is not None else now
         body = _json(trade)
         with self._tx() as c:
-            if c.execute("INSERT OR IGNORE INTO trade_ids (trade_id, first_seen_ts) VALUES (?, ?)",
-                         (trade_id, now)).rowcount == 0:
+            if (
+                c.execute(
+                    "INSERT OR IGNORE INTO trade_ids (trade_id, first_seen_ts) VALUES (?, ?)", (trade_id, now)
+                ).rowcount
+                == 0
+            ):
                 return False
-            c.execute("INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                      (trade_id, side, _num(trade.get("quantity_mw")), _num(trade.get("price_eur_mwh")),
-                       start_ts, end_ts, trade.get("market"), executed_ts, source, now, body))
+            c.execute(
+                "INSERT INTO trades VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    trade_id,
+                    side,
+                    _num(trade.get("quantity_mw")),
+                    _num(trade.get("price_eur_mwh")),
+                    start_ts,
+                    end_ts,
+                    trade.get("market"),
+                    executed_ts,
+                    source,
+                    now,
+                    body,
+                ),
+            )
         return True
 
     def stored_trade(self, trade_id: str) -> dict[str, Any] | None:
@@ -342,17 +382,27 @@ class Store:
         with self._lock:
             row = self._conn.execute(
                 "SELECT i.ack_confirmed_ts, t.json, t.source FROM trade_ids i "
-                "LEFT JOIN trades t ON t.trade_id = i.trade_id WHERE i.trade_id = ?", (trade_id,)).fetchone()
+                "LEFT JOIN trades t ON t.trade_id = i.trade_id WHERE i.trade_id = ?",
+                (trade_id,),
+            ).fetchone()
         if row is None:
             return None
-        return {"trade": json.loads(row["json"]) if row["json"] is not None else None, "source": row["source"],
-                "ack_confirmed_ts": row["ack_confirmed_ts"]}
+        return {
+            "trade": json.loads(row["json"]) if row["json"] is not None else None,
+            "source": row["source"],
+            "ack_confirmed_ts": row["ack_confirmed_ts"],
+        }
 
     def confirm_trade_ack(self, trade_id: str, ts: float | None = None) -> bool:
         """Record that the broker took our ack of this trade (first confirmation wins). True if recorded now."""
         with self._tx() as c:
-            return c.execute("UPDATE trade_ids SET ack_confirmed_ts = ? WHERE trade_id = ? "
-                             "AND ack_confirmed_ts IS NULL", (self._now() if ts is None else ts, trade_id)).rowcount == 1
+            return (
+                c.execute(
+                    "UPDATE trade_ids SET ack_confirmed_ts = ? WHERE trade_id = ? AND ack_confirmed_ts IS NULL",
+                    (self._now() if ts is None else ts, trade_id),
+                ).rowcount
+                == 1
+            )
 
     def has_trade(self, trade_id: str) -> bool:
         with self._lock:
@@ -364,14 +414,16 @@ class Store:
         rows = self._query(
             "SELECT json, source, stored_ts FROM trades WHERE executed_ts >= ? "
             "ORDER BY executed_ts DESC, stored_ts DESC LIMIT ?",
-            (-math.inf if since_ts is None else since_ts, limit))
+            (-math.inf if since_ts is None else since_ts, limit),
+        )
         return [{**json.loads(r["json"]), "source": r["source"], "stored_ts": r["stored_ts"]} for r in rows]
 
     def trades_for_schedule(self, from_ts: float) -> list[dict[str, Any]]:
         """Trades whose delivery ends after `from_ts`, as stored (exactly the trade's JSON), in delivery order:
         what the schedule is rebuilt from on restart."""
-        rows = self._query("SELECT json FROM trades WHERE delivery_end_ts > ? "
-                           "ORDER BY delivery_start_ts, stored_ts", (from_ts,))
+        rows = self._query(
+            "SELECT json FROM trades WHERE delivery_end_ts > ? ORDER BY delivery_start_ts, stored_ts", (from_ts,)
+        )
         return [json.loads(r["json"]) for r in rows]
 
     def record_rejected_trade(self, message: Any, reason: str, ts: float | None = None) -> None:
@@ -379,9 +431,10 @@ class Store:
         trade_id = message.get("trade_id") if isinstance(message, dict) else None
         text = message if isinstance(message, str) else _json(message)
         with self._tx() as c:
-            c.execute("INSERT INTO rejected_trades (ts, trade_id, reason, message) VALUES (?,?,?,?)",
-                      (self._now() if ts is None else ts, trade_id if isinstance(trade_id, str) else None,
-                       reason, text))
+            c.execute(
+                "INSERT INTO rejected_trades (ts, trade_id, reason, message) VALUES (?,?,?,?)",
+                (self._now() if ts is None else ts, trade_id if isinstance(trade_id, str) else None, reason, text),
+            )
 
     def rejected_trades(self, limit: int = 100) -> list[dict[str, Any]]:
         """Rejected messages, newest first: {id, ts, trade_id, reason, message (the text as received)}."""
@@ -405,7 +458,8 @@ class Store:
             "quantity_mw=excluded.quantity_mw, price_eur_mwh=excluded.price_eur_mwh, "
             "delivery_start=excluded.delivery_start, market=excluded.market, filled_mw=excluded.filled_mw, "
             "remaining_mw=excluded.remaining_mw, updated_ts=excluded.updated_ts, json=excluded.json",
-            (order["order_id"], *self._order_columns(order), now, now, _json(order)))
+            (order["order_id"], *self._order_columns(order), now, now, _json(order)),
+        )
 
     # ---------------------------------------------------------------- order intents
     def add_order_intent(self, client_order_id: str, order: dict[str, Any], ts: float) -> None:
@@ -417,12 +471,15 @@ class Store:
         if side not in ("buy", "sell") or qty is None or not isinstance(start, str):
             raise StoreError(f"order intent {client_order_id}: side, quantity_mw and delivery_start are required")
         with self._tx() as c:
-            c.execute("INSERT INTO order_intents (client_order_id, state, side, quantity_mw, delivery_start, "
-                      "created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?)",
-                      (client_order_id, "pending", side, qty, start, ts, ts, _json(order)))
+            c.execute(
+                "INSERT INTO order_intents (client_order_id, state, side, quantity_mw, delivery_start, "
+                "created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?)",
+                (client_order_id, "pending", side, qty, start, ts, ts, _json(order)),
+            )
 
-    def resolve_order_intent(self, client_order_id: str, state: str, order: dict[str, Any] | None = None,
-                             reason: str | None = None) -> bool:
+    def resolve_order_intent(
+        self, client_order_id: str, state: str, order: dict[str, Any] | None = None, reason: str | None = None
+    ) -> bool:
         """Settle a pending intent: `state` placed (with the exchange's `order`, stored in the same transaction),
         refused (with the exchange's rejected `order` if it sent one) or not_placed. False, and nothing changes,
         if the intent is not pending any more (settled by someone else first) or unknown."""
@@ -433,9 +490,11 @@ class Store:
             raise StoreError(f"order intent {client_order_id}: placed needs the exchange's order with its order_id")
         now = self._now()
         with self._tx() as c:
-            n = c.execute("UPDATE order_intents SET state=?, order_id=?, reason=?, updated_ts=? "
-                          "WHERE client_order_id=? AND state='pending'",
-                          (state, order_id, reason, now, client_order_id)).rowcount
+            n = c.execute(
+                "UPDATE order_intents SET state=?, order_id=?, reason=?, updated_ts=? "
+                "WHERE client_order_id=? AND state='pending'",
+                (state, order_id, reason, now, client_order_id),
+            ).rowcount
             if n and isinstance(order_id, str) and order_id:
                 self._upsert_order(c, order, now)
         return n == 1
@@ -461,16 +520,25 @@ class Store:
             if not fields:
                 return
             order = {**json.loads(row["json"]), **fields}
-            c.execute("UPDATE orders SET status=?, side=?, quantity_mw=?, price_eur_mwh=?, delivery_start=?, "
-                      "market=?, filled_mw=?, remaining_mw=?, updated_ts=?, json=? WHERE order_id=?",
-                      (*self._order_columns(order), self._now(), _json(order), order_id))
+            c.execute(
+                "UPDATE orders SET status=?, side=?, quantity_mw=?, price_eur_mwh=?, delivery_start=?, "
+                "market=?, filled_mw=?, remaining_mw=?, updated_ts=?, json=? WHERE order_id=?",
+                (*self._order_columns(order), self._now(), _json(order), order_id),
+            )
 
     @staticmethod
     def _order_columns(order: dict[str, Any]) -> tuple:
         status = order.get("status") or "open"
-        return (str(status), order.get("side"), _num(order.get("quantity_mw")), _num(order.get("price_eur_mwh")),
-                order.get("delivery_start"), order.get("market"), _num(order.get("filled_mw")),
-                _num(order.get("remaining_mw")))
+        return (
+            str(status),
+            order.get("side"),
+            _num(order.get("quantity_mw")),
+            _num(order.get("price_eur_mwh")),
+            order.get("delivery_start"),
+            order.get("market"),
+            _num(order.get("filled_mw")),
+            _num(order.get("remaining_mw")),
+        )
 
     def orders(self, active_only: bool = True, limit: int = 200) -> list[dict[str, Any]]:
         """Orders, newest first, as stored (the order JSON with its updates). `active_only`: open or
@@ -481,9 +549,19 @@ class Store:
         return [json.loads(r["json"]) for r in rows]
 
     # ---------------------------------------------------------------- decision log
-    def record_decision(self, ts: float, target_mw: float, setpoint_mw: float, binding: str, mode: str,
-                        soc_pct: float | None, power_mw: float | None, temperature_c: float | None,
-                        readback_mw: float | None, reasons: str = "") -> None:
+    def record_decision(
+        self,
+        ts: float,
+        target_mw: float,
+        setpoint_mw: float,
+        binding: str,
+        mode: str,
+        soc_pct: float | None,
+        power_mw: float | None,
+        temperature_c: float | None,
+        readback_mw: float | None,
+        reasons: str = "",
+    ) -> None:
         """Log one cycle's decision. Hot path: buffered, written in batches (a decision acknowledges nothing,
         so up to ~1 s of log may be lost to a kill -9). Never raises for a database error: the cycle must go
         on; the error is logged and the rows are kept for the next flush."""
@@ -523,8 +601,11 @@ class Store:
                 self._conn.execute(f"PRAGMA busy_timeout={HOT_BUSY_TIMEOUT_MS}")
             try:
                 with self._tx() as c:
-                    c.executemany("INSERT INTO decisions (ts, target_mw, setpoint_mw, binding, mode, soc_pct, "
-                                  "power_mw, temperature_c, readback_mw, reasons) VALUES (?,?,?,?,?,?,?,?,?,?)", rows)
+                    c.executemany(
+                        "INSERT INTO decisions (ts, target_mw, setpoint_mw, binding, mode, soc_pct, "
+                        "power_mw, temperature_c, readback_mw, reasons) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        rows,
+                    )
             finally:
                 self._conn.execute("PRAGMA synchronous=FULL")
                 if hot:
@@ -538,8 +619,11 @@ class Store:
                 if excess > 0:
                     del self._pending[:excess]
                     self._dropped_decisions += excess
-            log.log(logging.WARNING if hot else logging.ERROR, "decision log write failed; rows kept for the next try",
-                    extra={"rows": len(rows), "error": str(e), "dropped_total": self._dropped_decisions})
+            log.log(
+                logging.WARNING if hot else logging.ERROR,
+                "decision log write failed; rows kept for the next try",
+                extra={"rows": len(rows), "error": str(e), "dropped_total": self._dropped_decisions},
+            )
             if not hot:
                 raise
 
@@ -549,7 +633,8 @@ class Store:
         return self._query(
             "SELECT ts, target_mw, setpoint_mw, binding, mode, soc_pct, power_mw, temperature_c, readback_mw, "
             "reasons FROM decisions WHERE ts < ? ORDER BY ts DESC, id DESC LIMIT ?",
-            (math.inf if before_ts is None else before_ts, limit))
+            (math.inf if before_ts is None else before_ts, limit),
+        )
 
     def decision_history(self, from_ts: float, to_ts: float, max_points: int = 1000) -> list[dict[str, Any]]:
         """Decisions in [from_ts, to_ts) averaged into at most `max_points` equal time buckets, oldest first:
@@ -559,14 +644,17 @@ class Store:
         return self._query(
             "SELECT MIN(ts) AS ts, AVG(power_mw) AS power_mw, AVG(soc_pct) AS soc_pct, AVG(setpoint_mw) AS setpoint_mw "
             "FROM decisions WHERE ts >= ? AND ts < ? GROUP BY CAST((ts - ?) / ? AS INTEGER) ORDER BY 1",
-            (from_ts, to_ts, from_ts, bucket))
+            (from_ts, to_ts, from_ts, bucket),
+        )
 
     # ---------------------------------------------------------------- alarms
     def raise_alarm(self, key: str, device: str, cause: str, message: str, ts: float) -> bool:
         """Raise alarm `key`; True if newly raised, False if it is already active (nothing changes)."""
         with self._tx() as c:
-            cur = c.execute("INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)",
-                            (key, device, cause, message, ts))
+            cur = c.execute(
+                "INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)",
+                (key, device, cause, message, ts),
+            )
             return cur.rowcount == 1
 
     def clear_alarm(self, key: str, ts: float) -> bool:
@@ -587,8 +675,9 @@ class Store:
     def audit(self, who: str, action: str, details: dict[str, Any], ts: float) -> None:
         """Record a mutating call: who (api key name, scada-modbus, controller...), what, when."""
         with self._tx() as c:
-            c.execute("INSERT INTO audit (ts, who, action, details) VALUES (?,?,?,?)",
-                      (ts, who, action, _json(details)))
+            c.execute(
+                "INSERT INTO audit (ts, who, action, details) VALUES (?,?,?,?)", (ts, who, action, _json(details))
+            )
 
     def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
         """Audit rows, newest first: {id, ts, who, action, details (dict)}."""
@@ -607,28 +696,42 @@ class Store:
         """Set `key` to a JSON-serialisable value, committed before this returns."""
         text = json.dumps(value, separators=(",", ":"))  # no default=: a value that won't round-trip is a bug
         with self._tx() as c:
-            c.execute("INSERT INTO state VALUES (?,?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
-                      "updated_ts=excluded.updated_ts", (key, text, self._now()))
+            c.execute(
+                "INSERT INTO state VALUES (?,?,?) ON CONFLICT(key) DO UPDATE SET value=excluded.value, "
+                "updated_ts=excluded.updated_ts",
+                (key, text, self._now()),
+            )
 
     # ---------------------------------------------------------------- shortfalls
-    def record_shortfall(self, period_start: float, position_mw: float, delivered_mwh: float,
-                         shortfall_mwh: float) -> None:
+    def record_shortfall(
+        self, period_start: float, position_mw: float, delivered_mwh: float, shortfall_mwh: float
+    ) -> None:
         """Record (or replace) the delivery shortfall of the period starting at `period_start`."""
         with self._tx() as c:
-            c.execute("INSERT INTO shortfalls VALUES (?,?,?,?,?) ON CONFLICT(period_start) DO UPDATE SET "
-                      "position_mw=excluded.position_mw, delivered_mwh=excluded.delivered_mwh, "
-                      "shortfall_mwh=excluded.shortfall_mwh, recorded_ts=excluded.recorded_ts",
-                      (period_start, position_mw, delivered_mwh, shortfall_mwh, self._now()))
+            c.execute(
+                "INSERT INTO shortfalls VALUES (?,?,?,?,?) ON CONFLICT(period_start) DO UPDATE SET "
+                "position_mw=excluded.position_mw, delivered_mwh=excluded.delivered_mwh, "
+                "shortfall_mwh=excluded.shortfall_mwh, recorded_ts=excluded.recorded_ts",
+                (period_start, position_mw, delivered_mwh, shortfall_mwh, self._now()),
+            )
 
     def shortfalls(self, limit: int = 100) -> list[dict[str, Any]]:
         """Shortfalls, latest period first: {period_start, position_mw, delivered_mwh, shortfall_mwh, recorded_ts}."""
         return self._query("SELECT * FROM shortfalls ORDER BY period_start DESC LIMIT ?", (limit,))
 
     # ---------------------------------------------------------------- retention
-    def prune(self, now_ts: float, decision_retention_days: float, *,
-              alarm_retention_days: float = 90, audit_retention_days: float = 365,
-              rejected_trade_retention_days: float = 90, shortfall_retention_days: float = 365,
-              order_retention_days: float = 90, trade_retention_days: float | None = None) -> dict[str, int]:
+    def prune(
+        self,
+        now_ts: float,
+        decision_retention_days: float,
+        *,
+        alarm_retention_days: float = 90,
+        audit_retention_days: float = 365,
+        rejected_trade_retention_days: float = 90,
+        shortfall_retention_days: float = 365,
+        order_retention_days: float = 90,
+        trade_retention_days: float | None = None,
+    ) -> dict[str, int]:
         """Delete rows older than their retention; returns rows deleted per table. Only cleared alarms and
         finished orders are pruned. Trades are kept unless `trade_retention_days` is given (by delivery end);
         their ids stay in the seen set either way, so a replay is still a duplicate. Runs in chunks of
@@ -653,9 +756,10 @@ class Store:
             cutoff = now_ts - days * DAY_S
             while True:
                 with self._tx() as c:
-                    n = c.execute(f"DELETE FROM {table} WHERE rowid IN "
-                                  f"(SELECT rowid FROM {table} WHERE {where} LIMIT ?)",
-                                  (cutoff, PRUNE_CHUNK_ROWS)).rowcount
+                    n = c.execute(
+                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT ?)",
+                        (cutoff, PRUNE_CHUNK_ROWS),
+                    ).rowcount
                 deleted[table] += n
                 if n < PRUNE_CHUNK_ROWS:
                     break
@@ -663,8 +767,18 @@ class Store:
 
     def counts(self) -> dict[str, int]:
         """Rows per table (for metrics and the health endpoint)."""
-        tables = ("trades", "trade_ids", "rejected_trades", "orders", "order_intents", "decisions", "alarms",
-                  "audit", "state", "shortfalls")
+        tables = (
+            "trades",
+            "trade_ids",
+            "rejected_trades",
+            "orders",
+            "order_intents",
+            "decisions",
+            "alarms",
+            "audit",
+            "state",
+            "shortfalls",
+        )
         self.flush()
         with self._lock:
             return {t: self._conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}

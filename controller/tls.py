@@ -61,36 +61,61 @@ def _write_private(path: Path, data: bytes, mode: int) -> None:
     os.replace(tmp, path)
 
 
-def make_self_signed(cert_path: Path, key_path: Path, hostname: str | None = None, days: int = 3650,
-                     bind_host: str | None = None) -> None:
+def make_self_signed(
+    cert_path: Path, key_path: Path, hostname: str | None = None, days: int = 3650, bind_host: str | None = None
+) -> None:
     """A P-256 key (0600) and a self-signed server certificate for this host (see host_names)."""
     dns, ips = host_names(bind_host)
     if hostname and hostname not in dns:
         dns.insert(0, hostname)
     common_name = hostname or dns[0]
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bess-edge (self-signed)")])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "bess-edge (self-signed)"),
+        ]
+    )
     now = dt.datetime.now(dt.timezone.utc)
     san = [x509.DNSName(n) for n in dns] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                                         crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(ski, critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(san), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(ski, critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+        .sign(key, hashes.SHA256())
+    )
     for d in {key_path.parent, cert_path.parent}:
         d.mkdir(parents=True, exist_ok=True)
     # key first: a crash between the two leaves a key without a certificate, which the next start replaces
-    _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()), 0o600)
+    _write_private(
+        key_path,
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        0o600,
+    )
     _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
@@ -108,8 +133,13 @@ def check_pair(cert: str | Path, key: str | Path | None) -> None:
 def _configured(tls: WebTls) -> tuple[str, str | None]:
     """The configured pair, checked now so that a bad one stops the start with the YAML path to fix."""
     if tls.key_file and not tls.cert_file:
-        raise ConfigError("web.tls", [f"web.tls.key_file: given ({tls.key_file}) without web.tls.cert_file; "
-                                      "give both, or neither for a self-signed certificate"])
+        raise ConfigError(
+            "web.tls",
+            [
+                f"web.tls.key_file: given ({tls.key_file}) without web.tls.cert_file; "
+                "give both, or neither for a self-signed certificate"
+            ],
+        )
     cert, key = tls.cert_file, tls.key_file
     for field, path in (("cert_file", cert), ("key_file", key)):
         if path is None:
@@ -127,13 +157,20 @@ def _configured(tls: WebTls) -> tuple[str, str | None]:
         check_pair(cert, key)
     except ValueError:  # from _no_passphrase
         where = "key_file" if key else "cert_file"
-        raise ConfigError("web.tls", [f"web.tls.{where}: the private key in {key or cert} is encrypted; "
-                                      "the daemon needs an unencrypted key readable only by its user"]) from None
+        raise ConfigError(
+            "web.tls",
+            [
+                f"web.tls.{where}: the private key in {key or cert} is encrypted; "
+                "the daemon needs an unencrypted key readable only by its user"
+            ],
+        ) from None
     except (ssl.SSLError, OSError) as e:
         reason = getattr(e, "reason", None) or str(e)
         where = "key_file" if key else "cert_file"
-        raise ConfigError("web.tls", [f"web.tls.{where}: {key or cert} is not a usable private key for "
-                                      f"web.tls.cert_file {cert} ({reason})"]) from None
+        raise ConfigError(
+            "web.tls",
+            [f"web.tls.{where}: {key or cert} is not a usable private key for web.tls.cert_file {cert} ({reason})"],
+        ) from None
     return cert, key
 
 
@@ -156,16 +193,17 @@ def ensure_certificate(tls: WebTls, state_dir: Path, bind_host: str | None = Non
     path if they cannot be served), or a self-signed pair made once in state_dir/tls and reused after."""
     if tls.cert_file or tls.key_file:
         cert_s, key_s = _configured(tls)
-        log.info("HTTPS with the configured certificate",
-                 extra={"cert": cert_s, "sha256": fingerprint(cert_s)})
+        log.info("HTTPS with the configured certificate", extra={"cert": cert_s, "sha256": fingerprint(cert_s)})
         return cert_s, key_s
     tls_dir = Path(state_dir) / GENERATED_DIR
     cert, key = tls_dir / GENERATED_CERT, tls_dir / GENERATED_KEY
     why = _usable_generated(cert, key)
     if why is not None:
         if why != "missing":
-            log.warning("replacing the self-signed TLS certificate: clients that pinned it must pin the new one",
-                        extra={"cert": str(cert), "reason": why})
+            log.warning(
+                "replacing the self-signed TLS certificate: clients that pinned it must pin the new one",
+                extra={"cert": str(cert), "reason": why},
+            )
         tls_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(tls_dir, 0o700)
         make_self_signed(cert, key, bind_host=bind_host)

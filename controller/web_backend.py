@@ -27,8 +27,13 @@ log = logging.getLogger("bess.backend")
 
 
 class ControllerBackend:
-    def __init__(self, controller: "Controller", secrets: "Secrets", metrics: "Metrics | None" = None,
-                 desk: OrderDesk | None = None):
+    def __init__(
+        self,
+        controller: "Controller",
+        secrets: "Secrets",
+        metrics: "Metrics | None" = None,
+        desk: OrderDesk | None = None,
+    ):
         self.controller = controller
         self.store = controller.store
         self.metrics = metrics
@@ -98,11 +103,19 @@ class ControllerBackend:
         req = OrderRequest.model_validate(order)
         start = parse_iso(req.delivery_start)
         if not gate_open(start, self.now()):
-            return {"ok": False, "reason": f"gate closed: delivery {req.delivery_start} starts in less than 5 minutes",
-                    "period": iso(start), "limit": "gate_closure"}
+            return {
+                "ok": False,
+                "reason": f"gate closed: delivery {req.delivery_start} starts in less than 5 minutes",
+                "period": iso(start),
+                "limit": "gate_closure",
+            }
         feas = self.desk.pre_trade_check(req)
-        return {"ok": feas.ok, "reason": None if feas.ok else feas.reason,
-                "period": iso(feas.period_start) if feas.period_start is not None else None, "limit": feas.limit}
+        return {
+            "ok": feas.ok,
+            "reason": None if feas.ok else feas.reason,
+            "period": iso(feas.period_start) if feas.period_start is not None else None,
+            "limit": feas.limit,
+        }
 
     async def place_order(self, order: dict[str, Any], who: str) -> dict[str, Any]:
         try:
@@ -123,9 +136,16 @@ class ControllerBackend:
         c = self.controller
         now = c.clock.now()
         state = c.faces.latest()
-        msg = {"ts": iso(now), "soc_pct": sample.get("soc_pct"), "power_mw": sample.get("power_mw"),
-               "temperature_c": sample.get("temperature_c"), "source": "manual", "site": c.config.site.id,
-               "status": "online" if state.online else "offline", "mode": state.mode}
+        msg = {
+            "ts": iso(now),
+            "soc_pct": sample.get("soc_pct"),
+            "power_mw": sample.get("power_mw"),
+            "temperature_c": sample.get("temperature_c"),
+            "source": "manual",
+            "site": c.config.site.id,
+            "status": "online" if state.online else "offline",
+            "mode": state.mode,
+        }
         if self.telemetry_sink is not None:
             self.telemetry_sink(msg)
         out = {**msg, "sent": self.telemetry_sink is not None, "simulator_updated": False}
@@ -149,8 +169,12 @@ class ControllerBackend:
 
     async def set_mode(self, mode: str, setpoint_mw: float | None, expires_s: float | None, who: str) -> dict[str, Any]:
         m = self.controller.set_mode(mode, setpoint_mw, expires_s, source=who)
-        return {"mode": m.mode, "setpoint_mw": m.manual_setpoint_mw if m.mode == "manual" else None,
-                "expires": iso(m.manual_expires_ts) if m.manual_expires_ts else None, "source": m.source}
+        return {
+            "mode": m.mode,
+            "setpoint_mw": m.manual_setpoint_mw if m.mode == "manual" else None,
+            "expires": iso(m.manual_expires_ts) if m.manual_expires_ts else None,
+            "source": m.source,
+        }
 
     async def alarms(self) -> dict[str, Any]:
         return {"active": self.store.active_alarms(), "history": self.store.alarm_history(100)}
@@ -162,8 +186,11 @@ class ControllerBackend:
         key = (from_ts // 10, to_ts // 10)
         if self._schedule_cache and self._schedule_cache[1] == key and time.monotonic() - self._schedule_cache[0] < 5:
             return self._schedule_cache[2]
-        periods = [{"period_start": iso(p), "position_mw": mw}
-                   for p, mw in self.controller.schedule.periods(from_ts, to_ts) if mw]
+        periods = [
+            {"period_start": iso(p), "position_mw": mw}
+            for p, mw in self.controller.schedule.periods(from_ts, to_ts)
+            if mw
+        ]
         actual = await asyncio.to_thread(self.store.decision_history, from_ts, to_ts, 1000)
         out = {"periods": periods, "actual": actual}
         self._schedule_cache = (time.monotonic(), key, out)

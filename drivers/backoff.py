@@ -15,8 +15,8 @@ class Backoff:
     def __init__(self, max_s: float, min_s: float = BACKOFF_MIN_S):
         self.max_s = max_s
         self.min_s = min_s
-        self.delay_s = 0.0      # the current wait; 0 after a success
-        self.retry_at = 0.0     # time.monotonic() of the next allowed attempt
+        self.delay_s = 0.0  # the current wait; 0 after a success
+        self.retry_at = 0.0  # time.monotonic() of the next allowed attempt
 
     def failed(self) -> float:
         """One more failure in a row: push the next attempt out and return the wait."""

@@ -50,14 +50,14 @@ class DriverStats:
     reads: int = 0
     connect_attempts: int = 0
     connects: int = 0
-    last_latency_s: float = 0.0        # of the last request
-    last_read_latency_s: float = 0.0   # of the last whole read()
+    last_latency_s: float = 0.0  # of the last request
+    last_read_latency_s: float = 0.0  # of the last whole read()
     last_error: str | None = None
-    polls: int = 0                     # OPC UA: reads served by a batched Read request
+    polls: int = 0  # OPC UA: reads served by a batched Read request
     served_from_subscription: int = 0  # OPC UA
-    notifications: int = 0             # OPC UA
-    subscriptions: int = 0             # OPC UA: subscriptions created
-    subscription_failures: int = 0     # OPC UA: failed to create, or went quiet
+    notifications: int = 0  # OPC UA
+    subscriptions: int = 0  # OPC UA: subscriptions created
+    subscription_failures: int = 0  # OPC UA: failed to create, or went quiet
 
     def failed(self, what: str, why: str) -> None:
         """Count one failed request or connect, and remember what failed and why (for logs and tests)."""

@@ -11,24 +11,31 @@ from drivers.profile import WORDS, Point
 
 # Raw range of each integer type.
 _RANGE: dict[str, tuple[int, int]] = {
-    "u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF),
-    "u32": (0, 0xFFFFFFFF), "i32": (-0x80000000, 0x7FFFFFFF),
-    "u64": (0, 0xFFFFFFFFFFFFFFFF), "i64": (-0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
+    "u16": (0, 0xFFFF),
+    "i16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFFFFFF),
+    "i32": (-0x80000000, 0x7FFFFFFF),
+    "u64": (0, 0xFFFFFFFFFFFFFFFF),
+    "i64": (-0x8000000000000000, 0x7FFFFFFFFFFFFFFF),
 }
 _SIGNED = {"i16", "i32", "i64"}
 _F32_MAX = 3.4028234663852886e38
 
 # What a SunSpec device reports for a point it does not implement, as the unsigned register value.
 SUNSPEC_NOT_IMPLEMENTED: dict[str, int] = {
-    "u16": 0xFFFF, "i16": 0x8000, "u32": 0xFFFFFFFF, "i32": 0x80000000,
-    "u64": 0xFFFFFFFFFFFFFFFF, "i64": 0x8000000000000000,
+    "u16": 0xFFFF,
+    "i16": 0x8000,
+    "u32": 0xFFFFFFFF,
+    "i32": 0x80000000,
+    "u64": 0xFFFFFFFFFFFFFFFF,
+    "i64": 0x8000000000000000,
 }
 
 
 def _scale_of(point: Point, sf: int | None) -> float | None:
     """The multiplier raw -> device unit; None when the point scales by a scale factor that is unknown."""
     if isinstance(point.scale, str):
-        return None if sf is None else 10.0 ** sf
+        return None if sf is None else 10.0**sf
     return point.scale
 
 
@@ -37,7 +44,7 @@ def _pow10_exponent(scale: float) -> int | None:
     if scale <= 0:
         return None
     k = round(math.log10(scale))
-    return k if -12 <= k <= 12 and scale == 10.0 ** k else None
+    return k if -12 <= k <= 12 and scale == 10.0**k else None
 
 
 def apply_scale(raw: int | float, scale: float) -> float:
@@ -45,10 +52,10 @@ def apply_scale(raw: int | float, scale: float) -> float:
     (1234 * 0.01 = 12.340000000000002). Also turns W into MW (factor 1e-6) without float dust, and a point of
     `sign: -1` negates exactly."""
     if scale < 0:
-        return -apply_scale(raw, -scale) + 0.0   # + 0.0: no -0.0 for a zero reading
+        return -apply_scale(raw, -scale) + 0.0  # + 0.0: no -0.0 for a zero reading
     k = _pow10_exponent(scale)
     if k is not None and k < 0:
-        return raw / 10 ** -k
+        return raw / 10**-k
     return raw * scale
 
 
@@ -82,8 +89,9 @@ _words_to_int = words_to_int
 _int_to_words = int_to_words
 
 
-def decode(point: Point, regs: list[int], word_order: str, sf: int | None = None,
-           sunspec: bool = False) -> float | int | str | None:
+def decode(
+    point: Point, regs: list[int], word_order: str, sf: int | None = None, sunspec: bool = False
+) -> float | int | str | None:
     """Registers -> the point's value in its device unit: raw * scale + offset.
 
     `sf` is the integer value of the point's scale-factor point when `scale` names one (value * 10**sf).
@@ -118,8 +126,9 @@ def decode(point: Point, regs: list[int], word_order: str, sf: int | None = None
     return _apply_scale(value, scale) + point.offset
 
 
-def encode(point: Point, value: float | int | str, word_order: str, sf: int | None = None,
-           name: str | None = None) -> list[int]:
+def encode(
+    point: Point, value: float | int | str, word_order: str, sf: int | None = None, name: str | None = None
+) -> list[int]:
     """A value in the point's device unit -> registers (rounded to the nearest raw integer).
 
     Raises ValueError naming the point when the value does not fit the type.
@@ -137,7 +146,7 @@ def encode(point: Point, value: float | int | str, word_order: str, sf: int | No
         if len(data) > 2 * n:
             raise ValueError(f"{label}: {value!r} is longer than {2 * n} characters")
         data = data.ljust(2 * n, b"\x00")
-        return [int.from_bytes(data[2 * i:2 * i + 2], "big") for i in range(n)]
+        return [int.from_bytes(data[2 * i : 2 * i + 2], "big") for i in range(n)]
     if isinstance(value, str) or isinstance(value, bool):
         raise ValueError(f"{label}: a {t} point needs a number, got {value!r}")
     scale = _scale_of(point, sf)
@@ -147,7 +156,7 @@ def encode(point: Point, value: float | int | str, word_order: str, sf: int | No
         raise ValueError(f"{label}: scale is 0")
     k = _pow10_exponent(scale)
     shifted = value - point.offset
-    raw_f = shifted * 10 ** -k if k is not None and k < 0 else shifted / scale
+    raw_f = shifted * 10**-k if k is not None and k < 0 else shifted / scale
     if t == "f32":
         if math.isfinite(raw_f) and abs(raw_f) > _F32_MAX:
             raise ValueError(f"{label}: {value!r} is outside the float32 range")
@@ -158,6 +167,8 @@ def encode(point: Point, value: float | int | str, word_order: str, sf: int | No
     raw = value if isinstance(value, int) and scale == 1 and point.offset == 0 else int(round(raw_f))
     lo, hi = _RANGE[t]
     if not lo <= raw <= hi:
-        raise ValueError(f"{label}: {value!r} is outside the range of {t} "
-                         f"({_apply_scale(lo, scale) + point.offset} .. {_apply_scale(hi, scale) + point.offset})")
+        raise ValueError(
+            f"{label}: {value!r} is outside the range of {t} "
+            f"({_apply_scale(lo, scale) + point.offset} .. {_apply_scale(hi, scale) + point.offset})"
+        )
     return _int_to_words(raw & ((1 << (16 * n)) - 1), n, word_order)

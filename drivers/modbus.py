@@ -36,8 +36,8 @@ from drivers.profile import Function, Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.modbus")
 
-MAX_REGISTERS = 125   # per read request (Modbus spec, function 3/4)
-MAX_BITS = 2000       # per read request (function 1/2)
+MAX_REGISTERS = 125  # per read request (Modbus spec, function 3/4)
+MAX_BITS = 2000  # per read request (function 1/2)
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,6 @@ class ReadRequest:
     address: int
     count: int
     points: tuple[tuple[str, Point, int], ...]
-
-
 
 
 def plan_reads(points: dict[str, Point], max_gap: int = 8) -> list[ReadRequest]:
@@ -65,7 +63,7 @@ def plan_reads(points: dict[str, Point], max_gap: int = 8) -> list[ReadRequest]:
         items = sorted(by_function.get(function, ()), key=lambda np: (np[1].address, np[1].count))
         limit = MAX_BITS if function in ("coil", "discrete") else MAX_REGISTERS
         group: list[tuple[str, Point]] = []
-        start = end = 0   # end is exclusive
+        start = end = 0  # end is exclusive
         for name, p in items:
             p_end = p.address + p.count
             if group and p.address - end <= max_gap and max(end, p_end) - start <= limit:
@@ -91,15 +89,15 @@ class _PointPlan:
 
     name: str
     point: Point
-    start: int                  # offset of the point's registers in the response
+    start: int  # offset of the point's registers in the response
     end: int
     word_order: str
-    is_sf: bool                 # other points scale by this one: it decodes first
-    sf_name: str | None         # the scale-factor point this one scales by
-    factor: float               # device unit -> canonical unit
-    markers: frozenset[int]     # raw contents that mean 'no value'
-    marker_kind: str            # how to name a marker in an alarm
-    plausible: tuple[float, float] | None   # device unit
+    is_sf: bool  # other points scale by this one: it decodes first
+    sf_name: str | None  # the scale-factor point this one scales by
+    factor: float  # device unit -> canonical unit
+    markers: frozenset[int]  # raw contents that mean 'no value'
+    marker_kind: str  # how to name a marker in an alarm
+    plausible: tuple[float, float] | None  # device unit
 
 
 def _hex(raw: int, words: int) -> str:
@@ -114,7 +112,7 @@ class ModbusConnection:
         self.port = port
         self.client: AsyncModbusTcpClient | None = None
         self.connect_lock = asyncio.Lock()
-        self.turn = asyncio.Lock()          # one request on the wire at a time
+        self.turn = asyncio.Lock()  # one request on the wire at a time
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
         self.backoff = Backoff(backoff_max_s)
         self.users: set[str] = set()
@@ -192,9 +190,20 @@ class ModbusPool:
 class ModbusDriver:
     """A device read and written through its register-map profile over one Modbus TCP connection."""
 
-    def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
-                 timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
-                 max_gap: int = 8, rating_mw: float | None = None, pool: ModbusPool | None = None):
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        host: str,
+        port: int,
+        unit_id: int = 1,
+        timeout_s: float = 0.5,
+        clock: TimeSource | None = None,
+        backoff_max_s: float = 10.0,
+        max_gap: int = 8,
+        rating_mw: float | None = None,
+        pool: ModbusPool | None = None,
+    ):
         self.name = name
         self.host = host
         self.port = port
@@ -222,12 +231,24 @@ class ModbusDriver:
         rating = profile.rated_power_mw or self.rating_mw
         kind = "SunSpec's 'not implemented' value" if self._sunspec else "a marker value meaning 'no value'"
         self._decoders = [
-            tuple(_PointPlan(name, p, off, off + p.count, profile.word_order_of(p), name in self._sf_names,
-                             p.scale if isinstance(p.scale, str) else None, p.factor,
-                             p.marker_values(self._sunspec), kind,
-                             plausible_range(name, p, rating, scale_factor=name in self._sf_names))
-                  for name, p, off in req.points)
-            for req in self._plan]
+            tuple(
+                _PointPlan(
+                    name,
+                    p,
+                    off,
+                    off + p.count,
+                    profile.word_order_of(p),
+                    name in self._sf_names,
+                    p.scale if isinstance(p.scale, str) else None,
+                    p.factor,
+                    p.marker_values(self._sunspec),
+                    kind,
+                    plausible_range(name, p, rating, scale_factor=name in self._sf_names),
+                )
+                for name, p, off in req.points
+            )
+            for req in self._plan
+        ]
 
     @property
     def requests_per_read(self) -> int:
@@ -260,7 +281,7 @@ class ModbusDriver:
 
     async def connect(self) -> None:
         """Open the connection unless it is open; while backing off after a failure, raise Disconnected."""
-        if self.name not in self._conn.users:   # closed, and used again: back into the pool
+        if self.name not in self._conn.users:  # closed, and used again: back into the pool
             self._conn = self._join()
         conn = self._conn
         if conn.connected:
@@ -272,9 +293,13 @@ class ModbusDriver:
             conn.drop()
             self.stats.connect_attempts += 1
             client = AsyncModbusTcpClient(
-                self.host, port=self.port, timeout=conn.library_timeout_s(self.timeout_s), retries=0,
+                self.host,
+                port=self.port,
+                timeout=conn.library_timeout_s(self.timeout_s),
+                retries=0,
                 reconnect_delay=0,  # we reconnect ourselves, with backoff, on the next request
-                trace_connect=conn.on_connect_change)
+                trace_connect=conn.on_connect_change,
+            )
             try:
                 ok = await asyncio.wait_for(client.connect(), self.timeout_s + 0.1)
             except (asyncio.TimeoutError, OSError) as e:
@@ -284,8 +309,13 @@ class ModbusDriver:
                 client.close()
                 conn.backoff.failed()
                 self.stats.failed("connect", "refused or unreachable")
-                log.warning("device %s: cannot connect to %s:%s; next attempt in %.1f s",
-                            self.name, self.host, self.port, conn.backoff.delay_s)
+                log.warning(
+                    "device %s: cannot connect to %s:%s; next attempt in %.1f s",
+                    self.name,
+                    self.host,
+                    self.port,
+                    conn.backoff.delay_s,
+                )
                 raise Disconnected(self.name, f"cannot connect to {self.host}:{self.port}")
             conn.client = client
             self.stats.connects += 1
@@ -306,20 +336,24 @@ class ModbusDriver:
         await self.connect()
         conn = self._conn
         async with conn.turn:
-            if not conn.connected:   # another device's request lost the link while we waited for our turn
+            if not conn.connected:  # another device's request lost the link while we waited for our turn
                 await self.connect()
             client = conn.client
             assert client is not None
             t0 = time.perf_counter()
             self.stats.requests += 1
             try:
-                rr = await asyncio.wait_for(getattr(client, method)(*args, device_id=self.unit_id, **kwargs),
-                                            self.timeout_s)
+                rr = await asyncio.wait_for(
+                    getattr(client, method)(*args, device_id=self.unit_id, **kwargs), self.timeout_s
+                )
             except (asyncio.TimeoutError, ModbusIOException) as e:
                 self.stats.failed(what, "timeout")
                 conn.timed_out()
-                detail = (f"no answer within {self.timeout_s} s" if isinstance(e, asyncio.TimeoutError)
-                          else f"no answer ({e})")
+                detail = (
+                    f"no answer within {self.timeout_s} s"
+                    if isinstance(e, asyncio.TimeoutError)
+                    else f"no answer ({e})"
+                )
                 raise DeviceTimeout(self.name, f"{what}: {detail}") from None
             except (ConnectionException, ConnectionError, OSError) as e:
                 # a device that accepts connections and drops them at once must not be hammered either
@@ -375,11 +409,11 @@ class ModbusDriver:
                 continue
             for d in plans:
                 if d.is_sf:
-                    r = self._checked(d, regs[d.start:d.end], None, ts)
+                    r = self._checked(d, regs[d.start : d.end], None, ts)
                     sf_values[d.name] = r.value if isinstance(r.value, int) else None
                     out[d.name] = r
                 else:
-                    later.append((d, regs[d.start:d.end], ts))
+                    later.append((d, regs[d.start : d.end], ts))
         for d, words, ts in later:
             sf = sf_values.get(d.sf_name) if d.sf_name is not None else None
             out[d.name] = self._checked(d, words, sf, ts)
@@ -405,8 +439,12 @@ class ModbusDriver:
         if d.plausible is not None and not d.plausible[0] <= value <= d.plausible[1]:
             lo, hi = d.plausible
             unit = f" {p.unit}" if p.unit else ""
-            return Reading(None, ts, f"{self._raw_text(d, words)} ({value:g}{unit})",
-                           f"outside the plausible range {lo:g}..{hi:g}{unit}")
+            return Reading(
+                None,
+                ts,
+                f"{self._raw_text(d, words)} ({value:g}{unit})",
+                f"outside the plausible range {lo:g}..{hi:g}{unit}",
+            )
         if d.factor != 1:
             value = codec.apply_scale(value, d.factor)
         return Reading(value, ts)

@@ -38,31 +38,49 @@ from drivers.profile import Point, Profile, plausible_range
 
 log = logging.getLogger("bess.drivers.opcua")
 
-PUBLISHING_INTERVAL_S = 0.2     # default: a 1 s control cycle sees every change within a fifth of it
-KEEPALIVE_S = 0.5               # the server sends a keep-alive at least this often when nothing changes
-RESUBSCRIBE_AFTER_S = 5.0       # while polling after a subscription failure, try subscribing again this often
-SESSION_TIMEOUT_MS = 30_000     # a session we abandon (dead link) is freed by the server within this
-WATCHDOG_S = 2.0                # asyncua's own liveness probe of the server (one small Read)
+PUBLISHING_INTERVAL_S = 0.2  # default: a 1 s control cycle sees every change within a fifth of it
+KEEPALIVE_S = 0.5  # the server sends a keep-alive at least this often when nothing changes
+RESUBSCRIBE_AFTER_S = 5.0  # while polling after a subscription failure, try subscribing again this often
+SESSION_TIMEOUT_MS = 30_000  # a session we abandon (dead link) is freed by the server within this
+WATCHDOG_S = 2.0  # asyncua's own liveness probe of the server (one small Read)
 
 VARIANT_TYPES = {
-    "u16": ua.VariantType.UInt16, "i16": ua.VariantType.Int16, "u32": ua.VariantType.UInt32,
-    "i32": ua.VariantType.Int32, "u64": ua.VariantType.UInt64, "i64": ua.VariantType.Int64,
-    "f32": ua.VariantType.Float, "string": ua.VariantType.String,
+    "u16": ua.VariantType.UInt16,
+    "i16": ua.VariantType.Int16,
+    "u32": ua.VariantType.UInt32,
+    "i32": ua.VariantType.Int32,
+    "u64": ua.VariantType.UInt64,
+    "i64": ua.VariantType.Int64,
+    "f32": ua.VariantType.Float,
+    "string": ua.VariantType.String,
 }
-INT_RANGES = {"u16": (0, 0xFFFF), "i16": (-0x8000, 0x7FFF), "u32": (0, 0xFFFFFFFF),
-               "i32": (-0x80000000, 0x7FFFFFFF), "u64": (0, 2**64 - 1), "i64": (-(2**63), 2**63 - 1)}
-
-
+INT_RANGES = {
+    "u16": (0, 0xFFFF),
+    "i16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFFFFFF),
+    "i32": (-0x80000000, 0x7FFFFFFF),
+    "u64": (0, 2**64 - 1),
+    "i64": (-(2**63), 2**63 - 1),
+}
 
 
 class OpcUaDriver:
     """A device read and written through its node-id profile over one OPC UA session (None security)."""
 
-    def __init__(self, name: str, profile: Profile, endpoint: str, timeout_s: float = 1.0,
-                 clock: TimeSource | None = None, subscribe: bool = True,
-                 publishing_interval_s: float = PUBLISHING_INTERVAL_S, max_age_s: float | None = None,
-                 backoff_max_s: float = 10.0, resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
-                 rating_mw: float | None = None):
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        endpoint: str,
+        timeout_s: float = 1.0,
+        clock: TimeSource | None = None,
+        subscribe: bool = True,
+        publishing_interval_s: float = PUBLISHING_INTERVAL_S,
+        max_age_s: float | None = None,
+        backoff_max_s: float = 10.0,
+        resubscribe_after_s: float = RESUBSCRIBE_AFTER_S,
+        rating_mw: float | None = None,
+    ):
         if profile.protocol != "opcua":
             raise ValueError(f"device {name}: profile {profile.name} is a {profile.protocol} profile, not opcua")
         self.name = name
@@ -85,13 +103,14 @@ class OpcUaDriver:
         # (device value, StatusCode) as the subscription last delivered them
         self._sub_values: dict[str, tuple[Any, ua.StatusCode | None]] = {}
         self._sub_failed_at: float | None = None  # monotonic, of the last subscription failure
-        self._sub_since = 0.0                     # monotonic, when the current subscription was made
+        self._sub_since = 0.0  # monotonic, when the current subscription was made
         self._connect_lock = asyncio.Lock()
         # Backoff runs on real time even under a sped-up clock: it protects a real network peer.
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
         rating = profile.rated_power_mw or rating_mw
-        self._plausible = {n: plausible_range(n, p, rating, scale_factor=n in self._sf_names)
-                           for n, p in profile.points.items()}
+        self._plausible = {
+            n: plausible_range(n, p, rating, scale_factor=n in self._sf_names) for n, p in profile.points.items()
+        }
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -150,8 +169,13 @@ class OpcUaDriver:
                     raise  # cancellation: the client is gone, pass it on
                 self.backoff.failed()
                 err = self._typed(e, "connect", timeout_s=connect_timeout_s)
-                log.warning("device %s: cannot connect to %s (%s); next attempt in %.1f s",
-                            self.name, self.endpoint, err.message, self.backoff.delay_s)
+                log.warning(
+                    "device %s: cannot connect to %s (%s); next attempt in %.1f s",
+                    self.name,
+                    self.endpoint,
+                    err.message,
+                    self.backoff.delay_s,
+                )
                 raise err from None
             self._client = client
             self._nodes = nodes
@@ -168,8 +192,9 @@ class OpcUaDriver:
             try:
                 ns_index = await client.get_namespace_index(self.profile.namespace)
             except ValueError:
-                raise OpcUaError(self.name, "BadNamespaceUnknown",
-                                 f"server does not know namespace {self.profile.namespace}") from None
+                raise OpcUaError(
+                    self.name, "BadNamespaceUnknown", f"server does not know namespace {self.profile.namespace}"
+                ) from None
         nodes = {}
         for name, p in self.profile.points.items():
             nid = ua.NodeId.from_string(p.node_id)
@@ -221,14 +246,20 @@ class OpcUaDriver:
             RequestedMaxKeepAliveCount=self.keepalive_count,
             # the server drops the subscription after this many silent intervals: a few keep-alives' worth
             RequestedLifetimeCount=max(3 * self.keepalive_count, math.ceil(10 / self.publishing_interval_s)),
-            MaxNotificationsPerPublish=0, PublishingEnabled=True, Priority=0)
+            MaxNotificationsPerPublish=0,
+            PublishingEnabled=True,
+            Priority=0,
+        )
         names = list(self._nodes)
         try:
             sub = await asyncio.wait_for(client.create_subscription(params, _Handler(self)), self.timeout_s)
             handles = await asyncio.wait_for(
-                sub.subscribe_data_change([client.get_node(self._nodes[n]) for n in names],
-                                          sampling_interval=self.publishing_interval_s * 1000 / 2),
-                self.timeout_s)
+                sub.subscribe_data_change(
+                    [client.get_node(self._nodes[n]) for n in names],
+                    sampling_interval=self.publishing_interval_s * 1000 / 2,
+                ),
+                self.timeout_s,
+            )
             bad = [f"{n}: {h.name}" for n, h in zip(names, handles) if isinstance(h, ua.StatusCode)]
             if bad:
                 with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError, ua.UaError):
@@ -310,6 +341,7 @@ class OpcUaDriver:
 
     async def read_raw(self, names: list[str]) -> dict[str, Any]:
         """Device values of `names` in one Read request; a bad status on any node raises OpcUaError."""
+
         async def read(client: Client, nids: list[ua.NodeId]) -> list[ua.DataValue]:
             return await client.uaclient.read_attributes(nids, ua.AttributeIds.Value)
 
@@ -326,12 +358,15 @@ class OpcUaDriver:
     async def _poll(self, names: list[str]) -> dict[str, tuple[Any, ua.StatusCode]]:
         """(device value, StatusCode) of `names` in one Read request; a bad status makes that point unknown
         (see _checked), not the whole read a failure: the other points are still good."""
+
         async def read(client: Client, nids: list[ua.NodeId]) -> list[ua.DataValue]:
             return await client.uaclient.read_attributes(nids, ua.AttributeIds.Value)
 
         dvs = await self._call(f"read {len(names)} nodes", read, [self._nodes[n] for n in names])
-        return {n: (dv.Value.Value if dv.Value is not None else None, dv.StatusCode or ua.StatusCode())
-                for n, dv in zip(names, dvs)}
+        return {
+            n: (dv.Value.Value if dv.Value is not None else None, dv.StatusCode or ua.StatusCode())
+            for n, dv in zip(names, dvs)
+        }
 
     # -- read ------------------------------------------------------------------------------------------
 
@@ -342,8 +377,12 @@ class OpcUaDriver:
         if self.connected and self._client is not None:
             if self._sub_state() == "quiet":
                 await self._drop_subscription(f"delivered nothing for over {self.max_age_s:.2f} s")
-            elif (self._sub is None and self.subscribe and self._sub_failed_at is not None
-                  and time.monotonic() - self._sub_failed_at > self.resubscribe_after_s):
+            elif (
+                self._sub is None
+                and self.subscribe
+                and self._sub_failed_at is not None
+                and time.monotonic() - self._sub_failed_at > self.resubscribe_after_s
+            ):
                 await self._try_subscribe()
         await self.connect()
         if self._sub_fresh():
@@ -363,7 +402,7 @@ class OpcUaDriver:
     def _decode_all(self, raw: dict[str, tuple[Any, ua.StatusCode | None]], ts: float) -> dict[str, Reading]:
         out: dict[str, Reading] = {}
         sf_values: dict[str, Any] = {}
-        for n in self._sf_names:   # scale factors first: the points they scale need their checked value
+        for n in self._sf_names:  # scale factors first: the points they scale need their checked value
             if n in raw:
                 out[n] = self._checked(n, self.profile.points[n], *raw[n], sf_values, ts)
                 sf_values[n] = out[n].value
@@ -372,8 +411,9 @@ class OpcUaDriver:
                 out[n] = self._checked(n, self.profile.points[n], value, status, sf_values, ts)
         return out
 
-    def _checked(self, name: str, p: Point, value: Any, status: ua.StatusCode | None, sf_values: dict[str, Any],
-                 ts: float) -> Reading:
+    def _checked(
+        self, name: str, p: Point, value: Any, status: ua.StatusCode | None, sf_values: dict[str, Any], ts: float
+    ) -> Reading:
         """One node's value -> its reading in canonical units, or an unknown reading that says why."""
         if status is not None and not status.is_good():
             return Reading(None, ts, f"{value!r} with status {status.name}", f"not Good ({status.name})")
@@ -401,7 +441,9 @@ class OpcUaDriver:
         rng = self._plausible.get(name)
         if rng is not None and not rng[0] <= device <= rng[1]:
             unit = f" {p.unit}" if p.unit else ""
-            return Reading(None, ts, f"{value!r} ({device:g}{unit})", f"outside the plausible range {rng[0]:g}..{rng[1]:g}{unit}")
+            return Reading(
+                None, ts, f"{value!r} ({device:g}{unit})", f"outside the plausible range {rng[0]:g}..{rng[1]:g}{unit}"
+            )
         f = p.factor
         return Reading(device if f == 1 else codec.apply_scale(device, f), ts)
 

@@ -11,10 +11,9 @@ a bad OPC UA status makes the reading unknown.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
-
-import math
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -27,11 +26,25 @@ Function = Literal["holding", "input", "coil", "discrete"]
 WordOrder = Literal["big", "little"]
 
 _TYPE_ALIASES = {
-    "uint16": "u16", "int16": "i16", "uint32": "u32", "int32": "i32",
-    "uint64": "u64", "int64": "i64", "float32": "f32", "float": "f32", "str": "string",
+    "uint16": "u16",
+    "int16": "i16",
+    "uint32": "u32",
+    "int32": "i32",
+    "uint64": "u64",
+    "int64": "i64",
+    "float32": "f32",
+    "float": "f32",
+    "str": "string",
     # SunSpec names
-    "enum16": "u16", "bitfield16": "u16", "sunssf": "i16", "acc32": "u32", "enum32": "u32",
-    "bitfield32": "u32", "acc64": "u64", "count": "u16", "pad": "u16",
+    "enum16": "u16",
+    "bitfield16": "u16",
+    "sunssf": "i16",
+    "acc32": "u32",
+    "enum32": "u32",
+    "bitfield32": "u32",
+    "acc64": "u64",
+    "count": "u16",
+    "pad": "u16",
 }
 
 WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "u64": 4, "i64": 4, "f32": 2}
@@ -42,25 +55,38 @@ WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2, "u64": 4, "i64": 4, "f32": 2}
 # there they are ordinary values (bit 15 of an alarm word); a profile lists them in `invalid_values` when its
 # device uses them. f32 needs none: NaN and inf are refused as non-finite.
 DEFAULT_INVALID_VALUES: dict[str, tuple[int, ...]] = {
-    "u16": (0xFFFF,), "i16": (0x7FFF, 0x8000),
-    "u32": (0xFFFFFFFF,), "i32": (0x7FFFFFFF, 0x80000000),
-    "u64": (0xFFFFFFFFFFFFFFFF,), "i64": (0x7FFFFFFFFFFFFFFF, 0x8000000000000000),
-    "f32": (), "string": (),
+    "u16": (0xFFFF,),
+    "i16": (0x7FFF, 0x8000),
+    "u32": (0xFFFFFFFF,),
+    "i32": (0x7FFFFFFF, 0x80000000),
+    "u64": (0xFFFFFFFFFFFFFFFF,),
+    "i64": (0x7FFFFFFFFFFFFFFF, 0x8000000000000000),
+    "f32": (),
+    "string": (),
 }
 
 # Role defaults of the plausible range, in canonical units, by what a point's name says it is.
 SOC_RANGE_PCT = (0.0, 100.0)
 TEMPERATURE_RANGE_C = (-40.0, 100.0)
-POWER_RATING_FACTOR = 1.5          # power within +-1.5x the rating
+POWER_RATING_FACTOR = 1.5  # power within +-1.5x the rating
 SCALE_FACTOR_RANGE = (-10.0, 10.0)  # SunSpec: a scale factor is -10..10
 
 # device unit -> (canonical unit, factor device->canonical)
 _UNIT_FACTORS: dict[str, tuple[str, float]] = {
-    "W": ("MW", 1e-6), "kW": ("MW", 1e-3), "MW": ("MW", 1.0),
-    "var": ("Mvar", 1e-6), "kvar": ("Mvar", 1e-3), "Mvar": ("Mvar", 1.0),
-    "VA": ("MVA", 1e-6), "kVA": ("MVA", 1e-3), "MVA": ("MVA", 1.0),
-    "Wh": ("MWh", 1e-6), "kWh": ("MWh", 1e-3), "MWh": ("MWh", 1.0),
-    "ms": ("s", 1e-3), "s": ("s", 1.0),
+    "W": ("MW", 1e-6),
+    "kW": ("MW", 1e-3),
+    "MW": ("MW", 1.0),
+    "var": ("Mvar", 1e-6),
+    "kvar": ("Mvar", 1e-3),
+    "Mvar": ("Mvar", 1.0),
+    "VA": ("MVA", 1e-6),
+    "kVA": ("MVA", 1e-3),
+    "MVA": ("MVA", 1.0),
+    "Wh": ("MWh", 1e-6),
+    "kWh": ("MWh", 1e-3),
+    "MWh": ("MWh", 1.0),
+    "ms": ("s", 1e-3),
+    "s": ("s", 1.0),
 }
 
 
@@ -82,9 +108,13 @@ class Point(BaseModel):
     scale: float | str = 1.0
     offset: float = 0.0
     unit: str = ""
-    sign: Literal[1, -1] = Field(1, description=(
-        "-1: the device counts the other way round from ours (a grid meter's W is positive for import at most "
-        "sites; ours is positive for export): the driver negates the value both ways"))
+    sign: Literal[1, -1] = Field(
+        1,
+        description=(
+            "-1: the device counts the other way round from ours (a grid meter's W is positive for import at most "
+            "sites; ours is positive for export): the driver negates the value both ways"
+        ),
+    )
     writable: bool = False
     min: float | None = None
     max: float | None = None
@@ -92,11 +122,15 @@ class Point(BaseModel):
     sunspec: str | None = Field(None, description="'<model id>.<point>' for a point found by SunSpec discovery")
     bits: dict[int, str] | None = Field(None, description="alarm/fault bit number -> name, for bit-field points")
     plausible: tuple[float, float] | None = Field(
-        None, description="[low, high] in the device unit (like min/max): a reading outside is unknown; "
-                          "default: the point's role (see plausible_range)")
+        None,
+        description="[low, high] in the device unit (like min/max): a reading outside is unknown; "
+        "default: the point's role (see plausible_range)",
+    )
     invalid_values: list[int] | None = Field(
-        None, description="plain Modbus: raw register contents that mean 'no value' (unsigned or signed form); "
-                          "default DEFAULT_INVALID_VALUES of the type, [] for none")
+        None,
+        description="plain Modbus: raw register contents that mean 'no value' (unsigned or signed form); "
+        "default DEFAULT_INVALID_VALUES of the type, [] for none",
+    )
     description: str = ""
 
     @field_validator("type", mode="before")
@@ -130,7 +164,7 @@ class Point(BaseModel):
                 raise ValueError(f"plausible: low must be < high (got [{lo:g}, {hi:g}])")
             if self.type == "string" or self.bits:
                 raise ValueError("plausible: a string or bit-field point has no plausible range")
-        if self.bits and self.sunspec is None:   # a SunSpec point's type comes from its model, checked then
+        if self.bits and self.sunspec is None:  # a SunSpec point's type comes from its model, checked then
             width = 16 * WORDS.get(self.type, 0) if self.type not in ("f32", "string") else 0
             if not width:
                 raise ValueError(f"bits: a bit-field point needs an integer type (got {self.type})")
@@ -139,15 +173,18 @@ class Point(BaseModel):
                 raise ValueError(f"bits: bit numbers must be 0..{width - 1} for a {self.type} (got {wrong})")
         if self.invalid_values is not None:
             if self.function in ("coil", "discrete") or self.type == "string":
-                raise ValueError(f"invalid_values: a {self.type if self.type == 'string' else self.function} "
-                                 "point has no marker values")
+                raise ValueError(
+                    f"invalid_values: a {self.type if self.type == 'string' else self.function} "
+                    "point has no marker values"
+                )
             bits = 16 * WORDS[self.type]
             signed = self.type.startswith("i")
             lo = -(1 << (bits - 1)) if signed else 0
             wrong = [v for v in self.invalid_values if not lo <= v < (1 << bits)]
             if wrong:
-                raise ValueError(f"invalid_values: {wrong} do not fit the point's type {self.type} "
-                                 f"({lo}..{(1 << bits) - 1})")
+                raise ValueError(
+                    f"invalid_values: {wrong} do not fit the point's type {self.type} ({lo}..{(1 << bits) - 1})"
+                )
         return self
 
     @property
@@ -168,9 +205,9 @@ class Point(BaseModel):
         if self.function in ("coil", "discrete") or self.type == "string":
             return frozenset()
         if self.type == "f32":
-            return frozenset()   # SunSpec's float 'not implemented' is NaN: refused as non-finite
+            return frozenset()  # SunSpec's float 'not implemented' is NaN: refused as non-finite
         bits = 16 * WORDS[self.type]
-        if sunspec:   # all ones for unsigned types, the most negative value for signed ones (codec agrees)
+        if sunspec:  # all ones for unsigned types, the most negative value for signed ones (codec agrees)
             return frozenset([1 << (bits - 1) if self.type.startswith("i") else (1 << bits) - 1])
         values = DEFAULT_INVALID_VALUES[self.type] if self.invalid_values is None else self.invalid_values
         return frozenset(v & ((1 << bits) - 1) for v in values)
@@ -207,8 +244,12 @@ class Profile(BaseModel):
     namespace: str | None = Field(None, description="OPC UA namespace URI the node ids refer to")
     publishing_interval_s: float = Field(0.2, gt=0, le=60, description="OPC UA subscription publishing interval")
     rated_power_mw: float | None = Field(
-        None, gt=0, le=10_000, description="the device's power rating: power points are plausible within "
-                                           "+-1.5x of it (default: the site's largest power limit)")
+        None,
+        gt=0,
+        le=10_000,
+        description="the device's power rating: power points are plausible within "
+        "+-1.5x of it (default: the site's largest power limit)",
+    )
     points: dict[str, Point]
 
     @model_validator(mode="after")
@@ -225,8 +266,10 @@ class Profile(BaseModel):
             if isinstance(p.scale, str) and self.points[p.scale].type not in ("i16", "u16"):
                 raise ValueError(f"points.{name}.scale: scale-factor point {p.scale!r} must be an i16 (or u16)")
             if p.invalid_values is not None and self.protocol != "modbus":
-                raise ValueError(f"points.{name}.invalid_values: only for plain Modbus (SunSpec fixes its "
-                                 "'not implemented' values; OPC UA has status codes)")
+                raise ValueError(
+                    f"points.{name}.invalid_values: only for plain Modbus (SunSpec fixes its "
+                    "'not implemented' values; OPC UA has status codes)"
+                )
         return self
 
     def word_order_of(self, point: Point) -> WordOrder:
@@ -244,8 +287,9 @@ def _role_range(name: str, rating_mw: float | None) -> tuple[float, float] | Non
     return None
 
 
-def plausible_range(name: str, point: Point, rating_mw: float | None = None,
-                    scale_factor: bool = False) -> tuple[float, float] | None:
+def plausible_range(
+    name: str, point: Point, rating_mw: float | None = None, scale_factor: bool = False
+) -> tuple[float, float] | None:
     """A reading of `point` outside this range (device unit, like min/max) is unknown. The profile's own
     `plausible`, else its role's: SoC/SoH 0-100 %, temperatures -40..100 °C, power (`*_mw`) within +-1.5x
     `rating_mw`, a scale factor -10..10; None: no range (strings, bit fields, points of no known role)."""

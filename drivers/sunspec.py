@@ -25,7 +25,7 @@ log = logging.getLogger("bess.drivers.sunspec")
 MODELS_DIR = Path(sunspec2.__file__).resolve().parent / "models" / "json"
 SUNS = (0x5375, 0x6E53)
 END_ID = 0xFFFF
-MAX_MODELS = 256   # a chain longer than this is a corrupt map, not a device
+MAX_MODELS = 256  # a chain longer than this is a corrupt map, not a device
 # The integer meter models (single phase, split phase, wye, delta): the same points at the same offsets, so a
 # meter profile written for 203 reads a meter that carries any one of them.
 METER_MODELS = (201, 202, 203, 204)
@@ -57,8 +57,8 @@ class ModelPoint:
 @dataclass(frozen=True)
 class ModelLocation:
     id: int
-    address: int     # of the model's ID register
-    length: int      # L: registers after the two header registers
+    address: int  # of the model's ID register
+    length: int  # L: registers after the two header registers
 
 
 @dataclass
@@ -76,8 +76,9 @@ class SunSpecMap:
             for m in self.models:
                 if m.id in METER_MODELS:
                     return m
-        raise ProfileError(f"SunSpec model {model_id}: the device does not carry it "
-                           f"(it has {[m.id for m in self.models]})")
+        raise ProfileError(
+            f"SunSpec model {model_id}: the device does not carry it (it has {[m.id for m in self.models]})"
+        )
 
     @property
     def ids(self) -> list[int]:
@@ -130,8 +131,14 @@ def _place(group: dict, prefix: str, offset: int, out: dict[str, ModelPoint]) ->
         elif isinstance(sf, str) and prefix and sf in names:
             sf = prefix + sf  # the group's own scale factor; otherwise it is the model's, top-level
         out[prefix + p["name"]] = ModelPoint(
-            name=prefix + p["name"], offset=offset, type=p["type"], size=int(p["size"]), sf=sf,
-            units=p.get("units", ""), writable=p.get("access", "R") == "RW")
+            name=prefix + p["name"],
+            offset=offset,
+            type=p["type"],
+            size=int(p["size"]),
+            sf=sf,
+            units=p.get("units", ""),
+            writable=p.get("access", "R") == "RW",
+        )
         offset += int(p["size"])
     for g in group.get("groups", []):
         count = g.get("count", 1)
@@ -156,8 +163,9 @@ async def _read_holding(source, address: int, count: int, device_id: int) -> lis
     return list(rr.registers)
 
 
-async def discover(driver_or_client, base_addresses: tuple[int, ...] = (40000, 0, 50000),
-                   device_id: int = 1) -> SunSpecMap:
+async def discover(
+    driver_or_client, base_addresses: tuple[int, ...] = (40000, 0, 50000), device_id: int = 1
+) -> SunSpecMap:
     """Find 'SunS' at the first base address that has it and walk the model chain (ID, L headers) to the
     end model (0xFFFF). A Modbus exception at a base address means 'not here'; timeouts and lost
     connections propagate."""
@@ -200,7 +208,7 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
         model_id = p.sunspec.partition(".")[0]
         scale: float | str = p.scale
         if isinstance(mp.sf, int):
-            scale = 10.0 ** mp.sf
+            scale = 10.0**mp.sf
         elif isinstance(mp.sf, str):
             sf_ref = f"{model_id}.{mp.sf}"
             sf_mp, sf_address = smap.resolve(sf_ref)
@@ -211,36 +219,88 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
         if p.writable and not mp.writable:
             raise ProfileError(f"points.{name}: {p.sunspec} is read-only in SunSpec model {model_id}")
         try:
-            points[name] = _point(mp, address, p.sunspec, scale, writable=p.writable,
-                                  unit=p.unit or _UNITS.get(mp.units, mp.units), minimum=p.min, maximum=p.max,
-                                  bits=p.bits, plausible=p.plausible, description=p.description, sign=p.sign)
+            points[name] = _point(
+                mp,
+                address,
+                p.sunspec,
+                scale,
+                writable=p.writable,
+                unit=p.unit or _UNITS.get(mp.units, mp.units),
+                minimum=p.min,
+                maximum=p.max,
+                bits=p.bits,
+                plausible=p.plausible,
+                description=p.description,
+                sign=p.sign,
+            )
         except ValueError as e:
             raise ProfileError(f"points.{name}: {p.sunspec} of type {mp.type} cannot be decoded: {e}") from None
     for name in hidden:
         if name in profile.points:
             hidden.discard(name)
-    resolved = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", word_order="big",
-                       description=profile.description, rated_power_mw=profile.rated_power_mw, points=points)
+    resolved = Profile(
+        name=profile.name,
+        vendor=profile.vendor,
+        protocol="sunspec",
+        word_order="big",
+        description=profile.description,
+        rated_power_mw=profile.rated_power_mw,
+        points=points,
+    )
     return resolved, hidden
 
 
-def _point(mp: ModelPoint, address: int, ref: str, scale: float | str, *, writable: bool, unit: str = "",
-           minimum: float | None = None, maximum: float | None = None, bits: dict[int, str] | None = None,
-           plausible: tuple[float, float] | None = None, description: str = "", sign: int = 1) -> Point:
-    return Point(address=address, function="holding", type=mp.type,
-                 words=mp.size if mp.type == "string" else None, scale=scale, unit=unit, writable=writable,
-                 min=minimum, max=maximum, sunspec=ref, bits=bits, plausible=plausible,
-                 description=description or f"SunSpec {ref}", sign=sign)
+def _point(
+    mp: ModelPoint,
+    address: int,
+    ref: str,
+    scale: float | str,
+    *,
+    writable: bool,
+    unit: str = "",
+    minimum: float | None = None,
+    maximum: float | None = None,
+    bits: dict[int, str] | None = None,
+    plausible: tuple[float, float] | None = None,
+    description: str = "",
+    sign: int = 1,
+) -> Point:
+    return Point(
+        address=address,
+        function="holding",
+        type=mp.type,
+        words=mp.size if mp.type == "string" else None,
+        scale=scale,
+        unit=unit,
+        writable=writable,
+        min=minimum,
+        max=maximum,
+        sunspec=ref,
+        bits=bits,
+        plausible=plausible,
+        description=description or f"SunSpec {ref}",
+        sign=sign,
+    )
 
 
 class SunSpecDriver:
     """A SunSpec device read and written by a profile of `<model>.<point>` refs. Discovery runs on the
     first connect; then every read and write goes through a ModbusDriver on the resolved register map."""
 
-    def __init__(self, name: str, profile: Profile, host: str, port: int, unit_id: int = 1,
-                 timeout_s: float = 0.5, clock: TimeSource | None = None, backoff_max_s: float = 10.0,
-                 base_addresses: tuple[int, ...] | None = None, rating_mw: float | None = None,
-                 pool: ModbusPool | None = None):
+    def __init__(
+        self,
+        name: str,
+        profile: Profile,
+        host: str,
+        port: int,
+        unit_id: int = 1,
+        timeout_s: float = 0.5,
+        clock: TimeSource | None = None,
+        backoff_max_s: float = 10.0,
+        base_addresses: tuple[int, ...] | None = None,
+        rating_mw: float | None = None,
+        pool: ModbusPool | None = None,
+    ):
         self.name = name
         self.profile = profile
         if base_addresses is None:
@@ -252,9 +312,19 @@ class SunSpecDriver:
         # Until discovery, the connection carries no points; the SunSpec chain is contiguous, so reads
         # may span unused registers freely (max_gap = a whole request).
         empty = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", points={})
-        self.modbus = ModbusDriver(name, empty, host, port, unit_id=unit_id, timeout_s=timeout_s, clock=clock,
-                                   backoff_max_s=backoff_max_s, max_gap=MAX_REGISTERS, rating_mw=rating_mw,
-                                   pool=pool)
+        self.modbus = ModbusDriver(
+            name,
+            empty,
+            host,
+            port,
+            unit_id=unit_id,
+            timeout_s=timeout_s,
+            clock=clock,
+            backoff_max_s=backoff_max_s,
+            max_gap=MAX_REGISTERS,
+            rating_mw=rating_mw,
+            pool=pool,
+        )
 
     @property
     def stats(self) -> DriverStats:

@@ -16,8 +16,11 @@ ALARM_OVER_TEMPERATURE = 1 << 2
 ALARM_UNDER_TEMPERATURE = 1 << 3
 ALARM_INJECTED = 1 << 15
 ALARM_NAMES = {
-    ALARM_SOC_HIGH: "soc_high", ALARM_SOC_LOW: "soc_low", ALARM_OVER_TEMPERATURE: "over_temperature",
-    ALARM_UNDER_TEMPERATURE: "under_temperature", ALARM_INJECTED: "injected",
+    ALARM_SOC_HIGH: "soc_high",
+    ALARM_SOC_LOW: "soc_low",
+    ALARM_OVER_TEMPERATURE: "over_temperature",
+    ALARM_UNDER_TEMPERATURE: "under_temperature",
+    ALARM_INJECTED: "injected",
 }
 
 
@@ -35,18 +38,18 @@ class BatteryParams:
     ambient_c: float = 25.0
     thermal_time_constant_s: float = 1800.0
     heating_c_per_mw: float = 2.0
-    soc_taper_pct: float = 5.0           # BMS tapers allowed power inside this band at either end
-    t_derate_c: float = 48.0             # BMS derate starts a little above the controller's default
+    soc_taper_pct: float = 5.0  # BMS tapers allowed power inside this band at either end
+    t_derate_c: float = 48.0  # BMS derate starts a little above the controller's default
     t_max_c: float = 58.0
     t_min_charge_c: float = 0.0
     t_alarm_c: float = 60.0
     # what the BMS reports besides energy and temperature (DC side, cells)
     soh_pct: float = 98.0
     cells_in_series: int = 300
-    cell_v_empty: float = 3.0            # open-circuit cell voltage at 0 % and 100 % SoC (linear between)
+    cell_v_empty: float = 3.0  # open-circuit cell voltage at 0 % and 100 % SoC (linear between)
     cell_v_full: float = 4.15
-    cell_v_spread: float = 0.01          # highest/lowest cell this far from the mean
-    cell_t_spread_c: float = 2.0         # coolest cell this far below the hottest
+    cell_v_spread: float = 0.01  # highest/lowest cell this far from the mean
+    cell_t_spread_c: float = 2.0  # coolest cell this far below the hottest
 
 
 class BatteryModel:
@@ -58,11 +61,11 @@ class BatteryModel:
         self.temperature_c = params.ambient_c if temperature_c is None else temperature_c
         self.power_mw = 0.0
         self.injected_alarm_bits = 0
-        self.injected_fault_bits = 0     # any bit set = BMS fault: contactors open, no power either way
+        self.injected_fault_bits = 0  # any bit set = BMS fault: contactors open, no power either way
         # energy accounting, so conservation can be checked: e0 + charged - discharged - losses - self = e
-        self.charged_mwh = 0.0      # taken from the grid
-        self.discharged_mwh = 0.0   # delivered to the grid
-        self.loss_mwh = 0.0         # conversion losses
+        self.charged_mwh = 0.0  # taken from the grid
+        self.discharged_mwh = 0.0  # delivered to the grid
+        self.loss_mwh = 0.0  # conversion losses
         self.self_discharge_mwh = 0.0
 
     @property

@@ -15,11 +15,17 @@ async def serve(host: str, port: int) -> None:
     try:
         from amqtt.broker import Broker
     except ImportError as e:
-        raise SystemExit("no Mosquitto installed and no embedded broker: apt-get install mosquitto, "
-                         "or pip install 'phoenyra-bess-edge[broker]'") from e
+        raise SystemExit(
+            "no Mosquitto installed and no embedded broker: apt-get install mosquitto, "
+            "or pip install 'phoenyra-bess-edge[broker]'"
+        ) from e
     # amqtt's default listener binds 0.0.0.0: name the loopback address explicitly
-    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
-                     "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}}})
+    broker = Broker(
+        {
+            "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+    )
     await broker.start()
     print(f"embedded MQTT broker (amqtt) on {host}:{port}", flush=True)
     stop = asyncio.Event()

@@ -100,9 +100,15 @@ def _json_safe(value: Any) -> Any:
 
 
 def _battery_state(model: BatteryModel) -> dict[str, Any]:
-    return {"soc_pct": model.soc_pct, "temperature_c": model.temperature_c, "power_mw": model.power_mw,
-            "ambient_c": model.p.ambient_c, "allowed_charge_mw": model.allowed_charge_mw,
-            "allowed_discharge_mw": model.allowed_discharge_mw, "alarm_bits": model.alarm_bits}
+    return {
+        "soc_pct": model.soc_pct,
+        "temperature_c": model.temperature_c,
+        "power_mw": model.power_mw,
+        "ambient_c": model.p.ambient_c,
+        "allowed_charge_mw": model.allowed_charge_mw,
+        "allowed_discharge_mw": model.allowed_discharge_mw,
+        "alarm_bits": model.alarm_bits,
+    }
 
 
 def _plant_state(models: dict[str, BatteryModel]) -> dict[str, Any]:
@@ -112,18 +118,27 @@ def _plant_state(models: dict[str, BatteryModel]) -> dict[str, Any]:
         return _battery_state(next(iter(models.values())))
     ms = list(models.values())
     capacity = sum(m.p.capacity_mwh for m in ms)
-    out = {"soc_pct": 100.0 * sum(m.energy_mwh for m in ms) / capacity,
-           "temperature_c": max(m.temperature_c for m in ms), "power_mw": sum(m.power_mw for m in ms),
-           "ambient_c": ms[0].p.ambient_c, "allowed_charge_mw": sum(m.allowed_charge_mw for m in ms),
-           "allowed_discharge_mw": sum(m.allowed_discharge_mw for m in ms), "alarm_bits": 0}
+    out = {
+        "soc_pct": 100.0 * sum(m.energy_mwh for m in ms) / capacity,
+        "temperature_c": max(m.temperature_c for m in ms),
+        "power_mw": sum(m.power_mw for m in ms),
+        "ambient_c": ms[0].p.ambient_c,
+        "allowed_charge_mw": sum(m.allowed_charge_mw for m in ms),
+        "allowed_discharge_mw": sum(m.allowed_discharge_mw for m in ms),
+        "alarm_bits": 0,
+    }
     for m in ms:
         out["alarm_bits"] |= m.alarm_bits
     out["units"] = {name: _battery_state(m) for name, m in models.items()}
     return out
 
 
-def create_control_app(model: BatteryModel | dict[str, BatteryModel], faults: dict[str, Any],
-                       check: FaultCheck | None = None, meter: Any = None) -> FastAPI:
+def create_control_app(
+    model: BatteryModel | dict[str, BatteryModel],
+    faults: dict[str, Any],
+    check: FaultCheck | None = None,
+    meter: Any = None,
+) -> FastAPI:
     """`model`: the plant's battery, or each unit's by unit name; `faults` maps a face name (bms_modbus, pcs,
     bms_opcua, u2.pcs, meter ...) to its mutable Faults object; `check` validates raw values and status codes
     against the face's points before they are served; `meter`: the POI meter (simulators.meter.Meter) or None."""
@@ -132,8 +147,9 @@ def create_control_app(model: BatteryModel | dict[str, BatteryModel], faults: di
 
     def state() -> dict[str, Any]:
         out = _plant_state(models)
-        out["faults"] = {k: {f: _json_safe(getattr(v, f)) for f in FaultsIn.model_fields if hasattr(v, f)}
-                         for k, v in faults.items()}
+        out["faults"] = {
+            k: {f: _json_safe(getattr(v, f)) for f in FaultsIn.model_fields if hasattr(v, f)} for k, v in faults.items()
+        }
         if meter is not None:
             out["meter"] = meter.state()
         return out

@@ -23,9 +23,9 @@ INT16_MAX = 32767
 @dataclass
 class GridParams:
     nominal_hz: float = 50.0
-    wander_sigma_hz: float = 0.02    # spread of the slow wander (stationary standard deviation)
-    wander_tau_s: float = 120.0      # how slowly it wanders: correlation time
-    noise_hz: float = 0.002          # measurement noise, per sample
+    wander_sigma_hz: float = 0.02  # spread of the slow wander (stationary standard deviation)
+    wander_tau_s: float = 120.0  # how slowly it wanders: correlation time
+    noise_hz: float = 0.002  # measurement noise, per sample
     seed: int = 13
 
 
@@ -40,7 +40,7 @@ class GridFrequency:
         self.wander_hz = 0.0
         self.wander = True
         self.hz = self.base_hz
-        self._ramp: tuple[float, float, float, float] | None = None   # (from, to, duration_s, elapsed_s)
+        self._ramp: tuple[float, float, float, float] | None = None  # (from, to, duration_s, elapsed_s)
 
     def step_hz(self, delta_hz: float) -> None:
         """A step: the base jumps by delta_hz now (a ramp in progress stops)."""
@@ -94,17 +94,17 @@ class GridFrequency:
 
 @dataclass
 class MeterParams:
-    aux_load_mw: float = 0.0         # the plant's own consumption (HVAC, auxiliaries), always drawn
-    loss_fraction: float = 0.01      # transformer and cable losses, a fraction of the units' |total power|
-    voltage_ll_v: float = 20000.0    # medium voltage at the POI
-    rating_mw: float = 10.0          # sizes the scale factors so that 1.5x this fits the int16 points
+    aux_load_mw: float = 0.0  # the plant's own consumption (HVAC, auxiliaries), always drawn
+    loss_fraction: float = 0.01  # transformer and cable losses, a fraction of the units' |total power|
+    voltage_ll_v: float = 20000.0  # medium voltage at the POI
+    rating_mw: float = 10.0  # sizes the scale factors so that 1.5x this fits the int16 points
     serial: str = "SIM-METER-0001"
 
 
 def scale_factor_for(max_abs: float, limit: int = INT16_MAX) -> int:
     """The smallest SunSpec scale factor >= 0 (10**sf per count) with which max_abs fits `limit` counts."""
     sf = 0
-    while max_abs / 10 ** sf > limit and sf < 10:
+    while max_abs / 10**sf > limit and sf < 10:
         sf += 1
     return sf
 
@@ -112,8 +112,13 @@ def scale_factor_for(max_abs: float, limit: int = INT16_MAX) -> int:
 class Meter:
     """The meter behind one Modbus face. `sources` give each unit's AC power (MW, + discharge) when called."""
 
-    def __init__(self, server: ModbusSimServer, sources: Sequence[Callable[[], float]],
-                 params: MeterParams | None = None, grid: GridFrequency | None = None):
+    def __init__(
+        self,
+        server: ModbusSimServer,
+        sources: Sequence[Callable[[], float]],
+        params: MeterParams | None = None,
+        grid: GridFrequency | None = None,
+    ):
         self.server = server
         self.sources = list(sources)
         self.p = params or MeterParams()
@@ -124,10 +129,13 @@ class Meter:
         self.imported_mwh = 0.0
         self._sunspec = hasattr(server, "layout")
         # the meter model the layout carries (201-204 share their points): refs below are written as 203's
-        self._model = next((m for m in getattr(server, "layout", None).models if m in METER_MODELS), 203) \
-            if self._sunspec else 203
+        self._model = (
+            next((m for m in getattr(server, "layout", None).models if m in METER_MODELS), 203)
+            if self._sunspec
+            else 203
+        )
         power = server.points.get(server.aliases.get("power_mw", "power_mw"))
-        self._sign = power.sign if power is not None else -1    # registers: + import unless the profile says
+        self._sign = power.sign if power is not None else -1  # registers: + import unless the profile says
         if self._sunspec:
             self._init_sunspec()
         self.step(0.0)
@@ -136,15 +144,32 @@ class Meter:
         p = self.p
         w_max = 1.5 * p.rating_mw * 1e6
         a_max = w_max / (math.sqrt(3) * p.voltage_ll_v)
-        sfs = {"203.A_SF": scale_factor_for(a_max) - 1, "203.V_SF": scale_factor_for(p.voltage_ll_v * 1.2),
-               "203.Hz_SF": -2, "203.W_SF": scale_factor_for(w_max), "203.VA_SF": scale_factor_for(w_max),
-               "203.VAR_SF": scale_factor_for(w_max), "203.PF_SF": -1, "203.TotWh_SF": 3, "203.TotVAh_SF": 3,
-               "203.TotVArh_SF": 3}
+        sfs = {
+            "203.A_SF": scale_factor_for(a_max) - 1,
+            "203.V_SF": scale_factor_for(p.voltage_ll_v * 1.2),
+            "203.Hz_SF": -2,
+            "203.W_SF": scale_factor_for(w_max),
+            "203.VA_SF": scale_factor_for(w_max),
+            "203.VAR_SF": scale_factor_for(w_max),
+            "203.PF_SF": -1,
+            "203.TotWh_SF": 3,
+            "203.TotVAh_SF": 3,
+            "203.TotVArh_SF": 3,
+        }
         if a_max / 10 ** sfs["203.A_SF"] > INT16_MAX:
             sfs["203.A_SF"] += 1
         self._update(sfs)
-        self._update({"1.Mn": "Phoenyra", "1.Md": "BESS-SIM-METER", "1.Opt": "simulator", "1.Vr": "1.0",
-                  "1.SN": p.serial, "1.DA": self.server.unit_id, "203.Evt": 0})
+        self._update(
+            {
+                "1.Mn": "Phoenyra",
+                "1.Md": "BESS-SIM-METER",
+                "1.Opt": "simulator",
+                "1.Vr": "1.0",
+                "1.SN": p.serial,
+                "1.DA": self.server.unit_id,
+                "203.Evt": 0,
+            }
+        )
 
     def step(self, dt_s: float) -> float:
         """Advance dt_s seconds: frequency, the power at the POI, the energy registers; returns poi_mw."""
@@ -165,10 +190,19 @@ class Meter:
         p = self.p
         w = self.poi_mw
         amps = abs(w) * 1e6 / (math.sqrt(3) * p.voltage_ll_v)
-        return {"power_mw": w, "reactive_power_mvar": 0.0, "apparent_power_mva": abs(w),
-                "power_factor": 1.0, "power_factor_pct": 100.0, "frequency_hz": self.grid.hz,
-                "voltage_ll_v": p.voltage_ll_v, "voltage_ln_v": p.voltage_ll_v / math.sqrt(3), "current_a": amps,
-                "energy_exported_mwh": self.exported_mwh, "energy_imported_mwh": self.imported_mwh}
+        return {
+            "power_mw": w,
+            "reactive_power_mvar": 0.0,
+            "apparent_power_mva": abs(w),
+            "power_factor": 1.0,
+            "power_factor_pct": 100.0,
+            "frequency_hz": self.grid.hz,
+            "voltage_ll_v": p.voltage_ll_v,
+            "voltage_ln_v": p.voltage_ll_v / math.sqrt(3),
+            "current_a": amps,
+            "energy_exported_mwh": self.exported_mwh,
+            "energy_imported_mwh": self.imported_mwh,
+        }
 
     def publish(self) -> None:
         values = self.readings()
@@ -180,26 +214,58 @@ class Meter:
                 self.server.set(name, value / self.server.points[name].factor)
 
     def _publish_sunspec(self, v: dict[str, float]) -> None:
-        w = self._sign * v["power_mw"] * 1e6          # the meter's own sign (+ import with sign -1)
+        w = self._sign * v["power_mw"] * 1e6  # the meter's own sign (+ import with sign -1)
         amps, vln, vll = v["current_a"], v["voltage_ln_v"], v["voltage_ll_v"]
-        self._update({
-            "203.W": w, "203.WphA": w / 3, "203.WphB": w / 3, "203.WphC": w / 3,
-            "203.VA": abs(w), "203.VAphA": abs(w) / 3, "203.VAphB": abs(w) / 3, "203.VAphC": abs(w) / 3,
-            "203.VAR": 0, "203.VARphA": 0, "203.VARphB": 0, "203.VARphC": 0,
-            "203.PF": 100.0, "203.PFphA": 100.0, "203.PFphB": 100.0, "203.PFphC": 100.0,
-            "203.Hz": v["frequency_hz"], "203.A": amps, "203.AphA": amps, "203.AphB": amps, "203.AphC": amps,
-            "203.PhV": vln, "203.PhVphA": vln, "203.PhVphB": vln, "203.PhVphC": vln,
-            "203.PPV": vll, "203.PhVphAB": vll, "203.PhVphBC": vll, "203.PhVphCA": vll,
-            "203.TotWhExp": v["energy_exported_mwh"] * 1e6, "203.TotWhImp": v["energy_imported_mwh"] * 1e6,
-        })
+        self._update(
+            {
+                "203.W": w,
+                "203.WphA": w / 3,
+                "203.WphB": w / 3,
+                "203.WphC": w / 3,
+                "203.VA": abs(w),
+                "203.VAphA": abs(w) / 3,
+                "203.VAphB": abs(w) / 3,
+                "203.VAphC": abs(w) / 3,
+                "203.VAR": 0,
+                "203.VARphA": 0,
+                "203.VARphB": 0,
+                "203.VARphC": 0,
+                "203.PF": 100.0,
+                "203.PFphA": 100.0,
+                "203.PFphB": 100.0,
+                "203.PFphC": 100.0,
+                "203.Hz": v["frequency_hz"],
+                "203.A": amps,
+                "203.AphA": amps,
+                "203.AphB": amps,
+                "203.AphC": amps,
+                "203.PhV": vln,
+                "203.PhVphA": vln,
+                "203.PhVphB": vln,
+                "203.PhVphC": vln,
+                "203.PPV": vll,
+                "203.PhVphAB": vll,
+                "203.PhVphBC": vll,
+                "203.PhVphCA": vll,
+                "203.TotWhExp": v["energy_exported_mwh"] * 1e6,
+                "203.TotWhImp": v["energy_imported_mwh"] * 1e6,
+            }
+        )
 
     def _update(self, values: dict[str, float | int | str]) -> None:
         """Set refs written as model 203's on the model this meter carries, skipping what it does not have."""
         s, prefix = self.server, f"{self._model}."
-        s.update({k.replace("203.", prefix, 1): v for k, v in values.items()
-                  if k.replace("203.", prefix, 1) in s.points})
+        s.update(
+            {k.replace("203.", prefix, 1): v for k, v in values.items() if k.replace("203.", prefix, 1) in s.points}
+        )
 
     def state(self) -> dict[str, float | bool]:
-        return {"power_mw": self.poi_mw, "frequency_hz": self.grid.hz, "base_hz": self.grid.base_hz,
-                "aux_load_mw": self.p.aux_load_mw, "losses_mw": self.losses_mw, "wander": self.grid.wander,
-                "ramping": self.grid.ramping}
+        return {
+            "power_mw": self.poi_mw,
+            "frequency_hz": self.grid.hz,
+            "base_hz": self.grid.base_hz,
+            "aux_load_mw": self.p.aux_load_mw,
+            "losses_mw": self.losses_mw,
+            "wander": self.grid.wander,
+            "ramping": self.grid.ramping,
+        }

@@ -28,8 +28,18 @@ Value = float | int | str | None
 # exception code to refuse the whole write, or None to accept it.
 WriteHook = Callable[[dict[str, Value]], int | None]
 
-_FUNCTION_OF_CODE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding", 16: "holding",
-                     22: "holding", 23: "holding", 4: "input"}
+_FUNCTION_OF_CODE = {
+    1: "coil",
+    5: "coil",
+    15: "coil",
+    2: "discrete",
+    3: "holding",
+    6: "holding",
+    16: "holding",
+    22: "holding",
+    23: "holding",
+    4: "input",
+}
 _WRITE_CODES = {5, 6, 15, 16, 22, 23}
 _BITS = ("coil", "discrete")
 
@@ -54,10 +64,20 @@ class ModbusSimServer:
     are refused with exception 02 (not a writable point, or part of one) or 03 (outside the point's min/max,
     or refused by `on_write`)."""
 
-    def __init__(self, points: dict[str, Point], *, word_order: str = "big", unit_id: int = 1,
-                 host: str = "127.0.0.1", port: int = 0, faults: Faults | None = None,
-                 on_write: WriteHook | None = None, aliases: dict[str, str] | None = None,
-                 initial: dict[str, _Bank] | None = None, name: str = "modbus"):
+    def __init__(
+        self,
+        points: dict[str, Point],
+        *,
+        word_order: str = "big",
+        unit_id: int = 1,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        faults: Faults | None = None,
+        on_write: WriteHook | None = None,
+        aliases: dict[str, str] | None = None,
+        initial: dict[str, _Bank] | None = None,
+        name: str = "modbus",
+    ):
         self.points = points
         self.word_order = word_order
         self.unit_id = unit_id
@@ -69,7 +89,7 @@ class ModbusSimServer:
         self.name = name
         self.requests = 0
         self._server: ModbusTcpServer | None = None
-        self._members: dict[int, ModbusSimServer] = {}   # other devices served on this port (a gateway)
+        self._members: dict[int, ModbusSimServer] = {}  # other devices served on this port (a gateway)
         self._watch: asyncio.Task | None = None
         self._banks = initial if initial is not None else {}
         for fn in ("holding", "input", *_BITS):
@@ -116,7 +136,7 @@ class ModbusSimServer:
         bank = self._banks[p.function]
         values = bank.values if bank_values is None else bank_values
         off = p.address - bank.start
-        return values[off:off + p.count]
+        return values[off : off + p.count]
 
     def _sf(self, p: Point, bank_values: list[int] | None = None) -> int | None:
         if not isinstance(p.scale, str):
@@ -148,7 +168,7 @@ class ModbusSimServer:
         if isinstance(value, bool):
             value = int(value)
         regs = encode(p, value, self.word_order_of(p), sf=self._sf(p), name=name)
-        bank.values[off:off + p.count] = regs
+        bank.values[off : off + p.count] = regs
 
     def set_raw(self, name: str, regs: list[int]) -> None:
         """Lay raw registers (a SunSpec 'not implemented' value, a string already encoded)."""
@@ -157,7 +177,7 @@ class ModbusSimServer:
             raise ValueError(f"point {name}: takes {p.count} registers, got {len(regs)}")
         bank = self._banks[p.function]
         off = p.address - bank.start
-        bank.values[off:off + p.count] = [r & 0xFFFF for r in regs]
+        bank.values[off : off + p.count] = [r & 0xFFFF for r in regs]
 
     def update(self, values: dict[str, float | int | str]) -> None:
         for k, v in values.items():
@@ -181,8 +201,11 @@ class ModbusSimServer:
             if not -(1 << (bits - 1)) <= value < (1 << bits):
                 raise ValueError(f"raw.{name}: {value} does not fit the point's {n} register(s)")
             return p, int_to_words(value & ((1 << bits) - 1), n, self.word_order_of(p))
-        if (isinstance(value, list) and len(value) == n
-                and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 0xFFFF for r in value)):
+        if (
+            isinstance(value, list)
+            and len(value) == n
+            and all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r <= 0xFFFF for r in value)
+        ):
             return p, list(value)
         raise ValueError(f"raw.{name}: an int, or a list of {n} register values 0..65535 (got {value!r})")
 
@@ -192,7 +215,7 @@ class ModbusSimServer:
         for name, value in self.faults.raw.items():
             try:
                 p, regs = self.raw_registers(name, value)
-            except ValueError as e:   # checked by the control API; an entry set some other way is skipped
+            except ValueError as e:  # checked by the control API; an entry set some other way is skipped
                 log.warning("raw value not served", extra={"device": self.name, "error": str(e)})
                 continue
             if p.function == fn:
@@ -201,8 +224,15 @@ class ModbusSimServer:
 
     # --- the datastore's view -----------------------------------------------------------------------------
 
-    async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
         """pymodbus calls this on every access, before it reads or writes its own copy of the block: serve
         from our banks, and validate writes (then store them in our banks)."""
         fn = _FUNCTION_OF_CODE.get(function_code)
@@ -220,16 +250,15 @@ class ModbusSimServer:
                 if bank.start <= a < bank.end:
                     bits[a - bank.start] = b
             # pymodbus keeps bits 16 to a register, bit 0 first
-            packed = [sum(1 << i for i, b in enumerate(bits[k:k + 16]) if b)
-                      for k in range(0, len(bits), 16)]
-            registers[:len(packed)] = packed
+            packed = [sum(1 << i for i, b in enumerate(bits[k : k + 16]) if b) for k in range(0, len(bits), 16)]
+            registers[: len(packed)] = packed
             return None
         if set_values is not None and function_code in _WRITE_CODES:
             refused = self._write(fn, address, [int(v) for v in set_values])
             if refused:
                 return refused
         off = address - start_address
-        registers[off:off + count] = bank.values[address - bank.start:address - bank.start + count]
+        registers[off : off + count] = bank.values[address - bank.start : address - bank.start + count]
         for a, r in raw:
             if address <= a < address + count:
                 registers[a - start_address] = r
@@ -247,7 +276,7 @@ class ModbusSimServer:
             if not touched or touched[-1] != name:
                 touched.append(name)
         image = list(bank.values)
-        image[address - bank.start:address - bank.start + len(values)] = values
+        image[address - bank.start : address - bank.start + len(values)] = values
         changes: dict[str, Value] = {}
         for name in touched:
             p = self.points[name]
@@ -255,8 +284,9 @@ class ModbusSimServer:
                 log.info("write refused: part of a multi-register point", extra={"device": self.name, "point": name})
                 return ExcCodes.ILLEGAL_ADDRESS
             value = self._decode(p, self._regs(p, image), image)
-            if isinstance(value, (int, float)) and ((p.min is not None and value < p.min)
-                                                    or (p.max is not None and value > p.max)):
+            if isinstance(value, (int, float)) and (
+                (p.min is not None and value < p.min) or (p.max is not None and value > p.max)
+            ):
                 log.info("write refused: out of range", extra={"device": self.name, "point": name, "value": value})
                 return ExcCodes.ILLEGAL_VALUE
             changes[name] = value
@@ -264,7 +294,7 @@ class ModbusSimServer:
             code = self.on_write(changes)
             if code:
                 return ExcCodes(code)
-        bank.values[address - bank.start:address - bank.start + len(values)] = values
+        bank.values[address - bank.start : address - bank.start + len(values)] = values
         return None
 
     def _device(self) -> SimDevice:
@@ -278,8 +308,11 @@ class ModbusSimServer:
                 return [SimData(0, datatype=DataType.INVALID)]
             return [SimData(bank.start, values=list(bank.values), datatype=DataType.REGISTERS)]
 
-        return SimDevice(self.unit_id, simdata=(block("coil"), block("discrete"), block("holding"), block("input")),
-                         action=self._action)
+        return SimDevice(
+            self.unit_id,
+            simdata=(block("coil"), block("discrete"), block("holding"), block("input")),
+            action=self._action,
+        )
 
     # --- serving ------------------------------------------------------------------------------------------
 
@@ -383,7 +416,7 @@ class _FaultyHandler(ServerRequestHandler):
         if pdu is None:
             return
         sim = self.sims.get(pdu.dev_id)
-        if sim is None:   # nobody at that unit id: answer like a gateway, at once
+        if sim is None:  # nobody at that unit id: answer like a gateway, at once
             await self._answer(None, pdu, addr, ExcCodes.GATEWAY_NO_RESPONSE)
             return
         sim.requests += 1
@@ -407,8 +440,10 @@ class _FaultyHandler(ServerRequestHandler):
             try:
                 response = await pdu.datastore_update(self.server.context, pdu.dev_id)
             except Exception:  # noqa: BLE001 - a bug in a hook must answer 04 and be logged, not kill the server
-                log.exception("simulator request failed",
-                              extra={"device": sim.name if sim else "?", "function": pdu.function_code})
+                log.exception(
+                    "simulator request failed",
+                    extra={"device": sim.name if sim else "?", "function": pdu.function_code},
+                )
                 response = ExceptionResponse(pdu.function_code, exception_code=ExcCodes.DEVICE_FAILURE)
         response.transaction_id = pdu.transaction_id
         response.dev_id = pdu.dev_id

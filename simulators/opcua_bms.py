@@ -35,16 +35,29 @@ APP_URI = "urn:phoenyra:bess:bms:simulator"
 UPDATE_PERIOD_S = 0.1  # real seconds between copies of the model into the address space
 
 # UNECE Rec. 20 common codes: the OPC UA EUInformation UnitId is the code's bytes as one integer
-_UNECE = {"%": "P1", "°C": "CEL", "V": "VLT", "A": "AMP", "W": "WTT", "kW": "KWT", "MW": "MAW",
-          "kWh": "KWH", "MWh": "MWH", "Wh": "WHR", "s": "SEC", "ms": "C26"}
+_UNECE = {
+    "%": "P1",
+    "°C": "CEL",
+    "V": "VLT",
+    "A": "AMP",
+    "W": "WTT",
+    "kW": "KWT",
+    "MW": "MAW",
+    "kWh": "KWH",
+    "MWh": "MWH",
+    "Wh": "WHR",
+    "s": "SEC",
+    "ms": "C26",
+}
 _UNECE_NS = "http://www.opcfoundation.org/UA/units/un/cefact"
 
 
 def engineering_units(unit: str) -> ua.EUInformation:
     code = _UNECE.get(unit, "")
     unit_id = int.from_bytes(code.encode(), "big") if code else -1
-    return ua.EUInformation(NamespaceUri=_UNECE_NS, UnitId=unit_id,
-                            DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+    return ua.EUInformation(
+        NamespaceUri=_UNECE_NS, UnitId=unit_id, DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit)
+    )
 
 
 def bms_values(model: BatteryModel, faults: Faults | None = None) -> dict[str, float | int]:
@@ -161,8 +174,10 @@ class _Gate:
             return
         link = (client_w, server_w)
         self.links.add(link)
-        pumps = [asyncio.create_task(self._pump(client_r, server_w, answers=False)),
-                 asyncio.create_task(self._pump(server_r, client_w, answers=True))]
+        pumps = [
+            asyncio.create_task(self._pump(client_r, server_w, answers=False)),
+            asyncio.create_task(self._pump(server_r, client_w, answers=True)),
+        ]
         try:
             await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -191,8 +206,9 @@ class OpcUaBmsServer:
     """asyncua server for the BMS variables of `profile` (default: config/profiles/opcua-bms.yaml),
     refreshed from `model` every UPDATE_PERIOD_S real seconds. None security, anonymous, loopback."""
 
-    def __init__(self, model: BatteryModel, host: str, port: int, clock: Clock, faults: Faults,
-                 profile: Profile | None = None):
+    def __init__(
+        self, model: BatteryModel, host: str, port: int, clock: Clock, faults: Faults, profile: Profile | None = None
+    ):
         self.model = model
         self.host = host
         self.port = port
@@ -206,10 +222,10 @@ class OpcUaBmsServer:
         self.heartbeat: int | None = None
         self.heartbeat_ts: float | None = None  # clock time of the last heartbeat a client wrote
         self._nodes: dict[str, tuple[ua.NodeId, Point]] = {}
-        self._written: dict[str, ua.DataValue] = {}   # writable point -> what a client last wrote
-        self._overridden: set[str] = set()             # points served from faults.raw / status_codes
-        self._retyped: set[str] = set()                # points that hold a variant of another type than theirs
-        self._internal_write = False                   # our own write of a writable point: no range check
+        self._written: dict[str, ua.DataValue] = {}  # writable point -> what a client last wrote
+        self._overridden: set[str] = set()  # points served from faults.raw / status_codes
+        self._retyped: set[str] = set()  # points that hold a variant of another type than theirs
+        self._internal_write = False  # our own write of a writable point: no range check
         self._gate: _Gate | None = None
         self._task: asyncio.Task | None = None
 
@@ -262,12 +278,16 @@ class OpcUaBmsServer:
             browse = str(nid.Identifier).rsplit(".", 1)[-1]
             variant = to_variant(point, initial.get(name, 0))
             node = await folder.add_variable(nid, ua.QualifiedName(browse, idx), variant)
-            await node.write_attribute(ua.AttributeIds.Description, ua.DataValue(
-                ua.Variant(ua.LocalizedText(point.description or name), ua.VariantType.LocalizedText)))
+            await node.write_attribute(
+                ua.AttributeIds.Description,
+                ua.DataValue(ua.Variant(ua.LocalizedText(point.description or name), ua.VariantType.LocalizedText)),
+            )
             if point.unit:
-                await node.add_property(ua.NodeId(f"{nid.Identifier}.EngineeringUnits", idx),
-                                        ua.QualifiedName("EngineeringUnits", 0),
-                                        ua.Variant(engineering_units(point.unit), ua.VariantType.ExtensionObject))
+                await node.add_property(
+                    ua.NodeId(f"{nid.Identifier}.EngineeringUnits", idx),
+                    ua.QualifiedName("EngineeringUnits", 0),
+                    ua.Variant(engineering_units(point.unit), ua.VariantType.ExtensionObject),
+                )
             if point.writable:
                 await node.set_writable(True)
                 server.set_attribute_value_setter(nid, self._setter(name, point))
@@ -277,7 +297,7 @@ class OpcUaBmsServer:
         """Range-check a client's write; a refused one answers BadOutOfRange and changes nothing."""
 
         def setter(node_data, attr, datavalue: ua.DataValue) -> None:
-            if self._internal_write:   # a fault served on a writable point, or putting it back
+            if self._internal_write:  # a fault served on a writable point, or putting it back
                 node_data.attributes[attr].value = datavalue
                 return
             value = datavalue.Value.Value if datavalue.Value is not None else None
@@ -319,7 +339,7 @@ class OpcUaBmsServer:
                 self._overridden.add(name)
             elif name in self._overridden:
                 self._overridden.discard(name)
-                if point.writable:   # put back what the client wrote, with a good status
+                if point.writable:  # put back what the client wrote, with a good status
                     dv = self._written.get(name) or ua.DataValue(to_variant(point, 0))
                     await self._write_internal(nid, ua.DataValue(dv.Value, SourceTimestamp=source_ts))
                     continue
@@ -327,7 +347,7 @@ class OpcUaBmsServer:
                 continue  # writable points hold what the client wrote
             try:
                 variant = raw_variant(point, raw[name]) if name in raw else to_variant(point, values[name])
-            except ValueError as e:   # checked by the control API; an entry set some other way is skipped
+            except ValueError as e:  # checked by the control API; an entry set some other way is skipped
                 log.warning("raw value not served", extra={"point": name, "error": str(e)})
                 variant = to_variant(point, values.get(name, 0))
             status = ua.StatusCode(codes[name]) if name in codes else ua.StatusCode()

@@ -14,7 +14,13 @@ import math
 from dataclasses import dataclass
 
 from controller.clock import Clock
-from simulators.battery import ALARM_OVER_TEMPERATURE, ALARM_SOC_HIGH, ALARM_SOC_LOW, ALARM_UNDER_TEMPERATURE, BatteryModel
+from simulators.battery import (
+    ALARM_OVER_TEMPERATURE,
+    ALARM_SOC_HIGH,
+    ALARM_SOC_LOW,
+    ALARM_UNDER_TEMPERATURE,
+    BatteryModel,
+)
 from simulators.faults import Faults
 from simulators.modbus_server import ModbusSimServer, Value
 
@@ -39,13 +45,35 @@ EVT1_UNDER_SOC_MIN_ALARM, EVT1_OVER_SOC_MAX_ALARM = 1 << 13, 1 << 15
 
 # Scale factors this device uses (chosen so that a 10-30 MW plant fits the int16/uint16 points).
 SCALE_FACTORS = {
-    "701.A_SF": 0, "701.V_SF": 0, "701.Hz_SF": -3, "701.W_SF": 3, "701.PF_SF": -3, "701.VA_SF": 3,
-    "701.Var_SF": 3, "701.TotWh_SF": 3, "701.TotVarh_SF": 3, "701.Tmp_SF": -1,
-    "704.PF_SF": -3, "704.WMaxLimPct_SF": -1, "704.WSet_SF": 0, "704.WSetPct_SF": -1, "704.VarSet_SF": 0,
+    "701.A_SF": 0,
+    "701.V_SF": 0,
+    "701.Hz_SF": -3,
+    "701.W_SF": 3,
+    "701.PF_SF": -3,
+    "701.VA_SF": 3,
+    "701.Var_SF": 3,
+    "701.TotWh_SF": 3,
+    "701.TotVarh_SF": 3,
+    "701.Tmp_SF": -1,
+    "704.PF_SF": -3,
+    "704.WMaxLimPct_SF": -1,
+    "704.WSet_SF": 0,
+    "704.WSetPct_SF": -1,
+    "704.VarSet_SF": 0,
     "704.VarSetPct_SF": -1,
-    "713.WH_SF": 3, "713.Pct_SF": -1,
-    "802.AHRtg_SF": 0, "802.WHRtg_SF": 3, "802.WChaDisChaMax_SF": 3, "802.DisChaRte_SF": -2, "802.SoC_SF": -1,
-    "802.DoD_SF": -1, "802.SoH_SF": -1, "802.V_SF": -1, "802.CellV_SF": -3, "802.A_SF": 0, "802.AMax_SF": 0,
+    "713.WH_SF": 3,
+    "713.Pct_SF": -1,
+    "802.AHRtg_SF": 0,
+    "802.WHRtg_SF": 3,
+    "802.WChaDisChaMax_SF": 3,
+    "802.DisChaRte_SF": -2,
+    "802.SoC_SF": -1,
+    "802.DoD_SF": -1,
+    "802.SoH_SF": -1,
+    "802.V_SF": -1,
+    "802.CellV_SF": -3,
+    "802.A_SF": 0,
+    "802.AMax_SF": 0,
     "802.W_SF": 3,
 }
 
@@ -54,7 +82,7 @@ SCALE_FACTORS = {
 class PcsParams:
     rated_power_mw: float = 10.0
     ramp_mw_per_s: float = 10.0
-    reversion_timeout_s: float = 10.0    # WSetRvrtTms at power-up; a client may write another
+    reversion_timeout_s: float = 10.0  # WSetRvrtTms at power-up; a client may write another
     line_voltage_v: float = 690.0
     frequency_hz: float = 50.0
     serial: str = "SIM-PCS-0001"
@@ -63,15 +91,21 @@ class PcsParams:
 class Pcs:
     """State lives in the SunSpec registers (what clients write) plus the ramped command and the timer."""
 
-    def __init__(self, model: BatteryModel, server: ModbusSimServer, params: PcsParams, clock: Clock,
-                 faults: Faults | None = None):
+    def __init__(
+        self,
+        model: BatteryModel,
+        server: ModbusSimServer,
+        params: PcsParams,
+        clock: Clock,
+        faults: Faults | None = None,
+    ):
         self.model = model
         self.server = server
         self.p = params
         self.clock = clock
         self.faults = faults if faults is not None else server.faults
-        self.command_mw = 0.0           # after the ramp, what the power stage is told
-        self._deadline: float | None = None   # clock.monotonic() when the setpoint reverts
+        self.command_mw = 0.0  # after the ramp, what the power stage is told
+        self._deadline: float | None = None  # clock.monotonic() when the setpoint reverts
         self.reversions = 0
         self._hb_t0 = clock.monotonic()
         server.on_write = self.on_write
@@ -81,26 +115,64 @@ class Pcs:
         s = self.server
         s.update(SCALE_FACTORS)
         rated_w = self.p.rated_power_mw * 1e6
-        s.update({
-            "1.Mn": "Phoenyra", "1.Md": "BESS-SIM-PCS", "1.Opt": "simulator", "1.Vr": "1.0",
-            "1.SN": self.p.serial, "1.DA": s.unit_id,
-            "701.ACType": 2, "701.ConnSt": CONNST_CONNECTED, "701.Alrm": 0, "701.DERMode": 0,
-            "701.ThrotPct": 0, "701.ThrotSrc": 0,
-            "704.WMaxLimPctEna": DISABLED, "704.WMaxLimPct": 100.0, "704.WMaxLimPctRvrt": 100.0,
-            "704.WMaxLimPctEnaRvrt": DISABLED, "704.WMaxLimPctRvrtTms": 0, "704.WMaxLimPctRvrtRem": 0,
-            "704.WSetEna": DISABLED, "704.WSetMod": WSETMOD_WATTS, "704.WSet": 0, "704.WSetRvrt": 0,
-            "704.WSetPct": 0.0, "704.WSetPctRvrt": 0.0, "704.WSetEnaRvrt": ENABLED,
-            "704.WSetRvrtTms": round(self.p.reversion_timeout_s), "704.WSetRvrtRem": round(self.p.reversion_timeout_s),
-            "704.VarSetEna": DISABLED, "704.VarSetMod": 0, "704.VarSetPri": 0, "704.VarSet": 0,
-            "704.WRmp": min(65535, round(100.0 * self.p.ramp_mw_per_s / self.p.rated_power_mw)), "704.WRmpRef": 0,
-            "713.WHRtg": self.model.p.capacity_mwh * 1e6,
-            "802.AHRtg": self.model.p.capacity_mwh * 1e6 / self._nominal_dc_v(),
-            "802.WHRtg": self.model.p.capacity_mwh * 1e6, "802.WChaRteMax": rated_w, "802.WDisChaRteMax": rated_w,
-            "802.DisChaRte": self.model.p.self_discharge_pct_per_day, "802.SoCMax": 100.0, "802.SoCMin": 0.0,
-            "802.SocRsvMax": 100.0, "802.SoCRsvMin": 0.0, "802.LocRemCtl": 0, "802.CtrlHb": 0, "802.AlmRst": 0,
-            "802.Typ": 4, "802.Evt2": 0, "802.EvtVnd1": 0, "802.EvtVnd2": 0, "802.ReqInvState": 0,
-            "802.SetOp": 1, "802.SetInvState": 3, "802.NCyc": 0,
-        })
+        s.update(
+            {
+                "1.Mn": "Phoenyra",
+                "1.Md": "BESS-SIM-PCS",
+                "1.Opt": "simulator",
+                "1.Vr": "1.0",
+                "1.SN": self.p.serial,
+                "1.DA": s.unit_id,
+                "701.ACType": 2,
+                "701.ConnSt": CONNST_CONNECTED,
+                "701.Alrm": 0,
+                "701.DERMode": 0,
+                "701.ThrotPct": 0,
+                "701.ThrotSrc": 0,
+                "704.WMaxLimPctEna": DISABLED,
+                "704.WMaxLimPct": 100.0,
+                "704.WMaxLimPctRvrt": 100.0,
+                "704.WMaxLimPctEnaRvrt": DISABLED,
+                "704.WMaxLimPctRvrtTms": 0,
+                "704.WMaxLimPctRvrtRem": 0,
+                "704.WSetEna": DISABLED,
+                "704.WSetMod": WSETMOD_WATTS,
+                "704.WSet": 0,
+                "704.WSetRvrt": 0,
+                "704.WSetPct": 0.0,
+                "704.WSetPctRvrt": 0.0,
+                "704.WSetEnaRvrt": ENABLED,
+                "704.WSetRvrtTms": round(self.p.reversion_timeout_s),
+                "704.WSetRvrtRem": round(self.p.reversion_timeout_s),
+                "704.VarSetEna": DISABLED,
+                "704.VarSetMod": 0,
+                "704.VarSetPri": 0,
+                "704.VarSet": 0,
+                "704.WRmp": min(65535, round(100.0 * self.p.ramp_mw_per_s / self.p.rated_power_mw)),
+                "704.WRmpRef": 0,
+                "713.WHRtg": self.model.p.capacity_mwh * 1e6,
+                "802.AHRtg": self.model.p.capacity_mwh * 1e6 / self._nominal_dc_v(),
+                "802.WHRtg": self.model.p.capacity_mwh * 1e6,
+                "802.WChaRteMax": rated_w,
+                "802.WDisChaRteMax": rated_w,
+                "802.DisChaRte": self.model.p.self_discharge_pct_per_day,
+                "802.SoCMax": 100.0,
+                "802.SoCMin": 0.0,
+                "802.SocRsvMax": 100.0,
+                "802.SoCRsvMin": 0.0,
+                "802.LocRemCtl": 0,
+                "802.CtrlHb": 0,
+                "802.AlmRst": 0,
+                "802.Typ": 4,
+                "802.Evt2": 0,
+                "802.EvtVnd1": 0,
+                "802.EvtVnd2": 0,
+                "802.ReqInvState": 0,
+                "802.SetOp": 1,
+                "802.SetInvState": 3,
+                "802.NCyc": 0,
+            }
+        )
         self.publish()
 
     def _nominal_dc_v(self) -> float:
@@ -116,7 +188,7 @@ class Pcs:
         for ref, v in changes.items():
             point = self.server.layout.point(ref)
             if v is None:
-                return ILLEGAL_VALUE          # a client may not write "not implemented"
+                return ILLEGAL_VALUE  # a client may not write "not implemented"
             if point.symbols and v not in {val for _, val in point.symbols}:
                 return ILLEGAL_VALUE
             if ref in ("704.WSet", "704.WSetRvrt") and abs(v) > rated_w:
@@ -163,14 +235,16 @@ class Pcs:
             fallback = s.get("704.WSetRvrt") if s.get("704.WSetEnaRvrt") == ENABLED else 0
             s.set("704.WSet", fallback or 0)
             s.set("704.WSetPct", 0.0)
-            log.warning("PCS reversion: no setpoint or heartbeat within WSetRvrtTms",
-                        extra={"timeout_s": s.get("704.WSetRvrtTms"), "fallback_w": fallback or 0})
+            log.warning(
+                "PCS reversion: no setpoint or heartbeat within WSetRvrtTms",
+                extra={"timeout_s": s.get("704.WSetRvrtTms"), "fallback_w": fallback or 0},
+            )
         target = self.target_mw()
         wrmp = s.get("704.WRmp")
         ramp = self.p.ramp_mw_per_s if wrmp is None else max(wrmp, 1) * self.p.rated_power_mw / 100.0
         step = ramp * dt_s
         if self.model.fault_bits or self.faults.fault_bits:
-            self.command_mw = 0.0         # a trip is not ramped
+            self.command_mw = 0.0  # a trip is not ramped
         elif abs(target - self.command_mw) <= step:
             self.command_mw = target
         else:
@@ -187,9 +261,11 @@ class Pcs:
         running = abs(w) > 0.5
         throttled = abs(self.target_mw() - self.requested_mw()) > 1e-6 and not faulted
         alarms = m.alarm_bits | self.faults.alarm_bits
-        alrm = (ALRM_OVER_TEMP if alarms & ALARM_OVER_TEMPERATURE else 0) \
-            | (ALRM_UNDER_TEMP if alarms & ALARM_UNDER_TEMPERATURE else 0) \
+        alrm = (
+            (ALRM_OVER_TEMP if alarms & ALARM_OVER_TEMPERATURE else 0)
+            | (ALRM_UNDER_TEMP if alarms & ALARM_UNDER_TEMPERATURE else 0)
             | (ALRM_MANUFACTURER if self.faults.alarm_bits or faulted else 0)
+        )
         amps = abs(w) / (math.sqrt(3) * p.line_voltage_v)
         readings = m.readings()
         if self._deadline is not None:
@@ -197,43 +273,82 @@ class Pcs:
         else:  # before the first write the full time shows; after a reversion, none is left
             remaining = 0.0 if self.reversions else (s.get("704.WSetRvrtTms") or 0)
         soc = m.soc_pct
-        cha_st = (CHAST_FULL if soc >= 99.5 else CHAST_EMPTY if soc <= 0.5 else
-                  CHAST_DISCHARGING if w > 0.5 else CHAST_CHARGING if w < -0.5 else CHAST_HOLDING)
-        evt1 = (EVT1_OVER_TEMP_ALARM if alarms & ALARM_OVER_TEMPERATURE else 0) \
-            | (EVT1_UNDER_TEMP_ALARM if alarms & ALARM_UNDER_TEMPERATURE else 0) \
-            | (EVT1_UNDER_SOC_MIN_ALARM if alarms & ALARM_SOC_LOW else 0) \
+        cha_st = (
+            CHAST_FULL
+            if soc >= 99.5
+            else CHAST_EMPTY
+            if soc <= 0.5
+            else CHAST_DISCHARGING
+            if w > 0.5
+            else CHAST_CHARGING
+            if w < -0.5
+            else CHAST_HOLDING
+        )
+        evt1 = (
+            (EVT1_OVER_TEMP_ALARM if alarms & ALARM_OVER_TEMPERATURE else 0)
+            | (EVT1_UNDER_TEMP_ALARM if alarms & ALARM_UNDER_TEMPERATURE else 0)
+            | (EVT1_UNDER_SOC_MIN_ALARM if alarms & ALARM_SOC_LOW else 0)
             | (EVT1_OVER_SOC_MAX_ALARM if alarms & ALARM_SOC_HIGH else 0)
-        s.update({
-            "701.St": ST_ON if running else ST_OFF,
-            "701.InvSt": INVST_FAULT if faulted else INVST_THROTTLED if throttled and running
-            else INVST_RUNNING if running else INVST_STANDBY,
-            "701.ConnSt": CONNST_DISCONNECTED if faulted else CONNST_CONNECTED,
-            "701.Alrm": alrm,
-            "701.W": w, "701.VA": abs(w), "701.Var": 0, "701.PF": math.copysign(1.0, w) if running else 1.0,
-            "701.A": amps, "701.LLV": p.line_voltage_v, "701.LNV": p.line_voltage_v / math.sqrt(3),
-            "701.Hz": p.frequency_hz,
-            "701.TotWhInj": m.discharged_mwh * 1e6, "701.TotWhAbs": m.charged_mwh * 1e6,
-            "701.TotVarhInj": 0, "701.TotVarhAbs": 0,
-            "701.TmpAmb": m.p.ambient_c, "701.TmpCab": m.p.ambient_c + 5.0 + 0.5 * abs(m.power_mw),
-            "701.WL1": w / 3, "701.WL2": w / 3, "701.WL3": w / 3,
-            "701.AL1": amps, "701.AL2": amps, "701.AL3": amps,
-            "701.VL1L2": p.line_voltage_v, "701.VL2L3": p.line_voltage_v, "701.VL3L1": p.line_voltage_v,
-            "704.WSetRvrtRem": math.ceil(remaining),
-            "713.WHAvail": m.energy_mwh * 1e6 * m.p.soh_pct / 100.0,
-            "713.SoC": soc, "713.SoH": m.p.soh_pct,
-            "713.Sta": STA_ERROR if faulted else STA_WARNING if alarms else STA_OK,
-            "802.SoC": soc, "802.DoD": 100.0 - soc, "802.SoH": m.p.soh_pct,
-            "802.ChaSt": cha_st,
-            "802.Hb": int(self.clock.monotonic() - self._hb_t0) % 65536,
-            "802.State": STATE_FAULT if faulted else STATE_CONNECTED,
-            "802.Evt1": evt1,
-            "802.V": readings["voltage_v"], "802.VMax": readings["voltage_v"], "802.VMin": readings["voltage_v"],
-            "802.CellVMax": readings["cell_voltage_max_v"], "802.CellVMin": readings["cell_voltage_min_v"],
-            "802.CellVAvg": m.cell_voltage_v,
-            "802.A": readings["current_a"], "802.W": readings["dc_power_mw"] * 1e6,
-            "802.AChaMax": m.allowed_charge_mw * 1e6 / readings["voltage_v"],
-            "802.ADisChaMax": m.allowed_discharge_mw * 1e6 / readings["voltage_v"],
-        })
+        )
+        s.update(
+            {
+                "701.St": ST_ON if running else ST_OFF,
+                "701.InvSt": INVST_FAULT
+                if faulted
+                else INVST_THROTTLED
+                if throttled and running
+                else INVST_RUNNING
+                if running
+                else INVST_STANDBY,
+                "701.ConnSt": CONNST_DISCONNECTED if faulted else CONNST_CONNECTED,
+                "701.Alrm": alrm,
+                "701.W": w,
+                "701.VA": abs(w),
+                "701.Var": 0,
+                "701.PF": math.copysign(1.0, w) if running else 1.0,
+                "701.A": amps,
+                "701.LLV": p.line_voltage_v,
+                "701.LNV": p.line_voltage_v / math.sqrt(3),
+                "701.Hz": p.frequency_hz,
+                "701.TotWhInj": m.discharged_mwh * 1e6,
+                "701.TotWhAbs": m.charged_mwh * 1e6,
+                "701.TotVarhInj": 0,
+                "701.TotVarhAbs": 0,
+                "701.TmpAmb": m.p.ambient_c,
+                "701.TmpCab": m.p.ambient_c + 5.0 + 0.5 * abs(m.power_mw),
+                "701.WL1": w / 3,
+                "701.WL2": w / 3,
+                "701.WL3": w / 3,
+                "701.AL1": amps,
+                "701.AL2": amps,
+                "701.AL3": amps,
+                "701.VL1L2": p.line_voltage_v,
+                "701.VL2L3": p.line_voltage_v,
+                "701.VL3L1": p.line_voltage_v,
+                "704.WSetRvrtRem": math.ceil(remaining),
+                "713.WHAvail": m.energy_mwh * 1e6 * m.p.soh_pct / 100.0,
+                "713.SoC": soc,
+                "713.SoH": m.p.soh_pct,
+                "713.Sta": STA_ERROR if faulted else STA_WARNING if alarms else STA_OK,
+                "802.SoC": soc,
+                "802.DoD": 100.0 - soc,
+                "802.SoH": m.p.soh_pct,
+                "802.ChaSt": cha_st,
+                "802.Hb": int(self.clock.monotonic() - self._hb_t0) % 65536,
+                "802.State": STATE_FAULT if faulted else STATE_CONNECTED,
+                "802.Evt1": evt1,
+                "802.V": readings["voltage_v"],
+                "802.VMax": readings["voltage_v"],
+                "802.VMin": readings["voltage_v"],
+                "802.CellVMax": readings["cell_voltage_max_v"],
+                "802.CellVMin": readings["cell_voltage_min_v"],
+                "802.CellVAvg": m.cell_voltage_v,
+                "802.A": readings["current_a"],
+                "802.W": readings["dc_power_mw"] * 1e6,
+                "802.AChaMax": m.allowed_charge_mw * 1e6 / readings["voltage_v"],
+                "802.ADisChaMax": m.allowed_discharge_mw * 1e6 / readings["voltage_v"],
+            }
+        )
 
     def requested_mw(self) -> float:
         """The setpoint as written (before ratings and BMS limits), 0 when disabled."""

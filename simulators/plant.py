@@ -30,12 +30,27 @@ FACES = ("bms_modbus", "pcs", "bms_opcua")
 class Plant(SimulatorParts):
     """Battery + PCS + faces. Ports: None = face off, 0 = any free port (read `ports` after start)."""
 
-    def __init__(self, battery: BatteryParams, pcs: PcsParams, *, clock: Clock | None = None,
-                 initial_soc_pct: float = 50.0, initial_temperature_c: float | None = None,
-                 host: str = "127.0.0.1", bms_modbus_port: int | None = 0, pcs_modbus_port: int | None = 0,
-                 bms_opcua_port: int | None = None, control_port: int | None = None, unit_id: int = 1,
-                 bms_profile: Profile | None = None, pcs_profile: Profile | None = None, tick_s: float = 0.05,
-                 bms_unit_id: int | None = None, pcs_unit_id: int | None = None, name: str = ""):
+    def __init__(
+        self,
+        battery: BatteryParams,
+        pcs: PcsParams,
+        *,
+        clock: Clock | None = None,
+        initial_soc_pct: float = 50.0,
+        initial_temperature_c: float | None = None,
+        host: str = "127.0.0.1",
+        bms_modbus_port: int | None = 0,
+        pcs_modbus_port: int | None = 0,
+        bms_opcua_port: int | None = None,
+        control_port: int | None = None,
+        unit_id: int = 1,
+        bms_profile: Profile | None = None,
+        pcs_profile: Profile | None = None,
+        tick_s: float = 0.05,
+        bms_unit_id: int | None = None,
+        pcs_unit_id: int | None = None,
+        name: str = "",
+    ):
         super().__init__()
         self.clock = clock or Clock()
         self.host = host
@@ -44,16 +59,30 @@ class Plant(SimulatorParts):
         self.faults: dict[str, Faults] = {face: Faults() for face in FACES}
         self.bms_profile = bms_profile or load_profile(PROFILES / "generic-bms.yaml")
         self.pcs_profile = pcs_profile or load_profile(PROFILES / "sunspec-pcs.yaml")
-        lead = f"{name}." if name else ""    # a unit of a multi-unit plant: its faces are named u2.bms ...
-        self.bms = ModbusSimServer.from_profile(self.bms_profile, unit_id=bms_unit_id or unit_id, host=host,
-                                                port=bms_modbus_port or 0, faults=self.faults["bms_modbus"],
-                                                name=f"{lead}bms")
-        self.pcs_server = ModbusSimServer.from_profile(self.pcs_profile, unit_id=pcs_unit_id or unit_id, host=host,
-                                                       port=pcs_modbus_port or 0, faults=self.faults["pcs"],
-                                                       name=f"{lead}pcs")
+        lead = f"{name}." if name else ""  # a unit of a multi-unit plant: its faces are named u2.bms ...
+        self.bms = ModbusSimServer.from_profile(
+            self.bms_profile,
+            unit_id=bms_unit_id or unit_id,
+            host=host,
+            port=bms_modbus_port or 0,
+            faults=self.faults["bms_modbus"],
+            name=f"{lead}bms",
+        )
+        self.pcs_server = ModbusSimServer.from_profile(
+            self.pcs_profile,
+            unit_id=pcs_unit_id or unit_id,
+            host=host,
+            port=pcs_modbus_port or 0,
+            faults=self.faults["pcs"],
+            name=f"{lead}pcs",
+        )
         self.pcs = Pcs(self.model, self.pcs_server, pcs, self.clock)
-        self._ports_wanted = {"bms_modbus": bms_modbus_port, "pcs": pcs_modbus_port, "bms_opcua": bms_opcua_port,
-                              "control": control_port}
+        self._ports_wanted = {
+            "bms_modbus": bms_modbus_port,
+            "pcs": pcs_modbus_port,
+            "bms_opcua": bms_opcua_port,
+            "control": control_port,
+        }
         self.opcua: Any = None
         self._control: Any = None
         self.ticks = 0
@@ -66,18 +95,31 @@ class Plant(SimulatorParts):
         Overrides: any constructor keyword, e.g. ports (tests pass 0 for free ports) or clock."""
         sim, bat = config.simulator, config.battery
         battery = BatteryParams(
-            capacity_mwh=bat.capacity_mwh, rated_power_mw=sim.rated_power_mw,
-            charge_efficiency=bat.charge_efficiency, discharge_efficiency=bat.discharge_efficiency,
-            self_discharge_pct_per_day=bat.self_discharge_pct_per_day, ambient_c=sim.ambient_c,
-            thermal_time_constant_s=sim.thermal_time_constant_s, heating_c_per_mw=sim.heating_c_per_mw)
+            capacity_mwh=bat.capacity_mwh,
+            rated_power_mw=sim.rated_power_mw,
+            charge_efficiency=bat.charge_efficiency,
+            discharge_efficiency=bat.discharge_efficiency,
+            self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
+            ambient_c=sim.ambient_c,
+            thermal_time_constant_s=sim.thermal_time_constant_s,
+            heating_c_per_mw=sim.heating_c_per_mw,
+        )
         _, pcs_dev = config.device("pcs")
-        pcs = PcsParams(rated_power_mw=sim.rated_power_mw, ramp_mw_per_s=sim.ramp_mw_per_s,
-                        reversion_timeout_s=pcs_dev.reversion_timeout_s)
+        pcs = PcsParams(
+            rated_power_mw=sim.rated_power_mw,
+            ramp_mw_per_s=sim.ramp_mw_per_s,
+            reversion_timeout_s=pcs_dev.reversion_timeout_s,
+        )
         kwargs: dict[str, Any] = dict(
-            clock=Clock(speed=sim.time_scale), initial_soc_pct=sim.initial_soc_pct,
-            initial_temperature_c=sim.initial_temperature_c, host=sim.host,
-            bms_modbus_port=sim.bms_modbus_port, pcs_modbus_port=sim.pcs_modbus_port,
-            bms_opcua_port=sim.bms_opcua_port, control_port=sim.control_port)
+            clock=Clock(speed=sim.time_scale),
+            initial_soc_pct=sim.initial_soc_pct,
+            initial_temperature_c=sim.initial_temperature_c,
+            host=sim.host,
+            bms_modbus_port=sim.bms_modbus_port,
+            pcs_modbus_port=sim.pcs_modbus_port,
+            bms_opcua_port=sim.bms_opcua_port,
+            control_port=sim.control_port,
+        )
         # the profiles the site's devices use, so that simulator and driver agree on the map
         for dev in config.devices.values():
             prof = config.load_profile(dev)
@@ -180,8 +222,10 @@ class Plant(SimulatorParts):
             if self._ports_wanted["bms_opcua"] is not None:
                 # imported here: asyncua is heavy and only this face needs it
                 from simulators.opcua_bms import OpcUaBmsServer
-                self.opcua = OpcUaBmsServer(self.model, self.host, self._ports_wanted["bms_opcua"], self.clock,
-                                            self.faults["bms_opcua"])
+
+                self.opcua = OpcUaBmsServer(
+                    self.model, self.host, self._ports_wanted["bms_opcua"], self.clock, self.faults["bms_opcua"]
+                )
                 await self.opcua.start()
                 self._started.append(self.opcua)
             if self._ports_wanted["control"] is not None:

@@ -39,27 +39,49 @@ def _unit_plant(config: SiteConfig, u: UnitPlan, clock: Clock, host: str, tick_s
     sim, bat = config.simulator, config.battery
     extra = sim.units.get(u.unit)
     battery = BatteryParams(
-        capacity_mwh=u.capacity_mwh, rated_power_mw=u.rated_mw, charge_efficiency=bat.charge_efficiency,
-        discharge_efficiency=bat.discharge_efficiency, self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
-        ambient_c=sim.ambient_c, thermal_time_constant_s=sim.thermal_time_constant_s,
-        heating_c_per_mw=sim.heating_c_per_mw)
-    pcs = PcsParams(rated_power_mw=u.rated_mw, ramp_mw_per_s=sim.ramp_mw_per_s,
-                    reversion_timeout_s=u.pcs.reversion_timeout_s, serial=f"SIM-PCS-{u.unit}")
+        capacity_mwh=u.capacity_mwh,
+        rated_power_mw=u.rated_mw,
+        charge_efficiency=bat.charge_efficiency,
+        discharge_efficiency=bat.discharge_efficiency,
+        self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
+        ambient_c=sim.ambient_c,
+        thermal_time_constant_s=sim.thermal_time_constant_s,
+        heating_c_per_mw=sim.heating_c_per_mw,
+    )
+    pcs = PcsParams(
+        rated_power_mw=u.rated_mw,
+        ramp_mw_per_s=sim.ramp_mw_per_s,
+        reversion_timeout_s=u.pcs.reversion_timeout_s,
+        serial=f"SIM-PCS-{u.unit}",
+    )
     bms_modbus = u.bms.protocol == "modbus"
     bms_profile = config.load_profile(u.bms) if bms_modbus else None
     soc = extra.initial_soc_pct if extra and extra.initial_soc_pct is not None else sim.initial_soc_pct
-    temp = (extra.initial_temperature_c if extra and extra.initial_temperature_c is not None
-            else sim.initial_temperature_c)
-    plant = Plant(battery, pcs, clock=clock, initial_soc_pct=soc, initial_temperature_c=temp, host=host,
-                  bms_modbus_port=None, pcs_modbus_port=None,   # the caller serves the Modbus faces
-                  bms_opcua_port=u.bms.port if u.bms.protocol == "opcua" else (extra.bms_opcua_port if extra else None),
-                  control_port=None, bms_profile=bms_profile, pcs_profile=config.load_profile(u.pcs),
-                  bms_unit_id=u.bms.unit_id if bms_modbus else 1, pcs_unit_id=u.pcs.unit_id, tick_s=tick_s,
-                  name=u.unit)
+    temp = (
+        extra.initial_temperature_c if extra and extra.initial_temperature_c is not None else sim.initial_temperature_c
+    )
+    plant = Plant(
+        battery,
+        pcs,
+        clock=clock,
+        initial_soc_pct=soc,
+        initial_temperature_c=temp,
+        host=host,
+        bms_modbus_port=None,
+        pcs_modbus_port=None,  # the caller serves the Modbus faces
+        bms_opcua_port=u.bms.port if u.bms.protocol == "opcua" else (extra.bms_opcua_port if extra else None),
+        control_port=None,
+        bms_profile=bms_profile,
+        pcs_profile=config.load_profile(u.pcs),
+        bms_unit_id=u.bms.unit_id if bms_modbus else 1,
+        pcs_unit_id=u.pcs.unit_id,
+        tick_s=tick_s,
+        name=u.unit,
+    )
     faces: list[Face] = [((u.pcs.host, u.pcs.port), plant.pcs_server)]
     if bms_modbus:
         faces.append(((u.bms.host, u.bms.port), plant.bms))
-    elif extra and extra.bms_modbus_port:   # an extra face of its own (the one-unit demo's 1502)
+    elif extra and extra.bms_modbus_port:  # an extra face of its own (the one-unit demo's 1502)
         faces.append(((host, extra.bms_modbus_port), plant.bms))
     return plant, faces
 
@@ -67,8 +89,15 @@ def _unit_plant(config: SiteConfig, u: UnitPlan, clock: Clock, host: str, tick_s
 class SitePlant(SimulatorParts):
     """Units + meter + gateways + control. Ports: read `ports` after start (tests pass port 0 in the config)."""
 
-    def __init__(self, config: SiteConfig, *, clock: Clock | None = None, tick_s: float = 0.05,
-                 control_port: int | None = None, host: str | None = None):
+    def __init__(
+        self,
+        config: SiteConfig,
+        *,
+        clock: Clock | None = None,
+        tick_s: float = 0.05,
+        control_port: int | None = None,
+        host: str | None = None,
+    ):
         super().__init__()
         self.config = config
         self.clock = clock or Clock(speed=config.simulator.time_scale)
@@ -85,7 +114,7 @@ class SitePlant(SimulatorParts):
                 self.units[u.unit] = plant
                 modbus_faces += faces
                 self.faults.update({f"{u.unit}.{face}": f for face, f in plant.faults.items()})
-        else:   # one unit: today's ports and face names, from simulator:
+        else:  # one unit: today's ports and face names, from simulator:
             plant = Plant.from_config(config, clock=self.clock, control_port=None, tick_s=tick_s)
             self.units[""] = plant
             self.faults.update(plant.faults)
@@ -101,11 +130,16 @@ class SitePlant(SimulatorParts):
         if dev.protocol == "opcua":
             raise ValueError(f"devices.{name}: the meter simulator serves Modbus (SunSpec or a register map)")
         self.faults["meter"] = Faults()
-        server = ModbusSimServer.from_profile(self.config.load_profile(dev), unit_id=dev.unit_id, host=self.host,
-                                              port=dev.port, faults=self.faults["meter"], name="meter")
+        server = ModbusSimServer.from_profile(
+            self.config.load_profile(dev),
+            unit_id=dev.unit_id,
+            host=self.host,
+            port=dev.port,
+            faults=self.faults["meter"],
+            name="meter",
+        )
         plan = self.config.unit_plan()
-        params = MeterParams(aux_load_mw=self.config.battery.aux_load_mw,
-                             rating_mw=sum(u.rated_mw for u in plan))
+        params = MeterParams(aux_load_mw=self.config.battery.aux_load_mw, rating_mw=sum(u.rated_mw for u in plan))
         meter = Meter(server, [lambda m=p.model: m.power_mw for p in self.units.values()], params, GridFrequency())
         faces.append(((dev.host, dev.port), server))
         return meter, server
@@ -137,7 +171,7 @@ class SitePlant(SimulatorParts):
             if status_codes:
                 raise ValueError("status_codes: a Modbus face has none")
             for name, value in raw.items():
-                self.meter_server.raw_registers(name, value)   # type: ignore[union-attr]
+                self.meter_server.raw_registers(name, value)  # type: ignore[union-attr]
             return
         unit, _, unit_face = face.rpartition(".")
         self.units[unit].check_fault(unit_face, raw, status_codes)
@@ -183,7 +217,7 @@ class SitePlant(SimulatorParts):
             await asyncio.sleep(self.tick_s)
             now = self.clock.monotonic()
             try:
-                self.meter.step(now - last)   # type: ignore[union-attr]
+                self.meter.step(now - last)  # type: ignore[union-attr]
             except Exception:  # noqa: BLE001 - one bad step is logged; the meter keeps serving
                 log.exception("meter step failed")
             last = now
@@ -194,8 +228,9 @@ def _control_server(site: SitePlant, host: str, port: int) -> "UvicornServer":
     from web.server import UvicornServer  # here: uvicorn is heavy and only this face needs it
 
     models = {u or "u1": p.model for u, p in site.units.items()}
-    app = create_control_app(models if site.multi else next(iter(models.values())), site.faults,
-                             site.check_fault, meter=site.meter)
+    app = create_control_app(
+        models if site.multi else next(iter(models.values())), site.faults, site.check_fault, meter=site.meter
+    )
     return UvicornServer(app, host, port, name="simulator control", lifespan="off")
 
 
@@ -217,10 +252,18 @@ async def main_simulate(config: SiteConfig) -> None:
             for u in config.unit_plan():
                 print(f"plant simulator: unit {u.unit} {u.capacity_mwh:g} MWh / {u.rated_mw:g} MW", flush=True)
         else:
-            print(f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
-                  f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}", flush=True)
-        names = {"bms_modbus": "BMS Modbus TCP", "pcs": "PCS Modbus TCP (SunSpec)", "bms_opcua": "BMS OPC UA",
-                 "control": "control HTTP", "meter": "POI meter Modbus TCP"}
+            print(
+                f"plant simulator: {config.battery.capacity_mwh:g} MWh / {sim.rated_power_mw:g} MW, "
+                f"SoC {sim.initial_soc_pct:g} %, time x{sim.time_scale:g}",
+                flush=True,
+            )
+        names = {
+            "bms_modbus": "BMS Modbus TCP",
+            "pcs": "PCS Modbus TCP (SunSpec)",
+            "bms_opcua": "BMS OPC UA",
+            "control": "control HTTP",
+            "meter": "POI meter Modbus TCP",
+        }
         for face, port in plant.ports.items():
             unit, _, kind = face.rpartition(".")
             label = f"{unit} {names[kind]}" if unit else names[kind]

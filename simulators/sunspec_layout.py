@@ -21,10 +21,25 @@ END_MODEL = [0xFFFF, 0]
 
 # The value a SunSpec device reports for a point it does not implement (per the SunSpec information model).
 NOT_IMPLEMENTED = {
-    "int16": 0x8000, "sunssf": 0x8000, "pad": 0x8000, "uint16": 0xFFFF, "enum16": 0xFFFF,
-    "bitfield16": 0xFFFF, "count": 0, "acc16": 0, "int32": 0x80000000, "uint32": 0xFFFFFFFF,
-    "enum32": 0xFFFFFFFF, "bitfield32": 0xFFFFFFFF, "acc32": 0, "ipaddr": 0, "int64": 0x8000000000000000,
-    "uint64": 0xFFFFFFFFFFFFFFFF, "acc64": 0, "float32": 0x7FC00000, "float64": 0x7FF8000000000000,
+    "int16": 0x8000,
+    "sunssf": 0x8000,
+    "pad": 0x8000,
+    "uint16": 0xFFFF,
+    "enum16": 0xFFFF,
+    "bitfield16": 0xFFFF,
+    "count": 0,
+    "acc16": 0,
+    "int32": 0x80000000,
+    "uint32": 0xFFFFFFFF,
+    "enum32": 0xFFFFFFFF,
+    "bitfield32": 0xFFFFFFFF,
+    "acc32": 0,
+    "ipaddr": 0,
+    "int64": 0x8000000000000000,
+    "uint64": 0xFFFFFFFFFFFFFFFF,
+    "acc64": 0,
+    "float32": 0x7FC00000,
+    "float64": 0x7FF8000000000000,
 }
 
 
@@ -33,11 +48,11 @@ class SunSpecPoint:
     """One point of a model at its absolute register address."""
 
     model_id: int
-    name: str            # "W", or "PFWInj.PF" inside a group
+    name: str  # "W", or "PFWInj.PF" inside a group
     address: int
-    type: str            # the SunSpec type: int16, uint32, sunssf, enum16, string ...
-    size: int            # registers
-    sf: str | int | None = None   # scale factor: a point name of the same model, or a constant exponent
+    type: str  # the SunSpec type: int16, uint32, sunssf, enum16, string ...
+    size: int  # registers
+    sf: str | int | None = None  # scale factor: a point name of the same model, or a constant exponent
     units: str = ""
     access: str = "R"
     symbols: tuple[tuple[str, int], ...] = ()
@@ -55,8 +70,8 @@ class SunSpecPoint:
 class SunSpecModel:
     id: int
     name: str
-    address: int         # of the ID register
-    length: int          # L: registers after the header
+    address: int  # of the ID register
+    length: int  # L: registers after the header
     points: dict[str, SunSpecPoint] = field(default_factory=dict)
 
 
@@ -64,7 +79,7 @@ class SunSpecModel:
 class SunSpecLayout:
     base_address: int
     models: dict[int, SunSpecModel]
-    end_address: int     # of the end model's 0xFFFF
+    end_address: int  # of the end model's 0xFFFF
 
     @property
     def register_count(self) -> int:
@@ -76,7 +91,7 @@ class SunSpecLayout:
         model_s, _, name = ref.partition(".")
         try:
             mid = int(model_s)
-            if mid not in self.models and mid in METER_MODELS:   # 201-204: same points (drivers/sunspec.py)
+            if mid not in self.models and mid in METER_MODELS:  # 201-204: same points (drivers/sunspec.py)
                 mid = next((m for m in self.models if m in METER_MODELS), mid)
             return self.models[mid].points[name]
         except (ValueError, KeyError):
@@ -95,12 +110,12 @@ class SunSpecLayout:
                 elif p.name == "L":
                     regs[off] = m.length
                 elif p.type == "string":
-                    regs[off:off + p.size] = [0] * p.size
+                    regs[off : off + p.size] = [0] * p.size
                 else:
                     raw = NOT_IMPLEMENTED.get(p.type, 0)
-                    regs[off:off + p.size] = [(raw >> (16 * (p.size - 1 - i))) & 0xFFFF for i in range(p.size)]
+                    regs[off : off + p.size] = [(raw >> (16 * (p.size - 1 - i))) & 0xFFFF for i in range(p.size)]
         end = self.end_address - self.base_address
-        regs[end:end + 2] = END_MODEL
+        regs[end : end + 2] = END_MODEL
         return regs
 
     def profile_points(self) -> dict[str, Point]:
@@ -111,13 +126,22 @@ class SunSpecLayout:
                 if isinstance(p.sf, str):
                     scale: float | str = f"{m.id}.{p.sf}"
                 elif isinstance(p.sf, int):
-                    scale = 10.0 ** p.sf
+                    scale = 10.0**p.sf
                 else:
                     scale = 1.0
                 words = p.size if p.type == "string" else None
-                out[p.ref] = Point(address=p.address, function="holding", type=p.type, words=words,
-                                   word_order="big", scale=scale, unit=p.units, writable=p.writable,
-                                   sunspec=p.ref, description=f"SunSpec {m.name}.{p.name}")
+                out[p.ref] = Point(
+                    address=p.address,
+                    function="holding",
+                    type=p.type,
+                    words=words,
+                    word_order="big",
+                    scale=scale,
+                    unit=p.units,
+                    writable=p.writable,
+                    sunspec=p.ref,
+                    description=f"SunSpec {m.name}.{p.name}",
+                )
         return out
 
 
@@ -172,8 +196,9 @@ def _count_is_fixed(group: dict) -> bool:
     return c is None or isinstance(c, int) or (isinstance(c, str) and c.isdigit())
 
 
-def _lay_out(group: dict, model_id: int, address: int, prefix: str, repeats: dict[str, int],
-             points: dict[str, SunSpecPoint]) -> int:
+def _lay_out(
+    group: dict, model_id: int, address: int, prefix: str, repeats: dict[str, int], points: dict[str, SunSpecPoint]
+) -> int:
     """Place `group`'s points from `address` on; returns the next free address."""
     for p in group.get("points", []):
         sf = p.get("sf")
@@ -181,9 +206,16 @@ def _lay_out(group: dict, model_id: int, address: int, prefix: str, repeats: dic
             sf = int(sf)
         name = prefix + p["name"]
         points[name] = SunSpecPoint(
-            model_id=model_id, name=name, address=address, type=p["type"], size=p["size"], sf=sf,
-            units=p.get("units", ""), access=p.get("access", "R"),
-            symbols=tuple((s["name"], s["value"]) for s in p.get("symbols", [])))
+            model_id=model_id,
+            name=name,
+            address=address,
+            type=p["type"],
+            size=p["size"],
+            sf=sf,
+            units=p.get("units", ""),
+            access=p.get("access", "R"),
+            symbols=tuple((s["name"], s["value"]) for s in p.get("symbols", [])),
+        )
         address += p["size"]
     for g in group.get("groups", []):
         n = _count(g, repeats)
@@ -207,7 +239,9 @@ def build_layout(model_ids: list[int], base_address: int = 40000) -> SunSpecLayo
         repeats = _repeats_for(top, declared)
         body_len = _group_len(top, repeats) - 2
         if declared is not None and declared != body_len:
-            raise ProfileError(f"SunSpec model {mid}: points add up to {body_len} registers, definition says L={declared}")
+            raise ProfileError(
+                f"SunSpec model {mid}: points add up to {body_len} registers, definition says L={declared}"
+            )
         m = SunSpecModel(id=mid, name=top["name"], address=address, length=body_len)
         end = _lay_out(top, mid, address, "", repeats, m.points)
         assert end == address + 2 + body_len, (mid, end, address, body_len)

@@ -13,11 +13,15 @@ from web import models as m
 from web.auth import TokenError
 from web.state import SAFE_METHODS, SESSION_COOKIE, WebState, client_ip, web_state
 
-ERRORS = {401: {"model": m.Error, "description": "no or wrong API key / session"},
-          403: {"model": m.Error, "description": "a write with a read-only key or session, or a cross-site "
-                                                 "request with the session cookie"},
-          422: {"model": m.InvalidRequest, "description": "invalid parameters or body"},
-          429: {"model": m.Error, "description": "locked out after repeated failures"}}
+ERRORS = {
+    401: {"model": m.Error, "description": "no or wrong API key / session"},
+    403: {
+        "model": m.Error,
+        "description": "a write with a read-only key or session, or a cross-site request with the session cookie",
+    },
+    422: {"model": m.InvalidRequest, "description": "invalid parameters or body"},
+    429: {"model": m.Error, "description": "locked out after repeated failures"},
+}
 
 header_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="one of the keys in API_KEY")
 cookie_scheme = APIKeyCookie(name=SESSION_COOKIE, auto_error=False, description="set by POST /api/login")
@@ -34,8 +38,10 @@ def _same_origin(request: Request) -> bool:
 def _refuse_write_if_read_only(state: WebState, request: Request, fp: str, what: str) -> None:
     # the key's rights now, not when a session began: a key moved to API_KEY_READ loses writes at once
     if request.method not in SAFE_METHODS and not state.keys.can_write(fp):
-        raise HTTPException(403, f"read-only {what}: a key from API_KEY_READ may only read (GET); "
-                                 f"{request.method} needs a key from API_KEY")
+        raise HTTPException(
+            403,
+            f"read-only {what}: a key from API_KEY_READ may only read (GET); {request.method} needs a key from API_KEY",
+        )
 
 
 async def _key_or_401(state: WebState, ip: str, key: str, what: str, scheme: str) -> str:
@@ -58,9 +64,12 @@ async def _session_or_401(state: WebState, ip: str, token: str, scheme: str) -> 
         raise HTTPException(401, f"{e.reason}: log in again", headers={"WWW-Authenticate": scheme}) from e
 
 
-async def authenticated(request: Request, api_key: str | None = Security(header_scheme),
-                        session: str | None = Security(cookie_scheme),
-                        state: WebState = Depends(web_state)) -> str:
+async def authenticated(
+    request: Request,
+    api_key: str | None = Security(header_scheme),
+    session: str | None = Security(cookie_scheme),
+    state: WebState = Depends(web_state),
+) -> str:
     """Who is calling: "key:<fingerprint>" or "session:<fingerprint>". 401/403/429 otherwise."""
     ip = client_ip(request)
     state.refuse_if_locked(ip)
@@ -74,8 +83,9 @@ async def authenticated(request: Request, api_key: str | None = Security(header_
             raise HTTPException(403, "cross-site request refused: the Origin does not match this dashboard")
         _refuse_write_if_read_only(state, request, payload["kid"], "session")
         return f"session:{payload['kid']}"
-    raise HTTPException(401, "API key required: send the X-API-Key header or log in",
-                        headers={"WWW-Authenticate": "ApiKey"})
+    raise HTTPException(
+        401, "API key required: send the X-API-Key header or log in", headers={"WWW-Authenticate": "ApiKey"}
+    )
 
 
 Who = Depends(authenticated)
@@ -93,8 +103,11 @@ async def _reader(request: Request, state: WebState) -> str:
     token = request.cookies.get(SESSION_COOKIE)
     if token:
         return f"session:{(await _session_or_401(state, ip, token, 'Bearer'))['kid']}"
-    raise HTTPException(401, "API key required: send `Authorization: Bearer <key>` or X-API-Key, or log in",
-                        headers={"WWW-Authenticate": "Bearer"})
+    raise HTTPException(
+        401,
+        "API key required: send `Authorization: Bearer <key>` or X-API-Key, or log in",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 async def metrics_reader(request: Request, state: WebState = Depends(web_state)) -> str:

@@ -35,8 +35,8 @@ __all__ = ["DEFAULT_MAX_BODY_BYTES", "GATE_MAX_S", "SESSION_COOKIE", "create_app
 log = logging.getLogger("bess.web")
 
 HERE = Path(__file__).parent
-DEFAULT_MAX_BODY_BYTES = 1_048_576   # web.max_body_bytes
-GATE_MAX_S = 0.05          # longest a request waits for a running control cycle to end
+DEFAULT_MAX_BODY_BYTES = 1_048_576  # web.max_body_bytes
+GATE_MAX_S = 0.05  # longest a request waits for a running control cycle to end
 
 
 def _json_error(status: int, detail: Any, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
@@ -58,12 +58,22 @@ class _Metrics:
         from prometheus_client import Gauge, Histogram
 
         self.registry = registry
-        self.http = self._get_or_make(registry, "bess_http_request_duration_seconds", lambda: Histogram(
-            "bess_http_request_duration_seconds", "HTTP request duration by route template, method and status",
-            ["route", "method", "status"], registry=registry,
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)))
-        self.ws_clients = self._get_or_make(registry, "bess_ws_clients", lambda: Gauge(
-            "bess_ws_clients", "Open websocket clients of the dashboard", registry=registry))
+        self.http = self._get_or_make(
+            registry,
+            "bess_http_request_duration_seconds",
+            lambda: Histogram(
+                "bess_http_request_duration_seconds",
+                "HTTP request duration by route template, method and status",
+                ["route", "method", "status"],
+                registry=registry,
+                buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            ),
+        )
+        self.ws_clients = self._get_or_make(
+            registry,
+            "bess_ws_clients",
+            lambda: Gauge("bess_ws_clients", "Open websocket clients of the dashboard", registry=registry),
+        )
 
     @staticmethod
     def _get_or_make(registry, name, make):
@@ -86,8 +96,11 @@ class _GuardMiddleware:
     add the security headers. A refused body ends the connection (connection: close), so the rest of it is never
     read."""
 
-    HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-               (b"x-frame-options", b"DENY")]
+    HEADERS = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    ]
     CLOSE = (b"connection", b"close")
 
     def __init__(self, app, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES):
@@ -104,8 +117,9 @@ class _GuardMiddleware:
                 await _json_error(400, "content-length: not a number", {"connection": "close"})(scope, receive, send)
                 return
             if int(length) > self.max_body_bytes:
-                await _json_error(413, f"request body larger than {self.max_body_bytes} bytes",
-                                  {"connection": "close"})(scope, receive, send)
+                await _json_error(
+                    413, f"request body larger than {self.max_body_bytes} bytes", {"connection": "close"}
+                )(scope, receive, send)
                 return
         received = 0
         over = False
@@ -113,7 +127,7 @@ class _GuardMiddleware:
 
         async def counted_receive():
             nonlocal received, over
-            if over:   # asked again after being told: the body stays refused
+            if over:  # asked again after being told: the body stays refused
                 raise BodyTooLarge(self.max_body_bytes)
             message = await receive()
             if message["type"] == "http.request":
@@ -132,7 +146,7 @@ class _GuardMiddleware:
 
         try:
             await self.app(scope, counted_receive, send_with_headers)
-        except BodyTooLarge as e:   # raised where no exception handler turned it into the answer
+        except BodyTooLarge as e:  # raised where no exception handler turned it into the answer
             if started:
                 raise
             await _json_error(413, e.detail, {"connection": "close"})(scope, receive, send_with_headers)
@@ -219,12 +233,24 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _json_error(500, "internal error (see the controller log)")
 
 
-def create_app(backend: Backend, api_keys: list[str], session_secret: str | bytes, *,
-               read_keys: list[str] | tuple[str, ...] = (), max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               open_metrics: bool = False, open_docs: bool = False, lockout_failures: int = 10,
-               lockout_s: float = 300, metrics_registry=None, session_ttl_s: float = 12 * 3600,
-               ws_token_ttl_s: float = 60, ws_max_hz: float = 4.0, ws_max_clients: int = 200,
-               ws_send_timeout_s: float = 10.0) -> FastAPI:
+def create_app(
+    backend: Backend,
+    api_keys: list[str],
+    session_secret: str | bytes,
+    *,
+    read_keys: list[str] | tuple[str, ...] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    open_metrics: bool = False,
+    open_docs: bool = False,
+    lockout_failures: int = 10,
+    lockout_s: float = 300,
+    metrics_registry=None,
+    session_ttl_s: float = 12 * 3600,
+    ws_token_ttl_s: float = 60,
+    ws_max_hz: float = 4.0,
+    ws_max_clients: int = 200,
+    ws_send_timeout_s: float = 10.0,
+) -> FastAPI:
     """The web app. `api_keys` (API_KEY): full access, every key valid (rotation); `read_keys` (API_KEY_READ):
     GET and /ws only, 403 on any write, and their dashboard sessions are read-only. `session_secret` signs the
     session cookie and the websocket tokens (keys derived per purpose): the daemon's random key from its state
@@ -234,18 +260,33 @@ def create_app(backend: Backend, api_keys: list[str], session_secret: str | byte
     `Authorization: Bearer`, or the session cookie; read keys suffice) unless `open_metrics` / `open_docs`."""
     metrics = _Metrics(metrics_registry) if metrics_registry is not None else None
     state = WebState(
-        backend=backend, keys=ApiKeys(api_keys, read_keys), lockout=Lockout(lockout_failures, lockout_s),
-        sessions=Signer(session_secret, "session"), ws_tokens=Signer(session_secret, "websocket"),
+        backend=backend,
+        keys=ApiKeys(api_keys, read_keys),
+        lockout=Lockout(lockout_failures, lockout_s),
+        sessions=Signer(session_secret, "session"),
+        ws_tokens=Signer(session_secret, "websocket"),
         templates=Jinja2Templates(directory=str(HERE / "templates")),
         asset_version=str(int(max(p.stat().st_mtime for p in (HERE / "static").rglob("*") if p.is_file()))),
-        metrics=metrics, open_metrics=open_metrics, open_docs=open_docs, session_ttl_s=session_ttl_s,
-        ws_token_ttl_s=ws_token_ttl_s, ws_max_hz=ws_max_hz, ws_max_clients=ws_max_clients,
-        ws_send_timeout_s=ws_send_timeout_s)
+        metrics=metrics,
+        open_metrics=open_metrics,
+        open_docs=open_docs,
+        session_ttl_s=session_ttl_s,
+        ws_token_ttl_s=ws_token_ttl_s,
+        ws_max_hz=ws_max_hz,
+        ws_max_clients=ws_max_clients,
+        ws_send_timeout_s=ws_send_timeout_s,
+    )
 
-    app = FastAPI(title="BESS edge controller", version="0.1.0", docs_url=None, redoc_url=None, openapi_url=None,
-                  description="Local REST API of the battery plant controller. Power in MW, positive = discharge; "
-                              "SoC in %; prices in EUR/MWh; times UTC ISO 8601. Authenticate with the X-API-Key header "
-                              "(keys in API_KEY may do everything, keys in API_KEY_READ only GET).")
+    app = FastAPI(
+        title="BESS edge controller",
+        version="0.1.0",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        description="Local REST API of the battery plant controller. Power in MW, positive = discharge; "
+        "SoC in %; prices in EUR/MWh; times UTC ISO 8601. Authenticate with the X-API-Key header "
+        "(keys in API_KEY may do everything, keys in API_KEY_READ only GET).",
+    )
     app.state.backend = backend
     app.state.web = state
 
@@ -253,7 +294,7 @@ def create_app(backend: Backend, api_keys: list[str], session_secret: str | byte
     app.add_middleware(_GuardMiddleware, max_body_bytes=max_body_bytes)
     if metrics is not None:
         app.add_middleware(_TimingMiddleware, histogram=metrics.http)
-    cycle_idle = getattr(backend, "cycle_idle", None)   # a backend without a control cycle has no gate
+    cycle_idle = getattr(backend, "cycle_idle", None)  # a backend without a control cycle has no gate
     if cycle_idle is not None:
         app.add_middleware(_CycleGateMiddleware, idle=cycle_idle)
 

@@ -145,8 +145,13 @@ class Lockout:
     """After `max_failures` failed attempts within `lockout_s` from one client, refuse that client for
     `lockout_s`. Bounded memory: at most `max_clients` tracked, the least recently seen forgotten first."""
 
-    def __init__(self, max_failures: int, lockout_s: float, monotonic: Callable[[], float] = time.monotonic,
-                 max_clients: int = 10_000):
+    def __init__(
+        self,
+        max_failures: int,
+        lockout_s: float,
+        monotonic: Callable[[], float] = time.monotonic,
+        max_clients: int = 10_000,
+    ):
         if max_failures < 1 or lockout_s <= 0:
             raise ValueError("lockout: max_failures >= 1 and lockout_s > 0 required")
         self.max_failures = max_failures

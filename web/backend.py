@@ -52,8 +52,7 @@ class Backend(Protocol):
         queued value when full, so a slow websocket client never blocks the cycle)."""
         ...
 
-    def unsubscribe(self, queue: asyncio.Queue) -> None:
-        ...
+    def unsubscribe(self, queue: asyncio.Queue) -> None: ...
 
     # ---- trading
     async def market_data(self) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from controller.trading.market import PERIOD_S
 ModeName = Literal[MODES]  # the cycle's modes, one definition (controller.cycle.mode)
 
 
-
 def _iso_ts(v: Any) -> Any:
     """Unix seconds -> ISO 8601 Z; strings pass as they are."""
     if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -64,8 +63,9 @@ class OrderIn(_Request):
     quantity_mw: float = Field(gt=0, le=10_000, description="MW, > 0")
     price_eur_mwh: float = Field(ge=-10_000, le=10_000, description="EUR/MWh")
     market: str = Field("intraday", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    delivery_start: str = Field(description="ISO 8601 UTC on a 15-minute boundary, e.g. 2026-11-25T14:15:00Z",
-                                max_length=40)
+    delivery_start: str = Field(
+        description="ISO 8601 UTC on a 15-minute boundary, e.g. 2026-11-25T14:15:00Z", max_length=40
+    )
     time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"
 
     _finite = field_validator("quantity_mw", "price_eur_mwh")(_check_finite)

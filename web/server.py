@@ -44,10 +44,10 @@ from uvicorn.protocols.utils import get_remote_addr, is_ssl
 
 log = logging.getLogger("bess.web")
 
-SLICE_BYTES = 4096        # header bytes are fed to the parser in slices this big, so the count is this exact
-WS_MAX_MESSAGE_BYTES = 64 * 1024   # the dashboard sends nothing on /ws; this bounds what a client may
+SLICE_BYTES = 4096  # header bytes are fed to the parser in slices this big, so the count is this exact
+WS_MAX_MESSAGE_BYTES = 64 * 1024  # the dashboard sends nothing on /ws; this bounds what a client may
 WS_MAX_QUEUE = 4
-LINGER_S = 2.0            # after an early answer, how long the rest of a request is read and dropped
+LINGER_S = 2.0  # after an early answer, how long the rest of a request is read and dropped
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,14 @@ class Bounds:
     @classmethod
     def of(cls, web: Any) -> "Bounds":
         """From the site file's `web:` section (controller.config.Web)."""
-        return cls(max_header_bytes=web.max_header_bytes, max_connections=web.max_connections,
-                   max_connections_per_client=web.max_connections_per_client,
-                   header_timeout_s=web.header_timeout_s, body_timeout_s=web.body_timeout_s,
-                   max_body_bytes=web.max_body_bytes)
+        return cls(
+            max_header_bytes=web.max_header_bytes,
+            max_connections=web.max_connections,
+            max_connections_per_client=web.max_connections_per_client,
+            header_timeout_s=web.header_timeout_s,
+            body_timeout_s=web.body_timeout_s,
+            max_body_bytes=web.max_body_bytes,
+        )
 
 
 def uvicorn_options(web: Any, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> dict[str, Any]:
@@ -80,10 +84,15 @@ def uvicorn_options(web: Any, ssl_certfile: str | None = None, ssl_keyfile: str 
     the header deadline, where asyncio's own would hold a socket for 60 s outside them."""
     bounds = Bounds.of(web)
     tls = server_tls_context(ssl_certfile, ssl_keyfile) if ssl_certfile else None
-    return {"http": guarded_protocol(bounds, tls), "timeout_keep_alive": web.keep_alive_s,
-            "ws_max_size": WS_MAX_MESSAGE_BYTES, "ws_max_queue": WS_MAX_QUEUE,
-            # the guard refuses connections past the cap; a request on an admitted one is always served
-            "limit_concurrency": None, "backlog": min(2048, 4 * bounds.max_connections)}
+    return {
+        "http": guarded_protocol(bounds, tls),
+        "timeout_keep_alive": web.keep_alive_s,
+        "ws_max_size": WS_MAX_MESSAGE_BYTES,
+        "ws_max_queue": WS_MAX_QUEUE,
+        # the guard refuses connections past the cap; a request on an admitted one is always served
+        "limit_concurrency": None,
+        "backlog": min(2048, 4 * bounds.max_connections),
+    }
 
 
 class _NoSignalServer(uvicorn.Server):
@@ -100,8 +109,9 @@ class UvicornServer:
     def __init__(self, app: Any, host: str, port: int, *, name: str = "web", **options: Any):
         self.name = name
         self.port = port
-        self.server = _NoSignalServer(uvicorn.Config(app, host=host, port=port, log_level="warning",
-                                                     access_log=False, **options))
+        self.server = _NoSignalServer(
+            uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, **options)
+        )
         self.task: asyncio.Task | None = None
 
     async def start(self, timeout_s: float = 10.0) -> None:
@@ -170,8 +180,10 @@ _warn = _Throttled()
 
 def _raw_response(status: int, reason: str, detail: str) -> bytes:
     body = json.dumps({"detail": detail}).encode()
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            f"connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        f"connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class _CloseLingers:
@@ -208,15 +220,15 @@ class _Guarded(HttpToolsProtocol):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._admitted_as: str | None = None   # the client key counted in per_client, until released
+        self._admitted_as: str | None = None  # the client key counted in per_client, until released
         self._refused = False
-        self._in_headers = True       # waiting for, or reading, a request line and headers
+        self._in_headers = True  # waiting for, or reading, a request line and headers
         self._header_bytes = 0
-        self._wire_bytes = 0          # bytes since the current request's headers ended
+        self._wire_bytes = 0  # bytes since the current request's headers ended
         self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
-        self._handshaking = False     # TLS: admitted, handshake under way (the TLS transport not made yet)
-        self._early = b""             # TLS: data that came between the handshake's end and connection_made
+        self._handshaking = False  # TLS: admitted, handshake under way (the TLS transport not made yet)
+        self._early = b""  # TLS: data that came between the handshake's end and connection_made
         self._tls_task: asyncio.Task | None = None
 
     # ---------------------------------------------------------------- connection
@@ -224,14 +236,14 @@ class _Guarded(HttpToolsProtocol):
         if self.TLS is not None and not is_ssl(transport):
             self._start_tls(transport)
             return
-        if self._handshaking:   # the TLS transport, on an admitted connection: its deadline runs since accept
+        if self._handshaking:  # the TLS transport, on an admitted connection: its deadline runs since accept
             self._handshaking = False
             super().connection_made(transport)
             early, self._early = self._early, b""
             if early:
                 self.data_received(early)
             return
-        super().connection_made(transport)   # counts it in the server's connections
+        super().connection_made(transport)  # counts it in the server's connections
         if self._admit(transport, answer=True):
             self._arm(self.BOUNDS.header_timeout_s, self._headers_late)
 
@@ -241,8 +253,13 @@ class _Guarded(HttpToolsProtocol):
         host = self._host()
         if len(self.connections) > b.max_connections or self.per_client[host] >= b.max_connections_per_client:
             self._refused = True
-            _warn.warn("connection_refused", "web: connection refused, too many open",
-                       client=host, open=len(self.connections), open_from_client=self.per_client[host])
+            _warn.warn(
+                "connection_refused",
+                "web: connection refused, too many open",
+                client=host,
+                open=len(self.connections),
+                open_from_client=self.per_client[host],
+            )
             if answer:
                 transport.write(_raw_response(503, "Service Unavailable", "too many open connections: try again later"))
             transport.close()
@@ -253,25 +270,26 @@ class _Guarded(HttpToolsProtocol):
 
     # ---------------------------------------------------------------- TLS inside the guard
     def _start_tls(self, transport: asyncio.Transport) -> None:
-        self.transport = transport   # the plain one, until the handshake ends
+        self.transport = transport  # the plain one, until the handshake ends
         self.client = get_remote_addr(transport)
         self.connections.add(self)
-        if not self._admit(transport, answer=False):   # a TLS client could not read a plain 503
+        if not self._admit(transport, answer=False):  # a TLS client could not read a plain 503
             self.connections.discard(self)
             return
         self._handshaking = True
         # one deadline from accept for handshake and headers; closing the plain transport ends the handshake
         self._arm(self.BOUNDS.header_timeout_s, self._headers_late)
-        self._tls_task = self.loop.create_task(self._handshake(transport))   # referenced until done
+        self._tls_task = self.loop.create_task(self._handshake(transport))  # referenced until done
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         try:
-            tls_transport = await self.loop.start_tls(transport, self, self.TLS, server_side=True,
-                                                      ssl_handshake_timeout=self.BOUNDS.header_timeout_s)
-        except Exception as e:   # no TLS client, a bad handshake, too slow
+            tls_transport = await self.loop.start_tls(
+                transport, self, self.TLS, server_side=True, ssl_handshake_timeout=self.BOUNDS.header_timeout_s
+            )
+        except Exception as e:  # no TLS client, a bad handshake, too slow
             self._handshake_failed(transport, str(e) or type(e).__name__)
             return
-        if tls_transport is None:   # closed during the handshake (asyncio then answers None, not an error)
+        if tls_transport is None:  # closed during the handshake (asyncio then answers None, not an error)
             self._handshake_failed(transport, "connection closed during the handshake")
             return
         self.connection_made(tls_transport)
@@ -285,7 +303,7 @@ class _Guarded(HttpToolsProtocol):
         transport.close()
 
     def shutdown(self) -> None:
-        if self._handshaking:   # the server stops: end the handshake (which releases the connection)
+        if self._handshaking:  # the server stops: end the handshake (which releases the connection)
             self.transport.close()
             return
         super().shutdown()
@@ -335,8 +353,9 @@ class _Guarded(HttpToolsProtocol):
         return True
 
     def _headers_late(self) -> None:
-        if not self._deadline_passed("header_timeout", "web: request headers too slow, connection closed",
-                                     self.BOUNDS.header_timeout_s):
+        if not self._deadline_passed(
+            "header_timeout", "web: request headers too slow, connection closed", self.BOUNDS.header_timeout_s
+        ):
             return
         if self._idle() and self._header_bytes:
             detail = f"request headers not complete within {self.BOUNDS.header_timeout_s:g} s"
@@ -346,8 +365,9 @@ class _Guarded(HttpToolsProtocol):
             self.transport.close()
 
     def _body_late(self) -> None:
-        if not self._deadline_passed("body_timeout", "web: request body too slow, connection closed",
-                                     self.BOUNDS.body_timeout_s):
+        if not self._deadline_passed(
+            "body_timeout", "web: request body too slow, connection closed", self.BOUNDS.body_timeout_s
+        ):
             return
         # the app may be answering this request: no raw answer, the app sees a disconnect
         self.transport.close()
@@ -359,7 +379,7 @@ class _Guarded(HttpToolsProtocol):
         the kernel send a reset, which can destroy the answer before the client reads it."""
         if self._lingering or self.transport.is_closing():
             return
-        if not self.transport.can_write_eof():   # TLS: no half-close
+        if not self.transport.can_write_eof():  # TLS: no half-close
             self.transport.close()
             return
         self._lingering = True
@@ -379,7 +399,7 @@ class _Guarded(HttpToolsProtocol):
         self._wire_bytes = 0
         self._arm(self.BOUNDS.body_timeout_s, self._body_late)
         real = self.transport
-        self.transport = _CloseLingers(real, self)   # what the request's cycle closes when it answers
+        self.transport = _CloseLingers(real, self)  # what the request's cycle closes when it answers
         try:
             super().on_headers_complete()
         finally:
@@ -389,21 +409,21 @@ class _Guarded(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused or self.parser is None:
             return
-        if self._handshaking:   # TLS up, our connection_made for it not yet run: keep it for then (bounded)
+        if self._handshaking:  # TLS up, our connection_made for it not yet run: keep it for then (bounded)
             self._early += data
             if len(self._early) > self.BOUNDS.max_header_bytes:
                 self.transport.close()
             return
-        if self._lingering:   # answered and closing: drop the rest (for LINGER_S at most)
+        if self._lingering:  # answered and closing: drop the rest (for LINGER_S at most)
             return
         self._unset_keepalive_if_required()
         view = memoryview(data)
         while view:
             in_headers = self._in_headers
-            if in_headers:   # fed in slices, so that the count stops a long header within SLICE_BYTES
+            if in_headers:  # fed in slices, so that the count stops a long header within SLICE_BYTES
                 piece, view = view[:SLICE_BYTES], view[SLICE_BYTES:]
             else:
-                piece, view = view, view[len(view):]
+                piece, view = view, view[len(view) :]
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade:
@@ -419,20 +439,26 @@ class _Guarded(HttpToolsProtocol):
             if in_headers and self._in_headers:
                 self._header_bytes += len(piece)
                 if self._header_bytes > self.BOUNDS.max_header_bytes:
-                    self._refuse(431, "Request Header Fields Too Large",
-                                 f"request line and headers larger than {self.BOUNDS.max_header_bytes} bytes")
+                    self._refuse(
+                        431,
+                        "Request Header Fields Too Large",
+                        f"request line and headers larger than {self.BOUNDS.max_header_bytes} bytes",
+                    )
                     return
             elif not in_headers:
                 self._wire_bytes += len(piece)
                 if self._wire_bytes > self.BOUNDS.max_wire_bytes:
-                    _warn.warn("body_flood", "web: request body far over the limit, connection closed",
-                               client=self._host(), bytes=self._wire_bytes)
+                    _warn.warn(
+                        "body_flood",
+                        "web: request body far over the limit, connection closed",
+                        client=self._host(),
+                        bytes=self._wire_bytes,
+                    )
                     self.transport.close()
                     return
 
     def _refuse(self, status: int, reason: str, detail: str) -> None:
-        _warn.warn(f"refused_{status}", f"web: request refused ({status})", client=self._host(),
-                   detail=detail)
+        _warn.warn(f"refused_{status}", f"web: request refused ({status})", client=self._host(), detail=detail)
         self._disarm()
         if self._idle() and not self.transport.is_closing():
             self.transport.write(_raw_response(status, reason, detail))

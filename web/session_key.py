@@ -44,8 +44,9 @@ def _read(path: Path) -> bytes | None:
     except ValueError:
         key = b""
     if len(key) != KEY_BYTES:
-        log.warning("session key file does not hold a key: making a new one (dashboard sessions end)",
-                    extra={"path": str(path)})
+        log.warning(
+            "session key file does not hold a key: making a new one (dashboard sessions end)", extra={"path": str(path)}
+        )
         return None
     return key
 
@@ -53,9 +54,9 @@ def _read(path: Path) -> bytes | None:
 def _create(path: Path) -> bytes:
     key = secrets.token_bytes(KEY_BYTES)
     tmp = path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)   # 0600 from the start, never wider
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # 0600 from the start, never wider
     try:
-        os.fchmod(fd, 0o600)   # an existing tmp file kept its old mode through O_CREAT
+        os.fchmod(fd, 0o600)  # an existing tmp file kept its old mode through O_CREAT
         os.write(fd, key.hex().encode() + b"\n")
         os.fsync(fd)
     finally:

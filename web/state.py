@@ -32,11 +32,11 @@ class WebState:
     backend: Backend
     keys: ApiKeys
     lockout: Lockout
-    sessions: Signer          # the dashboard's session cookie
-    ws_tokens: Signer         # the short-lived /ws tokens
+    sessions: Signer  # the dashboard's session cookie
+    ws_tokens: Signer  # the short-lived /ws tokens
     templates: Jinja2Templates
-    asset_version: str        # in the pages' asset URLs, so a browser fetches changed files
-    metrics: Any = None       # web.app's HTTP metrics (request durations, websocket clients), or None
+    asset_version: str  # in the pages' asset URLs, so a browser fetches changed files
+    metrics: Any = None  # web.app's HTTP metrics (request durations, websocket clients), or None
     open_metrics: bool = False
     open_docs: bool = False
     session_ttl_s: float = 12 * 3600
@@ -70,8 +70,11 @@ class WebState:
         retry = self.lockout.retry_after_s(ip)
         if retry > 0:
             wait_s = math.ceil(retry)
-            raise HTTPException(429, f"too many failed authentication attempts from {ip}: try again in {wait_s} s",
-                                headers={"Retry-After": str(wait_s)})
+            raise HTTPException(
+                429,
+                f"too many failed authentication attempts from {ip}: try again in {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+            )
 
     # ---------------------------------------------------------------- audited writes
     async def audit(self, who: str, action: str, details: dict[str, Any]) -> None:
@@ -80,8 +83,14 @@ class WebState:
         except Exception:  # the action itself is done: answer it, but say loudly that the audit row is missing
             log.exception("audit write failed", extra={"who": who, "action": action})
 
-    async def mutate(self, who: str, action: str, details: dict[str, Any], call: Awaitable[dict[str, Any]],
-                     not_found_ok: bool = False) -> dict[str, Any]:
+    async def mutate(
+        self,
+        who: str,
+        action: str,
+        details: dict[str, Any],
+        call: Awaitable[dict[str, Any]],
+        not_found_ok: bool = False,
+    ) -> dict[str, Any]:
         """Run a mutating backend call, audit its outcome (refusals too), turn its typed errors into HTTP."""
         try:
             result = await call

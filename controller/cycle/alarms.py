@@ -22,11 +22,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("bess.cycle")
 
 # kinds of alarm
-COMM = "comm"                # a device without fresh readings
-INVALID = "invalid"          # a device sent an implausible reading (detail: the point)
-REPORTED = "reported"        # a device's own alarm or fault word (detail: the bit's name)
-READBACK = "readback"        # the PCS read back another setpoint than was written (latched: cleared by a good write)
-INFEASIBLE = "infeasible"    # the schedule cannot be delivered within the limits (latched: cleared by no one yet)
+COMM = "comm"  # a device without fresh readings
+INVALID = "invalid"  # a device sent an implausible reading (detail: the point)
+REPORTED = "reported"  # a device's own alarm or fault word (detail: the bit's name)
+READBACK = "readback"  # the PCS read back another setpoint than was written (latched: cleared by a good write)
+INFEASIBLE = "infeasible"  # the schedule cannot be delivered within the limits (latched: cleared by no one yet)
 CYCLE_ERROR = "cycle_error"  # a control cycle raised (cleared by the next one that completes)
 
 _READBACK_PREFIX = "pcs_readback"
@@ -63,7 +63,7 @@ class AlarmKey:
         if (head, tail) in (("controller", CYCLE_ERROR), ("schedule", INFEASIBLE)):
             return cls(head, tail)
         if tail.startswith(_INVALID_PREFIX):
-            return cls(head, INVALID, tail[len(_INVALID_PREFIX):])
+            return cls(head, INVALID, tail[len(_INVALID_PREFIX) :])
         return cls(head, REPORTED, tail)
 
     @property
@@ -93,8 +93,13 @@ class Alarm:
 
     def as_dict(self) -> dict[str, Any]:
         """The shape the API and the tests have always seen."""
-        return {"key": str(self.key), "device": self.key.device, "cause": self.cause, "message": self.message,
-                "since": self.since}
+        return {
+            "key": str(self.key),
+            "device": self.key.device,
+            "cause": self.cause,
+            "message": self.message,
+            "since": self.since,
+        }
 
 
 class Alarms:
@@ -126,8 +131,9 @@ class Alarms:
             now = self.clock.now()
             self._active[key] = Alarm(key, cause, message, iso(now))
             self.store.raise_alarm(str(key), key.device, cause, message, now)
-            log.warning("alarm raised", extra={"alarm": str(key), "device": key.device, "cause": cause,
-                                               "detail": message})
+            log.warning(
+                "alarm raised", extra={"alarm": str(key), "device": key.device, "cause": cause, "detail": message}
+            )
 
     def clear(self, key: AlarmKey) -> None:
         if self._active.pop(key, None) is not None:
@@ -149,19 +155,20 @@ def wanted(snap: "Snapshot") -> dict[AlarmKey, tuple[str, str]]:
     for h in snap.devices:
         if h.stale:
             cause = h.cause or "stale"
-            want[comm_key(h.name)] = (cause, f"{h.name}: {cause.replace('_', ' ')}, no fresh readings"
-                                         + (f" ({h.error})" if h.error else ""))
+            want[comm_key(h.name)] = (
+                cause,
+                f"{h.name}: {cause.replace('_', ' ')}, no fresh readings" + (f" ({h.error})" if h.error else ""),
+            )
     for what, words in (("alarm", snap.alarms), ("fault", snap.faults)):
         for word in words:
             key = AlarmKey.parse(word)
             name = word.partition(":")[2]
             want[key] = (name, f"{key.device} reports {what} {name}")
-    for bad in snap.invalid:   # an implausible reading: named with its point and raw value
+    for bad in snap.invalid:  # an implausible reading: named with its point and raw value
         want[AlarmKey.parse(bad.key)] = ("invalid_reading", bad.message)
     return want
 
 
 def reported_by(words: Iterable[str], device: str, ignore_suffix: str | None = None) -> bool:
     """Whether any of a snapshot's alarm/fault words comes from `device` (ignoring words ending in the suffix)."""
-    return any(AlarmKey.parse(w).device == device and not (ignore_suffix and w.endswith(ignore_suffix))
-               for w in words)
+    return any(AlarmKey.parse(w).device == device and not (ignore_suffix and w.endswith(ignore_suffix)) for w in words)

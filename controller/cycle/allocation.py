@@ -15,8 +15,17 @@ from controller.cycle.limits import BINDINGS, SAFE_STATES, Decision, limit
 from controller.cycle.poi import PoiRange
 from controller.cycle.snapshot import Snapshot
 
-__all__ = ["SITE_BINDINGS", "UNIT_UNAVAILABLE", "POI_LIMIT", "UnitView", "PlantView", "UnitShare", "Allocation",
-           "allocate", "unit_limits"]
+__all__ = [
+    "SITE_BINDINGS",
+    "UNIT_UNAVAILABLE",
+    "POI_LIMIT",
+    "UnitView",
+    "PlantView",
+    "UnitShare",
+    "Allocation",
+    "allocate",
+    "unit_limits",
+]
 
 UNIT_UNAVAILABLE = "unit_unavailable"
 POI_LIMIT = "poi_limit"
@@ -24,9 +33,10 @@ SITE_BINDINGS = (*BINDINGS, UNIT_UNAVAILABLE, POI_LIMIT)
 
 # Plant bindings that come from the units' values summed or picked over the units in service: with a unit lost,
 # its share was missing from them, so the site binding says so (unit_unavailable) rather than naming the sum.
-_FROM_UNITS = frozenset({"bms_allowed_charge", "bms_allowed_discharge", "soc_min", "soc_max", "soc_taper",
-                         "temperature"})
-BALANCE_GAIN = 2.0          # share factor per 100 % SoC above the plant's mean (10 % fuller -> x1.2 discharging)
+_FROM_UNITS = frozenset(
+    {"bms_allowed_charge", "bms_allowed_discharge", "soc_min", "soc_max", "soc_taper", "temperature"}
+)
+BALANCE_GAIN = 2.0  # share factor per 100 % SoC above the plant's mean (10 % fuller -> x1.2 discharging)
 FACTOR_MIN, FACTOR_MAX = 0.1, 1.9  # the correction stays a correction: every unit keeps some of its proportion
 
 
@@ -35,8 +45,8 @@ class UnitView:
     """One unit as the cycle saw it: its own process image and limits, its size, last cycle's setpoint."""
 
     name: str
-    snapshot: Snapshot      # the unit's BMS and PCS values; its stale/comm_loss/alarms/faults are the unit's own
-    limits: Limits          # the unit's own (see unit_limits()); rating, BMS, SoC, temperature, ramp
+    snapshot: Snapshot  # the unit's BMS and PCS values; its stale/comm_loss/alarms/faults are the unit's own
+    limits: Limits  # the unit's own (see unit_limits()); rating, BMS, SoC, temperature, ramp
     rated_mw: float
     capacity_mwh: float
     previous_mw: float = 0.0
@@ -51,9 +61,9 @@ class PlantView:
     ts: float = 0.0
     mode: str = "auto"
     dt_s: float = 0.0
-    max_dt_s: float | None = None   # passed to limit(): a stalled loop earns no ramp
-    alarms: tuple[str, ...] = ()    # plant-level causes for the safe state (e.g. the cycle's own failure)
-    poi: PoiRange | None = None     # from poi_range(); None: no meter, the grid limit applies open loop
+    max_dt_s: float | None = None  # passed to limit(): a stalled loop earns no ramp
+    alarms: tuple[str, ...] = ()  # plant-level causes for the safe state (e.g. the cycle's own failure)
+    poi: PoiRange | None = None  # from poi_range(); None: no meter, the grid limit applies open loop
     balance_gain: float = BALANCE_GAIN
 
 
@@ -95,9 +105,14 @@ def unit_limits(plant: Limits, rated_mw: float, total_rated_mw: float) -> Limits
     rating's part of the plant ramp (so the units together ramp as the plant does); SoC and temperature
     limits are the plant's."""
     share = rated_mw / total_rated_mw if total_rated_mw > 0 else 1.0
-    return plant.model_copy(update={"p_charge_max_mw": min(plant.p_charge_max_mw, rated_mw),
-                                    "p_discharge_max_mw": min(plant.p_discharge_max_mw, rated_mw),
-                                    "grid_limit_mw": rated_mw, "ramp_mw_per_s": plant.ramp_mw_per_s * share})
+    return plant.model_copy(
+        update={
+            "p_charge_max_mw": min(plant.p_charge_max_mw, rated_mw),
+            "p_discharge_max_mw": min(plant.p_discharge_max_mw, rated_mw),
+            "grid_limit_mw": rated_mw,
+            "ramp_mw_per_s": plant.ramp_mw_per_s * share,
+        }
+    )
 
 
 def _known(value: float | None) -> float | None:
@@ -131,12 +146,17 @@ def _plant_totals(plant: PlantView, live: Sequence[UnitView], direction: float, 
     t_min = [v for v in (_known(u.snapshot.temperature_min_c) for u in live) if v is not None]
     power = [v for v in (_known(u.snapshot.power_mw) for u in live) if v is not None]
     soc = (max(socs) if direction >= 0 else min(socs)) if socs else None
-    return Snapshot(ts=plant.ts, soc_pct=soc, power_mw=sum(power) if power else None,
-                    temperature_max_c=min(t_max) if t_max else None,
-                    temperature_min_c=max(t_min) if t_min else None,
-                    bms_allowed_charge_mw=_sum_known([u.snapshot.bms_allowed_charge_mw for u in live]),
-                    bms_allowed_discharge_mw=_sum_known([u.snapshot.bms_allowed_discharge_mw for u in live]),
-                    alarms=plant.alarms, comm_loss=("poi_meter",) if poi_safe else ())
+    return Snapshot(
+        ts=plant.ts,
+        soc_pct=soc,
+        power_mw=sum(power) if power else None,
+        temperature_max_c=min(t_max) if t_max else None,
+        temperature_min_c=max(t_min) if t_min else None,
+        bms_allowed_charge_mw=_sum_known([u.snapshot.bms_allowed_charge_mw for u in live]),
+        bms_allowed_discharge_mw=_sum_known([u.snapshot.bms_allowed_discharge_mw for u in live]),
+        alarms=plant.alarms,
+        comm_loss=("poi_meter",) if poi_safe else (),
+    )
 
 
 def _poi_bounds(poi: PoiRange | None) -> tuple[float, float]:
@@ -155,8 +175,9 @@ def _plant_limits(limits: Limits, poi: PoiRange | None, poi_lower: float, poi_up
     maximum powers."""
     if poi is None:
         return limits
-    return limits.model_copy(update={"grid_limit_mw": max(limits.p_charge_max_mw, limits.p_discharge_max_mw,
-                                                          poi_upper, -poi_lower)})
+    return limits.model_copy(
+        update={"grid_limit_mw": max(limits.p_charge_max_mw, limits.p_discharge_max_mw, poi_upper, -poi_lower)}
+    )
 
 
 def _balance_factors(units: Sequence[UnitView], direction: float, gain: float) -> list[float]:
@@ -169,8 +190,10 @@ def _balance_factors(units: Sequence[UnitView], direction: float, gain: float) -
     if not known or not math.isfinite(gain) or gain <= 0:  # a negative gain would push SoCs apart: none at all
         return [1.0] * len(units)
     mean = sum(s * w for s, w in known) / total if total > 0 else sum(s for s, _ in known) / len(known)
-    return [1.0 if s is None else min(max(1.0 + direction * gain * (s - mean) / 100.0, FACTOR_MIN), FACTOR_MAX)
-            for s in socs]
+    return [
+        1.0 if s is None else min(max(1.0 + direction * gain * (s - mean) / 100.0, FACTOR_MIN), FACTOR_MAX)
+        for s in socs
+    ]
 
 
 def _water_fill(amount: float, caps: list[float], weights: list[float]) -> tuple[list[float], list[float]]:
@@ -180,8 +203,9 @@ def _water_fill(amount: float, caps: list[float], weights: list[float]) -> tuple
     (shares, asks): what each takes and what it was asked for (ask > share: it is at its limit)."""
     n = len(caps)
     shares, asks = [0.0] * n, [0.0] * n
-    order = sorted((i for i in range(n) if caps[i] > 0),
-                   key=lambda i: caps[i] / weights[i] if weights[i] > 0 else math.inf)
+    order = sorted(
+        (i for i in range(n) if caps[i] > 0), key=lambda i: caps[i] / weights[i] if weights[i] > 0 else math.inf
+    )
     remaining = amount
     wsum = sum(weights[i] for i in order)
     for k, i in enumerate(order):
@@ -207,8 +231,18 @@ def _split(plant_mw: float, plant: PlantView, live: Sequence[UnitView]) -> list[
         return [(limit(0.0, u.snapshot, u.limits, u.previous_mw, dt, mode, max_dt), False) for u in live]
     sign = 1.0 if plant_mw > 0 else -1.0
     # aimed at the unit's configured maximum that way: every other bound is at most that, so the aim reaches them
-    reach = [limit(sign * (u.limits.p_discharge_max_mw if sign > 0 else u.limits.p_charge_max_mw), u.snapshot,
-                   u.limits, u.previous_mw, dt, mode, max_dt) for u in live]
+    reach = [
+        limit(
+            sign * (u.limits.p_discharge_max_mw if sign > 0 else u.limits.p_charge_max_mw),
+            u.snapshot,
+            u.limits,
+            u.previous_mw,
+            dt,
+            mode,
+            max_dt,
+        )
+        for u in live
+    ]
     caps = [max(sign * d.setpoint_mw, 0.0) for d in reach]
     headroom = [max(d.upper_mw if sign > 0 else -d.lower_mw, 0.0) for d in reach]
     factors = _balance_factors(live, sign, plant.balance_gain)
@@ -243,8 +277,9 @@ def _no_excess(setpoints: list[float], plant_mw: float) -> list[float]:
     return out
 
 
-def _all_out(target: float, plant: PlantView, units: Sequence[UnitView], binding: str | None,
-             reasons: tuple[str, ...]) -> Allocation:
+def _all_out(
+    target: float, plant: PlantView, units: Sequence[UnitView], binding: str | None, reasons: tuple[str, ...]
+) -> Allocation:
     """The plant's safe state: every unit at 0 MW at once. `binding` None: every unit is out of service, and
     the plant says unit_unavailable (one unit: that unit's own cause, as a one-unit plant always has)."""
     shares = []
@@ -272,8 +307,15 @@ def _shortest(plant_mw: float, live: Sequence[UnitView], split: Sequence[tuple[D
     return best
 
 
-def _site_binding(plant_d: Decision, plant_mw: float, total: float, poi_bound: bool, lost: Sequence[UnitShare],
-                  live: Sequence[UnitView], split: Sequence[tuple[Decision, bool]]) -> tuple[str, tuple[str, ...]]:
+def _site_binding(
+    plant_d: Decision,
+    plant_mw: float,
+    total: float,
+    poi_bound: bool,
+    lost: Sequence[UnitShare],
+    live: Sequence[UnitView],
+    split: Sequence[tuple[Decision, bool]],
+) -> tuple[str, tuple[str, ...]]:
     """The limit that determined the site setpoint, the last narrowing first: the units falling short of the
     plant setpoint (unit_unavailable when a unit is out, else the limit of the unit furthest short), the POI
     range, the site limits."""
@@ -318,9 +360,15 @@ def allocate(target_mw: float, plant: PlantView, units: Sequence[UnitView]) -> A
     poi_lower, poi_upper = _poi_bounds(plant.poi)
     direction = 1.0 if target > 0 else -1.0 if target < 0 else 0.0
     previous = sum(_known(u.previous_mw) or 0.0 for u in units)  # the plant's last setpoint, for its ramp
-    plant_d = limit(target, _plant_totals(plant, live, direction, poi_safe),
-                    _plant_limits(plant.limits, plant.poi, poi_lower, poi_upper), previous, plant.dt_s, plant.mode,
-                    plant.max_dt_s)
+    plant_d = limit(
+        target,
+        _plant_totals(plant, live, direction, poi_safe),
+        _plant_limits(plant.limits, plant.poi, poi_lower, poi_upper),
+        previous,
+        plant.dt_s,
+        plant.mode,
+        plant.max_dt_s,
+    )
     if plant_d.binding in SAFE_STATES:
         return _all_out(target, plant, units, plant_d.binding, plant_d.reasons + notes)
     if not live:
@@ -341,9 +389,23 @@ def allocate(target_mw: float, plant: PlantView, units: Sequence[UnitView]) -> A
     total = sum(s.setpoint_mw for s in shares) + 0.0
     lost = [s for s in shares if not s.available]
     binding, why = _site_binding(plant_d, plant_mw, total, poi_bound, lost, live, split)
-    poi_note = (f"POI range [{poi_lower:g}, {poi_upper:g}] MW: {plant_d.setpoint_mw:g} -> {plant_mw:g} MW"
-                + (f" ({plant.poi.reason})" if plant.poi is not None else ""),) if poi_bound else ()
+    poi_note = (
+        (
+            f"POI range [{poi_lower:g}, {poi_upper:g}] MW: {plant_d.setpoint_mw:g} -> {plant_mw:g} MW"
+            + (f" ({plant.poi.reason})" if plant.poi is not None else ""),
+        )
+        if poi_bound
+        else ()
+    )
     lower = max(plant_d.lower_mw, poi_lower, sum(s.lower_mw for s in shares if s.available))
     upper = min(plant_d.upper_mw, poi_upper, sum(s.upper_mw for s in shares if s.available))
-    return Allocation(target, total, binding, why + poi_note + plant_d.reasons + notes, lower + 0.0, upper + 0.0,
-                      plant_mw, tuple(shares))
+    return Allocation(
+        target,
+        total,
+        binding,
+        why + poi_note + plant_d.reasons + notes,
+        lower + 0.0,
+        upper + 0.0,
+        plant_mw,
+        tuple(shares),
+    )

@@ -38,8 +38,15 @@ class Delivery:
                 short = due - mwh if position > 0 else mwh - due
                 if short > 0.01 * abs(due):
                     self.store.record_shortfall(start, position, mwh, short)
-                    log.warning("delivery shortfall", extra={"period": iso(start), "position_mw": position,
-                                                            "delivered_mwh": mwh, "shortfall_mwh": short})
+                    log.warning(
+                        "delivery shortfall",
+                        extra={
+                            "period": iso(start),
+                            "position_mw": position,
+                            "delivered_mwh": mwh,
+                            "shortfall_mwh": short,
+                        },
+                    )
             self._period_energy = (p, 0.0)
             start, mwh = self._period_energy
         if snap.power_mw is not None and dt > 0:

@@ -30,25 +30,57 @@ ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 
 
-def make_driver(name: str, dev: Device, profile: Profile, clock: Clock, rating_mw: float | None = None,
-                pool: ModbusPool | None = None) -> DeviceDriver:
+def make_driver(
+    name: str,
+    dev: Device,
+    profile: Profile,
+    clock: Clock,
+    rating_mw: float | None = None,
+    pool: ModbusPool | None = None,
+) -> DeviceDriver:
     """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible. Modbus
     devices given a `pool` share one connection per host:port (a gateway)."""
     if dev.protocol == "modbus":
         from drivers.modbus import ModbusDriver
 
-        return ModbusDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
-                            clock=clock, rating_mw=rating_mw, pool=pool)
+        return ModbusDriver(
+            name,
+            profile,
+            dev.host,
+            dev.port,
+            unit_id=dev.unit_id,
+            timeout_s=dev.timeout_s,
+            clock=clock,
+            rating_mw=rating_mw,
+            pool=pool,
+        )
     if dev.protocol == "sunspec":
         from drivers.sunspec import SunSpecDriver
 
-        return SunSpecDriver(name, profile, dev.host, dev.port, unit_id=dev.unit_id, timeout_s=dev.timeout_s,
-                             clock=clock, rating_mw=rating_mw, pool=pool)
+        return SunSpecDriver(
+            name,
+            profile,
+            dev.host,
+            dev.port,
+            unit_id=dev.unit_id,
+            timeout_s=dev.timeout_s,
+            clock=clock,
+            rating_mw=rating_mw,
+            pool=pool,
+        )
     if dev.protocol == "opcua":
         from drivers.opcua import OpcUaDriver
 
-        return OpcUaDriver(name, profile, dev.endpoint, timeout_s=dev.timeout_s, clock=clock, subscribe=dev.subscribe,
-                           publishing_interval_s=profile.publishing_interval_s, rating_mw=rating_mw)
+        return OpcUaDriver(
+            name,
+            profile,
+            dev.endpoint,
+            timeout_s=dev.timeout_s,
+            clock=clock,
+            subscribe=dev.subscribe,
+            publishing_interval_s=profile.publishing_interval_s,
+            rating_mw=rating_mw,
+        )
     raise ValueError(f"device {name}: unknown protocol {dev.protocol!r}")
 
 
@@ -100,14 +132,13 @@ class DeviceLink:
 
     def health(self, now: float, stale_after_s: float) -> DeviceHealth:
         window = max(PERIODS_STALE * self.config.poll_interval_s, stale_after_s)
-        stale = (
-            self.last_good_ts is None
-            or self.failures >= FAILED_READS_STALE
-            or now - self.last_good_ts > window
-        )
+        stale = self.last_good_ts is None or self.failures >= FAILED_READS_STALE or now - self.last_good_ts > window
         return DeviceHealth(
-            name=self.name, ok=self.failures == 0 and self.last_good_ts is not None, stale=stale,
-            last_good_ts=self.last_good_ts, failures=self.failures,
+            name=self.name,
+            ok=self.failures == 0 and self.last_good_ts is not None,
+            stale=stale,
+            last_good_ts=self.last_good_ts,
+            failures=self.failures,
             cause=self.last_error.cause if self.last_error else ("never_read" if self.last_good_ts is None else None),
             error=str(self.last_error) if self.last_error else None,
         )
@@ -117,7 +148,7 @@ class DeviceLink:
         if r is None or r.value is None or isinstance(r.value, str):
             return None
         v = float(r.value)
-        return v if math.isfinite(v) else None   # a driver that let NaN through still gives unknown
+        return v if math.isfinite(v) else None  # a driver that let NaN through still gives unknown
 
     def bit_names(self, point: str) -> list[str]:
         """Names of the set bits of a bit-field point (`alarm_bits`), from the profile; none when the word
@@ -131,8 +162,11 @@ class DeviceLink:
 
     def invalid(self) -> list[InvalidReading]:
         """The readings of the last poll the driver could not trust."""
-        return [InvalidReading(self.name, n, r.raw or "?", r.invalid) for n, r in self.readings.items()
-                if r.invalid is not None]
+        return [
+            InvalidReading(self.name, n, r.raw or "?", r.invalid)
+            for n, r in self.readings.items()
+            if r.invalid is not None
+        ]
 
     def undecodable_words(self) -> list[InvalidReading]:
         """Alarm/fault words of the profile that the last poll did not bring as a whole number >= 0: an
@@ -145,8 +179,14 @@ class DeviceLink:
             if r is not None and r.invalid is not None:
                 out.append(InvalidReading(self.name, point, r.raw or "?", r.invalid))
             elif r is None or _word(r.value) is None:
-                out.append(InvalidReading(self.name, point, "missing" if r is None else repr(r.value)[:80],
-                                          "not an alarm word (a whole number >= 0)"))
+                out.append(
+                    InvalidReading(
+                        self.name,
+                        point,
+                        "missing" if r is None else repr(r.value)[:80],
+                        "not an alarm word (a whole number >= 0)",
+                    )
+                )
         return out
 
 
@@ -164,26 +204,31 @@ class DeviceSet:
     """All device links of the site; builds the frozen snapshot of a cycle."""
 
     def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, DeviceDriver] | None = None):
-        if len(config.unit_plan()) > 1:   # the one guard until the cycle dispatches per unit (issue 13)
-            raise ConfigError("devices", ["units: multi-unit plants: not yet supported by the cycle "
-                                          "(check-config accepts the file; bess-edge simulate serves it)"])
+        if len(config.unit_plan()) > 1:  # the one guard until the cycle dispatches per unit (issue 13)
+            raise ConfigError(
+                "devices",
+                [
+                    "units: multi-unit plants: not yet supported by the cycle "
+                    "(check-config accepts the file; bess-edge simulate serves it)"
+                ],
+            )
         self.config = config
         self.clock = clock
         self.links: dict[str, DeviceLink] = {}
         # the site's largest power limit stands for the plant's rating (a profile may state its own)
         rating_mw = max(config.limits.p_charge_max_mw, config.limits.p_discharge_max_mw)
-        self.pool = ModbusPool()   # devices behind one gateway share its connection
+        self.pool = ModbusPool()  # devices behind one gateway share its connection
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
             driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw, self.pool)
             self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
-        self.bms = next(l for l in self.links.values() if l.role == "bms")
-        self.pcs = next(l for l in self.links.values() if l.role == "pcs")
+        self.bms = next(link for link in self.links.values() if link.role == "bms")
+        self.pcs = next(link for link in self.links.values() if link.role == "pcs")
 
     async def poll(self, now: float, force: bool = False) -> None:
-        due = [l for l in self.links.values() if force or l.due(now)]
+        due = [link for link in self.links.values() if force or link.due(now)]
         if due:
-            await asyncio.gather(*(l.poll(now) for l in due))
+            await asyncio.gather(*(link.poll(now) for link in due))
 
     async def close(self) -> None:
         for link in self.links.values():
@@ -194,16 +239,17 @@ class DeviceSet:
 
     def all_fresh_since(self, ts: float) -> bool:
         """True when every device has had a good read at or after `ts` (start-up gate)."""
-        return all(l.last_good_ts is not None and l.last_good_ts >= ts for l in self.links.values())
+        return all(link.last_good_ts is not None and link.last_good_ts >= ts for link in self.links.values())
 
     def snapshot(self, now: float) -> Snapshot:
         stale_after = self.config.limits.stale_after_s
-        healths = tuple(l.health(now, stale_after) for l in self.links.values())
+        healths = tuple(link.health(now, stale_after) for link in self.links.values())
         by_name = {h.name: h for h in healths}
         stale = tuple(h.name for h in healths if h.stale)
         comm_loss = tuple(
-            h.name for h, l in zip(healths, self.links.values())
-            if isinstance(l.last_error, (Disconnected, DeviceTimeout)) and h.stale
+            h.name
+            for h, link in zip(healths, self.links.values())
+            if isinstance(link.last_error, (Disconnected, DeviceTimeout)) and h.stale
         )
 
         def v(link: DeviceLink, point: str) -> float | None:
@@ -219,7 +265,7 @@ class DeviceSet:
             alarms += [f"{link.name}:{n}" for n in link.bit_names("alarm_bits")]
             faults += [f"{link.name}:{n}" for n in link.bit_names("fault_bits")]
             for bad in link.undecodable_words():
-                alarms.append(bad.key)   # the key of its detailed alarm too (see InvalidReading.key)
+                alarms.append(bad.key)  # the key of its detailed alarm too (see InvalidReading.key)
                 invalid[bad.key] = bad
         points = {}
         for link in self.links.values():

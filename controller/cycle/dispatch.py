@@ -57,11 +57,15 @@ class Dispatcher:
         """Count the heartbeat up on every device that has one (a watchdog for the BMS/PCS side); devices
         that are failing right now (`skip`) are left alone until they answer reads again."""
         self._heartbeat = (self._heartbeat + 1) % 65536
-        links = [link for link in (self.pcs, self.bms)
-                 if link is not None and link.name not in skip and self._has(link, "heartbeat")]
+        links = [
+            link
+            for link in (self.pcs, self.bms)
+            if link is not None and link.name not in skip and self._has(link, "heartbeat")
+        ]
         # each device has its own connection: writing both at once takes one round trip off every cycle
-        results = await asyncio.gather(*(link.driver.write("heartbeat", self._heartbeat, verify=False)
-                                         for link in links), return_exceptions=True)
+        results = await asyncio.gather(
+            *(link.driver.write("heartbeat", self._heartbeat, verify=False) for link in links), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         for extra in errors[1:]:  # the caller logs the first; the others would be lost
             log.warning("heartbeat write failed", extra={"device": getattr(extra, "device", None), "error": str(extra)})

@@ -24,8 +24,15 @@ BOUNDARY_LAG_S = 0.002  # the period-boundary wake-up fires this long (real s) a
 class Jobs:
     """Started and stopped with the controller; `stats` is its CycleStats (boundary wake-ups, missed jobs)."""
 
-    def __init__(self, clock: "Clock", store: "Store", schedule: "Schedule", stats, wake: Callable[[], None],
-                 retention_days: float):
+    def __init__(
+        self,
+        clock: "Clock",
+        store: "Store",
+        schedule: "Schedule",
+        stats,
+        wake: Callable[[], None],
+        retention_days: float,
+    ):
         self.clock = clock
         self.store = store
         self.schedule = schedule
@@ -60,8 +67,16 @@ class Jobs:
         # a hair after the boundary, so that the cycle it wakes reads clock.now() >= boundary
         delay_s = self.clock.real_seconds(boundary - now) + BOUNDARY_LAG_S
         run_at = datetime.now(timezone.utc) + timedelta(seconds=delay_s)
-        self.scheduler.add_job(self.boundary_job, "date", run_date=run_at, id="period_boundary",
-                                replace_existing=True, max_instances=1, misfire_grace_time=5, coalesce=True)
+        self.scheduler.add_job(
+            self.boundary_job,
+            "date",
+            run_date=run_at,
+            id="period_boundary",
+            replace_existing=True,
+            max_instances=1,
+            misfire_grace_time=5,
+            coalesce=True,
+        )
 
     def start(self) -> None:
         """APScheduler fires at every period boundary so the new period's target applies at once, picks up
@@ -106,7 +121,8 @@ class Jobs:
     async def housekeeping(self) -> None:
         """Flush and prune in a worker thread: the store is thread-safe and prunes in chunks, and the loop
         keeps cycling meanwhile."""
-        deleted = await asyncio.to_thread(self.store.prune, self.clock.now(),
-                                          self.retention_days)  # prune flushes first
+        deleted = await asyncio.to_thread(
+            self.store.prune, self.clock.now(), self.retention_days
+        )  # prune flushes first
         if any(deleted.values()):
             log.info("retention pruned rows", extra={"deleted": deleted})

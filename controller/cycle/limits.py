@@ -13,9 +13,23 @@ from controller.config import Limits
 from controller.cycle.mode import MODES
 from controller.cycle.snapshot import Snapshot
 
-BINDINGS = ("none", "p_charge_max", "p_discharge_max", "bms_allowed_charge", "bms_allowed_discharge", "soc_min",
-            "soc_max", "soc_taper", "temperature", "ramp", "grid_limit", "stale", "alarm", "comm_loss",
-            "mode_stopped")
+BINDINGS = (
+    "none",
+    "p_charge_max",
+    "p_discharge_max",
+    "bms_allowed_charge",
+    "bms_allowed_discharge",
+    "soc_min",
+    "soc_max",
+    "soc_taper",
+    "temperature",
+    "ramp",
+    "grid_limit",
+    "stale",
+    "alarm",
+    "comm_loss",
+    "mode_stopped",
+)
 
 # Safe-state causes, in precedence order: the first one present names the binding; all are listed in reasons.
 SAFE_STATES = ("mode_stopped", "comm_loss", "stale", "alarm")
@@ -25,11 +39,11 @@ SAFE_STATES = ("mode_stopped", "comm_loss", "stale", "alarm")
 class Decision:
     """One cycle's decision. `binding` names the limit that determined the setpoint (`none`: target passed)."""
 
-    target_mw: float      # the target as used (a non-finite target is replaced by 0.0, with a reason)
+    target_mw: float  # the target as used (a non-finite target is replaced by 0.0, with a reason)
     setpoint_mw: float
-    binding: str          # one of BINDINGS
+    binding: str  # one of BINDINGS
     reasons: tuple[str, ...]  # plain-words reason for every limit that was active, strictest first
-    lower_mw: float       # allowed range after all limits: lower_mw <= 0 <= upper_mw (charge side negative)
+    lower_mw: float  # allowed range after all limits: lower_mw <= 0 <= upper_mw (charge side negative)
     upper_mw: float
 
 
@@ -64,8 +78,10 @@ Bound = tuple[float, str, Callable[[], str]]
 def _discharge_bounds(snap: Snapshot, lim: Limits, soc: float | None, t_max: float | None) -> list[Bound]:
     """Every limit on the discharge side, in tie-break order."""
     p_max = lim.p_discharge_max_mw
-    out = [(p_max, "p_discharge_max", lambda: f"configured p_discharge_max {p_max:g} MW"),
-           (lim.grid_limit_mw, "grid_limit", lambda: f"grid connection limit {lim.grid_limit_mw:g} MW")]
+    out = [
+        (p_max, "p_discharge_max", lambda: f"configured p_discharge_max {p_max:g} MW"),
+        (lim.grid_limit_mw, "grid_limit", lambda: f"grid connection limit {lim.grid_limit_mw:g} MW"),
+    ]
     bms = _known(snap.bms_allowed_discharge_mw)
     if bms is None:
         out.append((0.0, "bms_allowed_discharge", lambda: "BMS allowed discharge power unknown: no discharge"))
@@ -77,9 +93,16 @@ def _discharge_bounds(snap: Snapshot, lim: Limits, soc: float | None, t_max: flo
         out.append((0.0, "soc_min", lambda: f"SoC {soc:g} % <= soc_min {lim.soc_min_pct:g} %: no discharge"))
     elif soc < lim.soc_min_pct + lim.soc_taper_band_pct:
         frac = (soc - lim.soc_min_pct) / lim.soc_taper_band_pct
-        out.append((p_max * frac, "soc_taper",
-                    lambda: f"SoC {soc:g} % within {lim.soc_taper_band_pct:g} % of soc_min {lim.soc_min_pct:g} %: "
-                    f"discharge tapered to {p_max * frac:.4g} MW"))
+        out.append(
+            (
+                p_max * frac,
+                "soc_taper",
+                lambda: (
+                    f"SoC {soc:g} % within {lim.soc_taper_band_pct:g} % of soc_min {lim.soc_min_pct:g} %: "
+                    f"discharge tapered to {p_max * frac:.4g} MW"
+                ),
+            )
+        )
     out.extend(_temperature_bounds(lim, t_max, p_max, "discharge"))
     return out
 
@@ -87,8 +110,10 @@ def _discharge_bounds(snap: Snapshot, lim: Limits, soc: float | None, t_max: flo
 def _charge_bounds(snap: Snapshot, lim: Limits, soc: float | None, t_max: float | None) -> list[Bound]:
     """Every limit on the charge side, in tie-break order."""
     p_max = lim.p_charge_max_mw
-    out = [(p_max, "p_charge_max", lambda: f"configured p_charge_max {p_max:g} MW"),
-           (lim.grid_limit_mw, "grid_limit", lambda: f"grid connection limit {lim.grid_limit_mw:g} MW")]
+    out = [
+        (p_max, "p_charge_max", lambda: f"configured p_charge_max {p_max:g} MW"),
+        (lim.grid_limit_mw, "grid_limit", lambda: f"grid connection limit {lim.grid_limit_mw:g} MW"),
+    ]
     bms = _known(snap.bms_allowed_charge_mw)
     if bms is None:
         out.append((0.0, "bms_allowed_charge", lambda: "BMS allowed charge power unknown: no charge"))
@@ -100,16 +125,28 @@ def _charge_bounds(snap: Snapshot, lim: Limits, soc: float | None, t_max: float 
         out.append((0.0, "soc_max", lambda: f"SoC {soc:g} % >= soc_max {lim.soc_max_pct:g} %: no charge"))
     elif soc > lim.soc_max_pct - lim.soc_taper_band_pct:
         frac = (lim.soc_max_pct - soc) / lim.soc_taper_band_pct
-        out.append((p_max * frac, "soc_taper",
-                    lambda: f"SoC {soc:g} % within {lim.soc_taper_band_pct:g} % of soc_max {lim.soc_max_pct:g} %: "
-                    f"charge tapered to {p_max * frac:.4g} MW"))
+        out.append(
+            (
+                p_max * frac,
+                "soc_taper",
+                lambda: (
+                    f"SoC {soc:g} % within {lim.soc_taper_band_pct:g} % of soc_max {lim.soc_max_pct:g} %: "
+                    f"charge tapered to {p_max * frac:.4g} MW"
+                ),
+            )
+        )
     out.extend(_temperature_bounds(lim, t_max, p_max, "charge"))
     t_min = _known(snap.temperature_min_c)
     if t_min is None:
         out.append((0.0, "temperature", lambda: "minimum cell temperature unknown: no charge"))
     elif t_min < lim.t_min_charge_c:
-        out.append((0.0, "temperature",
-                    lambda: f"temperature {t_min:g} °C < t_min_charge {lim.t_min_charge_c:g} °C: no charge"))
+        out.append(
+            (
+                0.0,
+                "temperature",
+                lambda: f"temperature {t_min:g} °C < t_min_charge {lim.t_min_charge_c:g} °C: no charge",
+            )
+        )
     return out
 
 
@@ -117,13 +154,19 @@ def _temperature_bounds(lim: Limits, t_max: float | None, p_max: float, directio
     if t_max is None:
         return [(0.0, "temperature", lambda: f"temperature unknown: no {direction}")]
     if t_max >= lim.t_max_c:
-        return [(0.0, "temperature",
-                 lambda: f"temperature {t_max:g} °C >= t_max {lim.t_max_c:g} °C: no {direction}")]
+        return [(0.0, "temperature", lambda: f"temperature {t_max:g} °C >= t_max {lim.t_max_c:g} °C: no {direction}")]
     if t_max > lim.t_derate_c:
         frac = (lim.t_max_c - t_max) / (lim.t_max_c - lim.t_derate_c)
-        return [(p_max * frac, "temperature",
-                 lambda: f"temperature {t_max:g} °C above t_derate {lim.t_derate_c:g} °C: {direction} derated to "
-                 f"{p_max * frac:.4g} MW")]
+        return [
+            (
+                p_max * frac,
+                "temperature",
+                lambda: (
+                    f"temperature {t_max:g} °C above t_derate {lim.t_derate_c:g} °C: {direction} derated to "
+                    f"{p_max * frac:.4g} MW"
+                ),
+            )
+        ]
     return []
 
 
@@ -138,8 +181,15 @@ def _ramp(clipped: float, previous: float, step: float) -> float:
     return max(clipped, previous - step)
 
 
-def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, dt_s: float,
-          mode: str = "auto", max_dt_s: float | None = None) -> Decision:
+def limit(
+    target_mw: float,
+    snap: Snapshot,
+    limits: Limits,
+    previous_mw: float,
+    dt_s: float,
+    mode: str = "auto",
+    max_dt_s: float | None = None,
+) -> Decision:
     """The setpoint for `target_mw` (positive = discharge) under every limit; the strictest wins.
 
     Safe state (0 MW, at once, never ramped) in precedence order: mode stopped (or unknown), lost
@@ -191,6 +241,9 @@ def limit(target_mw: float, snap: Snapshot, limits: Limits, previous_mw: float, 
     if setpoint != clipped:
         binding = "ramp"
         capped = f" ({elapsed:g} s elapsed, capped)" if dt < elapsed else ""
-        reasons.insert(0, f"ramp {limits.ramp_mw_per_s:g} MW/s over {dt:g} s{capped}: {previous:g} -> "
-                          f"{setpoint:g} MW (allowed {clipped:g} MW)")
+        reasons.insert(
+            0,
+            f"ramp {limits.ramp_mw_per_s:g} MW/s over {dt:g} s{capped}: {previous:g} -> "
+            f"{setpoint:g} MW (allowed {clipped:g} MW)",
+        )
     return Decision(target, setpoint, binding, tuple(reasons + notes), lower, upper)

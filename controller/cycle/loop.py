@@ -43,7 +43,7 @@ from drivers.errors import DeviceError, ReadbackMismatch
 log = logging.getLogger("bess.cycle")
 
 READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
-STOP_GRACE_S = 3.0     # on stop, let the running cycle finish this long before cancelling it mid-request
+STOP_GRACE_S = 3.0  # on stop, let the running cycle finish this long before cancelling it mid-request
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
 
@@ -57,20 +57,26 @@ class CycleStats:
     durations_s: deque = dataclasses.field(default_factory=lambda: deque(maxlen=4096))
     boundary_wakeups: int = 0
     missed_boundaries: int = 0
-    failed_cycles: int = 0   # cycles that raised (each one commanded 0 MW and raised the cycle-error alarm)
+    failed_cycles: int = 0  # cycles that raised (each one commanded 0 MW and raised the cycle-error alarm)
 
 
 class Controller:
     """One plant's controller. Start with `await start()`, stop with `await stop()`."""
 
-    def __init__(self, config: SiteConfig, store: Store, clock: Clock | None = None,
-                 devices: DeviceSet | None = None, notifier: Notifier | None = None,
-                 schedule: Schedule | None = None):
+    def __init__(
+        self,
+        config: SiteConfig,
+        store: Store,
+        clock: Clock | None = None,
+        devices: DeviceSet | None = None,
+        notifier: Notifier | None = None,
+        schedule: Schedule | None = None,
+    ):
         self.config = config
         self.store = store
         self.clock = clock or Clock()
         self.devices = devices or DeviceSet(config, self.clock)
-        self._unit = config.unit_plan()[0].unit   # a one-unit site's id in status' units
+        self._unit = config.unit_plan()[0].unit  # a one-unit site's id in status' units
         pcs_cfg = self.devices.pcs.config
         self.dispatcher = Dispatcher(self.devices.pcs, self.devices.bms, pcs_cfg.reversion_timeout_s)
         self.notifier = notifier or Notifier()
@@ -91,8 +97,9 @@ class Controller:
         self._task: asyncio.Task | None = None
         # the scheduler's jobs (period-boundary wake-up, trade pick-up, housekeeping); wake late-bound: tests swap
         # `_wake` for a recording one
-        self.jobs = Jobs(self.clock, store, self.schedule, self.stats, lambda: self._wake.set(),
-                         config.cycle.decision_retention_days)
+        self.jobs = Jobs(
+            self.clock, store, self.schedule, self.stats, lambda: self._wake.set(), config.cycle.decision_retention_days
+        )
         # READY goes to systemd once a cycle has completed and `allow_ready()` was called (the daemon calls it
         # when every face is up; a bare controller has no faces to wait for)
         self._ready_allowed = True
@@ -117,10 +124,13 @@ class Controller:
         trade = stored.trade
         if not stored.new:
             if source == "mqtt" and unanswered_redelivery(self.store, trade.trade_id, stored.body):
-                log.info("trade redelivered before its ack was confirmed: acked again, not dispatched again",
-                         extra={"trade_id": trade.trade_id, "source": source})
-                return Ack(trade.trade_id, True, "stored (redelivered before its ack reached the broker); "
-                                                 "not dispatched again")
+                log.info(
+                    "trade redelivered before its ack was confirmed: acked again, not dispatched again",
+                    extra={"trade_id": trade.trade_id, "source": source},
+                )
+                return Ack(
+                    trade.trade_id, True, "stored (redelivered before its ack reached the broker); not dispatched again"
+                )
             log.info("duplicate trade ignored", extra={"trade_id": trade.trade_id, "source": source})
             return Ack(trade.trade_id, False, "duplicate trade_id: already stored, not dispatched again")
         self.schedule.add(trade)
@@ -134,8 +144,10 @@ class Controller:
             reason = f"stored; delivery at risk: {feas.reason}"
             self.alarms.raise_(SCHEDULE_INFEASIBLE, "infeasible", feas.reason)
             self._refresh_state()
-        log.info("trade accepted", extra={"trade_id": trade.trade_id, "side": trade.side,
-                                           "quantity_mw": trade.quantity_mw, "source": source})
+        log.info(
+            "trade accepted",
+            extra={"trade_id": trade.trade_id, "side": trade.side, "quantity_mw": trade.quantity_mw, "source": source},
+        )
         self._wake.set()  # a trade for the current period reaches the PCS now, not a cycle later
         return Ack(trade.trade_id, True, reason)
 
@@ -155,15 +167,23 @@ class Controller:
         snap = self.snapshot
         fresh = snap is not None and snap.soc_pct is not None and now - snap.ts <= self.config.limits.stale_after_s
         positions = self.schedule.periods(period_start(now), now + 7 * 86400)
-        return check_feasibility(positions, snap.soc_pct if fresh else None, now, self.config.battery,
-                                 self.config.limits, open_orders=open_orders)
+        return check_feasibility(
+            positions,
+            snap.soc_pct if fresh else None,
+            now,
+            self.config.battery,
+            self.config.limits,
+            open_orders=open_orders,
+        )
 
-    def set_mode(self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None,
-                 source: str = "api") -> ModeState:
+    def set_mode(
+        self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None, source: str = "api"
+    ) -> ModeState:
         """Switch mode. A manual setpoint still passes the limit function and expires unless renewed."""
         before = (self.mode.mode, self.mode.manual_setpoint_mw)
-        self.mode = requested(mode, setpoint_mw, expires_s, source, self.clock.now(),
-                              self.config.cycle.manual_timeout_s)
+        self.mode = requested(
+            mode, setpoint_mw, expires_s, source, self.clock.now(), self.config.cycle.manual_timeout_s
+        )
         self.store.set_state("mode", dataclasses.asdict(self.mode))
         log.info("mode set", extra={"mode": mode, "setpoint_mw": setpoint_mw, "source": source})
         self._refresh_state()
@@ -202,8 +222,11 @@ class Controller:
         snap = self.devices.snapshot(now)
         # start-up gate: no non-zero setpoint until every device has answered since this start
         if not self.devices.all_fresh_since(self._started_ts):
-            missing = tuple(n for n, l in self.devices.links.items()
-                            if l.last_good_ts is None or l.last_good_ts < self._started_ts)
+            missing = tuple(
+                n
+                for n, link in self.devices.links.items()
+                if link.last_good_ts is None or link.last_good_ts < self._started_ts
+            )
             snap = dataclasses.replace(snap, stale=tuple(sorted(set(snap.stale) | set(missing))))
         if now < self._readback_hold_until:
             snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{self.devices.pcs.name}:readback_mismatch",))
@@ -213,17 +236,33 @@ class Controller:
             snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
         self.faces.fire(Phase.DECIDE)
         target = self.target_mw(now)
-        decision = limit(target, snap, self.config.limits, self._previous_mw, dt, self.mode.mode,
-                         max_dt_s=2 * self.config.cycle.period_s * self.clock.speed)  # a stall earns no ramp
+        decision = limit(
+            target,
+            snap,
+            self.config.limits,
+            self._previous_mw,
+            dt,
+            self.mode.mode,
+            max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,
+        )  # a stall earns no ramp
         self.faces.fire(Phase.WRITE)
         readback = await self._dispatch(decision, now)
         self.snapshot = snap
         self.decision = decision
         self.alarms.sync(snap)
         self.delivery.account(snap, now, dt)
-        self.store.record_decision(now, decision.target_mw, decision.setpoint_mw, decision.binding, self.mode.mode,
-                                   snap.soc_pct, snap.power_mw, snap.temperature_max_c, readback,
-                                   "; ".join(decision.reasons))
+        self.store.record_decision(
+            now,
+            decision.target_mw,
+            decision.setpoint_mw,
+            decision.binding,
+            self.mode.mode,
+            snap.soc_pct,
+            snap.power_mw,
+            snap.temperature_max_c,
+            readback,
+            "; ".join(decision.reasons),
+        )
         if snap.soc_pct is not None and self.stats.cycles % 60 == 0:
             self.store.set_state("last_soc_pct", snap.soc_pct)
         good = not snap.stale and not snap.comm_loss
@@ -243,10 +282,21 @@ class Controller:
 
     def _refresh_state(self, cycle_p99_s: float | None = None) -> PlantState:
         """The frozen state of now: at the end of each cycle, and when the mode or an alarm changes between."""
-        links = (LinkFigures(name, link.request_latency_s, link.errors_total)
-                 for name, link in self.devices.links.items())
-        state = build(self.snapshot, self.decision, self.mode, self.alarms, self.stats, links,
-                      self.devices.bms.name, self.devices.pcs.name, cycle_p99_s, self._unit)
+        links = (
+            LinkFigures(name, link.request_latency_s, link.errors_total) for name, link in self.devices.links.items()
+        )
+        state = build(
+            self.snapshot,
+            self.decision,
+            self.mode,
+            self.alarms,
+            self.stats,
+            links,
+            self.devices.bms.name,
+            self.devices.pcs.name,
+            cycle_p99_s,
+            self._unit,
+        )
         self.faces.update(state)
         return state
 
@@ -297,8 +347,9 @@ class Controller:
             log.error("safe-state write after a failed cycle failed", extra={"error": f"{type(e).__name__}: {e}"})
         self._previous_mw = 0.0
         try:
-            self.alarms.raise_(CYCLE_FAILED, "cycle_error",
-                               f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded")
+            self.alarms.raise_(
+                CYCLE_FAILED, "cycle_error", f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded"
+            )
         except Exception:
             log.exception("cycle-error alarm could not be raised")
         try:
@@ -332,7 +383,7 @@ class Controller:
             self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
             return None
         try:
-            await self.dispatcher.heartbeat(skip={l.name for l in self.devices.links.values() if l.failures})
+            await self.dispatcher.heartbeat(skip={link.name for link in self.devices.links.values() if link.failures})
         except DeviceError as e:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
         return readback
@@ -341,7 +392,7 @@ class Controller:
         period = self.config.cycle.period_s
         next_t = time.monotonic()
         while not self._stopping:
-            self.faces.fire(Phase.READ)   # e.g. the web face holds new requests until the cycle is done
+            self.faces.fire(Phase.READ)  # e.g. the web face holds new requests until the cycle is done
             # cleared as the cycle starts, not after it: a wake-up that comes during the cycle (a trade, a mode
             # change, a period boundary after the cycle read its target) starts the next cycle at once
             self._wake.clear()
@@ -378,9 +429,11 @@ class Controller:
             return
         worst_cycle_s = self.config.cycle.period_s + 2 * max(d.timeout_s for d in self.config.devices.values())
         if worst_cycle_s >= watchdog_s / 2:
-            log.warning("device timeouts are long for the systemd watchdog: a silent device stretches a cycle "
-                        "past half of WatchdogSec; shorten devices.*.timeout_s or raise WatchdogSec",
-                        extra={"worst_cycle_s": round(worst_cycle_s, 2), "watchdog_s": watchdog_s})
+            log.warning(
+                "device timeouts are long for the systemd watchdog: a silent device stretches a cycle "
+                "past half of WatchdogSec; shorten devices.*.timeout_s or raise WatchdogSec",
+                extra={"worst_cycle_s": round(worst_cycle_s, 2), "watchdog_s": watchdog_s},
+            )
 
     async def start(self) -> None:
         self._started_ts = self.clock.now()

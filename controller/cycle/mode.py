@@ -20,8 +20,9 @@ class ModeState:
     source: str = "startup"
 
 
-def requested(mode: str, setpoint_mw: float | None, expires_s: float | None, source: str, now: float,
-              default_timeout_s: float) -> ModeState:
+def requested(
+    mode: str, setpoint_mw: float | None, expires_s: float | None, source: str, now: float, default_timeout_s: float
+) -> ModeState:
     """The mode a request asks for, checked (a ValueError names the field): a manual setpoint must be finite and
     expires after `expires_s` (default `default_timeout_s`, at most a day) unless renewed."""
     if mode not in MODES:
@@ -39,8 +40,9 @@ def requested(mode: str, setpoint_mw: float | None, expires_s: float | None, sou
 def restored(saved: object) -> ModeState | None:
     """The mode stored by a previous run (`Store.get_state("mode")`), or None when there is none usable."""
     if isinstance(saved, dict) and saved.get("mode") in MODES:
-        return ModeState(**{k: saved[k] for k in ("mode", "manual_setpoint_mw", "manual_expires_ts", "source")
-                            if k in saved})
+        return ModeState(
+            **{k: saved[k] for k in ("mode", "manual_setpoint_mw", "manual_expires_ts", "source") if k in saved}
+        )
     return None
 
 

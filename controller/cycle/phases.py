@@ -75,5 +75,7 @@ class Faces:
             try:
                 cb(arg)
             except Exception:
-                log.exception("face callback failed", extra={"phase": point.value,
-                                                             "callback": getattr(cb, "__qualname__", repr(cb))})
+                log.exception(
+                    "face callback failed",
+                    extra={"phase": point.value, "callback": getattr(cb, "__qualname__", repr(cb))},
+                )

@@ -19,18 +19,27 @@ class PoiConfig:
 
     export_limit_mw: float
     import_limit_mw: float
-    gain_per_s: float = 0.5          # share of the error the trim takes per second (integral gain)
-    max_step_mw: float = 0.25        # most a trim moves in one update
-    max_trim_mw: float = 1.0         # most a trim ever is, either way (anti-windup)
-    settle_margin_mw: float = 0.05   # the range is this far inside the limit, so the loop settles within it
+    gain_per_s: float = 0.5  # share of the error the trim takes per second (integral gain)
+    max_step_mw: float = 0.25  # most a trim moves in one update
+    max_trim_mw: float = 1.0  # most a trim ever is, either way (anti-windup)
+    settle_margin_mw: float = 0.05  # the range is this far inside the limit, so the loop settles within it
     fallback_margin_mw: float = 0.5  # meter lost: the limit less this applies to the plant setpoint (open loop)
-    stale_after_s: float = 3.0       # a reading older than this is a lost meter
-    required: bool = False           # meter lost -> the plant's safe state instead of the fallback
-    max_dt_s: float = 2.0            # one update integrates at most this long (a stalled loop earns no jump)
+    stale_after_s: float = 3.0  # a reading older than this is a lost meter
+    required: bool = False  # meter lost -> the plant's safe state instead of the fallback
+    max_dt_s: float = 2.0  # one update integrates at most this long (a stalled loop earns no jump)
 
     def __post_init__(self) -> None:
-        for name in ("export_limit_mw", "import_limit_mw", "gain_per_s", "max_step_mw", "max_trim_mw",
-                     "settle_margin_mw", "fallback_margin_mw", "stale_after_s", "max_dt_s"):
+        for name in (
+            "export_limit_mw",
+            "import_limit_mw",
+            "gain_per_s",
+            "max_step_mw",
+            "max_trim_mw",
+            "settle_margin_mw",
+            "fallback_margin_mw",
+            "stale_after_s",
+            "max_dt_s",
+        ):
             value = getattr(self, name)
             # a NaN bound compares false to everything and would switch the loop's limits off
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -66,10 +75,10 @@ class PoiRange:
     export_trim_mw: float
     import_trim_mw: float
     measured_mw: float | None  # the reading used; None when the meter is lost
-    fallback: bool             # meter lost: open-loop limits with the margin; the caller raises an alarm
-    safe: bool                 # meter lost and required: the plant goes to its safe state
+    fallback: bool  # meter lost: open-loop limits with the margin; the caller raises an alarm
+    safe: bool  # meter lost and required: the plant goes to its safe state
     reason: str
-    state: TrimState           # hand back next cycle
+    state: TrimState  # hand back next cycle
 
 
 def _finite(value: float | None) -> float | None:
@@ -134,8 +143,10 @@ def _elapsed(reading_ts: float, state: TrimState, dt_s: float, cfg: PoiConfig) -
 
 def _range(cfg: PoiConfig, export_trim: float, import_trim: float) -> tuple[float, float]:
     # the loop narrows the range, it never forces power: a site load behind the POI is not the battery's to serve
-    return (min(-cfg.import_limit_mw + cfg.settle_margin_mw + import_trim, 0.0),
-            max(cfg.export_limit_mw - cfg.settle_margin_mw + export_trim, 0.0))
+    return (
+        min(-cfg.import_limit_mw + cfg.settle_margin_mw + import_trim, 0.0),
+        max(cfg.export_limit_mw - cfg.settle_margin_mw + export_trim, 0.0),
+    )
 
 
 def _fallback(why: str, state: TrimState, cfg: PoiConfig, trims: tuple[float, float]) -> PoiRange:
@@ -143,12 +154,27 @@ def _fallback(why: str, state: TrimState, cfg: PoiConfig, trims: tuple[float, fl
     m = cfg.fallback_margin_mw
     lower, upper = min(-(cfg.import_limit_mw - m), 0.0), max(cfg.export_limit_mw - m, 0.0)
     then = "safe state (meter required)" if cfg.required else f"open loop, limits less {m:g} MW"
-    return PoiRange(lower, upper, *trims, None, True, cfg.required, f"{why}: {then}",
-                    TrimState(*trims, lower, upper, state.reading_ts))
+    return PoiRange(
+        lower,
+        upper,
+        *trims,
+        None,
+        True,
+        cfg.required,
+        f"{why}: {then}",
+        TrimState(*trims, lower, upper, state.reading_ts),
+    )
 
 
-def poi_range(reading: PoiReading, state: TrimState, cfg: PoiConfig, setpoint_mw: float | None, now: float,
-              dt_s: float, plant_mw: float | None = None) -> PoiRange:
+def poi_range(
+    reading: PoiReading,
+    state: TrimState,
+    cfg: PoiConfig,
+    setpoint_mw: float | None,
+    now: float,
+    dt_s: float,
+    plant_mw: float | None = None,
+) -> PoiRange:
     """The plant setpoint's range for this cycle.
 
     `setpoint_mw` is the plant setpoint of the last cycle (the one this reading answers); `plant_mw` the plant's
@@ -181,8 +207,19 @@ def poi_range(reading: PoiReading, state: TrimState, cfg: PoiConfig, setpoint_mw
             export_trim = _clamp(export_trim + step, cfg.max_trim_mw)
         else:
             import_trim = _clamp(import_trim + step, cfg.max_trim_mw)
-        reason = f"POI measured {measured:g} MW (at the plant's setpoint {level:g} MW) against the " \
-                 f"{'export' if side > 0 else 'import'} goal {goal:g} MW: trim {step:+.3g} MW"
+        reason = (
+            f"POI measured {measured:g} MW (at the plant's setpoint {level:g} MW) against the "
+            f"{'export' if side > 0 else 'import'} goal {goal:g} MW: trim {step:+.3g} MW"
+        )
     lower, upper = _range(cfg, export_trim, import_trim)
-    return PoiRange(lower, upper, export_trim, import_trim, measured, False, False, reason,
-                    TrimState(export_trim, import_trim, lower, upper, ts if new else last))
+    return PoiRange(
+        lower,
+        upper,
+        export_trim,
+        import_trim,
+        measured,
+        False,
+        False,
+        reason,
+        TrimState(export_trim, import_trim, lower, upper, ts if new else last),
+    )

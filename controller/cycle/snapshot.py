@@ -59,7 +59,7 @@ class Snapshot:
     comm_loss: tuple[str, ...] = ()
     devices: tuple[DeviceHealth, ...] = ()
     points: dict[str, Reading] = field(default_factory=dict)
-    invalid: tuple[InvalidReading, ...] = ()   # readings that are unknown because implausible (an alarm each)
+    invalid: tuple[InvalidReading, ...] = ()  # readings that are unknown because implausible (an alarm each)
 
     @property
     def temperature_c(self) -> float | None:

@@ -20,8 +20,19 @@ if TYPE_CHECKING:
 
 # the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection; units and poi are
 # issue 13's per-unit and POI figures
-TELEMETRY_FIELDS = ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode",
-                    "binding", "units", "poi")
+TELEMETRY_FIELDS = (
+    "ts",
+    "soc_pct",
+    "power_mw",
+    "setpoint_mw",
+    "target_mw",
+    "temperature_c",
+    "status",
+    "mode",
+    "binding",
+    "units",
+    "poi",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,10 +51,10 @@ class UnitState:
     unit: str
     soc_pct: float | None = None
     power_mw: float | None = None
-    setpoint_mw: float | None = None          # what this unit's PCS was told last
-    temperature_c: float | None = None        # the unit's highest cell temperature
-    available: bool = False                   # its devices answered in time and it is not in safe state
-    binding: str | None = None                # what bound this unit's share (None: nothing)
+    setpoint_mw: float | None = None  # what this unit's PCS was told last
+    temperature_c: float | None = None  # the unit's highest cell temperature
+    available: bool = False  # its devices answered in time and it is not in safe state
+    binding: str | None = None  # what bound this unit's share (None: nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,40 +63,40 @@ class PoiState:
 
     power_mw: float | None = None
     frequency_hz: float | None = None
-    ts: float | None = None                   # when the meter was last read (Unix s)
+    ts: float | None = None  # when the meter was last read (Unix s)
 
 
 @dataclass(frozen=True, slots=True)
 class PlantState:
     """The plant at the end of a cycle. None means unknown; `ts` is None until a cycle has read the devices."""
 
-    ts: float | None = None                   # the process image's time (Unix s, the controller's clock)
+    ts: float | None = None  # the process image's time (Unix s, the controller's clock)
     soc_pct: float | None = None
     power_mw: float | None = None
-    temperature_c: float | None = None        # the highest cell temperature
+    temperature_c: float | None = None  # the highest cell temperature
     bms_allowed_charge_mw: float | None = None
     bms_allowed_discharge_mw: float | None = None
-    online: bool = False                      # every device has fresh readings
-    setpoint_mw: float | None = None          # what the PCS was told last (None before the first decision)
+    online: bool = False  # every device has fresh readings
+    setpoint_mw: float | None = None  # what the PCS was told last (None before the first decision)
     target_mw: float | None = None
     binding: str | None = None
     reasons: tuple[str, ...] = ()
     mode: str = "auto"
     manual_setpoint_mw: float = 0.0
     manual_expires_ts: float | None = None
-    alarms: tuple["Alarm", ...] = ()          # the active alarms, in raise order
-    device_alarms: tuple[str, ...] = ()       # the snapshot's alarm and fault words ("device:name")
+    alarms: tuple["Alarm", ...] = ()  # the active alarms, in raise order
+    device_alarms: tuple[str, ...] = ()  # the snapshot's alarm and fault words ("device:name")
     device_faults: tuple[str, ...] = ()
     devices: tuple["DeviceHealth", ...] = ()
-    bms: str = "bms"                          # the device names of the BMS and the PCS
+    bms: str = "bms"  # the device names of the BMS and the PCS
     pcs: str = "pcs"
     links: tuple[LinkFigures, ...] = ()
     cycles: int = 0
     overruns: int = 0
     last_duration_s: float = 0.0
-    cycle_p99_s: float | None = None          # recomputed every 10th cycle only (None: unchanged)
-    units: tuple[UnitState, ...] = ()         # one entry for a one-unit site (its implicit unit's id)
-    poi: PoiState | None = None               # None without a POI meter
+    cycle_p99_s: float | None = None  # recomputed every 10th cycle only (None: unchanged)
+    units: tuple[UnitState, ...] = ()  # one entry for a one-unit site (its implicit unit's id)
+    poi: PoiState | None = None  # None without a POI meter
 
     @property
     def has_cycle(self) -> bool:
@@ -97,16 +108,31 @@ class PlantState:
         return self.mode == "manual"
 
 
-def build(snapshot: "Snapshot | None", decision: "Decision | None", mode: Any, alarms: Iterable["Alarm"],
-          stats: Any, links: Iterable[LinkFigures], bms: str, pcs: str, cycle_p99_s: float | None = None,
-          unit: str = "u1") -> PlantState:
+def build(
+    snapshot: "Snapshot | None",
+    decision: "Decision | None",
+    mode: Any,
+    alarms: Iterable["Alarm"],
+    stats: Any,
+    links: Iterable[LinkFigures],
+    bms: str,
+    pcs: str,
+    cycle_p99_s: float | None = None,
+    unit: str = "u1",
+) -> PlantState:
     """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats) of a one-unit site:
     the plant's figures are its one unit's (`unit` its id)."""
     s, d = snapshot, decision
     online = bool(s) and not s.stale and not s.comm_loss
-    one = UnitState(unit=unit, soc_pct=s.soc_pct if s else None, power_mw=s.power_mw if s else None,
-                    setpoint_mw=d.setpoint_mw if d else None, temperature_c=s.temperature_max_c if s else None,
-                    available=online and not s.faults, binding=d.binding if d else None)
+    one = UnitState(
+        unit=unit,
+        soc_pct=s.soc_pct if s else None,
+        power_mw=s.power_mw if s else None,
+        setpoint_mw=d.setpoint_mw if d else None,
+        temperature_c=s.temperature_max_c if s else None,
+        available=online and not s.faults,
+        binding=d.binding if d else None,
+    )
     return PlantState(
         ts=s.ts if s else None,
         soc_pct=s.soc_pct if s else None,
@@ -160,8 +186,15 @@ def status(state: PlantState, now: float) -> dict[str, Any]:
 
 def unit_status(u: UnitState) -> dict[str, Any]:
     """One entry of status' and telemetry's `units` (DESIGN.md)."""
-    return {"unit": u.unit, "soc_pct": u.soc_pct, "power_mw": u.power_mw, "setpoint_mw": u.setpoint_mw,
-            "temperature_c": u.temperature_c, "available": u.available, "binding": u.binding}
+    return {
+        "unit": u.unit,
+        "soc_pct": u.soc_pct,
+        "power_mw": u.power_mw,
+        "setpoint_mw": u.setpoint_mw,
+        "temperature_c": u.temperature_c,
+        "available": u.available,
+        "binding": u.binding,
+    }
 
 
 def poi_status(p: PoiState | None) -> dict[str, Any] | None:

@@ -15,15 +15,15 @@ NEEDED, USED, REVERSION, INFO = "needed", "used", "reversion", "info"
 @dataclass(frozen=True)
 class Want:
     name: str
-    refs: tuple[str, ...]            # SunSpec '<model>.<point>' or OPC UA name spellings (normalised), first wins
+    refs: tuple[str, ...]  # SunSpec '<model>.<point>' or OPC UA name spellings (normalised), first wins
     need: str = INFO
     unit: str = ""
     writable: bool = False
-    limits: str | tuple[float, float] | None = None   # "rating": +-the rated power in W; or (min, max)
+    limits: str | tuple[float, float] | None = None  # "rating": +-the rated power in W; or (min, max)
     description: str = ""
     bits_from_symbols: bool = False  # bit names from the SunSpec model's symbols
     plausible: tuple[float, float] | None = None
-    sign: int = 1                    # -1: the device counts the other way round from ours (a meter's W: + import)
+    sign: int = 1  # -1: the device counts the other way round from ours (a meter's W: + import)
 
 
 _INVERTER_W = ("701.W", "103.W", "113.W", "102.W", "112.W", "101.W", "111.W")
@@ -31,13 +31,34 @@ _INVERTER_W = ("701.W", "103.W", "113.W", "102.W", "112.W", "101.W", "111.W")
 PCS: tuple[Want, ...] = (
     Want("power_mw", _INVERTER_W, NEEDED, "W", description="Total active power, + discharge (export)"),
     Want("setpoint_mw", ("704.WSet",), NEEDED, "W", True, "rating", "Active power setpoint, + discharge, - charge"),
-    Want("wset_rvrt_tms", ("704.WSetRvrtTms",), REVERSION, "s", True, (0, 86400),
-         "Seconds without a new setpoint or heartbeat before the device reverts (0 = never)"),
-    Want("heartbeat", ("802.CtrlHb",), REVERSION, "", True, (0, 65535),
-         "Controller heartbeat; each write also restarts the reversion timer"),
+    Want(
+        "wset_rvrt_tms",
+        ("704.WSetRvrtTms",),
+        REVERSION,
+        "s",
+        True,
+        (0, 86400),
+        "Seconds without a new setpoint or heartbeat before the device reverts (0 = never)",
+    ),
+    Want(
+        "heartbeat",
+        ("802.CtrlHb",),
+        REVERSION,
+        "",
+        True,
+        (0, 65535),
+        "Controller heartbeat; each write also restarts the reversion timer",
+    ),
     Want("wset_ena", ("704.WSetEna",), USED, "", True, (0, 1), "1 = follow WSet"),
-    Want("wset_rvrt", ("704.WSetRvrt",), USED, "W", True, "rating",
-         "Power the device falls back to when the reversion time passes"),
+    Want(
+        "wset_rvrt",
+        ("704.WSetRvrt",),
+        USED,
+        "W",
+        True,
+        "rating",
+        "Power the device falls back to when the reversion time passes",
+    ),
     Want("alarm_bits", ("701.Alrm",), USED, description="DER alarms; any bit set = alarm", bits_from_symbols=True),
     Want("wset_ena_rvrt", ("704.WSetEnaRvrt",), INFO, "", True, (0, 1), "1 = revert to WSetRvrt"),
     Want("wset_mod", ("704.WSetMod",), INFO, "", True, (0, 1), "0 = percent of WMax, 1 = watts"),
@@ -85,15 +106,19 @@ def meter_wants(model_id: int) -> tuple[Want, ...]:
         Want("serial", ("1.SN",), description="Serial number"),
         Want("power_mw", (f"{m}.W",), NEEDED, "W", description="Total active power at the POI, + export", sign=-1),
         Want("frequency_hz", (f"{m}.Hz",), USED, "Hz", description="Grid frequency", plausible=(45, 65)),
-        Want("reactive_power_mvar", (f"{m}.VAR",), unit="var", description="Total reactive power, + export",
-             sign=-1),
+        Want("reactive_power_mvar", (f"{m}.VAR",), unit="var", description="Total reactive power, + export", sign=-1),
         Want("apparent_power_mva", (f"{m}.VA",), unit="VA", description="Total apparent power"),
-        Want("power_factor_pct", (f"{m}.PF",), unit="%", description="Power factor, percent",
-             plausible=(-100, 100)),
-        Want("voltage_ln_v", (f"{m}.PhV",), unit="V", description="Average line-to-neutral voltage",
-             plausible=(0, 500000)),
-        Want("voltage_ll_v", (f"{m}.PPV",), unit="V", description="Average line-to-line voltage",
-             plausible=(0, 500000)),
+        Want("power_factor_pct", (f"{m}.PF",), unit="%", description="Power factor, percent", plausible=(-100, 100)),
+        Want(
+            "voltage_ln_v",
+            (f"{m}.PhV",),
+            unit="V",
+            description="Average line-to-neutral voltage",
+            plausible=(0, 500000),
+        ),
+        Want(
+            "voltage_ll_v", (f"{m}.PPV",), unit="V", description="Average line-to-line voltage", plausible=(0, 500000)
+        ),
         Want("current_a", (f"{m}.A",), unit="A", description="Total current", plausible=(0, 100000)),
         Want("energy_exported_mwh", (f"{m}.TotWhExp",), unit="Wh", description="Total active energy exported"),
         Want("energy_imported_mwh", (f"{m}.TotWhImp",), unit="Wh", description="Total active energy imported"),
@@ -107,25 +132,60 @@ def _n(*names: str) -> tuple[str, ...]:
 # BMS over OPC UA: browse names are compared lower-case with everything but letters and digits removed.
 BMS: tuple[Want, ...] = (
     Want("soc_pct", _n("soc", "stateofcharge", "socpct", "batterysoc"), NEEDED, "%", description="State of charge"),
-    Want("temperature_max_c", _n("temperaturemax", "maxtemperature", "tempmax", "maxtemp", "celltemperaturemax",
-                                 "maxcelltemperature"), NEEDED, "°C", description="Highest cell temperature"),
-    Want("temperature_min_c", _n("temperaturemin", "mintemperature", "tempmin", "mintemp", "celltemperaturemin",
-                                 "mincelltemperature"), NEEDED, "°C", description="Lowest cell temperature"),
-    Want("allowed_charge_mw", _n("allowedchargepower", "maxchargepower", "chargepowerlimit", "allowedcharge",
-                                 "chargelimit"), NEEDED, "kW", description="Charge power the BMS allows now"),
-    Want("allowed_discharge_mw", _n("alloweddischargepower", "maxdischargepower", "dischargepowerlimit",
-                                    "alloweddischarge", "dischargelimit"), NEEDED, "kW",
-         description="Discharge power the BMS allows now"),
-    Want("fault_bits", _n("faultbits", "faults", "faultword", "fault"), USED,
-         description="non-zero = BMS fault"),
+    Want(
+        "temperature_max_c",
+        _n("temperaturemax", "maxtemperature", "tempmax", "maxtemp", "celltemperaturemax", "maxcelltemperature"),
+        NEEDED,
+        "°C",
+        description="Highest cell temperature",
+    ),
+    Want(
+        "temperature_min_c",
+        _n("temperaturemin", "mintemperature", "tempmin", "mintemp", "celltemperaturemin", "mincelltemperature"),
+        NEEDED,
+        "°C",
+        description="Lowest cell temperature",
+    ),
+    Want(
+        "allowed_charge_mw",
+        _n("allowedchargepower", "maxchargepower", "chargepowerlimit", "allowedcharge", "chargelimit"),
+        NEEDED,
+        "kW",
+        description="Charge power the BMS allows now",
+    ),
+    Want(
+        "allowed_discharge_mw",
+        _n("alloweddischargepower", "maxdischargepower", "dischargepowerlimit", "alloweddischarge", "dischargelimit"),
+        NEEDED,
+        "kW",
+        description="Discharge power the BMS allows now",
+    ),
+    Want("fault_bits", _n("faultbits", "faults", "faultword", "fault"), USED, description="non-zero = BMS fault"),
     Want("alarm_bits", _n("alarmbits", "alarms", "alarmword", "alarm"), USED, description="any bit set = alarm"),
-    Want("heartbeat", _n("heartbeat", "watchdog", "lifesign", "lifebit"), USED, "", True, (0, 65535),
-         "Controller heartbeat"),
+    Want(
+        "heartbeat",
+        _n("heartbeat", "watchdog", "lifesign", "lifebit"),
+        USED,
+        "",
+        True,
+        (0, 65535),
+        "Controller heartbeat",
+    ),
     Want("soh_pct", _n("soh", "stateofhealth"), unit="%", description="State of health"),
-    Want("voltage_v", _n("voltage", "dcvoltage", "busvoltage", "packvoltage"), unit="V", description="DC bus voltage",
-         plausible=(0, 1500)),
-    Want("current_a", _n("current", "dccurrent", "packcurrent"), unit="A", description="DC current, + discharge",
-         plausible=(-30000, 30000)),
+    Want(
+        "voltage_v",
+        _n("voltage", "dcvoltage", "busvoltage", "packvoltage"),
+        unit="V",
+        description="DC bus voltage",
+        plausible=(0, 1500),
+    ),
+    Want(
+        "current_a",
+        _n("current", "dccurrent", "packcurrent"),
+        unit="A",
+        description="DC current, + discharge",
+        plausible=(-30000, 30000),
+    ),
     Want("dc_power_mw", _n("dcpower", "power", "packpower"), unit="kW", description="DC power, + discharge"),
     Want("energy_mwh", _n("energy", "storedenergy", "remainingenergy"), unit="kWh", description="Stored energy"),
 )

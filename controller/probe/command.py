@@ -99,15 +99,21 @@ def out_path(out: str, unit_id: int, several: bool) -> Path:
 
 # --- SunSpec --------------------------------------------------------------------------------------------------
 
+
 async def _run_sunspec(plan: Plan) -> int:
     a = plan.args
     scans = await scan_units(_targets(plan), stop_at_first=plan.auto)
     found = [s for s in scans if s.status == "found"]
-    several = len(plan.unit_ids) > 1 and not plan.auto   # file names follow the question, not what answered
+    several = len(plan.unit_ids) > 1 and not plan.auto  # file names follow the question, not what answered
     docs = []
     for scan in scans:
-        doc: dict[str, Any] = {"unit_id": scan.target.unit_id, "status": scan.status, "error": scan.error,
-                               "base_address": scan.base_address, "models": [m.as_json() for m in scan.models]}
+        doc: dict[str, Any] = {
+            "unit_id": scan.target.unit_id,
+            "status": scan.status,
+            "error": scan.error,
+            "base_address": scan.base_address,
+            "models": [m.as_json() for m in scan.models],
+        }
         docs.append(doc)
         if scan.status != "found":
             print(f"bess-edge probe: {scan.error}", file=sys.stderr)
@@ -139,8 +145,9 @@ async def read_back_sunspec(draft: Draft, target: ProbeTarget, as_json: bool) ->
     """Read the draft through the control cycle's driver: every point should come back known."""
     from drivers.sunspec import SunSpecDriver
 
-    driver = SunSpecDriver("probe", draft.profile, target.host, target.port, unit_id=target.unit_id,
-                           timeout_s=target.timeout_s)
+    driver = SunSpecDriver(
+        "probe", draft.profile, target.host, target.port, unit_id=target.unit_id, timeout_s=target.timeout_s
+    )
     try:
         readings = await driver.read()
     except DeviceError as e:
@@ -150,8 +157,10 @@ async def read_back_sunspec(draft: Draft, target: ProbeTarget, as_json: bool) ->
         await driver.close()
     unknown = {n: r.invalid for n, r in readings.items() if r.invalid is not None}
     if not as_json:
-        print(f"draft read back through the driver: {len(readings)} points, "
-              + ("all known" if not unknown else f"unknown: {unknown}"))
+        print(
+            f"draft read back through the driver: {len(readings)} points, "
+            + ("all known" if not unknown else f"unknown: {unknown}")
+        )
     return {"points": len(readings), "unknown": unknown}
 
 
@@ -165,8 +174,9 @@ def print_sunspec(scan: UnitScan) -> None:
         print(f"  {'point':<18} {'address':>7}  {'type':<10} {'value':<24} {'units':<8} access")
         for p in m.points.values():
             value = fmt(p.value) if p.status == "ok" else p.status if p.status != "undecoded" else p.raw
-            print(f"  {p.name:<18} {p.address:>7}  {p.type:<10} {value!s:<24} {p.units:<8} "
-                  f"{'RW' if p.writable else 'R'}")
+            print(
+                f"  {p.name:<18} {p.address:>7}  {p.type:<10} {value!s:<24} {p.units:<8} {'RW' if p.writable else 'R'}"
+            )
     print()
 
 
@@ -180,6 +190,7 @@ def print_summary(host: str, port: int, scans: list[UnitScan]) -> None:
 
 
 # --- register ranges ------------------------------------------------------------------------------------------
+
 
 async def _run_registers(plan: Plan) -> int:
     a = plan.args
@@ -221,4 +232,3 @@ def print_registers(scan) -> None:
     for fn, a, b, why in scan.skipped:
         print(f"  skipped {fn} {a}-{b}: {why}")
     print()
-

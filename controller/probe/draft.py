@@ -36,17 +36,22 @@ class Draft:
 
     role: str
     text: str
-    found: dict[str, str] = field(default_factory=dict)      # point name -> where (ref or node id)
-    lacking: dict[str, str] = field(default_factory=dict)    # point name -> why
-    checks: list[str] = field(default_factory=list)          # what the engineer must look at
+    found: dict[str, str] = field(default_factory=dict)  # point name -> where (ref or node id)
+    lacking: dict[str, str] = field(default_factory=dict)  # point name -> why
+    checks: list[str] = field(default_factory=list)  # what the engineer must look at
 
     @property
     def profile(self) -> Profile:
         return Profile.model_validate(yaml.safe_load(self.text))
 
     def as_json(self) -> dict[str, Any]:
-        return {"role": self.role, "found": self.found, "lacking": self.lacking, "checks": self.checks,
-                "yaml": self.text}
+        return {
+            "role": self.role,
+            "found": self.found,
+            "lacking": self.lacking,
+            "checks": self.checks,
+            "yaml": self.text,
+        }
 
 
 def flow(d: dict[str, Any]) -> str:
@@ -71,6 +76,7 @@ def fmt(value: Any, unit: str = "") -> str:
 
 
 # --- SunSpec: PCS and meter -----------------------------------------------------------------------------------
+
 
 def sunspec_role(scan: UnitScan) -> str | None:
     ids = {m.id for m in scan.models}
@@ -174,27 +180,32 @@ def draft_sunspec(scan: UnitScan, role: str | None = None) -> Draft | None:
         draft.lacking.pop("heartbeat", None)
     _role_checks(scan, draft)
     draft.text = _sunspec_text(scan, role, draft, lines, rating_w)
-    draft.profile   # noqa: B018 - validates: a draft that would not load is a bug here, not the engineer's
+    draft.profile  # noqa: B018 - validates: a draft that would not load is a bug here, not the engineer's
     return draft
 
 
 def _role_checks(scan: UnitScan, draft: Draft) -> None:
     if draft.role == "meter" and "power_mw" in draft.found:
-        draft.checks.append("power_mw: a SunSpec meter's W is + for import at most sites, ours + for export "
-                             "(hence sign: -1); check it with a known export (the PCS discharging): it must read > 0")
+        draft.checks.append(
+            "power_mw: a SunSpec meter's W is + for import at most sites, ours + for export "
+            "(hence sign: -1); check it with a known export (the PCS discharging): it must read > 0"
+        )
     mod = scan.point("704.WSetMod")
     if draft.role == "pcs" and mod is not None and mod.value == 0:
-        draft.checks.append("704.WSetMod reads 0 (percent of WMax): the controller writes watts; set WSetMod to 1 "
-                            "on the device")
+        draft.checks.append(
+            "704.WSetMod reads 0 (percent of WMax): the controller writes watts; set WSetMod to 1 on the device"
+        )
 
 
 def header(what: str, where: str, draft: Draft, site_line: str) -> list[str]:
     """The draft's leading comment: where it came from, what to check, what is lacking, the site-file line."""
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    out = [f"# Draft {draft.role} profile written by `bess-edge probe` on {when} from {where}.",
-           f"# {what}",
-           "# Check every point against the device's manual, then `bess-edge check-config SITE`.",
-           "# Marks: needed = the controller cannot run the device without it; used = read or written when present."]
+    out = [
+        f"# Draft {draft.role} profile written by `bess-edge probe` on {when} from {where}.",
+        f"# {what}",
+        "# Check every point against the device's manual, then `bess-edge check-config SITE`.",
+        "# Marks: needed = the controller cannot run the device without it; used = read or written when present.",
+    ]
     if draft.lacking:
         out.append("# The controller's points this device lacks:")
         out += [f"#   {name}: {why}" for name, why in draft.lacking.items()]
@@ -211,16 +222,29 @@ def _sunspec_text(scan: UnitScan, role: str, draft: Draft, lines: list[str], rat
     mn, md, sn = (scan.point(r) for r in ("1.Mn", "1.Md", "1.SN"))
     vendor = str(mn.value) if mn is not None and mn.value else "unknown"
     model = str(md.value) if md is not None and md.value else ""
-    site = flow({"role": role, "protocol": "sunspec", "host": t.host, "port": t.port, "unit_id": t.unit_id,
-                 "profile": "THIS-FILE.yaml"})
-    head = header(f"SunSpec 'SunS' at {scan.base_address}, models {', '.join(map(str, ids))}.",
-                   t.where, draft, f"{role}: {site}")
+    site = flow(
+        {
+            "role": role,
+            "protocol": "sunspec",
+            "host": t.host,
+            "port": t.port,
+            "unit_id": t.unit_id,
+            "profile": "THIS-FILE.yaml",
+        }
+    )
+    head = header(
+        f"SunSpec 'SunS' at {scan.base_address}, models {', '.join(map(str, ids))}.", t.where, draft, f"{role}: {site}"
+    )
     serial = f"serial {sn.value}" if sn is not None and sn.value else ""
-    body = [f"name: {scalar(slug(role, vendor, model))}",
-            f"vendor: {scalar(vendor)}",
-            "protocol: sunspec",
-            f"description: {scalar(' '.join(x for x in (vendor, model, serial) if x))}",
-            "sunspec:", f"  base_address: {scan.base_address}", f"  models: {flow(ids)}"]
+    body = [
+        f"name: {scalar(slug(role, vendor, model))}",
+        f"vendor: {scalar(vendor)}",
+        "protocol: sunspec",
+        f"description: {scalar(' '.join(x for x in (vendor, model, serial) if x))}",
+        "sunspec:",
+        f"  base_address: {scan.base_address}",
+        f"  models: {flow(ids)}",
+    ]
     if rating_w:
         body.append(f"rated_power_mw: {rating_w / 1e6:.6g}   # from the device's rating")
     return "\n".join(head + body + ["points:"] + lines) + "\n"

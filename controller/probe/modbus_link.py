@@ -11,9 +11,15 @@ from drivers.profile import Function, Profile
 
 _EMPTY = Profile(name="probe", protocol="modbus", points={})
 
-EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illegal data value",
-                   4: "device failure", 6: "device busy", 10: "gateway path unavailable",
-                   11: "gateway target did not respond"}
+EXCEPTION_NAMES = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "device failure",
+    6: "device busy",
+    10: "gateway path unavailable",
+    11: "gateway target did not respond",
+}
 GATEWAY_CODES = (10, 11)
 
 
@@ -45,8 +51,15 @@ class ModbusLink:
 
     def _new_driver(self) -> ModbusDriver:
         t = self.target
-        return ModbusDriver(f"probe {t.where}", _EMPTY, t.host, t.port, unit_id=t.unit_id, timeout_s=t.timeout_s,
-                            backoff_max_s=t.timeout_s)
+        return ModbusDriver(
+            f"probe {t.where}",
+            _EMPTY,
+            t.host,
+            t.port,
+            unit_id=t.unit_id,
+            timeout_s=t.timeout_s,
+            backoff_max_s=t.timeout_s,
+        )
 
     async def read(self, function: Function, address: int, count: int) -> list[int]:
         what = f"read {function} {address}+{count}"
@@ -63,8 +76,10 @@ class ModbusLink:
                 await self._driver.close()
                 self._driver = self._new_driver()
         tries = 1 + self.target.retries
-        raise NoAnswer(f"{self.target.where}: no answer to {what} ({tries} tr{'y' if tries == 1 else 'ies'}, "
-                       f"{self.target.timeout_s:g} s each; last: {last})")
+        raise NoAnswer(
+            f"{self.target.where}: no answer to {what} ({tries} tr{'y' if tries == 1 else 'ies'}, "
+            f"{self.target.timeout_s:g} s each; last: {last})"
+        )
 
     async def close(self) -> None:
         await self._driver.close()

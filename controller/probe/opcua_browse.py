@@ -18,10 +18,18 @@ from drivers.profile import Profile
 MAX_NODES = 5000
 MAX_DEPTH = 8
 _TYPES = {
-    ua.VariantType.Float: "f32", ua.VariantType.Double: "f32", ua.VariantType.UInt16: "u16",
-    ua.VariantType.Int16: "i16", ua.VariantType.UInt32: "u32", ua.VariantType.Int32: "i32",
-    ua.VariantType.UInt64: "u64", ua.VariantType.Int64: "i64", ua.VariantType.Byte: "u16",
-    ua.VariantType.SByte: "i16", ua.VariantType.Boolean: "u16", ua.VariantType.String: "string",
+    ua.VariantType.Float: "f32",
+    ua.VariantType.Double: "f32",
+    ua.VariantType.UInt16: "u16",
+    ua.VariantType.Int16: "i16",
+    ua.VariantType.UInt32: "u32",
+    ua.VariantType.Int32: "i32",
+    ua.VariantType.UInt64: "u64",
+    ua.VariantType.Int64: "i64",
+    ua.VariantType.Byte: "u16",
+    ua.VariantType.SByte: "i16",
+    ua.VariantType.Boolean: "u16",
+    ua.VariantType.String: "string",
 }
 _POWER_UNITS = ("W", "kW", "MW")
 
@@ -31,7 +39,7 @@ class Variable:
     node_id: str
     path: str
     namespace: str
-    type: str | None          # the profile type, None for a data type a profile cannot carry
+    type: str | None  # the profile type, None for a data type a profile cannot carry
     value: Any
     unit: str
     writable: bool
@@ -39,8 +47,16 @@ class Variable:
 
     def as_json(self) -> dict:
         v = self.value if isinstance(self.value, (int, float, str, bool)) or self.value is None else repr(self.value)
-        return {"node_id": self.node_id, "path": self.path, "namespace": self.namespace, "type": self.type,
-                "value": v, "unit": self.unit, "writable": self.writable, "description": self.description}
+        return {
+            "node_id": self.node_id,
+            "path": self.path,
+            "namespace": self.namespace,
+            "type": self.type,
+            "value": v,
+            "unit": self.unit,
+            "writable": self.writable,
+            "description": self.description,
+        }
 
 
 @dataclass
@@ -55,8 +71,14 @@ def norm(name: str) -> str:
 
 
 def probe_driver(endpoint: str, timeout_s: float) -> OpcUaDriver:
-    return OpcUaDriver("probe", Profile(name="probe", protocol="opcua", points={}), endpoint, timeout_s=timeout_s,
-                       subscribe=False, backoff_max_s=timeout_s)
+    return OpcUaDriver(
+        "probe",
+        Profile(name="probe", protocol="opcua", points={}),
+        endpoint,
+        timeout_s=timeout_s,
+        subscribe=False,
+        backoff_max_s=timeout_s,
+    )
 
 
 async def browse(driver: OpcUaDriver) -> Browse:
@@ -73,7 +95,7 @@ async def browse(driver: OpcUaDriver) -> Browse:
         for rd in await node.get_children_descriptions():
             nid = rd.NodeId
             if nid.NamespaceIndex == 0:
-                continue   # the server's own nodes (Server, Aliases ...)
+                continue  # the server's own nodes (Server, Aliases ...)
             seen += 1
             if seen > MAX_NODES:
                 out.truncated = True
@@ -99,9 +121,16 @@ async def _variable(node, path: str, namespaces: list[str]) -> Variable:
             eu = await prop.read_value()
             unit = getattr(getattr(eu, "DisplayName", None), "Text", "") or ""
     desc = await node.read_description()
-    return Variable(nid.to_string(), path, namespaces[nid.NamespaceIndex] if nid.NamespaceIndex < len(namespaces)
-                    else "", _TYPES.get(vt), value, unit, ua.AccessLevel.CurrentWrite in access,
-                    (desc.Text or "") if desc else "")
+    return Variable(
+        nid.to_string(),
+        path,
+        namespaces[nid.NamespaceIndex] if nid.NamespaceIndex < len(namespaces) else "",
+        _TYPES.get(vt),
+        value,
+        unit,
+        ua.AccessLevel.CurrentWrite in access,
+        (desc.Text or "") if desc else "",
+    )
 
 
 def _matches(want: Want, var: Variable) -> bool:
@@ -111,7 +140,7 @@ def _matches(want: Want, var: Variable) -> bool:
     if name not in want.refs:
         return False
     if want.name.endswith("_bits") and var.type in ("f32", "string"):
-        return False   # a bit field is a whole number
+        return False  # a bit field is a whole number
     return not (want.writable and not var.writable)
 
 
@@ -135,7 +164,7 @@ def draft_opcua(found: Browse, site_line: str) -> Draft | None:
     lines = [_line(want, var, draft) for want, var in picked if var.namespace == namespace]
     others = [v for v in found.variables if v.node_id not in used]
     draft.text = _text(found, draft, namespace, lines, others, site_line)
-    draft.profile   # noqa: B018 - validates
+    draft.profile  # noqa: B018 - validates
     return draft
 
 
@@ -162,12 +191,23 @@ def _line(want: Want, var: Variable, draft: Draft) -> str:
 
 
 def _text(found: Browse, draft: Draft, namespace: str, lines: list[str], others: list[Variable], site: str) -> str:
-    head = header(f"OPC UA: {len(found.variables)} variables browsed under Objects"
-                   + (" (stopped at the node limit)" if found.truncated else "") + "; matched by name.",
-                   found.endpoint, draft, site)
+    head = header(
+        f"OPC UA: {len(found.variables)} variables browsed under Objects"
+        + (" (stopped at the node limit)" if found.truncated else "")
+        + "; matched by name.",
+        found.endpoint,
+        draft,
+        site,
+    )
     if others:
         head.append("# Variables not matched to a controller point (name them here if the controller needs them):")
         head += [f"#   {v.node_id}  {v.type or '?'}  {fmt(v.value, v.unit)}" for v in others[:200]]
-    body = ["name: draft-opcua-bms", "vendor: unknown", "protocol: opcua", f"namespace: {scalar(namespace)}",
-            "publishing_interval_s: 0.2", f"description: {scalar('BMS over OPC UA at ' + found.endpoint)}"]
+    body = [
+        "name: draft-opcua-bms",
+        "vendor: unknown",
+        "protocol: opcua",
+        f"namespace: {scalar(namespace)}",
+        "publishing_interval_s: 0.2",
+        f"description: {scalar('BMS over OPC UA at ' + found.endpoint)}",
+    ]
     return "\n".join(head + body + ["points:"] + lines) + "\n"

@@ -56,13 +56,25 @@ async def run_opcua(args: argparse.Namespace) -> int:
         await driver.close()
     u = urlparse(args.opcua)
     path = u.path if u.path not in ("", "/") else ""
-    site = flow({"role": "bms", "protocol": "opcua", "host": u.hostname, "port": u.port,
-                 **({"endpoint_path": path} if path else {}), "profile": "THIS-FILE.yaml"})
+    site = flow(
+        {
+            "role": "bms",
+            "protocol": "opcua",
+            "host": u.hostname,
+            "port": u.port,
+            **({"endpoint_path": path} if path else {}),
+            "profile": "THIS-FILE.yaml",
+        }
+    )
     draft = draft_opcua(found, f"{device or 'bms'}: {site}")
-    doc: dict[str, Any] = {"endpoint": args.opcua, "status": "found" if found.variables else "not_found",
-                           "security": "None (as drivers/opcua.py connects" + (f" for device {device})" if device else ")"),
-                           "variables": [v.as_json() for v in found.variables], "truncated": found.truncated,
-                           "draft": draft.as_json() if draft else None}
+    doc: dict[str, Any] = {
+        "endpoint": args.opcua,
+        "status": "found" if found.variables else "not_found",
+        "security": "None (as drivers/opcua.py connects" + (f" for device {device})" if device else ")"),
+        "variables": [v.as_json() for v in found.variables],
+        "truncated": found.truncated,
+        "draft": draft.as_json() if draft else None,
+    }
     if not args.json:
         print_browse(found, doc["security"])
     if draft is None:
@@ -93,13 +105,17 @@ async def _read_back(draft, endpoint: str, timeout_s: float, doc: dict[str, Any]
     unknown = {n: r.invalid for n, r in readings.items() if r.invalid is not None}
     doc["read_back"] = {"points": len(readings), "unknown": unknown}
     if not as_json:
-        print(f"draft read back through the driver: {len(readings)} points, "
-              + ("all known" if not unknown else f"unknown: {unknown}"))
+        print(
+            f"draft read back through the driver: {len(readings)} points, "
+            + ("all known" if not unknown else f"unknown: {unknown}")
+        )
 
 
 def print_browse(found: Browse, security: str) -> None:
-    print(f"{found.endpoint}: {len(found.variables)} variables (security: {security})"
-          + (" - stopped at the node limit" if found.truncated else ""))
+    print(
+        f"{found.endpoint}: {len(found.variables)} variables (security: {security})"
+        + (" - stopped at the node limit" if found.truncated else "")
+    )
     print(f"  {'node id':<34} {'type':<7} {'value':<18} {'unit':<6} access")
     for v in found.variables:
         print(f"  {v.node_id:<34} {v.type or '?':<7} {fmt(v.value):<18} {v.unit:<6} {'RW' if v.writable else 'R'}")

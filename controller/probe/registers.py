@@ -12,7 +12,7 @@ from controller.probe.modbus_link import ModbusLink, ProbeTarget, exception_text
 from drivers.errors import ModbusError
 from drivers.modbus import MAX_REGISTERS
 
-READ_GAP = 8   # drivers.modbus.plan_reads' default max_gap: unused registers a read may span
+READ_GAP = 8  # drivers.modbus.plan_reads' default max_gap: unused registers a read may span
 FUNCTIONS = ("holding", "input", "coil", "discrete")
 _RANGE = re.compile(r"^(holding|input|coil|discrete):(\d+)(?:-(\d+))?$")
 
@@ -23,7 +23,9 @@ def parse_ranges(spec: str) -> list[tuple[str, int, int]]:
     for part in (p.strip() for p in spec.split(",")):
         m = _RANGE.match(part)
         if not m:
-            raise ValueError(f"--registers: {part!r} is not FUNCTION:FIRST-LAST (function one of {', '.join(FUNCTIONS)})")
+            raise ValueError(
+                f"--registers: {part!r} is not FUNCTION:FIRST-LAST (function one of {', '.join(FUNCTIONS)})"
+            )
         fn, first = m.group(1), int(m.group(2))
         last = int(m.group(3)) if m.group(3) is not None else first
         if not first <= last <= 65535:
@@ -35,14 +37,17 @@ def parse_ranges(spec: str) -> list[tuple[str, int, int]]:
 @dataclass
 class RegisterScan:
     target: ProbeTarget
-    values: dict[tuple[str, int], int] = field(default_factory=dict)          # (function, address) -> raw
-    skipped: list[tuple[str, int, int, str]] = field(default_factory=list)    # function, first, last, why
+    values: dict[tuple[str, int], int] = field(default_factory=dict)  # (function, address) -> raw
+    skipped: list[tuple[str, int, int, str]] = field(default_factory=list)  # function, first, last, why
     error: str | None = None
 
     def as_json(self) -> dict:
-        return {"unit_id": self.target.unit_id, "error": self.error,
-                "registers": [{"function": f, "address": a, "value": v} for (f, a), v in sorted(self.values.items())],
-                "skipped": [{"function": f, "first": a, "last": b, "why": w} for f, a, b, w in self.skipped]}
+        return {
+            "unit_id": self.target.unit_id,
+            "error": self.error,
+            "registers": [{"function": f, "address": a, "value": v} for (f, a), v in sorted(self.values.items())],
+            "skipped": [{"function": f, "first": a, "last": b, "why": w} for f, a, b, w in self.skipped],
+        }
 
 
 async def scan_registers(link: ModbusLink, ranges: list[tuple[str, int, int]]) -> RegisterScan:
@@ -99,21 +104,42 @@ def draft_registers(scan: RegisterScan) -> Draft:
         raw = f"raw {v}" if fn in ("coil", "discrete") else f"raw {v} (0x{v:04X}, signed {signed})"
         lines.append(f"  {name}: {flow(entry)}   # {raw}")
         draft.found[name] = f"{fn} {a}"
-    site = flow({"role": "ROLE", "protocol": "modbus", "host": t.host, "port": t.port, "unit_id": t.unit_id,
-                 "profile": "THIS-FILE.yaml"})
-    head = [f"# Skeleton profile written by `bess-edge probe --registers` from {t.where}: raw registers, to be",
-            "# named (soc_pct, power_mw ...), typed (i16, u32, f32 ...), scaled (scale, unit) and pruned by the engineer.",
-            "# invalid_values: [] keeps every raw value; set the device's 'no value' markers when you know them."]
+    site = flow(
+        {
+            "role": "ROLE",
+            "protocol": "modbus",
+            "host": t.host,
+            "port": t.port,
+            "unit_id": t.unit_id,
+            "profile": "THIS-FILE.yaml",
+        }
+    )
+    head = [
+        f"# Skeleton profile written by `bess-edge probe --registers` from {t.where}: raw registers, to be",
+        "# named (soc_pct, power_mw ...), typed (i16, u32, f32 ...), scaled (scale, unit) and pruned by the engineer.",
+        "# invalid_values: [] keeps every raw value; set the device's 'no value' markers when you know them.",
+    ]
     head += [f"# skipped {fn} {a}-{b}: {why}" for fn, a, b, why in scan.skipped]
-    narrow = [f"{fn} {a}-{b}" for fn, a, b, _ in scan.skipped
-              if b - a + 1 <= READ_GAP and (fn, a - 1) in scan.values and (fn, b + 1) in scan.values]
+    narrow = [
+        f"{fn} {a}-{b}"
+        for fn, a, b, _ in scan.skipped
+        if b - a + 1 <= READ_GAP and (fn, a - 1) in scan.values and (fn, b + 1) in scan.values
+    ]
     if narrow:
-        draft.checks.append(f"the driver reads across gaps of up to {READ_GAP} registers in one request, and this "
-                            f"device refuses reads that touch {', '.join(narrow)}: keep points on one side of each")
+        draft.checks.append(
+            f"the driver reads across gaps of up to {READ_GAP} registers in one request, and this "
+            f"device refuses reads that touch {', '.join(narrow)}: keep points on one side of each"
+        )
     head += [f"# CHECK: {c}" for c in draft.checks]
     head += ["# In the site file:", f"#   DEVICE: {site}"]
-    body = ["name: draft-registers", "vendor: unknown", "protocol: modbus", "word_order: big",
-            f"description: {flow(['Raw registers of ' + t.where])[1:-1]}", "points:" if lines else "points: {}"]
+    body = [
+        "name: draft-registers",
+        "vendor: unknown",
+        "protocol: modbus",
+        "word_order: big",
+        f"description: {flow(['Raw registers of ' + t.where])[1:-1]}",
+        "points:" if lines else "points: {}",
+    ]
     draft.text = "\n".join(head + body + lines) + "\n"
-    draft.profile   # noqa: B018 - validates the skeleton
+    draft.profile  # noqa: B018 - validates the skeleton
     return draft

@@ -41,11 +41,19 @@ class PointValue:
     writable: bool
     value: float | int | str | None = None
     raw: str = ""
-    status: str = "ok"      # ok, not implemented, scale factor not implemented, undecoded
+    status: str = "ok"  # ok, not implemented, scale factor not implemented, undecoded
 
     def as_json(self) -> dict:
-        return {"name": self.name, "address": self.address, "type": self.type, "units": self.units,
-                "writable": self.writable, "value": self.value, "raw": self.raw, "status": self.status}
+        return {
+            "name": self.name,
+            "address": self.address,
+            "type": self.type,
+            "units": self.units,
+            "writable": self.writable,
+            "value": self.value,
+            "raw": self.raw,
+            "status": self.status,
+        }
 
 
 @dataclass
@@ -58,8 +66,14 @@ class ModelScan:
     note: str = ""
 
     def as_json(self) -> dict:
-        return {"id": self.id, "name": self.name, "address": self.address, "length": self.length,
-                "note": self.note, "points": [p.as_json() for p in self.points.values()]}
+        return {
+            "id": self.id,
+            "name": self.name,
+            "address": self.address,
+            "length": self.length,
+            "note": self.note,
+            "points": [p.as_json() for p in self.points.values()],
+        }
 
 
 @dataclass
@@ -70,7 +84,7 @@ class UnitScan:
     base_address: int | None = None
     models: list[ModelScan] = field(default_factory=list)
     error: str | None = None
-    status: str = "found"   # found, not_found, no_answer
+    status: str = "found"  # found, not_found, no_answer
 
     def model(self, model_id: int) -> ModelScan | None:
         return next((m for m in self.models if m.id == model_id), None)
@@ -92,9 +106,11 @@ class _Source:
         try:
             return await self.link.read(function, address, count)  # type: ignore[arg-type]
         except ModbusError as e:
-            if e.code in GATEWAY_CODES:   # the gateway answers for a unit behind it that did not
-                raise NoAnswer(f"{self.name}: no answer to read {function} {address}+{count} "
-                               f"(the gateway says {exception_text(e.code)})") from None
+            if e.code in GATEWAY_CODES:  # the gateway answers for a unit behind it that did not
+                raise NoAnswer(
+                    f"{self.name}: no answer to read {function} {address}+{count} "
+                    f"(the gateway says {exception_text(e.code)})"
+                ) from None
             raise
 
 
@@ -143,8 +159,11 @@ async def _read_model(link: ModbusLink, loc: ModelLocation) -> ModelScan:
     fixed = {n: mp for n, mp in points.items() if mp.offset + mp.size <= loc.length + 2}
     if len(fixed) < len(points) or _has_repeats(loc.id):
         scan.note = "repeating blocks after the fixed points are not decoded"
-    values = {n: _decode(mp, regs[mp.offset:mp.offset + mp.size]) for n, mp in fixed.items()
-              if mp.type != "pad" and n not in ("ID", "L")}
+    values = {
+        n: _decode(mp, regs[mp.offset : mp.offset + mp.size])
+        for n, mp in fixed.items()
+        if mp.type != "pad" and n not in ("ID", "L")
+    }
     for n, pv in values.items():
         mp = fixed[n]
         pv.address = loc.address + mp.offset
@@ -162,7 +181,7 @@ def _decode(mp: ModelPoint, regs: list[int]) -> PointValue:
     try:
         point = Point(type=mp.type, words=mp.size if mp.type == "string" else None)
         value = codec.decode(point, regs, "big", sunspec=True)
-    except ValueError:   # a type the profile schema does not carry (ipaddr, float64, eui48 ...)
+    except ValueError:  # a type the profile schema does not carry (ipaddr, float64, eui48 ...)
         pv.status = "undecoded"
         return pv
     if value is None:
@@ -182,7 +201,7 @@ def _apply_sf(pv: PointValue, mp: ModelPoint, values: dict[str, PointValue]) -> 
             return
         sf = sf_pv.value
     if sf:
-        pv.value = codec.apply_scale(pv.value, 10.0 ** sf)
+        pv.value = codec.apply_scale(pv.value, 10.0**sf)
 
 
 async def scan_units(targets: list[ProbeTarget], stop_at_first: bool = False) -> list[UnitScan]:

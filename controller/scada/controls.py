@@ -54,8 +54,15 @@ class WriteLimiter:
         """Log a write refused by the rate, at most once per REFUSAL_LOG_EVERY_S, with the count since."""
         now = self._now()
         if now - self._last_log >= REFUSAL_LOG_EVERY_S:
-            logger.warning(message, extra={**extra, "refused_since_last_log": self.refused - self._refused_at_last_log,
-                                           "write_rate_per_s": self.rate_per_s, "write_burst": self.burst})
+            logger.warning(
+                message,
+                extra={
+                    **extra,
+                    "refused_since_last_log": self.refused - self._refused_at_last_log,
+                    "write_rate_per_s": self.rate_per_s,
+                    "write_burst": self.burst,
+                },
+            )
             self._last_log = now
             self._refused_at_last_log = self.refused
 
@@ -72,7 +79,7 @@ class PendingControls:
 
     def __init__(self, controller: "Controller", source: str):
         self.controller = controller
-        self.source = source   # names the face in the mode's source and the audit log
+        self.source = source  # names the face in the mode's source and the audit log
         self.setpoint_mw = 0.0
         self.expires_s: float = controller.config.cycle.manual_timeout_s
 
@@ -91,5 +98,6 @@ class PendingControls:
             if mode is None:
                 raise ValueError(f"mode: unknown code {new['mode']}")
             manual = mode == "manual"
-            c.set_mode(mode, self.setpoint_mw if manual else None, self.expires_s if manual else None,
-                       source=self.source)
+            c.set_mode(
+                mode, self.setpoint_mw if manual else None, self.expires_s if manual else None, source=self.source
+            )

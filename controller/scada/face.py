@@ -10,6 +10,7 @@ from controller.scada.controls import WriteLimiter
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
 
+
 class ScadaFace:
     """Both SCADA servers, as configured (either can be off), with one write limiter between them."""
 
@@ -23,8 +24,11 @@ class ScadaFace:
         if cfg.opcua.enabled:
             from controller.scada.opcua import ScadaOpcUaServer
 
-            self.parts.append(ScadaOpcUaServer(controller, cfg.opcua, state_dir, demo=controller.config.mode == "demo",
-                                               limiter=self.limiter))
+            self.parts.append(
+                ScadaOpcUaServer(
+                    controller, cfg.opcua, state_dir, demo=controller.config.mode == "demo", limiter=self.limiter
+                )
+            )
 
     async def start(self) -> None:
         for p in self.parts:

@@ -92,11 +92,21 @@ class _ClientHandler(ServerRequestHandler):
             self.face.writes_refused += 1
             if not self._refusal_logged:  # once per connection: a master that keeps trying does not flood the log
                 self._refusal_logged = True
-                log.warning("SCADA Modbus write refused: the face listens on a non-loopback address and "
-                            "scada.modbus.allow_clients is empty, so writes are denied by default; list the "
-                            "SCADA master there", extra={"client": self.client, "host": self.face.cfg.host})
-            self.server_send(ExceptionResponse(pdu.function_code, exception_code=ExcCodes.ILLEGAL_FUNCTION,
-                                               device_id=pdu.dev_id, transaction=pdu.transaction_id), self.last_addr)
+                log.warning(
+                    "SCADA Modbus write refused: the face listens on a non-loopback address and "
+                    "scada.modbus.allow_clients is empty, so writes are denied by default; list the "
+                    "SCADA master there",
+                    extra={"client": self.client, "host": self.face.cfg.host},
+                )
+            self.server_send(
+                ExceptionResponse(
+                    pdu.function_code,
+                    exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                    device_id=pdu.dev_id,
+                    transaction=pdu.transaction_id,
+                ),
+                self.last_addr,
+            )
             return
         await super().handle_request()
 
@@ -119,13 +129,18 @@ class ScadaModbusServer:
         bits = [SimData(0, count=1, values=False, datatype=DataType.BITS)]
         return SimDevice(
             id=self.cfg.unit_id,
-            simdata=(bits, list(bits),
-                     [SimData(CONTROL_START, count=CONTROL_WORDS, values=0, datatype=DataType.REGISTERS)],
-                     [SimData(0, count=input_words(len(self.units)), values=0, datatype=DataType.REGISTERS)]),
+            simdata=(
+                bits,
+                list(bits),
+                [SimData(CONTROL_START, count=CONTROL_WORDS, values=0, datatype=DataType.REGISTERS)],
+                [SimData(0, count=input_words(len(self.units)), values=0, datatype=DataType.REGISTERS)],
+            ),
             action=self._action,
         )
 
-    async def _action(self, fc: int, start: int, address: int, count: int, registers: list[int], values) -> ExcCodes | None:
+    async def _action(
+        self, fc: int, start: int, address: int, count: int, registers: list[int], values
+    ) -> ExcCodes | None:
         if fc == READ_INPUT:
             words = input_registers(self.controller.faces.latest(), self.units)
             for addr, word in words.items():  # gaps between the tables keep their 0
@@ -140,11 +155,13 @@ class ScadaModbusServer:
 
     def _fill_controls(self, registers: list[int], start: int) -> None:
         state = self.controller.faces.latest()
-        current = {"mode": MODE_CODES[state.mode],
-                   "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else self.pending.setpoint_mw,
-                   "manual_expires_s": self.pending.expires_s}
+        current = {
+            "mode": MODE_CODES[state.mode],
+            "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else self.pending.setpoint_mw,
+            "manual_expires_s": self.pending.expires_s,
+        }
         for p in CONTROL:
-            registers[p.address - start:p.address - start + p.words] = p.to_registers(current[p.name])
+            registers[p.address - start : p.address - start + p.words] = p.to_registers(current[p.name])
 
     def _write(self, start: int, address: int, values: list[int], registers: list[int]) -> ExcCodes | None:
         if self.cfg.read_only:
@@ -161,18 +178,23 @@ class ScadaModbusServer:
         limits = control_limits(self.controller)
         new: dict[str, float] = {}
         for p in touched:
-            v = p.from_registers(values[p.address - address:p.address - address + p.words])
+            v = p.from_registers(values[p.address - address : p.address - address + p.words])
             lo, hi = limits.get(p.name, (None, None))
             if lo is not None and not lo <= v <= hi:
                 self.writes_refused += 1
-                log.warning("SCADA Modbus write refused: out of range",
-                            extra={"point": p.name, "value": v, "min": lo, "max": hi})
+                log.warning(
+                    "SCADA Modbus write refused: out of range",
+                    extra={"point": p.name, "value": v, "min": lo, "max": hi},
+                )
                 return ExcCodes.ILLEGAL_VALUE
             new[p.name] = v
         if ("mode" in new or "manual_setpoint_mw" in new) and not self.limiter.allow():
             self.writes_refused += 1
-            self.limiter.log_refusal(log, "SCADA Modbus write refused: mode/setpoint writes over the rate limit "
-                                          "(exception 06)", address=address)
+            self.limiter.log_refusal(
+                log,
+                "SCADA Modbus write refused: mode/setpoint writes over the rate limit (exception 06)",
+                address=address,
+            )
             return ExcCodes.DEVICE_BUSY
         c = self.controller
         try:
@@ -182,7 +204,7 @@ class ScadaModbusServer:
             log.warning("SCADA Modbus write refused", extra={"reason": str(e)})
             return ExcCodes.ILLEGAL_VALUE
         c.store.audit("scada-modbus", "write", new, c.clock.now())
-        registers[address - start:end - start] = values
+        registers[address - start : end - start] = values
         return None
 
     async def start(self) -> None:
@@ -195,12 +217,21 @@ class ScadaModbusServer:
 
         self.server = Server(self._device(), address=(self.cfg.host, self.cfg.port))
         await self.server.serve_forever(background=True)
-        log.info("Modbus SCADA face listening", extra={"host": self.cfg.host, "port": self.cfg.port,
-                                                       "read_only": self.cfg.read_only, "allow_clients": self.cfg.allow_clients})
+        log.info(
+            "Modbus SCADA face listening",
+            extra={
+                "host": self.cfg.host,
+                "port": self.cfg.port,
+                "read_only": self.cfg.read_only,
+                "allow_clients": self.cfg.allow_clients,
+            },
+        )
         if not self.allowed and not self.loopback_only and not self.cfg.read_only:
-            log.warning("SCADA Modbus face listens beyond loopback with an empty scada.modbus.allow_clients: "
-                        "every write is refused (exception 01) until the SCADA master is listed; reads are open",
-                        extra={"host": self.cfg.host, "port": self.cfg.port})
+            log.warning(
+                "SCADA Modbus face listens beyond loopback with an empty scada.modbus.allow_clients: "
+                "every write is refused (exception 01) until the SCADA master is listed; reads are open",
+                extra={"host": self.cfg.host, "port": self.cfg.port},
+            )
 
     async def stop(self) -> None:
         if self.server:

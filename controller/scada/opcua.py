@@ -58,12 +58,18 @@ ROLES = ("viewer", "operator")
 RATE_LIMITED = ("mode", "manual_setpoint_mw")  # the writes that wake the control cycle
 
 _WRITE = ua.NodeId(ua.ObjectIds.WriteRequest_Encoding_DefaultBinary)
-_ADMIN_ONLY = {ua.NodeId(i) for i in (
-    ua.ObjectIds.AddNodesRequest_Encoding_DefaultBinary, ua.ObjectIds.DeleteNodesRequest_Encoding_DefaultBinary,
-    ua.ObjectIds.AddReferencesRequest_Encoding_DefaultBinary, ua.ObjectIds.DeleteReferencesRequest_Encoding_DefaultBinary,
-    ua.ObjectIds.RegisterServerRequest_Encoding_DefaultBinary, ua.ObjectIds.RegisterServer2Request_Encoding_DefaultBinary,
-    ua.ObjectIds.CallRequest_Encoding_DefaultBinary,
-)}
+_ADMIN_ONLY = {
+    ua.NodeId(i)
+    for i in (
+        ua.ObjectIds.AddNodesRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.DeleteNodesRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.AddReferencesRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.DeleteReferencesRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.RegisterServerRequest_Encoding_DefaultBinary,
+        ua.ObjectIds.RegisterServer2Request_Encoding_DefaultBinary,
+        ua.ObjectIds.CallRequest_Encoding_DefaultBinary,
+    )
+}
 
 
 @dataclass
@@ -132,20 +138,33 @@ class RoleRuleset(PermissionRuleset):
         return True
 
 
-_VT = {"u16": ua.VariantType.UInt16, "i16": ua.VariantType.Int16, "u32": ua.VariantType.UInt32,
-       "i32": ua.VariantType.Int32}
+_VT = {
+    "u16": ua.VariantType.UInt16,
+    "i16": ua.VariantType.Int16,
+    "u32": ua.VariantType.UInt32,
+    "i32": ua.VariantType.Int32,
+}
 
 
 def _eu(unit: str) -> ua.EUInformation:
-    return ua.EUInformation(NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
-                            DisplayName=ua.LocalizedText(unit), Description=ua.LocalizedText(unit))
+    return ua.EUInformation(
+        NamespaceUri="http://www.opcfoundation.org/UA/units/un/cefact",
+        DisplayName=ua.LocalizedText(unit),
+        Description=ua.LocalizedText(unit),
+    )
 
 
 class ScadaOpcUaServer:
     """asyncua server publishing the status table and accepting allow-listed, range-checked writes."""
 
-    def __init__(self, controller: "Controller", cfg: ScadaOpcUa, state_dir: Path, demo: bool = False,
-                 limiter: WriteLimiter | None = None):
+    def __init__(
+        self,
+        controller: "Controller",
+        cfg: ScadaOpcUa,
+        state_dir: Path,
+        demo: bool = False,
+        limiter: WriteLimiter | None = None,
+    ):
         self.controller = controller
         self.limiter = limiter or WriteLimiter.for_controller(controller)
         self.writes_refused = 0
@@ -167,9 +186,13 @@ class ScadaOpcUaServer:
             return PasswordUserManager.from_file(self.cfg.users_file, self.cfg.allow_none_security)
         if self.demo:
             # the demo's well-known users, like its API key: refused outside mode: demo
-            return PasswordUserManager({"viewer": {"password": hash_password("demo"), "role": "viewer"},
-                                        "operator": {"password": hash_password("demo"), "role": "operator"}},
-                                       self.cfg.allow_none_security)
+            return PasswordUserManager(
+                {
+                    "viewer": {"password": hash_password("demo"), "role": "viewer"},
+                    "operator": {"password": hash_password("demo"), "role": "operator"},
+                },
+                self.cfg.allow_none_security,
+            )
         raise ValueError("scada.opcua.users_file: required (no anonymous login on the OPC UA face)")
 
     async def start(self) -> None:
@@ -181,13 +204,22 @@ class ScadaOpcUaServer:
         server.set_server_name("bess-edge SCADA face")
         await server.set_application_uri(APP_URI)
         key, cert = self.dir / "server-key.pem", self.dir / "server-cert.der"
-        await setup_self_signed_certificate(key, cert, APP_URI, socket.gethostname(),
-                                            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-                                            {"commonName": "bess-edge SCADA", "organizationName": "bess-edge"})
+        await setup_self_signed_certificate(
+            key,
+            cert,
+            APP_URI,
+            socket.gethostname(),
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            {"commonName": "bess-edge SCADA", "organizationName": "bess-edge"},
+        )
         await server.load_certificate(str(cert))
         await server.load_private_key(str(key))
-        policies = [ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt, ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
-                    ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, ua.SecurityPolicyType.Basic256Sha256_Sign]
+        policies = [
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_SignAndEncrypt,
+            ua.SecurityPolicyType.Aes256Sha256RsaPss_Sign,
+            ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt,
+            ua.SecurityPolicyType.Basic256Sha256_Sign,
+        ]
         if self.cfg.allow_none_security:
             policies.append(ua.SecurityPolicyType.NoSecurity)
             log.warning("OPC UA SCADA face allows the None security policy (lab setting)")
@@ -199,10 +231,16 @@ class ScadaOpcUaServer:
         if any(re.search(r"\.(der|pem)$", f.name.lower()) for f in trusted.iterdir()):
             await trust.load()
         else:
-            log.warning("OPC UA SCADA face trusts no client certificate yet: secure clients are refused until "
-                        "their certificate is put in the trust store (restart to reload)", extra={"trust_dir": str(trusted)})
-        server.set_certificate_validator(CertificateValidator(
-            CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, trust))
+            log.warning(
+                "OPC UA SCADA face trusts no client certificate yet: secure clients are refused until "
+                "their certificate is put in the trust store (restart to reload)",
+                extra={"trust_dir": str(trusted)},
+            )
+        server.set_certificate_validator(
+            CertificateValidator(
+                CertificateValidatorOptions.TRUSTED_VALIDATION | CertificateValidatorOptions.PEER_CLIENT, trust
+            )
+        )
         idx = await server.register_namespace(NAMESPACE)
         root = await server.nodes.objects.add_object(ua.NodeId("BESS", idx), ua.QualifiedName("BESS", idx))
         status = await root.add_folder(ua.NodeId("Status", idx), ua.QualifiedName("Status", idx))
@@ -216,8 +254,11 @@ class ScadaOpcUaServer:
         ctl = await root.add_folder(ua.NodeId("Controls", idx), ua.QualifiedName("Controls", idx))
         for p in CONTROL:
             vt = ua.VariantType.Double if p.scale != 1 else _VT[p.type]
-            node = await ctl.add_variable(ua.NodeId(f"Controls.{p.name}", idx), ua.QualifiedName(p.name, idx),
-                                          ua.Variant(0.0 if vt == ua.VariantType.Double else 0, vt))
+            node = await ctl.add_variable(
+                ua.NodeId(f"Controls.{p.name}", idx),
+                ua.QualifiedName(p.name, idx),
+                ua.Variant(0.0 if vt == ua.VariantType.Double else 0, vt),
+            )
             await self._describe(server, node, p.description, p.unit, idx)
             if not self.cfg.read_only:
                 await node.set_writable(True)
@@ -226,29 +267,40 @@ class ScadaOpcUaServer:
         await server.start()
         self.server = server
         self._task = asyncio.create_task(self._update_loop(), name="scada-opcua")
-        log.info("OPC UA SCADA face listening", extra={"endpoint": f"opc.tcp://{self.cfg.host}:{self.cfg.port}/bess-edge/scada",
-                                                        "none_policy": self.cfg.allow_none_security})
+        log.info(
+            "OPC UA SCADA face listening",
+            extra={
+                "endpoint": f"opc.tcp://{self.cfg.host}:{self.cfg.port}/bess-edge/scada",
+                "none_policy": self.cfg.allow_none_security,
+            },
+        )
 
-    async def _variables(self, server: Server, folder, prefix: str, points: list[ScadaPoint],
-                         idx: int) -> dict[str, tuple[Any, Any]]:
+    async def _variables(
+        self, server: Server, folder, prefix: str, points: list[ScadaPoint], idx: int
+    ) -> dict[str, tuple[Any, Any]]:
         """Read-only variables `<prefix>.<name>` in `folder`, one per point."""
         out = {}
         for p in points:
             vt = ua.VariantType.Double if p.scale != 1 else _VT[p.type]
             init = 0.0 if vt == ua.VariantType.Double else 0
-            node = await folder.add_variable(ua.NodeId(f"{prefix}.{p.name}", idx), ua.QualifiedName(p.name, idx),
-                                             ua.Variant(init, vt))
+            node = await folder.add_variable(
+                ua.NodeId(f"{prefix}.{p.name}", idx), ua.QualifiedName(p.name, idx), ua.Variant(init, vt)
+            )
             await self._describe(server, node, p.description, p.unit, idx)
             out[p.name] = (node, vt)
         return out
 
     async def _describe(self, server: Server, node, description: str, unit: str, idx: int) -> None:
-        await node.write_attribute(ua.AttributeIds.Description,
-                                   ua.DataValue(ua.Variant(ua.LocalizedText(description), ua.VariantType.LocalizedText)))
+        await node.write_attribute(
+            ua.AttributeIds.Description,
+            ua.DataValue(ua.Variant(ua.LocalizedText(description), ua.VariantType.LocalizedText)),
+        )
         if unit:
-            await node.add_property(ua.NodeId(f"{node.nodeid.Identifier}.EngineeringUnits", idx),
-                                    ua.QualifiedName("EngineeringUnits", 0),
-                                    ua.Variant(_eu(unit), ua.VariantType.ExtensionObject))
+            await node.add_property(
+                ua.NodeId(f"{node.nodeid.Identifier}.EngineeringUnits", idx),
+                ua.QualifiedName("EngineeringUnits", 0),
+                ua.Variant(_eu(unit), ua.VariantType.ExtensionObject),
+            )
 
     def _setter(self, name: str):
         """Validate a client's write before it lands; a refused write answers with a bad status."""
@@ -260,12 +312,15 @@ class ScadaOpcUaServer:
             lo, hi = control_limits(self.controller).get(name, (None, None))
             if lo is not None and not lo <= value <= hi:
                 self.writes_refused += 1
-                log.warning("OPC UA write refused: out of range", extra={"point": name, "value": value, "min": lo, "max": hi})
+                log.warning(
+                    "OPC UA write refused: out of range", extra={"point": name, "value": value, "min": lo, "max": hi}
+                )
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadOutOfRange)
             if name in RATE_LIMITED and not self.limiter.allow():
                 self.writes_refused += 1
-                self.limiter.log_refusal(log, "OPC UA write refused: mode/setpoint writes over the rate limit "
-                                              "(BadServerTooBusy)", point=name)
+                self.limiter.log_refusal(
+                    log, "OPC UA write refused: mode/setpoint writes over the rate limit (BadServerTooBusy)", point=name
+                )
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadServerTooBusy)
             try:
                 self._apply(name, float(value))
@@ -298,7 +353,9 @@ class ScadaOpcUaServer:
             v = values.get(name)
             try:
                 if v is None:
-                    await node.write_value(ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData)))
+                    await node.write_value(
+                        ua.DataValue(StatusCode=ua.StatusCode(ua.StatusCodes.BadWaitingForInitialData))
+                    )
                 elif vt == ua.VariantType.Double:
                     await node.write_value(ua.Variant(float(v), vt))
                 else:

@@ -48,8 +48,8 @@ WORDS = {"u16": 1, "i16": 1, "u32": 2, "i32": 2}
 class ScadaPoint:
     name: str
     address: int
-    type: str          # u16 | i16 | u32 | i32, big-endian words
-    scale: float       # engineering value = raw * scale
+    type: str  # u16 | i16 | u32 | i32, big-endian words
+    scale: float  # engineering value = raw * scale
     unit: str
     description: str
     writable: bool = False
@@ -114,7 +114,7 @@ POI: list[ScadaPoint] = [
 # one block per unit: unit k's point of offset o is at UNIT_BASE + k * UNIT_STRIDE + o
 UNIT_BASE = 200
 UNIT_STRIDE = 10
-MAX_UNITS = 64          # 64 blocks end at 840, far below any address limit
+MAX_UNITS = 64  # 64 blocks end at 840, far below any address limit
 UNIT_POINTS: list[ScadaPoint] = [
     ScadaPoint("soc_pct", 0, "u16", 0.01, "%", "The unit's state of charge"),
     ScadaPoint("power_mw", 1, "i32", 0.001, "MW", "Active power at the unit's PCS, + discharge"),
@@ -125,12 +125,37 @@ UNIT_POINTS: list[ScadaPoint] = [
 ]
 
 CONTROL: list[ScadaPoint] = [
-    ScadaPoint("mode", 100, "u16", 1, "", "Write 0 auto, 1 manual (uses the setpoint below), 2 stopped",
-               writable=True, min=0, max=2),
-    ScadaPoint("manual_setpoint_mw", 101, "i32", 0.001, "MW",
-               "Manual setpoint, + discharge; renews the expiry; still passes every limit", writable=True),
-    ScadaPoint("manual_expires_s", 103, "u16", 1, "s", "Manual setpoint lifetime from the last write", writable=True,
-               min=1, max=65535),
+    ScadaPoint(
+        "mode",
+        100,
+        "u16",
+        1,
+        "",
+        "Write 0 auto, 1 manual (uses the setpoint below), 2 stopped",
+        writable=True,
+        min=0,
+        max=2,
+    ),
+    ScadaPoint(
+        "manual_setpoint_mw",
+        101,
+        "i32",
+        0.001,
+        "MW",
+        "Manual setpoint, + discharge; renews the expiry; still passes every limit",
+        writable=True,
+    ),
+    ScadaPoint(
+        "manual_expires_s",
+        103,
+        "u16",
+        1,
+        "s",
+        "Manual setpoint lifetime from the last write",
+        writable=True,
+        min=1,
+        max=65535,
+    ),
 ]
 
 

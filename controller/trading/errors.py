@@ -24,6 +24,8 @@ class ExchangeNotConfigured(ExchangeDown):
     """No EXCHANGE_API_KEY: this site may receive trades but cannot place orders (answered 503)."""
 
     def __init__(self) -> None:
-        super().__init__("EXCHANGE_API_KEY is not set: this site has no key to present to the exchange, so it "
-                         "cannot place or cancel orders (it still receives trades); set EXCHANGE_API_KEY in the "
-                         "environment or env file and restart")
+        super().__init__(
+            "EXCHANGE_API_KEY is not set: this site has no key to present to the exchange, so it "
+            "cannot place or cancel orders (it still receives trades); set EXCHANGE_API_KEY in the "
+            "environment or env file and restart"
+        )

@@ -49,8 +49,15 @@ class ExchangeAuthError(ExchangeRejected):
 
 
 class ExchangeClient:
-    def __init__(self, base_url: str, api_key: str | None, hmac_secret: str, timeout_s: float = 5.0,
-                 now: Callable[[], float] = time.time, transport: httpx.AsyncBaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        hmac_secret: str,
+        timeout_s: float = 5.0,
+        now: Callable[[], float] = time.time,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.api_key = api_key
         self.hmac_secret = hmac_secret
@@ -79,8 +86,11 @@ class ExchangeClient:
         if not self.api_key:
             return {}
         ts = self._timestamp()
-        return {"X-API-Key": self.api_key, "X-Timestamp": ts,
-                "X-Signature": request_signature(self.hmac_secret, ts, method, path, body)}
+        return {
+            "X-API-Key": self.api_key,
+            "X-Timestamp": ts,
+            "X-Signature": request_signature(self.hmac_secret, ts, method, path, body),
+        }
 
     async def request(self, method: str, path: str, body: dict | None = None) -> Any:
         content = b"" if body is None else json.dumps(body, separators=(",", ":")).encode()
@@ -121,8 +131,11 @@ class ExchangeClient:
         found = await self.request("GET", "/api/orders?" + urlencode({"client_order_id": client_order_id}))
         # anything but [] or [that very order] (an exchange that ignores the filter lists every order) is not an
         # answer to the question: never read it as "not there" or as "this one"
-        if not isinstance(found, list) or len(found) > 1 or \
-                (found and (not isinstance(found[0], dict) or found[0].get("client_order_id") != client_order_id)):
+        if (
+            not isinstance(found, list)
+            or len(found) > 1
+            or (found and (not isinstance(found[0], dict) or found[0].get("client_order_id") != client_order_id))
+        ):
             raise ExchangeUnavailable(f"GET /api/orders?client_order_id: unexpected answer {str(found)[:200]}")
         return found[0] if found else None
 

@@ -34,7 +34,7 @@ class Stored:
     """A trade that parsed and is in the store: `new` is False when its trade_id was stored before."""
 
     trade: Trade
-    body: dict[str, Any]   # the trade as stored (JSON)
+    body: dict[str, Any]  # the trade as stored (JSON)
     new: bool
 
 
@@ -68,8 +68,7 @@ def unanswered_redelivery(store: Store, trade_id: str, body: dict[str, Any]) -> 
     except (StoreError, sqlite3.Error) as e:
         log.error("stored trade could not be read", extra={"trade_id": trade_id, "error": str(e)})
         return False
-    return (seen is not None and seen["ack_confirmed_ts"] is None and seen["source"] == "mqtt"
-            and seen["trade"] == body)
+    return seen is not None and seen["ack_confirmed_ts"] is None and seen["source"] == "mqtt" and seen["trade"] == body
 
 
 def load_stored(schedule: Schedule, rows: Iterable[dict[str, Any]]) -> int:

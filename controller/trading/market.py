@@ -4,8 +4,8 @@ delivery periods aligned to :00/:15/:30/:45, and gate closure 5 minutes before d
 
 from __future__ import annotations
 
-PERIOD_S = 900          # a delivery period (DESIGN.md: 15 minutes)
-GATE_CLOSURE_S = 300    # trading for a period closes this long before its delivery starts
+PERIOD_S = 900  # a delivery period (DESIGN.md: 15 minutes)
+GATE_CLOSURE_S = 300  # trading for a period closes this long before its delivery starts
 
 
 def period_start(ts: float) -> float:

@@ -41,7 +41,7 @@ log = logging.getLogger("bess.trading")
 ORDER_SYNC_MAX = 50  # locally active orders re-read one by one per refresh, at most
 OPEN_ORDERS_MAX = 10_000  # open orders counted by the pre-trade check (far more than a site has)
 RECONCILE_INTERVAL_S = 2.0  # pending order intents are asked for at the exchange this often (real seconds)
-SETTLE_MARGIN_S = 5.0       # beyond two request windows, before an order the exchange lacks is settled not placed
+SETTLE_MARGIN_S = 5.0  # beyond two request windows, before an order the exchange lacks is settled not placed
 
 
 def _leg(side: Any, quantity_mw: Any, delivery_start: Any) -> tuple[float, float] | None:
@@ -50,8 +50,10 @@ def _leg(side: Any, quantity_mw: Any, delivery_start: Any) -> tuple[float, float
         start = parse_iso(delivery_start) if isinstance(delivery_start, str) else float(delivery_start)
         mw = float(quantity_mw)
     except (TypeError, ValueError):
-        log.error("stored order unreadable: left out of the pre-trade check",
-                  extra={"side": side, "quantity_mw": quantity_mw, "delivery_start": delivery_start})
+        log.error(
+            "stored order unreadable: left out of the pre-trade check",
+            extra={"side": side, "quantity_mw": quantity_mw, "delivery_start": delivery_start},
+        )
         return None
     if side not in ("buy", "sell") or not (math.isfinite(mw) and math.isfinite(start)) or mw <= 0:
         return None
@@ -106,14 +108,18 @@ class OrderDesk:
         # the site's key at the exchange is EXCHANGE_API_KEY, never one of the local API keys (one purpose each);
         # without it the client still reads the exchange's public market data
         self.has_key = client is not None or bool(secrets.exchange_api_key)
-        self.client = client or ExchangeClient(secrets.exchange_base_url, secrets.exchange_api_key,
-                                               secrets.hmac_secret, timeout_s=self.config.exchange.timeout_s,
-                                               now=controller.clock.now)
+        self.client = client or ExchangeClient(
+            secrets.exchange_base_url,
+            secrets.exchange_api_key,
+            secrets.hmac_secret,
+            timeout_s=self.config.exchange.timeout_s,
+            now=controller.clock.now,
+        )
         self._market = Cached()
         self._orders = Cached()
         self._trades = Cached()
         self._lock = asyncio.Lock()
-        self._in_flight: set[str] = set()   # client_order_ids whose request this process is sending now
+        self._in_flight: set[str] = set()  # client_order_ids whose request this process is sending now
         self._reconciler: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -135,8 +141,9 @@ class OrderDesk:
     def pre_trade_check(self, order: OrderRequest):
         """Feasibility of the whole schedule if this order and any of the site's open orders fill: each limit at
         its worst case (schedule.check_feasibility). Refuses on an unknown SoC."""
-        return self.controller.feasibility(self.open_legs() + [_leg(order.side, order.quantity_mw,
-                                                                    order.delivery_start)])
+        return self.controller.feasibility(
+            self.open_legs() + [_leg(order.side, order.quantity_mw, order.delivery_start)]
+        )
 
     def open_legs(self) -> list[tuple[float, float]]:
         """(period start, signed MW that may still fill) of every order of the site that may still trade: the
@@ -164,15 +171,20 @@ class OrderDesk:
         now = self.controller.clock.now()
         start = parse_iso(order.delivery_start)
         if not gate_open(start, now):
-            raise OrderRefused(f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
-                               iso(start), "gate_closure")
+            raise OrderRefused(
+                f"gate closed: delivery {order.delivery_start} starts in less than 5 minutes",
+                iso(start),
+                "gate_closure",
+            )
         # from the check to the stored intent nothing awaits: two requests at once cannot both pass the check
         # against the same open orders
         feas = self.pre_trade_check(order)
         if not feas.ok:
             period = iso(feas.period_start) if feas.period_start is not None else None
-            log.info("order refused by the pre-trade check", extra={"reason": feas.reason, "side": order.side,
-                                                                    "quantity_mw": order.quantity_mw})
+            log.info(
+                "order refused by the pre-trade check",
+                extra={"reason": feas.reason, "side": order.side, "quantity_mw": order.quantity_mw},
+            )
             raise OrderRefused(feas.reason, period, feas.limit)
         cid = f"{self.config.site.id}-{uuid.uuid4().hex[:16]}"
         out = {**order.model_dump(), "participant": self.config.site.id, "client_order_id": cid}
@@ -195,31 +207,41 @@ class OrderDesk:
             placed = await self.client.place_order(out)
         except ExchangeRejected as e:  # a definite answer: the exchange did not take it
             detail = e.detail
-            log.warning("exchange refused the order", extra={"reason": detail, "status": e.status_code,
-                                                             "client_order_id": cid})
+            log.warning(
+                "exchange refused the order", extra={"reason": detail, "status": e.status_code, "client_order_id": cid}
+            )
             rec = e.body.get("order") if isinstance(e.body, dict) else None
             self.store.resolve_order_intent(cid, "refused", rec if isinstance(rec, dict) else None, detail)
-            raise OrderRefused(f"exchange refused: {detail}", out["delivery_start"], "exchange",
-                               status=409 if e.status_code == 409 else 422) from e
+            raise OrderRefused(
+                f"exchange refused: {detail}",
+                out["delivery_start"],
+                "exchange",
+                status=409 if e.status_code == 409 else 422,
+            ) from e
         except ExchangeNotReached as e:  # no connection, so nothing sent: settled now
             log.error("exchange unreachable: order not sent", extra={"error": str(e), "client_order_id": cid})
             self.store.resolve_order_intent(cid, "not_placed", reason=f"exchange unreachable, nothing sent: {e}")
             raise ExchangeDown(f"exchange unreachable, order not sent: {e}") from e
         except ExchangeError as e:  # no answer, or a 5xx: the exchange may have taken it all the same
-            log.warning("no answer from the exchange: asking it by client_order_id",
-                        extra={"client_order_id": cid, "error": str(e)})
+            log.warning(
+                "no answer from the exchange: asking it by client_order_id",
+                extra={"client_order_id": cid, "error": str(e)},
+            )
             found = await self._reconcile(cid, created_ts)
             if found is None:
                 raise ExchangeDown(
                     f"no answer from the exchange ({e}); the order may or may not have been taken: it is kept "
                     f"pending as client_order_id {cid}, counted as open by the pre-trade check, and reconciled "
-                    f"with the exchange by that id (never sent again)") from e
+                    f"with the exchange by that id (never sent again)"
+                ) from e
             return found
         placed.pop("trades", None)
         if not self.store.resolve_order_intent(cid, "placed", placed):
             self.store.add_order(placed)  # settled meanwhile by the reconciler: keep the freshest view
-        log.info("order sent", extra={"order_id": placed.get("order_id"), "status": placed.get("status"),
-                                      "client_order_id": cid})
+        log.info(
+            "order sent",
+            extra={"order_id": placed.get("order_id"), "status": placed.get("status"), "client_order_id": cid},
+        )
         return placed
 
     @property
@@ -235,23 +257,30 @@ class OrderDesk:
         try:
             found = await self.client.order_by_client_id(cid)
         except ExchangeError as e:
-            log.warning("order intent not reconciled: exchange unreachable", extra={"client_order_id": cid,
-                                                                                    "error": str(e)})
+            log.warning(
+                "order intent not reconciled: exchange unreachable", extra={"client_order_id": cid, "error": str(e)}
+            )
             return None
         if found is not None:
             found.pop("trades", None)
             if not self.store.resolve_order_intent(cid, "placed", found):
-                log.error("the exchange has an order whose intent was already settled: stored as it is there",
-                          extra={"client_order_id": cid, "order_id": found.get("order_id")})
+                log.error(
+                    "the exchange has an order whose intent was already settled: stored as it is there",
+                    extra={"client_order_id": cid, "order_id": found.get("order_id")},
+                )
                 self.store.add_order(found)
-            log.info("order intent reconciled: the exchange has the order",
-                     extra={"client_order_id": cid, "order_id": found.get("order_id"), "status": found.get("status")})
+            log.info(
+                "order intent reconciled: the exchange has the order",
+                extra={"client_order_id": cid, "order_id": found.get("order_id"), "status": found.get("status")},
+            )
             self._orders.fetched_mono = -math.inf
             return found
         waited_s = self.controller.clock.now() - created_ts
         if waited_s >= self.settle_s:
-            reason = (f"not at the exchange {waited_s:.0f} s after it was stored (the request never reached it, "
-                      f"and one older than its {self.config.exchange.request_window_s:g} s window cannot)")
+            reason = (
+                f"not at the exchange {waited_s:.0f} s after it was stored (the request never reached it, "
+                f"and one older than its {self.config.exchange.request_window_s:g} s window cannot)"
+            )
             if self.store.resolve_order_intent(cid, "not_placed", reason=reason):
                 log.warning("order intent settled: never placed", extra={"client_order_id": cid, "reason": reason})
         return None
@@ -261,8 +290,9 @@ class OrderDesk:
         how many are still pending."""
         pending = [i for i in self.store.order_intents("pending") if i["client_order_id"] not in self._in_flight]
         if pending and not self.has_key:
-            log.warning("pending order intents cannot be reconciled without EXCHANGE_API_KEY",
-                        extra={"pending": len(pending)})
+            log.warning(
+                "pending order intents cannot be reconciled without EXCHANGE_API_KEY", extra={"pending": len(pending)}
+            )
             return len(pending)
         for intent in pending:
             await self._reconcile(intent["client_order_id"], intent["created_ts"])
@@ -282,11 +312,17 @@ class OrderDesk:
         try:
             res = await self.client.cancel_order(order_id)
         except ExchangeRejected as e:
-            raise OrderRefused(f"exchange refused the cancel: {e.detail}", status=404 if e.status_code == 404 else 409) from e
+            raise OrderRefused(
+                f"exchange refused the cancel: {e.detail}", status=404 if e.status_code == 404 else 409
+            ) from e
         except ExchangeError as e:
             raise ExchangeDown(f"exchange unreachable, cancel not sent: {e}") from e
-        self.store.update_order(order_id, status=res.get("status", "cancelled"), remaining_mw=res.get("remaining_mw"),
-                                filled_mw=res.get("filled_mw"))
+        self.store.update_order(
+            order_id,
+            status=res.get("status", "cancelled"),
+            remaining_mw=res.get("remaining_mw"),
+            filled_mw=res.get("filled_mw"),
+        )
         self._orders.fetched_mono = -math.inf
         return res
 
@@ -333,14 +369,17 @@ class OrderDesk:
             try:
                 self._update_order(await self.client.order(order_id))
             except ExchangeRejected as e:  # e.g. a restarted simulator that never knew it: keep what we have
-                log.warning("order unknown at the exchange: left as stored",
-                            extra={"order_id": order_id, "status": e.status_code, "reason": e.detail})
+                log.warning(
+                    "order unknown at the exchange: left as stored",
+                    extra={"order_id": order_id, "status": e.status_code, "reason": e.detail},
+                )
         return remote
 
     def _update_order(self, o: dict[str, Any]) -> None:
         if o.get("order_id"):
-            self.store.update_order(o["order_id"], status=o.get("status"), filled_mw=o.get("filled_mw"),
-                                    remaining_mw=o.get("remaining_mw"))
+            self.store.update_order(
+                o["order_id"], status=o.get("status"), filled_mw=o.get("filled_mw"), remaining_mw=o.get("remaining_mw")
+            )
 
     def trades(self, limit: int = 200) -> dict[str, Any]:
         return {"trades": self.store.trades(limit=limit), "stale": False}
@@ -361,10 +400,16 @@ def add_trade_cli(args) -> int:
             return 2
     else:
         now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
-        data = {"trade_id": args.trade_id or f"manual-{uuid.uuid4().hex[:12]}", "side": args.side,
-                "quantity_mw": args.quantity_mw, "price_eur_mwh": args.price_eur_mwh,
-                "delivery_start": args.delivery_start, "delivery_end": args.delivery_end,
-                "market": args.market, "executed_at": now}
+        data = {
+            "trade_id": args.trade_id or f"manual-{uuid.uuid4().hex[:12]}",
+            "side": args.side,
+            "quantity_mw": args.quantity_mw,
+            "price_eur_mwh": args.price_eur_mwh,
+            "delivery_start": args.delivery_start,
+            "delivery_end": args.delivery_end,
+            "market": args.market,
+            "executed_at": now,
+        }
     store = Store.in_state_dir(args.state_dir)
     try:
         stored = store_trade(store, data, "cli", record_rejected=False)

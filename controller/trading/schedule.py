@@ -93,8 +93,10 @@ class Trade(BaseModel):
     def _period_bound(cls, v: Any) -> datetime:
         dt = _utc(v)
         if dt.minute % 15 or dt.second or dt.microsecond:
-            raise ValueError(f"must be on a 15-minute boundary (:00, :15, :30, :45 with zero seconds), "
-                             f"got {dt.isoformat().replace('+00:00', 'Z')}")
+            raise ValueError(
+                f"must be on a 15-minute boundary (:00, :15, :30, :45 with zero seconds), "
+                f"got {dt.isoformat().replace('+00:00', 'Z')}"
+            )
         return dt
 
     @field_validator("executed_at", mode="before")
@@ -108,8 +110,9 @@ class Trade(BaseModel):
         if length_s <= 0:
             raise ValueError(f"delivery_end: must be after delivery_start (got {length_s / 60:g} min)")
         if length_s > MAX_DELIVERY_S:
-            raise ValueError(f"delivery_end: delivery may last at most {MAX_DELIVERY_S // 3600} h "
-                             f"(got {length_s / 3600:g} h)")
+            raise ValueError(
+                f"delivery_end: delivery may last at most {MAX_DELIVERY_S // 3600} h (got {length_s / 3600:g} h)"
+            )
         return self
 
     @property
@@ -161,9 +164,9 @@ class Schedule:
 
     def __init__(self, trades: Iterable[Trade] = ()):
         self._trades: dict[str, Trade] = {}
-        self._legs: dict[float, list[float]] = {}   # period start -> signed quantities of its trades
-        self._position: dict[float, float] = {}     # period start -> net MW, kept in step with _legs
-        self._starts: list[float] = []              # sorted keys of _position, for range queries
+        self._legs: dict[float, list[float]] = {}  # period start -> signed quantities of its trades
+        self._position: dict[float, float] = {}  # period start -> net MW, kept in step with _legs
+        self._starts: list[float] = []  # sorted keys of _position, for range queries
         for t in trades:
             self.add(t)
 
@@ -208,18 +211,19 @@ class Schedule:
 
 # ---------------------------------------------------------------- feasibility
 
+
 @dataclass
 class Feasibility:
     """The outcome of simulating a schedule: the first breach (period and limit), or ok."""
 
     ok: bool
     period_start: float | None
-    limit: str | None   # soc_min, soc_max, p_discharge_max, p_charge_max, grid_limit; None when ok
+    limit: str | None  # soc_min, soc_max, p_discharge_max, p_charge_max, grid_limit; None when ok
     reason: str
     soc_path: list[tuple[float, float]] = field(default_factory=list)  # (ts, SoC %): now, then each period end
 
 
-_EPS_PCT = 1e-9   # SoC tolerance, so float dust on an exact edge is not a breach
+_EPS_PCT = 1e-9  # SoC tolerance, so float dust on an exact edge is not a breach
 _EPS_MW = 1e-9
 
 
@@ -239,9 +243,15 @@ def _power_breach(p: float, mw: float, limits: Limits) -> tuple[str, str] | None
     return name, f"period {iso_minute(p)}: {word} {abs(mw):g} MW > {name} {cap:g} MW"
 
 
-def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float | None, now_ts: float,
-                      battery: Battery, limits: Limits, *,
-                      open_orders: Iterable[tuple[float, float]] = ()) -> Feasibility:
+def check_feasibility(
+    positions: list[tuple[float, float]],
+    soc_pct_now: float | None,
+    now_ts: float,
+    battery: Battery,
+    limits: Limits,
+    *,
+    open_orders: Iterable[tuple[float, float]] = (),
+) -> Feasibility:
     """Whether the schedule `positions` ((period start, MW) pairs; + is discharge) stays within the limits
     whichever of the `open_orders` ((period start, signed MW still open) pairs: + a sell, - a buy) fill, from
     the SoC `soc_pct_now` at `now_ts`; the first period and limit breached otherwise.
@@ -255,9 +265,12 @@ def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float |
     guessed SoC would let an order through that the battery cannot deliver).
     """
     if soc_pct_now is None:
-        return Feasibility(False, None, "soc_unknown",
-                           "SoC unknown: no live, fresh SoC reading from the BMS, so the schedule's SoC path "
-                           "cannot be checked")
+        return Feasibility(
+            False,
+            None,
+            "soc_unknown",
+            "SoC unknown: no live, fresh SoC reading from the BMS, so the schedule's SoC path cannot be checked",
+        )
     open_orders = list(open_orders)
     if not open_orders:
         return _simulate(positions, soc_pct_now, now_ts, battery, limits)
@@ -269,9 +282,13 @@ def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float |
     if not breaches:
         lo = min(s for _, s in down.soc_path)
         hi = max(s for _, s in up.soc_path)
-        return Feasibility(True, None, None,
-                           f"feasible whichever open orders fill: SoC stays within {lo:.1f}–{hi:.1f} %",
-                           down.soc_path)
+        return Feasibility(
+            True,
+            None,
+            None,
+            f"feasible whichever open orders fill: SoC stays within {lo:.1f}–{hi:.1f} %",
+            down.soc_path,
+        )
     f, side = min(breaches, key=lambda b: b[0].period_start if b[0].period_start is not None else -math.inf)
     n = len(sells if side == "sell" else buys)
     if n:  # say which worst case it was, so the operator sees why an order that fits alone was refused
@@ -280,8 +297,9 @@ def check_feasibility(positions: list[tuple[float, float]], soc_pct_now: float |
     return f
 
 
-def _simulate(positions: list[tuple[float, float]], soc_pct_now: float, now_ts: float, battery: Battery,
-              limits: Limits) -> Feasibility:
+def _simulate(
+    positions: list[tuple[float, float]], soc_pct_now: float, now_ts: float, battery: Battery, limits: Limits
+) -> Feasibility:
     """Simulate the SoC from `now_ts` through the last period of `positions` ((period start, MW) pairs; + is
     discharge) and report the first period and limit breached.
 
@@ -338,17 +356,27 @@ def _simulate(positions: list[tuple[float, float]], soc_pct_now: float, now_ts: 
         soc = energy / capacity * 100.0
         path.append((end, soc))
         if mw > 0 and soc < limits.soc_min_pct - _EPS_PCT:
-            return Feasibility(False, p, "soc_min",
-                               f"period {iso_minute(p)}: SoC would fall to {soc:.1f} % < soc_min "
-                               f"{limits.soc_min_pct:g} % (discharging {mw:g} MW from {start_soc:.1f} %)", path)
+            return Feasibility(
+                False,
+                p,
+                "soc_min",
+                f"period {iso_minute(p)}: SoC would fall to {soc:.1f} % < soc_min "
+                f"{limits.soc_min_pct:g} % (discharging {mw:g} MW from {start_soc:.1f} %)",
+                path,
+            )
         if mw < 0 and soc > limits.soc_max_pct + _EPS_PCT:
-            return Feasibility(False, p, "soc_max",
-                               f"period {iso_minute(p)}: SoC would rise to {soc:.1f} % > soc_max "
-                               f"{limits.soc_max_pct:g} % (charging {-mw:g} MW from {start_soc:.1f} %)", path)
+            return Feasibility(
+                False,
+                p,
+                "soc_max",
+                f"period {iso_minute(p)}: SoC would rise to {soc:.1f} % > soc_max "
+                f"{limits.soc_max_pct:g} % (charging {-mw:g} MW from {start_soc:.1f} %)",
+                path,
+            )
         energy = max(energy, 0.0)  # an idle battery drained by its aux load stops at empty
         t, p = end, end
     lo = min(s for _, s in path)
     hi = max(s for _, s in path)
-    return Feasibility(True, None, None,
-                       f"feasible: SoC stays within {lo:.1f}–{hi:.1f} % through {iso_minute(last + PERIOD_S)}",
-                       path)
+    return Feasibility(
+        True, None, None, f"feasible: SoC stays within {lo:.1f}–{hi:.1f} % through {iso_minute(last + PERIOD_S)}", path
+    )

@@ -51,22 +51,22 @@ from controller.uplink.outbox import Outbox, OutboxError
 
 log = logging.getLogger("bess.uplink")
 
-TS_WINDOW_S = 300.0              # a signed message's ts may be this far from now, either way
-MAX_TRADE_BYTES = 64 * 1024      # a trade is ~300 bytes; anything this big is refused before parsing
-WINDOW_MSGS = 60                 # telemetry handed to paho and not yet PUBACKed (paho sends 20 at a time):
-REFILL_MSGS = WINDOW_MSGS // 2   # enough to keep paho busy, little enough that it is done within QUIET_LEAD_S
-PAHO_INFLIGHT = 20               # Mosquitto's default receive maximum; paho does not read it from CONNACK
-PEEK_ROWS = 1000                 # outbox rows fetched per SELECT
-DELETE_ROWS = 1000               # PUBACKed rows deleted per transaction (one seq range when contiguous) ...
-DELETE_EVERY_S = 0.25            # ... or after this long, whichever comes first
-HANDOFF_ROWS = 500               # hand-off rows stored per pump step (~5 ms): sending goes on in between
-HANDOFF_MAX = 100_000            # the cycle->pump queue; only reached if the disk stalls for a day at 1 Hz
-PUMP_IDLE_S = 0.05               # the pump's longest sleep when nothing wakes it
+TS_WINDOW_S = 300.0  # a signed message's ts may be this far from now, either way
+MAX_TRADE_BYTES = 64 * 1024  # a trade is ~300 bytes; anything this big is refused before parsing
+WINDOW_MSGS = 60  # telemetry handed to paho and not yet PUBACKed (paho sends 20 at a time):
+REFILL_MSGS = WINDOW_MSGS // 2  # enough to keep paho busy, little enough that it is done within QUIET_LEAD_S
+PAHO_INFLIGHT = 20  # Mosquitto's default receive maximum; paho does not read it from CONNACK
+PEEK_ROWS = 1000  # outbox rows fetched per SELECT
+DELETE_ROWS = 1000  # PUBACKed rows deleted per transaction (one seq range when contiguous) ...
+DELETE_EVERY_S = 0.25  # ... or after this long, whichever comes first
+HANDOFF_ROWS = 500  # hand-off rows stored per pump step (~5 ms): sending goes on in between
+HANDOFF_MAX = 100_000  # the cycle->pump queue; only reached if the disk stalls for a day at 1 Hz
+PUMP_IDLE_S = 0.05  # the pump's longest sleep when nothing wakes it
 EXPIRE_EVERY_S = 1.0
-ACK_CONFIRM_MAX_S = 3600.0       # how long an accepted trade's ack is watched for its PUBACK (across reconnects)
-QUIET_LEAD_S = 0.003             # the pump goes quiet this long before the next control cycle is due ...
-QUIET_MAX_S = 0.05               # ... and resumes this long after it was due even if no on_cycle came
-GRID_SLACK_S = 0.002             # a cycle that started this much before it was due was woken early
+ACK_CONFIRM_MAX_S = 3600.0  # how long an accepted trade's ack is watched for its PUBACK (across reconnects)
+QUIET_LEAD_S = 0.003  # the pump goes quiet this long before the next control cycle is due ...
+QUIET_MAX_S = 0.05  # ... and resumes this long after it was due even if no on_cycle came
+GRID_SLACK_S = 0.002  # a cycle that started this much before it was due was woken early
 
 
 class UplinkError(Exception):
@@ -116,9 +116,15 @@ def check_envelope(message: Any, secret: str, now_s: float, site: str) -> dict[s
 class Uplink:
     """One site's MQTT link. `await start()`, `publish_telemetry(payload)` from the cycle, `await stop()`."""
 
-    def __init__(self, config: SiteConfig, secrets: Secrets, outbox: Outbox,
-                 accept_trade: Callable[..., Any], clock: Clock | None = None,
-                 on_ack_confirmed: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: SiteConfig,
+        secrets: Secrets,
+        outbox: Outbox,
+        accept_trade: Callable[..., Any],
+        clock: Clock | None = None,
+        on_ack_confirmed: Callable[[str], None] | None = None,
+    ):
         self.config = config
         self.cfg = config.mqtt
         self.secrets = secrets
@@ -145,35 +151,51 @@ class Uplink:
         # The pump alone owns _inflight, _acked, _cursor and _held. paho's thread only appends PUBACKed mids
         # to _puback_mids, which the pump reads after it registered the mid (same thread), so a PUBACK that
         # beats publish() returning is never lost and no lock is ever held while calling paho.
-        self._inflight: dict[int, int] = {}    # paho mid -> seq
+        self._inflight: dict[int, int] = {}  # paho mid -> seq
         self._puback_mids: collections.deque[int] = collections.deque()
-        self._acked: list[int] = []            # seqs PUBACKed, not yet deleted
+        self._acked: list[int] = []  # seqs PUBACKed, not yet deleted
         # accepted trades' acks awaiting their PUBACK: (trade_id, paho's MQTTMessageInfo, give-up monotonic).
         # The loop appends; the pump (stop() once the pump is gone) takes from the other end: deque ends are
         # thread-safe.
         self._ack_watch: collections.deque[tuple[str, mqtt.MQTTMessageInfo, float]] = collections.deque()
-        self._cursor = 0                       # the highest seq handed to paho
-        self._epoch = 0                        # connections made so far (paho's thread increments)
+        self._cursor = 0  # the highest seq handed to paho
+        self._epoch = 0  # connections made so far (paho's thread increments)
         self._seen_epoch = 0
-        self._held = False                     # after a reconnect: wait for paho's re-sends before new rows
+        self._held = False  # after a reconnect: wait for paho's re-sends before new rows
         self._tokens = 0.0
         self._tokens_mono = time.monotonic()
         self._rows: collections.deque[tuple[int, bytes]] = collections.deque()  # peeked, not yet handed to paho
         self._next_delete = 0.0
-        self._quiet = (math.inf, math.inf)     # (from, to) monotonic: the pump leaves the GIL to the cycle
-        self._due: float | None = None         # when the next control cycle is due (monotonic), from on_cycle
+        self._quiet = (math.inf, math.inf)  # (from, to) monotonic: the pump leaves the GIL to the cycle
+        self._due: float | None = None  # when the next control cycle is due (monotonic), from on_cycle
         self._last_telemetry_mono = -math.inf  # the controller clock's monotonic time of the last telemetry
-        self._counters = collections.Counter({k: 0 for k in (
-            "sent", "acked", "connects", "connect_refused", "disconnects", "handoff_dropped",
-            "trades_accepted", "trades_rejected", "trades_failed")})
+        self._counters = collections.Counter(
+            {
+                k: 0
+                for k in (
+                    "sent",
+                    "acked",
+                    "connects",
+                    "connect_refused",
+                    "disconnects",
+                    "handoff_dropped",
+                    "trades_accepted",
+                    "trades_rejected",
+                    "trades_failed",
+                )
+            }
+        )
         self.client = self._make_client()
 
     # ---------------------------------------------------------------- client set-up
     def _make_client(self) -> mqtt.Client:
         v5 = self.cfg.protocol == "5"
-        kwargs: dict[str, Any] = dict(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                      client_id=self.client_id, protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
-                                      manual_ack=True)
+        kwargs: dict[str, Any] = dict(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+            manual_ack=True,
+        )
         if not v5:
             kwargs["clean_session"] = False
         c = mqtt.Client(**kwargs)
@@ -184,8 +206,11 @@ class Uplink:
         tls = self.cfg.tls
         if self.url.tls or tls is not None:
             try:
-                c.tls_set(ca_certs=tls.ca_file if tls else None, certfile=tls.cert_file if tls else None,
-                          keyfile=tls.key_file if tls else None)
+                c.tls_set(
+                    ca_certs=tls.ca_file if tls else None,
+                    certfile=tls.cert_file if tls else None,
+                    keyfile=tls.key_file if tls else None,
+                )
             except (OSError, ValueError) as e:
                 raise UplinkError(f"mqtt.tls: cannot load certificates: {e}") from e
             if tls is not None and tls.insecure:
@@ -217,8 +242,15 @@ class Uplink:
             kwargs.update(clean_start=False, properties=props)
         self.client.connect_async(self.url.host, self.url.port, **kwargs)
         self.client.loop_start()
-        log.info("uplink started", extra={"broker": f"{self.url.host}:{self.url.port}", "client_id": self.client_id,
-                                          "protocol": self.cfg.protocol, "outbox_depth": self.outbox.depth})
+        log.info(
+            "uplink started",
+            extra={
+                "broker": f"{self.url.host}:{self.url.port}",
+                "client_id": self.client_id,
+                "protocol": self.cfg.protocol,
+                "outbox_depth": self.outbox.depth,
+            },
+        )
 
     async def stop(self, timeout_s: float = 3.0) -> None:
         """Flush the hand-off queue into the outbox, collect the last PUBACKs (up to 1 s), say offline
@@ -262,9 +294,14 @@ class Uplink:
     @property
     def stats(self) -> dict[str, Any]:
         inflight = len(self._inflight)
-        return {"outbox_depth": self.outbox.depth + len(self._handoff), "outbox_dropped": self.outbox.dropped,
-                "last_seq": self.outbox.last_seq, "inflight": inflight, "connected": self.connected,
-                **dict(self._counters)}
+        return {
+            "outbox_depth": self.outbox.depth + len(self._handoff),
+            "outbox_dropped": self.outbox.dropped,
+            "last_seq": self.outbox.last_seq,
+            "inflight": inflight,
+            "connected": self.connected,
+            **dict(self._counters),
+        }
 
     # ---------------------------------------------------------------- telemetry (control cycle)
     def publish_telemetry(self, payload: dict[str, Any]) -> None:
@@ -320,8 +357,9 @@ class Uplink:
                     continue  # the control cycle's turn: no paho, no SQLite
                 self._store_handoff()
                 self._collect_pubacks()
-                if self._acked and (len(self._acked) >= DELETE_ROWS or now >= self._next_delete
-                                    or not self._inflight or not running):
+                if self._acked and (
+                    len(self._acked) >= DELETE_ROWS or now >= self._next_delete or not self._inflight or not running
+                ):
                     self._delete_acked()
                 if now >= next_expire:
                     next_expire = now + EXPIRE_EVERY_S
@@ -382,21 +420,23 @@ class Uplink:
         """Call on_ack_confirmed for each accepted trade whose ack the broker has PUBACKed (paho's thread sets
         the MQTTMessageInfo's flag). A watch ends unconfirmed when the publish failed or after ACK_CONFIRM_MAX_S:
         that trade stays unconfirmed, and a redelivery of it is answered "accepted" again, which is true."""
-        for _ in range(len(self._ack_watch)):   # the watches there now; the loop may append meanwhile
+        for _ in range(len(self._ack_watch)):  # the watches there now; the loop may append meanwhile
             trade_id, info, give_up = self._ack_watch.popleft()
             try:
                 published = info.is_published()
-            except (RuntimeError, ValueError) as e:   # not queued (no connection, queue full)
+            except (RuntimeError, ValueError) as e:  # not queued (no connection, queue full)
                 log.warning("trade ack not confirmed by the broker", extra={"trade_id": trade_id, "error": str(e)})
                 continue
             if published:
                 try:
                     self.on_ack_confirmed(trade_id)
-                except Exception:   # a bug in the callback must not stop the telemetry pump
+                except Exception:  # a bug in the callback must not stop the telemetry pump
                     log.exception("on_ack_confirmed failed", extra={"trade_id": trade_id})
             elif now >= give_up:
-                log.warning("trade ack not confirmed by the broker in time",
-                            extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S})
+                log.warning(
+                    "trade ack not confirmed by the broker in time",
+                    extra={"trade_id": trade_id, "waited_s": ACK_CONFIRM_MAX_S},
+                )
             else:
                 self._ack_watch.append((trade_id, info, give_up))
 
@@ -444,8 +484,9 @@ class Uplink:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._counters["connect_refused"] += 1
-            log.warning("MQTT connect refused", extra={"broker": f"{self.url.host}:{self.url.port}",
-                                                       "reason": str(reason_code)})
+            log.warning(
+                "MQTT connect refused", extra={"broker": f"{self.url.host}:{self.url.port}", "reason": str(reason_code)}
+            )
             return
         sock = client.socket()
         if isinstance(sock, socket.socket):
@@ -457,8 +498,13 @@ class Uplink:
         self._epoch += 1
         self._connected.set()
         self._wake.set()
-        log.info("MQTT connected", extra={"broker": f"{self.url.host}:{self.url.port}",
-                                          "session_present": getattr(flags, "session_present", None)})
+        log.info(
+            "MQTT connected",
+            extra={
+                "broker": f"{self.url.host}:{self.url.port}",
+                "session_present": getattr(flags, "session_present", None),
+            },
+        )
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         was = self._connected.is_set()
@@ -470,8 +516,10 @@ class Uplink:
             log.info("MQTT disconnected (stopping)", extra={"inflight": inflight})
         elif was:
             self._counters["disconnects"] += 1
-            log.warning("MQTT disconnected; will reconnect", extra={"reason": str(reason_code), "inflight": inflight,
-                                                                   "outbox_depth": self.outbox.depth})
+            log.warning(
+                "MQTT disconnected; will reconnect",
+                extra={"reason": str(reason_code), "inflight": inflight, "outbox_depth": self.outbox.depth},
+            )
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         # paho holds its own lock while calling us: hand the mid to the pump and never call paho here

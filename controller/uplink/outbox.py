@@ -52,8 +52,14 @@ class Outbox:
     `delete(seqs)` on PUBACK; `depth`, `dropped`, `last_seq` for metrics.
     """
 
-    def __init__(self, path: str | Path, max_rows: int = 1_000_000, max_age_s: float = 7 * 86400,
-                 *, now: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        path: str | Path,
+        max_rows: int = 1_000_000,
+        max_age_s: float = 7 * 86400,
+        *,
+        now: Callable[[], float] = time.time,
+    ):
         if max_rows < 1:
             raise ValueError(f"outbox max_rows must be >= 1 (got {max_rows})")
         self.path = Path(path)
@@ -62,7 +68,8 @@ class Outbox:
         self._now = now
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000)
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT_MS / 1000
+        )
         c = self._conn
         c.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         mode = c.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -78,8 +85,10 @@ class Outbox:
         self._depth = int(row[0])
         if row[1] is not None and row[1] > self._last_seq:  # a meta row older than its rows: never reuse a seq
             self._last_seq = int(row[1])
-        log.info("outbox opened", extra={"path": str(self.path), "depth": self._depth, "last_seq": self._last_seq,
-                                         "dropped": self._dropped})
+        log.info(
+            "outbox opened",
+            extra={"path": str(self.path), "depth": self._depth, "last_seq": self._last_seq, "dropped": self._dropped},
+        )
 
     # ---------------------------------------------------------------- plumbing
     @contextmanager
@@ -129,12 +138,19 @@ class Outbox:
         seqs: list[int] = []
         with self._lock:
             for start in range(0, len(items), BATCH_ROWS):
-                chunk = items[start:start + BATCH_ROWS]
+                chunk = items[start : start + BATCH_ROWS]
                 now = self._now()
                 first = self._last_seq + 1
-                rows = [(first + i, now, json.dumps({"seq": first + i, **{k: v for k, v in p.items() if k != "seq"}},
-                                                    separators=(",", ":")).encode())
-                        for i, p in enumerate(chunk)]
+                rows = [
+                    (
+                        first + i,
+                        now,
+                        json.dumps(
+                            {"seq": first + i, **{k: v for k, v in p.items() if k != "seq"}}, separators=(",", ":")
+                        ).encode(),
+                    )
+                    for i, p in enumerate(chunk)
+                ]
                 last = first + len(rows) - 1
                 excess = self._depth + len(rows) - self.max_rows
                 with self._tx() as c:
@@ -154,9 +170,15 @@ class Outbox:
         deleted = c.execute("DELETE FROM mqtt_outbox WHERE seq <= ?", (cut[0],)).rowcount
         c.execute("UPDATE mqtt_outbox_meta SET value = value + ? WHERE key = 'dropped'", (deleted,))
         self._dropped += deleted
-        log.warning("outbox bound reached: oldest telemetry dropped",
-                    extra={"dropped_now": deleted, "dropped_total": self._dropped, "up_to_seq": cut[0],
-                           "max_rows": self.max_rows})
+        log.warning(
+            "outbox bound reached: oldest telemetry dropped",
+            extra={
+                "dropped_now": deleted,
+                "dropped_total": self._dropped,
+                "up_to_seq": cut[0],
+                "max_rows": self.max_rows,
+            },
+        )
         return deleted
 
     def expire(self) -> int:
@@ -171,20 +193,29 @@ class Outbox:
             total = 0
             while True:  # bounded: each round removes up to BATCH_ROWS rows, and rows are finite
                 with self._tx() as c:
-                    seqs = [r[0] for r in c.execute(
-                        "SELECT seq FROM mqtt_outbox WHERE created_ts < ? ORDER BY seq LIMIT ?", (cutoff, BATCH_ROWS))]
+                    seqs = [
+                        r[0]
+                        for r in c.execute(
+                            "SELECT seq FROM mqtt_outbox WHERE created_ts < ? ORDER BY seq LIMIT ?",
+                            (cutoff, BATCH_ROWS),
+                        )
+                    ]
                     if not seqs:
                         break
-                    c.execute("DELETE FROM mqtt_outbox WHERE seq BETWEEN ? AND ? AND created_ts < ?",
-                              (seqs[0], seqs[-1], cutoff))
+                    c.execute(
+                        "DELETE FROM mqtt_outbox WHERE seq BETWEEN ? AND ? AND created_ts < ?",
+                        (seqs[0], seqs[-1], cutoff),
+                    )
                     c.execute("UPDATE mqtt_outbox_meta SET value = value + ? WHERE key = 'dropped'", (len(seqs),))
                 total += len(seqs)
                 self._dropped += len(seqs)
                 self._depth -= len(seqs)
                 if len(seqs) < BATCH_ROWS:
                     break
-            log.warning("outbox age bound reached: old telemetry dropped",
-                        extra={"dropped_now": total, "dropped_total": self._dropped, "max_age_s": self.max_age_s})
+            log.warning(
+                "outbox age bound reached: old telemetry dropped",
+                extra={"dropped_now": total, "dropped_total": self._dropped, "max_age_s": self.max_age_s},
+            )
             return total
 
     def delete(self, seqs: Iterable[int]) -> int:
@@ -193,11 +224,13 @@ class Outbox:
         deleted = 0
         with self._lock:
             for start in range(0, len(todo), BATCH_ROWS):
-                chunk = todo[start:start + BATCH_ROWS]
+                chunk = todo[start : start + BATCH_ROWS]
                 with self._tx() as c:
                     # a contiguous run (the usual case: PUBACKs come in order) is one range delete
                     if chunk[-1] - chunk[0] + 1 == len(chunk):
-                        n = c.execute("DELETE FROM mqtt_outbox WHERE seq BETWEEN ? AND ?", (chunk[0], chunk[-1])).rowcount
+                        n = c.execute(
+                            "DELETE FROM mqtt_outbox WHERE seq BETWEEN ? AND ?", (chunk[0], chunk[-1])
+                        ).rowcount
                     else:
                         n = sum(c.execute("DELETE FROM mqtt_outbox WHERE seq = ?", (s,)).rowcount for s in chunk)
                 deleted += n
@@ -211,5 +244,6 @@ class Outbox:
             if self._conn is None:
                 raise OutboxError("outbox is closed")
             # sqlite3 hands INTEGER back as int and BLOB as bytes: the rows go to paho as they are
-            return self._conn.execute("SELECT seq, payload FROM mqtt_outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-                                      (after_seq, limit)).fetchall()
+            return self._conn.execute(
+                "SELECT seq, payload FROM mqtt_outbox WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()

@@ -85,11 +85,23 @@ def _lifespan(service: ExchangeService, clock: Clock, tick_s: float):
     return lifespan
 
 
-def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str = DEMO_HMAC_SECRET,
-               clock: Clock | None = None, counterparties: int = 0, seed: int = 42, mqtt_url: str | None = None,
-               publisher: TradePublisher | None = None, tick_s: float = 1.0, gate_closure_s: int = GATE_CLOSURE_S,
-               ema_span: int = 20, mark_spread_max_eur: float = 5.0, markets: tuple[str, ...] = ("intraday",),
-               id_prefix: str | None = None, auth_window_s: float = 30.0) -> FastAPI:
+def create_app(
+    *,
+    participants: dict[str, str] | None = None,
+    hmac_secret: str = DEMO_HMAC_SECRET,
+    clock: Clock | None = None,
+    counterparties: int = 0,
+    seed: int = 42,
+    mqtt_url: str | None = None,
+    publisher: TradePublisher | None = None,
+    tick_s: float = 1.0,
+    gate_closure_s: int = GATE_CLOSURE_S,
+    ema_span: int = 20,
+    mark_spread_max_eur: float = 5.0,
+    markets: tuple[str, ...] = ("intraday",),
+    id_prefix: str | None = None,
+    auth_window_s: float = 30.0,
+) -> FastAPI:
     """The exchange app. `participants` maps API key -> site id (default {"demo": "demo"}); with `mqtt_url`
     (or a `publisher`) the sites' trades are published on bess/{site}/trades. `app.state.exchange` is the
     ExchangeService, `app.state.publisher` the publisher or None; the routes read `app.state.sim`."""
@@ -103,8 +115,13 @@ def create_app(*, participants: dict[str, str] | None = None, hmac_secret: str =
         id_prefix = f"X{int(clock.now()):x}-"
     curve = PriceCurve(seed)
     engine = MatchingEngine(gate_closure_s=gate_closure_s, id_prefix=id_prefix)
-    service = ExchangeService(engine, MarketData(ema_span, mark_spread_max_eur), auth.sites, publisher,
-                              Counterparties(counterparties, curve, seed) if counterparties > 0 else None)
+    service = ExchangeService(
+        engine,
+        MarketData(ema_span, mark_spread_max_eur),
+        auth.sites,
+        publisher,
+        Counterparties(counterparties, curve, seed) if counterparties > 0 else None,
+    )
 
     app = FastAPI(title="BESS exchange simulator", lifespan=_lifespan(service, clock, tick_s))
     app.state.sim = ExchangeState(service=service, auth=auth, clock=clock, markets=markets)
@@ -152,11 +169,27 @@ def main_exchange(args) -> int:
     mqtt_url = os.environ.get("MQTT_URL", "mqtt://127.0.0.1:1883")
     if mqtt_url.strip().lower() in ("", "none"):
         mqtt_url = None  # MQTT_URL=none: no trade publishing (benchmarks, API-only use)
-    log.info("exchange simulator on http://%s:%d, %d counterparties (seed %d), sites %s, MQTT %s",
-             args.host, args.port, args.counterparties, args.seed, sorted(set(participants.values())), mqtt_url)
+    log.info(
+        "exchange simulator on http://%s:%d, %d counterparties (seed %d), sites %s, MQTT %s",
+        args.host,
+        args.port,
+        args.counterparties,
+        args.seed,
+        sorted(set(participants.values())),
+        mqtt_url,
+    )
     try:
-        asyncio.run(serve(args.host, args.port, participants=participants, hmac_secret=secret,
-                          counterparties=args.counterparties, seed=args.seed, mqtt_url=mqtt_url))
+        asyncio.run(
+            serve(
+                args.host,
+                args.port,
+                participants=participants,
+                hmac_secret=secret,
+                counterparties=args.counterparties,
+                seed=args.seed,
+                mqtt_url=mqtt_url,
+            )
+        )
     except KeyboardInterrupt:
         pass
     return 0

@@ -52,8 +52,9 @@ class ReplayCache:
             self._seen.popitem(last=False)
             self.evicted += 1
             if self.evicted % 1000 == 1:
-                log.warning("replay cache full (%d): evicted an unexpired signature (%d so far)",
-                            self.max_entries, self.evicted)
+                log.warning(
+                    "replay cache full (%d): evicted an unexpired signature (%d so far)", self.max_entries, self.evicted
+                )
         return True
 
     def __len__(self) -> int:
@@ -61,8 +62,9 @@ class ReplayCache:
 
 
 class Authenticator:
-    def __init__(self, participants: dict[str, str], hmac_secret: str, window_s: float = 30.0,
-                 replay_max: int = 200_000):
+    def __init__(
+        self, participants: dict[str, str], hmac_secret: str, window_s: float = 30.0, replay_max: int = 200_000
+    ):
         if not participants:
             raise ValueError("no participants: map at least one API key to a site id")
         self.participants = dict(participants)
@@ -74,8 +76,18 @@ class Authenticator:
     def sites(self) -> set[str]:
         return set(self.participants.values())
 
-    def check(self, *, api_key: str | None, timestamp: str | None, signature: str | None, method: str,
-              path: str, query: str, body: bytes, now: float) -> str:
+    def check(
+        self,
+        *,
+        api_key: str | None,
+        timestamp: str | None,
+        signature: str | None,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes,
+        now: float,
+    ) -> str:
         """The participant (site id) of an authentic, fresh, first-seen request; else AuthError."""
         if not api_key:
             raise AuthError("missing X-API-Key header")

@@ -24,8 +24,15 @@ class Venue(Protocol):
 
 
 class Counterparties:
-    def __init__(self, count: int, curve: PriceCurve, seed: int = 42, horizon_products: int = 16,
-                 max_orders_per_product: int = 4, market: str = "intraday"):
+    def __init__(
+        self,
+        count: int,
+        curve: PriceCurve,
+        seed: int = 42,
+        horizon_products: int = 16,
+        max_orders_per_product: int = 4,
+        market: str = "intraday",
+    ):
         self.names = [f"cp-{i + 1:02d}" for i in range(count)]
         self.curve = curve
         self.rng = random.Random(seed ^ 0x5EED)
@@ -40,8 +47,15 @@ class Counterparties:
         return self.curve.price(delivery_start) + self.bias_eur[name] + self.drift_eur.get(delivery_start, 0.0)
 
     def _request(self, name: str, side: str, price_eur: float, lots: int, ds: int, tif: str = "GTC") -> TickOrder:
-        return TickOrder(participant=name, side=side, price_ticks=price_to_ticks(round(price_eur, 2)),
-                            quantity_lots=lots, delivery_start=ds, market=self.market, time_in_force=tif)
+        return TickOrder(
+            participant=name,
+            side=side,
+            price_ticks=price_to_ticks(round(price_eur, 2)),
+            quantity_lots=lots,
+            delivery_start=ds,
+            market=self.market,
+            time_in_force=tif,
+        )
 
     def _quote(self, venue: Venue, name: str, ds: int, now: float, side: str | None = None) -> None:
         side = side or self.rng.choice(("buy", "sell"))

@@ -46,8 +46,13 @@ class PriceCurve:
             prices = []
             for q in range(PERIODS_PER_DAY):
                 h = (q + 0.5) / 4
-                p = (level - 20 * _bump(h, 3.5, 2.0) + morning * _bump(h, 8.0, 1.3)
-                     - solar * _bump(h, 13.0, 2.2) + evening * _bump(h, 19.0, 1.6))
+                p = (
+                    level
+                    - 20 * _bump(h, 3.5, 2.0)
+                    + morning * _bump(h, 8.0, 1.3)
+                    - solar * _bump(h, 13.0, 2.2)
+                    + evening * _bump(h, 19.0, 1.6)
+                )
                 p += self.noise_eur * student_t(rng, 3.0)
                 prices.append(round(p, 2))
             self._days[day_index] = prices

@@ -187,8 +187,7 @@ class Trade:
         side = self.side_of(participant)
         if side is None:
             raise ValueError(f"{participant} is not a party to trade {self.trade_id}")
-        return {**self.to_dict(), "side": side,
-                "order_id": self.buy_order_id if side == "buy" else self.sell_order_id}
+        return {**self.to_dict(), "side": side, "order_id": self.buy_order_id if side == "buy" else self.sell_order_id}
 
 
 @dataclass
@@ -306,8 +305,13 @@ class Book:
 class MatchingEngine:
     """All products' books plus every order it has seen (until pruned)."""
 
-    def __init__(self, gate_closure_s: int = GATE_CLOSURE_S, horizon_s: int = 2 * 86400, id_prefix: str = "",
-                 self_trade_prevention: bool = True):
+    def __init__(
+        self,
+        gate_closure_s: int = GATE_CLOSURE_S,
+        horizon_s: int = 2 * 86400,
+        id_prefix: str = "",
+        self_trade_prevention: bool = True,
+    ):
         self.gate_closure_s = gate_closure_s
         self.horizon_s = horizon_s
         self.id_prefix = id_prefix
@@ -336,8 +340,10 @@ class MatchingEngine:
         if req.delivery_start % PERIOD_S:
             return "delivery_start is not on a 15-minute boundary"
         if not gate_open(req.delivery_start, now, self.gate_closure_s):
-            return (f"gate closed for {iso(req.delivery_start)} at {iso(self.gate_closes_at(req.delivery_start))} "
-                    f"({self.gate_closure_s // 60} min before delivery)")
+            return (
+                f"gate closed for {iso(req.delivery_start)} at {iso(self.gate_closes_at(req.delivery_start))} "
+                f"({self.gate_closure_s // 60} min before delivery)"
+            )
         if req.delivery_start - now > self.horizon_s:
             return f"product {iso(req.delivery_start)} not open yet (more than {self.horizon_s} s ahead)"
         if req.quantity_lots <= 0:
@@ -347,11 +353,20 @@ class MatchingEngine:
     # ---- orders ---------------------------------------------------------------------------------------
     def _new_order(self, req: TickOrder, now: float) -> Order:
         self._order_seq += 1
-        order = Order(order_id=f"{self.id_prefix}O{self._order_seq:08d}", seq=self._order_seq,
-                      participant=req.participant, side=req.side, price_ticks=req.price_ticks,
-                      quantity_lots=req.quantity_lots, delivery_start=req.delivery_start, market=req.market,
-                      time_in_force=req.time_in_force, client_order_id=req.client_order_id,
-                      created_at=now, updated_at=now)
+        order = Order(
+            order_id=f"{self.id_prefix}O{self._order_seq:08d}",
+            seq=self._order_seq,
+            participant=req.participant,
+            side=req.side,
+            price_ticks=req.price_ticks,
+            quantity_lots=req.quantity_lots,
+            delivery_start=req.delivery_start,
+            market=req.market,
+            time_in_force=req.time_in_force,
+            client_order_id=req.client_order_id,
+            created_at=now,
+            updated_at=now,
+        )
         self.orders[order.order_id] = order
         self._by_participant.setdefault(order.participant, {})[order.order_id] = order
         if req.client_order_id:
@@ -374,8 +389,9 @@ class MatchingEngine:
             can = book.fillable_lots(order, self.self_trade_prevention)
             if can < order.quantity_lots:
                 order.status = "cancelled"
-                order.reason = (f"FOK: only {lots_to_mw(can):g} of {lots_to_mw(order.quantity_lots):g} MW "
-                                f"fillable at the limit")
+                order.reason = (
+                    f"FOK: only {lots_to_mw(can):g} of {lots_to_mw(order.quantity_lots):g} MW fillable at the limit"
+                )
                 return Result(order)
         trades = self._match(book, order, now)
         if order.remaining_lots == 0:
@@ -400,17 +416,29 @@ class MatchingEngine:
                 break
             if self.self_trade_prevention and resting.participant == incoming.participant:
                 incoming.status = "cancelled"
-                incoming.reason = (f"self-trade prevention: would match own order {resting.order_id}; "
-                                   f"remainder {lots_to_mw(incoming.remaining_lots):g} MW cancelled")
+                incoming.reason = (
+                    f"self-trade prevention: would match own order {resting.order_id}; "
+                    f"remainder {lots_to_mw(incoming.remaining_lots):g} MW cancelled"
+                )
                 break
             lots = min(incoming.remaining_lots, resting.remaining_lots)
             self._trade_seq += 1
             buy, sell = (incoming, resting) if incoming.side == "buy" else (resting, incoming)
-            trades.append(Trade(trade_id=f"{self.id_prefix}T{self._trade_seq:08d}", seq=self._trade_seq,
-                                buy_order_id=buy.order_id, sell_order_id=sell.order_id,
-                                buyer=buy.participant, seller=sell.participant,
-                                price_ticks=resting.price_ticks, quantity_lots=lots,
-                                delivery_start=book.delivery_start, market=resting.market, executed_at=now))
+            trades.append(
+                Trade(
+                    trade_id=f"{self.id_prefix}T{self._trade_seq:08d}",
+                    seq=self._trade_seq,
+                    buy_order_id=buy.order_id,
+                    sell_order_id=sell.order_id,
+                    buyer=buy.participant,
+                    seller=sell.participant,
+                    price_ticks=resting.price_ticks,
+                    quantity_lots=lots,
+                    delivery_start=book.delivery_start,
+                    market=resting.market,
+                    executed_at=now,
+                )
+            )
             incoming.filled_lots += lots
             resting.filled_lots += lots
             resting.updated_at = now
@@ -455,8 +483,11 @@ class MatchingEngine:
 
     def prune(self, before: float, keep_participants: set[str] = frozenset()) -> int:
         """Forget terminal orders last updated before `before` (except `keep_participants`'); returns how many."""
-        gone = [o for o in self.orders.values() if not o.active and o.updated_at < before
-                and o.participant not in keep_participants]
+        gone = [
+            o
+            for o in self.orders.values()
+            if not o.active and o.updated_at < before and o.participant not in keep_participants
+        ]
         for o in gone:
             del self.orders[o.order_id]
             self._by_participant.get(o.participant, {}).pop(o.order_id, None)

@@ -39,8 +39,9 @@ def vwap(trades: Iterable[tuple[float, float]]) -> float | None:
     return num / vol if vol else None
 
 
-def mark(best_bid: float | None, best_ask: float | None, last: float | None, vwap_price: float | None,
-         spread_max_eur: float) -> float | None:
+def mark(
+    best_bid: float | None, best_ask: float | None, last: float | None, vwap_price: float | None, spread_max_eur: float
+) -> float | None:
     """Mid when both sides quote and the spread is under `spread_max_eur`; else last; else VWAP; else None."""
     if best_bid is not None and best_ask is not None and best_ask - best_bid < spread_max_eur:
         return round((best_bid + best_ask) / 2, 3)
@@ -96,8 +97,9 @@ class MarketData:
         for ds in [ds for ds in self.products if ds + PERIOD_S < now - self.history_s]:
             del self.products[ds]
 
-    def product(self, delivery_start: int, best_bid_ticks: int | None, best_ask_ticks: int | None,
-                is_open: bool) -> dict:
+    def product(
+        self, delivery_start: int, best_bid_ticks: int | None, best_ask_ticks: int | None, is_open: bool
+    ) -> dict:
         st = self.products.get(delivery_start) or ProductStats(delivery_start)
         bid = None if best_bid_ticks is None else ticks_to_price(best_bid_ticks)
         ask = None if best_ask_ticks is None else ticks_to_price(best_ask_ticks)
@@ -115,8 +117,7 @@ class MarketData:
             "trades": st.trades,
         }
 
-    def summary(self, quotes: dict[int, tuple[int | None, int | None]], open_products: list[int],
-                now: float) -> dict:
+    def summary(self, quotes: dict[int, tuple[int | None, int | None]], open_products: list[int], now: float) -> dict:
         """DESIGN.md's `{mark, ema, vwap, series}`: the top level is the front product (the nearest one still
         open, `front`); `series` is the 15-minute VWAP and volume of every product traded in the history
         window; `products` has the detail of the open products and of the traded ones."""
@@ -124,9 +125,15 @@ class MarketData:
         products = [self.product(ds, *quotes.get(ds, (None, None)), is_open=ds in open_products) for ds in keys]
         front = open_products[0] if open_products else None
         top = next((p for p in products if front is not None and p["delivery_start"] == iso(front)), None)
-        series = [{"period_start": iso(ds), "vwap": self.products[ds].vwap_eur,
-                   "volume_mw": lots_to_mw(self.products[ds].volume_lots)}
-                  for ds in sorted(self.products) if self.products[ds].volume_lots]
+        series = [
+            {
+                "period_start": iso(ds),
+                "vwap": self.products[ds].vwap_eur,
+                "volume_mw": lots_to_mw(self.products[ds].volume_lots),
+            }
+            for ds in sorted(self.products)
+            if self.products[ds].volume_lots
+        ]
         return {
             "mark": top["mark"] if top else None,
             "ema": top["ema"] if top else None,

@@ -42,8 +42,9 @@ class _Pending:
 
 
 class TradePublisher:
-    def __init__(self, mqtt_url: str, hmac_secret: str, client_id: str | None = None, retry_s: float = 5.0,
-                 now=time.time):
+    def __init__(
+        self, mqtt_url: str, hmac_secret: str, client_id: str | None = None, retry_s: float = 5.0, now=time.time
+    ):
         self.url = parse_mqtt_url(mqtt_url)
         self.hmac_secret = hmac_secret
         self.retry_s = retry_s
@@ -56,9 +57,11 @@ class TradePublisher:
         self._acks: dict[tuple[str, str], dict] = {}
         self.connected = threading.Event()
         self.sent_total = 0
-        self.client = mqtt.Client(callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-                                  client_id=client_id or f"bess-exchange-sim-{id(self):x}",
-                                  protocol=mqtt.MQTTv311)
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"bess-exchange-sim-{id(self):x}",
+            protocol=mqtt.MQTTv311,
+        )
         if self.url.username:
             self.client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
@@ -131,8 +134,12 @@ class TradePublisher:
             log.warning("site %s rejected a message without a readable trade_id: %s", site, ack.get("reason"))
             return
         with self._lock:
-            self._acks[(site, trade_id)] = {"accepted": ack["accepted"], "reason": ack.get("reason"),
-                                            "ts": ack.get("ts"), "received_at": iso(self._now())}
+            self._acks[(site, trade_id)] = {
+                "accepted": ack["accepted"],
+                "reason": ack.get("reason"),
+                "ts": ack.get("ts"),
+                "received_at": iso(self._now()),
+            }
         log.info("ack from %s for %s: accepted=%s %s", site, trade_id, ack["accepted"], ack.get("reason") or "")
 
     # ---- publishing (any thread) ------------------------------------------------------------------------

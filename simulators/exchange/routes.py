@@ -42,9 +42,16 @@ def exchange_state(request: Request) -> ExchangeState:
 async def caller(request: Request, state: ExchangeState = Depends(exchange_state)) -> str:
     """The site whose key signed this request; AuthError (401) otherwise."""
     body = await request.body()
-    return state.auth.check(api_key=request.headers.get("x-api-key"), timestamp=request.headers.get("x-timestamp"),
-                            signature=request.headers.get("x-signature"), method=request.method,
-                            path=request.url.path, query=request.url.query, body=body, now=state.clock.now())
+    return state.auth.check(
+        api_key=request.headers.get("x-api-key"),
+        timestamp=request.headers.get("x-timestamp"),
+        signature=request.headers.get("x-signature"),
+        method=request.method,
+        path=request.url.path,
+        query=request.url.query,
+        body=body,
+        now=state.clock.now(),
+    )
 
 
 def _json(status: int, content) -> JSONResponse:
@@ -59,10 +66,15 @@ def _invalid(e: ValidationError) -> JSONResponse:
 @router.get("/healthz")
 async def healthz(state: ExchangeState = Depends(exchange_state)):
     service, publisher = state.service, state.service.publisher
-    return {"status": "ok", "ts": iso(state.clock.now()), "open_books": len(service.engine.books),
-            "orders": len(service.engine.orders), "trades_total": service.trades_total,
-            "mqtt_connected": publisher.connected.is_set() if publisher else None,
-            "trades_pending_publish": publisher.pending if publisher else None}
+    return {
+        "status": "ok",
+        "ts": iso(state.clock.now()),
+        "open_books": len(service.engine.books),
+        "orders": len(service.engine.orders),
+        "trades_total": service.trades_total,
+        "mqtt_connected": publisher.connected.is_set() if publisher else None,
+        "trades_pending_publish": publisher.pending if publisher else None,
+    }
 
 
 @router.post("/api/orders")
@@ -74,8 +86,13 @@ async def place_order(request: Request, site: str = Depends(caller), state: Exch
     if order_in.participant and order_in.participant != site:
         return _json(403, {"detail": f"participant {order_in.participant!r} is not the caller's ({site!r})"})
     if order_in.market not in state.markets:
-        return _json(422, {"detail": f"market: unknown market {order_in.market!r} (known: {', '.join(state.markets)})",
-                           "errors": [{"field": "market", "message": "unknown market"}]})
+        return _json(
+            422,
+            {
+                "detail": f"market: unknown market {order_in.market!r} (known: {', '.join(state.markets)})",
+                "errors": [{"field": "market", "message": "unknown market"}],
+            },
+        )
     if order_in.client_order_id:
         known = state.service.engine.find_client_order(site, order_in.client_order_id)
         if known is not None:
@@ -83,9 +100,14 @@ async def place_order(request: Request, site: str = Depends(caller), state: Exch
             # another order is refused
             differs = order_in.differs_from(known)
             if differs:
-                return _json(409, {"detail": f"client_order_id {order_in.client_order_id!r} is already used by "
-                                             f"order {known.order_id} with another {differs}",
-                                   "order": known.to_dict()})
+                return _json(
+                    409,
+                    {
+                        "detail": f"client_order_id {order_in.client_order_id!r} is already used by "
+                        f"order {known.order_id} with another {differs}",
+                        "order": known.to_dict(),
+                    },
+                )
             return _json(200, {**known.to_dict(), "trades": []})
     result = state.service.submit(order_in.to_engine(site), state.clock.now())
     order = result.order.to_dict()
@@ -95,8 +117,12 @@ async def place_order(request: Request, site: str = Depends(caller), state: Exch
 
 
 @router.get("/api/orders")
-async def list_orders(status: str | None = None, client_order_id: str | None = None, site: str = Depends(caller),
-                      state: ExchangeState = Depends(exchange_state)):
+async def list_orders(
+    status: str | None = None,
+    client_order_id: str | None = None,
+    site: str = Depends(caller),
+    state: ExchangeState = Depends(exchange_state),
+):
     """The caller's orders; `status=active` (open or partially filled) or one status; `client_order_id`:
     the caller's order with that id, as a list of one, or [] if there is none (how a client that got no
     answer learns whether its order was taken)."""

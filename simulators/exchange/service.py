@@ -24,9 +24,15 @@ class TradeSink(Protocol):
 
 
 class ExchangeService:
-    def __init__(self, engine: MatchingEngine, market: MarketData, sites: set[str],
-                 publisher: TradeSink | None = None, counterparties: Counterparties | None = None,
-                 order_history_s: float = 3600.0):
+    def __init__(
+        self,
+        engine: MatchingEngine,
+        market: MarketData,
+        sites: set[str],
+        publisher: TradeSink | None = None,
+        counterparties: Counterparties | None = None,
+        order_history_s: float = 3600.0,
+    ):
         self.engine = engine
         self.market = market
         self.sites = set(sites)
@@ -88,7 +94,8 @@ class ExchangeService:
     def market_data(self, now: float) -> dict:
         self.expire(now)
         # the next two hours always, further products only when they have quotes
-        open_products = [ds for i, ds in enumerate(self.engine.open_products(now, 200))
-                         if i < 8 or ds in self.engine.books]
+        open_products = [
+            ds for i, ds in enumerate(self.engine.open_products(now, 200)) if i < 8 or ds in self.engine.books
+        ]
         quotes = {ds: (b.best("buy"), b.best("sell")) for ds, b in self.engine.books.items()}
         return self.market.summary(quotes, open_products, now)

@@ -54,9 +54,16 @@ class OrderIn(BaseModel):
 
     def to_engine(self, participant: str) -> TickOrder:
         """The order in the engine's units, for `participant` (the caller the signature names)."""
-        return TickOrder(participant=participant, side=self.side, price_ticks=price_to_ticks(self.price_eur_mwh),
-                         quantity_lots=mw_to_lots(self.quantity_mw), delivery_start=self.delivery_start,
-                         market=self.market, time_in_force=self.time_in_force, client_order_id=self.client_order_id)
+        return TickOrder(
+            participant=participant,
+            side=self.side,
+            price_ticks=price_to_ticks(self.price_eur_mwh),
+            quantity_lots=mw_to_lots(self.quantity_mw),
+            delivery_start=self.delivery_start,
+            market=self.market,
+            time_in_force=self.time_in_force,
+            client_order_id=self.client_order_id,
+        )
 
     def differs_from(self, known: Order) -> str | None:
         """The fields in which this order differs from `known` (the order its client_order_id first named), or

@@ -14,20 +14,26 @@ pytestmark = pytest.mark.timeout(240)
 async def login(page, base: str) -> None:
     await page.goto(base + "/")
     await page.wait_for("location.pathname === '/login'", what="redirect to the login page")
-    await page.js("document.getElementById('api-key').value = 'demo';"
-                  "document.getElementById('login-form').requestSubmit(); true")
+    await page.js(
+        "document.getElementById('api-key').value = 'demo';document.getElementById('login-form').requestSubmit(); true"
+    )
     await page.wait_for("location.pathname === '/' && !!document.getElementById('soc-value')", what="dashboard")
 
 
 async def test_login_live_values_and_websocket(page, demo_url):
     await page.goto(demo_url + "/login")
-    await page.js("document.getElementById('api-key').value = 'wrong-key';"
-                  "document.getElementById('login-form').requestSubmit(); true")
+    await page.js(
+        "document.getElementById('api-key').value = 'wrong-key';"
+        "document.getElementById('login-form').requestSubmit(); true"
+    )
     await page.wait_for("document.getElementById('login-error').textContent.trim().length > 0", what="login error")
     await page.screenshot("login-refused")
     await login(page, demo_url)
-    state = await page.wait_for("document.getElementById('conn-state').dataset.state === 'live' && 'live'",
-                                timeout_s=30, what="websocket connection")
+    state = await page.wait_for(
+        "document.getElementById('conn-state').dataset.state === 'live' && 'live'",
+        timeout_s=30,
+        what="websocket connection",
+    )
     assert state == "live"
     soc = await page.wait_for("document.getElementById('soc-value').dataset.value", timeout_s=30, what="SoC value")
     assert 0 < float(soc) < 100
@@ -36,8 +42,9 @@ async def test_login_live_values_and_websocket(page, demo_url):
     assert -40 < temp < 80
     # the status clock moves with every websocket push
     first = await page.js("document.getElementById('last-update').textContent")
-    await page.wait_for(f"document.getElementById('last-update').textContent !== {first!r}", timeout_s=15,
-                        what="a websocket update")
+    await page.wait_for(
+        f"document.getElementById('last-update').textContent !== {first!r}", timeout_s=15, what="a websocket update"
+    )
     await page.screenshot("dashboard-dark")
     assert not page.console, page.console
 
@@ -55,23 +62,33 @@ async def test_order_theme_and_phone(page, demo_url):
         for (const id of ['order-quantity', 'order-price', 'order-delivery'])
             document.getElementById(id).dispatchEvent(new Event('input', {bubbles: true}));
         return true; })()""")
-    await page.wait_for("document.getElementById('order-check').dataset.ok === 'true'", timeout_s=15,
-                        what="the pre-trade check's answer")
+    await page.wait_for(
+        "document.getElementById('order-check').dataset.ok === 'true'",
+        timeout_s=15,
+        what="the pre-trade check's answer",
+    )
     await page.js("document.getElementById('order-form').requestSubmit(); true")
-    await page.wait_for("document.getElementById('order-result').dataset.ok === 'true'", timeout_s=20,
-                        what="the order accepted")
+    await page.wait_for(
+        "document.getElementById('order-result').dataset.ok === 'true'", timeout_s=20, what="the order accepted"
+    )
     # this order's row (the demo's own orders may be listed too)
-    await page.wait_for("[...document.querySelectorAll('#orders-table tr[data-testid=\"order-row\"]')]"
-                        ".some((tr) => tr.textContent.includes('9999.00'))",
-                        timeout_s=20, what="the order in active orders")
+    await page.wait_for(
+        "[...document.querySelectorAll('#orders-table tr[data-testid=\"order-row\"]')]"
+        ".some((tr) => tr.textContent.includes('9999.00'))",
+        timeout_s=20,
+        what="the order in active orders",
+    )
     await page.screenshot("order-placed")
     # an order the battery cannot deliver is refused inline with the reason
     await page.js("""(() => {
         document.getElementById('order-quantity').value = '9000';
         document.getElementById('order-quantity').dispatchEvent(new Event('input', {bubbles: true}));
         return true; })()""")
-    await page.wait_for("document.getElementById('order-check').dataset.ok === 'false'", timeout_s=15,
-                        what="the pre-trade check refusing")
+    await page.wait_for(
+        "document.getElementById('order-check').dataset.ok === 'false'",
+        timeout_s=15,
+        what="the pre-trade check refusing",
+    )
     # theme toggle, remembered
     dark = await page.js("document.documentElement.classList.contains('dark')")
     await page.js("document.getElementById('theme-toggle').click(); true")

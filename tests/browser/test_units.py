@@ -30,11 +30,24 @@ class TwoUnitBackend(MemoryBackend):
         share = self.setpoint_mw if self.u2_available else 0.0
         u1 = self.setpoint_mw - share / 2 if self.u2_available else self.setpoint_mw
         st["units"] = [
-            {"unit": "u1", "soc_pct": self.soc_pct + 6.0, "power_mw": u1, "setpoint_mw": u1, "temperature_c": 28.5,
-             "available": True, "binding": "none"},
-            {"unit": "u2", "soc_pct": self.soc_pct - 6.0, "power_mw": share / 2, "setpoint_mw": share / 2,
-             "temperature_c": 26.0, "available": self.u2_available,
-             "binding": "none" if self.u2_available else "stale"},
+            {
+                "unit": "u1",
+                "soc_pct": self.soc_pct + 6.0,
+                "power_mw": u1,
+                "setpoint_mw": u1,
+                "temperature_c": 28.5,
+                "available": True,
+                "binding": "none",
+            },
+            {
+                "unit": "u2",
+                "soc_pct": self.soc_pct - 6.0,
+                "power_mw": share / 2,
+                "setpoint_mw": share / 2,
+                "temperature_c": 26.0,
+                "available": self.u2_available,
+                "binding": "none" if self.u2_available else "stale",
+            },
         ]
         st["poi"] = {"power_mw": self.power_mw - 0.1, "frequency_hz": self.frequency_hz, "ts": self.now()}
         return st
@@ -43,8 +56,10 @@ class TwoUnitBackend(MemoryBackend):
 async def login(page, base: str) -> None:
     await page.goto(base + "/")
     await page.wait_for("location.pathname === '/login'", what="redirect to the login page")
-    await page.js(f"document.getElementById('api-key').value = {KEYS[0]!r};"
-                  "document.getElementById('login-form').requestSubmit(); true")
+    await page.js(
+        f"document.getElementById('api-key').value = {KEYS[0]!r};"
+        "document.getElementById('login-form').requestSubmit(); true"
+    )
     await page.wait_for("location.pathname === '/' && !!document.getElementById('soc-value')", what="dashboard")
     await page.wait_for("document.getElementById('conn-state').dataset.state === 'live'", what="websocket")
 
@@ -78,8 +93,9 @@ async def test_two_units_and_the_poi_live(page):
         await page.screenshot("units-two-live")
         # unit 2 lost: its card says so with the next push, no reload
         backend.u2_available = False
-        await page.wait_for("document.querySelector('[data-unit=u2]').dataset.available === 'false'",
-                            what="unit 2 unavailable")
+        await page.wait_for(
+            "document.querySelector('[data-unit=u2]').dataset.available === 'false'", what="unit 2 unavailable"
+        )
         assert await page.js(field("u2", "available", "textContent")) == "unavailable"
         assert await page.js(field("u2", "binding", "dataset.binding")) == "stale"
         await page.screenshot("units-two-u2-unavailable")

@@ -13,8 +13,12 @@ from drivers.codec import apply_scale, decode, encode, resolution
 from drivers.profile import Point
 
 RANGES = {
-    "u16": (0, 2**16 - 1), "i16": (-2**15, 2**15 - 1), "u32": (0, 2**32 - 1), "i32": (-2**31, 2**31 - 1),
-    "u64": (0, 2**64 - 1), "i64": (-2**63, 2**63 - 1),
+    "u16": (0, 2**16 - 1),
+    "i16": (-(2**15), 2**15 - 1),
+    "u32": (0, 2**32 - 1),
+    "i32": (-(2**31), 2**31 - 1),
+    "u64": (0, 2**64 - 1),
+    "i64": (-(2**63), 2**63 - 1),
 }
 WORD_ORDERS = ("big", "little")
 
@@ -25,16 +29,20 @@ def pt(type_: str, **kw) -> Point:
 
 # --- known vectors (written out by hand, not produced by encode) -------------------------------------------
 
-@pytest.mark.parametrize("type_, regs_big, value", [
-    ("u16", [0x1234], 0x1234),
-    ("i16", [0xFFFE], -2),
-    ("u32", [0x0001, 0x0002], 0x00010002),
-    ("i32", [0xFFFF, 0xFF85], -123),
-    ("u64", [0x0001, 0x0002, 0x0003, 0x0004], 0x0001000200030004),
-    ("i64", [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF], -1),
-    ("f32", [0x3FC0, 0x0000], 1.5),
-    ("f32", [0xC2F6, 0xE979], struct.unpack(">f", bytes.fromhex("c2f6e979"))[0]),
-])
+
+@pytest.mark.parametrize(
+    "type_, regs_big, value",
+    [
+        ("u16", [0x1234], 0x1234),
+        ("i16", [0xFFFE], -2),
+        ("u32", [0x0001, 0x0002], 0x00010002),
+        ("i32", [0xFFFF, 0xFF85], -123),
+        ("u64", [0x0001, 0x0002, 0x0003, 0x0004], 0x0001000200030004),
+        ("i64", [0xFFFF, 0xFFFF, 0xFFFF, 0xFFFF], -1),
+        ("f32", [0x3FC0, 0x0000], 1.5),
+        ("f32", [0xC2F6, 0xE979], struct.unpack(">f", bytes.fromhex("c2f6e979"))[0]),
+    ],
+)
 @pytest.mark.parametrize("word_order", WORD_ORDERS)
 def test_known_vectors(type_, regs_big, value, word_order):
     regs = regs_big if word_order == "big" else list(reversed(regs_big))
@@ -50,12 +58,15 @@ def test_string_vector_strips_nuls_and_spaces():
     assert decode(p, [0, 0, 0, 0], "big") == ""
 
 
-@pytest.mark.parametrize("scale, offset, regs, value", [
-    (0.1, 0.0, [1234], 123.4),
-    (0.01, 0.0, [5555], 55.55),
-    (10.0, 0.0, [7], 70.0),
-    (0.5, -20.0, [100], 30.0),
-])
+@pytest.mark.parametrize(
+    "scale, offset, regs, value",
+    [
+        (0.1, 0.0, [1234], 123.4),
+        (0.01, 0.0, [5555], 55.55),
+        (10.0, 0.0, [7], 70.0),
+        (0.5, -20.0, [100], 30.0),
+    ],
+)
 def test_constant_scale_and_offset(scale, offset, regs, value):
     p = pt("u16", scale=scale, offset=offset)
     assert decode(p, regs, "big") == value
@@ -69,8 +80,8 @@ def test_scale_factor_point():
     assert decode(p, [1234], "big", sf=0) == 1234 and isinstance(decode(p, [1234], "big", sf=0), int)
     assert encode(p, 12.34, "big", sf=-2) == [1234]
     with pytest.raises(ValueError):
-        decode(p, [1234], "big")          # the scale factor's value is needed
-    assert decode(p, [1234], "big", sunspec=True) is None   # a SunSpec sf that is not implemented
+        decode(p, [1234], "big")  # the scale factor's value is needed
+    assert decode(p, [1234], "big", sunspec=True) is None  # a SunSpec sf that is not implemented
 
 
 def test_integer_types_stay_int_without_scale():
@@ -78,10 +89,16 @@ def test_integer_types_stay_int_without_scale():
     assert isinstance(decode(pt("u32", scale=0.1), [0, 5], "big"), float)
 
 
-@pytest.mark.parametrize("type_, regs", [
-    ("u16", [0xFFFF]), ("i16", [0x8000]), ("u32", [0xFFFF, 0xFFFF]), ("i32", [0x8000, 0x0000]),
-    ("f32", [0x7FC0, 0x0000]),
-])
+@pytest.mark.parametrize(
+    "type_, regs",
+    [
+        ("u16", [0xFFFF]),
+        ("i16", [0x8000]),
+        ("u32", [0xFFFF, 0xFFFF]),
+        ("i32", [0x8000, 0x0000]),
+        ("f32", [0x7FC0, 0x0000]),
+    ],
+)
 def test_sunspec_not_implemented_is_none(type_, regs):
     p = pt(type_)
     assert decode(p, regs, "big", sunspec=True) is None
@@ -89,10 +106,19 @@ def test_sunspec_not_implemented_is_none(type_, regs):
     assert value is not None
 
 
-@pytest.mark.parametrize("type_, value", [
-    ("u16", -1), ("u16", 65536), ("i16", 32768), ("i16", -32769), ("u32", 2**32), ("i32", -2**31 - 1),
-    ("u64", -1), ("f32", 1e39),
-])
+@pytest.mark.parametrize(
+    "type_, value",
+    [
+        ("u16", -1),
+        ("u16", 65536),
+        ("i16", 32768),
+        ("i16", -32769),
+        ("u32", 2**32),
+        ("i32", -(2**31) - 1),
+        ("u64", -1),
+        ("f32", 1e39),
+    ],
+)
 def test_out_of_range_names_the_point(type_, value):
     with pytest.raises(ValueError, match="setpoint_mw"):
         encode(pt(type_), value, "big", name="setpoint_mw")
@@ -161,8 +187,8 @@ def test_scale_factor_round_trip(case, sf):
     if type_ in ("u64", "i64") and abs(raw) > 2**50:
         return
     p = pt(type_, scale="sf")
-    regs = encode(p, apply_scale(raw, 10.0 ** sf), word_order, sf=sf)
-    assert decode(p, regs, word_order, sf=sf) == pytest.approx(apply_scale(raw, 10.0 ** sf), rel=1e-12)
+    regs = encode(p, apply_scale(raw, 10.0**sf), word_order, sf=sf)
+    assert decode(p, regs, word_order, sf=sf) == pytest.approx(apply_scale(raw, 10.0**sf), rel=1e-12)
 
 
 @settings(max_examples=500, deadline=None)
@@ -173,8 +199,13 @@ def test_float32_round_trip(value, word_order):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(1, 16).flatmap(lambda n: st.tuples(
-    st.just(n), st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=2 * n))))
+@given(
+    st.integers(1, 16).flatmap(
+        lambda n: st.tuples(
+            st.just(n), st.text(alphabet=st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=2 * n)
+        )
+    )
+)
 def test_string_round_trip(case):
     n, text = case
     p = pt("string", words=n)
@@ -186,7 +217,7 @@ def test_string_round_trip(case):
 def test_values_encode_within_half_an_lsb(type_, scale, data):
     """A value in range encodes to the nearest raw count: it decodes back within half an LSB."""
     lo, hi = RANGES[type_]
-    lo, hi = max(lo, -2**40), min(hi, 2**40)
+    lo, hi = max(lo, -(2**40)), min(hi, 2**40)
     value = data.draw(st.floats(lo * scale, hi * scale, allow_nan=False))
     p = pt(type_, scale=scale)
     back = decode(p, encode(p, value, "big"), "big")

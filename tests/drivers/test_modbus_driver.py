@@ -18,32 +18,52 @@ from tests.fixtures.drivers import bms_profile, bms_server  # noqa: F401 - fixtu
 TIMEOUT_S = 0.3
 
 # Every type, word order, scale, offset and scale-factor path, with registers written out by hand.
-TYPES_PROFILE = Profile.model_validate({
-    "name": "types", "protocol": "modbus", "word_order": "big", "points": {
-        "u16_plain":    {"address": 0, "function": "holding", "type": "uint16"},
-        "i16_scaled":   {"address": 1, "function": "holding", "type": "int16", "scale": 0.1, "unit": "°C"},
-        "u32_big":      {"address": 2, "function": "holding", "type": "uint32"},
-        "u32_little":   {"address": 4, "function": "holding", "type": "uint32", "word_order": "little"},
-        "i32_big":      {"address": 6, "function": "holding", "type": "int32", "scale": 0.01},
-        "i32_little":   {"address": 8, "function": "holding", "type": "int32", "word_order": "little"},
-        "u64_big":      {"address": 10, "function": "holding", "type": "u64"},
-        "i64_little":   {"address": 14, "function": "holding", "type": "i64", "word_order": "little"},
-        "f32_big_kw":   {"address": 18, "function": "holding", "type": "float32", "unit": "kW"},
-        "f32_little":   {"address": 20, "function": "holding", "type": "float32", "word_order": "little"},
-        "offset_c":     {"address": 22, "function": "holding", "type": "u16", "scale": 0.1, "offset": -40},
-        "p_sf":         {"address": 23, "function": "holding", "type": "i16"},
-        "power_mw":     {"address": 24, "function": "holding", "type": "i16", "scale": "p_sf", "unit": "W"},
-        "name":         {"address": 25, "function": "holding", "type": "string", "words": 4},
-        "setpoint_mw":  {"address": 40, "function": "holding", "type": "i32", "scale": 0.1, "unit": "kW",
-                         "writable": True, "min": -10000, "max": 10000},
-        "limit_pct":    {"address": 42, "function": "holding", "type": "f32", "writable": True, "min": 0, "max": 100},
-        "sf_setpoint_mw": {"address": 44, "function": "holding", "type": "i16", "scale": "p_sf", "unit": "W",
-                           "writable": True},
-        "read_only":    {"address": 45, "function": "holding", "type": "u16"},
-        "in_reg":       {"address": 3, "function": "input", "type": "u16"},
-        "relay":        {"address": 5, "function": "coil", "writable": True},
-        "door":         {"address": 2, "function": "discrete"},
-    }})
+TYPES_PROFILE = Profile.model_validate(
+    {
+        "name": "types",
+        "protocol": "modbus",
+        "word_order": "big",
+        "points": {
+            "u16_plain": {"address": 0, "function": "holding", "type": "uint16"},
+            "i16_scaled": {"address": 1, "function": "holding", "type": "int16", "scale": 0.1, "unit": "°C"},
+            "u32_big": {"address": 2, "function": "holding", "type": "uint32"},
+            "u32_little": {"address": 4, "function": "holding", "type": "uint32", "word_order": "little"},
+            "i32_big": {"address": 6, "function": "holding", "type": "int32", "scale": 0.01},
+            "i32_little": {"address": 8, "function": "holding", "type": "int32", "word_order": "little"},
+            "u64_big": {"address": 10, "function": "holding", "type": "u64"},
+            "i64_little": {"address": 14, "function": "holding", "type": "i64", "word_order": "little"},
+            "f32_big_kw": {"address": 18, "function": "holding", "type": "float32", "unit": "kW"},
+            "f32_little": {"address": 20, "function": "holding", "type": "float32", "word_order": "little"},
+            "offset_c": {"address": 22, "function": "holding", "type": "u16", "scale": 0.1, "offset": -40},
+            "p_sf": {"address": 23, "function": "holding", "type": "i16"},
+            "power_mw": {"address": 24, "function": "holding", "type": "i16", "scale": "p_sf", "unit": "W"},
+            "name": {"address": 25, "function": "holding", "type": "string", "words": 4},
+            "setpoint_mw": {
+                "address": 40,
+                "function": "holding",
+                "type": "i32",
+                "scale": 0.1,
+                "unit": "kW",
+                "writable": True,
+                "min": -10000,
+                "max": 10000,
+            },
+            "limit_pct": {"address": 42, "function": "holding", "type": "f32", "writable": True, "min": 0, "max": 100},
+            "sf_setpoint_mw": {
+                "address": 44,
+                "function": "holding",
+                "type": "i16",
+                "scale": "p_sf",
+                "unit": "W",
+                "writable": True,
+            },
+            "read_only": {"address": 45, "function": "holding", "type": "u16"},
+            "in_reg": {"address": 3, "function": "input", "type": "u16"},
+            "relay": {"address": 5, "function": "coil", "writable": True},
+            "door": {"address": 2, "function": "discrete"},
+        },
+    }
+)
 
 # point -> (hand-written registers, expected value in canonical units)
 VECTORS = {
@@ -55,11 +75,11 @@ VECTORS = {
     "i32_little": ([0xCFC7, 0xFFFF], -12345),
     "u64_big": ([0x0000, 0x0001, 0x0000, 0x0002], 2**32 + 2),
     "i64_little": ([0xFFFE, 0xFFFF, 0xFFFF, 0xFFFF], -2),
-    "f32_big_kw": ([0x45FA, 0x0000], 8.0),           # 8000 kW -> 8 MW
+    "f32_big_kw": ([0x45FA, 0x0000], 8.0),  # 8000 kW -> 8 MW
     "f32_little": ([0x0000, 0x3FC0], 1.5),
-    "offset_c": ([650], 25.0),                       # 650 * 0.1 - 40
+    "offset_c": ([650], 25.0),  # 650 * 0.1 - 40
     "p_sf": ([0x0002], 2),
-    "power_mw": ([0xFFF6], -0.001),                  # -10 * 10^2 W = -1000 W = -0.001 MW
+    "power_mw": ([0xFFF6], -0.001),  # -10 * 10^2 W = -1000 W = -0.001 MW
     "name": ([0x5048, 0x4F45, 0x4E00, 0x0000], "PHOEN"),
     "in_reg": ([7], 7),
 }
@@ -98,6 +118,7 @@ async def read_until_ok(d: ModbusDriver, within_s: float = 3.0):
 
 # --- decoding over the wire -------------------------------------------------------------------------------
 
+
 async def test_every_type_word_order_and_scale_over_the_wire(types_server, types_driver):
     for name, (regs, _) in VECTORS.items():
         types_server.set_raw(name, regs)
@@ -107,8 +128,11 @@ async def test_every_type_word_order_and_scale_over_the_wire(types_server, types
     readings = await types_driver.read()
     assert set(readings) == set(TYPES_PROFILE.points)
     for name, (_, expected) in VECTORS.items():
-        assert readings[name].value == pytest.approx(expected, rel=1e-12) if isinstance(expected, float) \
-            else readings[name].value == expected, name
+        assert (
+            readings[name].value == pytest.approx(expected, rel=1e-12)
+            if isinstance(expected, float)
+            else readings[name].value == expected
+        ), name
         assert type(readings[name].value) is type(expected), name
     assert readings["relay"].value == 1 and readings["door"].value == 1
     assert all(t0 <= r.ts <= time.time() for r in readings.values())
@@ -116,12 +140,23 @@ async def test_every_type_word_order_and_scale_over_the_wire(types_server, types
 
 async def test_generic_bms_profile_in_three_requests(bms_server):
     profile = bms_profile()
-    bms_server.update({"soc_pct": 55.55, "current_a": -1234.5, "temperature_max_c": -5.5, "cell_v_sf": -3,
-                       "cell_voltage_max_v": 4.012, "allowed_charge_mw": 7500.0, "dc_power_mw": -2500.5,
-                       "energy_mwh": 12345, "serial": "BMS-0042", "alarm_bits": 0b101})
+    bms_server.update(
+        {
+            "soc_pct": 55.55,
+            "current_a": -1234.5,
+            "temperature_max_c": -5.5,
+            "cell_v_sf": -3,
+            "cell_voltage_max_v": 4.012,
+            "allowed_charge_mw": 7500.0,
+            "dc_power_mw": -2500.5,
+            "energy_mwh": 12345,
+            "serial": "BMS-0042",
+            "alarm_bits": 0b101,
+        }
+    )
     d = ModbusDriver("bms", profile, "127.0.0.1", bms_server.port, timeout_s=TIMEOUT_S)
     try:
-        assert d.requests_per_read == 3   # input 0..31, holding 100, coil 0
+        assert d.requests_per_read == 3  # input 0..31, holding 100, coil 0
         before = bms_server.requests
         r = await d.read()
         assert bms_server.requests - before == 3
@@ -141,25 +176,46 @@ async def test_generic_bms_profile_in_three_requests(bms_server):
 
 # --- planning -------------------------------------------------------------------------------------------
 
+
 def _points(spec: dict[str, tuple[int, str, int]]) -> dict[str, Point]:
     """name -> (address, function, words)"""
-    return {n: Point(address=a, function=f, type="string" if w > 2 else ("u32" if w == 2 else "u16"),
-                     words=w if w > 2 else None) if f in ("holding", "input") else Point(address=a, function=f)
-            for n, (a, f, w) in spec.items()}
+    return {
+        n: Point(
+            address=a, function=f, type="string" if w > 2 else ("u32" if w == 2 else "u16"), words=w if w > 2 else None
+        )
+        if f in ("holding", "input")
+        else Point(address=a, function=f)
+        for n, (a, f, w) in spec.items()
+    }
 
 
 def test_plan_groups_contiguous_and_small_gaps():
-    plan = plan_reads(_points({"a": (0, "holding", 1), "b": (1, "holding", 2), "c": (10, "holding", 1),
-                               "d": (30, "holding", 1), "e": (0, "input", 1), "f": (0, "coil", 1)}), max_gap=8)
+    plan = plan_reads(
+        _points(
+            {
+                "a": (0, "holding", 1),
+                "b": (1, "holding", 2),
+                "c": (10, "holding", 1),
+                "d": (30, "holding", 1),
+                "e": (0, "input", 1),
+                "f": (0, "coil", 1),
+            }
+        ),
+        max_gap=8,
+    )
     assert [(r.function, r.address, r.count) for r in plan] == [
-        ("input", 0, 1), ("holding", 0, 11), ("holding", 30, 1), ("coil", 0, 1)]
+        ("input", 0, 1),
+        ("holding", 0, 11),
+        ("holding", 30, 1),
+        ("coil", 0, 1),
+    ]
     holding0 = plan[1]
     assert [(n, off) for n, _, off in holding0.points] == [("a", 0), ("b", 1), ("c", 10)]
 
 
 def test_plan_splits_at_125_registers_and_2000_bits():
-    spec = {f"r{i}": (i * 50, "holding", 50) for i in range(6)}       # 300 contiguous registers
-    spec.update({f"c{i}": (i * 500, "coil", 1) for i in range(9)})     # coils 0..4000, gaps 499
+    spec = {f"r{i}": (i * 50, "holding", 50) for i in range(6)}  # 300 contiguous registers
+    spec.update({f"c{i}": (i * 500, "coil", 1) for i in range(9)})  # coils 0..4000, gaps 499
     plan = plan_reads(_points(spec), max_gap=500)
     holding = [(r.address, r.count) for r in plan if r.function == "holding"]
     assert holding == [(0, 100), (100, 100), (200, 100)]  # a 50-register point is never split
@@ -173,11 +229,17 @@ def test_plan_splits_at_125_registers_and_2000_bits():
 def test_plan_of_a_profile_is_made_once(types_driver):
     # input; holding 0..28 and 40..45 (11 unused registers between them is more than max_gap 8); coil; discrete
     assert [(r.function, r.address, r.count) for r in types_driver.plan] == [
-        ("input", 3, 1), ("holding", 0, 29), ("holding", 40, 6), ("coil", 5, 1), ("discrete", 2, 1)]
+        ("input", 3, 1),
+        ("holding", 0, 29),
+        ("holding", 40, 6),
+        ("coil", 5, 1),
+        ("discrete", 2, 1),
+    ]
     assert types_driver.requests_per_read == 5
 
 
 # --- writes -----------------------------------------------------------------------------------------------
+
 
 async def test_write_and_read_back(types_server, types_driver):
     types_server.set("p_sf", 2)
@@ -201,13 +263,13 @@ async def test_write_refused_before_the_wire(types_server, types_driver):
     with pytest.raises(WriteRefused, match="not writable"):
         await types_driver.write("in_reg", 1)
     with pytest.raises(WriteRefused, match="above the maximum"):
-        await types_driver.write("setpoint_mw", 10.5)     # 10 500 kW > max 10 000 kW
+        await types_driver.write("setpoint_mw", 10.5)  # 10 500 kW > max 10 000 kW
     with pytest.raises(WriteRefused, match="below the minimum"):
         await types_driver.write("setpoint_mw", -10.001)
     with pytest.raises(WriteRefused, match="no such point"):
         await types_driver.write("nope", 1)
     with pytest.raises(WriteRefused, match="sf_setpoint_mw"):
-        await types_driver.write("sf_setpoint_mw", 1e9)   # beyond int16 at this scale factor
+        await types_driver.write("sf_setpoint_mw", 1e9)  # beyond int16 at this scale factor
     assert types_server.requests == before
 
 
@@ -227,7 +289,7 @@ async def test_readback_mismatch_when_the_device_keeps_another_value(types_serve
 
 
 async def test_device_refusal_is_a_modbus_error(types_server, types_driver):
-    types_server.on_write = lambda changes: 3   # the device refuses every write: ILLEGAL DATA VALUE
+    types_server.on_write = lambda changes: 3  # the device refuses every write: ILLEGAL DATA VALUE
     with pytest.raises(ModbusError) as err:
         await types_driver.write("setpoint_mw", 1.0)
     assert err.value.code == 3
@@ -235,13 +297,14 @@ async def test_device_refusal_is_a_modbus_error(types_server, types_driver):
 
 # --- faults -----------------------------------------------------------------------------------------------
 
+
 async def test_silent_device_times_out_then_recovers(types_server, types_driver):
     await types_driver.read()
-    assert types_driver.requests_per_read > 1   # so that a read going on after the first timeout would show
+    assert types_driver.requests_per_read > 1  # so that a read going on after the first timeout would show
     types_server.faults.silent = True
     on_wire, sent = types_server.requests, types_driver.stats.requests
     # bounded (the driver's own timeout is 0.3 s): a read that never gives up fails here, not in pytest-timeout
-    with pytest.raises(DeviceTimeout, match=f"no answer within {TIMEOUT_S} s"):   # the driver's timer
+    with pytest.raises(DeviceTimeout, match=f"no answer within {TIMEOUT_S} s"):  # the driver's timer
         await asyncio.wait_for(types_driver.read(), 10)
     # one request's timeout: the read stops at its first unanswered request, and nobody retries it
     assert types_server.requests - on_wire == 1 and types_driver.stats.requests - sent == 1
@@ -255,7 +318,7 @@ async def test_late_answers_time_out_and_never_answer_a_later_request(types_serv
     with pytest.raises(DeviceTimeout):
         await types_driver.read()
     types_server.faults.clear()
-    for value in (1, 2, 3):   # the late answer must not be taken for one of these
+    for value in (1, 2, 3):  # the late answer must not be taken for one of these
         types_server.set("u16_plain", value)
         assert (await read_until_ok(types_driver))["u16_plain"].value == value
     await asyncio.sleep(0.25)  # let the late answer arrive on the closed connection
@@ -273,7 +336,7 @@ async def test_exception_response_is_a_modbus_error_with_its_code(types_server, 
         await types_driver.read()
     assert err.value.code == code and err.value.cause == "modbus_exception"
     types_server.faults.clear()
-    await types_driver.read()   # the connection stayed up: an exception is an answer
+    await types_driver.read()  # the connection stayed up: an exception is an answer
 
 
 async def test_dropped_connections_are_disconnected_then_recover(types_server, types_driver):
@@ -281,7 +344,7 @@ async def test_dropped_connections_are_disconnected_then_recover(types_server, t
     types_server.faults.drop = True
     with pytest.raises(Disconnected):
         await types_driver.read()
-    for _ in range(3):   # still dropping: typed error every time, never a library exception
+    for _ in range(3):  # still dropping: typed error every time, never a library exception
         with pytest.raises(Disconnected):
             await types_driver.read()
         await asyncio.sleep(0.05)
@@ -341,4 +404,4 @@ async def test_stats_and_close_twice(types_driver):
     assert types_driver.stats.last_latency_s > 0
     await types_driver.close()
     await types_driver.close()
-    await types_driver.read()   # a read after close opens the connection again
+    await types_driver.read()  # a read after close opens the connection again

@@ -28,7 +28,8 @@ from simulators.plant import Plant
 from tests.conftest import free_port
 from tests.fixtures.controller import ROOT, make_controller
 from tests.fixtures.drivers import PROFILES, bms_profile
-from tests.fixtures.plant import CONFIG as PLANT_CONFIG, plant_kwargs
+from tests.fixtures.plant import CONFIG as PLANT_CONFIG
+from tests.fixtures.plant import plant_kwargs
 
 TIMEOUT_S = 0.3
 PUBLISH_S = 0.1
@@ -156,13 +157,16 @@ async def first_error(d: OpcUaDriver, within_s: float, check=None) -> DeviceErro
 
 async def recovered(d: OpcUaDriver, model: BatteryModel, within_s: float = 5.0) -> dict:
     """Read until a read succeeds and shows the model's SoC (the driver reconnects by itself)."""
+
     async def ok():
         r = await d.read()
         return r if abs(r["soc_pct"].value - model.soc_pct) < 1e-3 else None
+
     return await until(ok, within_s, "the driver to read again")
 
 
 # --- reading ----------------------------------------------------------------------------------------------
+
 
 async def test_every_point_with_type_unit_and_value_of_the_model(bms, drivers):
     d = bms.driver(subscribe=False)
@@ -171,7 +175,7 @@ async def test_every_point_with_type_unit_and_value_of_the_model(bms, drivers):
     r = await d.read()
     assert set(r) == set(ua_profile().points)
     expected = bms_values(bms.model)
-    assert expected["dc_power_mw"] > 2.0 and expected["current_a"] > 0   # discharging: + on the DC side too
+    assert expected["dc_power_mw"] > 2.0 and expected["current_a"] > 0  # discharging: + on the DC side too
     for name, reading in r.items():
         if name == "heartbeat":
             assert reading.value == 0
@@ -189,7 +193,7 @@ async def test_every_point_with_type_unit_and_value_of_the_model(bms, drivers):
     assert r["allowed_discharge_mw"].value == pytest.approx(bms.model.allowed_discharge_mw, rel=1e-6)
     assert r["energy_mwh"].value == pytest.approx(bms.model.energy_mwh, rel=1e-6)
     assert r["soc_pct"].value == pytest.approx(62.5 - 2.0 / 0.95 / 3600 / 20 * 100, abs=1e-4)
-    assert d.stats.requests == 1 and d.stats.polls == 1   # every node in one Read
+    assert d.stats.requests == 1 and d.stats.polls == 1  # every node in one Read
 
 
 async def test_same_readings_as_the_modbus_bms_of_the_same_plant(drivers):
@@ -206,12 +210,16 @@ async def _same_readings(plant: Plant, drivers: list) -> None:
     plant.faults["bms_opcua"].fault_bits = 0b10
 
     def settled(r) -> bool:
-        return (r["fault_bits"].value == 0b10 and r["allowed_charge_mw"].value == 0.0
-                and r["soc_pct"].value == pytest.approx(47.3, abs=0.01))
+        return (
+            r["fault_bits"].value == 0b10
+            and r["allowed_charge_mw"].value == 0.0
+            and r["soc_pct"].value == pytest.approx(47.3, abs=0.01)
+        )
 
     async def both_show_it():
         a, b = await ua_d.read(), await mb_d.read()
         return (a, b) if settled(a) and settled(b) else None
+
     ua_r, mb_r = await until(both_show_it, 5.0, "both faces to show the new state")
     mb_profile = bms_profile()
     assert set(ua_r) <= set(mb_r)
@@ -228,10 +236,11 @@ async def _same_readings(plant: Plant, drivers: list) -> None:
     assert ua_profile().points["alarm_bits"].bits == mb_profile.points["alarm_bits"].bits
     assert ua_profile().points["alarm_bits"].bits[15] == "external"
     assert ua_r["fault_bits"].value == mb_r["fault_bits"].value == 0b10
-    assert ua_r["allowed_charge_mw"].value == 0.0   # a BMS fault: no power either way
+    assert ua_r["allowed_charge_mw"].value == 0.0  # a BMS fault: no power either way
 
 
 # --- subscription and polling ------------------------------------------------------------------------------
+
 
 async def test_subscription_delivers_changes_without_requests(bms, drivers):
     d = bms.driver()
@@ -240,6 +249,7 @@ async def test_subscription_delivers_changes_without_requests(bms, drivers):
     async def subscribed():
         await d.read()
         return d.mode == "subscription"
+
     await until(subscribed, 3.0, "the first subscribed values")
     requests = d.stats.requests
     bms.model.set_state(soc_pct=71.25)
@@ -247,6 +257,7 @@ async def test_subscription_delivers_changes_without_requests(bms, drivers):
     async def changed():
         r = await d.read()
         return r if r["soc_pct"].value == pytest.approx(71.25, abs=1e-4) else None
+
     r = await until(changed, 2.0, "the change by subscription", interval_s=0.02)
     assert d.stats.requests == requests, "served from the subscription, not by Read requests"
     assert d.stats.served_from_subscription >= 2 and d.stats.notifications >= len(r)
@@ -259,6 +270,7 @@ async def test_subscription_delivers_changes_without_requests(bms, drivers):
         r = await d.read()
         assert vouched_within_max_age(d, before, r), {n: x.ts - before for n, x in r.items()}
         return r if min(x.ts for x in r.values()) > vouched_at else None
+
     r = await until(vouched_again, 5.0, "a keep-alive vouching for the unchanged values", interval_s=0.05)
     assert d.mode == "subscription" and d.stats.requests == requests
     assert r["soc_pct"].value == pytest.approx(71.25, abs=1e-4)
@@ -283,6 +295,7 @@ async def test_quiet_subscription_falls_back_to_polling_then_resubscribes(bms, d
     async def subscribed():
         await d.read()
         return d.mode == "subscription"
+
     await until(subscribed, 3.0, "the subscription")
     # the server forgets the subscription (as after a server-side lifetime expiry): nothing is delivered
     sub_id = d._sub.subscription_id
@@ -295,6 +308,7 @@ async def test_quiet_subscription_falls_back_to_polling_then_resubscribes(bms, d
         # a quiet subscription is noticed within max_age_s: nothing it vouched for longer ago is served
         assert vouched_within_max_age(d, before, r), {n: x.ts - before for n, x in r.items()}
         return r if r["soc_pct"].value == pytest.approx(12.5) else None
+
     await until(polled_fresh, 5.0, "the new value by polling")
     assert d.stats.subscription_failures == 1 and d.stats.polls >= 1
     # and after resubscribe_after_s, the subscription serves again
@@ -316,11 +330,13 @@ async def test_refused_subscription_falls_back_to_polling_then_resubscribes(bms,
     async def subscribed():
         await d.read()
         return d.mode == "subscription"
+
     await until(subscribed, 3.0, "the subscription once the server accepts it")
     assert d.stats.subscriptions == 1
 
 
 # --- writes -----------------------------------------------------------------------------------------------
+
 
 async def test_write_heartbeat_with_read_back(bms, drivers):
     d = bms.driver()
@@ -336,8 +352,14 @@ async def test_write_heartbeat_with_read_back(bms, drivers):
 async def test_write_refused_before_the_wire(bms, drivers):
     d = bms.driver()
     drivers.append(d)
-    for point, value in [("heartbeat", 70000), ("heartbeat", -1), ("heartbeat", 1.5), ("heartbeat", float("nan")),
-                         ("soc_pct", 50.0), ("nope", 1)]:
+    for point, value in [
+        ("heartbeat", 70000),
+        ("heartbeat", -1),
+        ("heartbeat", 1.5),
+        ("heartbeat", float("nan")),
+        ("soc_pct", 50.0),
+        ("nope", 1),
+    ]:
         with pytest.raises(WriteRefused):
             await d.write(point, value)
     assert bms.server.heartbeat is None
@@ -353,9 +375,9 @@ async def test_server_refusal_is_an_opcua_error_with_its_status(bms, drivers):
     drivers.append(d)
     with pytest.raises(OpcUaError) as e:
         await d.write("soc_pct", 10.0)
-    assert e.value.status in ("BadNotWritable", "BadUserAccessDenied")   # asyncua checks the user access level
+    assert e.value.status in ("BadNotWritable", "BadUserAccessDenied")  # asyncua checks the user access level
     with pytest.raises(OpcUaError) as e:
-        await d.write("heartbeat", 70000)       # a UInt32 into the UInt16 variable
+        await d.write("heartbeat", 70000)  # a UInt32 into the UInt16 variable
     assert e.value.status == "BadTypeMismatch"
     assert bms.server.heartbeat is None
     # the session survives refusals
@@ -365,8 +387,9 @@ async def test_server_refusal_is_an_opcua_error_with_its_status(bms, drivers):
 async def test_readback_mismatch_when_the_device_keeps_another_value(bms, drivers):
     nid = ua.NodeId("BMS.Heartbeat", bms.server.ns_index)
 
-    def keeps_half(node_data, attr, dv):   # a device that accepts the write and keeps something else
+    def keeps_half(node_data, attr, dv):  # a device that accepts the write and keeps something else
         node_data.attributes[attr].value = ua.DataValue(ua.Variant(dv.Value.Value // 2, ua.VariantType.UInt16))
+
     bms.server.server.set_attribute_value_setter(nid, keeps_half)
     d = bms.driver()
     drivers.append(d)
@@ -376,6 +399,7 @@ async def test_readback_mismatch_when_the_device_keeps_another_value(bms, driver
 
 
 # --- faults and recovery ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("subscribe", [True, False])
 async def test_silent_server_times_out_then_recovers(bms, drivers, subscribe):
@@ -439,7 +463,7 @@ async def test_server_gone_backs_off_then_reconnects_by_itself(drivers):
     d = OpcUaDriver("bms", ua_profile(), f"opc.tcp://127.0.0.1:{port}", timeout_s=TIMEOUT_S, backoff_max_s=0.4)
     drivers.append(d)
     attempts_t: list[float] = []
-    for _ in range(8):   # nobody listens: refused, with the attempts spaced out by a capped backoff
+    for _ in range(8):  # nobody listens: refused, with the attempts spaced out by a capped backoff
         before = d.stats.connect_attempts
         with pytest.raises(Disconnected):
             await d.read()
@@ -447,7 +471,7 @@ async def test_server_gone_backs_off_then_reconnects_by_itself(drivers):
             attempts_t.append(time.monotonic())
         await asyncio.sleep(0.05)
     assert 2 <= len(attempts_t) < 8
-    assert d.backoff.delay_s == pytest.approx(0.4)   # capped
+    assert d.backoff.delay_s == pytest.approx(0.4)  # capped
     server = OpcUaBmsServer(model, "127.0.0.1", port, Clock(), Faults())
     await server.start()
     try:
@@ -468,6 +492,7 @@ async def test_alarm_and_fault_bits_reach_the_readings(bms, drivers):
     async def raised():
         r = await d.read()
         return r if r["fault_bits"].value == 0b101 else None
+
     r = await until(raised, 2.0, "the fault bits")
     assert r["alarm_bits"].value & ALARM_INJECTED
     names = ua_profile().points["fault_bits"].bits
@@ -477,6 +502,7 @@ async def test_alarm_and_fault_bits_reach_the_readings(bms, drivers):
     async def cleared():
         r = await d.read()
         return r if r["fault_bits"].value == 0 and not r["alarm_bits"].value & ALARM_INJECTED else None
+
     await until(cleared, 2.0, "the bits to clear")
 
 
@@ -492,9 +518,12 @@ async def test_close_twice_and_reconnect_after_close(bms, drivers):
 
 # --- the controller on the OPC UA BMS -----------------------------------------------------------------------
 
+
 async def test_controller_cycles_on_the_opcua_bms(tmp_path):
-    async with (running_plant(initial_soc_pct=64.0) as plant,
-                make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml") as c):
+    async with (
+        running_plant(initial_soc_pct=64.0) as plant,
+        make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml") as c,
+    ):
         bms_link = c.devices.bms
         assert type(bms_link.driver).__name__ == "OpcUaDriver"
         snap = c.snapshot

@@ -33,8 +33,16 @@ async def gateway(tmp_path: Path) -> AsyncIterator[tuple[SitePlant, dict, Modbus
     for name in ("bms1", "bms2", "pcs1", "pcs2"):
         dev = cfg.devices[name]
         cls = SunSpecDriver if dev.protocol == "sunspec" else ModbusDriver
-        drivers[name] = cls(name, cfg.load_profile(dev), dev.host, dev.port, unit_id=dev.unit_id,
-                            timeout_s=TIMEOUT_S, rating_mw=10, pool=pool)
+        drivers[name] = cls(
+            name,
+            cfg.load_profile(dev),
+            dev.host,
+            dev.port,
+            unit_id=dev.unit_id,
+            timeout_s=TIMEOUT_S,
+            rating_mw=10,
+            pool=pool,
+        )
     try:
         yield site, drivers, pool
     finally:
@@ -53,7 +61,7 @@ def open_connections(site: SitePlant) -> int:
 
 async def test_one_connection_per_gateway_each_device_its_own_unit_id(gateway):
     site, d, pool = gateway
-    results = await asyncio.gather(*(x.read() for x in d.values()))     # concurrently: serialized on the wire
+    results = await asyncio.gather(*(x.read() for x in d.values()))  # concurrently: serialized on the wire
     soc = {name: r["soc_pct"].value for name, r in zip(d, results)}
     assert soc["bms1"] == pytest.approx(60, abs=0.1) and soc["bms2"] == pytest.approx(40, abs=0.1)
     assert soc["pcs1"] == pytest.approx(60, abs=0.1) and soc["pcs2"] == pytest.approx(40, abs=0.1)
@@ -70,14 +78,13 @@ async def test_a_silent_unit_id_does_not_poison_the_others(gateway):
     shared = modbus(d["bms1"]).connection
     client = shared.client
     site.faults["u2.bms_modbus"].silent = True
-    for _ in range(5):   # rounds as a cycle would run them: every device read concurrently
-        r1, r2, p1 = await asyncio.gather(d["bms1"].read(), d["bms2"].read(), d["pcs1"].read(),
-                                          return_exceptions=True)
+    for _ in range(5):  # rounds as a cycle would run them: every device read concurrently
+        r1, r2, p1 = await asyncio.gather(d["bms1"].read(), d["bms2"].read(), d["pcs1"].read(), return_exceptions=True)
         assert isinstance(r2, DeviceTimeout)
         assert r1["soc_pct"].value == pytest.approx(60, abs=0.1)
         assert p1["soc_pct"].value == pytest.approx(60, abs=0.1)
     assert modbus(d["bms1"]).stats.errors == 0 and modbus(d["bms2"]).stats.errors == 5
-    assert shared.client is client and shared.connected                  # the shared connection was kept
+    assert shared.client is client and shared.connected  # the shared connection was kept
     assert sum(modbus(x).stats.connects for x in d.values()) == 2
     site.faults["u2.bms_modbus"].clear()
     assert (await d["bms2"].read())["soc_pct"].value == pytest.approx(40, abs=0.1)
@@ -87,10 +94,10 @@ async def test_a_late_answer_is_never_taken_for_another_units(gateway):
     site, d, pool = gateway
     site.units["u2"].model.set_state(soc_pct=20)
     site.step(0.01)
-    site.faults["u2.pcs"].delay_s = TIMEOUT_S + 0.2       # answers, but after its requester gave up
+    site.faults["u2.pcs"].delay_s = TIMEOUT_S + 0.2  # answers, but after its requester gave up
     with pytest.raises(DeviceTimeout):
         await d["pcs2"].read()
-    for _ in range(10):                                    # while unit 2's late answers arrive
+    for _ in range(10):  # while unit 2's late answers arrive
         r = await d["pcs1"].read()
         assert r["soc_pct"].value == pytest.approx(60, abs=0.1) and r["serial"].value == "SIM-PCS-u1"
         await asyncio.sleep(0.05)
@@ -103,7 +110,7 @@ async def test_a_dead_gateway_is_reconnected(gateway):
     shared = modbus(d["bms1"]).connection
     first = shared.client
     site.faults["u1.bms_modbus"].silent = site.faults["u2.bms_modbus"].silent = True
-    for _ in range(2):     # two rounds with no answer at all: the connection is started afresh
+    for _ in range(2):  # two rounds with no answer at all: the connection is started afresh
         await asyncio.gather(d["bms1"].read(), d["bms2"].read(), return_exceptions=True)
     assert shared.client is None or shared.client is not first
     site.faults["u1.bms_modbus"].clear()
@@ -123,7 +130,7 @@ async def test_a_lone_device_keeps_its_own_connection_and_behaviour(gateway):
         site.faults["u1.bms_modbus"].silent = True
         with pytest.raises(DeviceTimeout):
             await alone.read()
-        assert not alone.connected      # as before pooling: a lone device's timeout starts the connection afresh
+        assert not alone.connected  # as before pooling: a lone device's timeout starts the connection afresh
     finally:
         await alone.close()
 
@@ -136,4 +143,4 @@ async def test_closing_the_last_device_closes_the_shared_connection(gateway):
     assert shared.connected and len(pool.connections) == 2
     await d["bms2"].close()
     assert not shared.connected and len(pool.connections) == 1
-    assert (await d["bms2"].read())["soc_pct"].value == pytest.approx(40, abs=0.1)   # rejoins on use
+    assert (await d["bms2"].read())["soc_pct"].value == pytest.approx(40, abs=0.1)  # rejoins on use

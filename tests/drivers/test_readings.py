@@ -28,7 +28,8 @@ from simulators.modbus_server import ModbusSimServer
 from simulators.plant import Plant
 from tests.conftest import free_port
 from tests.fixtures.drivers import bms_profile, bms_server, pcs_sim  # noqa: F401 - fixtures
-from tests.fixtures.plant import CONFIG as PLANT_CONFIG, plant_kwargs
+from tests.fixtures.plant import CONFIG as PLANT_CONFIG
+from tests.fixtures.plant import plant_kwargs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -52,18 +53,27 @@ async def bms_reading(server: ModbusSimServer, **raw: Any) -> dict:
 
 
 def healthy(server: ModbusSimServer) -> None:
-    server.update({"soc_pct": 55.0, "temperature_max_c": 30.0, "temperature_min_c": 21.0,
-                   "allowed_charge_mw": 8000.0, "allowed_discharge_mw": 9000.0, "cell_v_sf": -3,
-                   "cell_voltage_max_v": 3.6})
+    server.update(
+        {
+            "soc_pct": 55.0,
+            "temperature_max_c": 30.0,
+            "temperature_min_c": 21.0,
+            "allowed_charge_mw": 8000.0,
+            "allowed_discharge_mw": 9000.0,
+            "cell_v_sf": -3,
+            "cell_voltage_max_v": 3.6,
+        }
+    )
 
 
 # --- plain Modbus ----------------------------------------------------------------------------------------------
+
 
 async def test_soc_0xffff_over_plain_modbus_is_unknown_and_names_the_raw_value(bms_server):
     healthy(bms_server)
     r = await bms_reading(bms_server, soc_pct=0xFFFF)
     soc = r["soc_pct"]
-    assert soc.value is None          # was 655.35 %
+    assert soc.value is None  # was 655.35 %
     assert soc.raw == "0xFFFF" and "marker" in soc.invalid
     # the other points of the same request are untouched
     assert r["temperature_max_c"].value == pytest.approx(30.0) and r["temperature_max_c"].invalid is None
@@ -82,18 +92,24 @@ async def test_temperature_markers_of_a_signed_register_are_unknown(bms_server, 
 
 async def test_a_temperature_outside_its_role_range_is_unknown(bms_server):
     healthy(bms_server)
-    t = (await bms_reading(bms_server, temperature_min_c=0xF9C0))["temperature_min_c"]   # -160.0 °C
+    t = (await bms_reading(bms_server, temperature_min_c=0xF9C0))["temperature_min_c"]  # -160.0 °C
     assert t.value is None and t.invalid == "outside the plausible range -40..100 °C"
 
 
-@pytest.mark.parametrize("value,why", [(math.nan, "not a finite number"), (math.inf, "not a finite number"),
-                                       (-math.inf, "not a finite number"),
-                                       (1e9, "outside the plausible range -15000..15000 kW")])
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        (math.nan, "not a finite number"),
+        (math.inf, "not a finite number"),
+        (-math.inf, "not a finite number"),
+        (1e9, "outside the plausible range -15000..15000 kW"),
+    ],
+)
 async def test_allowed_power_nan_inf_or_beyond_the_rating_is_unknown(bms_server, value, why):
     healthy(bms_server)
     r = await bms_reading(bms_server, allowed_discharge_mw=f32_regs(value))
     assert r["allowed_discharge_mw"].value is None and r["allowed_discharge_mw"].invalid == why
-    assert r["allowed_charge_mw"].value == pytest.approx(8.0)   # kW -> MW, untouched
+    assert r["allowed_charge_mw"].value == pytest.approx(8.0)  # kW -> MW, untouched
 
 
 async def test_an_unknown_scale_factor_makes_the_points_it_scales_unknown(bms_server):
@@ -101,7 +117,7 @@ async def test_an_unknown_scale_factor_makes_the_points_it_scales_unknown(bms_se
     r = await bms_reading(bms_server, cell_v_sf=0x8000)
     assert r["cell_v_sf"].value is None
     assert r["cell_voltage_max_v"].value is None and "cell_v_sf" in r["cell_voltage_max_v"].invalid
-    r = await bms_reading(bms_server, cell_v_sf=0x7FFE)   # 10**32766 would be inf: a scale factor is -10..10
+    r = await bms_reading(bms_server, cell_v_sf=0x7FFE)  # 10**32766 would be inf: a scale factor is -10..10
     assert r["cell_v_sf"].value is None and r["cell_voltage_max_v"].value is None
 
 
@@ -114,33 +130,42 @@ async def test_an_alarm_word_with_a_marker_is_unknown(bms_server):
 
 
 async def test_invalid_values_are_configurable_per_point():
-    profile = Profile.model_validate({"name": "t", "protocol": "modbus", "points": {
-        "level_pct": {"address": 0, "type": "u16", "invalid_values": [0x7FFF]},
-        "count": {"address": 1, "type": "u16", "invalid_values": []},
-        "signed": {"address": 2, "type": "i16", "invalid_values": [-1]},
-        "total": {"address": 3, "type": "u32"}}})
+    profile = Profile.model_validate(
+        {
+            "name": "t",
+            "protocol": "modbus",
+            "points": {
+                "level_pct": {"address": 0, "type": "u16", "invalid_values": [0x7FFF]},
+                "count": {"address": 1, "type": "u16", "invalid_values": []},
+                "signed": {"address": 2, "type": "i16", "invalid_values": [-1]},
+                "total": {"address": 3, "type": "u32"},
+            },
+        }
+    )
     server = ModbusSimServer(dict(profile.points), port=0, name="t")
     async with server:
         server.faults.raw = {"level_pct": 0x7FFF, "count": 0xFFFF, "signed": 0x7FFF, "total": 0xFFFFFFFF}
         d = ModbusDriver("t", profile, "127.0.0.1", server.port, timeout_s=TIMEOUT_S)
         try:
             r = await d.read()
-            assert r["level_pct"].value is None          # listed
-            assert r["count"].value == 0xFFFF            # [] = no markers: 65535 is a count
-            assert r["signed"].value == 0x7FFF           # only -1 listed: the defaults are replaced
-            assert r["total"].value is None and r["total"].raw == "0xFFFFFFFF"   # u32 default
+            assert r["level_pct"].value is None  # listed
+            assert r["count"].value == 0xFFFF  # [] = no markers: 65535 is a count
+            assert r["signed"].value == 0x7FFF  # only -1 listed: the defaults are replaced
+            assert r["total"].value is None and r["total"].raw == "0xFFFFFFFF"  # u32 default
             server.faults.raw = {"signed": 0xFFFF, "level_pct": 0xFFFF}
             r = await d.read()
-            assert r["signed"].value is None             # -1, listed in its signed form
-            assert r["level_pct"].value == 0xFFFF        # not listed
+            assert r["signed"].value is None  # -1, listed in its signed form
+            assert r["level_pct"].value == 0xFFFF  # not listed
         finally:
             await d.close()
     with pytest.raises(ValueError, match="invalid_values"):
-        Profile.model_validate({"name": "t", "protocol": "modbus", "points": {
-            "x": {"address": 0, "type": "u16", "invalid_values": [-1]}}})
+        Profile.model_validate(
+            {"name": "t", "protocol": "modbus", "points": {"x": {"address": 0, "type": "u16", "invalid_values": [-1]}}}
+        )
 
 
 # --- SunSpec ---------------------------------------------------------------------------------------------------
+
 
 async def test_sunspec_not_implemented_and_implausible_values_are_unknown(pcs_sim):
     pcs_sim.server.faults.raw = {"alarm_bits": 0xFFFFFFFF, "soc_pct": 0x7FFE, "713.Pct_SF": 0x8000}
@@ -151,11 +176,12 @@ async def test_sunspec_not_implemented_and_implausible_values_are_unknown(pcs_si
         await d.close()
     assert r["alarm_bits"].value is None and "not implemented" in r["alarm_bits"].invalid
     assert r["alarm_bits"].raw == "0xFFFFFFFF"
-    assert r["soc_pct"].value is None and "713.Pct_SF" in r["soc_pct"].invalid   # its SF is not implemented
-    assert r["battery_soc_pct"].value == pytest.approx(50.0)                      # 802.SoC: its own SF
+    assert r["soc_pct"].value is None and "713.Pct_SF" in r["soc_pct"].invalid  # its SF is not implemented
+    assert r["battery_soc_pct"].value == pytest.approx(50.0)  # 802.SoC: its own SF
 
 
 # --- OPC UA ----------------------------------------------------------------------------------------------------
+
 
 @contextlib.asynccontextmanager
 async def opcua_plant(**overrides: Any) -> AsyncIterator[Plant]:
@@ -169,8 +195,15 @@ async def opcua_plant(**overrides: Any) -> AsyncIterator[Plant]:
 
 @contextlib.asynccontextmanager
 async def opcua_driver(plant: Plant, subscribe: bool) -> AsyncIterator[OpcUaDriver]:
-    d = OpcUaDriver("bms", plant.opcua.profile, plant.opcua.endpoint, timeout_s=TIMEOUT_S, subscribe=subscribe,
-                    publishing_interval_s=0.1, rating_mw=RATING_MW)
+    d = OpcUaDriver(
+        "bms",
+        plant.opcua.profile,
+        plant.opcua.endpoint,
+        timeout_s=TIMEOUT_S,
+        subscribe=subscribe,
+        publishing_interval_s=0.1,
+        rating_mw=RATING_MW,
+    )
     try:
         yield d
     finally:
@@ -193,16 +226,20 @@ async def read_until(d: OpcUaDriver, check, what: str, within_s: float = 5.0) ->
 
 async def test_opcua_bad_status_from_the_subscription_is_unknown():
     async with opcua_plant() as plant, opcua_driver(plant, subscribe=True) as d:
-        await read_until(d, lambda r: d.mode == "subscription" and r["soc_pct"].value is not None,
-                         "a fresh subscription")
+        await read_until(
+            d, lambda r: d.mode == "subscription" and r["soc_pct"].value is not None, "a fresh subscription"
+        )
         plant.faults["bms_opcua"].status_codes = {"soc_pct": 0x80000000, "temperature_max_c": 0x408F0000}
         polls = d.stats.polls
-        r = await read_until(d, lambda r: r["soc_pct"].value is None and r["temperature_max_c"].value is None,
-                             "the bad status to arrive by subscription")
-        assert d.stats.polls == polls and d.mode == "subscription"   # served from the subscription
+        r = await read_until(
+            d,
+            lambda r: r["soc_pct"].value is None and r["temperature_max_c"].value is None,
+            "the bad status to arrive by subscription",
+        )
+        assert d.stats.polls == polls and d.mode == "subscription"  # served from the subscription
         assert r["soc_pct"].invalid == "not Good (Bad)" and "Bad" in r["soc_pct"].raw
-        assert "Uncertain" in r["temperature_max_c"].invalid     # Uncertain is not Good either
-        assert r["temperature_min_c"].value is not None           # the others still good
+        assert "Uncertain" in r["temperature_max_c"].invalid  # Uncertain is not Good either
+        assert r["temperature_min_c"].value is not None  # the others still good
         plant.faults["bms_opcua"].clear()
         await read_until(d, lambda r: r["soc_pct"].value is not None, "a good value again")
 
@@ -210,22 +247,25 @@ async def test_opcua_bad_status_from_the_subscription_is_unknown():
 async def test_opcua_bad_status_from_a_poll_is_unknown_not_a_failed_read():
     async with opcua_plant() as plant, opcua_driver(plant, subscribe=False) as d:
         plant.faults["bms_opcua"].status_codes = {"soc_pct": 0x808D0000}
-        await plant.opcua._write_values()   # serve it now rather than at the next 0.1 s update
+        await plant.opcua._write_values()  # serve it now rather than at the next 0.1 s update
         r = await d.read()
         assert d.mode == "polling"
         assert r["soc_pct"].value is None and r["soc_pct"].invalid == "not Good (BadOutOfService)"
         assert r["temperature_max_c"].value is not None and r["alarm_bits"].value == 0
 
 
-@pytest.mark.parametrize("point,value,why", [
-    ("soc_pct", math.nan, "not a finite number"),
-    ("soc_pct", 655.35, "outside the plausible range 0..100 %"),
-    ("soc_pct", "garbage", "not what a f32 point holds"),
-    ("soc_pct", None, "an empty value"),
-    ("temperature_max_c", -math.inf, "not a finite number"),
-    ("alarm_bits", 2.5, "not a bit field (a whole number >= 0)"),
-    ("allowed_discharge_mw", 1e12, "outside the plausible range -15000..15000 kW"),
-])
+@pytest.mark.parametrize(
+    "point,value,why",
+    [
+        ("soc_pct", math.nan, "not a finite number"),
+        ("soc_pct", 655.35, "outside the plausible range 0..100 %"),
+        ("soc_pct", "garbage", "not what a f32 point holds"),
+        ("soc_pct", None, "an empty value"),
+        ("temperature_max_c", -math.inf, "not a finite number"),
+        ("alarm_bits", 2.5, "not a bit field (a whole number >= 0)"),
+        ("allowed_discharge_mw", 1e12, "outside the plausible range -15000..15000 kW"),
+    ],
+)
 async def test_opcua_garbage_values_are_unknown(point, value, why):
     async with opcua_plant() as plant, opcua_driver(plant, subscribe=False) as d:
         plant.faults["bms_opcua"].raw = {point: value}
@@ -236,28 +276,37 @@ async def test_opcua_garbage_values_are_unknown(point, value, why):
 
 # --- the control API contract --------------------------------------------------------------------------------
 
+
 async def test_control_api_serves_raw_values_and_status_codes_and_clears_them():
-    async with opcua_plant(control_port=free_port()) as plant, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{plant.ports['control']}", timeout=5) as http:
-        bms = ModbusDriver("bms", plant.bms_profile, "127.0.0.1", plant.ports["bms_modbus"], timeout_s=TIMEOUT_S,
-                           rating_mw=RATING_MW)
-        pcs = SunSpecDriver("pcs", plant.pcs_profile, "127.0.0.1", plant.ports["pcs"], timeout_s=TIMEOUT_S,
-                            rating_mw=RATING_MW)
+    async with (
+        opcua_plant(control_port=free_port()) as plant,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{plant.ports['control']}", timeout=5) as http,
+    ):
+        bms = ModbusDriver(
+            "bms", plant.bms_profile, "127.0.0.1", plant.ports["bms_modbus"], timeout_s=TIMEOUT_S, rating_mw=RATING_MW
+        )
+        pcs = SunSpecDriver(
+            "pcs", plant.pcs_profile, "127.0.0.1", plant.ports["pcs"], timeout_s=TIMEOUT_S, rating_mw=RATING_MW
+        )
         try:
             r = await http.post("/sim/faults/bms_modbus", json={"raw": {"soc_pct": 0xFFFF}})
             assert r.status_code == 200 and r.json()["faults"]["bms_modbus"]["raw"] == {"soc_pct": 0xFFFF}
             r = await http.post("/sim/faults/bms_modbus", json={"raw": {"allowed_charge_mw": [0x7FC0, 0]}})
             assert r.json()["faults"]["bms_modbus"]["raw"] == {"soc_pct": 0xFFFF, "allowed_charge_mw": [0x7FC0, 0]}
             got = await bms.read()
-            assert got["soc_pct"].value is None and got["allowed_charge_mw"].value is None   # 0x7FC00000 is NaN
+            assert got["soc_pct"].value is None and got["allowed_charge_mw"].value is None  # 0x7FC00000 is NaN
             assert (await http.post("/sim/faults/pcs", json={"raw": {"701.Alrm": 0xFFFFFFFF}})).status_code == 200
             assert (await pcs.read())["alarm_bits"].value is None
-            r = await http.post("/sim/faults/bms_opcua", json={"raw": {"soc_pct": 42.5},
-                                                               "status_codes": {"soc_pct": 0x80000000}})
+            r = await http.post(
+                "/sim/faults/bms_opcua", json={"raw": {"soc_pct": 42.5}, "status_codes": {"soc_pct": 0x80000000}}
+            )
             assert r.status_code == 200 and r.json()["faults"]["bms_opcua"]["status_codes"] == {"soc_pct": 0x80000000}
             # NaN travels as JSON's NaN token and comes back as text (JSON has no number for it)
-            r = await http.post("/sim/faults/bms_opcua", content=b'{"raw": {"temperature_max_c": NaN}}',
-                                headers={"content-type": "application/json"})
+            r = await http.post(
+                "/sim/faults/bms_opcua",
+                content=b'{"raw": {"temperature_max_c": NaN}}',
+                headers={"content-type": "application/json"},
+            )
             assert r.status_code == 200 and r.json()["faults"]["bms_opcua"]["raw"]["temperature_max_c"] == "nan"
 
             # every bad request is a 4xx naming what was wrong

@@ -30,7 +30,7 @@ from tests.conftest import free_port
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
 TWO_UNIT = CONFIG / "demo-two-unit.yaml"
-MANUAL = 3600.0      # tick period that leaves stepping to the test
+MANUAL = 3600.0  # tick period that leaves stepping to the test
 TIMEOUT_S = 0.5
 
 
@@ -70,8 +70,9 @@ async def drivers_for(cfg: SiteConfig, *names: str) -> AsyncIterator[dict[str, A
     for name in names:
         dev = cfg.devices[name]
         cls = SunSpecDriver if dev.protocol == "sunspec" else ModbusDriver
-        out[name] = cls(name, cfg.load_profile(dev), dev.host, dev.port, unit_id=dev.unit_id, timeout_s=TIMEOUT_S,
-                        rating_mw=10)
+        out[name] = cls(
+            name, cfg.load_profile(dev), dev.host, dev.port, unit_id=dev.unit_id, timeout_s=TIMEOUT_S, rating_mw=10
+        )
     try:
         yield out
     finally:
@@ -133,9 +134,11 @@ async def test_opcua_bms_of_unit_one_serves_its_own_battery(tmp_path):
 async def test_per_unit_faults_state_and_meter_through_the_control_api(tmp_path):
     cfg = load_config(two_unit_config(tmp_path))
     port = cfg.simulator.control_port
-    async with running(cfg, control_port=port, clock=Clock()) as site, \
-            drivers_for(cfg, "pcs1", "pcs2", "bms2", "poi") as d, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+    async with (
+        running(cfg, control_port=port, clock=Clock()) as site,
+        drivers_for(cfg, "pcs1", "pcs2", "bms2", "poi") as d,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as http,
+    ):
         state = (await http.get("/sim/state")).json()
         assert set(state["units"]) == {"u1", "u2"} and state["soc_pct"] == pytest.approx(50, abs=0.1)
         assert {"u1.pcs", "u2.pcs", "u2.bms_modbus", "meter"} <= set(state["faults"])
@@ -219,8 +222,12 @@ async def test_a_one_unit_file_with_a_meter_keeps_its_faces_and_adds_the_meter(t
     sim = raw["simulator"]
     sim.update(bms_modbus_port=free_port(), pcs_modbus_port=free_port(), bms_opcua_port=None, control_port=None)
     raw["devices"]["bms"]["port"], raw["devices"]["pcs"]["port"] = sim["bms_modbus_port"], sim["pcs_modbus_port"]
-    raw["devices"]["poi"] = {"role": "meter", "protocol": "sunspec", "port": free_port(),
-                             "profile": str(CONFIG / "profiles" / "sunspec-meter.yaml")}
+    raw["devices"]["poi"] = {
+        "role": "meter",
+        "protocol": "sunspec",
+        "port": free_port(),
+        "profile": str(CONFIG / "profiles" / "sunspec-meter.yaml"),
+    }
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(raw))
     cfg = load_config(path)
@@ -236,9 +243,14 @@ async def test_a_one_unit_file_with_a_meter_keeps_its_faces_and_adds_the_meter(t
 async def test_bess_edge_simulate_serves_a_two_unit_plant(tmp_path):
     path = two_unit_config(tmp_path)
     cfg = load_config(path)
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "simulate", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "simulate", "--config", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         async with drivers_for(cfg, "pcs2", "poi") as d:
             readings = await eventually(lambda: _attempt(d["poi"]), lambda r: r is not None, tries=300, every_s=0.1)
@@ -252,6 +264,13 @@ async def test_bess_edge_simulate_serves_a_two_unit_plant(tmp_path):
             proc.kill()
             out, _ = proc.communicate(timeout=5)
     assert proc.returncode == 0, out
-    for text in ("unit u1 10 MWh / 5 MW", "unit u2 10 MWh / 5 MW", "u2 PCS Modbus TCP (SunSpec)", "u1 BMS OPC UA",
-                 "POI meter Modbus TCP", "control HTTP", "plant simulator: stopping"):
+    for text in (
+        "unit u1 10 MWh / 5 MW",
+        "unit u2 10 MWh / 5 MW",
+        "u2 PCS Modbus TCP (SunSpec)",
+        "u1 BMS OPC UA",
+        "POI meter Modbus TCP",
+        "control HTTP",
+        "plant simulator: stopping",
+    ):
         assert text in out, out

@@ -58,6 +58,7 @@ async def pcs_driver(pcs_sim: PcsSim):
 
 # --- discovery ----------------------------------------------------------------------------------------------
 
+
 async def test_published_lengths_are_the_definitions():
     assert {m: definition_length(m) for m in MODELS} == PUBLISHED_LENGTHS
 
@@ -115,6 +116,7 @@ async def test_a_device_without_sunspec_is_not_found(bms_server: ModbusSimServer
 
 # --- points by model ----------------------------------------------------------------------------------------
 
+
 async def test_driver_maps_every_profile_point_to_the_simulators_address(pcs_sim: PcsSim, pcs_driver):
     await pcs_driver.connect()
     resolved = pcs_driver.modbus.profile
@@ -153,6 +155,7 @@ async def test_concrete_profile_uses_the_models_scale_factors(pcs_sim: PcsSim, p
 
 
 # --- writes -------------------------------------------------------------------------------------------------
+
 
 async def test_write_wset_with_read_back(pcs_sim: PcsSim, pcs_driver):
     back = await pcs_driver.write("setpoint_mw", -3.25)
@@ -198,7 +201,7 @@ async def test_out_of_range_writes_are_refused(pcs_sim: PcsSim, pcs_driver):
     with pytest.raises(WriteRefused):
         await pcs_driver.write("setpoint_mw", 12.0)
     with pytest.raises(WriteRefused):
-        await pcs_driver.write("power_mw", 1.0)   # 701.W is a measurement
+        await pcs_driver.write("power_mw", 1.0)  # 701.W is a measurement
     # ... and the device refuses what the profile lets through but its ratings do not (exception 03)
     pcs_sim.pcs.p.rated_power_mw = 5.0
     with pytest.raises(ModbusError) as e:
@@ -208,6 +211,7 @@ async def test_out_of_range_writes_are_refused(pcs_sim: PcsSim, pcs_driver):
 
 
 # --- a SunSpec client this project did not write ------------------------------------------------------------
+
 
 def scan_with_pysunspec2(port: int) -> dict[int, dict[str, tuple]]:
     """pysunspec2's blocking client: scan, then read every model; {model id: {point: (raw, scaled)}}."""
@@ -241,7 +245,7 @@ def write_with_pysunspec2(port: int, points: dict[str, float]) -> None:
 
 
 async def test_pysunspec2_scans_the_pcs_simulator(pcs_sim: PcsSim):
-    await run_pcs(pcs_sim, -6_000_000, seconds=1.0)   # charging at 6 MW
+    await run_pcs(pcs_sim, -6_000_000, seconds=1.0)  # charging at 6 MW
     models = await asyncio.wait_for(asyncio.to_thread(scan_with_pysunspec2, pcs_sim.port), 20)
     assert sorted(models) == MODELS
     assert {mid: m["L"][0] for mid, m in models.items()} == PUBLISHED_LENGTHS
@@ -254,8 +258,8 @@ async def test_pysunspec2_scans_the_pcs_simulator(pcs_sim: PcsSim):
     ac = models[701]
     w_raw, w = ac["W"]
     assert ac["W_SF"][0] == 3 and w == pytest.approx(w_raw * 1000)
-    assert w == pytest.approx(pcs_sim.model.power_mw * 1e6, abs=500)   # half an LSB of 1 kW
-    assert w == pytest.approx(-6e6, abs=500)                            # SunSpec: negative = absorbing
+    assert w == pytest.approx(pcs_sim.model.power_mw * 1e6, abs=500)  # half an LSB of 1 kW
+    assert w == pytest.approx(-6e6, abs=500)  # SunSpec: negative = absorbing
     assert ac["Hz"][1] == pytest.approx(50.0) and ac["LLV"][1] == 690
     assert ac["St"][1] == 1 and ac["ConnSt"][1] == 1 and ac["Alrm"][1] == 0
 
@@ -273,15 +277,16 @@ async def test_pysunspec2_scans_the_pcs_simulator(pcs_sim: PcsSim):
     assert battery["SoC"][1] == pytest.approx(storage["SoC"][1])
     assert battery["SoH"][1] == pytest.approx(pcs_sim.model.p.soh_pct)
     assert battery["WHRtg"][1] == pytest.approx(20e6)
-    assert battery["ChaSt"][1] == 4                    # charging
-    assert battery["State"][1] == 3                    # connected
+    assert battery["ChaSt"][1] == 4  # charging
+    assert battery["State"][1] == 3  # connected
     assert 500 < battery["V"][1] < 1500
     assert battery["CellVMin"][1] <= battery["CellVAvg"][1] <= battery["CellVMax"][1]
 
 
 async def test_pysunspec2_writes_are_followed_and_range_checked(pcs_sim: PcsSim):
-    await asyncio.wait_for(asyncio.to_thread(write_with_pysunspec2, pcs_sim.port,
-                                             {"WSet": 2_000_000, "WSetEna": 1}), 20)
+    await asyncio.wait_for(
+        asyncio.to_thread(write_with_pysunspec2, pcs_sim.port, {"WSet": 2_000_000, "WSetEna": 1}), 20
+    )
     assert pcs_sim.pcs.requested_mw() == pytest.approx(2.0)
     for _ in range(20):
         pcs_sim.pcs.step(0.1)

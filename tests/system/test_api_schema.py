@@ -67,11 +67,12 @@ def api_schema(web_url):
 
 
 def app_operations() -> dict[str, dict]:
-    """"METHOD /path" -> its OpenAPI operation, for every operation of the app, known at collection time so each
+    """ "METHOD /path" -> its OpenAPI operation, for every operation of the app, known at collection time so each
     operation is its own test (the served schema is the same app's: test_served_schema_is_the_apps checks it)."""
     doc = create_app(MemoryBackend(), KEYS, SECRET).openapi()
-    return {f"{m.upper()} {p}": op for p, ops in doc["paths"].items() for m, op in ops.items()
-            if m.upper() in HTTP_METHODS}
+    return {
+        f"{m.upper()} {p}": op for p, ops in doc["paths"].items() for m, op in ops.items() if m.upper() in HTTP_METHODS
+    }
 
 
 HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "HEAD"}
@@ -97,8 +98,13 @@ def test_api_conforms_to_its_schema(api_schema, label, mode):
     assert operation is not None, f"{label} is not in the served schema"
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def check(case):
         # the key goes in unless the case sets the header itself (negative cases try missing and bad keys)
         headers = {} if any(k.lower() == "x-api-key" for k in (case.headers or {})) else H
@@ -118,7 +124,18 @@ def test_served_schema_is_the_apps(api_schema, web_url):
     /api route DESIGN.md and issue 6 list."""
     served = {f"{op.ok().method.upper()} {op.ok().path}" for op in api_schema.get_all_operations()}
     assert served == set(app_operations())
-    for label in ("GET /api/bess-status", "GET /api/market-data", "GET /api/orders", "POST /api/orders",
-                  "GET /api/trades", "POST /api/telemetry", "POST /api/mode", "GET /api/alarms", "GET /api/decisions",
-                  "GET /api/schedule", "GET /healthz", "GET /readyz"):
+    for label in (
+        "GET /api/bess-status",
+        "GET /api/market-data",
+        "GET /api/orders",
+        "POST /api/orders",
+        "GET /api/trades",
+        "POST /api/telemetry",
+        "POST /api/mode",
+        "GET /api/alarms",
+        "GET /api/decisions",
+        "GET /api/schedule",
+        "GET /healthz",
+        "GET /readyz",
+    ):
         assert label in served, f"{label} missing from the OpenAPI schema"

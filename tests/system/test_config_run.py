@@ -25,8 +25,12 @@ CONFIG = ROOT / "config"
 # `bess-edge` is controller.cli:main; run as a module of this checkout (the shared venv's console script may
 # belong to another checkout)
 BESS_EDGE = [sys.executable, "-m", "controller.cli"]
-ENV = {"API_KEY": "run-test-key-0123456789", "HMAC_SECRET": "run-test-secret-0123456789abcdef",
-       "MQTT_URL": "mqtt://127.0.0.1:1", "EXCHANGE_BASE_URL": "http://127.0.0.1:9"}
+ENV = {
+    "API_KEY": "run-test-key-0123456789",
+    "HMAC_SECRET": "run-test-secret-0123456789abcdef",
+    "MQTT_URL": "mqtt://127.0.0.1:1",
+    "EXCHANGE_BASE_URL": "http://127.0.0.1:9",
+}
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -50,9 +54,14 @@ def write_site(tmp_path: Path, **over: Any) -> Path:
 
 def run(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
     """`bess-edge run` that is expected to refuse its start (bounded by the timeout)."""
-    return subprocess.run([*BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"),
-                           "--log-format", "text"], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
-                          env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **ENV, **env})
+    return subprocess.run(
+        [*BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **ENV, **env},
+    )
 
 
 def test_run_with_a_missing_users_file_exits_2_naming_it(tmp_path):
@@ -75,11 +84,21 @@ def test_run_in_production_refuses_a_remote_exchange_over_http(tmp_path):
 def start_and_collect(site: Path, tmp_path: Path, wanted: list[str], env: dict[str, str]) -> str:
     """Start `bess-edge run`, read its log until every `wanted` text has appeared (bounded), stop it with
     SIGTERM and return the log."""
-    proc = subprocess.Popen([*BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"),
-                             "--log-format", "text"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            cwd=str(tmp_path), env={"PATH": os.environ["PATH"], "HOME": str(tmp_path),
-                                                    "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT),
-                                                    **ENV, **env})
+    proc = subprocess.Popen(
+        [*BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=str(tmp_path),
+        env={
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(ROOT),
+            **ENV,
+            **env,
+        },
+    )
     log = ""
     try:
         sel = selectors.DefaultSelector()
@@ -106,13 +125,18 @@ def test_accepted_risks_are_logged_on_every_start(tmp_path):
     profiles = tmp_path / "profiles"
     profiles.mkdir()
     (profiles / "pcs-no-reversion.yaml").write_text(
-        (CONFIG / "must-fail" / "profiles" / "pcs-no-reversion.yaml").read_text())
+        (CONFIG / "must-fail" / "profiles" / "pcs-no-reversion.yaml").read_text()
+    )
     site = write_site(tmp_path, allow_insecure=True)
     raw = yaml.safe_load(site.read_text())
     raw["devices"]["pcs"].update(protocol="modbus", profile="profiles/pcs-no-reversion.yaml", allow_no_reversion=True)
     site.write_text(yaml.safe_dump(raw, sort_keys=False))
-    wanted = ["accepted risk", "devices.pcs: profile 'pcs-no-reversion' has no reversion point",
-              "EXCHANGE_BASE_URL: the exchange 192.0.2.7 is not on this machine", "accepted by allow_insecure: true"]
-    for _ in range(2):   # every start, not only the first
+    wanted = [
+        "accepted risk",
+        "devices.pcs: profile 'pcs-no-reversion' has no reversion point",
+        "EXCHANGE_BASE_URL: the exchange 192.0.2.7 is not on this machine",
+        "accepted by allow_insecure: true",
+    ]
+    for _ in range(2):  # every start, not only the first
         log = start_and_collect(site, tmp_path, wanted, {"EXCHANGE_BASE_URL": "http://192.0.2.7:9000"})
         assert "Traceback" not in log, log[-3000:]

@@ -32,9 +32,16 @@ def mid_period_clock(offset_s: float = 300.0) -> Clock:
 
 
 def trade(trade_id: str, side: str, quantity_mw: float, start: float, executed_at: float) -> dict[str, Any]:
-    return {"trade_id": trade_id, "side": side, "quantity_mw": quantity_mw, "price_eur_mwh": 90.0,
-            "delivery_start": iso(start), "delivery_end": iso(start + PERIOD_S), "market": "intraday",
-            "executed_at": iso(executed_at)}
+    return {
+        "trade_id": trade_id,
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": 90.0,
+        "delivery_start": iso(start),
+        "delivery_end": iso(start + PERIOD_S),
+        "market": "intraday",
+        "executed_at": iso(executed_at),
+    }
 
 
 def add_current(c: Controller, trade_id: str, side: str, quantity_mw: float) -> None:
@@ -62,7 +69,7 @@ def merge(*dicts: dict[str, Any]) -> dict[str, Any]:
 async def test_trade_for_current_period_reaches_the_pcs_within_one_cycle(plant, tmp_path, side, expected_mw):
     async with make_controller(plant, tmp_path, clock=mid_period_clock(), **FAST_RAMP) as c:
         assert wset_mw(plant) == 0.0
-        at_cycle_end: list[tuple[int, float]] = []   # (cycle number, the PCS's setpoint in MW) as each cycle ends
+        at_cycle_end: list[tuple[int, float]] = []  # (cycle number, the PCS's setpoint in MW) as each cycle ends
         c.faces.attach(Phase.AFTER_WRITE, lambda st: at_cycle_end.append((st.cycles, wset_mw(plant))))
         n0 = c.stats.cycles
         add_current(c, "T-1", side, abs(expected_mw))
@@ -90,7 +97,7 @@ async def test_a_trade_above_the_power_limits_is_clipped_and_binding_says_why(pl
         assert "p_discharge_max 6 MW" in d.reasons[0]
         assert c.status()["binding"] == "p_discharge_max"
 
-        add_current(c, "T-buy", "buy", 18.0)   # net position -9 MW: the 8 MW grid connection binds first
+        add_current(c, "T-buy", "buy", 18.0)  # net position -9 MW: the 8 MW grid connection binds first
         await wait_for(lambda: wset_mw(plant) == pytest.approx(-8.0), 5, "the clipped charge at the PCS")
         await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(-8.0), 2, "the cycle's decision")
         d = c.decision
@@ -105,8 +112,12 @@ async def test_a_trade_above_the_power_limits_is_clipped_and_binding_says_why(pl
 SOC_TEST = merge(FAST_RAMP, {"limits": {"soc_taper_band_pct": 0}, "devices": {"pcs": {"reversion_timeout_s": 60}}})
 
 
-@pytest.mark.parametrize("side,start_soc,binding,bound", [("buy", 88.0, "soc_max", 90.0), ("sell", 12.0, "soc_min", 10.0)])
-async def test_charging_stops_at_soc_max_and_discharging_at_soc_min(make_plant, tmp_path, side, start_soc, binding, bound):
+@pytest.mark.parametrize(
+    "side,start_soc,binding,bound", [("buy", 88.0, "soc_max", 90.0), ("sell", 12.0, "soc_min", 10.0)]
+)
+async def test_charging_stops_at_soc_max_and_discharging_at_soc_min(
+    make_plant, tmp_path, side, start_soc, binding, bound
+):
     plant = await make_plant(clock=Clock(speed=20), initial_soc_pct=start_soc)
     async with make_controller(plant, tmp_path, clock=mid_period_clock(), **SOC_TEST) as c:
         add_current(c, "T-1", side, 10.0)
@@ -118,7 +129,7 @@ async def test_charging_stops_at_soc_max_and_discharging_at_soc_min(make_plant, 
         soc_at_stop = plant.model.soc_pct
         # one cycle of 0.2 s real at 20x and 10 MW moves the SoC by ~0.05 %: that is all the overshoot there is
         assert abs(soc_at_stop - bound) < 0.2, soc_at_stop
-        cycles = c.stats.cycles   # five cycles (1 s real, 20 plant seconds): still held while the trade asks for 10
+        cycles = c.stats.cycles  # five cycles (1 s real, 20 plant seconds): still held while the trade asks for 10
         await wait_for(lambda: c.stats.cycles >= cycles + 5, 10, "five more cycles at the limit")
         assert c.decision.binding == binding and wset_mw(plant) == 0.0 and abs(plant.model.power_mw) < 1e-6
         assert abs(plant.model.soc_pct - soc_at_stop) < 0.01
@@ -138,7 +149,7 @@ async def test_temperature_derates_above_t_derate_and_stops_above_t_max(plant, t
         assert 4.9 < wset_mw(plant) < 5.1
         assert "temperature 50" in c.decision.reasons[0]
 
-        plant.model.set_state(temperature_c=56.0)   # above t_max 55 °C: no power at all
+        plant.model.set_state(temperature_c=56.0)  # above t_max 55 °C: no power at all
         await wait_for(lambda: c.decision.setpoint_mw == 0.0, 5, "0 MW above t_max")
         assert c.decision.binding == "temperature" and "t_max 55" in c.decision.reasons[0]
         await wait_for(lambda: wset_mw(plant) == 0.0 and abs(plant.model.power_mw) < 1e-6, 3, "the PCS at 0 MW")
@@ -156,11 +167,11 @@ def _bms_silent(p: Plant) -> None:
 
 
 def _bms_late(p: Plant) -> None:
-    p.faults["bms_modbus"].delay_s = 1.5   # the BMS device's timeout_s is 1.0
+    p.faults["bms_modbus"].delay_s = 1.5  # the BMS device's timeout_s is 1.0
 
 
 def _bms_exception(p: Plant) -> None:
-    p.faults["bms_modbus"].exception_code = 4   # slave device failure
+    p.faults["bms_modbus"].exception_code = 4  # slave device failure
 
 
 def _bms_drop(p: Plant) -> None:
@@ -168,7 +179,7 @@ def _bms_drop(p: Plant) -> None:
 
 
 def _bms_fault_bit(p: Plant) -> None:
-    p.faults["bms_modbus"].fault_bits = 1 << 1   # insulation_fault in the generic BMS profile
+    p.faults["bms_modbus"].fault_bits = 1 << 1  # insulation_fault in the generic BMS profile
 
 
 def _pcs_silent(p: Plant) -> None:
@@ -203,8 +214,11 @@ async def test_device_fault_gives_0_mw_and_an_alarm_then_recovers(plant, tmp_pat
         # the cycle running at injection, then the failed reads that make a device stale (2), then the decision
         assert cycles <= 3, f"{fault}: safe state took {cycles} cycles"
         assert c.decision.binding == binding, c.decision
-        await wait_for(lambda: any(a["device"] == device and a["cause"] in causes for a in c.active_alarms.values()),
-                       5, f"an alarm naming {device} and {causes}")
+        await wait_for(
+            lambda: any(a["device"] == device and a["cause"] in causes for a in c.active_alarms.values()),
+            5,
+            f"an alarm naming {device} and {causes}",
+        )
         alarm = next(a for a in c.active_alarms.values() if a["device"] == device and a["cause"] in causes)
         assert device in alarm["message"] and alarm["message"] in c.status()["alarms"]
         assert c.status()["status"] == ("online" if binding == "alarm" else "offline")
@@ -219,8 +233,9 @@ async def test_device_fault_gives_0_mw_and_an_alarm_then_recovers(plant, tmp_pat
         await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(3.0), 15, f"recovery after {fault}")
         await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS again")
         await wait_for(lambda: plant.model.power_mw == pytest.approx(3.0, abs=0.01), 3, "3 MW delivered again")
-        await wait_for(lambda: not [a for a in c.active_alarms.values() if a["device"] == device], 3,
-                       "the alarm cleared")
+        await wait_for(
+            lambda: not [a for a in c.active_alarms.values() if a["device"] == device], 3, "the alarm cleared"
+        )
         assert c.decision.binding == "none" and c.status()["status"] == "online"
 
 
@@ -234,8 +249,14 @@ async def test_new_period_applies_at_the_boundary_and_the_old_one_ends(plant, tm
     boundary = period_start(time.time()) + PERIOD_S
     clock = Clock(start=boundary - 5.0)
     # stale_after_s must exceed the cycle period and the PCS reversion be >= 2 periods (config checks)
-    overrides = merge(FAST_RAMP, {"cycle": {"period_s": period_s}, "limits": {"stale_after_s": 24},
-                                  "devices": {"pcs": {"reversion_timeout_s": 3 * period_s}}})
+    overrides = merge(
+        FAST_RAMP,
+        {
+            "cycle": {"period_s": period_s},
+            "limits": {"stale_after_s": 24},
+            "devices": {"pcs": {"reversion_timeout_s": 3 * period_s}},
+        },
+    )
     async with make_controller(plant, tmp_path, clock=clock, **overrides) as c:
         now = clock.now()
         assert now < boundary - 1.0, "the controller took too long to start"
@@ -250,7 +271,7 @@ async def test_new_period_applies_at_the_boundary_and_the_old_one_ends(plant, tm
         await wait_for(lambda: wset_mw(plant) != pytest.approx(4.0), 15, "the setpoint to change at the boundary")
         assert wset_mw(plant) == pytest.approx(next_mw)
         assert c.stats.boundary_wakeups == wakeups + 1
-        assert c.stats.cycles - cycles <= 2   # the wake-up's cycle (a regular one is 10 s away)
+        assert c.stats.cycles - cycles <= 2  # the wake-up's cycle (a regular one is 10 s away)
         await wait_for(lambda: c.decision.target_mw == pytest.approx(next_mw), 2, "the boundary cycle's decision")
         assert c.stats.missed_boundaries == 0
         log = sorted(c.store.decisions(limit=1000), key=lambda d: d["ts"])
@@ -267,10 +288,12 @@ async def test_new_period_applies_at_the_boundary_and_the_old_one_ends(plant, tm
 # the writes that restart the PCS simulator's reversion timer (simulators/pcs.py, Pcs.on_write)
 REVERSION_RESTARTS = {"704.WSet", "704.WSetPct", "802.CtrlHb", "704.WSetRvrtTms", "704.WSetEna"}
 
+
 async def test_the_pcs_reversion_timeout_is_armed_and_refreshed(plant, tmp_path):
     # the PCS powers up with a 10 s reversion: the controller writes its own (4 s) so the arming is visible
-    async with make_controller(plant, tmp_path, clock=mid_period_clock(),
-                               **merge(FAST_RAMP, {"devices": {"pcs": {"reversion_timeout_s": 4}}})) as c:
+    async with make_controller(
+        plant, tmp_path, clock=mid_period_clock(), **merge(FAST_RAMP, {"devices": {"pcs": {"reversion_timeout_s": 4}}})
+    ) as c:
         regs = plant.pcs_server
         assert regs.get("704.WSetRvrtTms") == 4
         assert regs.get("704.WSetRvrt") == 0 and regs.get("704.WSetEna") == 1
@@ -284,13 +307,14 @@ async def test_the_pcs_reversion_timeout_is_armed_and_refreshed(plant, tmp_path)
         def spy(changes):
             restarts.append(set(changes) & REVERSION_RESTARTS)
             return inner(changes)
+
         regs.on_write = spy
         cycles = c.stats.cycles
         await wait_for(lambda: c.stats.cycles >= cycles + 15, 15, "15 cycles")
         regs.on_write = inner
         ran = c.stats.cycles - cycles
         assert sum(bool(r) for r in restarts) >= ran - 1, f"{ran} cycles, timer restarted by {restarts}"
-        remaining = plant.pcs.reversion_remaining_s   # just after a cycle's refresh
+        remaining = plant.pcs.reversion_remaining_s  # just after a cycle's refresh
         assert remaining is not None, "reversion timer not running"
         assert remaining >= 2.0, f"reversion timer at {remaining:.2f} s of 4 s just after a cycle"
         assert plant.pcs.reversions == 0 and wset_mw(plant) == pytest.approx(2.0)

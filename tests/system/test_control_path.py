@@ -35,9 +35,16 @@ def wset_mw(plant: Plant) -> float:
 
 
 def trade(trade_id: str, side: str, quantity_mw: float, start: float, executed_at: float) -> dict[str, Any]:
-    return {"trade_id": trade_id, "side": side, "quantity_mw": quantity_mw, "price_eur_mwh": 90.0,
-            "delivery_start": iso(start), "delivery_end": iso(start + PERIOD_S), "market": "intraday",
-            "executed_at": iso(executed_at)}
+    return {
+        "trade_id": trade_id,
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": 90.0,
+        "delivery_start": iso(start),
+        "delivery_end": iso(start + PERIOD_S),
+        "market": "intraday",
+        "executed_at": iso(executed_at),
+    }
 
 
 class ThreadRecordingSchedule(Schedule):
@@ -91,8 +98,14 @@ class BreakableSchedule(Schedule):
 
 
 @asynccontextmanager
-async def controller_with(plant: Plant, tmp_path: Path, schedule: Schedule, clock: Clock | None = None,
-                          store_class: type[Store] = Store, **overrides: Any) -> AsyncIterator[Controller]:
+async def controller_with(
+    plant: Plant,
+    tmp_path: Path,
+    schedule: Schedule,
+    clock: Clock | None = None,
+    store_class: type[Store] = Store,
+    **overrides: Any,
+) -> AsyncIterator[Controller]:
     """A real Controller on `plant` with `schedule` (and a store of `store_class`) injected; always stopped."""
     cfg = site_config(tmp_path, device_ports(plant), **overrides)
     store = store_class(tmp_path / "state.db")
@@ -108,15 +121,21 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
     """Old code: `_boundary_job` and `_pick_up_trades` were plain `def` jobs, so APScheduler ran them in worker
     threads, which set the asyncio Event and added to the schedule concurrently with the loop."""
     boundary = period_start(time.time()) + PERIOD_S
-    clock = Clock(start=boundary - 4.0)   # the next period starts 4 s into the test
+    clock = Clock(start=boundary - 4.0)  # the next period starts 4 s into the test
     schedule = ThreadRecordingSchedule()
-    period_s = 6.0   # longer than the way to the boundary: only the boundary's wake-up can start the next cycle
+    period_s = 6.0  # longer than the way to the boundary: only the boundary's wake-up can start the next cycle
     # the config check wants stale_after_s above the cycle period and the PCS reversion at least two periods
-    async with controller_with(plant, tmp_path, schedule, clock, cycle={"period_s": period_s},
-                               limits={"ramp_mw_per_s": 1000, "stale_after_s": 2 * period_s + 1},
-                               devices={"pcs": {"reversion_timeout_s": 3 * period_s}}) as c:
+    async with controller_with(
+        plant,
+        tmp_path,
+        schedule,
+        clock,
+        cycle={"period_s": period_s},
+        limits={"ramp_mw_per_s": 1000, "stale_after_s": 2 * period_s + 1},
+        devices={"pcs": {"reversion_timeout_s": 3 * period_s}},
+    ) as c:
         c._wake = wake = ThreadRecordingEvent()
-        idle = asyncio.Event()   # set while no cycle runs, as the web face's gate is
+        idle = asyncio.Event()  # set while no cycle runs, as the web face's gate is
         idle.set()
         c.faces.attach(Phase.READ, lambda _: idle.clear())
         c.faces.attach(Phase.IDLE, lambda _: idle.set())
@@ -126,7 +145,9 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
 
         # a trade for the next period, stored by another process (`bess-edge trade add`): the pick-up job adds it
         with Store(tmp_path / "state.db") as other:
-            other.add_trade(parse_trade(trade("NEXT", "sell", 2.0, boundary, clock.now())).model_dump(mode="json"), "cli")
+            other.add_trade(
+                parse_trade(trade("NEXT", "sell", 2.0, boundary, clock.now())).model_dump(mode="json"), "cli"
+            )
         await wait_for(lambda: schedule.position_mw(boundary) == 2.0, 10, "the pick-up job adding the stored trade")
         await wait_for(lambda: not wake.is_set() and idle.is_set(), 5, "the woken cycle done")
         assert clock.now() < boundary - 0.5, "the test's set-up ran into the period boundary"
@@ -143,7 +164,7 @@ async def test_scheduled_jobs_run_on_the_loop_and_a_boundary_wakes_the_cycle(pla
         jobs = c.jobs.scheduler.get_jobs()
         assert {j.id for j in jobs} >= {"housekeeping", "trade_pickup", "period_boundary"}
         assert all(asyncio.iscoroutinefunction(j.func) for j in jobs), "a job would run in a worker thread"
-        await c.jobs.housekeeping()   # as the scheduler runs it: on the loop, the store work in a thread
+        await c.jobs.housekeeping()  # as the scheduler runs it: on the loop, the store work in a thread
     assert wake.setters == {loop_thread}, "the wake-up Event was set from another thread"
     assert schedule.threads == {loop_thread}, "the schedule was touched from another thread"
 
@@ -153,8 +174,15 @@ async def test_a_cycle_that_raises_commands_0_mw_and_raises_an_alarm(plant, tmp_
     timer ran out (here 60 s), and no alarm said why."""
     schedule = BreakableSchedule()
     clock = Clock(start=period_start(time.time()) + 300)
-    async with controller_with(plant, tmp_path, schedule, clock, cycle={"period_s": 0.2},
-                               limits={"ramp_mw_per_s": 1000}, devices={"pcs": {"reversion_timeout_s": 60}}) as c:
+    async with controller_with(
+        plant,
+        tmp_path,
+        schedule,
+        clock,
+        cycle={"period_s": 0.2},
+        limits={"ramp_mw_per_s": 1000},
+        devices={"pcs": {"reversion_timeout_s": 60}},
+    ) as c:
         await c.start()
         await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
         now = clock.now()
@@ -184,8 +212,15 @@ async def test_a_cycle_failing_after_its_write_holds_0_mw_instead_of_swinging(pl
     """A cycle that raises after the setpoint went out: the next cycle holds 0 MW as well, so a lasting fault
     cannot swing the PCS between the setpoint and 0 MW every cycle."""
     clock = Clock(start=period_start(time.time()) + 300)
-    async with controller_with(plant, tmp_path, Schedule(), clock, store_class=BreakableStore,
-                               cycle={"period_s": 0.2}, limits={"ramp_mw_per_s": 1000}) as c:
+    async with controller_with(
+        plant,
+        tmp_path,
+        Schedule(),
+        clock,
+        store_class=BreakableStore,
+        cycle={"period_s": 0.2},
+        limits={"ramp_mw_per_s": 1000},
+    ) as c:
         await c.start()
         await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
         now = clock.now()
@@ -206,7 +241,9 @@ async def test_a_cycle_failing_after_its_write_holds_0_mw_instead_of_swinging(pl
         await wait_for(lambda: c.stats.failed_cycles >= failed + 5, 10, "five failed cycles")
         first_zero = writes.index(0.0)
         assert all(w == 0.0 for w in writes[first_zero:]), f"the PCS swung after the first failure: {writes}"
-        assert CYCLE_ERROR_ALARM in c.active_alarms and "disk I/O error" in c.active_alarms[CYCLE_ERROR_ALARM]["message"]
+        assert (
+            CYCLE_ERROR_ALARM in c.active_alarms and "disk I/O error" in c.active_alarms[CYCLE_ERROR_ALARM]["message"]
+        )
 
         c.store.broken = False
         await wait_for(lambda: CYCLE_ERROR_ALARM not in c.active_alarms, 5, "the alarm cleared")

@@ -83,8 +83,9 @@ async def test_ready_after_the_first_cycle_then_watchdog_on_every_cycle_and_stop
             plant.faults["bms_modbus"].clear()
             await wait_for(lambda: c.decision.binding not in ("comm_loss", "stale"), 15, "the BMS back")
             back: list[str] = []
-            await wait_for(lambda: back.extend(received(sock)) or "WATCHDOG=1" in back, 10,
-                           "a watchdog ping with the BMS back")
+            await wait_for(
+                lambda: back.extend(received(sock)) or "WATCHDOG=1" in back, 10, "a watchdog ping with the BMS back"
+            )
             assert not any(m.startswith("READY=1") for m in back), back
         assert "STOPPING=1" in received(sock)
 
@@ -145,7 +146,7 @@ async def test_an_overrunning_cycle_is_counted_and_never_stacked(plant, tmp_path
         ran = c.stats.cycles - cycles
         assert c.stats.overruns - overruns >= ran - 1, f"{ran} cycles, {c.stats.overruns - overruns} overruns counted"
         durations = list(c.stats.durations_s)[-ran:]
-        assert min(durations) > 0.1, durations   # each of them did outlast its period
+        assert min(durations) > 0.1, durations  # each of them did outlast its period
         # one cycle at a time: every start is followed by its end before the next start
         watched = events[:]
         assert all(a != b for a, b in zip(watched, watched[1:])), f"cycles overlapped: {watched}"
@@ -159,13 +160,24 @@ async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
     generous bound on 30 cycles (15 s, five times the nominal 3 s) catches a loop that waits on a coarser timer
     (1 s or more) than the period."""
     clock = Clock(start=period_start(time.time()) + 300)
-    async with make_controller(plant, tmp_path, clock=clock, cycle={"period_s": 0.1},
-                               limits={"ramp_mw_per_s": 1000}) as c:
+    async with make_controller(
+        plant, tmp_path, clock=clock, cycle={"period_s": 0.1}, limits={"ramp_mw_per_s": 1000}
+    ) as c:
         now = clock.now()
         start = period_start(now)
-        ack = c.accept_trade({"trade_id": "T-fast", "side": "sell", "quantity_mw": 2.5, "price_eur_mwh": 80.0,
-                              "delivery_start": iso(start), "delivery_end": iso(start + PERIOD_S),
-                              "market": "intraday", "executed_at": iso(now)}, source="test")
+        ack = c.accept_trade(
+            {
+                "trade_id": "T-fast",
+                "side": "sell",
+                "quantity_mw": 2.5,
+                "price_eur_mwh": 80.0,
+                "delivery_start": iso(start),
+                "delivery_end": iso(start + PERIOD_S),
+                "market": "intraday",
+                "executed_at": iso(now),
+            },
+            source="test",
+        )
         assert ack.accepted, ack
         await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_500_000, 2, "2.5 MW at the PCS")
         cycles, failed, since = c.stats.cycles, c.stats.failed_cycles, clock.now()
@@ -180,7 +192,7 @@ async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
 # ------------------------------------------------------------------ a real `bess-edge run` under a NOTIFY_SOCKET
 REPO = Path(__file__).resolve().parents[2]
 BESS_EDGE = str(Path(sys.executable).with_name("bess-edge"))
-WATCHDOG_S = 3.0   # WatchdogSec as systemd would pass it (WATCHDOG_USEC)
+WATCHDOG_S = 3.0  # WatchdogSec as systemd would pass it (WATCHDOG_USEC)
 
 
 def http_get_json(url: str) -> tuple[int, dict]:
@@ -195,17 +207,28 @@ def http_get_json(url: str) -> tuple[int, dict]:
 async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plant, tmp_path):
     """Old code pinged only on good cycles: a BMS outage longer than WatchdogSec made systemd restart the daemon
     again and again, taking the dashboard and the SCADA face away while the operator needed them."""
-    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, limits={"ramp_mw_per_s": 1000},
-                      scada={"modbus": {"enabled": True}, "opcua": {"enabled": False}})
+    cfg = site_config(
+        tmp_path,
+        device_ports(plant),
+        mqtt={"enabled": False},
+        limits={"ramp_mw_per_s": 1000},
+        scada={"modbus": {"enabled": True}, "opcua": {"enabled": False}},
+    )
     sock_path = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.setblocking(False)
     # PYTHONPATH: the console script imports this checkout's code, not whichever one the venv was installed from
-    env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1",
-           "PYTHONPATH": str(REPO),
-           "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6))}
-    messages: list[tuple[float, str]] = []   # (monotonic time received, datagram)
+    env = {
+        **os.environ,
+        "API_KEY": "demo",
+        "HMAC_SECRET": "phoenyra_demo_secret",
+        "PYTHONUNBUFFERED": "1",
+        "PYTHONPATH": str(REPO),
+        "NOTIFY_SOCKET": str(sock_path),
+        "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
+    }
+    messages: list[tuple[float, str]] = []  # (monotonic time received, datagram)
 
     def collect() -> list[str]:
         new = [(time.monotonic(), m) for m in received(sock)]
@@ -216,6 +239,7 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
         async def poll() -> bool:
             collect()
             return predicate()
+
         deadline = time.monotonic() + timeout_s
         while not await poll():
             assert time.monotonic() < deadline, f"timed out after {timeout_s:g} s waiting for {what}"
@@ -224,12 +248,24 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
     url = f"http://127.0.0.1:{cfg.web.port}"
     log_file = open(tmp_path / "daemon.log", "ab")
     proc = await asyncio.create_subprocess_exec(
-        BESS_EDGE, "run", "--config", str(tmp_path / "site.yaml"), "--state-dir", str(tmp_path / "state"),
-        "--log-format", "text", cwd=REPO, env=env, stdout=log_file, stderr=log_file)
+        BESS_EDGE,
+        "run",
+        "--config",
+        str(tmp_path / "site.yaml"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-format",
+        "text",
+        cwd=REPO,
+        env=env,
+        stdout=log_file,
+        stderr=log_file,
+    )
     log_file.close()
     try:
-        await collect_until(lambda: any(m.startswith("READY=1") for _, m in messages) or proc.returncode is not None,
-                            30, "READY=1")
+        await collect_until(
+            lambda: any(m.startswith("READY=1") for _, m in messages) or proc.returncode is not None, 30, "READY=1"
+        )
         assert proc.returncode is None, (tmp_path / "daemon.log").read_text()[-3000:]
         # READY comes after every face is up: the dashboard and the SCADA face answer at once
         status, health = await asyncio.to_thread(http_get_json, url + "/healthz")
@@ -240,8 +276,9 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
         # the BMS goes silent for twice WatchdogSec
         plant.faults["bms_modbus"].silent = True
         silent_at = time.monotonic()
-        await collect_until(lambda: time.monotonic() - silent_at > 2 * WATCHDOG_S, 4 * WATCHDOG_S,
-                            "twice WatchdogSec of BMS silence")
+        await collect_until(
+            lambda: time.monotonic() - silent_at > 2 * WATCHDOG_S, 4 * WATCHDOG_S, "twice WatchdogSec of BMS silence"
+        )
         assert proc.returncode is None, "the daemon exited during the BMS outage"
         pings = [t for t, m in messages if m == "WATCHDOG=1" and t >= silent_at - WATCHDOG_S]
         gaps = [b - a for a, b in zip([silent_at] + pings, pings + [time.monotonic()])]
@@ -255,7 +292,7 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
         assert wset_mw(plant) == 0.0
         reader, writer = await asyncio.open_connection("127.0.0.1", cfg.scada.modbus.port)
         try:
-            writer.write(struct.pack(">HHHBBHH", 1, 0, 6, 1, 4, 0, 1))   # read input register 0 (SoC)
+            writer.write(struct.pack(">HHHBBHH", 1, 0, 6, 1, 4, 0, 1))  # read input register 0 (SoC)
             await writer.drain()
             answer = await asyncio.wait_for(reader.readexactly(11), 5)
             assert answer[7] == 4, f"SCADA read refused: {answer!r}"

@@ -16,8 +16,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = {"dashboard": 5000, "exchange": 9000, "mqtt": 1883, "bms modbus": 1502, "pcs modbus": 1503,
-         "bms opcua": 4841, "scada modbus": 5020, "scada opcua": 4840}
+PORTS = {
+    "dashboard": 5000,
+    "exchange": 9000,
+    "mqtt": 1883,
+    "bms modbus": 1502,
+    "pcs modbus": 1503,
+    "bms opcua": 4841,
+    "scada modbus": 5020,
+    "scada opcua": 4840,
+}
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -38,9 +46,14 @@ def get_json(path: str, key: str = "demo"):
 def demo(tmp_path):
     busy = [n for n, p in PORTS.items() if port_open(p)]
     assert not busy, f"demo ports already in use: {busy}"
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 120
@@ -84,7 +97,7 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
         assert line, "demo output ended"
         if "demo order" in line:
             said.append(line)
-            assert "demo order: " in line and "->" in line, line   # placed, not refused or skipped
+            assert "demo order: " in line and "->" in line, line  # placed, not refused or skipped
     filled = {("sell" if "sell" in x else "buy"): "(2 MW filled)" in x for x in said}
     want = {2.0 if side == "sell" else -2.0 for side, ok in filled.items() if ok}
     deadline = time.monotonic() + 30

@@ -14,9 +14,9 @@ import pytest
 
 from controller.clock import iso, parse_iso
 from controller.signing import request_signature, verify_message
+from controller.trading.exchange import ExchangeAuthError, ExchangeClient, ExchangeRejected
 from simulators.exchange.app import create_app, participants_from_env
 from simulators.exchange.auth import ReplayCache
-from controller.trading.exchange import ExchangeAuthError, ExchangeClient, ExchangeRejected
 from tests.fixtures.exchange import exchange, running_exchange  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 
@@ -36,16 +36,23 @@ class SetClock:
 
 
 def order(side="sell", qty=2.0, price=50.0, ds=DS, **extra) -> dict:
-    return {"side": side, "quantity_mw": qty, "price_eur_mwh": price, "delivery_start": iso(ds),
-            "market": "intraday", **extra}
+    return {
+        "side": side,
+        "quantity_mw": qty,
+        "price_eur_mwh": price,
+        "delivery_start": iso(ds),
+        "market": "intraday",
+        **extra,
+    }
 
 
 @pytest.fixture
 async def api():
     """(app, clock, demo client, other client, raw httpx client) over the ASGI transport."""
     clock = SetClock(T0 + 10.0)
-    app = create_app(participants={"k-demo": "demo", "k-other": "other"}, hmac_secret=SECRET, clock=clock,
-                     id_prefix="", tick_s=3600)
+    app = create_app(
+        participants={"k-demo": "demo", "k-other": "other"}, hmac_secret=SECRET, clock=clock, id_prefix="", tick_s=3600
+    )
     transport = httpx.ASGITransport(app=app)
     async with app.router.lifespan_context(app):
         demo = ExchangeClient("http://exchange", "k-demo", SECRET, now=clock.now, transport=transport)
@@ -61,18 +68,25 @@ async def api():
 
 def signed(method: str, path: str, body: bytes, ts: float, key: str = "k-demo", secret: str = SECRET) -> dict:
     t = f"{ts:.3f}"
-    return {"X-API-Key": key, "X-Timestamp": t, "X-Signature": request_signature(secret, t, method, path, body),
-            "Content-Type": "application/json"}
+    return {
+        "X-API-Key": key,
+        "X-Timestamp": t,
+        "X-Signature": request_signature(secret, t, method, path, body),
+        "Content-Type": "application/json",
+    }
 
 
 # ---- through a real uvicorn -----------------------------------------------------------------------------
+
 
 async def test_place_match_cancel_over_uvicorn(exchange):  # noqa: F811
     import time
 
     ds = (int(time.time()) // 900 + 4) * 900
-    async with ExchangeClient(exchange.url, "demo", "phoenyra_demo_secret") as demo, \
-            ExchangeClient(exchange.url, "other-key", "phoenyra_demo_secret") as other:
+    async with (
+        ExchangeClient(exchange.url, "demo", "phoenyra_demo_secret") as demo,
+        ExchangeClient(exchange.url, "other-key", "phoenyra_demo_secret") as other,
+    ):
         sell = await demo.place_order(order("sell", 2.0, 50.0, ds, client_order_id="c-1"))
         assert (sell["status"], sell["remaining_mw"], sell["participant"]) == ("open", 2.0, "demo")
         buy = await other.place_order(order("buy", 1.5, 55.0, ds, time_in_force="IOC"))
@@ -80,14 +94,13 @@ async def test_place_match_cancel_over_uvicorn(exchange):  # noqa: F811
         trades = await demo.trades()
         assert len(trades) == 1
         t = trades[0]
-        assert (t["side"], t["quantity_mw"], t["price_eur_mwh"], t["order_id"]) == ("sell", 1.5, 50.0,
-                                                                                   sell["order_id"])
-        assert set(t) >= {"trade_id", "buy_order_id", "sell_order_id", "delivery_start", "delivery_end",
-                          "executed_at"}
+        assert (t["side"], t["quantity_mw"], t["price_eur_mwh"], t["order_id"]) == ("sell", 1.5, 50.0, sell["order_id"])
+        assert set(t) >= {"trade_id", "buy_order_id", "sell_order_id", "delivery_start", "delivery_end", "executed_at"}
         assert t["delivery_start"] == iso(ds) and t["delivery_end"] == iso(ds + 900)
         active = await demo.orders("active")
-        assert [(o["order_id"], o["status"], o["remaining_mw"], o["filled_mw"]) for o in active] == \
-            [(sell["order_id"], "partially_filled", 0.5, 1.5)]
+        assert [(o["order_id"], o["status"], o["remaining_mw"], o["filled_mw"]) for o in active] == [
+            (sell["order_id"], "partially_filled", 0.5, 1.5)
+        ]
         with pytest.raises(ExchangeRejected) as e:
             await other.cancel_order(sell["order_id"])  # not its order
         assert e.value.status_code == 404
@@ -116,8 +129,10 @@ async def test_client_order_id_lookup_and_never_a_second_order(exchange):  # noq
     import time
 
     ds = (int(time.time()) // 900 + 4) * 900
-    async with ExchangeClient(exchange.url, "demo", "phoenyra_demo_secret") as demo, \
-            ExchangeClient(exchange.url, "other-key", "phoenyra_demo_secret") as other:
+    async with (
+        ExchangeClient(exchange.url, "demo", "phoenyra_demo_secret") as demo,
+        ExchangeClient(exchange.url, "other-key", "phoenyra_demo_secret") as other,
+    ):
         assert await demo.order_by_client_id("site-c-9") is None
         placed = await demo.place_order(order("buy", 1.0, 40.0, ds, client_order_id="site-c-9"))
         found = await demo.order_by_client_id("site-c-9")
@@ -132,6 +147,7 @@ async def test_client_order_id_lookup_and_never_a_second_order(exchange):  # noq
 
 
 # ---- API level with a settable clock -----------------------------------------------------------------------
+
 
 async def test_gate_closure_expires_resting_and_refuses_new(api):
     app, clock, demo, other, raw = api
@@ -149,26 +165,29 @@ async def test_gate_closure_expires_resting_and_refuses_new(api):
     assert e.value.status_code == 409
 
 
-@pytest.mark.parametrize("body, field", [
-    ({k: v for k, v in order().items() if k != "side"}, "side"),
-    (order(side="hold"), "side"),
-    (order(qty=0), "quantity_mw"),
-    (order(qty=-1), "quantity_mw"),
-    (order(qty=1.25), "quantity_mw"),
-    (order(qty="lots"), "quantity_mw"),
-    (order(qty="2"), "quantity_mw"),
-    (order(qty=True), "quantity_mw"),
-    (order(price=None), "price_eur_mwh"),
-    ({**order(), "delivery_start": True}, "delivery_start"),
-    (order(price=10_000.0), "price_eur_mwh"),
-    (order(price=12.345), "price_eur_mwh"),
-    ({**order(), "delivery_start": iso(DS + 60)}, "delivery_start"),
-    ({**order(), "delivery_start": "2027-01-15T10:00:00"}, "delivery_start"),
-    ({**order(), "delivery_start": "tomorrow"}, "delivery_start"),
-    (order(time_in_force="DAY"), "time_in_force"),
-    (order(qty_typo=1), "qty_typo"),
-    (order(market="dayahead"), "market"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({k: v for k, v in order().items() if k != "side"}, "side"),
+        (order(side="hold"), "side"),
+        (order(qty=0), "quantity_mw"),
+        (order(qty=-1), "quantity_mw"),
+        (order(qty=1.25), "quantity_mw"),
+        (order(qty="lots"), "quantity_mw"),
+        (order(qty="2"), "quantity_mw"),
+        (order(qty=True), "quantity_mw"),
+        (order(price=None), "price_eur_mwh"),
+        ({**order(), "delivery_start": True}, "delivery_start"),
+        (order(price=10_000.0), "price_eur_mwh"),
+        (order(price=12.345), "price_eur_mwh"),
+        ({**order(), "delivery_start": iso(DS + 60)}, "delivery_start"),
+        ({**order(), "delivery_start": "2027-01-15T10:00:00"}, "delivery_start"),
+        ({**order(), "delivery_start": "tomorrow"}, "delivery_start"),
+        (order(time_in_force="DAY"), "time_in_force"),
+        (order(qty_typo=1), "qty_typo"),
+        (order(market="dayahead"), "market"),
+    ],
+)
 async def test_bad_fields_are_422_with_detail(api, body, field):
     app, clock, demo, other, raw = api
     with pytest.raises(ExchangeRejected) as e:
@@ -218,8 +237,9 @@ async def test_auth_refusals(api):
     r = await raw.get("/api/market-data", headers=signed("GET", "/api/market-data", b"", clock.t, secret="x"))
     assert r.status_code == 401  # market data is public, but sent credentials are still checked
     with pytest.raises(ExchangeAuthError):
-        await ExchangeClient("http://exchange", "k-demo", "wrong", now=clock.now,
-                             transport=httpx.ASGITransport(app=app)).trades()
+        await ExchangeClient(
+            "http://exchange", "k-demo", "wrong", now=clock.now, transport=httpx.ASGITransport(app=app)
+        ).trades()
 
 
 async def test_same_get_twice_in_one_second_is_not_a_replay(api):
@@ -230,11 +250,13 @@ async def test_same_get_twice_in_one_second_is_not_a_replay(api):
 
 async def test_counterparties_make_a_market_the_site_trades_into():
     clock = SetClock(T0 + 10.0)
-    app = create_app(participants={"k": "demo"}, hmac_secret=SECRET, clock=clock, counterparties=4, seed=3,
-                     id_prefix="", tick_s=3600)
+    app = create_app(
+        participants={"k": "demo"}, hmac_secret=SECRET, clock=clock, counterparties=4, seed=3, id_prefix="", tick_s=3600
+    )
     async with app.router.lifespan_context(app):
-        async with ExchangeClient("http://x", "k", SECRET, now=clock.now,
-                                  transport=httpx.ASGITransport(app=app)) as demo:
+        async with ExchangeClient(
+            "http://x", "k", SECRET, now=clock.now, transport=httpx.ASGITransport(app=app)
+        ) as demo:
             for _ in range(20):  # let them trade a while (the ticker is parked, so step by hand)
                 clock.t += 1
                 app.state.exchange.tick(clock.t)
@@ -260,13 +282,13 @@ def test_participants_from_env():
     assert participants_from_env({"API_KEY": "a, b", "EXCHANGE_SITE_ID": "s1"}) == {"a": "s1", "b": "s1"}
     # the key a site presents to the exchange is EXCHANGE_API_KEY, not its local API_KEY
     assert participants_from_env({"API_KEY": "local", "EXCHANGE_API_KEY": "ex1"}) == {"ex1": "demo"}
-    assert participants_from_env({"EXCHANGE_PARTICIPANTS": "k1=s1,k2=s2", "API_KEY": "x"}) == {"k1": "s1",
-                                                                                             "k2": "s2"}
+    assert participants_from_env({"EXCHANGE_PARTICIPANTS": "k1=s1,k2=s2", "API_KEY": "x"}) == {"k1": "s1", "k2": "s2"}
     with pytest.raises(ValueError):
         participants_from_env({"EXCHANGE_PARTICIPANTS": "k1"})
 
 
 # ---- publishing through a real Mosquitto ----------------------------------------------------------------
+
 
 class Subscriber:
     """A paho client collecting messages of one topic filter (its loop in its own thread)."""
@@ -301,13 +323,19 @@ async def test_site_trade_published_signed_and_ack_recorded(mosquitto):  # noqa:
     sub = Subscriber(mosquitto.host, mosquitto.port, "bess/+/trades")
     try:
         await asyncio.to_thread(sub.subscribed.wait, 5)
-        async with running_exchange(participants={"demo": "demo", "other-key": "other"}, hmac_secret=SECRET,
-                                    mqtt_url=f"mqtt://{mosquitto.host}:{mosquitto.port}", id_prefix="",
-                                    tick_s=0.2) as ex:
+        async with running_exchange(
+            participants={"demo": "demo", "other-key": "other"},
+            hmac_secret=SECRET,
+            mqtt_url=f"mqtt://{mosquitto.host}:{mosquitto.port}",
+            id_prefix="",
+            tick_s=0.2,
+        ) as ex:
             pub = ex.app.state.publisher
             await wait_for(pub.connected.is_set, 10, "the exchange's MQTT connection")
-            async with ExchangeClient(ex.url, "demo", SECRET) as demo, \
-                    ExchangeClient(ex.url, "other-key", SECRET) as other:
+            async with (
+                ExchangeClient(ex.url, "demo", SECRET) as demo,
+                ExchangeClient(ex.url, "other-key", SECRET) as other,
+            ):
                 await other.place_order(order("sell", 3.0, 42.5, ds))
                 placed = await demo.place_order(order("buy", 2.0, 45.0, ds))
                 trade_id = placed["trades"][0]["trade_id"]
@@ -317,11 +345,26 @@ async def test_site_trade_published_signed_and_ack_recorded(mosquitto):  # noqa:
                 assert by_topic["bess/other/trades"]["side"] == "sell"
                 msg = by_topic["bess/demo/trades"]
                 assert verify_message(msg, SECRET)
-                assert {k: msg[k] for k in ("trade_id", "side", "quantity_mw", "price_eur_mwh", "market")} == \
-                    {"trade_id": trade_id, "side": "buy", "quantity_mw": 2.0, "price_eur_mwh": 42.5,
-                     "market": "intraday"}
-                assert set(msg) == {"trade_id", "side", "quantity_mw", "price_eur_mwh", "delivery_start",
-                                    "delivery_end", "market", "executed_at", "site", "ts", "sig"}
+                assert {k: msg[k] for k in ("trade_id", "side", "quantity_mw", "price_eur_mwh", "market")} == {
+                    "trade_id": trade_id,
+                    "side": "buy",
+                    "quantity_mw": 2.0,
+                    "price_eur_mwh": 42.5,
+                    "market": "intraday",
+                }
+                assert set(msg) == {
+                    "trade_id",
+                    "side",
+                    "quantity_mw",
+                    "price_eur_mwh",
+                    "delivery_start",
+                    "delivery_end",
+                    "market",
+                    "executed_at",
+                    "site",
+                    "ts",
+                    "sig",
+                }
                 assert msg["site"] == "demo" and by_topic["bess/other/trades"]["site"] == "other"
                 assert not verify_message({**msg, "price_eur_mwh": 1.0}, SECRET)
                 assert not verify_message({**msg, "site": "other"}, SECRET)  # the site is under the signature

@@ -44,8 +44,11 @@ def broker(tmp_path_factory: pytest.TempPathFactory):
     """The fixture's Mosquitto with persistence on, so the test subscriber's session (and the messages queued
     for it) survive the broker's stop/start; each start otherwise begins empty."""
     b = Mosquitto(tmp_path_factory.mktemp("mosquitto"))
-    b.conf.write_text(b.conf.read_text().replace(
-        "persistence false\n", f"persistence true\npersistence_location {b.workdir}/\nautosave_interval 1\n"))
+    b.conf.write_text(
+        b.conf.read_text().replace(
+            "persistence false\n", f"persistence true\npersistence_location {b.workdir}/\nautosave_interval 1\n"
+        )
+    )
     b.start()
     try:
         yield b
@@ -62,8 +65,12 @@ class Sub:
         self.lock = threading.Lock()
         self.ready = threading.Event()
         self.topics = topics
-        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{name}-{uuid.uuid4().hex[:6]}",
-                             protocol=mqtt.MQTTv311, clean_session=False)
+        self.c = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=f"{name}-{uuid.uuid4().hex[:6]}",
+            protocol=mqtt.MQTTv311,
+            clean_session=False,
+        )
         self.c.reconnect_delay_set(0.2, 0.5)
         self.c.on_connect = self._on_connect
         self.c.on_message = self._on_message
@@ -111,13 +118,15 @@ def assert_in_order_none_missing(got: list[int], first: int, last: int) -> None:
 
 
 def make_config(tmp_path: Path, plant, **mqtt_over):
-    return site_config(tmp_path, device_ports(plant), **QUIET,
-                       mqtt={"telemetry_interval_s": 0.2, "reconnect_max_s": 1, **mqtt_over})
+    return site_config(
+        tmp_path, device_ports(plant), **QUIET, mqtt={"telemetry_interval_s": 0.2, "reconnect_max_s": 1, **mqtt_over}
+    )
 
 
 def secrets_for(cfg, broker: Mosquitto, port: int | None = None):
-    return load_secrets(cfg, {"API_KEY": "demo", "HMAC_SECRET": SECRET,
-                              "MQTT_URL": f"mqtt://127.0.0.1:{port or broker.port}"})
+    return load_secrets(
+        cfg, {"API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": f"mqtt://127.0.0.1:{port or broker.port}"}
+    )
 
 
 async def started(cfg, secrets, state_dir: Path) -> Daemon:
@@ -137,19 +146,35 @@ async def test_telemetry_survives_a_20_s_broker_outage(broker, plant, tmp_path):
         assert got == list(range(got[0], got[0] + len(got))), got
         assert got[0] == 1
         first = json.loads(json.dumps(sub.payloads("bess/demo/telemetry")[0]))
-        assert set(first) == {"seq", "ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c",
-                              "status", "mode", "binding", "units", "poi"}
-        assert [u["unit"] for u in first["units"]] == ["u1"] and first["poi"] is None   # one unit, no meter
+        assert set(first) == {
+            "seq",
+            "ts",
+            "soc_pct",
+            "power_mw",
+            "setpoint_mw",
+            "target_mw",
+            "temperature_c",
+            "status",
+            "mode",
+            "binding",
+            "units",
+            "poi",
+        }
+        assert [u["unit"] for u in first["units"]] == ["u1"] and first["poi"] is None  # one unit, no meter
 
         broker.stop()
         await wait_for(lambda: not d.uplink.connected, 5, "the uplink to notice the outage")
         seq_before = d.uplink.outbox.last_seq
         cycles_before = d.controller.stats.good_cycles
-        await asyncio.sleep(20)   # the outage lasts (at least) 20 s; what it must not stop is counted below
+        await asyncio.sleep(20)  # the outage lasts (at least) 20 s; what it must not stop is counted below
         # the cycle kept running and producing telemetry into the outbox (60 cycles take 12 s at the 0.2 s period)
-        await wait_for(lambda: d.uplink.outbox.last_seq - seq_before >= 60
-                       and d.controller.stats.good_cycles - cycles_before >= 60, 20,
-                       "60 good cycles and 60 telemetry messages produced during the outage")
+        await wait_for(
+            lambda: (
+                d.uplink.outbox.last_seq - seq_before >= 60 and d.controller.stats.good_cycles - cycles_before >= 60
+            ),
+            20,
+            "60 good cycles and 60 telemetry messages produced during the outage",
+        )
         produced = d.uplink.outbox.last_seq - seq_before
         assert d.uplink.stats["outbox_depth"] >= produced
         assert not d.uplink.connected, "the outage is still on"
@@ -176,6 +201,7 @@ async def test_restarted_controller_sends_its_outbox(broker, plant, tmp_path):
     finally:
         await d.stop()
     from controller.uplink.outbox import Outbox
+
     box = Outbox(state / "bess-edge.db", 1000, 3600)
     left, depth = box.last_seq, box.depth
     box.close()
@@ -194,8 +220,13 @@ async def test_restarted_controller_sends_its_outbox(broker, plant, tmp_path):
 async def test_outage_backlog_drains_in_order_beside_a_fast_cycle(broker, plant, tmp_path):
     """A 20,000-row outage backlog drains in seq order, none missing, beside a 0.1 s cycle whose on_cycle hook
     has the pump go quiet around every cycle (bench/mqtt.py measures what that does for the cycle's p99)."""
-    cfg = site_config(tmp_path, device_ports(plant), **QUIET, cycle={"period_s": 0.1},
-                      mqtt={"telemetry_interval_s": 0.1, "reconnect_max_s": 1, "drain_rate_per_s": 1e9})
+    cfg = site_config(
+        tmp_path,
+        device_ports(plant),
+        **QUIET,
+        cycle={"period_s": 0.1},
+        mqtt={"telemetry_interval_s": 0.1, "reconnect_max_s": 1, "drain_rate_per_s": 1e9},
+    )
     sub = Sub(broker, ["bess/demo/telemetry"])
     d = await started(cfg, secrets_for(cfg, broker), tmp_path / "state")
     up = d.uplink
@@ -222,9 +253,16 @@ async def test_outage_backlog_drains_in_order_beside_a_fast_cycle(broker, plant,
 # --------------------------------------------------------------------------------------------- trades
 def trade_for_now(quantity_mw: float = 2.0, side: str = "sell") -> dict:
     start = period_start(time.time())
-    return {"trade_id": f"t-{uuid.uuid4().hex[:10]}", "side": side, "quantity_mw": quantity_mw,
-            "price_eur_mwh": 87.5, "delivery_start": iso(start), "delivery_end": iso(start + PERIOD_S),
-            "market": "intraday", "executed_at": iso(time.time())}
+    return {
+        "trade_id": f"t-{uuid.uuid4().hex[:10]}",
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": 87.5,
+        "delivery_start": iso(start),
+        "delivery_end": iso(start + PERIOD_S),
+        "market": "intraday",
+        "executed_at": iso(time.time()),
+    }
 
 
 async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp_path):
@@ -248,8 +286,11 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
         assert d.store.has_trade(good["trade_id"])
         await wait_for(lambda: abs(plant.pcs.requested_mw() - 2.0) < 0.01, 5, "2 MW on the PCS simulator")
         # the broker took our ack: from now on the same trade again is a replay, refused as a duplicate
-        await wait_for(lambda: d.store.stored_trade(good["trade_id"])["ack_confirmed_ts"] is not None, 5,
-                       "the ack's PUBACK recorded")
+        await wait_for(
+            lambda: d.store.stored_trade(good["trade_id"])["ack_confirmed_ts"] is not None,
+            5,
+            "the ack's PUBACK recorded",
+        )
         n_trades = len(d.store.trades())
 
         def signed(msg: dict, ts: float | None = None, site: str | None = "demo") -> bytes:
@@ -277,17 +318,28 @@ async def test_signed_trade_to_setpoint_and_bad_ones_rejected(broker, plant, tmp
         before = len(acks.payloads("bess/demo/trades/ack"))
         for name, payload in cases.items():
             raw.publish("bess/demo/trades", payload, qos=1).wait_for_publish(5)
-        await wait_for(lambda: len(acks.payloads("bess/demo/trades/ack")) >= before + len(cases), 10,
-                       "an ack for every bad message")
+        await wait_for(
+            lambda: len(acks.payloads("bess/demo/trades/ack")) >= before + len(cases),
+            10,
+            "an ack for every bad message",
+        )
         await asyncio.sleep(0.5)  # and no more
         got = acks.payloads("bess/demo/trades/ack")[before:]
         assert len(got) == len(cases), got
-        assert all(a["accepted"] is False and a["reason"] and set(a) == {"trade_id", "accepted", "reason", "ts"}
-                   for a in got), got
-        assert sum(a["trade_id"] is None for a in got) >= 4   # not an object, too large, not JSON, empty
+        assert all(
+            a["accepted"] is False and a["reason"] and set(a) == {"trade_id", "accepted", "reason", "ts"} for a in got
+        ), got
+        assert sum(a["trade_id"] is None for a in got) >= 4  # not an object, too large, not JSON, empty
         reasons = " | ".join(a["reason"] for a in got)
-        for needle in ("bad signature", "sig: missing", "more than 300 s", "duplicate", "too large", "quantity_mw",
-                       "not JSON"):
+        for needle in (
+            "bad signature",
+            "sig: missing",
+            "more than 300 s",
+            "duplicate",
+            "too large",
+            "quantity_mw",
+            "not JSON",
+        ):
             assert needle in reasons, (needle, reasons)
         assert len(d.store.trades()) == n_trades  # nothing stored
         for name in ("another site's trade", "no site"):
@@ -328,9 +380,24 @@ async def test_last_will_when_killed(broker, plant, tmp_path):
     make_config(tmp_path, plant)  # writes tmp_path/site.yaml
     env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
     sub = Sub(broker, ["bess/demo/status"], "test-will")
-    proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"),
-                             "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            "--config",
+            str(tmp_path / "site.yaml"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--log-format",
+            "text",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
     def status() -> list[dict]:
         return sub.payloads("bess/demo/status")
@@ -381,14 +448,15 @@ async def test_a_trade_stored_but_never_acked_is_acked_accepted_on_redelivery(br
         await wait_for(lambda: pub.delivery("demo", t["trade_id"])["ack"] is not None, 10, "the ack")
         ack = pub.delivery("demo", t["trade_id"])["ack"]
         assert ack["accepted"] is True and "not dispatched again" in ack["reason"], ack
-        await wait_for(lambda: d.store.stored_trade(t["trade_id"])["ack_confirmed_ts"] is not None, 5,
-                       "the ack's PUBACK recorded")
+        await wait_for(
+            lambda: d.store.stored_trade(t["trade_id"])["ack_confirmed_ts"] is not None, 5, "the ack's PUBACK recorded"
+        )
         cycles = d.controller.stats.good_cycles
         await wait_for(lambda: d.controller.stats.good_cycles > cycles + 2, 5, "a few more cycles")
-        assert abs(plant.pcs.requested_mw() - 2.0) < 0.01   # once, not 4 MW
+        assert abs(plant.pcs.requested_mw() - 2.0) < 0.01  # once, not 4 MW
 
-        pub.publish_trade("demo", t)                             # a replay of an answered trade
-        pub.publish_trade("demo", {**t, "quantity_mw": 5.0})     # the id with other content
+        pub.publish_trade("demo", t)  # a replay of an answered trade
+        pub.publish_trade("demo", {**t, "quantity_mw": 5.0})  # the id with other content
         await wait_for(lambda: len(acks.payloads("bess/demo/trades/ack")) >= 3, 10, "two more acks")
         first, *refusals = acks.payloads("bess/demo/trades/ack")
         assert first["accepted"] is True and len(refusals) == 2, refusals
@@ -410,8 +478,18 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
     store survived the kill. Each trade covers this period and the next, so a boundary mid-test changes nothing."""
     make_config(tmp_path, plant)  # writes tmp_path/site.yaml
     env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
-    argv = [sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"),
-            "--state-dir", str(tmp_path / "state"), "--log-format", "text"]
+    argv = [
+        sys.executable,
+        "-m",
+        "controller.cli",
+        "run",
+        "--config",
+        str(tmp_path / "site.yaml"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--log-format",
+        "text",
+    ]
     log_path = tmp_path / "daemon.log"
     status = Sub(broker, ["bess/demo/status"], "test-status")
     acks = Sub(broker, ["bess/demo/trades/ack"], "test-acks")
@@ -421,11 +499,13 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
     p0 = period_start(time.time())
 
     def trades(quantity_mw: float) -> list[dict]:
-        return [{**trade_for_now(quantity_mw), "delivery_start": iso(s), "delivery_end": iso(s + PERIOD_S)}
-                for s in (p0, p0 + PERIOD_S)]
+        return [
+            {**trade_for_now(quantity_mw), "delivery_start": iso(s), "delivery_end": iso(s + PERIOD_S)}
+            for s in (p0, p0 + PERIOD_S)
+        ]
 
     def send(batch: list[dict]) -> None:
-        for t in batch:   # signed now: a re-sent trade carries a fresh ts, as the exchange's re-send does
+        for t in batch:  # signed now: a re-sent trade carries a fresh ts, as the exchange's re-send does
             body = json.dumps(sign_message({**t, "site": "demo", "ts": iso(time.time())}, SECRET)).encode()
             raw.publish("bess/demo/trades", body, qos=1).wait_for_publish(5)
 
@@ -433,8 +513,11 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
         return [a for a in acks.payloads("bess/demo/trades/ack") if a["trade_id"] == trade_id]
 
     async def online_after(n_before: int) -> None:
-        await wait_for(lambda: any(s["online"] for s in status.payloads("bess/demo/status")[n_before:]), 30,
-                       "the controller online")
+        await wait_for(
+            lambda: any(s["online"] for s in status.payloads("bess/demo/status")[n_before:]),
+            30,
+            "the controller online",
+        )
 
     def acks_confirmed() -> int:
         db = tmp_path / "state" / DB_FILENAME
@@ -443,7 +526,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
         c = sqlite3.connect(db, timeout=5)
         try:
             return c.execute("SELECT count(*) FROM trade_ids WHERE ack_confirmed_ts IS NOT NULL").fetchone()[0]
-        except sqlite3.OperationalError:   # not created yet
+        except sqlite3.OperationalError:  # not created yet
             return 0
         finally:
             c.close()
@@ -469,7 +552,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
         proc.send_signal(signal.SIGKILL)
         await asyncio.to_thread(proc.wait, 10)
         await wait_for(lambda: status.payloads("bess/demo/status")[-1]["online"] is False, 10, "the last will")
-        send(first + later)   # queued by the broker in the dead controller's session
+        send(first + later)  # queued by the broker in the dead controller's session
 
         n = len(status.payloads("bess/demo/status"))
         start()
@@ -481,7 +564,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
             again = acks_for(t["trade_id"])[-1]
             assert again["accepted"] is False and "duplicate" in again["reason"], again
         await wait_for(lambda: abs(plant.pcs.requested_mw() - 3.0) < 1e-3, 15, "3 MW at the PCS (2 + 1, not 5)")
-        await asyncio.sleep(1.0)   # a few more cycles: still 3 MW
+        await asyncio.sleep(1.0)  # a few more cycles: still 3 MW
         assert abs(plant.pcs.requested_mw() - 3.0) < 1e-3, plant.pcs.requested_mw()
     except BaseException:
         print(log_path.read_text(errors="replace")[-4000:] if log_path.exists() else "no daemon log")

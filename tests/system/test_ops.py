@@ -48,7 +48,9 @@ def run(*args: str, stdin: str | None = None, timeout_s: float = 60) -> subproce
 @pytest.mark.parametrize("rel", sorted(DOCS))
 def test_scada_docs_match_their_generator(rel):
     committed = (ROOT / rel).read_text(encoding="utf-8")
-    assert committed == DOCS[rel](), f"{rel} drifted from controller/scada/points.py: run `python -m controller.scada.docs --write`"
+    assert committed == DOCS[rel](), (
+        f"{rel} drifted from controller/scada/points.py: run `python -m controller.scada.docs --write`"
+    )
 
 
 def test_scada_modbus_doc_lists_every_register():
@@ -56,7 +58,9 @@ def test_scada_modbus_doc_lists_every_register():
 
     doc = (ROOT / "docs" / "scada-modbus.md").read_text(encoding="utf-8")
     for p in STATUS + CONTROL:
-        row = next((line for line in doc.splitlines() if line.startswith(f"| {p.address} | {p.words} | `{p.name}` |")), None)
+        row = next(
+            (line for line in doc.splitlines() if line.startswith(f"| {p.address} | {p.words} | `{p.name}` |")), None
+        )
         assert row is not None, f"{p.name} at {p.address} missing from docs/scada-modbus.md"
         assert row.split("|")[8].strip() == ("yes" if p.writable else "no")
 
@@ -65,10 +69,18 @@ def test_scada_modbus_doc_lists_every_register():
 async def test_daemon_metrics_pass_promtool_lint(plant, tmp_path):  # noqa: F811
     """The exposition the daemon serves at /metrics, after real cycles on the plant and real API requests."""
     promtool = tool("promtool")
-    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False},
-                      scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}})
-    secrets = Secrets(api_keys=[API_KEY], hmac_secret="ops-test-secret-0123456789", mqtt_url="mqtt://127.0.0.1:1",
-                      exchange_base_url="http://127.0.0.1:9")
+    cfg = site_config(
+        tmp_path,
+        device_ports(plant),
+        mqtt={"enabled": False},
+        scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+    )
+    secrets = Secrets(
+        api_keys=[API_KEY],
+        hmac_secret="ops-test-secret-0123456789",
+        mqtt_url="mqtt://127.0.0.1:1",
+        exchange_base_url="http://127.0.0.1:9",
+    )
     daemon = Daemon(cfg, secrets, tmp_path / "state")
     try:
         await daemon.start()
@@ -78,14 +90,20 @@ async def test_daemon_metrics_pass_promtool_lint(plant, tmp_path):  # noqa: F811
             assert (await client.get("/api/bess-status", headers={"X-API-Key": API_KEY})).status_code == 200
             assert (await client.get("/api/bess-status")).status_code == 401
             assert (await client.get("/no-such-page")).status_code == 404
-            assert (await client.get("/metrics")).status_code == 401   # keyed unless web.open_metrics
-            r = await client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})   # as Prometheus scrapes
+            assert (await client.get("/metrics")).status_code == 401  # keyed unless web.open_metrics
+            r = await client.get("/metrics", headers={"Authorization": f"Bearer {API_KEY}"})  # as Prometheus scrapes
     finally:
         await daemon.stop()
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     text = r.text
-    for name in ("bess_soc_pct", "bess_cycle_duration_seconds_bucket", "bess_cycles_total",
-                 "bess_http_request_duration_seconds_count", "bess_device_up", "bess_asyncio_tasks"):
+    for name in (
+        "bess_soc_pct",
+        "bess_cycle_duration_seconds_bucket",
+        "bess_cycles_total",
+        "bess_http_request_duration_seconds_count",
+        "bess_device_up",
+        "bess_asyncio_tasks",
+    ):
         assert re.search(rf"^{name}[{{ ]", text, re.M), f"{name} missing from /metrics"
     soc = float(re.search(r"^bess_soc_pct (\S+)$", text, re.M).group(1))
     assert 0 < soc < 100, soc
@@ -102,11 +120,21 @@ def test_alert_rules_pass_promtool():
     res = run(tool("promtool"), "check", "rules", str(PROM / "bess-edge.rules.yml"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "SUCCESS" in res.stdout + res.stderr
-    alerts = {r["alert"] for g in yaml.safe_load((PROM / "bess-edge.rules.yml").read_text())["groups"] for r in g["rules"]}
+    alerts = {
+        r["alert"] for g in yaml.safe_load((PROM / "bess-edge.rules.yml").read_text())["groups"] for r in g["rules"]
+    }
     # the conditions issue 7 asks to alert on
-    for needed in ("BessTelemetryStale", "BessDeviceDown", "BessSocNearMin", "BessSocNearMax", "BessTemperatureHigh",
-                   "BessMqttOutboxGrowing", "BessCycleOverruns",
-                   "BessUnitUnavailable", "BessPoiMeterLost"):   # issue 13: a unit out, the POI meter lost
+    for needed in (
+        "BessTelemetryStale",
+        "BessDeviceDown",
+        "BessSocNearMin",
+        "BessSocNearMax",
+        "BessTemperatureHigh",
+        "BessMqttOutboxGrowing",
+        "BessCycleOverruns",
+        "BessUnitUnavailable",
+        "BessPoiMeterLost",
+    ):  # issue 13: a unit out, the POI meter lost
         assert needed in alerts
 
 
@@ -114,7 +142,7 @@ def test_scrape_config_sends_a_bearer_key():
     """/metrics needs a key (issue 11): Prometheus reads it from a file and sends it as a bearer token."""
     job = yaml.safe_load((PROM / "prometheus.yml").read_text())["scrape_configs"][0]
     assert job["authorization"]["type"] == "Bearer" and job["authorization"]["credentials_file"]
-    assert "bearer_token" not in job and "credentials" not in job["authorization"]   # no key in the file itself
+    assert "bearer_token" not in job and "credentials" not in job["authorization"]  # no key in the file itself
 
 
 def test_scrape_config_passes_promtool(tmp_path):
@@ -127,8 +155,21 @@ def test_scrape_config_passes_promtool(tmp_path):
 
 
 # ------------------------------------------------------------------------------ grafana + PromQL names
-PROMQL_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left",
-                   "group_right", "inf", "nan"}
+PROMQL_KEYWORDS = {
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "inf",
+    "nan",
+}
 
 
 def promql_metric_names(expr: str) -> set[str]:
@@ -157,8 +198,13 @@ def exported_series_names() -> set[str]:
     """Every series name the daemon's registry can expose (controller metrics plus the web app's)."""
     m = Metrics()
     create_app(object(), ["k"], "s", metrics_registry=m.registry)  # adds its HTTP metrics to the registry
-    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_count", "_sum", "_created"),
-                "summary": ("_count", "_sum", "_created"), "gauge": ("",), "info": ("_info",)}
+    suffixes = {
+        "counter": ("_total", "_created"),
+        "histogram": ("_bucket", "_count", "_sum", "_created"),
+        "summary": ("_count", "_sum", "_created"),
+        "gauge": ("",),
+        "info": ("_info",),
+    }
     names = set()
     for fam in m.registry.collect():
         names |= {fam.name + sfx for sfx in suffixes.get(fam.type, ("",))}
@@ -173,7 +219,9 @@ def dashboard_panels(node):
 
 def test_grafana_dashboards_query_only_exported_metrics():
     exported = exported_series_names()
-    datasource_uid = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())["datasources"][0]["uid"]
+    datasource_uid = yaml.safe_load((GRAFANA / "provisioning" / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ][0]["uid"]
     files = sorted((GRAFANA / "dashboards").glob("*.json"))
     assert {f.stem for f in files} >= {"bess", "trading", "system-health"}
     total = 0
@@ -234,7 +282,9 @@ def test_main_unit_security_exposure(tmp_path):
     # the README quotes the score: keep it the measured one
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     quoted = re.search(r"rates the unit's exposure at\s+\*\*(\d+\.\d+)", readme)
-    assert quoted and quoted.group(1) == m.group(1), f"README quotes {quoted and quoted.group(1)}, measured {m.group(1)}"
+    assert quoted and quoted.group(1) == m.group(1), (
+        f"README quotes {quoted and quoted.group(1)}, measured {m.group(1)}"
+    )
 
 
 def test_main_unit_has_the_required_hardening():

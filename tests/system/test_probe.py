@@ -39,14 +39,20 @@ pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
 BESS_EDGE = [sys.executable, "-m", "controller.cli"]
-ENV = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1",
-       "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "API_KEY": "demo",
+    "HMAC_SECRET": "phoenyra_demo_secret",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONPATH": str(ROOT),
+}
 
 
 async def bess_edge(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
     """A bess-edge command as a process; the test's event loop (and the simulators in it) keeps running."""
-    proc = await asyncio.create_subprocess_exec(*BESS_EDGE, *args, cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *BESS_EDGE, *args, cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
     finally:
@@ -74,10 +80,21 @@ def write_site(tmp_path: Path, devices: dict, web_port: int) -> Path:
 async def running_daemon(site: Path, tmp_path: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """`bess-edge run` on the site file, its log printed when the test fails; always stopped."""
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:   # noqa: ASYNC230 - a local file, opened once before the child starts
+    with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once before the child starts
         daemon = await asyncio.create_subprocess_exec(
-            *BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text",
-            cwd=ROOT, env=ENV, stdout=log, stderr=log)
+            *BESS_EDGE,
+            "run",
+            "--config",
+            str(site),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--log-format",
+            "text",
+            cwd=ROOT,
+            env=ENV,
+            stdout=log,
+            stderr=log,
+        )
     try:
         yield daemon
     except BaseException:
@@ -140,17 +157,28 @@ async def _round_trip(plant, meter: ModbusSimServer, tmp_path: Path) -> None:
     ports, meter_port = plant.ports, meter.port
     profiles = tmp_path / "profiles"
     profiles.mkdir()
-    rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(meter_port),
-                                   "--out", str(profiles / "meter.yaml"))
+    rc, out, err = await bess_edge(
+        "probe", "--host", "127.0.0.1", "--port", str(meter_port), "--out", str(profiles / "meter.yaml")
+    )
     assert rc == 0 and "role meter" in out and "all known" in out, out + err
-    rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(ports["pcs"]), "--unit-id", "auto",
-                                   "--out", str(profiles / "pcs.yaml"))
+    rc, out, err = await bess_edge(
+        "probe",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(ports["pcs"]),
+        "--unit-id",
+        "auto",
+        "--out",
+        str(profiles / "pcs.yaml"),
+    )
     assert rc == 0, out + err
     assert "model 704 DERCtlAC" in out and "not implemented" in out and "role pcs" in out, out
     assert "draft read back through the driver: " in out and "all known" in out, out
     assert "unit id 0" not in out, "auto stops at the first unit id that answers"
-    rc, out, err = await bess_edge("probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}",
-                                   "--out", str(profiles / "bms.yaml"))
+    rc, out, err = await bess_edge(
+        "probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}", "--out", str(profiles / "bms.yaml")
+    )
     assert rc == 0, out + err
     assert "ns=2;s=BMS.SoC" in out and "all known" in out, out
     pcs = (profiles / "pcs.yaml").read_text()
@@ -158,26 +186,51 @@ async def _round_trip(plant, meter: ModbusSimServer, tmp_path: Path) -> None:
     assert "setpoint_mw: {sunspec: 704.WSet" in pcs and "# needed" in pcs, pcs
 
     web_port = free_port()
-    site = write_site(tmp_path, {
-        "bms": {"role": "bms", "protocol": "opcua", "host": "127.0.0.1", "port": ports["bms_opcua"],
-                "profile": "profiles/bms.yaml", "timeout_s": 1.0},
-        "pcs": {"role": "pcs", "protocol": "sunspec", "host": "127.0.0.1", "port": ports["pcs"], "unit_id": 1,
-                "profile": "profiles/pcs.yaml", "reversion_timeout_s": 7},
-        "poi": {"role": "meter", "protocol": "sunspec", "host": "127.0.0.1", "port": meter_port,
-                "profile": "profiles/meter.yaml"},
-    }, web_port)
+    site = write_site(
+        tmp_path,
+        {
+            "bms": {
+                "role": "bms",
+                "protocol": "opcua",
+                "host": "127.0.0.1",
+                "port": ports["bms_opcua"],
+                "profile": "profiles/bms.yaml",
+                "timeout_s": 1.0,
+            },
+            "pcs": {
+                "role": "pcs",
+                "protocol": "sunspec",
+                "host": "127.0.0.1",
+                "port": ports["pcs"],
+                "unit_id": 1,
+                "profile": "profiles/pcs.yaml",
+                "reversion_timeout_s": 7,
+            },
+            "poi": {
+                "role": "meter",
+                "protocol": "sunspec",
+                "host": "127.0.0.1",
+                "port": meter_port,
+                "profile": "profiles/meter.yaml",
+            },
+        },
+        web_port,
+    )
     rc, out, err = await bess_edge("check-config", str(site))
     assert rc == 0 and f"{site}: OK" in out, out + err
     # with the site file, the probe connects as the site's OPC UA device does
-    rc, out, err = await bess_edge("probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}", "--config",
-                                   str(site), "--json")
+    rc, out, err = await bess_edge(
+        "probe", "--opcua", f"opc.tcp://127.0.0.1:{ports['bms_opcua']}", "--config", str(site), "--json"
+    )
     assert rc == 0, out + err
     doc = json.loads(out)
     assert "for device bms" in doc["security"] and doc["draft"]["lacking"] == {}, doc["security"]
 
     meter_requests = meter.requests
-    async with running_daemon(site, tmp_path) as daemon, \
-            httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web:
+    async with (
+        running_daemon(site, tmp_path) as daemon,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{web_port}", headers={"X-API-Key": "demo"}) as web,
+    ):
         status = await wait_online(web, daemon)
         assert status["soc_pct"] == pytest.approx(plant.model.soc_pct, abs=1.0)
         assert plant.pcs_server.get("704.WSetRvrtTms") == 7, "reversion armed through the drafted profile"
@@ -185,16 +238,29 @@ async def _round_trip(plant, meter: ModbusSimServer, tmp_path: Path) -> None:
         assert meter.requests > meter_requests, "the daemon polls the POI meter through its drafted profile"
         r = await web.post("/api/mode", json={"mode": "manual", "setpoint_mw": 2.0})
         assert r.status_code == 200, r.text
-        await wait_for(lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000, 15,
-                       "the manual 2 MW written to 704.WSet through the drafted profile")
+        await wait_for(
+            lambda: (plant.pcs_server.get("704.WSet") or 0) == 2_000_000,
+            15,
+            "the manual 2 MW written to 704.WSet through the drafted profile",
+        )
 
 
 async def test_register_scan_skips_exception_ranges_and_drafts_a_skeleton(tmp_path):
     gaps = {"holding": set(range(10, 20)) | set(range(40, 300)) | {33}, "input": {5}}
     async with GappyDevice(size=300, gaps=gaps) as dev:
         out_file = tmp_path / "skeleton.yaml"
-        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(dev.port), "--registers",
-                                       "holding:0-299,input:0-9", "--out", str(out_file), "--json")
+        rc, out, err = await bess_edge(
+            "probe",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(dev.port),
+            "--registers",
+            "holding:0-299,input:0-9",
+            "--out",
+            str(out_file),
+            "--json",
+        )
         assert rc == 0, out + err
         doc = json.loads(out)
         unit = doc["units"][0]
@@ -204,7 +270,11 @@ async def test_register_scan_skips_exception_ranges_and_drafts_a_skeleton(tmp_pa
         assert sorted(a for f, a in got if f == "input") == [a for a in range(10) if a != 5]
         assert all(v == GappyDevice.value(a) for (_, a), v in got.items())
         assert {(s["function"], s["first"], s["last"]) for s in unit["skipped"]} == {
-            ("holding", 10, 19), ("holding", 33, 33), ("holding", 40, 299), ("input", 5, 5)}
+            ("holding", 10, 19),
+            ("holding", 33, 33),
+            ("holding", 40, 299),
+            ("input", 5, 5),
+        }
         assert all("exception 2" in s["why"] for s in unit["skipped"])
         text = out_file.read_text()
         assert "# skipped holding 40-299: exception 2 (illegal data address)" in text, text
@@ -224,9 +294,24 @@ async def test_a_gateway_with_a_silent_unit_id_is_scanned_to_the_end(make_plant,
     a, b = await make_plant(), await make_plant()
     routes = {1: (a.ports["pcs"], 1), 2: (b.ports["pcs"], 1)}
     async with ModbusGateway(routes, silent={3}) as gw:
-        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(gw.port), "--unit-id", "1,3",
-                                       "--unit-id", "2", "--timeout-s", "0.3", "--retries", "1",
-                                       "--out", str(tmp_path / "pcs.yaml"), "--json")
+        rc, out, err = await bess_edge(
+            "probe",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(gw.port),
+            "--unit-id",
+            "1,3",
+            "--unit-id",
+            "2",
+            "--timeout-s",
+            "0.3",
+            "--retries",
+            "1",
+            "--out",
+            str(tmp_path / "pcs.yaml"),
+            "--json",
+        )
         assert rc == 0, out + err
         units = {u["unit_id"]: u for u in json.loads(out)["units"]}
         assert [units[u]["status"] for u in (1, 3, 2)] == ["found", "no_answer", "found"]
@@ -244,7 +329,9 @@ async def test_a_pcs_a_meter_and_a_silent_unit_behind_one_port(tmp_path):
     Pcs(BatteryModel(BatteryParams()), pcs, PcsParams(), Clock())
     shipped_meter = load_profile(CONFIG / "profiles" / "sunspec-meter.yaml")
     meter_srv = ModbusSimServer.from_profile(shipped_meter, unit_id=2, name="meter")
-    meter = Meter(meter_srv, [lambda: 4.0], MeterParams(aux_load_mw=0.0, loss_fraction=0.0), GridFrequency(GridParams()))
+    meter = Meter(
+        meter_srv, [lambda: 4.0], MeterParams(aux_load_mw=0.0, loss_fraction=0.0), GridFrequency(GridParams())
+    )
     meter.grid.set_wander(False)
     meter.step(0.0)
     silent = ModbusSimServer.from_profile(shipped_meter, unit_id=3, name="silent meter")
@@ -253,8 +340,20 @@ async def test_a_pcs_a_meter_and_a_silent_unit_behind_one_port(tmp_path):
     pcs.serve_also(silent)
     await pcs.start()
     try:
-        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(pcs.port), "--unit-id", "1,2,3",
-                                       "--timeout-s", "0.3", "--out", str(tmp_path / "dev.yaml"), "--json")
+        rc, out, err = await bess_edge(
+            "probe",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(pcs.port),
+            "--unit-id",
+            "1,2,3",
+            "--timeout-s",
+            "0.3",
+            "--out",
+            str(tmp_path / "dev.yaml"),
+            "--json",
+        )
         assert rc == 0, out + err
         units = {u["unit_id"]: u for u in json.loads(out)["units"]}
         assert [units[u]["status"] for u in (1, 2, 3)] == ["found", "found", "no_answer"], err
@@ -296,9 +395,20 @@ async def test_the_site_simulators_gateway_two_pcs_the_meter_one_silent_one_abse
     site.faults["u2.pcs"].silent = True
     await site.start()
     try:
-        rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(gateway), "--unit-id", "1,2,3,4",
-                                       "--timeout-s", "0.3", "--json",
-                                       "--out", str(tmp_path / "dev.yaml"))
+        rc, out, err = await bess_edge(
+            "probe",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(gateway),
+            "--unit-id",
+            "1,2,3,4",
+            "--timeout-s",
+            "0.3",
+            "--json",
+            "--out",
+            str(tmp_path / "dev.yaml"),
+        )
     finally:
         await site.stop()
     assert rc == 0, out + err
@@ -316,9 +426,14 @@ async def test_exit_codes_and_errors_name_where(tmp_path):
     rc, out, err = await bess_edge("probe", "--host", "127.0.0.1", "--port", str(port), "--timeout-s", "0.3")
     assert rc == 1, out + err
     assert f"127.0.0.1:{port} unit id 1: no answer to read holding 40000+2" in err, err
-    for bad in (["--host", "h", "--unit-id", "300"], ["--host", "h", "--registers", "holding:9-1"],
-                ["--port", "502"], ["--opcua", "http://x:1"], ["--host", "h", "--timeout-s", "0"],
-                ["--host", "h", "--config", "site.yaml"]):
+    for bad in (
+        ["--host", "h", "--unit-id", "300"],
+        ["--host", "h", "--registers", "holding:9-1"],
+        ["--port", "502"],
+        ["--opcua", "http://x:1"],
+        ["--host", "h", "--timeout-s", "0"],
+        ["--host", "h", "--config", "site.yaml"],
+    ):
         rc, out, err = await bess_edge("probe", *bad)
         assert rc == 2 and "bess-edge probe: " in err and "Traceback" not in err, (bad, err)
     existing = tmp_path / "x.yaml"

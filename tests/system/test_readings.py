@@ -35,8 +35,16 @@ class Cycles:
         c.faces.attach(Phase.AFTER_WRITE, self._record)
 
     def _record(self, st: PlantState) -> None:
-        self.rows.append({"n": st.cycles, "soc": st.soc_pct, "t_max": st.temperature_c,
-                          "setpoint": st.setpoint_mw, "binding": st.binding, "alarms": st.device_alarms})
+        self.rows.append(
+            {
+                "n": st.cycles,
+                "soc": st.soc_pct,
+                "t_max": st.temperature_c,
+                "setpoint": st.setpoint_mw,
+                "binding": st.binding,
+                "alarms": st.device_alarms,
+            }
+        )
 
     def since(self, n: int) -> list[dict[str, Any]]:
         return [r for r in self.rows if r["n"] > n]
@@ -52,10 +60,10 @@ async def test_soc_0xffff_over_plain_modbus_is_unknown_with_an_alarm_and_no_disc
         seen = Cycles(c)
         await steady(c, plant, 5.0)
         n0 = c.stats.cycles
-        plant.faults["bms_modbus"].raw = {"soc_pct": 0xFFFF}   # 655.35 % if decoded
+        plant.faults["bms_modbus"].raw = {"soc_pct": 0xFFFF}  # 655.35 % if decoded
         await wait_for(lambda: len([r for r in seen.since(n0) if r["soc"] is None]) >= 2, 10, "SoC unknown")
         for r in seen.since(n0):
-            assert r["soc"] is None or r["soc"] == pytest.approx(50, abs=1), r   # never 655.35
+            assert r["soc"] is None or r["soc"] == pytest.approx(50, abs=1), r  # never 655.35
             if r["soc"] is None:
                 assert r["setpoint"] == 0.0 and r["binding"] == "soc_min", r
         await wait_for(lambda: wset_mw(plant) == 0.0, 5, "0 MW at the PCS")
@@ -74,7 +82,7 @@ async def test_temperature_0x8000_gives_no_charge(plant, tmp_path):
         seen = Cycles(c)
         await steady(c, plant, -4.0)
         n0 = c.stats.cycles
-        plant.faults["bms_modbus"].raw = {"temperature_max_c": 0x8000}   # -3276.8 °C if decoded
+        plant.faults["bms_modbus"].raw = {"temperature_max_c": 0x8000}  # -3276.8 °C if decoded
         await wait_for(lambda: len([r for r in seen.since(n0) if r["t_max"] is None]) >= 2, 10, "temperature unknown")
         for r in seen.since(n0):
             if r["t_max"] is None:
@@ -127,11 +135,11 @@ async def test_a_5_s_loop_stall_does_not_jump_the_setpoint(plant, tmp_path):
             if not stalled and st.setpoint_mw == 0.0:
                 stalled.append(st.cycles)
                 c.set_mode("manual", setpoint_mw=10.0, source="test")
-                time.sleep(5.0)   # the loop stalls (a blocking call, a swap storm) right after the target changed
+                time.sleep(5.0)  # the loop stalls (a blocking call, a swap storm) right after the target changed
 
         c.faces.attach(Phase.AFTER_WRITE, on_cycle)
         await wait_for(lambda: wset_mw(plant) == pytest.approx(10.0), 20, "10 MW reached by ramping")
         after = [mw for n, mw in writes if n > stalled[0]]
-        assert 0.0 < after[0] <= 2.0 + 1e-9, writes       # was 10.0: the whole stall's worth at once
+        assert 0.0 < after[0] <= 2.0 + 1e-9, writes  # was 10.0: the whole stall's worth at once
         steps = [b - a for a, b in zip([0.0] + after, after)]
         assert max(steps) <= 2.0 + 1e-9, writes

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from controller.clock import iso
-from controller.trading.market import PERIOD_S, period_start
 from controller.store import Store
+from controller.trading.market import PERIOD_S, period_start
 from simulators.plant import Plant
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
@@ -38,10 +38,28 @@ def wset_mw(plant: Plant) -> float:
 async def trade_add(state_dir: Path, trade_id: str, side: str, quantity_mw: float, start: float) -> None:
     """`bess-edge trade add`, the commissioning CLI, as a real process (the plant keeps serving meanwhile)."""
     proc = await asyncio.create_subprocess_exec(
-        BESS_EDGE, "trade", "add", "--state-dir", str(state_dir), "--trade-id", trade_id, "--side", side,
-        "--quantity-mw", str(quantity_mw), "--price-eur-mwh", "80", "--delivery-start", iso(start),
-        "--delivery-end", iso(start + PERIOD_S), cwd=REPO, env=ENV,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        BESS_EDGE,
+        "trade",
+        "add",
+        "--state-dir",
+        str(state_dir),
+        "--trade-id",
+        trade_id,
+        "--side",
+        side,
+        "--quantity-mw",
+        str(quantity_mw),
+        "--price-eur-mwh",
+        "80",
+        "--delivery-start",
+        iso(start),
+        "--delivery-end",
+        iso(start + PERIOD_S),
+        cwd=REPO,
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
@@ -55,10 +73,21 @@ async def start_daemon(config: Path, state_dir: Path, log_path: Path) -> asyncio
     log = open(log_path, "ab")
     try:
         return await asyncio.create_subprocess_exec(
-            BESS_EDGE, "run", "--config", str(config), "--state-dir", str(state_dir), "--log-format", "text",
-            cwd=REPO, env=ENV, stdout=log, stderr=log)
+            BESS_EDGE,
+            "run",
+            "--config",
+            str(config),
+            "--state-dir",
+            str(state_dir),
+            "--log-format",
+            "text",
+            cwd=REPO,
+            env=ENV,
+            stdout=log,
+            stderr=log,
+        )
     finally:
-        log.close()   # the child has its own copy of the descriptor
+        log.close()  # the child has its own copy of the descriptor
 
 
 async def stop_process(proc: asyncio.subprocess.Process | None) -> None:
@@ -82,9 +111,15 @@ def spy_on_pcs_writes(plant: Plant) -> list[tuple[float, dict[str, Any]]]:
 
 async def test_kill_9_reverts_the_pcs_and_a_restart_resumes_the_schedule(make_plant, tmp_path):
     plant = await make_plant()
-    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, web={"enabled": False},
-                      scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
-                      devices={"pcs": {"reversion_timeout_s": REVERSION_S}}, limits={"ramp_mw_per_s": 1000})
+    site_config(
+        tmp_path,
+        device_ports(plant),
+        mqtt={"enabled": False},
+        web={"enabled": False},
+        scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+        devices={"pcs": {"reversion_timeout_s": REVERSION_S}},
+        limits={"ramp_mw_per_s": 1000},
+    )
     config_path = tmp_path / "site.yaml"
     state = tmp_path / "state"
     log_path = tmp_path / "daemon.log"
@@ -125,15 +160,21 @@ async def test_kill_9_reverts_the_pcs_and_a_restart_resumes_the_schedule(make_pl
 
         # restart with the BMS not answering: the daemon is up (it writes to the PCS) but may write only 0 MW
         plant.faults["bms_modbus"].silent = True
-        plant.pcs_server.set("704.WSetRvrtTms", 10)   # so the new process's arming is visible
+        plant.pcs_server.set("704.WSetRvrtTms", 10)  # so the new process's arming is visible
         restarted_at = time.monotonic()
         daemon = await start_daemon(config_path, state, log_path)
         await wait_for(lambda: plant.pcs_server.get("704.WSetRvrtTms") == REVERSION_S, 30, "the new daemon arming")
-        await wait_for(lambda: any(t > restarted_at and "704.WSet" in w for t, w in writes), 10,
-                       "the new daemon's first setpoint write")
+        await wait_for(
+            lambda: any(t > restarted_at and "704.WSet" in w for t, w in writes),
+            10,
+            "the new daemon's first setpoint write",
+        )
         # several cycles without fresh BMS readings: each writes (and so refreshes) the setpoint
-        await wait_for(lambda: sum("704.WSet" in w for t, w in writes if t > restarted_at) >= 4, 15,
-                       "four setpoint writes by the new daemon")
+        await wait_for(
+            lambda: sum("704.WSet" in w for t, w in writes if t > restarted_at) >= 4,
+            15,
+            "four setpoint writes by the new daemon",
+        )
         early = [w["704.WSet"] for t, w in writes if t > restarted_at and "704.WSet" in w]
         assert early and all(v == 0 for v in early), f"non-zero setpoint without fresh BMS readings: {early}"
         assert wset_mw(plant) == 0.0 and abs(plant.model.power_mw) < 1e-6

@@ -21,9 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-from controller.scada.points import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
 from controller.scada.modbus import STATUS_WORDS, ScadaModbusServer, listens_on_loopback_only
 from controller.scada.opcua import NAMESPACE
+from controller.scada.points import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
 from tests.conftest import free_port
 from tests.fixtures.controller import make_controller, running_scada, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
@@ -54,7 +54,7 @@ async def read_status(cl) -> dict[str, float | None]:
     assert not rr.isError(), rr
     out = {}
     for p in STATUS:
-        regs = rr.registers[p.address:p.address + p.words]
+        regs = rr.registers[p.address : p.address + p.words]
         raw = regs[0] if p.words == 1 else regs[0] << 16 | regs[1]
         out[p.name] = None if raw == NA[p.type] else p.from_registers(regs)
     return out
@@ -115,11 +115,22 @@ async def test_modbus_refuses_writes_outside_the_allow_list_and_range(plant, tmp
             ("a coil", cl.write_coil(0, True, device_id=1), ILLEGAL_ADDRESS),
             ("mode 3", cl.write_register(CTL["mode"].address, 3, device_id=1), ILLEGAL_VALUE),
             ("mode 0xFFFF", cl.write_register(CTL["mode"].address, 0xFFFF, device_id=1), ILLEGAL_VALUE),
-            ("setpoint above p_discharge_max", cl.write_registers(sp.address, sp.to_registers(10.001), device_id=1), ILLEGAL_VALUE),
-            ("setpoint below -p_charge_max", cl.write_registers(sp.address, sp.to_registers(-10.5), device_id=1), ILLEGAL_VALUE),
+            (
+                "setpoint above p_discharge_max",
+                cl.write_registers(sp.address, sp.to_registers(10.001), device_id=1),
+                ILLEGAL_VALUE,
+            ),
+            (
+                "setpoint below -p_charge_max",
+                cl.write_registers(sp.address, sp.to_registers(-10.5), device_id=1),
+                ILLEGAL_VALUE,
+            ),
             ("expiry 0 s", cl.write_register(CTL["manual_expires_s"].address, 0, device_id=1), ILLEGAL_VALUE),
-            ("mode 1 with an out-of-range setpoint in the same write",
-             cl.write_registers(CTL["mode"].address, [1, *sp.to_registers(50.0)], device_id=1), ILLEGAL_VALUE),
+            (
+                "mode 1 with an out-of-range setpoint in the same write",
+                cl.write_registers(CTL["mode"].address, [1, *sp.to_registers(50.0)], device_id=1),
+                ILLEGAL_VALUE,
+            ),
         ]
         for what, request, code in cases:
             rr = await request
@@ -138,8 +149,12 @@ async def test_modbus_refuses_writes_outside_the_allow_list_and_range(plant, tmp
 async def test_modbus_read_only_refuses_every_write(plant, tmp_path):
     ro = {"scada": {"modbus": {"enabled": True, "read_only": True}, "opcua": {"enabled": False}}}
     async with make_controller(plant, tmp_path, **ro) as c, running_scada(c), modbus(c) as cl:
-        for addr, values in ((CTL["mode"].address, [0]), (CTL["mode"].address, [2]),
-                             (CTL["manual_setpoint_mw"].address, [0, 1000]), (CTL["manual_expires_s"].address, [60])):
+        for addr, values in (
+            (CTL["mode"].address, [0]),
+            (CTL["mode"].address, [2]),
+            (CTL["manual_setpoint_mw"].address, [0, 1000]),
+            (CTL["manual_expires_s"].address, [60]),
+        ):
             rr = await cl.write_registers(addr, values, device_id=1)
             assert exception_code(rr) == ILLEGAL_ADDRESS, (addr, values, rr)
         assert c.mode.mode == "auto"
@@ -183,10 +198,10 @@ async def test_modbus_writes_only_from_a_listed_master(plant, tmp_path):
         port = c.config.scada.modbus.port
         stranger = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
         try:
-            await stranger.connect()   # the kernel accepts; the face closes it before reading a request
+            await stranger.connect()  # the kernel accepts; the face closes it before reading a request
             with pytest.raises(ModbusException):
                 rr = await stranger.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)
-                assert rr.isError(), rr   # (never reached: no answer at all)
+                assert rr.isError(), rr  # (never reached: no answer at all)
         finally:
             stranger.close()
         assert c.mode.mode == "auto", "a client off the allow-list changed the mode"
@@ -205,14 +220,20 @@ async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, 
     """A face bound to every interface with an empty allow_clients serves reads but refuses every write with
     exception 01, and says why. (Old code: writes were open to every client whenever the list was empty.)"""
     # a port free on every interface (free_port() checks 127.0.0.1 only; a wildcard bind clashes with any address)
-    everywhere = {"scada": {"modbus": {"enabled": True, "host": "0.0.0.0", "port": free_wildcard_port()},
-                            "opcua": {"enabled": False}}}
+    everywhere = {
+        "scada": {
+            "modbus": {"enabled": True, "host": "0.0.0.0", "port": free_wildcard_port()},
+            "opcua": {"enabled": False},
+        }
+    }
     async with make_controller(plant, tmp_path, **everywhere) as c, running_scada(c) as face, modbus(c) as cl:
         assert (await read_status(cl))["online"] == 1, "reads stay open"
         sp = CTL["manual_setpoint_mw"]
-        for what, request in (("mode", cl.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)),
-                              ("setpoint", cl.write_registers(sp.address, sp.to_registers(1.0), device_id=1)),
-                              ("a coil", cl.write_coil(0, True, device_id=1))):
+        for what, request in (
+            ("mode", cl.write_register(CTL["mode"].address, MODE_CODES["stopped"], device_id=1)),
+            ("setpoint", cl.write_registers(sp.address, sp.to_registers(1.0), device_id=1)),
+            ("a coil", cl.write_coil(0, True, device_id=1)),
+        ):
             rr = await request
             assert exception_code(rr) == ILLEGAL_FUNCTION, f"{what}: {rr}"
         assert face.parts[0].writes_refused == 3
@@ -237,10 +258,20 @@ async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, 
         assert c.mode.mode == "stopped"
 
 
-@pytest.mark.parametrize("host,loopback", [
-    ("127.0.0.1", True), ("127.0.0.3", True), ("::1", True), ("localhost", True),
-    ("0.0.0.0", False), ("::", False), ("", False), ("10.1.2.3", False), ("192.168.0.10", False),
-])
+@pytest.mark.parametrize(
+    "host,loopback",
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.3", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("", False),
+        ("10.1.2.3", False),
+        ("192.168.0.10", False),
+    ],
+)
 def test_which_binds_count_as_loopback_only(host, loopback):
     assert listens_on_loopback_only(host) is loopback
 
@@ -260,7 +291,7 @@ async def test_a_modbus_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_pat
         await wait_for(lambda: c.decision.setpoint_mw == 1.0, 5, "manual 1 MW")
         accepted = refused = 0
         cycles, t0 = c.stats.cycles, time.monotonic()
-        for i in range(5000):   # a changing setpoint each time: every write that lands wakes the cycle
+        for i in range(5000):  # a changing setpoint each time: every write that lands wakes the cycle
             if time.monotonic() - t0 > 3.0:
                 break
             rr = await cl.write_registers(sp.address, sp.to_registers(1.0 + (i % 2)), device_id=1)
@@ -271,8 +302,13 @@ async def test_a_modbus_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_pat
                 accepted += 1
         elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
         scada = c.config.scada
-        assert 1 <= ran <= storm_bound(elapsed_s, c), f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
-        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (accepted, refused)
+        assert 1 <= ran <= storm_bound(elapsed_s, c), (
+            f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
+        )
+        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (
+            accepted,
+            refused,
+        )
         assert face.parts[0].writes_refused == refused
 
         # the storm over, a write is taken again
@@ -296,7 +332,9 @@ async def test_manual_setpoint_over_modbus_is_limited_and_expires(plant, tmp_pat
         assert not rr.isError(), rr
         assert c.mode.mode == "manual" and c.mode.manual_setpoint_mw == pytest.approx(8.0)
 
-        await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(4.0), 3, "the setpoint to reach the 4 MW grid limit")
+        await wait_for(
+            lambda: c.decision.setpoint_mw == pytest.approx(4.0), 3, "the setpoint to reach the 4 MW grid limit"
+        )
         st = await read_status(cl)
         assert st["mode"] == MODE_CODES["manual"]
         assert st["target_mw"] == pytest.approx(8.0) and st["setpoint_mw"] == pytest.approx(4.0)
@@ -323,16 +361,27 @@ def url(c) -> str:
 
 
 @asynccontextmanager
-async def opcua(c, user: str | None = None, password: str = "demo", policy=None, cert_dir: Path | None = None,
-                mode=ua.MessageSecurityMode.SignAndEncrypt):
+async def opcua(
+    c,
+    user: str | None = None,
+    password: str = "demo",
+    policy=None,
+    cert_dir: Path | None = None,
+    mode=ua.MessageSecurityMode.SignAndEncrypt,
+):
     cl = Client(url(c), timeout=5)
     if user:
         cl.set_user(user)
         cl.set_password(password)
     if policy is not None:
         cl.application_uri = CLIENT_URI
-        await cl.set_security(policy, str(cert_dir / "client-cert.der"), str(cert_dir / "client-key.pem"),
-                              server_certificate=str(c.state_dir / "scada-opcua" / "server-cert.der"), mode=mode)
+        await cl.set_security(
+            policy,
+            str(cert_dir / "client-cert.der"),
+            str(cert_dir / "client-key.pem"),
+            server_certificate=str(c.state_dir / "scada-opcua" / "server-cert.der"),
+            mode=mode,
+        )
     async with cl:
         cl.ns = await cl.get_namespace_index(NAMESPACE)
         yield cl
@@ -344,8 +393,14 @@ def node(cl, name: str):
 
 async def make_client_cert(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    await setup_self_signed_certificate(folder / "client-key.pem", folder / "client-cert.der", CLIENT_URI, "localhost",
-                                        [ExtendedKeyUsageOID.CLIENT_AUTH], {"commonName": "bess-edge test SCADA client"})
+    await setup_self_signed_certificate(
+        folder / "client-key.pem",
+        folder / "client-cert.der",
+        CLIENT_URI,
+        "localhost",
+        [ExtendedKeyUsageOID.CLIENT_AUTH],
+        {"commonName": "bess-edge test SCADA client"},
+    )
     return folder
 
 
@@ -426,8 +481,13 @@ async def test_opcua_secure_policies_trust_store_and_no_none(plant, tmp_path, mo
                 assert await node(cl, "Status.online").read_value() == 1
                 await node(cl, "Controls.mode").write_value(u16(MODE_CODES["stopped"]))
                 assert c.mode.mode == "stopped"
-            async with opcua(c, "viewer", policy=SecurityPolicyAes256Sha256RsaPss, cert_dir=trusted_certs,
-                             mode=ua.MessageSecurityMode.Sign) as cl:
+            async with opcua(
+                c,
+                "viewer",
+                policy=SecurityPolicyAes256Sha256RsaPss,
+                cert_dir=trusted_certs,
+                mode=ua.MessageSecurityMode.Sign,
+            ) as cl:
                 assert await node(cl, "Status.mode").read_value() is not None
 
             # a certificate that is not in the trust store
@@ -469,6 +529,11 @@ async def test_an_opcua_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_pat
                 refused += 1
         elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
         scada = c.config.scada
-        assert 1 <= ran <= storm_bound(elapsed_s, c), f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
-        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (accepted, refused)
+        assert 1 <= ran <= storm_bound(elapsed_s, c), (
+            f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
+        )
+        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (
+            accepted,
+            refused,
+        )
         assert face.parts[0].writes_refused == refused

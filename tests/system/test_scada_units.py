@@ -36,7 +36,7 @@ BOTH_FACES = {"scada": {"modbus": {"enabled": True}, "opcua": {"enabled": True, 
 def decode(points, regs: list[int], start: int) -> dict[str, float | None]:
     out = {}
     for p in points:
-        words = regs[p.address - start:p.address - start + p.words]
+        words = regs[p.address - start : p.address - start + p.words]
         raw = words[0] if p.words == 1 else words[0] << 16 | words[1]
         out[p.name] = None if raw == NA[p.type] else p.from_registers(words)
     return out
@@ -49,8 +49,11 @@ async def read_map(port: int, units: int) -> dict[str, dict[str, float | None]]:
         assert await cl.connect(), "SCADA Modbus face does not accept a connection"
         head = await cl.read_input_registers(0, count=40, device_id=1)
         assert not head.isError(), head
-        out = {"status": decode(STATUS, head.registers, 0), "layout": decode(LAYOUT, head.registers, 0),
-               "poi": decode(POI, head.registers, 0)}
+        out = {
+            "status": decode(STATUS, head.registers, 0),
+            "layout": decode(LAYOUT, head.registers, 0),
+            "poi": decode(POI, head.registers, 0),
+        }
         for k in range(units):
             block = await cl.read_input_registers(UNIT_BASE + k * UNIT_STRIDE, count=UNIT_STRIDE, device_id=1)
             assert not block.isError(), block
@@ -84,8 +87,11 @@ async def status_code(cl, node_id: str):
 # ---------------------------------------------------------------------------------------------- one unit, live
 async def test_a_one_unit_plant_has_one_block_with_the_plants_figures(plant, tmp_path):
     async with make_controller(plant, tmp_path, **BOTH_FACES) as c, running_scada(c):
-        await wait_for(lambda: c.faces.latest().units and c.faces.latest().units[0].setpoint_mw is not None, 10,
-                       "a cycle with the unit")
+        await wait_for(
+            lambda: c.faces.latest().units and c.faces.latest().units[0].setpoint_mw is not None,
+            10,
+            "a cycle with the unit",
+        )
         m = await read_map(c.config.scada.modbus.port, 1)
         assert m["layout"] == {"unit_count": 1, "unit_base": UNIT_BASE, "unit_stride": UNIT_STRIDE}
         unit, st = m["unit0"], m["status"]
@@ -93,12 +99,14 @@ async def test_a_one_unit_plant_has_one_block_with_the_plants_figures(plant, tmp
         for name in ("soc_pct", "power_mw", "setpoint_mw", "temperature_c"):
             assert unit[name] == st[name], name
         assert unit["available"] == 1 and st["online"] == 1
-        assert m["poi"] == {"power_mw": None, "frequency_hz": None}   # no meter: not available
+        assert m["poi"] == {"power_mw": None, "frequency_hz": None}  # no meter: not available
         unit_name = c.config.unit_plan()[0].unit
         async with opcua(c.config.scada.opcua.port) as cl:
+
             async def folder_filled() -> bool:
                 return await status_code(cl, f"Units.{unit_name}.soc_pct") == ua.StatusCodes.Good
-            for _ in range(100):   # the folder is refreshed once per cycle: bounded by count
+
+            for _ in range(100):  # the folder is refreshed once per cycle: bounded by count
                 if await folder_filled():
                     break
                 await asyncio.sleep(0.1)
@@ -113,8 +121,10 @@ def two_unit_site(tmp_path: Path):
     raw = yaml.safe_load((ROOT / "config" / "demo-two-unit.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str((ROOT / "config" / dev["profile"]).resolve())
-    raw["scada"] = {"modbus": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
-                    "opcua": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "allow_none_security": True}}
+    raw["scada"] = {
+        "modbus": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
+        "opcua": {"enabled": True, "host": "127.0.0.1", "port": free_port(), "allow_none_security": True},
+    }
     raw.setdefault("cycle", {})["period_s"] = 0.1
     path = tmp_path / "site.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -122,12 +132,27 @@ def two_unit_site(tmp_path: Path):
 
 
 TWO = PlantState(
-    ts=1_796_000_000.0, soc_pct=52.0, power_mw=3.0, setpoint_mw=3.0, target_mw=6.0, online=True,
+    ts=1_796_000_000.0,
+    soc_pct=52.0,
+    power_mw=3.0,
+    setpoint_mw=3.0,
+    target_mw=6.0,
+    online=True,
     binding="unit_unavailable" if "unit_unavailable" in BINDING_CODES else "none",
-    units=(UnitState("u1", soc_pct=64.5, power_mw=3.0, setpoint_mw=3.0, temperature_c=28.3, available=True,
-                     binding="bms_allowed_discharge"),
-           UnitState("u2", soc_pct=39.5, power_mw=0.0, setpoint_mw=0.0, temperature_c=24.1, available=False,
-                     binding="stale")),
+    units=(
+        UnitState(
+            "u1",
+            soc_pct=64.5,
+            power_mw=3.0,
+            setpoint_mw=3.0,
+            temperature_c=28.3,
+            available=True,
+            binding="bms_allowed_discharge",
+        ),
+        UnitState(
+            "u2", soc_pct=39.5, power_mw=0.0, setpoint_mw=0.0, temperature_c=24.1, available=False, binding="stale"
+        ),
+    ),
     poi=PoiState(power_mw=2.85, frequency_hz=50.012, ts=1_796_000_000.0),
 )
 
@@ -137,19 +162,31 @@ async def test_two_units_and_the_poi_on_both_faces(tmp_path):
     assert [u.unit for u in cfg.unit_plan()] == ["u1", "u2"]
     faces = Faces()
     faces.update(TWO)
-    site = SimpleNamespace(config=cfg, faces=faces)   # what the faces read: the site file and the state stream
-    face = ScadaFace(site, cfg.scada, tmp_path / "state")   # mode: demo: the demo users
+    site = SimpleNamespace(config=cfg, faces=faces)  # what the faces read: the site file and the state stream
+    face = ScadaFace(site, cfg.scada, tmp_path / "state")  # mode: demo: the demo users
     await face.start()
     try:
         m = await read_map(cfg.scada.modbus.port, 2)
         assert m["layout"]["unit_count"] == 2
-        assert m["unit0"] == {"soc_pct": 64.5, "power_mw": 3.0, "setpoint_mw": 3.0, "temperature_c": pytest.approx(28.3),
-                              "available": 1, "binding": BINDING_CODES["bms_allowed_discharge"]}
-        assert m["unit1"] == {"soc_pct": 39.5, "power_mw": 0.0, "setpoint_mw": 0.0, "temperature_c": pytest.approx(24.1),
-                              "available": 0, "binding": BINDING_CODES["stale"]}
+        assert m["unit0"] == {
+            "soc_pct": 64.5,
+            "power_mw": 3.0,
+            "setpoint_mw": 3.0,
+            "temperature_c": pytest.approx(28.3),
+            "available": 1,
+            "binding": BINDING_CODES["bms_allowed_discharge"],
+        }
+        assert m["unit1"] == {
+            "soc_pct": 39.5,
+            "power_mw": 0.0,
+            "setpoint_mw": 0.0,
+            "temperature_c": pytest.approx(24.1),
+            "available": 0,
+            "binding": BINDING_CODES["stale"],
+        }
         assert m["poi"] == {"power_mw": 2.85, "frequency_hz": pytest.approx(50.012)}
         async with opcua(cfg.scada.opcua.port) as cl:
-            for _ in range(100):   # the first refresh runs right after start: bounded by count
+            for _ in range(100):  # the first refresh runs right after start: bounded by count
                 if await status_code(cl, "Units.u2.soc_pct") == ua.StatusCodes.Good:
                     break
                 await asyncio.sleep(0.1)

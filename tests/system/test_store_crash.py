@@ -19,7 +19,7 @@ from controller.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
 ROUNDS = 4
-MAX_ITERATIONS = 50_000   # the child stops by itself even if nobody kills it
+MAX_ITERATIONS = 50_000  # the child stops by itself even if nobody kills it
 
 CHILD = r"""
 import sqlite3, sys, threading, time
@@ -62,7 +62,11 @@ def run_round(db: Path, round_no: int, previous_id: str, rng: random.Random) -> 
     """Start the child, kill -9 it at a random moment, return the trade ids it acknowledged."""
     proc = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(db), str(round_no), previous_id, str(MAX_ITERATIONS)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
     first = threading.Event()  # the first acknowledgement, or the child's end
 

@@ -45,15 +45,23 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def secrets() -> Secrets:
-    return Secrets(api_keys=[API_KEY], hmac_secret=HMAC_SECRET, mqtt_url="mqtt://127.0.0.1:1",
-                   exchange_base_url="http://127.0.0.1:9")
+    return Secrets(
+        api_keys=[API_KEY],
+        hmac_secret=HMAC_SECRET,
+        mqtt_url="mqtt://127.0.0.1:1",
+        exchange_base_url="http://127.0.0.1:9",
+    )
 
 
 def tls_site(tmp_path: Path, ports: dict[str, int], **tls: str) -> SiteConfig:
     """The demo site file (mode demo) on the plant's ports, web on a free port with TLS on, MQTT and SCADA off."""
-    return site_config(tmp_path, ports, mqtt={"enabled": False},
-                       scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
-                       web={"tls": {"enabled": True, **tls}})
+    return site_config(
+        tmp_path,
+        ports,
+        mqtt={"enabled": False},
+        scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+        web={"tls": {"enabled": True, **tls}},
+    )
 
 
 @asynccontextmanager
@@ -84,13 +92,14 @@ def file_fingerprint(cert: Path) -> str:
 
 
 def colons(hex_upper: str) -> str:
-    return ":".join(hex_upper[i:i + 2] for i in range(0, len(hex_upper), 2))
+    return ":".join(hex_upper[i : i + 2] for i in range(0, len(hex_upper), 2))
 
 
 async def served_certificate(port: int, ctx: ssl.SSLContext, server_hostname: str) -> bytes:
     """DER of the certificate the server presents in a real handshake verified by `ctx` for `server_hostname`."""
     reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_hostname), IO_TIMEOUT_S)
+        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=server_hostname), IO_TIMEOUT_S
+    )
     try:
         return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     finally:
@@ -162,8 +171,9 @@ async def test_self_signed_certificate_made_on_first_start_then_reused(plant, tm
             r = await client.get("/api/ws-token")  # the session cookie, no API key header
             assert r.status_code == 200, r.text
             token = r.json()["token"]
-        async with websockets.connect(f"wss://127.0.0.1:{port}/ws?token={token}", ssl=ctx,
-                                      open_timeout=IO_TIMEOUT_S, close_timeout=2) as ws:
+        async with websockets.connect(
+            f"wss://127.0.0.1:{port}/ws?token={token}", ssl=ctx, open_timeout=IO_TIMEOUT_S, close_timeout=2
+        ) as ws:
             msg = json.loads(await asyncio.wait_for(ws.recv(), IO_TIMEOUT_S))
         assert msg["status"] == "online" and 0 < msg["soc_pct"] < 100 and msg["mode"], msg
 
@@ -184,8 +194,9 @@ async def test_self_signed_certificate_made_on_first_start_then_reused(plant, tm
         assert cert.read_bytes() == cert_bytes and key.read_bytes() == key_bytes
         assert "generated" not in capsys.readouterr().out
         reused = [r for r in caplog.records if r.name == "bess.tls"]
-        assert [r.sha256 for r in reused] == [colons(fp)] and "generated" not in reused[0].getMessage(), \
-            [r.getMessage() for r in reused]
+        assert [r.sha256 for r in reused] == [colons(fp)] and "generated" not in reused[0].getMessage(), [
+            r.getMessage() for r in reused
+        ]
         der = await served_certificate(cfg2.web.port, pinned(cert), "localhost")
         assert sha256_fingerprint(der) == fp
     await assert_port_closed(cfg2.web.port)
@@ -198,17 +209,28 @@ def make_pair(directory: Path, common_name: str = "bess-test.example") -> tuple[
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(common_name),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-            .sign(key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(common_name), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
     cert_path, key_path = directory / "site-cert.pem", directory / "site-key.pem"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+    )
     os.chmod(key_path, 0o640)  # e.g. root:bess-edge 0640: used as it is, not "fixed"
     return cert_path, key_path, key
 
@@ -223,8 +245,9 @@ async def test_configured_certificate_is_served_as_it_is(plant, tmp_path, capsys
         for name in ("bess-test.example", "127.0.0.1"):
             der = await served_certificate(cfg.web.port, ctx, name)
             assert sha256_fingerprint(der) == file_fingerprint(cert), name
-        async with httpx.AsyncClient(base_url=f"https://127.0.0.1:{cfg.web.port}", verify=ctx,
-                                     timeout=IO_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{cfg.web.port}", verify=ctx, timeout=IO_TIMEOUT_S
+        ) as client:
             assert (await client.get("/healthz")).status_code == 200
             r = await client.get("/api/bess-status", headers={"X-API-Key": API_KEY})
             assert r.status_code == 200 and "soc_pct" in r.json(), r.text
@@ -254,16 +277,31 @@ def bad_tls(kind: str, d: Path) -> tuple[dict[str, str], str, Path]:
     if kind == "key encrypted":
         _, _, k = make_pair(d / "enc")
         enc = d / "enc" / "encrypted-key.pem"
-        enc.write_bytes(k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.BestAvailableEncryption(b"secret")))
+        enc.write_bytes(
+            k.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"secret"),
+            )
+        )
         return {"cert_file": str(d / "enc" / "site-cert.pem"), "key_file": str(enc)}, "key_file", enc
     if kind == "key without cert":
         return {"key_file": str(key)}, "key_file", key
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["cert missing", "key missing", "key is a directory", "key of another certificate",
-                                  "cert not PEM", "key encrypted", "key without cert"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "cert missing",
+        "key missing",
+        "key is a directory",
+        "key of another certificate",
+        "cert not PEM",
+        "key encrypted",
+        "key without cert",
+    ],
+)
 async def test_bad_configured_certificate_stops_the_start(tmp_path, kind):
     """Checked before any part starts: nothing listens, nothing is generated, the error names the YAML path."""
     tls, field, path = bad_tls(kind, tmp_path / "etc")
@@ -297,9 +335,24 @@ def test_cli_refuses_a_key_it_cannot_read(tmp_path):
     tls_site(tmp_path, {}, cert_file=str(cert), key_file=str(key))
     state = tmp_path / "state"
     env = {"PATH": os.environ["PATH"], "API_KEY": API_KEY, "HMAC_SECRET": HMAC_SECRET, "HOME": str(tmp_path)}
-    res = subprocess.run([*prefix, str(ROOT / ".venv" / "bin" / "bess-edge"), "run", "--config",
-                          str(tmp_path / "site.yaml"), "--state-dir", str(state), "--log-format", "text"],
-                         capture_output=True, text=True, timeout=40, env=env, cwd=str(tmp_path))
+    res = subprocess.run(
+        [
+            *prefix,
+            str(ROOT / ".venv" / "bin" / "bess-edge"),
+            "run",
+            "--config",
+            str(tmp_path / "site.yaml"),
+            "--state-dir",
+            str(state),
+            "--log-format",
+            "text",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=40,
+        env=env,
+        cwd=str(tmp_path),
+    )
     out = res.stdout + res.stderr
     assert res.returncode == 2, f"rc={res.returncode}\n{out[-3000:]}"
     assert f"config: web.tls.key_file: cannot read {key}: Permission denied" in out, out[-3000:]

@@ -25,9 +25,9 @@ import pytest
 from controller.clock import Clock, iso
 from controller.config import load_secrets
 from controller.daemon import Daemon
-from controller.trading.market import PERIOD_S, period_start
 from controller.signing import request_signature
 from controller.trading.exchange import ExchangeClient
+from controller.trading.market import PERIOD_S, period_start
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.exchange import RunningExchange, running_exchange
 from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)
@@ -35,12 +35,12 @@ from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
-SITE = "demo"                 # site.id of config/demo-modbus.yaml
-SITE_KEY = "site-key-e2e"     # the site's EXCHANGE_API_KEY: its participant key at the exchange
-LOCAL_KEY = "local-key-e2e"   # the site's API_KEY: its own web API only (one secret, one purpose)
-OTHER_KEY = "other-key-e2e"   # another participant of the exchange (the counterparty)
+SITE = "demo"  # site.id of config/demo-modbus.yaml
+SITE_KEY = "site-key-e2e"  # the site's EXCHANGE_API_KEY: its participant key at the exchange
+LOCAL_KEY = "local-key-e2e"  # the site's API_KEY: its own web API only (one secret, one purpose)
+OTHER_KEY = "other-key-e2e"  # another participant of the exchange (the counterparty)
 THIRD_KEY = "third-key-e2e"
-SECRET = "e2e-hmac-secret"    # HMAC_SECRET shared by the site and the exchange (request and message signing)
+SECRET = "e2e-hmac-secret"  # HMAC_SECRET shared by the site and the exchange (request and message signing)
 PARTICIPANTS = {SITE_KEY: SITE, OTHER_KEY: "other", THIRD_KEY: "third"}
 GATE_S = 300
 
@@ -80,29 +80,46 @@ async def open_front_period(clock: Clock, margin_s: float = 30.0) -> float:
 
 
 def order_body(side: str, quantity_mw: float, price: float, start: float, **extra) -> dict:
-    return {"side": side, "quantity_mw": quantity_mw, "price_eur_mwh": price, "market": "intraday",
-            "delivery_start": iso(start).replace(".000Z", "Z"), **extra}
+    return {
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": price,
+        "market": "intraday",
+        "delivery_start": iso(start).replace(".000Z", "Z"),
+        **extra,
+    }
 
 
 @asynccontextmanager
-async def running_site(plant, broker: Mosquitto, tmp_path: Path, clock: Clock, exchange_url: str,
-                       exchange_key: str | None = SITE_KEY,
-                       **overrides) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
+async def running_site(
+    plant,
+    broker: Mosquitto,
+    tmp_path: Path,
+    clock: Clock,
+    exchange_url: str,
+    exchange_key: str | None = SITE_KEY,
+    **overrides,
+) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
     """A Daemon (controller + uplink + web; no SCADA face) on the plant, the broker and the exchange, with an
     httpx client of its web API carrying the site's API key; started, first good cycle, always stopped.
     `exchange_key`: the site's EXCHANGE_API_KEY (None: unset)."""
-    over = {"scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
-            "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1}, **overrides}
+    over = {
+        "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+        "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1},
+        **overrides,
+    }
     cfg = site_config(tmp_path, device_ports(plant), **over)
     env = {"API_KEY": LOCAL_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url, "EXCHANGE_BASE_URL": exchange_url}
     secrets = load_secrets(cfg, {**env, "EXCHANGE_API_KEY": exchange_key} if exchange_key else env)
     d = Daemon(cfg, secrets, tmp_path / "state", clock=clock)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY},
-                            timeout=10)
+    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY}, timeout=10)
     try:
         await d.start()
-        await wait_for(lambda: d.controller.stats.good_cycles >= 1 and d.uplink.connected, 10,
-                       "the site's first good cycle and its MQTT link")
+        await wait_for(
+            lambda: d.controller.stats.good_cycles >= 1 and d.uplink.connected,
+            10,
+            "the site's first good cycle and its MQTT link",
+        )
         yield d, api
     finally:
         await api.aclose()
@@ -148,9 +165,11 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
     delivery = next_open_period(real + 60, margin_s=0)  # gate at `delivery - 300` >= real + 60
     clock = SteppedClock(offset_s=(delivery - GATE_S - 60) - real)
     plant = await make_plant()
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api), \
-            ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other:
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api),
+        ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other,
+    ):
         await publisher_connected(ex)
         await step_clock(clock, delivery - GATE_S - 10, d)  # 10 s before gate closure
         ds = iso(delivery).replace(".000Z", "Z")
@@ -162,22 +181,31 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
         r = await api.post("/api/orders", json=order_body("sell", 3.0, 85.0, delivery))
         assert r.status_code == 201, r.text
         placed = r.json()
-        assert (placed["status"], placed["side"], placed["filled_mw"], placed["remaining_mw"]) == \
-            ("partially_filled", "sell", 2.0, 1.0), placed
+        assert (placed["status"], placed["side"], placed["filled_mw"], placed["remaining_mw"]) == (
+            "partially_filled",
+            "sell",
+            2.0,
+            1.0,
+        ), placed
         assert placed["delivery_start"].startswith(ds[:16])
 
         # the exchange: one trade at the resting order's price; the site is the seller
         ex_trades = ex.service.trades_of(SITE)
         assert len(ex_trades) == 1, ex_trades
         trade_id = ex_trades[0]["trade_id"]
-        assert (ex_trades[0]["side"], ex_trades[0]["quantity_mw"], ex_trades[0]["price_eur_mwh"],
-                ex_trades[0]["order_id"]) == ("sell", 2.0, 91.5, placed["order_id"])
+        assert (
+            ex_trades[0]["side"],
+            ex_trades[0]["quantity_mw"],
+            ex_trades[0]["price_eur_mwh"],
+            ex_trades[0]["order_id"],
+        ) == ("sell", 2.0, 91.5, placed["order_id"])
         assert (await other.trades())[0]["side"] == "buy"
 
         # signed over MQTT -> verified and stored by the site's uplink -> ack back to the exchange
         publisher = ex.app.state.publisher
-        await wait_for(lambda: publisher.delivery(SITE, trade_id)["ack"] is not None, 10,
-                       "the site's ack at the exchange")
+        await wait_for(
+            lambda: publisher.delivery(SITE, trade_id)["ack"] is not None, 10, "the site's ack at the exchange"
+        )
         delivery_state = publisher.delivery(SITE, trade_id)
         assert delivery_state["published"] is True and delivery_state["ack"]["accepted"] is True, delivery_state
         assert delivery_state["ack"]["reason"] == "stored", delivery_state
@@ -190,19 +218,24 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
         # the site's own API shows the trade and the order still resting for its remaining 1 MW
         trades = (await api.get("/api/trades")).json()
         assert trades["stale"] is False
-        assert [(t["trade_id"], t["side"], t["quantity_mw"], t["price_eur_mwh"]) for t in trades["trades"]] == \
-            [(trade_id, "sell", 2.0, 91.5)], trades
+        assert [(t["trade_id"], t["side"], t["quantity_mw"], t["price_eur_mwh"]) for t in trades["trades"]] == [
+            (trade_id, "sell", 2.0, 91.5)
+        ], trades
         assert trades["trades"][0]["delivery_start"].startswith(ds[:16])
         orders = (await api.get("/api/orders")).json()
         assert orders["stale"] is False
-        assert [(o["order_id"], o["status"], o["filled_mw"], o["remaining_mw"]) for o in orders["orders"]] == \
-            [(placed["order_id"], "partially_filled", 2.0, 1.0)], orders
-        schedule = (await api.get("/api/schedule", params={"from": iso(delivery - PERIOD_S),
-                                                           "to": iso(delivery + 2 * PERIOD_S)})).json()
+        assert [(o["order_id"], o["status"], o["filled_mw"], o["remaining_mw"]) for o in orders["orders"]] == [
+            (placed["order_id"], "partially_filled", 2.0, 1.0)
+        ], orders
+        schedule = (
+            await api.get(
+                "/api/schedule", params={"from": iso(delivery - PERIOD_S), "to": iso(delivery + 2 * PERIOD_S)}
+            )
+        ).json()
         assert [(p["period_start"][:16], p["position_mw"]) for p in schedule["periods"]] == [(ds[:16], 2.0)]
 
         # before delivery the PCS stays at 0 MW; at the period's start the sell is +2 MW (discharge)
-        cycles = d.controller.stats.cycles   # a few cycles with the trade in the schedule, counted
+        cycles = d.controller.stats.cycles  # a few cycles with the trade in the schedule, counted
         await wait_for(lambda: d.controller.stats.cycles >= cycles + 2, 10, "two cycles before delivery")
         assert plant.pcs.requested_mw() == 0.0 and plant.pcs_server.get("704.WSet") == 0
         soc_before = plant.model.soc_pct
@@ -211,13 +244,17 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
         assert plant.pcs.requested_mw() == pytest.approx(2.0)
         await wait_for(lambda: plant.model.power_mw > 1.99, 5, "the PCS delivering +2 MW (discharge)")
         await wait_for(lambda: plant.model.soc_pct < soc_before, 5, "the SoC falling while discharging")
-        status = await api_until(api, "/api/bess-status", lambda st: st["power_mw"] > 1.9, 5,
-                                 "the site's status to show the delivered +2 MW")
+        status = await api_until(
+            api, "/api/bess-status", lambda st: st["power_mw"] > 1.9, 5, "the site's status to show the delivered +2 MW"
+        )
         assert (status["target_mw"], status["setpoint_mw"], status["status"]) == (2.0, 2.0, "online"), status
 
         # past gate closure the rest of the site's order expired at the exchange; the site learns it
-        await wait_for(lambda: ex.service.engine.orders[placed["order_id"]].status == "expired", 5,
-                       "the resting remainder to expire at gate closure")
+        await wait_for(
+            lambda: ex.service.engine.orders[placed["order_id"]].status == "expired",
+            5,
+            "the resting remainder to expire at gate closure",
+        )
         await asyncio.sleep(d.config.exchange.cache_s + 0.1)
         assert (await api.get("/api/orders")).json() == {"orders": [], "stale": False}
 
@@ -228,10 +265,17 @@ async def test_order_from_site_api_to_pcs_setpoint_and_ack(mosquitto, make_plant
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 45.0, nxt))
         assert r.status_code == 201 and r.json()["status"] == "filled", r.text
         buy_trade = ex.service.trades_of(SITE)[-1]
-        assert (buy_trade["side"], buy_trade["quantity_mw"], buy_trade["price_eur_mwh"],
-                buy_trade["sell_order_id"]) == ("buy", 1.0, 40.0, ask["order_id"])
-        await wait_for(lambda: (publisher.delivery(SITE, buy_trade["trade_id"])["ack"] or {}).get("accepted"), 10,
-                       "the ack of the buy")
+        assert (
+            buy_trade["side"],
+            buy_trade["quantity_mw"],
+            buy_trade["price_eur_mwh"],
+            buy_trade["sell_order_id"],
+        ) == ("buy", 1.0, 40.0, ask["order_id"])
+        await wait_for(
+            lambda: (publisher.delivery(SITE, buy_trade["trade_id"])["ack"] or {}).get("accepted"),
+            10,
+            "the ack of the buy",
+        )
         clock.advance_to(nxt + 0.5)
         await wait_for(lambda: plant.pcs_server.get("704.WSet") == -1_000_000, 5, "WSet = -1 MW (charge)")
         await wait_for(lambda: plant.model.power_mw < -0.99, 5, "the PCS charging at 1 MW")
@@ -246,8 +290,10 @@ async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_
     boundary = period_start(real) + PERIOD_S
     clock = SteppedClock(offset_s=boundary - 120 - real)
     plant = await make_plant(initial_soc_pct=20)  # 10 MW for 15 min would take 13 % of 20 MWh: below soc_min
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api),
+    ):
         now = clock.now()
         assert boundary - GATE_S < now < boundary  # start-up took less than 2 minutes
         delivery = next_open_period(now)
@@ -276,15 +322,20 @@ async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_
         bad = {
             "side": ({**order_body("buy", 1.0, 50.0, delivery), "side": "hold"}, "side"),
             "quantity_mw <= 0": (order_body("buy", -1.0, 50.0, delivery), "quantity_mw"),
-            "quantity_mw not a number": ({**order_body("buy", 1.0, 50.0, delivery), "quantity_mw": "lots"},
-                                         "quantity_mw"),
+            "quantity_mw not a number": (
+                {**order_body("buy", 1.0, 50.0, delivery), "quantity_mw": "lots"},
+                "quantity_mw",
+            ),
             "price out of range": (order_body("buy", 1.0, 1e6, delivery), "price_eur_mwh"),
-            "off the 15-minute grid": ({**order_body("buy", 1.0, 50.0, delivery),
-                                        "delivery_start": iso(delivery + 420)}, "delivery_start"),
-            "not a time": ({**order_body("buy", 1.0, 50.0, delivery), "delivery_start": "tomorrow"},
-                           "delivery_start"),
-            "missing delivery_start": ({k: v for k, v in order_body("buy", 1.0, 50.0, delivery).items()
-                                        if k != "delivery_start"}, "delivery_start"),
+            "off the 15-minute grid": (
+                {**order_body("buy", 1.0, 50.0, delivery), "delivery_start": iso(delivery + 420)},
+                "delivery_start",
+            ),
+            "not a time": ({**order_body("buy", 1.0, 50.0, delivery), "delivery_start": "tomorrow"}, "delivery_start"),
+            "missing delivery_start": (
+                {k: v for k, v in order_body("buy", 1.0, 50.0, delivery).items() if k != "delivery_start"},
+                "delivery_start",
+            ),
             "unknown field": (order_body("buy", 1.0, 50.0, delivery, participant="other"), "participant"),
         }
         for name, (payload, field) in bad.items():
@@ -314,8 +365,12 @@ async def test_refused_orders_send_and_store_nothing(mosquitto, make_plant, tmp_
 
             def headers(secret: str = SECRET, ts: float | None = None) -> dict:
                 t = f"{clock.now() if ts is None else ts:.6f}"
-                return {"X-API-Key": SITE_KEY, "X-Timestamp": t, "Content-Type": "application/json",
-                        "X-Signature": request_signature(secret, t, "POST", "/api/orders", body)}
+                return {
+                    "X-API-Key": SITE_KEY,
+                    "X-Timestamp": t,
+                    "Content-Type": "application/json",
+                    "X-Signature": request_signature(secret, t, "POST", "/api/orders", body),
+                }
 
             r = await raw.post("/api/orders", content=body, headers=headers(secret="not-the-secret"))
             assert (r.status_code, r.json()["detail"]) == (401, "bad signature"), r.text
@@ -338,9 +393,11 @@ async def test_exchange_down_site_serves_last_known_data_as_stale(mosquitto, mak
     async with AsyncExitStack() as exchange_stack:
         ex = await exchange_stack.enter_async_context(running_exchange(**exchange_kwargs(clock, mosquitto)))
         async with running_site(plant, mosquitto, tmp_path, clock, ex.url, exchange={"cache_s": 0.2}) as (d, api):
-            delivery = await open_front_period(clock)   # market data's top level is about this product
-            async with ExchangeClient(ex.url, OTHER_KEY, SECRET) as other, \
-                    ExchangeClient(ex.url, THIRD_KEY, SECRET) as third:
+            delivery = await open_front_period(clock)  # market data's top level is about this product
+            async with (
+                ExchangeClient(ex.url, OTHER_KEY, SECRET) as other,
+                ExchangeClient(ex.url, THIRD_KEY, SECRET) as third,
+            ):
                 await other.place_order(order_body("sell", 1.5, 64.0, delivery))
                 await third.place_order(order_body("buy", 1.5, 70.0, delivery))  # one trade at 64.00
             r = await api.post("/api/orders", json=order_body("buy", 1.0, 10.0, delivery))  # rests: no seller

@@ -20,16 +20,27 @@ import httpx
 import pytest
 
 from controller.clock import Clock, iso
-from controller.trading.schedule import PERIOD_S
 from controller.store import DB_FILENAME
+from controller.trading.schedule import PERIOD_S
 from tests.fixtures.controller import device_ports, site_config, wait_for
 from tests.fixtures.exchange import running_exchange
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 from tests.fixtures.tcp_proxy import TcpProxy
-from tests.system.test_trading_e2e import (GATE_S, LOCAL_KEY, PARTICIPANTS, SECRET, SITE, SITE_KEY, SteppedClock,
-                                           exchange_kwargs, next_open_period, order_body, publisher_connected,
-                                           running_site)
+from tests.system.test_trading_e2e import (
+    GATE_S,
+    LOCAL_KEY,
+    PARTICIPANTS,
+    SECRET,
+    SITE,
+    SITE_KEY,
+    SteppedClock,
+    exchange_kwargs,
+    next_open_period,
+    order_body,
+    publisher_connected,
+    running_site,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,8 +58,10 @@ async def test_site_presents_exchange_api_key_not_its_local_key(mosquitto, make_
     as the site's participant, so the local key was never what the exchange saw."""
     clock, delivery = stepped_clock_before_gate()
     plant = await make_plant()
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api),
+    ):
         assert LOCAL_KEY not in ex.app.state.auth.participants
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
         assert r.status_code == 201, r.text
@@ -56,12 +69,17 @@ async def test_site_presents_exchange_api_key_not_its_local_key(mosquitto, make_
         assert [o.order_id for o in ex.service.engine.orders_of(SITE)] == [r.json()["order_id"]]
 
 
-async def test_without_exchange_api_key_orders_are_refused_and_trades_still_received(mosquitto, make_plant,  # noqa: F811
-                                                                                    tmp_path):
+async def test_without_exchange_api_key_orders_are_refused_and_trades_still_received(
+    mosquitto,
+    make_plant,  # noqa: F811
+    tmp_path,
+):
     clock, delivery = stepped_clock_before_gate()
     plant = await make_plant()
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url, exchange_key=None) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url, exchange_key=None) as (d, api),
+    ):
         await publisher_connected(ex)
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
         assert r.status_code == 503 and "EXCHANGE_API_KEY" in r.json()["detail"], r.text
@@ -70,13 +88,23 @@ async def test_without_exchange_api_key_orders_are_refused_and_trades_still_rece
         assert ex.service.engine.orders_of(SITE) == [] and d.store.orders(active_only=False) == []
         assert (await api.get("/api/orders")).status_code == 200
         # the daemon still runs and still takes the trades the exchange sends it
-        trade = {"trade_id": "T-no-key-1", "side": "sell", "quantity_mw": 1.0, "price_eur_mwh": 50.0,
-                 "delivery_start": iso(delivery), "delivery_end": iso(delivery + PERIOD_S), "market": "intraday",
-                 "executed_at": iso(clock.now())}
+        trade = {
+            "trade_id": "T-no-key-1",
+            "side": "sell",
+            "quantity_mw": 1.0,
+            "price_eur_mwh": 50.0,
+            "delivery_start": iso(delivery),
+            "delivery_end": iso(delivery + PERIOD_S),
+            "market": "intraday",
+            "executed_at": iso(clock.now()),
+        }
         ex.app.state.publisher.publish_trade(SITE, trade)
         await wait_for(lambda: d.store.has_trade("T-no-key-1"), 10, "the trade stored")
-        await wait_for(lambda: (ex.app.state.publisher.delivery(SITE, "T-no-key-1")["ack"] or {}).get("accepted"),
-                       10, "the trade acked accepted")
+        await wait_for(
+            lambda: (ex.app.state.publisher.delivery(SITE, "T-no-key-1")["ack"] or {}).get("accepted"),
+            10,
+            "the trade acked accepted",
+        )
         assert d.controller.schedule.position_mw(delivery) == 1.0
         assert d.controller.stats.good_cycles > 0
 
@@ -88,8 +116,10 @@ async def test_open_orders_count_as_filled_in_the_pre_trade_check(mosquitto, mak
     with the worst case named; a buy (it can only raise the SoC) still goes."""
     clock, delivery = stepped_clock_before_gate()
     plant = await make_plant(initial_soc_pct=30)
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api),
+    ):
         second = delivery + PERIOD_S
         check = await api.post("/api/orders/check", json=order_body("sell", 10.0, 90.0, second))
         assert check.status_code == 200 and check.json()["ok"] is True, check.text  # alone, it fits
@@ -114,11 +144,16 @@ async def test_unknown_soc_refuses_orders(mosquitto, make_plant, tmp_path):  # n
     instead of being checked against a guessed 50 %."""
     clock, delivery = stepped_clock_before_gate()
     plant = await make_plant()
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, \
-            running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url) as (d, api),
+    ):
         plant.faults["bms_modbus"].silent = True
-        await wait_for(lambda: d.controller.snapshot is not None and d.controller.snapshot.soc_pct is None, 20,
-                       "the BMS's SoC unknown")
+        await wait_for(
+            lambda: d.controller.snapshot is not None and d.controller.snapshot.soc_pct is None,
+            20,
+            "the BMS's SoC unknown",
+        )
         r = await api.post("/api/orders", json=order_body("buy", 1.0, 20.0, delivery))
         assert r.status_code == 409, r.text
         assert r.json()["limit"] == "soc_unknown" and "SoC unknown" in r.json()["detail"], r.json()
@@ -153,12 +188,31 @@ def settled(state_dir: Path) -> bool:
 
 async def start_daemon(tmp_path: Path, exchange_url: str) -> asyncio.subprocess.Process:
     """`bess-edge run` on tmp_path/site.yaml as a real process, its log appended to tmp_path/daemon.log."""
-    env = {**os.environ, "API_KEY": LOCAL_KEY, "EXCHANGE_API_KEY": SITE_KEY, "HMAC_SECRET": SECRET,
-           "EXCHANGE_BASE_URL": exchange_url, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "API_KEY": LOCAL_KEY,
+        "EXCHANGE_API_KEY": SITE_KEY,
+        "HMAC_SECRET": SECRET,
+        "EXCHANGE_BASE_URL": exchange_url,
+        "PYTHONUNBUFFERED": "1",
+    }
     with open(tmp_path / "daemon.log", "ab") as log:
-        return await asyncio.create_subprocess_exec(   # this tree's code, whatever `bess-edge` is installed from
-            sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"), "--state-dir", str(tmp_path / "state"),
-            "--log-format", "text", cwd=REPO, env=env, stdout=log, stderr=log)
+        return await asyncio.create_subprocess_exec(  # this tree's code, whatever `bess-edge` is installed from
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "run",
+            "--config",
+            str(tmp_path / "site.yaml"),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--log-format",
+            "text",
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
 
 
 async def kill_9(proc: asyncio.subprocess.Process) -> None:
@@ -179,16 +233,20 @@ async def site_ready(api: httpx.AsyncClient, proc: asyncio.subprocess.Process, t
         except httpx.TransportError:
             pass
         await asyncio.sleep(0.1)
-    raise AssertionError("the daemon's API with a live SoC did not come up in 30 s: "
-                         + (tmp_path / "daemon.log").read_text()[-3000:])
+    raise AssertionError(
+        "the daemon's API with a live SoC did not come up in 30 s: " + (tmp_path / "daemon.log").read_text()[-3000:]
+    )
 
 
 def process_site(tmp_path: Path, plant) -> httpx.AsyncClient:
-    cfg = site_config(tmp_path, device_ports(plant), mqtt={"enabled": False},
-                      scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
-                      exchange={"request_window_s": WINDOW_S, "timeout_s": 60})
-    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY},
-                             timeout=60)
+    cfg = site_config(
+        tmp_path,
+        device_ports(plant),
+        mqtt={"enabled": False},
+        scada={"modbus": {"enabled": False}, "opcua": {"enabled": False}},
+        exchange={"request_window_s": WINDOW_S, "timeout_s": 60},
+    )
+    return httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY}, timeout=60)
 
 
 async def test_kill_9_before_the_order_reaches_the_exchange(make_plant, tmp_path):  # noqa: F811
@@ -201,25 +259,27 @@ async def test_kill_9_before_the_order_reaches_the_exchange(make_plant, tmp_path
     state = tmp_path / "state"
     delivery = next_open_period(time.time())
     proc = None
-    async with running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S,
-                                id_prefix="") as ex, TcpProxy(ex.port) as proxy:
+    async with (
+        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S, id_prefix="") as ex,
+        TcpProxy(ex.port) as proxy,
+    ):
         try:
             proxy.blackhole = True
             proc = await start_daemon(tmp_path, proxy.url)
             await site_ready(api, proc, tmp_path)
             post = asyncio.create_task(api.post("/api/orders", json=order_body("sell", 1.0, 80.0, delivery)))
             await wait_for(lambda: b"POST /api/orders" in proxy.received, 10, "the order's request on its way")
-            assert [s for _, s, _ in intents(state)] == ["pending"]   # stored before it was sent
+            assert [s for _, s, _ in intents(state)] == ["pending"]  # stored before it was sent
             await kill_9(proc)
             with pytest.raises(httpx.TransportError):
                 await post
 
-            proc = await start_daemon(tmp_path, ex.url)   # the exchange reachable again
+            proc = await start_daemon(tmp_path, ex.url)  # the exchange reachable again
             await site_ready(api, proc, tmp_path)
             await wait_for(lambda: settled(state), 30, "the pending intent reconciled and settled")
             [(cid, outcome, order_id)] = intents(state)
             assert (outcome, order_id) == ("not_placed", None)
-            assert ex.service.engine.orders_of(SITE) == []              # never placed, never sent again
+            assert ex.service.engine.orders_of(SITE) == []  # never placed, never sent again
             assert (await api.get("/api/orders")).json()["orders"] == []
         finally:
             await api.aclose()
@@ -236,8 +296,10 @@ async def test_kill_9_while_the_exchange_takes_the_order(make_plant, tmp_path): 
     state = tmp_path / "state"
     delivery = next_open_period(time.time())
     proc = None
-    async with running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S,
-                                id_prefix="") as ex, TcpProxy(ex.port) as proxy:
+    async with (
+        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S, id_prefix="") as ex,
+        TcpProxy(ex.port) as proxy,
+    ):
         try:
             proxy.hold_posts = True
             proc = await start_daemon(tmp_path, proxy.url)
@@ -253,7 +315,7 @@ async def test_kill_9_while_the_exchange_takes_the_order(make_plant, tmp_path): 
             proc = await start_daemon(tmp_path, ex.url)
             await site_ready(api, proc, tmp_path)
             await wait_for(lambda: settled(state), 30, "the pending intent reconciled")
-            [at_exchange] = ex.service.engine.orders_of(SITE)             # once, not twice
+            [at_exchange] = ex.service.engine.orders_of(SITE)  # once, not twice
             [(cid, outcome, order_id)] = intents(state)
             assert (outcome, order_id, at_exchange.client_order_id) == ("placed", at_exchange.order_id, cid)
             listed = (await api.get("/api/orders")).json()["orders"]
@@ -267,22 +329,30 @@ async def test_kill_9_while_the_exchange_takes_the_order(make_plant, tmp_path): 
                 await kill_9(proc)
 
 
-async def test_client_timeout_with_the_order_taken_is_reconciled_not_placed_again(mosquitto, make_plant,  # noqa: F811
-                                                                                tmp_path):
+async def test_client_timeout_with_the_order_taken_is_reconciled_not_placed_again(
+    mosquitto,
+    make_plant,  # noqa: F811
+    tmp_path,
+):
     """The site's request times out (the exchange's answer is held back) although the exchange took the order:
     the site asks by client_order_id, finds it, stores it and answers 201 with it. Before, the answer was
     'exchange unreachable, order not sent', and the operator's retry placed the order a second time."""
     clock = Clock()
     delivery = next_open_period(clock.now())
     plant = await make_plant()
-    async with running_exchange(**exchange_kwargs(clock, mosquitto)) as ex, TcpProxy(ex.port) as proxy, \
-            running_site(plant, mosquitto, tmp_path, clock, proxy.url, exchange={"timeout_s": 0.5}) as (d, api):
+    async with (
+        running_exchange(**exchange_kwargs(clock, mosquitto)) as ex,
+        TcpProxy(ex.port) as proxy,
+        running_site(plant, mosquitto, tmp_path, clock, proxy.url, exchange={"timeout_s": 0.5}) as (d, api),
+    ):
         proxy.hold_posts = True
         r = await api.post("/api/orders", json=order_body("sell", 1.0, 80.0, delivery))
         assert r.status_code == 201, r.text
         assert proxy.swallowed, "the exchange's answer to the POST was not held back"
         [at_exchange] = ex.service.engine.orders_of(SITE)
-        assert (r.json()["order_id"], r.json()["client_order_id"]) == (at_exchange.order_id,
-                                                                     at_exchange.client_order_id)
+        assert (r.json()["order_id"], r.json()["client_order_id"]) == (
+            at_exchange.order_id,
+            at_exchange.client_order_id,
+        )
         assert [(o["order_id"], o["status"]) for o in d.store.orders()] == [(at_exchange.order_id, "open")]
         assert [(i["state"], i["order_id"]) for i in d.store.order_intents()] == [("placed", at_exchange.order_id)]

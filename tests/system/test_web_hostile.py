@@ -34,7 +34,7 @@ READ_KEY = "hostile-read-key-9876543210"
 SECRET = "hostile-test-hmac-secret-0123456789"
 QUIET = {"mqtt": {"enabled": False}, "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}}}
 MAX_CONNECTIONS = 64
-RSS_GROWTH_MAX_KB = 200 * 1024   # old code: grew by the whole flood (640 MB here, 7.5 GB in the finding)
+RSS_GROWTH_MAX_KB = 200 * 1024  # old code: grew by the whole flood (640 MB here, 7.5 GB in the finding)
 CHUNK = b"f" * 65536
 
 
@@ -75,8 +75,10 @@ async def chunked_flood(port: int, mib: int = 32) -> str:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     answer = asyncio.create_task(answer_of(reader, timeout_s=60))
     try:
-        writer.write(b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Transfer-Encoding: chunked\r\n\r\n")
+        writer.write(
+            b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
         for _ in range(mib * 16):
             if answer.done():
                 break
@@ -85,7 +87,7 @@ async def chunked_flood(port: int, mib: int = 32) -> str:
                 await writer.drain()
             except ConnectionError:
                 break
-            await asyncio.sleep(0)   # let the answer be read, as a client reading while it sends would
+            await asyncio.sleep(0)  # let the answer be read, as a client reading while it sends would
         status, _, _ = await answer
     finally:
         answer.cancel()
@@ -98,7 +100,7 @@ async def endless_headers(port: int) -> str:
     answer = asyncio.create_task(answer_of(reader, timeout_s=60))
     try:
         writer.write(b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
-        for _ in range(16 * 1024):   # up to 16 MiB of one header
+        for _ in range(16 * 1024):  # up to 16 MiB of one header
             if answer.done():
                 break
             writer.write(b"h" * 1024)
@@ -106,7 +108,7 @@ async def endless_headers(port: int) -> str:
                 await writer.drain()
             except ConnectionError:
                 break
-            await asyncio.sleep(0)   # let the answer be read, as a client reading while it sends would
+            await asyncio.sleep(0)  # let the answer be read, as a client reading while it sends would
         status, _, _ = await answer
     finally:
         answer.cancel()
@@ -123,11 +125,13 @@ async def slow_loris(port: int, body: bool) -> str:
     answer = asyncio.create_task(answer_of(reader, timeout_s=60))
     try:
         if body:
-            writer.write(b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100000\r\n\r\n")
+            writer.write(
+                b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n"
+            )
         else:
             writer.write(b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
-        for _ in range(600):   # at most 60 s of trickling
+        for _ in range(600):  # at most 60 s of trickling
             if answer.done():
                 break
             writer.write(b"x")
@@ -144,34 +148,63 @@ async def slow_loris(port: int, body: bool) -> str:
 
 
 async def test_floods_and_slow_clients_do_not_grow_a_running_daemon(plant, tmp_path):  # noqa: F811
-    cfg = site_config(tmp_path, device_ports(plant), **QUIET,
-                      web={"max_connections": MAX_CONNECTIONS, "max_connections_per_client": MAX_CONNECTIONS,
-                           "header_timeout_s": 2, "body_timeout_s": 3})   # writes tmp_path/site.yaml
+    cfg = site_config(
+        tmp_path,
+        device_ports(plant),
+        **QUIET,
+        web={
+            "max_connections": MAX_CONNECTIONS,
+            "max_connections_per_client": MAX_CONNECTIONS,
+            "header_timeout_s": 2,
+            "body_timeout_s": 3,
+        },
+    )  # writes tmp_path/site.yaml
     port = cfg.web.port
-    env = {**os.environ, "API_KEY": KEY, "API_KEY_READ": READ_KEY, "HMAC_SECRET": SECRET,
-           "MQTT_URL": "mqtt://127.0.0.1:1"}
+    env = {
+        **os.environ,
+        "API_KEY": KEY,
+        "API_KEY_READ": READ_KEY,
+        "HMAC_SECRET": SECRET,
+        "MQTT_URL": "mqtt://127.0.0.1:1",
+    }
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "controller.cli", "run", "--config", str(tmp_path / "site.yaml"),
-                                 "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "controller.cli",
+                "run",
+                "--config",
+                str(tmp_path / "site.yaml"),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--log-format",
+                "text",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     bearer = {"Authorization": f"Bearer {READ_KEY}"}
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as c:
+
             async def ready() -> bool:
                 try:
                     return (await c.get("/readyz")).status_code == 200
                 except httpx.TransportError:
                     return False
 
-            for _ in range(300):   # bounded: 30 s
+            for _ in range(300):  # bounded: 30 s
                 assert proc.poll() is None, log_path.read_text()[-3000:]
                 if await ready():
                     break
                 await asyncio.sleep(0.1)
             assert await ready(), "the daemon never became ready"
-            for _ in range(20):   # settle: a few cycles and requests before the baseline
+            for _ in range(20):  # settle: a few cycles and requests before the baseline
                 await c.get("/api/bess-status", headers={"X-API-Key": KEY})
             before = (await c.get("/metrics", headers=bearer)).text
             base_rss, base_fds = rss_kb(proc.pid), open_fds(proc.pid)
@@ -199,9 +232,11 @@ async def test_floods_and_slow_clients_do_not_grow_a_running_daemon(plant, tmp_p
             proc.wait(10)
     cycles = metric(after, "bess_cycles_total") - metric(before, "bess_cycles_total")
     overruns = metric(after, "bess_cycle_overruns_total") - metric(before, "bess_cycle_overruns_total")
-    print(f"\nfloods: {flood_out}\nslow: {sorted(set(slow_out))} ({len(slow_out)})\n"
-          f"rss {base_rss} -> peak {sampler.rss_kb} -> {rss_after} kB; fds {base_fds} -> peak {sampler.fds} -> "
-          f"{fds_after}; {sampler.samples} samples; cycles +{cycles:g}, overruns +{overruns:g}")
+    print(
+        f"\nfloods: {flood_out}\nslow: {sorted(set(slow_out))} ({len(slow_out)})\n"
+        f"rss {base_rss} -> peak {sampler.rss_kb} -> {rss_after} kB; fds {base_fds} -> peak {sampler.fds} -> "
+        f"{fds_after}; {sampler.samples} samples; cycles +{cycles:g}, overruns +{overruns:g}"
+    )
     assert flood_out == ["413"] * 8 + ["431"] * 2, flood_out
     # every slow client is ended: at its deadline (408, or closed mid-body), or refused at once past the cap (a
     # 503 the client may not read: the socket is closed before its request is read, so the kernel resets it)
@@ -225,8 +260,13 @@ async def with_cookie(url: str, path: str, token: str) -> httpx.Response:
 
 
 def secrets() -> Secrets:
-    return Secrets(api_keys=[KEY], api_keys_read=[READ_KEY], hmac_secret=SECRET, mqtt_url="mqtt://127.0.0.1:1",
-                   exchange_base_url="http://127.0.0.1:9")
+    return Secrets(
+        api_keys=[KEY],
+        api_keys_read=[READ_KEY],
+        hmac_secret=SECRET,
+        mqtt_url="mqtt://127.0.0.1:1",
+        exchange_base_url="http://127.0.0.1:9",
+    )
 
 
 async def test_sessions_use_the_state_directory_key_and_survive_a_restart(plant, tmp_path):  # noqa: F811
@@ -267,10 +307,10 @@ async def test_sessions_use_the_state_directory_key_and_survive_a_restart(plant,
     daemon = Daemon(cfg, secrets(), state)
     try:
         await daemon.start()
-        assert keyfile.read_text() == key_text   # kept, not made again
+        assert keyfile.read_text() == key_text  # kept, not made again
         async with httpx.AsyncClient(base_url=url, timeout=10) as c:
             r = await with_cookie(url, "/api/bess-status", cookie)
-            assert r.status_code == 200   # the session survived the restart
+            assert r.status_code == 200  # the session survived the restart
     finally:
         await daemon.stop()
 
@@ -283,6 +323,6 @@ async def test_metrics_and_docs_opened_by_the_site_file(plant, tmp_path):  # noq
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", timeout=10) as c:
             for path in ("/metrics", "/docs", "/openapi.json", "/healthz"):
                 assert (await c.get(path)).status_code == 200, path
-            assert (await c.get("/api/bess-status")).status_code == 401   # the API itself stays closed
+            assert (await c.get("/api/bess-status")).status_code == 401  # the API itself stays closed
     finally:
         await daemon.stop()

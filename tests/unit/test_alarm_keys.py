@@ -22,8 +22,9 @@ from controller.cycle.alarms import (
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from controller.store import Store
 
-names = st.text(alphabet=st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), min_size=1,
-                max_size=12).filter(lambda s: s not in ("pcs_readback", "controller", "schedule"))
+names = st.text(
+    alphabet=st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), min_size=1, max_size=12
+).filter(lambda s: s not in ("pcs_readback", "controller", "schedule"))
 words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16)
 
 
@@ -71,18 +72,27 @@ def test_sync_raises_and_clears_like_before(tmp_path) -> None:
     alarms = Alarms(store, Clock())
     alarms.raise_(AlarmKey("pcs", READBACK), "readback_mismatch", "pcs read back 1.0 MW, wrote 2.0 MW")
     bad = InvalidReading("bms", "soc_pct", "0xFFFF", "out of range")
-    snap = Snapshot(ts=1.0, alarms=("pcs:over_temp", bad.key), faults=("bms:contactor",), invalid=(bad,),
-                    devices=(DeviceHealth("bms", False, True, None, 3, "timeout", "no answer"),))
+    snap = Snapshot(
+        ts=1.0,
+        alarms=("pcs:over_temp", bad.key),
+        faults=("bms:contactor",),
+        invalid=(bad,),
+        devices=(DeviceHealth("bms", False, True, None, 3, "timeout", "no answer"),),
+    )
     alarms.sync(snap)
     got = alarms.as_dicts()
     assert list(got) == ["pcs_readback:pcs", "bms:comm", "pcs:over_temp", "bms:invalid_soc_pct", "bms:contactor"]
-    assert got["bms:comm"] == {**got["bms:comm"], "device": "bms", "cause": "timeout",
-                               "message": "bms: timeout, no fresh readings (no answer)"}
+    assert got["bms:comm"] == {
+        **got["bms:comm"],
+        "device": "bms",
+        "cause": "timeout",
+        "message": "bms: timeout, no fresh readings (no answer)",
+    }
     assert got["pcs:over_temp"]["message"] == "pcs reports alarm over_temp"
     assert got["bms:contactor"]["message"] == "bms reports fault contactor"
     assert got["bms:invalid_soc_pct"]["cause"] == "invalid_reading"
     assert [a["key"] for a in store.active_alarms()] == list(got)
-    alarms.sync(Snapshot(ts=2.0))   # all clear, except the latched read-back alarm
+    alarms.sync(Snapshot(ts=2.0))  # all clear, except the latched read-back alarm
     assert list(alarms.as_dicts()) == ["pcs_readback:pcs"]
     assert [a["key"] for a in store.active_alarms()] == ["pcs_readback:pcs"]
     store.close()

@@ -15,8 +15,15 @@ from controller.cycle.limits import limit
 from drivers.base import Reading
 from tests.unit.test_controller import DummyDevice, site_file
 
-BMS = {"soc_pct": 50.0, "temperature_max_c": 25.0, "temperature_min_c": 24.0, "allowed_charge_mw": 10.0,
-       "allowed_discharge_mw": 10.0, "alarm_bits": 0, "fault_bits": 0}
+BMS = {
+    "soc_pct": 50.0,
+    "temperature_max_c": 25.0,
+    "temperature_min_c": 24.0,
+    "allowed_charge_mw": 10.0,
+    "allowed_discharge_mw": 10.0,
+    "alarm_bits": 0,
+    "fault_bits": 0,
+}
 
 
 async def snapshot_with(tmp_path, drop: tuple[str, ...] = (), **bms: object):
@@ -49,8 +56,10 @@ async def test_a_missing_alarm_word_is_an_alarm(tmp_path):
     assert "bms:invalid_alarm_bits" in snap.alarms and "missing" in snap.invalid[0].message
 
 
-@pytest.mark.parametrize("value,names", [(0, []), (0.0, []), (4.0, ["bms:over_temperature"]),
-                                         (1 << 15, ["bms:external"]), (1 << 40, ["bms:bit40"])])
+@pytest.mark.parametrize(
+    "value,names",
+    [(0, []), (0.0, []), (4.0, ["bms:over_temperature"]), (1 << 15, ["bms:external"]), (1 << 40, ["bms:bit40"])],
+)
 async def test_a_decodable_word_gives_its_bits_by_name(tmp_path, value, names):
     snap, _ = await snapshot_with(tmp_path, alarm_bits=value)
     assert list(snap.alarms) == names and not snap.invalid

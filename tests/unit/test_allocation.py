@@ -30,10 +30,28 @@ from tests.unit.test_limits import (
 )
 
 # a 2 x 5 MW / 10 MWh plant; the ramp wide open unless a case is about it
-PLANT = dict(p_charge_max_mw=10, p_discharge_max_mw=10, soc_min_pct=10, soc_max_pct=90, soc_taper_band_pct=5,
-             t_derate_c=45, t_max_c=55, t_min_charge_c=0, ramp_mw_per_s=100, grid_limit_mw=10, stale_after_s=3)
-UNIT_SNAP = dict(ts=0.0, soc_pct=50.0, power_mw=0.0, temperature_max_c=25.0, temperature_min_c=20.0,
-                 bms_allowed_charge_mw=10.0, bms_allowed_discharge_mw=10.0)
+PLANT = dict(
+    p_charge_max_mw=10,
+    p_discharge_max_mw=10,
+    soc_min_pct=10,
+    soc_max_pct=90,
+    soc_taper_band_pct=5,
+    t_derate_c=45,
+    t_max_c=55,
+    t_min_charge_c=0,
+    ramp_mw_per_s=100,
+    grid_limit_mw=10,
+    stale_after_s=3,
+)
+UNIT_SNAP = dict(
+    ts=0.0,
+    soc_pct=50.0,
+    power_mw=0.0,
+    temperature_max_c=25.0,
+    temperature_min_c=20.0,
+    bms_allowed_charge_mw=10.0,
+    bms_allowed_discharge_mw=10.0,
+)
 
 
 def poi(lower: float, upper: float, safe: bool = False) -> PoiRange:
@@ -46,11 +64,11 @@ class Case:
     target: float
     setpoint: float
     binding: str
-    units: list[tuple[float, str]]         # expected (setpoint, binding) per unit
+    units: list[tuple[float, str]]  # expected (setpoint, binding) per unit
     snaps: list[dict] = field(default_factory=lambda: [{}, {}])  # per unit, over UNIT_SNAP
-    previous: list[float] | None = None     # None: each unit's expected setpoint (the ramp stays out of the way)
-    plant: dict = field(default_factory=dict)       # over PLANT
-    view: dict = field(default_factory=dict)        # PlantView fields
+    previous: list[float] | None = None  # None: each unit's expected setpoint (the ramp stays out of the way)
+    plant: dict = field(default_factory=dict)  # over PLANT
+    view: dict = field(default_factory=dict)  # PlantView fields
     available: list[bool] | None = None
     rated: float = 5.0
     dt: float = 1.0
@@ -60,53 +78,172 @@ CASES = [
     Case("two equal units share alike", 6, 6, "none", [(3, "none"), (3, "none")]),
     Case("two equal units charge alike", -6, -6, "none", [(-3, "none"), (-3, "none")]),
     Case("zero target", 0, 0, "none", [(0, "none"), (0, "none")], previous=[4, 4]),
-    Case("site limit binds before the split", 12, 10, "p_discharge_max",
-         [(5, "p_discharge_max"), (5, "p_discharge_max")]),
-    Case("fuller unit discharges more", 6, 6, "none", [(2.4, "none"), (3.6, "none")],
-         snaps=[{"soc_pct": 40}, {"soc_pct": 60}]),
-    Case("fuller unit charges less", -6, -6, "none", [(-3.6, "none"), (-2.4, "none")],
-         snaps=[{"soc_pct": 40}, {"soc_pct": 60}]),
-    Case("one full one empty: the full one discharges alone", 4, 4, "none", [(4, "none"), (0, "soc_min")],
-         snaps=[{"soc_pct": 90}, {"soc_pct": 10}]),
-    Case("one full one empty: the plant falls short by the empty one", 9, 5, "soc_min",
-         [(5, "p_discharge_max"), (0, "soc_min")], snaps=[{"soc_pct": 90}, {"soc_pct": 10}]),
-    Case("one full one empty: the empty one charges alone", -9, -5, "soc_max",
-         [(0, "soc_max"), (-5, "p_charge_max")], snaps=[{"soc_pct": 90}, {"soc_pct": 10}]),
-    Case("one unit stale: the other takes what it can", 8, 5, "unit_unavailable",
-         [(5, "p_discharge_max"), (0, "stale")], snaps=[{}, {"stale": ("bms2",)}], previous=[4, 4]),
-    Case("one unit stale: the other takes all of a small target", 4, 4, "none", [(4, "none"), (0, "stale")],
-         snaps=[{}, {"stale": ("bms2",)}]),
+    Case(
+        "site limit binds before the split", 12, 10, "p_discharge_max", [(5, "p_discharge_max"), (5, "p_discharge_max")]
+    ),
+    Case(
+        "fuller unit discharges more",
+        6,
+        6,
+        "none",
+        [(2.4, "none"), (3.6, "none")],
+        snaps=[{"soc_pct": 40}, {"soc_pct": 60}],
+    ),
+    Case(
+        "fuller unit charges less",
+        -6,
+        -6,
+        "none",
+        [(-3.6, "none"), (-2.4, "none")],
+        snaps=[{"soc_pct": 40}, {"soc_pct": 60}],
+    ),
+    Case(
+        "one full one empty: the full one discharges alone",
+        4,
+        4,
+        "none",
+        [(4, "none"), (0, "soc_min")],
+        snaps=[{"soc_pct": 90}, {"soc_pct": 10}],
+    ),
+    Case(
+        "one full one empty: the plant falls short by the empty one",
+        9,
+        5,
+        "soc_min",
+        [(5, "p_discharge_max"), (0, "soc_min")],
+        snaps=[{"soc_pct": 90}, {"soc_pct": 10}],
+    ),
+    Case(
+        "one full one empty: the empty one charges alone",
+        -9,
+        -5,
+        "soc_max",
+        [(0, "soc_max"), (-5, "p_charge_max")],
+        snaps=[{"soc_pct": 90}, {"soc_pct": 10}],
+    ),
+    Case(
+        "one unit stale: the other takes what it can",
+        8,
+        5,
+        "unit_unavailable",
+        [(5, "p_discharge_max"), (0, "stale")],
+        snaps=[{}, {"stale": ("bms2",)}],
+        previous=[4, 4],
+    ),
+    Case(
+        "one unit stale: the other takes all of a small target",
+        4,
+        4,
+        "none",
+        [(4, "none"), (0, "stale")],
+        snaps=[{}, {"stale": ("bms2",)}],
+    ),
     Case("one unit alarmed", -3, -3, "none", [(0, "alarm"), (-3, "none")], snaps=[{"alarms": ("bms1:x",)}, {}]),
-    Case("one unit taken out of service", 7, 5, "unit_unavailable", [(0, "unit_unavailable"),
-         (5, "p_discharge_max")], available=[False, True]),
-    Case("a lost unit's BMS missing from the plant's sum", 8, 4, "unit_unavailable",
-         [(4, "bms_allowed_discharge"), (0, "comm_loss")],
-         snaps=[{"bms_allowed_discharge_mw": 4}, {"comm_loss": ("pcs2",)}]),
-    Case("every unit stale: the plant's safe state", 5, 0, "unit_unavailable", [(0, "stale"), (0, "stale")],
-         snaps=[{"stale": ("bms1",)}, {"stale": ("bms2",)}], previous=[3, 3]),
+    Case(
+        "one unit taken out of service",
+        7,
+        5,
+        "unit_unavailable",
+        [(0, "unit_unavailable"), (5, "p_discharge_max")],
+        available=[False, True],
+    ),
+    Case(
+        "a lost unit's BMS missing from the plant's sum",
+        8,
+        4,
+        "unit_unavailable",
+        [(4, "bms_allowed_discharge"), (0, "comm_loss")],
+        snaps=[{"bms_allowed_discharge_mw": 4}, {"comm_loss": ("pcs2",)}],
+    ),
+    Case(
+        "every unit stale: the plant's safe state",
+        5,
+        0,
+        "unit_unavailable",
+        [(0, "stale"), (0, "stale")],
+        snaps=[{"stale": ("bms1",)}, {"stale": ("bms2",)}],
+        previous=[3, 3],
+    ),
     Case("POI limit binds", 9, 7, "poi_limit", [(3.5, "none"), (3.5, "none")], view={"poi": poi(-7, 7)}),
-    Case("POI limit binds on charge", -9, -6, "poi_limit", [(-3, "none"), (-3, "none")],
-         view={"poi": poi(-6, 7)}),
-    Case("POI range above the grid limit (aux load)", 12, 10.3, "poi_limit", [(5.15, "none"), (5.15, "none")],
-         plant={"p_discharge_max_mw": 12}, view={"poi": poi(-9.7, 10.3)}, rated=6),
-    Case("POI meter required and lost", 5, 0, "comm_loss", [(0, "comm_loss"), (0, "comm_loss")],
-         view={"poi": poi(-9.5, 9.5, safe=True)}, previous=[2, 2]),
-    Case("one unit saturated at its BMS limit, the other takes the rest", 6, 6, "none",
-         [(2, "bms_allowed_discharge"), (4, "none")],
-         snaps=[{"soc_pct": 60, "bms_allowed_discharge_mw": 2}, {"soc_pct": 40}]),
-    Case("both at their BMS limits", -8, -5, "bms_allowed_charge",
-         [(-1, "bms_allowed_charge"), (-4, "bms_allowed_charge")],
-         snaps=[{"bms_allowed_charge_mw": 1}, {"bms_allowed_charge_mw": 4}]),
-    Case("a hot unit is derated: shares follow headroom", 7, 7, "none", [(7 / 3, "none"), (14 / 3, "none")],
-         snaps=[{"temperature_max_c": 50}, {}]),
-    Case("a hot unit at its derating, the cool one takes the rest", 7, 7, "none",
-         [(2.5, "temperature"), (4.5, "none")], snaps=[{"temperature_max_c": 50, "soc_pct": 70}, {"soc_pct": 30}]),
-    Case("plant ramp, units share it", 8, 4, "ramp", [(2, "ramp"), (2, "ramp")], previous=[0, 0],
-         plant={"ramp_mw_per_s": 4}),
-    Case("a unit's own ramp, the other takes up", 6, 6, "none", [(3, "ramp"), (3, "none")],
-         previous=[1, 3], plant={"ramp_mw_per_s": 4}),
-    Case("mode stopped", 5, 0, "mode_stopped", [(0, "mode_stopped"), (0, "mode_stopped")],
-         view={"mode": "stopped"}, previous=[4, 4]),
+    Case("POI limit binds on charge", -9, -6, "poi_limit", [(-3, "none"), (-3, "none")], view={"poi": poi(-6, 7)}),
+    Case(
+        "POI range above the grid limit (aux load)",
+        12,
+        10.3,
+        "poi_limit",
+        [(5.15, "none"), (5.15, "none")],
+        plant={"p_discharge_max_mw": 12},
+        view={"poi": poi(-9.7, 10.3)},
+        rated=6,
+    ),
+    Case(
+        "POI meter required and lost",
+        5,
+        0,
+        "comm_loss",
+        [(0, "comm_loss"), (0, "comm_loss")],
+        view={"poi": poi(-9.5, 9.5, safe=True)},
+        previous=[2, 2],
+    ),
+    Case(
+        "one unit saturated at its BMS limit, the other takes the rest",
+        6,
+        6,
+        "none",
+        [(2, "bms_allowed_discharge"), (4, "none")],
+        snaps=[{"soc_pct": 60, "bms_allowed_discharge_mw": 2}, {"soc_pct": 40}],
+    ),
+    Case(
+        "both at their BMS limits",
+        -8,
+        -5,
+        "bms_allowed_charge",
+        [(-1, "bms_allowed_charge"), (-4, "bms_allowed_charge")],
+        snaps=[{"bms_allowed_charge_mw": 1}, {"bms_allowed_charge_mw": 4}],
+    ),
+    Case(
+        "a hot unit is derated: shares follow headroom",
+        7,
+        7,
+        "none",
+        [(7 / 3, "none"), (14 / 3, "none")],
+        snaps=[{"temperature_max_c": 50}, {}],
+    ),
+    Case(
+        "a hot unit at its derating, the cool one takes the rest",
+        7,
+        7,
+        "none",
+        [(2.5, "temperature"), (4.5, "none")],
+        snaps=[{"temperature_max_c": 50, "soc_pct": 70}, {"soc_pct": 30}],
+    ),
+    Case(
+        "plant ramp, units share it",
+        8,
+        4,
+        "ramp",
+        [(2, "ramp"), (2, "ramp")],
+        previous=[0, 0],
+        plant={"ramp_mw_per_s": 4},
+    ),
+    Case(
+        "a unit's own ramp, the other takes up",
+        6,
+        6,
+        "none",
+        [(3, "ramp"), (3, "none")],
+        previous=[1, 3],
+        plant={"ramp_mw_per_s": 4},
+    ),
+    Case(
+        "mode stopped",
+        5,
+        0,
+        "mode_stopped",
+        [(0, "mode_stopped"), (0, "mode_stopped")],
+        view={"mode": "stopped"},
+        previous=[4, 4],
+    ),
     Case("a plant alarm", 5, 0, "alarm", [(0, "alarm"), (0, "alarm")], view={"alarms": ("cycle_error",)}),
     Case("NaN target", math.nan, 0, "none", [(0, "none"), (0, "none")], previous=[0, 0]),
 ]
@@ -117,8 +254,10 @@ def _run(case: Case) -> Allocation:
     previous = case.previous if case.previous is not None else [s for s, _ in case.units]
     available = case.available or [True] * len(case.units)
     r = case.rated
-    units = [UnitView(f"u{i + 1}", Snapshot(**{**UNIT_SNAP, **snap}), unit_limits(plant, r, 2 * r), r, 2 * r,
-                      prev, ok) for i, (snap, prev, ok) in enumerate(zip(case.snaps, previous, available))]
+    units = [
+        UnitView(f"u{i + 1}", Snapshot(**{**UNIT_SNAP, **snap}), unit_limits(plant, r, 2 * r), r, 2 * r, prev, ok)
+        for i, (snap, prev, ok) in enumerate(zip(case.snaps, previous, available))
+    ]
     return allocate(case.target, PlantView(plant, **{"dt_s": case.dt, **case.view}), units)
 
 
@@ -158,8 +297,10 @@ def test_balancing_brings_socs_together() -> None:
     socs = [35.0, 65.0]
     spreads = [socs[1] - socs[0]]
     for target in [6.0] * 40 + [-6.0] * 40:
-        units = [UnitView(f"u{i}", Snapshot(**{**UNIT_SNAP, "soc_pct": s}), unit_limits(plant, 5.0, 10.0), 5.0,
-                          10.0) for i, s in enumerate(socs)]
+        units = [
+            UnitView(f"u{i}", Snapshot(**{**UNIT_SNAP, "soc_pct": s}), unit_limits(plant, 5.0, 10.0), 5.0, 10.0)
+            for i, s in enumerate(socs)
+        ]
         a = allocate(target, PlantView(plant, dt_s=60), units)
         assert a.setpoint_mw == pytest.approx(target)
         # one minute at the unit's power: MW * h / MWh
@@ -174,23 +315,39 @@ def test_balancing_brings_socs_together() -> None:
 # As in test_limits.py: the plant and its units are decoded from ONE drawn byte string (hypothesis costs ~40 µs
 # a draw), so 10,000 examples take seconds; the target, dt and the ramp's cap stay ordinary draws.
 _PLANT_BYTES = st.binary(min_size=200, max_size=200)
-_SAFE_CAUSES = {15: {"stale": ("bms",)}, 14: {"comm_loss": ("pcs",)}, 13: {"alarms": ("bms:alarm",)},
-                12: {"faults": ("pcs:fault",)}}
+_SAFE_CAUSES = {
+    15: {"stale": ("bms",)},
+    14: {"comm_loss": ("pcs",)},
+    13: {"alarms": ("bms:alarm",)},
+    12: {"faults": ("pcs:fault",)},
+}
 EPS = 1e-9
 
 
 def _unit_snapshot(dec: _Decoder, lim: Limits, rated: float) -> Snapshot:
     """A unit's readings, healthy or at an edge or unknown or non-finite (test_limits' reading kinds); one
     unit in four has a cause for its own safe state."""
-    soc = _reading(dec, (lim.soc_min_pct, lim.soc_max_pct), (-5, 105),
-                   [lim.soc_min_pct, lim.soc_max_pct, lim.soc_min_pct + lim.soc_taper_band_pct])
+    soc = _reading(
+        dec,
+        (lim.soc_min_pct, lim.soc_max_pct),
+        (-5, 105),
+        [lim.soc_min_pct, lim.soc_max_pct, lim.soc_min_pct + lim.soc_taper_band_pct],
+    )
     t_max = _reading(dec, (lim.t_derate_c - 60, lim.t_max_c), (-40, 130), [lim.t_derate_c, lim.t_max_c])
     t_min = _reading(dec, (lim.t_min_charge_c, lim.t_min_charge_c + 30), (-40, 60), [lim.t_min_charge_c])
     bms_c = _reading(dec, (0, 2 * rated), (-5, 600), [0.0, rated, -1.0])
     bms_d = _reading(dec, (0, 2 * rated), (-5, 600), [0.0, rated, -1.0])
     cause = _SAFE_CAUSES.get(dec.byte() % 48, {})
-    return Snapshot(ts=0.0, soc_pct=soc, power_mw=0.0, temperature_max_c=t_max, temperature_min_c=t_min,
-                    bms_allowed_charge_mw=bms_c, bms_allowed_discharge_mw=bms_d, **cause)
+    return Snapshot(
+        ts=0.0,
+        soc_pct=soc,
+        power_mw=0.0,
+        temperature_max_c=t_max,
+        temperature_min_c=t_min,
+        bms_allowed_charge_mw=bms_c,
+        bms_allowed_discharge_mw=bms_d,
+        **cause,
+    )
 
 
 def _poi(dec: _Decoder, scale: float) -> PoiRange | None:
@@ -224,8 +381,16 @@ def plants(draw):
     scale = sum(ratings)
     how = dec.byte() % 10
     target = draw(_TARGET_SPECIAL) if how == 0 else draw(_TARGET_ANY) if how == 1 else draw(_FRACTION) * scale
-    plant = PlantView(lim, 0.0, mode, draw(_DT), draw(_MAX_DT), ("cycle_error",) if dec.byte() % 32 == 0 else (),
-                      _poi(dec, scale), dec.span(0, 5))
+    plant = PlantView(
+        lim,
+        0.0,
+        mode,
+        draw(_DT),
+        draw(_MAX_DT),
+        ("cycle_error",) if dec.byte() % 32 == 0 else (),
+        _poi(dec, scale),
+        dec.span(0, 5),
+    )
     return target, plant, units
 
 
@@ -236,8 +401,9 @@ def _in_service(u: UnitView) -> bool:
 
 def _unit_cap(u: UnitView, plant: PlantView, sign: float) -> float:
     """The most a unit can give `sign`'s way this cycle, by limit() itself (target far beyond every bound)."""
-    return abs(limit(sign * 1e15, u.snapshot, u.limits, u.previous_mw, plant.dt_s, plant.mode,
-                     plant.max_dt_s).setpoint_mw)
+    return abs(
+        limit(sign * 1e15, u.snapshot, u.limits, u.previous_mw, plant.dt_s, plant.mode, plant.max_dt_s).setpoint_mw
+    )
 
 
 @given(plants())
@@ -334,10 +500,24 @@ def balanced_plants(draw):
     lim = lim.model_copy(update={"p_charge_max_mw": max(ratings), "p_discharge_max_mw": max(ratings)})
     t_max, t_min = dec.span(lim.t_derate_c - 30, lim.t_max_c), dec.span(lim.t_min_charge_c, lim.t_derate_c)
     bms, prev = dec.span(0, 2), dec.span(-1, 1)
-    units = [UnitView(f"u{i}", Snapshot(ts=0.0, soc_pct=soc, temperature_max_c=t_max, temperature_min_c=t_min,
-                                        bms_allowed_charge_mw=bms * r, bms_allowed_discharge_mw=bms * r),
-                      unit_limits(lim, r, sum(ratings)), r, dec.span(0.1, 4) * r, prev * r)
-             for i, (soc, r) in enumerate(zip(socs, ratings))]
+    units = [
+        UnitView(
+            f"u{i}",
+            Snapshot(
+                ts=0.0,
+                soc_pct=soc,
+                temperature_max_c=t_max,
+                temperature_min_c=t_min,
+                bms_allowed_charge_mw=bms * r,
+                bms_allowed_discharge_mw=bms * r,
+            ),
+            unit_limits(lim, r, sum(ratings)),
+            r,
+            dec.span(0.1, 4) * r,
+            prev * r,
+        )
+        for i, (soc, r) in enumerate(zip(socs, ratings))
+    ]
     target = draw(_FRACTION) * sum(ratings)
     return target, PlantView(lim, 0.0, "auto", dec.span(0, 5), None, (), None, dec.span(0, 5)), units
 

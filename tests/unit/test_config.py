@@ -60,11 +60,18 @@ def test_bad_config_names_every_error_with_path_and_line(tmp_path):
 
 
 def test_missing_profile_and_protocol_mismatch_are_named(tmp_path):
-    text = BAD.replace('"bad site!"', "ok").replace("99999", "1502").replace("-1", "10") \
-              .replace("soc_min_pct: 20", "soc_min_pct: 5").replace("  bogus: 1\n", "")
+    text = (
+        BAD.replace('"bad site!"', "ok")
+        .replace("99999", "1502")
+        .replace("-1", "10")
+        .replace("soc_min_pct: 20", "soc_min_pct: 5")
+        .replace("  bogus: 1\n", "")
+    )
     text = text.replace("profiles/sunspec-pcs.yaml", "profiles/nope.yaml")
-    text = text.replace("protocol: modbus, port: 1502, profile: profiles/generic-bms.yaml",
-                        "protocol: opcua, port: 1502, profile: profiles/generic-bms.yaml")
+    text = text.replace(
+        "protocol: modbus, port: 1502, profile: profiles/generic-bms.yaml",
+        "protocol: opcua, port: 1502, profile: profiles/generic-bms.yaml",
+    )
     with pytest.raises(ConfigError) as exc:
         load_config(write(tmp_path, text))
     text = "\n".join(exc.value.errors)
@@ -73,12 +80,20 @@ def test_missing_profile_and_protocol_mismatch_are_named(tmp_path):
 
 
 def test_check_config_cli_exit_codes(tmp_path):
-    good = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", str(ROOT / "config" / "demo.yaml")],
-                          capture_output=True, text=True, cwd=ROOT)
+    good = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(ROOT / "config" / "demo.yaml")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert good.returncode == 0, good.stderr
     assert "OK" in good.stdout and "site demo" in good.stdout
-    bad = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", str(write(tmp_path, BAD))],
-                         capture_output=True, text=True, cwd=ROOT)
+    bad = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(write(tmp_path, BAD))],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2
     assert "limits.soc_max_pct (line 9): must be > limits.soc_min_pct (got 10 <= 20)" in bad.stderr
 
@@ -122,8 +137,12 @@ def test_exchange_api_key_has_one_purpose():
             load_secrets(cfg, {**base, "EXCHANGE_API_KEY": bad})
         assert any(e.startswith("EXCHANGE_API_KEY:") and needle in e for e in exc.value.errors), exc.value.errors
     demo = load_config(ROOT / "config" / "demo.yaml")  # the demo's fixed keys: demo everywhere
-    assert load_secrets(demo, {"API_KEY": "demo", "EXCHANGE_API_KEY": "demo",
-                               "HMAC_SECRET": "phoenyra_demo_secret"}).exchange_api_key == "demo"
+    assert (
+        load_secrets(
+            demo, {"API_KEY": "demo", "EXCHANGE_API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret"}
+        ).exchange_api_key
+        == "demo"
+    )
 
 
 def test_mqtt_url_scheme_is_checked():

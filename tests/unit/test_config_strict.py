@@ -20,8 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from controller.config import (ConfigError, SiteConfig, is_loopback_host, load_config, load_secrets,
-                               transport_check)
+from controller.config import ConfigError, SiteConfig, is_loopback_host, load_config, load_secrets, transport_check
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -33,8 +32,14 @@ GOOD_SECRETS = {"API_KEY": "site-key-0123456789", "HMAC_SECRET": "site-secret-01
 def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """The real `bess-edge check-config`, with an environment free of the caller's transport variables."""
     base = {k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "EXCHANGE_BASE_URL")}
-    return subprocess.run([sys.executable, "-m", "controller.cli", "check-config", str(path)],
-                          capture_output=True, text=True, cwd=ROOT, env={**base, **(env or {})}, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        timeout=60,
+    )
 
 
 def header(path: Path) -> tuple[str, dict[str, str]]:
@@ -54,9 +59,19 @@ def header(path: Path) -> tuple[str, dict[str, str]]:
 # ------------------------------------------------------------------------------------------ examples via the CLI
 def test_the_must_fail_folder_covers_the_issue():
     names = {p.stem for p in MUST_FAIL}
-    assert {"nan-t-max", "inf-stale-after", "soc-min-ge-max", "t-derate-ge-t-max", "reversion-3600",
-            "negative-capacity", "bad-port", "pcs-no-reversion", "opcua-users-missing",
-            "insecure-mqtt-production", "insecure-exchange-production"} <= names
+    assert {
+        "nan-t-max",
+        "inf-stale-after",
+        "soc-min-ge-max",
+        "t-derate-ge-t-max",
+        "reversion-3600",
+        "negative-capacity",
+        "bad-port",
+        "pcs-no-reversion",
+        "opcua-users-missing",
+        "insecure-mqtt-production",
+        "insecure-exchange-production",
+    } <= names
 
 
 @pytest.mark.parametrize("path", MUST_FAIL, ids=lambda p: p.stem)
@@ -125,10 +140,20 @@ def set_path(raw: dict, path: tuple, value: Any) -> dict:
 
 def test_the_walker_sees_every_section(tmp_path):
     paths = {".".join(p) for p in numeric_paths(SiteConfig, base_site(tmp_path))}
-    for expected in ("limits.t_max_c", "limits.stale_after_s", "devices.pcs.reversion_timeout_s",
-                     "devices.bms.poll_interval_s", "battery.capacity_mwh", "cycle.period_s", "mqtt.keepalive_s",
-                     "web.port", "scada.modbus.port", "exchange.timeout_s", "simulator.ambient_c",
-                     "simulator.control_port"):
+    for expected in (
+        "limits.t_max_c",
+        "limits.stale_after_s",
+        "devices.pcs.reversion_timeout_s",
+        "devices.bms.poll_interval_s",
+        "battery.capacity_mwh",
+        "cycle.period_s",
+        "mqtt.keepalive_s",
+        "web.port",
+        "scada.modbus.port",
+        "exchange.timeout_s",
+        "simulator.ambient_c",
+        "simulator.control_port",
+    ):
         assert expected in paths
     assert len(paths) > 50
 
@@ -142,7 +167,7 @@ def test_every_numeric_field_refuses_non_finite_values_naming_its_path(tmp_path,
     missed = []
     paths = list(numeric_paths(SiteConfig, raw))
     for path in paths:
-        site.write_text(yaml.safe_dump(set_path(raw, path, value)))   # YAML's .nan / .inf / -.inf
+        site.write_text(yaml.safe_dump(set_path(raw, path, value)))  # YAML's .nan / .inf / -.inf
         dotted = ".".join(map(str, path))
         try:
             load_config(site)
@@ -193,7 +218,7 @@ def test_temperatures_accepted_exactly_when_ordered_and_plausible(t_min, t_derat
 
 @given(lo=st.floats(-10, 110, allow_nan=False), hi=st.floats(-10, 110, allow_nan=False))
 def test_soc_window_accepted_exactly_when_inside_0_100_and_ordered(lo, hi):
-    ok = 0 <= lo < hi <= 100   # taper band 0 here: any non-empty window
+    ok = 0 <= lo < hi <= 100  # taper band 0 here: any non-empty window
     assert validates(site_dict(soc_min_pct=lo, soc_max_pct=hi, soc_taper_band_pct=0)) == ok
 
 
@@ -201,7 +226,7 @@ def test_soc_window_accepted_exactly_when_inside_0_100_and_ordered(lo, hi):
 def test_stale_after_accepted_exactly_above_the_cycle_and_at_most_60_s(period, stale):
     raw = site_dict(stale_after_s=stale)
     raw["cycle"]["period_s"] = period
-    for dev in raw["devices"].values():   # keep the devices' own relations out of the way
+    for dev in raw["devices"].values():  # keep the devices' own relations out of the way
         dev["poll_interval_s"], dev["timeout_s"] = 0.001, 0.001
         dev.pop("reversion_timeout_s", None)
     raw["devices"]["pcs"]["reversion_timeout_s"] = 300
@@ -233,13 +258,17 @@ def test_pcs_without_reversion_points_loads_only_when_the_site_file_says_so(tmp_
     with pytest.raises(ConfigError, match=r"devices\.pcs\.profile \(line \d+\): profile 'pcs-no-reversion' has no"):
         load_config(NO_REVERSION)
     (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "pcs-no-reversion.yaml").write_text((NO_REVERSION.parent / "profiles" / "pcs-no-reversion.yaml").read_text())
+    (tmp_path / "profiles" / "pcs-no-reversion.yaml").write_text(
+        (NO_REVERSION.parent / "profiles" / "pcs-no-reversion.yaml").read_text()
+    )
     text = NO_REVERSION.read_text().replace("../profiles/", str(CONFIG / "profiles") + "/")
     text = text.replace("reversion_timeout_s: 10}", "reversion_timeout_s: 10, allow_no_reversion: true}")
     site = tmp_path / "site.yaml"
     site.write_text(text)
     cfg = load_config(site)
-    assert len(cfg.warnings) == 1 and "devices.pcs: profile 'pcs-no-reversion' has no reversion point" in cfg.warnings[0]
+    assert (
+        len(cfg.warnings) == 1 and "devices.pcs: profile 'pcs-no-reversion' has no reversion point" in cfg.warnings[0]
+    )
     res = check_config(site)
     assert res.returncode == 0, res.stderr
     assert "warning: devices.pcs: profile 'pcs-no-reversion' has no reversion point" in res.stdout
@@ -251,7 +280,9 @@ def test_allow_no_reversion_is_for_a_pcs_only(tmp_path):
     raw["devices"]["bms"]["allow_no_reversion"] = True
     site = tmp_path / "site.yaml"
     site.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=r"devices\.bms\.allow_no_reversion \(line \d+\): only for a device with role pcs"):
+    with pytest.raises(
+        ConfigError, match=r"devices\.bms\.allow_no_reversion \(line \d+\): only for a device with role pcs"
+    ):
         load_config(site)
 
 
@@ -266,26 +297,44 @@ def test_reversion_timeout_must_fit_the_profiles_range(tmp_path):
     site.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as exc:
         load_config(site)
-    assert any(line.startswith("devices.pcs.reversion_timeout_s (line") and "accepts wset_rvrt_tms 0..60 s (got 120 s)"
-               in line for line in exc.value.errors), exc.value.errors
+    assert any(
+        line.startswith("devices.pcs.reversion_timeout_s (line") and "accepts wset_rvrt_tms 0..60 s (got 120 s)" in line
+        for line in exc.value.errors
+    ), exc.value.errors
 
 
 # ----------------------------------------------------------------------------------------- the OPC UA users file
 USER_OK = {"password": "scrypt$" + "ab" * 16 + "$" + "cd" * 64, "role": "operator"}
 
 
-@pytest.mark.parametrize(("content", "expect"), [
-    (None, "cannot read"),
-    ("users: [unclosed", "not valid YAML"),
-    ("- a list\n", "must be a mapping with one key, users:"),
-    ("users: {}\n", "no users (nobody could log in)"),
-    (yaml.safe_dump({"users": {"op": {"role": "operator"}}}), "users.op.password: must be scrypt$"),
-    (yaml.safe_dump({"users": {"op": {**USER_OK, "password": "hunter2"}}}), "users.op.password: must be scrypt$"),
-    (yaml.safe_dump({"users": {"op": {**USER_OK, "role": "admin"}}}), "users.op.role: must be one of viewer, operator"),
-    (yaml.safe_dump({"users": {"op": {**USER_OK, "rolle": "x"}}}), "users.op.rolle: unknown key"),
-    (yaml.safe_dump({"users": {"op": "operator"}}), "users.op: must be a mapping"),
-], ids=["missing", "not-yaml", "not-mapping", "empty", "no-password", "plain-password", "bad-role", "unknown-key",
-        "not-a-dict"])
+@pytest.mark.parametrize(
+    ("content", "expect"),
+    [
+        (None, "cannot read"),
+        ("users: [unclosed", "not valid YAML"),
+        ("- a list\n", "must be a mapping with one key, users:"),
+        ("users: {}\n", "no users (nobody could log in)"),
+        (yaml.safe_dump({"users": {"op": {"role": "operator"}}}), "users.op.password: must be scrypt$"),
+        (yaml.safe_dump({"users": {"op": {**USER_OK, "password": "hunter2"}}}), "users.op.password: must be scrypt$"),
+        (
+            yaml.safe_dump({"users": {"op": {**USER_OK, "role": "admin"}}}),
+            "users.op.role: must be one of viewer, operator",
+        ),
+        (yaml.safe_dump({"users": {"op": {**USER_OK, "rolle": "x"}}}), "users.op.rolle: unknown key"),
+        (yaml.safe_dump({"users": {"op": "operator"}}), "users.op: must be a mapping"),
+    ],
+    ids=[
+        "missing",
+        "not-yaml",
+        "not-mapping",
+        "empty",
+        "no-password",
+        "plain-password",
+        "bad-role",
+        "unknown-key",
+        "not-a-dict",
+    ],
+)
 def test_bad_users_file_is_named_with_its_yaml_path(tmp_path, content, expect):
     raw = base_site(tmp_path)
     raw["scada"]["opcua"]["users_file"] = "users.yaml"
@@ -295,8 +344,9 @@ def test_bad_users_file_is_named_with_its_yaml_path(tmp_path, content, expect):
     site.write_text(yaml.safe_dump(raw))
     with pytest.raises(ConfigError) as exc:
         load_config(site)
-    assert any(line.startswith("scada.opcua.users_file (line") and expect in line for line in exc.value.errors), \
+    assert any(line.startswith("scada.opcua.users_file (line") and expect in line for line in exc.value.errors), (
         exc.value.errors
+    )
 
 
 def test_good_users_file_loads_and_a_disabled_face_is_not_checked(tmp_path):
@@ -331,12 +381,15 @@ def production(tmp_path: Path, **over: Any) -> SiteConfig:
     return load_config(site)
 
 
-@pytest.mark.parametrize(("env", "variable"), [
-    ({"MQTT_URL": "mqtt://broker.example.net:1883"}, "MQTT_URL"),
-    ({"MQTT_URL": "tcp://10.0.0.5"}, "MQTT_URL"),
-    ({"EXCHANGE_BASE_URL": "http://exchange.example.net"}, "EXCHANGE_BASE_URL"),
-    ({"EXCHANGE_BASE_URL": "http://192.0.2.7:9000"}, "EXCHANGE_BASE_URL"),
-])
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"MQTT_URL": "mqtt://broker.example.net:1883"}, "MQTT_URL"),
+        ({"MQTT_URL": "tcp://10.0.0.5"}, "MQTT_URL"),
+        ({"EXCHANGE_BASE_URL": "http://exchange.example.net"}, "EXCHANGE_BASE_URL"),
+        ({"EXCHANGE_BASE_URL": "http://192.0.2.7:9000"}, "EXCHANGE_BASE_URL"),
+    ],
+)
 def test_production_refuses_plain_text_to_a_remote_host(tmp_path, env, variable):
     cfg = production(tmp_path)
     with pytest.raises(ConfigError) as exc:
@@ -349,13 +402,16 @@ def test_production_refuses_plain_text_to_a_remote_host(tmp_path, env, variable)
         assert len(secrets.warnings) == 1 and secrets.warnings[0].startswith(f"{variable}: ")
 
 
-@pytest.mark.parametrize("env", [
-    {"MQTT_URL": "mqtt://127.0.0.1:1883", "EXCHANGE_BASE_URL": "http://127.0.0.1:9000"},
-    {"MQTT_URL": "mqtt://localhost", "EXCHANGE_BASE_URL": "http://[::1]:9000"},
-    {"MQTT_URL": "mqtt://127.8.9.10:1883", "EXCHANGE_BASE_URL": "http://LOCALHOST:9000"},
-    {"MQTT_URL": "mqtts://broker.example.net", "EXCHANGE_BASE_URL": "https://exchange.example.net"},
-    {},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"MQTT_URL": "mqtt://127.0.0.1:1883", "EXCHANGE_BASE_URL": "http://127.0.0.1:9000"},
+        {"MQTT_URL": "mqtt://localhost", "EXCHANGE_BASE_URL": "http://[::1]:9000"},
+        {"MQTT_URL": "mqtt://127.8.9.10:1883", "EXCHANGE_BASE_URL": "http://LOCALHOST:9000"},
+        {"MQTT_URL": "mqtts://broker.example.net", "EXCHANGE_BASE_URL": "https://exchange.example.net"},
+        {},
+    ],
+)
 def test_production_accepts_loopback_and_tls(tmp_path, env):
     assert load_secrets(production(tmp_path), {**GOOD_SECRETS, **env}).warnings == []
 
@@ -383,9 +439,14 @@ def test_check_config_reports_what_run_would_refuse_in_this_environment(tmp_path
     assert res.returncode == 2 and "EXCHANGE_BASE_URL: the exchange exchange.example.net" in res.stderr
     env_file = tmp_path / "site.env"
     env_file.write_text("MQTT_URL=mqtt://broker.example.net\n")
-    res = subprocess.run([sys.executable, "-m", "controller.cli", "check-config", str(site), "--env-file", str(env_file)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=60,
-                         env={k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "EXCHANGE_BASE_URL")})
+    res = subprocess.run(
+        [sys.executable, "-m", "controller.cli", "check-config", str(site), "--env-file", str(env_file)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k not in ("MQTT_URL", "EXCHANGE_BASE_URL")},
+    )
     assert res.returncode == 2 and "MQTT_URL: the broker broker.example.net" in res.stderr
     assert check_config(site).returncode == 0
 
@@ -397,7 +458,16 @@ def test_loopback_is_exactly_127_8_and_ipv6_1(ip):
     assert is_loopback_host(f"[{ip}]") == expected
 
 
-@pytest.mark.parametrize(("host", "expected"), [("localhost", True), ("LocalHost.", True), ("a.localhost", True),
-                                                ("localhost.example.net", False), ("broker", False), ("", False)])
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("localhost", True),
+        ("LocalHost.", True),
+        ("a.localhost", True),
+        ("localhost.example.net", False),
+        ("broker", False),
+        ("", False),
+    ],
+)
 def test_loopback_names(host, expected):
     assert is_loopback_host(host) == expected

@@ -45,7 +45,9 @@ def test_two_unit_demo_plan_and_meter():
     cfg = load_config(TWO_UNIT)
     plan = cfg.unit_plan()
     assert [(u.unit, u.pcs_name, u.bms_name, u.rated_mw, u.capacity_mwh) for u in plan] == [
-        ("u1", "pcs1", "bms1", 5, 10), ("u2", "pcs2", "bms2", 5, 10)]
+        ("u1", "pcs1", "bms1", 5, 10),
+        ("u2", "pcs2", "bms2", 5, 10),
+    ]
     assert plan[0].bms.protocol == "opcua" and plan[1].pcs.port == 1513
     name, meter = cfg.meter()
     assert name == "poi" and meter.role == "meter" and meter.port == 1505 and meter.unit is None
@@ -67,8 +69,12 @@ def test_a_one_unit_file_may_add_a_meter(tmp_path):
     raw = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str(CONFIG / dev["profile"])
-    raw["devices"]["poi"] = {"role": "meter", "protocol": "sunspec", "port": 1505,
-                             "profile": str(CONFIG / "profiles" / "sunspec-meter.yaml")}
+    raw["devices"]["poi"] = {
+        "role": "meter",
+        "protocol": "sunspec",
+        "port": 1505,
+        "profile": str(CONFIG / "profiles" / "sunspec-meter.yaml"),
+    }
     cfg = load(tmp_path, raw)
     assert cfg.meter()[0] == "poi" and len(cfg.unit_plan()) == 1
 
@@ -86,9 +92,9 @@ def test_one_unit_in_units_form_is_one_unit(tmp_path):
 
 def test_every_inconsistency_is_named_at_once(tmp_path):
     raw = two_unit()
-    raw["devices"]["pcs2"]["unit"] = "u9"               # a unit not in units:
-    raw["units"]["u3"] = {"rated_mw": 1, "capacity_mwh": 1}   # a unit nobody names
-    raw["units"]["u1"]["rated_mw"] = 1                  # 1 + 5 + 1 < 10
+    raw["devices"]["pcs2"]["unit"] = "u9"  # a unit not in units:
+    raw["units"]["u3"] = {"rated_mw": 1, "capacity_mwh": 1}  # a unit nobody names
+    raw["units"]["u1"]["rated_mw"] = 1  # 1 + 5 + 1 < 10
     text = "\n".join(errors_of(tmp_path, raw))
     assert "devices.pcs2.unit (line" in text and "unit 'u9' is not in units: (u1, u2, u3)" in text
     assert "units.u2 (line" in text and "no device with role pcs names this unit" in text
@@ -99,17 +105,22 @@ def test_every_inconsistency_is_named_at_once(tmp_path):
 
 def test_devices_behind_one_gateway_need_their_own_unit_ids(tmp_path):
     raw = two_unit()
-    raw["devices"]["pcs2"]["port"] = 1503                # same host:port as pcs1: a gateway
+    raw["devices"]["pcs2"]["port"] = 1503  # same host:port as pcs1: a gateway
     raw["simulator"]["units"]["u1"]["bms_modbus_port"] = 1502
     text = "\n".join(errors_of(tmp_path, raw))
     assert "devices.pcs2 (line" in text and "the same device as devices.pcs1" in text
-    raw["devices"]["pcs2"]["unit_id"] = 2                # now it is another device behind the gateway
+    raw["devices"]["pcs2"]["unit_id"] = 2  # now it is another device behind the gateway
     assert [u.pcs.unit_id for u in load(tmp_path, raw).unit_plan()] == [1, 2]
 
 
-@pytest.mark.parametrize("path,value", [(("units", "u1", "rated_mw"), math.nan),
-                                        (("units", "u2", "capacity_mwh"), math.inf),
-                                        (("simulator", "units", "u1", "initial_soc_pct"), math.nan)])
+@pytest.mark.parametrize(
+    "path,value",
+    [
+        (("units", "u1", "rated_mw"), math.nan),
+        (("units", "u2", "capacity_mwh"), math.inf),
+        (("simulator", "units", "u1", "initial_soc_pct"), math.nan),
+    ],
+)
 def test_unit_numbers_are_finite(tmp_path, path, value):
     raw = two_unit()
     node = raw

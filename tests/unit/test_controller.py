@@ -77,7 +77,9 @@ def site_file(tmp_path: Path) -> Path:
     (tmp_path / "profiles" / "generic-bms.yaml").write_text((ROOT / "config/profiles/generic-bms.yaml").read_text())
     (tmp_path / "profiles" / "dummy-pcs.yaml").write_text(DUMMY_PCS_PROFILE)
     text = (ROOT / "config" / "demo-modbus.yaml").read_text()
-    text = text.replace("protocol: sunspec", "protocol: modbus").replace("profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml")
+    text = text.replace("protocol: sunspec", "protocol: modbus").replace(
+        "profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml"
+    )
     # the dummy PCS has no reversion point: a site file must accept that explicitly
     text = text.replace("    reversion_timeout_s: 10\n", "    reversion_timeout_s: 10\n    allow_no_reversion: true\n")
     p = tmp_path / "site.yaml"
@@ -95,9 +97,19 @@ class Rig:
         for dev in cfg.devices.values():
             dev.poll_interval_s = 0.001  # poll on every cycle
         self.config = cfg
-        self.bms = DummyDevice("bms", self.clock, {
-            "soc_pct": 50.0, "temperature_max_c": 25.0, "temperature_min_c": 24.0,
-            "allowed_charge_mw": 10.0, "allowed_discharge_mw": 10.0, "alarm_bits": 0, "fault_bits": 0})
+        self.bms = DummyDevice(
+            "bms",
+            self.clock,
+            {
+                "soc_pct": 50.0,
+                "temperature_max_c": 25.0,
+                "temperature_min_c": 24.0,
+                "allowed_charge_mw": 10.0,
+                "allowed_discharge_mw": 10.0,
+                "alarm_bits": 0,
+                "fault_bits": 0,
+            },
+        )
         self.pcs = DummyDevice("pcs", self.clock, {"power_mw": 0.0, "setpoint_mw": 0.0})
         self.store = Store(tmp_path / "bess-edge.db")
         devices = DeviceSet(cfg, self.clock, drivers={"bms": self.bms, "pcs": self.pcs})
@@ -112,10 +124,16 @@ class Rig:
 
     def trade(self, side: str, mw: float, trade_id: str = "T1", periods: int = 1) -> dict:
         start = int(self.clock.now()) // 900 * 900
-        return {"trade_id": trade_id, "side": side, "quantity_mw": mw, "price_eur_mwh": 80.0,
-                "delivery_start": iso(start).replace(".000Z", "Z"),
-                "delivery_end": iso(start + 900 * periods).replace(".000Z", "Z"),
-                "market": "intraday", "executed_at": iso(self.clock.now())}
+        return {
+            "trade_id": trade_id,
+            "side": side,
+            "quantity_mw": mw,
+            "price_eur_mwh": 80.0,
+            "delivery_start": iso(start).replace(".000Z", "Z"),
+            "delivery_end": iso(start + 900 * periods).replace(".000Z", "Z"),
+            "market": "intraday",
+            "executed_at": iso(self.clock.now()),
+        }
 
 
 @pytest.fixture
@@ -164,7 +182,11 @@ async def test_duplicate_and_bad_trades_change_nothing(rig):
     dup = rig.controller.accept_trade(rig.trade("sell", 4.0))
     assert not dup.accepted and "duplicate" in dup.reason
     bad = rig.trade("sell", 3.0, "T9")
-    bad["delivery_start"] = bad["delivery_start"].replace(":00Z", ":07Z") if bad["delivery_start"].endswith(":00Z") else bad["delivery_start"]
+    bad["delivery_start"] = (
+        bad["delivery_start"].replace(":00Z", ":07Z")
+        if bad["delivery_start"].endswith(":00Z")
+        else bad["delivery_start"]
+    )
     bad["quantity_mw"] = -1
     ack = rig.controller.accept_trade(bad)
     assert not ack.accepted and "quantity_mw" in ack.reason
@@ -195,16 +217,19 @@ async def test_no_setpoint_before_every_device_answered_since_start(rig):
     assert d.setpoint_mw == pytest.approx(5.0)
 
 
-@pytest.mark.parametrize("fault, binding", [
-    (DeviceTimeout("bms", "no answer within 0.5 s"), "comm_loss"),
-    (Disconnected("bms", "connection refused"), "comm_loss"),
-])
+@pytest.mark.parametrize(
+    "fault, binding",
+    [
+        (DeviceTimeout("bms", "no answer within 0.5 s"), "comm_loss"),
+        (Disconnected("bms", "connection refused"), "comm_loss"),
+    ],
+)
 async def test_device_failure_gives_safe_state_alarm_and_recovery(rig, fault, binding):
     rig.controller.accept_trade(rig.trade("sell", 5.0))
     assert (await rig.cycles(2)).setpoint_mw == pytest.approx(5.0)
     rig.bms.error = fault
-    await rig.cycles(1)            # one failed read: not yet stale
-    d = await rig.cycles(1)        # two failed reads: stale = unknown -> 0 MW
+    await rig.cycles(1)  # one failed read: not yet stale
+    d = await rig.cycles(1)  # two failed reads: stale = unknown -> 0 MW
     assert d.setpoint_mw == 0.0 and d.binding == binding
     assert rig.pcs.setpoints()[-1] == 0.0
     alarms = rig.controller.status()["alarms"]
@@ -237,7 +262,7 @@ async def test_readback_mismatch_raises_alarm_and_commands_safe_state(rig):
     assert any("wrote" in a for a in rig.controller.status()["alarms"])
     rig.pcs.readback_offset = 0.0
     d = await rig.cycles(1)
-    assert d.setpoint_mw == 0.0 and d.binding == "alarm"   # held safe for a while after a mismatch
+    assert d.setpoint_mw == 0.0 and d.binding == "alarm"  # held safe for a while after a mismatch
     rig.controller._readback_hold_until = 0.0
     d = await rig.cycles(1)
     assert d.setpoint_mw == pytest.approx(5.0)
@@ -268,8 +293,12 @@ async def test_stopped_mode_and_mode_survives_restart(rig, tmp_path):
     rig.controller.set_mode("stopped")
     d = await rig.cycles(2)
     assert d.setpoint_mw == 0.0 and d.binding == "mode_stopped"
-    again = Controller(rig.config, rig.store, rig.clock,
-                       devices=DeviceSet(rig.config, rig.clock, drivers={"bms": rig.bms, "pcs": rig.pcs}))
+    again = Controller(
+        rig.config,
+        rig.store,
+        rig.clock,
+        devices=DeviceSet(rig.config, rig.clock, drivers={"bms": rig.bms, "pcs": rig.pcs}),
+    )
     assert again.mode.mode == "stopped"
     assert again.schedule.position_mw(rig.clock.now()) == pytest.approx(5.0)
 
@@ -279,10 +308,10 @@ async def test_soc_limits_stop_charge_and_discharge(rig):
     rig.bms.values["soc_pct"] = 10.0
     d = await rig.cycles(2)
     assert d.setpoint_mw == 0.0 and d.binding == "soc_min"
-    rig.bms.values["soc_pct"] = 12.5   # inside the 5 % taper band above soc_min
+    rig.bms.values["soc_pct"] = 12.5  # inside the 5 % taper band above soc_min
     d = await rig.cycles(1)
-    assert d.setpoint_mw == pytest.approx(5.0) and d.binding == "soc_taper"   # 10 MW * 2.5/5
-    rig.controller.accept_trade(rig.trade("buy", 16.0, "T2"))                  # net -8 MW: charge
+    assert d.setpoint_mw == pytest.approx(5.0) and d.binding == "soc_taper"  # 10 MW * 2.5/5
+    rig.controller.accept_trade(rig.trade("buy", 16.0, "T2"))  # net -8 MW: charge
     rig.bms.values["soc_pct"] = 90.0
     d = await rig.cycles(1)
     assert d.setpoint_mw == 0.0 and d.binding == "soc_max"
@@ -290,7 +319,7 @@ async def test_soc_limits_stop_charge_and_discharge(rig):
 
 async def test_temperature_derates_then_stops(rig):
     rig.controller.accept_trade(rig.trade("sell", 10.0))
-    rig.bms.values["temperature_max_c"] = 50.0     # halfway between 45 and 55
+    rig.bms.values["temperature_max_c"] = 50.0  # halfway between 45 and 55
     d = await rig.cycles(2)
     assert d.setpoint_mw == pytest.approx(5.0) and d.binding == "temperature"
     rig.bms.values["temperature_max_c"] = 56.0
@@ -299,20 +328,32 @@ async def test_temperature_derates_then_stops(rig):
 
 
 async def test_every_cycle_is_recorded_and_published(rig):
-    states = []   # every cycle's PlantState, as the faces get it
+    states = []  # every cycle's PlantState, as the faces get it
     rig.controller.faces.attach(Phase.AFTER_WRITE, states.append)
     await rig.cycles(3)
     rig.store.flush()
     assert len(rig.store.decisions(limit=10)) == 3
     assert [st.cycles for st in states] == [1, 2, 3]
-    assert set(telemetry(states[-1], 0.0)) == {"ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw",
-                                               "temperature_c", "status", "mode", "binding", "units", "poi"}
+    assert set(telemetry(states[-1], 0.0)) == {
+        "ts",
+        "soc_pct",
+        "power_mw",
+        "setpoint_mw",
+        "target_mw",
+        "temperature_c",
+        "status",
+        "mode",
+        "binding",
+        "units",
+        "poi",
+    }
     assert status(states[-1], 0.0)["status"] == "online"
 
 
 @pytest.mark.parametrize("watchdog_usec,warned", [("1000000", True), ("60000000", False), (None, False)])
-async def test_device_timeouts_near_the_systemd_watchdog_are_warned_about_at_start(rig, monkeypatch, caplog,
-                                                                                   watchdog_usec, warned):
+async def test_device_timeouts_near_the_systemd_watchdog_are_warned_about_at_start(
+    rig, monkeypatch, caplog, watchdog_usec, warned
+):
     """Every completed cycle pings the watchdog, and a silent device stretches a cycle to its timeout: a
     WatchdogSec too short for the devices' timeouts would get a healthy daemon restarted."""
     if watchdog_usec is None:
@@ -349,7 +390,7 @@ async def test_faces_see_the_phases_in_order_and_a_frozen_state(rig):
     assert [n for p, n in seen if p == "after_write"][:2] == [1, 2]
     state = rig.controller.faces.latest()
     with pytest.raises(AttributeError):
-        state.mode = "stopped"   # frozen
+        state.mode = "stopped"  # frozen
     rig.controller.accept_trade(rig.trade("sell", 2.0))
     assert [t.trade_id for t in trades] == ["T1"]
     rig.controller.set_mode("stopped", source="test")

@@ -29,14 +29,24 @@ from controller.scada.points import (
 
 TS = 1_796_000_000.0
 U1 = UnitState("u1", soc_pct=61.25, power_mw=2.5, setpoint_mw=2.5, temperature_c=30.4, available=True, binding=None)
-U2 = UnitState("u2", soc_pct=38.0, power_mw=-1.234, setpoint_mw=0.0, temperature_c=-5.5, available=False,
-               binding="stale")
+U2 = UnitState(
+    "u2", soc_pct=38.0, power_mw=-1.234, setpoint_mw=0.0, temperature_c=-5.5, available=False, binding="stale"
+)
 POI_OK = PoiState(power_mw=4.321, frequency_hz=49.987, ts=TS - 0.4)
 
 
 def plant(units=(U1, U2), poi=POI_OK) -> PlantState:
-    return PlantState(ts=TS, soc_pct=49.6, power_mw=3.7, setpoint_mw=2.5, target_mw=5.0, online=True,
-                      binding="none", units=tuple(units), poi=poi)
+    return PlantState(
+        ts=TS,
+        soc_pct=49.6,
+        power_mw=3.7,
+        setpoint_mw=2.5,
+        target_mw=5.0,
+        online=True,
+        binding="none",
+        units=tuple(units),
+        poi=poi,
+    )
 
 
 def i32(v: int) -> list[int]:
@@ -52,8 +62,10 @@ def words_at(regs: dict[int, int], address: int, n: int) -> list[int]:
 #  binding)
 BLOCKS = {
     "available, nothing binds": (U1, [6125, *i32(2500), *i32(2500), 304, 1, 0]),
-    "unavailable, stale, charging, below 0 °C": (U2, [3800, *i32(-1234), *i32(0), (-55) & 0xFFFF, 0,
-                                                      BINDING_CODES["stale"]]),
+    "unavailable, stale, charging, below 0 °C": (
+        U2,
+        [3800, *i32(-1234), *i32(0), (-55) & 0xFFFF, 0, BINDING_CODES["stale"]],
+    ),
     "unknown values read NA": (UnitState("u1"), [NA["u16"], *i32(NA["i32"]), *i32(NA["i32"]), NA["i16"], 0, 0]),
 }
 
@@ -71,23 +83,32 @@ def test_a_units_block_at_base_plus_k_stride(case, k):
 def test_two_units_in_site_file_order_whatever_the_states_order():
     regs = input_registers(plant(units=(U2, U1)), ["u1", "u2"])
     assert regs[UNIT_BASE] == 6125 and regs[UNIT_BASE + UNIT_STRIDE] == 3800
-    assert regs[UNIT_BASE + 6] == 1 and regs[UNIT_BASE + UNIT_STRIDE + 6] == 0   # available
-    assert words_at(regs, 23, 3) == [2, UNIT_BASE, UNIT_STRIDE]                  # the layout registers
+    assert regs[UNIT_BASE + 6] == 1 and regs[UNIT_BASE + UNIT_STRIDE + 6] == 0  # available
+    assert words_at(regs, 23, 3) == [2, UNIT_BASE, UNIT_STRIDE]  # the layout registers
 
 
 def test_a_unit_the_state_does_not_carry_reads_na():
     """Before the first cycle (or a name the state lacks) the block is all "not available"."""
     regs = input_registers(plant(units=()), ["u1"])
-    assert words_at(regs, UNIT_BASE, 8) == [NA["u16"], *i32(NA["i32"]), *i32(NA["i32"]), NA["i16"], NA["u16"],
-                                            NA["u16"]]
+    assert words_at(regs, UNIT_BASE, 8) == [
+        NA["u16"],
+        *i32(NA["i32"]),
+        *i32(NA["i32"]),
+        NA["i16"],
+        NA["u16"],
+        NA["u16"],
+    ]
 
 
-@pytest.mark.parametrize("poi, expected", [
-    (POI_OK, [*i32(4321), 49987]),
-    (PoiState(power_mw=-0.5, frequency_hz=50.2, ts=TS), [*i32(-500), 50200]),
-    (PoiState(power_mw=None, frequency_hz=None, ts=None), [*i32(NA["i32"]), NA["u16"]]),   # meter lost
-    (None, [*i32(NA["i32"]), NA["u16"]]),                                                  # no meter
-])
+@pytest.mark.parametrize(
+    "poi, expected",
+    [
+        (POI_OK, [*i32(4321), 49987]),
+        (PoiState(power_mw=-0.5, frequency_hz=50.2, ts=TS), [*i32(-500), 50200]),
+        (PoiState(power_mw=None, frequency_hz=None, ts=None), [*i32(NA["i32"]), NA["u16"]]),  # meter lost
+        (None, [*i32(NA["i32"]), NA["u16"]]),  # no meter
+    ],
+)
 def test_the_poi_block(poi, expected):
     regs = input_registers(plant(poi=poi), ["u1", "u2"])
     assert words_at(regs, 30, 3) == expected
@@ -106,14 +127,15 @@ def test_the_status_table_is_unchanged_inside_the_full_map():
 def test_the_tables_do_not_overlap_and_64_units_fit():
     used: dict[int, str] = {}
     for table, points in [("status", STATUS), ("layout", LAYOUT), ("poi", POI)] + [
-            (f"unit {k}", unit_points(k)) for k in range(MAX_UNITS)]:
+        (f"unit {k}", unit_points(k)) for k in range(MAX_UNITS)
+    ]:
         for p in points:
             for a in range(p.address, p.address + p.words):
                 assert a not in used, f"{table}.{p.name} at {a} overlaps {used[a]}"
                 used[a] = f"{table}.{p.name}"
     assert max(p.address + p.words for p in UNIT_POINTS) <= UNIT_STRIDE
     assert max(used) < input_words(MAX_UNITS) <= 0xFFFF
-    assert min(p.address for p in CONTROL) == 100   # controls are holding registers: a table of their own
+    assert min(p.address for p in CONTROL) == 100  # controls are holding registers: a table of their own
 
 
 # ---------------------------------------------------------------------------------------------- metrics
@@ -147,19 +169,19 @@ def test_poi_gauges_follow_the_meter_and_stay_nan_without_one():
     m = Metrics(CollectorRegistry())
     m.on_cycle(plant(poi=None))
     for name in ("bess_poi_power_mw", "bess_poi_frequency_hz", "bess_poi_meter_up"):
-        assert math.isnan(samples(m, name)[()]), name   # NaN == 0 is false: no "meter lost" alert without a meter
+        assert math.isnan(samples(m, name)[()]), name  # NaN == 0 is false: no "meter lost" alert without a meter
     m.on_cycle(plant(poi=POI_OK))
     assert samples(m, "bess_poi_power_mw")[()] == 4.321
     assert samples(m, "bess_poi_frequency_hz")[()] == 49.987
     assert samples(m, "bess_poi_meter_up")[()] == 1.0
-    m.on_cycle(plant(poi=PoiState()))           # the meter lost: no reading
+    m.on_cycle(plant(poi=PoiState()))  # the meter lost: no reading
     assert samples(m, "bess_poi_meter_up")[()] == 0.0
     assert math.isnan(samples(m, "bess_poi_power_mw")[()])
-    m.on_cycle(plant(poi=None))                 # once seen, a missing meter is a lost one
+    m.on_cycle(plant(poi=None))  # once seen, a missing meter is a lost one
     assert samples(m, "bess_poi_meter_up")[()] == 0.0
 
 
 def test_no_unit_series_before_a_cycle():
     m = Metrics(CollectorRegistry())
-    m.on_cycle(PlantState(units=(U1,)))          # no process image yet
+    m.on_cycle(PlantState(units=(U1,)))  # no process image yet
     assert samples(m, "bess_unit_soc_pct") == {}

@@ -15,10 +15,12 @@ from tests.unit.test_limits import valid_limits
 
 T0 = parse_iso("2026-11-25T14:00:00Z")
 LIMITS = Limits(p_charge_max_mw=10, p_discharge_max_mw=10, soc_min_pct=10, soc_max_pct=90, grid_limit_mw=12)
-IDEAL = Battery(capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0,
-                aux_load_mw=0)
-DEMO = Battery(capacity_mwh=20, charge_efficiency=0.95, discharge_efficiency=0.95, self_discharge_pct_per_day=0.5,
-               aux_load_mw=0.02)
+IDEAL = Battery(
+    capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0, aux_load_mw=0
+)
+DEMO = Battery(
+    capacity_mwh=20, charge_efficiency=0.95, discharge_efficiency=0.95, self_discharge_pct_per_day=0.5, aux_load_mw=0.02
+)
 
 
 def check(positions, soc=50.0, now=T0, battery=IDEAL, limits=LIMITS) -> Feasibility:
@@ -26,6 +28,7 @@ def check(positions, soc=50.0, now=T0, battery=IDEAL, limits=LIMITS) -> Feasibil
 
 
 # ---------------------------------------------------------------- tables
+
 
 def test_empty_schedule_is_feasible() -> None:
     f = check([], soc=50)
@@ -42,20 +45,23 @@ def test_lossless_discharge_moves_soc_by_energy_over_capacity() -> None:
 
 
 def test_efficiencies() -> None:
-    eff = Battery(capacity_mwh=20, charge_efficiency=0.9, discharge_efficiency=0.8, self_discharge_pct_per_day=0,
-                  aux_load_mw=0)
+    eff = Battery(
+        capacity_mwh=20, charge_efficiency=0.9, discharge_efficiency=0.8, self_discharge_pct_per_day=0, aux_load_mw=0
+    )
     f = check([(0, 8), (1, -8)], battery=eff)
     # out: 2 MWh at the grid takes 2 / 0.8 = 2.5 MWh from the cells; in: 2 MWh at the grid stores 1.8 MWh
     assert [s for _, s in f.soc_path] == pytest.approx([50.0, 37.5, 46.5])
 
 
 def test_aux_load_and_self_discharge() -> None:
-    aux = Battery(capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0,
-                  aux_load_mw=0.4)
+    aux = Battery(
+        capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0, aux_load_mw=0.4
+    )
     f = check([(3, 0.0)], battery=aux)  # idle hour: 0.4 MWh of aux = 2 %
     assert f.ok and f.soc_path[-1][1] == pytest.approx(48.0)
-    sd = Battery(capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=1,
-                 aux_load_mw=0)
+    sd = Battery(
+        capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=1, aux_load_mw=0
+    )
     f = check([(95, 0.0)], battery=sd)  # one idle day at 1 %/day of stored energy, compounded per period
     assert f.ok and f.soc_path[-1][1] == pytest.approx(50 * (1 - 0.01 / 96) ** 96)
     assert len(f.soc_path) == 97
@@ -89,13 +95,16 @@ def test_exactly_on_the_edge_is_feasible() -> None:
     assert check([(0, -8)], soc=80).ok
 
 
-@pytest.mark.parametrize("mw, limits, limit", [
-    (10.5, LIMITS, "p_discharge_max"),
-    (-10.5, LIMITS, "p_charge_max"),
-    (11, LIMITS.model_copy(update={"grid_limit_mw": 9}), "grid_limit"),
-    (-11, LIMITS.model_copy(update={"grid_limit_mw": 9}), "grid_limit"),
-    (13, LIMITS, "p_discharge_max"),  # over both: the strictest is named
-])
+@pytest.mark.parametrize(
+    "mw, limits, limit",
+    [
+        (10.5, LIMITS, "p_discharge_max"),
+        (-10.5, LIMITS, "p_charge_max"),
+        (11, LIMITS.model_copy(update={"grid_limit_mw": 9}), "grid_limit"),
+        (-11, LIMITS.model_copy(update={"grid_limit_mw": 9}), "grid_limit"),
+        (13, LIMITS, "p_discharge_max"),  # over both: the strictest is named
+    ],
+)
 def test_power_limits(mw: float, limits: Limits, limit: str) -> None:
     f = check([(0, 1), (2, mw)], limits=limits)
     assert (f.ok, f.period_start, f.limit) == (False, T0 + 1800, limit)
@@ -111,8 +120,9 @@ def test_first_breach_wins() -> None:
 
 
 def test_idle_drift_is_not_a_breach_but_carries_forward() -> None:
-    drain = Battery(capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0,
-                    aux_load_mw=1)
+    drain = Battery(
+        capacity_mwh=20, charge_efficiency=1, discharge_efficiency=1, self_discharge_pct_per_day=0, aux_load_mw=1
+    )
     assert check([(7, -1)], soc=10.5, battery=drain).ok  # drifts under soc_min idle; a buy later is fine
     f = check([(7, 1)], soc=12, battery=drain)  # but a sell after the drift cannot be delivered
     assert (f.ok, f.period_start, f.limit) == (False, T0 + 7 * 900, "soc_min")
@@ -150,11 +160,20 @@ _NOW = st.floats(0, 899.999)
 @st.composite
 def batteries(draw, lossless: bool = False) -> Battery:
     if lossless:
-        return Battery(capacity_mwh=draw(st.floats(1, 100)), charge_efficiency=1, discharge_efficiency=1,
-                       self_discharge_pct_per_day=0, aux_load_mw=0)
-    return Battery(capacity_mwh=draw(st.floats(1, 100)), charge_efficiency=draw(st.floats(0.7, 1)),
-                   discharge_efficiency=draw(st.floats(0.7, 1)),
-                   self_discharge_pct_per_day=draw(st.floats(0, 5)), aux_load_mw=draw(st.floats(0, 0.5)))
+        return Battery(
+            capacity_mwh=draw(st.floats(1, 100)),
+            charge_efficiency=1,
+            discharge_efficiency=1,
+            self_discharge_pct_per_day=0,
+            aux_load_mw=0,
+        )
+    return Battery(
+        capacity_mwh=draw(st.floats(1, 100)),
+        charge_efficiency=draw(st.floats(0.7, 1)),
+        discharge_efficiency=draw(st.floats(0.7, 1)),
+        self_discharge_pct_per_day=draw(st.floats(0, 5)),
+        aux_load_mw=draw(st.floats(0, 0.5)),
+    )
 
 
 def _positions(pairs) -> list[tuple[float, float]]:
@@ -194,7 +213,9 @@ def test_verdict_matches_the_path(pairs, soc, now, battery, limits) -> None:
         if abs(mw) > cap + 1e-9:
             return False
         soc_end = ends[p + PERIOD_S]
-        return not ((mw > 0 and soc_end < limits.soc_min_pct - 1e-9) or (mw < 0 and soc_end > limits.soc_max_pct + 1e-9))
+        return not (
+            (mw > 0 and soc_end < limits.soc_min_pct - 1e-9) or (mw < 0 and soc_end > limits.soc_max_pct + 1e-9)
+        )
 
     simulated = [p for p in sorted(net) if p < last]
     assert all(fine(p) for p in simulated)
@@ -204,8 +225,11 @@ def test_verdict_matches_the_path(pairs, soc, now, battery, limits) -> None:
     mw = net[f.period_start]
     if f.limit in ("p_discharge_max", "p_charge_max", "grid_limit"):
         own = limits.p_discharge_max_mw if mw > 0 else limits.p_charge_max_mw
-        named = {"p_discharge_max": limits.p_discharge_max_mw, "p_charge_max": limits.p_charge_max_mw,
-                 "grid_limit": limits.grid_limit_mw}[f.limit]
+        named = {
+            "p_discharge_max": limits.p_discharge_max_mw,
+            "p_charge_max": limits.p_charge_max_mw,
+            "grid_limit": limits.grid_limit_mw,
+        }[f.limit]
         assert abs(mw) > named == min(own, limits.grid_limit_mw)  # the strictest limit exceeded is named
         assert f.limit != ("p_charge_max" if mw > 0 else "p_discharge_max")
     else:
@@ -244,7 +268,7 @@ def test_adding_a_trade_the_wrong_way_never_fixes_a_breach(pairs, soc, now, batt
         return
     mw = _net(positions)[f.period_start]
     if f.limit in ("soc_min", "p_discharge_max") or (f.limit == "grid_limit" and mw > 0):
-        extra = q   # a sell
+        extra = q  # a sell
     else:
         extra = -q  # a buy
     g = check_feasibility(positions + [(T0 + k * PERIOD_S, extra)], soc, T0 + now, battery, limits)
@@ -262,6 +286,7 @@ def test_a_feasible_schedule_is_feasible_up_to_any_period(pairs, soc, now, batte
 
 
 # ---------------------------------------------------------------- open orders and an unknown SoC (issue 11)
+
 
 def test_unknown_soc_is_not_feasible_and_says_why() -> None:
     f = check_feasibility([(T0, 1.0)], None, T0, IDEAL, LIMITS)
@@ -290,38 +315,58 @@ def test_two_orders_feasible_alone_breach_together() -> None:
     assert (h.ok, h.limit) == (False, "p_charge_max"), h.reason
 
 
-_HALF_MW = st.integers(-40, 40).map(lambda n: n / 2)          # exact in binary: sums do not depend on order
+_HALF_MW = st.integers(-40, 40).map(lambda n: n / 2)  # exact in binary: sums do not depend on order
 _ORDERS = st.lists(st.tuples(st.integers(0, 12), _HALF_MW.filter(lambda mw: mw != 0)), max_size=5)
 
 
 @st.composite
 def plain_batteries(draw) -> Battery:
-    return Battery(capacity_mwh=draw(st.integers(5, 60)), charge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
-                   discharge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
-                   self_discharge_pct_per_day=draw(st.sampled_from([0, 0.5])),
-                   aux_load_mw=draw(st.sampled_from([0, 0.02])))
+    return Battery(
+        capacity_mwh=draw(st.integers(5, 60)),
+        charge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
+        discharge_efficiency=draw(st.sampled_from([1, 0.95, 0.9])),
+        self_discharge_pct_per_day=draw(st.sampled_from([0, 0.5])),
+        aux_load_mw=draw(st.sampled_from([0, 0.02])),
+    )
 
 
 @FEAS_EXAMPLES
-@given(st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6), _ORDERS, st.integers(0, 100), _NOW,
-       plain_batteries(), valid_limits())
+@given(
+    st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6),
+    _ORDERS,
+    st.integers(0, 100),
+    _NOW,
+    plain_batteries(),
+    valid_limits(),
+)
 def test_open_orders_check_is_every_set_of_fills(pairs, orders, soc, now, battery, limits) -> None:
     """The worst-case rule is exact: the check with open orders is ok if and only if the schedule is feasible for
     every subset of the open orders filling (each limit's worst case is one of those subsets)."""
     positions = _positions(pairs)
     legs = _positions(orders)
     f = check_feasibility(positions, soc, T0 + now, battery, limits, open_orders=legs)
-    every = all(check_feasibility(positions + [leg for i, leg in enumerate(legs) if mask >> i & 1], soc, T0 + now,
-                                  battery, limits).ok for mask in range(1 << len(legs)))
+    every = all(
+        check_feasibility(
+            positions + [leg for i, leg in enumerate(legs) if mask >> i & 1], soc, T0 + now, battery, limits
+        ).ok
+        for mask in range(1 << len(legs))
+    )
     assert f.ok == every, f.reason
 
 
 @FEAS_EXAMPLES
-@given(st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6), _ORDERS, st.integers(0, 100), _NOW,
-       plain_batteries(), valid_limits(), st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=5,
-                                                   max_size=5))
-def test_open_orders_ok_means_any_partial_fills_are_feasible(pairs, orders, soc, now, battery, limits,
-                                                             fractions) -> None:
+@given(
+    st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6),
+    _ORDERS,
+    st.integers(0, 100),
+    _NOW,
+    plain_batteries(),
+    valid_limits(),
+    st.lists(st.sampled_from([0.0, 0.25, 0.5, 0.75, 1.0]), min_size=5, max_size=5),
+)
+def test_open_orders_ok_means_any_partial_fills_are_feasible(
+    pairs, orders, soc, now, battery, limits, fractions
+) -> None:
     positions = _positions(pairs)
     legs = _positions(orders)
     if not check_feasibility(positions, soc, T0 + now, battery, limits, open_orders=legs).ok:

@@ -35,6 +35,7 @@ def _modules() -> dict[str, Path]:
 
 def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
     """The modules of ours that `name` imports (a `from package import name` counts as the submodule)."""
+
     def resolve(dotted: str) -> str | None:
         while dotted and dotted not in mods:
             dotted = dotted.rpartition(".")[0]
@@ -64,9 +65,9 @@ def test_the_import_graph_has_no_cycle() -> None:
     done: set[str] = set()
     path: list[str] = []
 
-    def visit(m: str) -> list[str] | None:   # depth-first; a module met again on the current path is a cycle
+    def visit(m: str) -> list[str] | None:  # depth-first; a module met again on the current path is a cycle
         if m in path:
-            return path[path.index(m):] + [m]
+            return path[path.index(m) :] + [m]
         if m in done:
             return None
         path.append(m)
@@ -80,4 +81,4 @@ def test_the_import_graph_has_no_cycle() -> None:
     for m in sorted(graph):
         cycle = visit(m)
         assert cycle is None, "import cycle: " + " -> ".join(cycle)
-    assert len(graph) > 50 and sum(map(len, graph.values())) > 150   # it read the real tree
+    assert len(graph) > 50 and sum(map(len, graph.values())) > 150  # it read the real tree

@@ -13,10 +13,28 @@ from controller.config import Limits
 from controller.cycle.limits import BINDINGS, SAFE_STATES, Decision, limit
 from controller.cycle.snapshot import Snapshot
 
-BASE_LIMITS = dict(p_charge_max_mw=8, p_discharge_max_mw=9, soc_min_pct=10, soc_max_pct=90, soc_taper_band_pct=5,
-                   t_derate_c=45, t_max_c=55, t_min_charge_c=0, ramp_mw_per_s=5, grid_limit_mw=12, stale_after_s=3)
-BASE_SNAPSHOT = dict(ts=1_764_079_200.0, soc_pct=50.0, power_mw=0.0, temperature_max_c=25.0, temperature_min_c=20.0,
-                     bms_allowed_charge_mw=20.0, bms_allowed_discharge_mw=20.0)
+BASE_LIMITS = dict(
+    p_charge_max_mw=8,
+    p_discharge_max_mw=9,
+    soc_min_pct=10,
+    soc_max_pct=90,
+    soc_taper_band_pct=5,
+    t_derate_c=45,
+    t_max_c=55,
+    t_min_charge_c=0,
+    ramp_mw_per_s=5,
+    grid_limit_mw=12,
+    stale_after_s=3,
+)
+BASE_SNAPSHOT = dict(
+    ts=1_764_079_200.0,
+    soc_pct=50.0,
+    power_mw=0.0,
+    temperature_max_c=25.0,
+    temperature_min_c=20.0,
+    bms_allowed_charge_mw=20.0,
+    bms_allowed_discharge_mw=20.0,
+)
 
 
 @dataclass
@@ -68,8 +86,13 @@ CASES = [
     Case("too cold to charge", -5, 0, "temperature", snap={"temperature_min_c": -5}),
     Case("too cold to charge, discharge allowed", 5, 5, "none", snap={"temperature_min_c": -5}),
     Case("minimum temperature unknown: no charge", -5, 0, "temperature", snap={"temperature_min_c": None}),
-    Case("strictest wins: temperature over BMS over config", 12, 4.5, "temperature",
-         snap={"temperature_max_c": 50, "bms_allowed_discharge_mw": 6}),
+    Case(
+        "strictest wins: temperature over BMS over config",
+        12,
+        4.5,
+        "temperature",
+        snap={"temperature_max_c": 50, "bms_allowed_discharge_mw": 6},
+    ),
     Case("ramp slows an increase", 9, 5, "ramp", previous=0, dt=1),
     Case("ramp slows an increase of charge", -8, -3.5, "ramp", previous=-1, dt=0.5),
     Case("ramp after a clip", 15, 5, "ramp", previous=0, dt=1),
@@ -133,7 +156,7 @@ def test_a_stalled_loop_ramps_by_the_cap_not_by_the_stall() -> None:
     in one write. With the cycle's cap (two periods of 0.2 s) it moves 5 MW/s * 0.4 s = 2 MW, and says why."""
     lim = Limits(**{**BASE_LIMITS, "p_discharge_max_mw": 10, "grid_limit_mw": 10})
     snap = Snapshot(**BASE_SNAPSHOT)
-    assert limit(10, snap, lim, 0.0, 5.0).setpoint_mw == 10.0   # no cap: what the stall earned, at once
+    assert limit(10, snap, lim, 0.0, 5.0).setpoint_mw == 10.0  # no cap: what the stall earned, at once
     d = limit(10, snap, lim, 0.0, 5.0, max_dt_s=0.4)
     assert d.setpoint_mw == pytest.approx(2.0) and d.binding == "ramp"
     assert "5 s elapsed, capped" in d.reasons[0]
@@ -199,13 +222,23 @@ def decode_limits(dec: _Decoder) -> Limits:
     soc_max = soc_min + 1 + (99 - soc_min) * dec.unit()
     band = dec.unit() * (soc_max - soc_min) / 2
     t_derate = dec.span(-20, 80)
-    return Limits(p_charge_max_mw=dec.span(0.01, 500), p_discharge_max_mw=dec.span(0.01, 500), soc_min_pct=soc_min,
-                  soc_max_pct=soc_max, soc_taper_band_pct=band, t_derate_c=t_derate,
-                  t_max_c=min(t_derate + dec.span(0.1, 40), 100.0), t_min_charge_c=min(dec.span(-30, 20), t_derate - 0.1),
-                  ramp_mw_per_s=dec.span(0.01, 20), grid_limit_mw=dec.span(0.01, 500))
+    return Limits(
+        p_charge_max_mw=dec.span(0.01, 500),
+        p_discharge_max_mw=dec.span(0.01, 500),
+        soc_min_pct=soc_min,
+        soc_max_pct=soc_max,
+        soc_taper_band_pct=band,
+        t_derate_c=t_derate,
+        t_max_c=min(t_derate + dec.span(0.1, 40), 100.0),
+        t_min_charge_c=min(dec.span(-30, 20), t_derate - 0.1),
+        ramp_mw_per_s=dec.span(0.01, 20),
+        grid_limit_mw=dec.span(0.01, 500),
+    )
 
 
-def _reading(dec: _Decoder, healthy: tuple[float, float], wide: tuple[float, float], edges: list[float]) -> float | None:
+def _reading(
+    dec: _Decoder, healthy: tuple[float, float], wide: tuple[float, float], edges: list[float]
+) -> float | None:
     """A reading: in its healthy range (kinds 0-7), anywhere (8-10), exactly on a limit's edge (11-14),
     unknown (15), NaN (16), +inf (17) or -inf (18)."""
     kind, fraction = dec.byte() % 19, dec.unit()
@@ -229,20 +262,42 @@ def scenarios(draw):
     """(target, snapshot, limits, previous, dt, mode, max_dt)."""
     dec = _Decoder(draw(_SCENARIO_BYTES))
     lim = decode_limits(dec)
-    soc = _reading(dec, (lim.soc_min_pct, lim.soc_max_pct), (-5, 105),
-                   [lim.soc_min_pct, lim.soc_max_pct, lim.soc_min_pct + lim.soc_taper_band_pct,
-                    lim.soc_max_pct - lim.soc_taper_band_pct])
-    t_max = _reading(dec, (lim.t_derate_c - 60, lim.t_max_c), (-40, 130),
-                     [lim.t_derate_c, lim.t_max_c, (lim.t_derate_c + lim.t_max_c) / 2])
-    t_min = _reading(dec, (lim.t_min_charge_c, lim.t_min_charge_c + 30), (-40, 60), [lim.t_min_charge_c, lim.t_min_charge_c - 0.5])
+    soc = _reading(
+        dec,
+        (lim.soc_min_pct, lim.soc_max_pct),
+        (-5, 105),
+        [
+            lim.soc_min_pct,
+            lim.soc_max_pct,
+            lim.soc_min_pct + lim.soc_taper_band_pct,
+            lim.soc_max_pct - lim.soc_taper_band_pct,
+        ],
+    )
+    t_max = _reading(
+        dec,
+        (lim.t_derate_c - 60, lim.t_max_c),
+        (-40, 130),
+        [lim.t_derate_c, lim.t_max_c, (lim.t_derate_c + lim.t_max_c) / 2],
+    )
+    t_min = _reading(
+        dec, (lim.t_min_charge_c, lim.t_min_charge_c + 30), (-40, 60), [lim.t_min_charge_c, lim.t_min_charge_c - 0.5]
+    )
     bms_charge = _reading(dec, (0, 4 * lim.p_charge_max_mw), (-5, 600), [0.0, lim.p_charge_max_mw, -1.0])
     bms_discharge = _reading(dec, (0, 4 * lim.p_discharge_max_mw), (-5, 600), [0.0, lim.p_discharge_max_mw, -1.0])
     safe = dec.byte() % 20  # a safe-state cause in one case in four
-    snap = Snapshot(ts=0.0, soc_pct=soc, temperature_max_c=t_max, temperature_min_c=t_min,
-                    bms_allowed_charge_mw=bms_charge, bms_allowed_discharge_mw=bms_discharge,
-                    comm_loss=("pcs",) if safe == 19 else (), stale=("bms",) if safe == 18 else (),
-                    alarms=("bms:alarm",) if safe == 17 else (), faults=("pcs:fault",) if safe == 16 else (),
-                    devices=())
+    snap = Snapshot(
+        ts=0.0,
+        soc_pct=soc,
+        temperature_max_c=t_max,
+        temperature_min_c=t_min,
+        bms_allowed_charge_mw=bms_charge,
+        bms_allowed_discharge_mw=bms_discharge,
+        comm_loss=("pcs",) if safe == 19 else (),
+        stale=("bms",) if safe == 18 else (),
+        alarms=("bms:alarm",) if safe == 17 else (),
+        faults=("pcs:fault",) if safe == 16 else (),
+        devices=(),
+    )
     mode = "stopped" if safe == 15 else ("manual" if safe >= 10 else "auto")
     # the target mostly on the scale of the limits (so each one gets to bind), sometimes anything at all
     how = dec.byte() % 10
@@ -268,6 +323,7 @@ def effective_dt(dt: float, max_dt: float | None) -> float:
 
 def _bounds(snap: Snapshot, lim: Limits) -> tuple[float, float]:
     """The most either direction may see, written straight from DESIGN.md (charge, discharge; both >= 0)."""
+
     def known(v):
         return v if v is not None and math.isfinite(v) else None
 
@@ -316,8 +372,16 @@ def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, 
     assert d.lower_mw <= s <= d.upper_mw
 
     # 0 MW in every safe-state case, at once, and the binding names the first cause
-    causes = [c for c, present in (("mode_stopped", mode == "stopped"), ("comm_loss", bool(snap.comm_loss)),
-                                   ("stale", bool(snap.stale)), ("alarm", bool(snap.alarms or snap.faults))) if present]
+    causes = [
+        c
+        for c, present in (
+            ("mode_stopped", mode == "stopped"),
+            ("comm_loss", bool(snap.comm_loss)),
+            ("stale", bool(snap.stale)),
+            ("alarm", bool(snap.alarms or snap.faults)),
+        )
+        if present
+    ]
     if causes:
         assert s == 0.0 and d.binding == causes[0] and d.lower_mw == d.upper_mw == 0.0
         return
@@ -367,12 +431,17 @@ def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, 
             "grid_limit": lambda: abs(s) == lim.grid_limit_mw,
             "soc_min": lambda: s == 0.0 and t > 0 and (soc_unknown or soc <= lim.soc_min_pct),
             "soc_max": lambda: s == 0.0 and t < 0 and (soc_unknown or soc >= lim.soc_max_pct),
-            "soc_taper": lambda: (lim.soc_min_pct < soc < lim.soc_min_pct + lim.soc_taper_band_pct) if t > 0 else
-                                 (lim.soc_max_pct - lim.soc_taper_band_pct < soc < lim.soc_max_pct),
-            "bms_allowed_discharge": lambda: s == (0.0 if bms_dis is None or not math.isfinite(bms_dis)
-                                                   else max(bms_dis, 0.0)),
-            "bms_allowed_charge": lambda: -s == (0.0 if bms_chg is None or not math.isfinite(bms_chg)
-                                                 else max(bms_chg, 0.0)),
+            "soc_taper": lambda: (
+                (lim.soc_min_pct < soc < lim.soc_min_pct + lim.soc_taper_band_pct)
+                if t > 0
+                else (lim.soc_max_pct - lim.soc_taper_band_pct < soc < lim.soc_max_pct)
+            ),
+            "bms_allowed_discharge": lambda: (
+                s == (0.0 if bms_dis is None or not math.isfinite(bms_dis) else max(bms_dis, 0.0))
+            ),
+            "bms_allowed_charge": lambda: (
+                -s == (0.0 if bms_chg is None or not math.isfinite(bms_chg) else max(bms_chg, 0.0))
+            ),
             "temperature": lambda: abs(s) < (lim.p_discharge_max_mw if t > 0 else lim.p_charge_max_mw),
         }
         assert expected[d.binding](), f"binding {d.binding} does not explain setpoint {s} for target {t}"

@@ -15,14 +15,17 @@ from simulators.exchange.marketdata import MarketData, ema, ema_alpha, mark, vwa
 DS = 1_800_000_000 - 1_800_000_000 % 900
 
 
-@pytest.mark.parametrize("trades, want", [
-    ([], None),
-    ([(50.0, 1.0)], 50.0),
-    ([(50.0, 1.0), (60.0, 1.0)], 55.0),
-    ([(50.0, 3.0), (60.0, 1.0)], 52.5),
-    ([(-10.0, 2.0), (10.0, 2.0)], 0.0),
-    ([(100.0, 0.1), (0.0, 0.9)], 10.0),
-])
+@pytest.mark.parametrize(
+    "trades, want",
+    [
+        ([], None),
+        ([(50.0, 1.0)], 50.0),
+        ([(50.0, 1.0), (60.0, 1.0)], 55.0),
+        ([(50.0, 3.0), (60.0, 1.0)], 52.5),
+        ([(-10.0, 2.0), (10.0, 2.0)], 0.0),
+        ([(100.0, 0.1), (0.0, 0.9)], 10.0),
+    ],
+)
 def test_vwap_table(trades, want):
     got = vwap(trades)
     assert got == pytest.approx(want) if want is not None else got is None
@@ -33,14 +36,17 @@ def test_ema_alpha_table(span, alpha):
     assert ema_alpha(span) == pytest.approx(alpha)
 
 
-@pytest.mark.parametrize("prices, span, want", [
-    ([], 3, None),
-    ([40.0], 3, 40.0),
-    ([40.0, 60.0], 3, 50.0),  # alpha 0.5
-    ([40.0, 60.0, 80.0], 3, 65.0),
-    ([10.0, 20.0, 30.0], 1, 30.0),  # span 1 = last price
-    ([100.0, 0.0], 9, 80.0),  # alpha 0.2
-])
+@pytest.mark.parametrize(
+    "prices, span, want",
+    [
+        ([], 3, None),
+        ([40.0], 3, 40.0),
+        ([40.0, 60.0], 3, 50.0),  # alpha 0.5
+        ([40.0, 60.0, 80.0], 3, 65.0),
+        ([10.0, 20.0, 30.0], 1, 30.0),  # span 1 = last price
+        ([100.0, 0.0], 9, 80.0),  # alpha 0.2
+    ],
+)
 def test_ema_table(prices, span, want):
     got = ema(prices, span)
     assert got == pytest.approx(want) if want is not None else got is None
@@ -51,15 +57,18 @@ def test_ema_span_refused():
         ema_alpha(0)
 
 
-@pytest.mark.parametrize("bid, ask, last, vw, want", [
-    (50.0, 52.0, 60.0, 55.0, 51.0),  # tight spread: mid
-    (50.0, 55.0, 60.0, 55.0, 60.0),  # spread 5 is not under 5: last
-    (50.0, 70.0, 60.0, 55.0, 60.0),  # wide spread: last
-    (50.0, None, 60.0, 55.0, 60.0),  # one-sided: last
-    (None, None, None, 55.0, 55.0),  # no last: vwap
-    (None, 52.0, None, None, None),  # nothing to go by
-    (-5.0, -3.0, None, None, -4.0),  # negative prices work the same
-])
+@pytest.mark.parametrize(
+    "bid, ask, last, vw, want",
+    [
+        (50.0, 52.0, 60.0, 55.0, 51.0),  # tight spread: mid
+        (50.0, 55.0, 60.0, 55.0, 60.0),  # spread 5 is not under 5: last
+        (50.0, 70.0, 60.0, 55.0, 60.0),  # wide spread: last
+        (50.0, None, 60.0, 55.0, 60.0),  # one-sided: last
+        (None, None, None, 55.0, 55.0),  # no last: vwap
+        (None, 52.0, None, None, None),  # nothing to go by
+        (-5.0, -3.0, None, None, -4.0),  # negative prices work the same
+    ],
+)
 def test_mark_table(bid, ask, last, vw, want):
     assert mark(bid, ask, last, vw, spread_max_eur=5.0) == want
 
@@ -115,6 +124,7 @@ def test_curve_shape_is_seeded_with_peaks_dip_and_negatives():
 
     def mean_at(hour):
         return sum(d[hour * 4 + q] for d in days for q in range(4)) / (4 * len(days))
+
     assert mean_at(8) > mean_at(3) and mean_at(19) > mean_at(8) and mean_at(13) < mean_at(8) - 30
     assert any(min(d[44:60]) < 0 for d in days)  # negative midday prices happen
     assert sum(min(d) < 0 for d in days) < len(days)  # but not every day

@@ -6,8 +6,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulators.exchange.engine import (MatchingEngine, OrderNotActive, OrderNotFound, lots_to_mw, mw_to_lots,
-                                        price_to_ticks, ticks_to_price)
+from simulators.exchange.engine import (
+    MatchingEngine,
+    OrderNotActive,
+    OrderNotFound,
+    lots_to_mw,
+    mw_to_lots,
+    price_to_ticks,
+    ticks_to_price,
+)
 from simulators.exchange.engine import TickOrder as OrderRequest
 
 T0 = 1_800_000_000 - 1_800_000_000 % 900  # a 15-minute boundary
@@ -37,8 +44,13 @@ class Reference:
 
     def submit(self, oid, seq, participant, side, price, lots, tif, ds) -> tuple[str, int]:
         opposite = "sell" if side == "buy" else "buy"
-        crossing = [r for r in self.resting if r["ds"] == ds and r["side"] == opposite and
-                    (r["price"] <= price if side == "buy" else r["price"] >= price)]
+        crossing = [
+            r
+            for r in self.resting
+            if r["ds"] == ds
+            and r["side"] == opposite
+            and (r["price"] <= price if side == "buy" else r["price"] >= price)
+        ]
         crossing.sort(key=lambda r: (r["price"] if side == "buy" else -r["price"], r["seq"]))
         if tif == "FOK":
             can = 0
@@ -67,8 +79,17 @@ class Reference:
         if status:
             return status, filled
         if tif == "GTC":
-            self.resting.append({"id": oid, "seq": seq, "participant": participant, "side": side,
-                                 "price": price, "lots": lots - filled, "ds": ds})
+            self.resting.append(
+                {
+                    "id": oid,
+                    "seq": seq,
+                    "participant": participant,
+                    "side": side,
+                    "price": price,
+                    "lots": lots - filled,
+                    "ds": ds,
+                }
+            )
             return ("partially_filled" if filled else "open"), filled
         return "cancelled", filled
 
@@ -103,10 +124,11 @@ def run(ops):
         o = result.order
         ids.append(o.order_id)
         want_status, want_filled = ref.submit(o.order_id, o.seq, who, side, price, lots, tif, ds)
-        got = [(t.buy_order_id, t.sell_order_id, t.price_ticks, t.quantity_lots, t.delivery_start)
-               for t in result.trades]
+        got = [
+            (t.buy_order_id, t.sell_order_id, t.price_ticks, t.quantity_lots, t.delivery_start) for t in result.trades
+        ]
         # price-time priority: exactly the reference's fills, in the same order, at the resting prices
-        assert got == ref.trades[len(trades):]
+        assert got == ref.trades[len(trades) :]
         trades.extend(result.trades)
         assert (o.status, o.filled_lots) == (want_status, want_filled)
         # IOC and FOK never rest; FOK is all or nothing
@@ -175,8 +197,10 @@ def test_gate_closure_boundary():
     eng = MatchingEngine()
     assert eng.submit(OrderRequest("a", "buy", 100, 1, DS), DS - 300.001).order.status == "open"
     assert eng.submit(OrderRequest("a", "buy", 100, 1, DS), DS - 300).order.status == "rejected"
-    assert eng.submit(OrderRequest("a", "buy", 100, 1, DS + 7), T0).order.reason == \
-        "delivery_start is not on a 15-minute boundary"
+    assert (
+        eng.submit(OrderRequest("a", "buy", 100, 1, DS + 7), T0).order.reason
+        == "delivery_start is not on a 15-minute boundary"
+    )
     far = eng.submit(OrderRequest("a", "buy", 100, 1, T0 + 3 * 86400), T0).order
     assert far.status == "rejected" and "not open yet" in far.reason
 
@@ -223,6 +247,7 @@ def test_deterministic_ids():
             r = eng.submit(OrderRequest(PARTICIPANTS[i % 3], ("buy", "sell")[i % 2], 100 + i % 3, 3, DS), T0 + i)
             out += [r.order.order_id] + [t.trade_id for t in r.trades]
         return out
+
     assert ids() == ids()
 
 

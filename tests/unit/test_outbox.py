@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.uplink.outbox import Outbox
 from controller.store import Store
+from controller.uplink.outbox import Outbox
 
 
 def seqs_of(box: Outbox, after: int = 0, limit: int = 10_000) -> list[int]:
@@ -24,8 +24,11 @@ def test_seq_is_consecutive_and_payload_carries_it(tmp_path):
     assert box.append_many([{"soc_pct": 51.0}, {"soc_pct": 52.0, "seq": 999}]) == [2, 3]
     rows = box.peek(0, 10)
     assert [s for s, _ in rows] == [1, 2, 3]
-    assert [json.loads(p) for _, p in rows] == [{"seq": 1, "soc_pct": 50.0}, {"seq": 2, "soc_pct": 51.0},
-                                                 {"seq": 3, "soc_pct": 52.0}]  # a caller's seq never wins
+    assert [json.loads(p) for _, p in rows] == [
+        {"seq": 1, "soc_pct": 50.0},
+        {"seq": 2, "soc_pct": 51.0},
+        {"seq": 3, "soc_pct": 52.0},
+    ]  # a caller's seq never wins
     assert box.depth == 3 and box.last_seq == 3
     box.close()
 
@@ -41,8 +44,8 @@ def test_peek_is_in_seq_order_after_the_cursor(tmp_path):
 def test_delete_only_what_was_acked(tmp_path):
     box = Outbox(tmp_path / "db", 1000, 3600)
     box.append_many([{"i": i} for i in range(10)])
-    assert box.delete([1, 2, 3]) == 3            # a contiguous run
-    assert box.delete([5, 7, 7, 42]) == 2        # scattered, a duplicate, an unknown seq
+    assert box.delete([1, 2, 3]) == 3  # a contiguous run
+    assert box.delete([5, 7, 7, 42]) == 2  # scattered, a duplicate, an unknown seq
     assert seqs_of(box) == [4, 6, 8, 9, 10] and box.depth == 5
     box.close()
 
@@ -102,16 +105,20 @@ def test_shares_the_store_file(tmp_path):
     store = Store.in_state_dir(tmp_path)
     box = Outbox(store.path, 1000, 3600)
     box.append_many([{"i": i} for i in range(5)])
-    store.set_state("k", 1)                      # the store keeps writing beside us
+    store.set_state("k", 1)  # the store keeps writing beside us
     assert store.get_state("k") == 1 and box.depth == 5
-    assert store.schema_version > 0              # our tables never touch its migrations
+    assert store.schema_version > 0  # our tables never touch its migrations
     box.close()
     store.close()
 
 
 @settings(max_examples=50, deadline=None)
-@given(ops=st.lists(st.one_of(st.tuples(st.just("add"), st.integers(1, 40)),
-                              st.tuples(st.just("ack"), st.integers(0, 40))), max_size=30))
+@given(
+    ops=st.lists(
+        st.one_of(st.tuples(st.just("add"), st.integers(1, 40)), st.tuples(st.just("ack"), st.integers(0, 40))),
+        max_size=30,
+    )
+)
 def test_model_ordering_and_bound(tmp_path_factory, ops):
     """Against a list model: rows are always the newest `max_rows` unacked seqs, in order; dropped counts the rest."""
     box = Outbox(tmp_path_factory.mktemp("ob") / "db", 50, 3600)

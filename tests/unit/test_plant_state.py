@@ -49,8 +49,10 @@ def old_status(c) -> dict:
 
 def old_telemetry(c) -> dict:
     st = old_status(c)
-    return {k: st[k] for k in ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status",
-                               "mode", "binding")}
+    return {
+        k: st[k]
+        for k in ("ts", "soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode", "binding")
+    }
 
 
 def old_status_values(c) -> dict:
@@ -96,8 +98,13 @@ def old_metrics_on_cycle(self: Metrics, c) -> None:
     s, d = c.snapshot, c.decision
     if s is None or d is None:
         return
-    for g, v in ((self.soc, s.soc_pct), (self.power, s.power_mw), (self.temperature, s.temperature_max_c),
-                 (self.allowed_charge, s.bms_allowed_charge_mw), (self.allowed_discharge, s.bms_allowed_discharge_mw)):
+    for g, v in (
+        (self.soc, s.soc_pct),
+        (self.power, s.power_mw),
+        (self.temperature, s.temperature_max_c),
+        (self.allowed_charge, s.bms_allowed_charge_mw),
+        (self.allowed_discharge, s.bms_allowed_discharge_mw),
+    ):
         g.set(float("nan") if v is None else v)
     self.setpoint.set(d.setpoint_mw)
     self.target.set(d.target_mw)
@@ -132,13 +139,32 @@ def fresh(name: str) -> DeviceHealth:
     return DeviceHealth(name, True, False, T - 0.1)
 
 
-GOOD = Snapshot(ts=T, soc_pct=52.5, power_mw=3.2, temperature_max_c=31.0, temperature_min_c=25.0,
-                bms_allowed_charge_mw=8.0, bms_allowed_discharge_mw=9.5, devices=(fresh("bms"), fresh("pcs")))
-STALE = Snapshot(ts=T, power_mw=0.0, stale=("bms",), comm_loss=("bms",),
-                 devices=(DeviceHealth("bms", False, True, None, 3, "timeout", "no answer"), fresh("pcs")))
-ALARMED = Snapshot(ts=T, soc_pct=10.0, power_mw=None, temperature_max_c=56.0,
-                   alarms=("bms:over_temperature", "pcs:readback_mismatch", "bms:readback_mismatch"),
-                   faults=("pcs:ground_fault",), devices=(fresh("bms"), fresh("pcs")))
+GOOD = Snapshot(
+    ts=T,
+    soc_pct=52.5,
+    power_mw=3.2,
+    temperature_max_c=31.0,
+    temperature_min_c=25.0,
+    bms_allowed_charge_mw=8.0,
+    bms_allowed_discharge_mw=9.5,
+    devices=(fresh("bms"), fresh("pcs")),
+)
+STALE = Snapshot(
+    ts=T,
+    power_mw=0.0,
+    stale=("bms",),
+    comm_loss=("bms",),
+    devices=(DeviceHealth("bms", False, True, None, 3, "timeout", "no answer"), fresh("pcs")),
+)
+ALARMED = Snapshot(
+    ts=T,
+    soc_pct=10.0,
+    power_mw=None,
+    temperature_max_c=56.0,
+    alarms=("bms:over_temperature", "pcs:readback_mismatch", "bms:readback_mismatch"),
+    faults=("pcs:ground_fault",),
+    devices=(fresh("bms"), fresh("pcs")),
+)
 BMS_FAULT = Snapshot(ts=T, soc_pct=50.0, faults=("bms:contactor",), devices=(fresh("bms"), fresh("pcs")))
 PASSED = Decision(4.0, 4.0, "none", (), -10.0, 10.0)
 BOUND = Decision(10.0, 5.0, "temperature", ("temperature 50 °C derates", "soc taper"), -5.0, 5.0)
@@ -150,17 +176,29 @@ STOPPED = ModeState("stopped", 0.0, None, "api")
 
 CASES = {  # name: (snapshot, decision, mode, alarms raised (key, cause, message), cycles)
     "before the first cycle": (None, None, AUTO, [], 0),
-    "a failed first cycle (decision, no snapshot)": (None, SAFE, AUTO,
-                                                      [(CYCLE_FAILED, "cycle_error", "control cycle failed")], 0),
+    "a failed first cycle (decision, no snapshot)": (
+        None,
+        SAFE,
+        AUTO,
+        [(CYCLE_FAILED, "cycle_error", "control cycle failed")],
+        0,
+    ),
     "good, target passed": (GOOD, PASSED, AUTO, [], 1),
     "good, manual, derated": (GOOD, BOUND, MANUAL, [], 11),
     "manual without expiry": (GOOD, BOUND, MANUAL_NO_EXPIRY, [], 65537),
     "stale BMS": (STALE, SAFE, STOPPED, [(AlarmKey("bms", "comm"), "timeout", "bms: timeout, no fresh readings")], 7),
-    "alarms and faults": (ALARMED, SAFE, AUTO, [
-        (AlarmKey("pcs", READBACK), "readback_mismatch", "pcs read back 1 MW"),
-        (SCHEDULE_INFEASIBLE, "infeasible", "SoC would reach 95 %"),
-        (AlarmKey.parse("bms:over_temperature"), "over_temperature", "bms reports alarm over_temperature"),
-        (CYCLE_FAILED, "cycle_error", "control cycle failed (RuntimeError: x); 0 MW commanded")], 21),
+    "alarms and faults": (
+        ALARMED,
+        SAFE,
+        AUTO,
+        [
+            (AlarmKey("pcs", READBACK), "readback_mismatch", "pcs read back 1 MW"),
+            (SCHEDULE_INFEASIBLE, "infeasible", "SoC would reach 95 %"),
+            (AlarmKey.parse("bms:over_temperature"), "over_temperature", "bms reports alarm over_temperature"),
+            (CYCLE_FAILED, "cycle_error", "control cycle failed (RuntimeError: x); 0 MW commanded"),
+        ],
+        21,
+    ),
     "BMS fault only": (BMS_FAULT, SAFE, AUTO, [], 3),
 }
 
@@ -180,26 +218,50 @@ def parts(case: str):
     alarms = Alarms(FakeStore(), clock)
     for key, cause, message in raised:
         alarms.raise_(key, cause, message)
-    stats = CycleStats(cycles=cycles, overruns=cycles // 7, last_duration_s=0.0042,
-                       durations_s=collections.deque([0.001 * (i % 13) for i in range(500)], maxlen=4096))
-    links = {"bms": SimpleNamespace(name="bms", request_latency_s=0.0031, errors_total=cycles // 3),
-             "pcs": SimpleNamespace(name="pcs", request_latency_s=0.0012, errors_total=2)}
+    stats = CycleStats(
+        cycles=cycles,
+        overruns=cycles // 7,
+        last_duration_s=0.0042,
+        durations_s=collections.deque([0.001 * (i % 13) for i in range(500)], maxlen=4096),
+    )
+    links = {
+        "bms": SimpleNamespace(name="bms", request_latency_s=0.0031, errors_total=cycles // 3),
+        "pcs": SimpleNamespace(name="pcs", request_latency_s=0.0012, errors_total=2),
+    }
     devices = SimpleNamespace(bms=links["bms"], pcs=links["pcs"], links=links)
-    old = SimpleNamespace(snapshot=snap, decision=decision, mode=mode, active_alarms=alarms.as_dicts(), stats=stats,
-                          devices=devices, clock=clock)
+    old = SimpleNamespace(
+        snapshot=snap,
+        decision=decision,
+        mode=mode,
+        active_alarms=alarms.as_dicts(),
+        stats=stats,
+        devices=devices,
+        clock=clock,
+    )
     p99 = None
     if cycles % 10 == 1:
         ds = sorted(stats.durations_s)
         p99 = ds[min(len(ds) - 1, int(len(ds) * 0.99))]
-    state = build(snap, decision, mode, alarms,  stats,
-                  [LinkFigures(n, lk.request_latency_s, lk.errors_total) for n, lk in links.items()], "bms", "pcs", p99)
+    state = build(
+        snap,
+        decision,
+        mode,
+        alarms,
+        stats,
+        [LinkFigures(n, lk.request_latency_s, lk.errors_total) for n, lk in links.items()],
+        "bms",
+        "pcs",
+        p99,
+    )
     return old, state
 
 
 def same(a: dict, b: dict) -> bool:
     """Equal, with NaN equal to NaN."""
-    return a.keys() == b.keys() and all(x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x)
-                                                   and math.isnan(y)) for x, y in zip(a.values(), b.values()))
+    return a.keys() == b.keys() and all(
+        x == y or (isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y))
+        for x, y in zip(a.values(), b.values())
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -207,22 +269,40 @@ def test_status_and_telemetry_are_the_old_ones(case):
     """The old fields unchanged and in their order; issue 13's units and poi follow them."""
     old, state = parts(case)
     for new, was in ((status(state, NOW), old_status(old)), (telemetry(state, NOW), old_telemetry(old))):
-        assert list(new) == list(was) + ["units", "poi"]   # the key order too (the JSON reads the same)
+        assert list(new) == list(was) + ["units", "poi"]  # the key order too (the JSON reads the same)
         assert {k: new[k] for k in was} == was
-        assert new["poi"] is None                          # a one-unit site without a meter
-        assert new["units"] == [{"unit": "u1", "soc_pct": state.soc_pct, "power_mw": state.power_mw,
-                                 "setpoint_mw": state.setpoint_mw, "temperature_c": state.temperature_c,
-                                 "available": state.online and not state.device_faults,
-                                 "binding": state.binding}]
+        assert new["poi"] is None  # a one-unit site without a meter
+        assert new["units"] == [
+            {
+                "unit": "u1",
+                "soc_pct": state.soc_pct,
+                "power_mw": state.power_mw,
+                "setpoint_mw": state.setpoint_mw,
+                "temperature_c": state.temperature_c,
+                "available": state.online and not state.device_faults,
+                "binding": state.binding,
+            }
+        ]
 
 
 def test_units_and_poi_project_as_design_says():
-    state = PlantState(units=(UnitState("u1", 50.0, 2.0, 2.0, 25.0, True, None),
-                              UnitState("u2", None, None, 0.0, None, False, "unit_unavailable")),
-                       poi=PoiState(2.0, 50.01, NOW))
+    state = PlantState(
+        units=(
+            UnitState("u1", 50.0, 2.0, 2.0, 25.0, True, None),
+            UnitState("u2", None, None, 0.0, None, False, "unit_unavailable"),
+        ),
+        poi=PoiState(2.0, 50.01, NOW),
+    )
     st = status(state, NOW)
-    assert st["units"][1] == {"unit": "u2", "soc_pct": None, "power_mw": None, "setpoint_mw": 0.0,
-                              "temperature_c": None, "available": False, "binding": "unit_unavailable"}
+    assert st["units"][1] == {
+        "unit": "u2",
+        "soc_pct": None,
+        "power_mw": None,
+        "setpoint_mw": 0.0,
+        "temperature_c": None,
+        "available": False,
+        "binding": "unit_unavailable",
+    }
     assert st["poi"] == {"power_mw": 2.0, "frequency_hz": 50.01, "ts": iso(NOW)}
     assert telemetry(state, NOW)["units"] == st["units"] and telemetry(state, NOW)["poi"] == st["poi"]
 
@@ -237,18 +317,21 @@ def test_scada_registers_are_the_old_ones(case):
 def test_metrics_are_the_old_ones(case):
     old, state = parts(case)
     m_old, m_new = Metrics(CollectorRegistry()), Metrics(CollectorRegistry())
-    for _ in range(2):   # twice: the counters count only what is new
+    for _ in range(2):  # twice: the counters count only what is new
         old_metrics_on_cycle(m_old, old)
         m_new.on_cycle(state)
     # issue 13 adds the per-unit series (label `unit`); everything else is exposed exactly as before
     unit_series = [line for line in exposed(m_new) if line.startswith("bess_unit_")]
     assert [line for line in exposed(m_new) if line not in unit_series] == exposed(m_old)
-    if state.has_cycle:   # the one unit's series are the plant's own figures
+    if state.has_cycle:  # the one unit's series are the plant's own figures
         nan = float("nan")
         by_name = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in unit_series}
-        for name, v in (("bess_unit_soc_pct", state.soc_pct), ("bess_unit_power_mw", state.power_mw),
-                        ("bess_unit_setpoint_mw", state.setpoint_mw),
-                        ("bess_unit_temperature_celsius", state.temperature_c)):
+        for name, v in (
+            ("bess_unit_soc_pct", state.soc_pct),
+            ("bess_unit_power_mw", state.power_mw),
+            ("bess_unit_setpoint_mw", state.setpoint_mw),
+            ("bess_unit_temperature_celsius", state.temperature_c),
+        ):
             assert same({name: by_name[name]}, {name: nan if v is None else float(v)}), name
         assert all('{unit="u1"}' in line for line in unit_series), unit_series
     else:

@@ -16,21 +16,29 @@ from controller.cycle.poi import PoiConfig, PoiRange, PoiReading, TrimState, poi
 from controller.cycle.snapshot import Snapshot
 from tests.unit.test_limits import _Decoder
 
-CFG = dict(export_limit_mw=10, import_limit_mw=8, gain_per_s=0.5, max_step_mw=0.25, max_trim_mw=1.0,
-           settle_margin_mw=0.05, fallback_margin_mw=0.5, stale_after_s=3.0)
+CFG = dict(
+    export_limit_mw=10,
+    import_limit_mw=8,
+    gain_per_s=0.5,
+    max_step_mw=0.25,
+    max_trim_mw=1.0,
+    settle_margin_mw=0.05,
+    fallback_margin_mw=0.5,
+    stale_after_s=3.0,
+)
 NOW = 1000.0
 
 
 @dataclass
 class Case:
     name: str
-    measured: float | None          # the meter's power, + = export
-    trims: tuple[float, float]      # (export, import) after the update
+    measured: float | None  # the meter's power, + = export
+    trims: tuple[float, float]  # (export, import) after the update
     lower: float
     upper: float
-    state: dict = field(default_factory=dict)   # TrimState before, over (trims 0, the range they give)
-    setpoint: float | None = 0.0    # the plant setpoint last cycle
-    plant: float | None = None      # the plant's own measured power then
+    state: dict = field(default_factory=dict)  # TrimState before, over (trims 0, the range they give)
+    setpoint: float | None = 0.0  # the plant setpoint last cycle
+    plant: float | None = None  # the plant's own measured power then
     reading: dict = field(default_factory=dict)
     cfg: dict = field(default_factory=dict)
     fallback: bool = False
@@ -42,29 +50,93 @@ CASES = [
     Case("inside the limits, plant elsewhere: trims held", 4.0, (0, 0), -7.95, 9.95),
     Case("above the export goal: tightened", 10.2, (-0.125, 0), -7.95, 9.825),
     Case("step capped", 12.0, (-0.25, 0), -7.95, 9.7),
-    Case("one side's correction leaves the other alone", 10.2, (-0.125, 0.3), -7.65, 9.825,
-         state={"import_trim_mw": 0.3}),
-    Case("plant on the range, aux load keeps export low: loosened", 9.65, (0.15, 0), -7.95, 10.1, setpoint=9.95,
-         plant=9.95),
-    Case("plant still ramping to the range: the trim sees the offset, not the lag", 7.7, (0.15, 0), -7.95, 10.1,
-         setpoint=9.95, plant=8.0),
-    Case("plant ramping down: no tightening for what is on its way out", 10.3, (0, 0), -7.95, 9.95, setpoint=6.0,
-         plant=9.0),
+    Case(
+        "one side's correction leaves the other alone", 10.2, (-0.125, 0.3), -7.65, 9.825, state={"import_trim_mw": 0.3}
+    ),
+    Case(
+        "plant on the range, aux load keeps export low: loosened",
+        9.65,
+        (0.15, 0),
+        -7.95,
+        10.1,
+        setpoint=9.95,
+        plant=9.95,
+    ),
+    Case(
+        "plant still ramping to the range: the trim sees the offset, not the lag",
+        7.7,
+        (0.15, 0),
+        -7.95,
+        10.1,
+        setpoint=9.95,
+        plant=8.0,
+    ),
+    Case(
+        "plant ramping down: no tightening for what is on its way out",
+        10.3,
+        (0, 0),
+        -7.95,
+        9.95,
+        setpoint=6.0,
+        plant=9.0,
+    ),
     Case("plant below the range: no loosening (anti-windup)", 9.5, (0, 0), -7.95, 9.95, setpoint=9.8, plant=9.8),
     Case("the meter alone never loosens", 9.65, (0, 0), -7.95, 9.95, setpoint=9.95),
-    Case("trim capped in total", 9.0, (1.0, 0), -7.95, 10.95, state={"export_trim_mw": 0.9, "upper_mw": 10.85},
-         setpoint=10.85, plant=10.85),
+    Case(
+        "trim capped in total",
+        9.0,
+        (1.0, 0),
+        -7.95,
+        10.95,
+        state={"export_trim_mw": 0.9, "upper_mw": 10.85},
+        setpoint=10.85,
+        plant=10.85,
+    ),
     Case("below the import goal: tightened", -8.3, (0, 0.175), -7.775, 9.95),
-    Case("plant on the import range, site generation: loosened", -7.5, (0, -0.225), -8.175, 9.95, setpoint=-7.95,
-         plant=-7.95),
-    Case("the same reading again: integrated once", 10.2, (0.3, 0), -7.95, 10.25,
-         state={"export_trim_mw": 0.3, "reading_ts": NOW}),
-    Case("a slow meter: integrates the time since its last reading", 10.15, (-0.15, 0), -7.95, 9.8,
-         state={"reading_ts": NOW - 1.5}, cfg={"max_step_mw": 1}),
-    Case("a stall integrates at most max_dt_s", 10.15, (-0.2, 0), -7.95, 9.75,
-         state={"reading_ts": NOW - 60.0}, cfg={"max_step_mw": 1}),
-    Case("a trim past the limit still leaves 0 MW allowed", 12.0, (-10.25, 0), -7.95, 0.0,
-         state={"export_trim_mw": -10.0}, cfg={"max_trim_mw": 20, "export_limit_mw": 0.1}),
+    Case(
+        "plant on the import range, site generation: loosened",
+        -7.5,
+        (0, -0.225),
+        -8.175,
+        9.95,
+        setpoint=-7.95,
+        plant=-7.95,
+    ),
+    Case(
+        "the same reading again: integrated once",
+        10.2,
+        (0.3, 0),
+        -7.95,
+        10.25,
+        state={"export_trim_mw": 0.3, "reading_ts": NOW},
+    ),
+    Case(
+        "a slow meter: integrates the time since its last reading",
+        10.15,
+        (-0.15, 0),
+        -7.95,
+        9.8,
+        state={"reading_ts": NOW - 1.5},
+        cfg={"max_step_mw": 1},
+    ),
+    Case(
+        "a stall integrates at most max_dt_s",
+        10.15,
+        (-0.2, 0),
+        -7.95,
+        9.75,
+        state={"reading_ts": NOW - 60.0},
+        cfg={"max_step_mw": 1},
+    ),
+    Case(
+        "a trim past the limit still leaves 0 MW allowed",
+        12.0,
+        (-10.25, 0),
+        -7.95,
+        0.0,
+        state={"export_trim_mw": -10.0},
+        cfg={"max_trim_mw": 20, "export_limit_mw": 0.1},
+    ),
     Case("a non-finite trim in the state counts as 0", 4.0, (0, 0), -7.95, 9.95, state={"export_trim_mw": math.nan}),
     Case("meter stale: open loop with the margin", 4.0, (0, 0), -7.5, 9.5, reading={"stale": True}, fallback=True),
     Case("meter power unknown", None, (0, 0), -7.5, 9.5, fallback=True),
@@ -72,12 +144,28 @@ CASES = [
     Case("meter power infinite", math.inf, (0, 0), -7.5, 9.5, fallback=True),
     Case("meter reading too old", 4.0, (0, 0), -7.5, 9.5, reading={"ts": NOW - 3.5}, fallback=True),
     Case("meter reading without a time", 4.0, (0, 0), -7.5, 9.5, reading={"ts": None}, fallback=True),
-    Case("meter lost: the trims are held for its return", 4.0, (0.4, -0.2), -7.5, 9.5,
-         state={"export_trim_mw": 0.4, "import_trim_mw": -0.2}, reading={"stale": True}, fallback=True),
-    Case("meter required and lost: safe state", None, (0, 0), -7.5, 9.5, cfg={"required": True}, fallback=True,
-         safe=True),
-    Case("a margin wider than the limit leaves 0 MW", None, (0, 0), 0.0, 0.0, cfg={"fallback_margin_mw": 20},
-         fallback=True),
+    Case(
+        "meter lost: the trims are held for its return",
+        4.0,
+        (0.4, -0.2),
+        -7.5,
+        9.5,
+        state={"export_trim_mw": 0.4, "import_trim_mw": -0.2},
+        reading={"stale": True},
+        fallback=True,
+    ),
+    Case(
+        "meter required and lost: safe state", None, (0, 0), -7.5, 9.5, cfg={"required": True}, fallback=True, safe=True
+    ),
+    Case(
+        "a margin wider than the limit leaves 0 MW",
+        None,
+        (0, 0),
+        0.0,
+        0.0,
+        cfg={"fallback_margin_mw": 20},
+        fallback=True,
+    ),
 ]
 
 
@@ -110,15 +198,16 @@ def test_config_refuses_a_bound_that_switches_the_loop_off(bad: float) -> None:
 
 # ---------------------------------------------------------------- the closed loop
 
+
 @dataclass(frozen=True)
 class Loop:
     cfg: PoiConfig
-    aux_mw: float        # what lies between the plant and the meter (load + losses > 0; generation < 0)
-    lag: float           # the plant moves this share of the way to its setpoint each cycle
+    aux_mw: float  # what lies between the plant and the meter (load + losses > 0; generation < 0)
+    lag: float  # the plant moves this share of the way to its setpoint each cycle
     dt_s: float
     targets: tuple[float, float]
     p_max_mw: float
-    plant_known: bool    # the units' own power readings reach the loop (else the meter alone: tighten only)
+    plant_known: bool  # the units' own power readings reach the loop (else the meter alone: tighten only)
 
 
 def _target(dec: _Decoder, p_max: float) -> float:
@@ -135,14 +224,21 @@ def loops(draw) -> Loop:
     max_trim = dec.span(0.02, 0.3) * min(export, imp)
     margin = dec.span(0.02, 0.2) * max_trim
     dt = dec.span(0.2, 2)
-    cfg = PoiConfig(export, imp, gain_per_s=dec.span(0.1, 0.8) / dt, max_step_mw=dec.span(0.05, 1) * max_trim,
-                    max_trim_mw=max_trim, settle_margin_mw=margin, fallback_margin_mw=margin, stale_after_s=10.0,
-                    max_dt_s=dt)
+    cfg = PoiConfig(
+        export,
+        imp,
+        gain_per_s=dec.span(0.1, 0.8) / dt,
+        max_step_mw=dec.span(0.05, 1) * max_trim,
+        max_trim_mw=max_trim,
+        settle_margin_mw=margin,
+        fallback_margin_mw=margin,
+        stale_after_s=10.0,
+        max_dt_s=dt,
+    )
     # an aux load/loss or site generation the trim can make up for (with its margin); none at all now and then
     aux = 0.0 if dec.byte() % 8 == 0 else dec.span(-1, 1) * 0.95 * (max_trim - margin)
     p_max = max(export, imp) * dec.span(1.05, 2)
-    return Loop(cfg, aux, dec.span(0.3, 1), dt, (_target(dec, p_max), _target(dec, p_max)), p_max,
-                dec.byte() % 2 == 0)
+    return Loop(cfg, aux, dec.span(0.3, 1), dt, (_target(dec, p_max), _target(dec, p_max)), p_max, dec.byte() % 2 == 0)
 
 
 # cycles to settle in, then cycles it must stay within the limit. The slowest drawn loop (a tenth of the error
@@ -163,16 +259,18 @@ def test_measured_poi_power_settles_within_the_limit(loop: Loop) -> None:
             measured = actual - loop.aux_mw
             tol = 1e-9 * (1 + cfg.export_limit_mw + cfg.import_limit_mw)
             if k >= SETTLE:
-                assert -cfg.import_limit_mw - tol <= measured <= cfg.export_limit_mw + tol, \
+                assert -cfg.import_limit_mw - tol <= measured <= cfg.export_limit_mw + tol, (
                     f"cycle {k} after a step to {target:g} MW: measured {measured:g} MW"
+                )
             # where the offset helps (a load behind the meter on export, generation on import), the trim that
             # makes use of it never overshoots: that limit holds in every cycle, settling included
             if loop.aux_mw >= 0:
                 assert measured <= cfg.export_limit_mw + tol, f"cycle {k}: overshoot to {measured:g} MW"
             if loop.aux_mw <= 0:
                 assert measured >= -cfg.import_limit_mw - tol, f"cycle {k}: overshoot to {measured:g} MW"
-            r = poi_range(PoiReading(measured, now), state, cfg, setpoint, now, loop.dt_s,
-                          actual if loop.plant_known else None)
+            r = poi_range(
+                PoiReading(measured, now), state, cfg, setpoint, now, loop.dt_s, actual if loop.plant_known else None
+            )
             assert not r.fallback and r.lower_mw <= 0.0 <= r.upper_mw
             for trim, before in ((r.export_trim_mw, state.export_trim_mw), (r.import_trim_mw, state.import_trim_mw)):
                 assert abs(trim) <= cfg.max_trim_mw
@@ -182,8 +280,10 @@ def test_measured_poi_power_settles_within_the_limit(loop: Loop) -> None:
             state = r.state
 
 
-@pytest.mark.parametrize("power, stale", [(None, False), (math.nan, False), (math.inf, False), (-math.inf, False),
-                                          (4.0, True), (math.nan, True)])
+@pytest.mark.parametrize(
+    "power, stale",
+    [(None, False), (math.nan, False), (math.inf, False), (-math.inf, False), (4.0, True), (math.nan, True)],
+)
 @pytest.mark.parametrize("trim", [-5.0, -1.0, -0.3, 0.0, 0.7, 5.0, math.nan])
 @pytest.mark.parametrize("required", [False, True])
 def test_meter_loss_falls_back(power, stale, trim, required) -> None:
@@ -201,14 +301,15 @@ def test_trim_through_allocate_brings_the_poi_back_within_the_limit() -> None:
     """Two 6 MW units, an export limit of 10 MW and 0.3 MW of aux load the plant does not know: the trim lets
     the units make up for it (the POI settles just inside 10 MW, binding poi_limit); site generation of 0.4 MW
     instead is held back; then the meter is lost and the open-loop fallback holds the plant at 9.5 MW."""
-    plant = Limits(p_charge_max_mw=12, p_discharge_max_mw=12, soc_min_pct=10, soc_max_pct=90, grid_limit_mw=10,
-                   ramp_mw_per_s=2)
+    plant = Limits(
+        p_charge_max_mw=12, p_discharge_max_mw=12, soc_min_pct=10, soc_max_pct=90, grid_limit_mw=10, ramp_mw_per_s=2
+    )
     cfg = PoiConfig(10, 10, gain_per_s=0.5, max_step_mw=0.2, max_trim_mw=1.0, settle_margin_mw=0.02)
     state, setpoints, now = TrimState(), [0.0, 0.0], 0.0
     for aux in (0.3, -0.4):
         for _ in range(80):
             now += 1.0
-            measured = sum(setpoints) - aux   # the units follow their setpoints within the cycle
+            measured = sum(setpoints) - aux  # the units follow their setpoints within the cycle
             r = poi_range(PoiReading(measured, now), state, cfg, sum(setpoints), now, 1.0, sum(setpoints))
             a = allocate(15.0, PlantView(plant, now, dt_s=1.0, poi=r), _units(plant, setpoints))
             setpoints, state = [u.setpoint_mw for u in a.units], r.state
@@ -221,6 +322,12 @@ def test_trim_through_allocate_brings_the_poi_back_within_the_limit() -> None:
 
 
 def _units(plant: Limits, previous: list[float]) -> list[UnitView]:
-    snap = Snapshot(ts=0.0, soc_pct=50.0, temperature_max_c=25.0, temperature_min_c=20.0, bms_allowed_charge_mw=6.0,
-                    bms_allowed_discharge_mw=6.0)
+    snap = Snapshot(
+        ts=0.0,
+        soc_pct=50.0,
+        temperature_max_c=25.0,
+        temperature_min_c=20.0,
+        bms_allowed_charge_mw=6.0,
+        bms_allowed_discharge_mw=6.0,
+    )
     return [UnitView(f"u{i + 1}", snap, unit_limits(plant, 6.0, 12.0), 6.0, 12.0, p) for i, p in enumerate(previous)]

@@ -54,7 +54,7 @@ def test_a_burst_then_refusals_until_time_passes(rate, burst):
     limiter = WriteLimiter(rate, burst, now)
     assert all(limiter.allow() for _ in range(burst))
     assert not limiter.allow()
-    now.t += 1.0 / rate * (1 + 1e-9)   # one token back
+    now.t += 1.0 / rate * (1 + 1e-9)  # one token back
     assert limiter.allow()
 
 

@@ -11,26 +11,41 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.clock import parse_iso
-from controller.trading.schedule import (PERIOD_S, Schedule, Trade, TradeError, iso_minute, parse_trade,
-                                 period_start)
+from controller.trading.schedule import PERIOD_S, Schedule, Trade, TradeError, iso_minute, parse_trade, period_start
 
 T0 = parse_iso("2026-11-25T14:00:00Z")  # a period boundary
 
 
 def trade_dict(**over) -> dict:
-    base = {"trade_id": "t-1", "side": "sell", "quantity_mw": 5, "price_eur_mwh": 81.25,
-            "delivery_start": "2026-11-25T14:00:00Z", "delivery_end": "2026-11-25T14:15:00Z",
-            "market": "intraday", "executed_at": "2026-11-25T13:02:11.123Z"}
+    base = {
+        "trade_id": "t-1",
+        "side": "sell",
+        "quantity_mw": 5,
+        "price_eur_mwh": 81.25,
+        "delivery_start": "2026-11-25T14:00:00Z",
+        "delivery_end": "2026-11-25T14:15:00Z",
+        "market": "intraday",
+        "executed_at": "2026-11-25T13:02:11.123Z",
+    }
     base.update(over)
     return {k: v for k, v in base.items() if v is not ...}
 
 
 # ---------------------------------------------------------------- periods
 
-@pytest.mark.parametrize("ts, start", [
-    (T0, T0), (T0 + 0.001, T0), (T0 + 899.999, T0), (T0 + 900, T0 + 900), (T0 - 0.5, T0 - 900), (0.0, 0.0),
-    (-1.0, -900.0),
-])
+
+@pytest.mark.parametrize(
+    "ts, start",
+    [
+        (T0, T0),
+        (T0 + 0.001, T0),
+        (T0 + 899.999, T0),
+        (T0 + 900, T0 + 900),
+        (T0 - 0.5, T0 - 900),
+        (0.0, 0.0),
+        (-1.0, -900.0),
+    ],
+)
 def test_period_start(ts: float, start: float) -> None:
     assert period_start(ts) == start
 
@@ -40,6 +55,7 @@ def test_iso_minute() -> None:
 
 
 # ---------------------------------------------------------------- parsing
+
 
 def test_parse_a_trade() -> None:
     t = parse_trade(trade_dict(sig="ab12", ts=123, buy_order_id="o-9"))  # wire extras are ignored
@@ -124,13 +140,22 @@ def test_a_trade_must_be_an_object(data) -> None:
 
 # ---------------------------------------------------------------- schedule (tables)
 
+
 def test_schedule_positions() -> None:
     s = Schedule()
     assert s.add(parse_trade(trade_dict(trade_id="a", side="sell", quantity_mw=5)))
-    assert s.add(parse_trade(trade_dict(trade_id="b", side="buy", quantity_mw=2,
-                                        delivery_end="2026-11-25T14:45:00Z")))
-    assert s.add(parse_trade(trade_dict(trade_id="c", side="sell", quantity_mw=0.5,
-                                        delivery_start="2026-11-25T14:30:00Z", delivery_end="2026-11-25T15:00:00Z")))
+    assert s.add(parse_trade(trade_dict(trade_id="b", side="buy", quantity_mw=2, delivery_end="2026-11-25T14:45:00Z")))
+    assert s.add(
+        parse_trade(
+            trade_dict(
+                trade_id="c",
+                side="sell",
+                quantity_mw=0.5,
+                delivery_start="2026-11-25T14:30:00Z",
+                delivery_end="2026-11-25T15:00:00Z",
+            )
+        )
+    )
     assert len(s) == 3 and "a" in s and "z" not in s
     assert s.position_mw(T0) == 3.0
     assert s.position_mw(T0 + 899.9) == 3.0
@@ -165,20 +190,28 @@ def test_opposite_trades_cancel_exactly() -> None:
 # keeps these under ~10 s in CI. The 10,000-example budget goes to the limit function.
 SCHEDULE_EXAMPLES = settings(max_examples=max(100, settings.default.max_examples // 10))
 
-_K = st.integers(0, 95)          # period index within one day from T0
-_LEN = st.integers(1, 8)         # periods delivered
+_K = st.integers(0, 95)  # period index within one day from T0
+_LEN = st.integers(1, 8)  # periods delivered
 _SIDE = st.sampled_from(["buy", "sell"])
 _QTY = st.floats(0.001, 50)
-_ID = st.integers(0, 30)         # a small pool, so duplicates happen
+_ID = st.integers(0, 30)  # a small pool, so duplicates happen
 
 
 @st.composite
 def trades(draw) -> Trade:
     k, n = draw(_K), draw(_LEN)
-    return parse_trade({"trade_id": f"t{draw(_ID)}", "side": draw(_SIDE), "quantity_mw": draw(_QTY),
-                        "price_eur_mwh": 50.0, "market": "intraday", "executed_at": "2026-11-25T00:00:00Z",
-                        "delivery_start": iso_minute(T0 + k * PERIOD_S),
-                        "delivery_end": iso_minute(T0 + (k + n) * PERIOD_S)})
+    return parse_trade(
+        {
+            "trade_id": f"t{draw(_ID)}",
+            "side": draw(_SIDE),
+            "quantity_mw": draw(_QTY),
+            "price_eur_mwh": 50.0,
+            "market": "intraday",
+            "executed_at": "2026-11-25T00:00:00Z",
+            "delivery_start": iso_minute(T0 + k * PERIOD_S),
+            "delivery_end": iso_minute(T0 + (k + n) * PERIOD_S),
+        }
+    )
 
 
 @SCHEDULE_EXAMPLES
@@ -214,8 +247,11 @@ def test_positions_do_not_depend_on_arrival_order_or_resends(batch: list[Trade],
 @pytest.mark.parametrize("which", ["delivery_start", "delivery_end"])
 def test_misaligned_bounds_are_rejected_with_the_field(which: str) -> None:
     """Every minute and second of an hour, exhaustively (cheaper and surer than sampling 3,600 cases)."""
-    other, fixed = (("delivery_end", "2026-11-25T15:00:00Z") if which == "delivery_start"
-                    else ("delivery_start", "2026-11-25T09:00:00Z"))
+    other, fixed = (
+        ("delivery_end", "2026-11-25T15:00:00Z")
+        if which == "delivery_start"
+        else ("delivery_start", "2026-11-25T09:00:00Z")
+    )
     for minute in range(60):
         for second in range(60):
             data = trade_dict(**{which: f"2026-11-25T12:{minute:02d}:{second:02d}Z", other: fixed})

@@ -18,7 +18,7 @@ def test_made_once_0600_and_kept(tmp_path):
     path = tmp_path / FILENAME
     assert len(key) == KEY_BYTES and mode(path) == 0o600
     assert load_session_key(tmp_path) == key
-    assert [p.name for p in tmp_path.iterdir()] == [FILENAME]   # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [FILENAME]  # no temporary file left behind
 
 
 def test_a_file_others_may_read_is_tightened_and_kept(tmp_path):

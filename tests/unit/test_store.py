@@ -22,11 +22,24 @@ T0 = 1_800_000_000 - 1_800_000_000 % 900  # a period boundary
 DAY = 86400.0
 
 
-def make_trade(trade_id: str, start: float = T0, side: str = "sell", quantity_mw: float = 2.0,
-               executed: float | None = None, periods: int = 1) -> dict:
-    return {"trade_id": trade_id, "side": side, "quantity_mw": quantity_mw, "price_eur_mwh": 81.25,
-            "delivery_start": iso(start).replace(".000", ""), "delivery_end": iso(start + 900 * periods).replace(".000", ""),
-            "market": "intraday", "executed_at": iso(start - 3600 if executed is None else executed)}
+def make_trade(
+    trade_id: str,
+    start: float = T0,
+    side: str = "sell",
+    quantity_mw: float = 2.0,
+    executed: float | None = None,
+    periods: int = 1,
+) -> dict:
+    return {
+        "trade_id": trade_id,
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": 81.25,
+        "delivery_start": iso(start).replace(".000", ""),
+        "delivery_end": iso(start + 900 * periods).replace(".000", ""),
+        "market": "intraday",
+        "executed_at": iso(start - 3600 if executed is None else executed),
+    }
 
 
 class WallClock:
@@ -137,7 +150,7 @@ def test_trade_ack_confirmation_is_recorded_once(store, wall):
     wall.t += 0.5
     assert store.confirm_trade_ack("T-1") is True
     wall.t += 10
-    assert store.confirm_trade_ack("T-1") is False          # the first confirmation stands
+    assert store.confirm_trade_ack("T-1") is False  # the first confirmation stands
     assert store.stored_trade("T-1")["ack_confirmed_ts"] == T0 + 0.5
     assert store.confirm_trade_ack("T-unknown") is False
 
@@ -151,8 +164,10 @@ def test_migration_marks_trades_stored_before_it_as_answered(tmp_path):
         c.execute(stmt)
     c.execute("PRAGMA user_version=1")
     c.execute("INSERT INTO trade_ids VALUES ('T-old', ?)", (T0,))
-    c.execute("INSERT INTO trades VALUES ('T-old','sell',2.0,81.25,?,?,'intraday',?,'mqtt',?,'{}')",
-              (T0, T0 + 900, T0 - 3600, T0))
+    c.execute(
+        "INSERT INTO trades VALUES ('T-old','sell',2.0,81.25,?,?,'intraday',?,'mqtt',?,'{}')",
+        (T0, T0 + 900, T0 - 3600, T0),
+    )
     c.commit()
     c.close()
     s = Store(path)
@@ -177,7 +192,7 @@ def test_trades_newest_first_with_since_and_limit(store):
 
 def test_trades_for_schedule_returns_exact_trade_json_for_unfinished_deliveries(store):
     past = make_trade("past", start=T0 - 3600)
-    ending = make_trade("ending", start=T0 - 900)         # ends exactly at T0: done
+    ending = make_trade("ending", start=T0 - 900)  # ends exactly at T0: done
     running = make_trade("running", start=T0 - 900, periods=2)
     future = make_trade("future", start=T0 + 3600, side="buy")
     for t in (future, past, running, ending):
@@ -188,8 +203,16 @@ def test_trades_for_schedule_returns_exact_trade_json_for_unfinished_deliveries(
 
 def test_add_trade_accepts_aware_datetimes_and_refuses_bad_records(store):
     start = datetime.fromtimestamp(T0, tz=timezone.utc)
-    t = {"trade_id": "D-1", "side": "buy", "quantity_mw": 1, "price_eur_mwh": 50, "delivery_start": start,
-         "delivery_end": start + timedelta(minutes=15), "market": "da", "executed_at": start}
+    t = {
+        "trade_id": "D-1",
+        "side": "buy",
+        "quantity_mw": 1,
+        "price_eur_mwh": 50,
+        "delivery_start": start,
+        "delivery_end": start + timedelta(minutes=15),
+        "market": "da",
+        "executed_at": start,
+    }
     assert store.add_trade(t, "test")
     assert store.trades_for_schedule(T0 - 1)[0]["delivery_start"] == str(start)
     with pytest.raises(StoreError, match="trade_id"):
@@ -231,9 +254,19 @@ def test_property_add_trade_true_exactly_once_per_id(tmp_path_factory, ids):
 
 # ---------------------------------------------------------------- orders
 def order(order_id: str, status: str = "open", **kw) -> dict:
-    return {"order_id": order_id, "status": status, "side": "sell", "quantity_mw": 3.0, "price_eur_mwh": 90.0,
-            "delivery_start": iso(T0 + 3600), "market": "intraday", "filled_mw": 0.0, "remaining_mw": 3.0,
-            "time_in_force": "GTC", **kw}
+    return {
+        "order_id": order_id,
+        "status": status,
+        "side": "sell",
+        "quantity_mw": 3.0,
+        "price_eur_mwh": 90.0,
+        "delivery_start": iso(T0 + 3600),
+        "market": "intraday",
+        "filled_mw": 0.0,
+        "remaining_mw": 3.0,
+        "time_in_force": "GTC",
+        **kw,
+    }
 
 
 def test_orders_add_update_filter_and_order(store, wall):
@@ -294,9 +327,18 @@ def test_decision_fields_and_pagination_newest_first(store):
     for i in range(250):
         decision(store, T0 + i * 0.1, setpoint_mw=i)
     first = store.decisions(limit=100)
-    assert first[0] == {"ts": pytest.approx(T0 + 24.9), "target_mw": 2.0, "setpoint_mw": 249.0,
-                        "binding": "soc_taper", "mode": "auto", "soc_pct": 55.5, "power_mw": 0.9,
-                        "temperature_c": 31.0, "readback_mw": 249.0, "reasons": "soc taper"}
+    assert first[0] == {
+        "ts": pytest.approx(T0 + 24.9),
+        "target_mw": 2.0,
+        "setpoint_mw": 249.0,
+        "binding": "soc_taper",
+        "mode": "auto",
+        "soc_pct": 55.5,
+        "power_mw": 0.9,
+        "temperature_c": 31.0,
+        "readback_mw": 249.0,
+        "reasons": "soc taper",
+    }
     pages, before = [], None
     for _ in range(10):  # bounded walk
         page = store.decisions(before_ts=before, limit=100)
@@ -343,8 +385,11 @@ def test_record_decision_keeps_rows_when_another_connection_holds_the_write_lock
             other.isolation_level = None
             other.execute("BEGIN IMMEDIATE")  # e.g. the outbox in the middle of a write
             held.set()
-            released.append("after the recording" if done.wait(store_mod.BUSY_TIMEOUT_MS / 1000 / 2)
-                            else "before the recording was done")
+            released.append(
+                "after the recording"
+                if done.wait(store_mod.BUSY_TIMEOUT_MS / 1000 / 2)
+                else "before the recording was done"
+            )
             other.execute("COMMIT")
 
     th = threading.Thread(target=hold)
@@ -380,7 +425,10 @@ def test_alarms_raise_idempotent_clear_reraise_history(tmp_path):
         assert {a["key"] for a in s.active_alarms()} == {"pcs:fault", "bms:comm"}
         hist = s.alarm_history()
         assert [(a["key"], a["raised_ts"], a["cleared_ts"]) for a in hist] == [
-            ("bms:comm", T0 + 5, None), ("pcs:fault", T0 + 2, None), ("bms:comm", T0, T0 + 3)]
+            ("bms:comm", T0 + 5, None),
+            ("pcs:fault", T0 + 2, None),
+            ("bms:comm", T0, T0 + 3),
+        ]
         assert [a["cause"] for a in s.alarm_history(limit=1)] == ["disconnected"]
     finally:
         s.close()
@@ -391,8 +439,10 @@ def test_audit_log_newest_first(store):
     store.audit("api:key1", "set_mode", {"mode": "manual", "setpoint_mw": 2.5}, T0)
     store.audit("scada-modbus", "write", {"when": datetime(2027, 1, 1, tzinfo=timezone.utc)}, T0 + 1)
     log = store.audit_log()
-    assert [(r["who"], r["action"], r["ts"]) for r in log] == [("scada-modbus", "write", T0 + 1),
-                                                               ("api:key1", "set_mode", T0)]
+    assert [(r["who"], r["action"], r["ts"]) for r in log] == [
+        ("scada-modbus", "write", T0 + 1),
+        ("api:key1", "set_mode", T0),
+    ]
     assert log[1]["details"] == {"mode": "manual", "setpoint_mw": 2.5}
     assert log[0]["details"] == {"when": "2027-01-01 00:00:00+00:00"}  # not JSON itself: kept as text
     assert len(store.audit_log(limit=1)) == 1
@@ -400,9 +450,14 @@ def test_audit_log_newest_first(store):
 
 def test_state_round_trips_json_and_persists(tmp_path):
     s = Store(tmp_path / "s.db")
-    values = {"mode": {"mode": "manual", "manual_setpoint_mw": -3.5, "manual_expires_ts": T0 + 60.5,
-                       "source": "api"},
-              "last_setpoint_mw": 4.25, "flag": True, "none": None, "list": [1, "a", {"b": 2}], "text": "ü"}
+    values = {
+        "mode": {"mode": "manual", "manual_setpoint_mw": -3.5, "manual_expires_ts": T0 + 60.5, "source": "api"},
+        "last_setpoint_mw": 4.25,
+        "flag": True,
+        "none": None,
+        "list": [1, "a", {"b": 2}],
+        "text": "ü",
+    }
     for k, v in values.items():
         s.set_state(k, v)
     s.set_state("last_setpoint_mw", 5.0)  # overwrite
@@ -434,9 +489,9 @@ def test_prune_deletes_only_what_is_old_and_finished(store, wall, monkeypatch):
     monkeypatch.setattr(store_mod, "PRUNE_CHUNK_ROWS", 7)  # several chunks per table
     now = T0 + 100 * DAY
     for i in range(30):
-        decision(store, now - 10 * DAY - i)   # old
+        decision(store, now - 10 * DAY - i)  # old
     for i in range(5):
-        decision(store, now - i)              # recent
+        decision(store, now - i)  # recent
     store.raise_alarm("old", "bms", "x", "m", now - 200 * DAY)
     store.clear_alarm("old", now - 199 * DAY)
     store.raise_alarm("old-active", "pcs", "x", "m", now - 200 * DAY)  # active: kept however old
@@ -460,8 +515,16 @@ def test_prune_deletes_only_what_is_old_and_finished(store, wall, monkeypatch):
     store.add_trade(make_trade("new-trade", start=now + 900), "mqtt")
 
     deleted = store.prune(now, decision_retention_days=7)
-    assert deleted == {"decisions": 30, "alarms": 1, "audit": 1, "rejected_trades": 1, "shortfalls": 1,
-                       "orders": 1, "order_intents": 1, "trades": 0}
+    assert deleted == {
+        "decisions": 30,
+        "alarms": 1,
+        "audit": 1,
+        "rejected_trades": 1,
+        "shortfalls": 1,
+        "orders": 1,
+        "order_intents": 1,
+        "trades": 0,
+    }
     assert [i["client_order_id"] for i in store.order_intents()] == ["old-pending"]
     assert len(store.decisions(limit=1000)) == 5
     assert {a["key"] for a in store.alarm_history()} == {"old-active", "recent"}
@@ -544,10 +607,18 @@ def test_outbox_like_writer_in_other_threads_and_store_writers_interleave(store)
 
 # ---------------------------------------------------------------- order intents (schema 3)
 
+
 def intent_body(cid: str, side: str = "sell", quantity_mw: float = 2.0) -> dict:
-    return {"side": side, "quantity_mw": quantity_mw, "price_eur_mwh": 80.0, "market": "intraday",
-            "delivery_start": "2026-11-25T15:00Z", "time_in_force": "GTC", "participant": "demo",
-            "client_order_id": cid}
+    return {
+        "side": side,
+        "quantity_mw": quantity_mw,
+        "price_eur_mwh": 80.0,
+        "market": "intraday",
+        "delivery_start": "2026-11-25T15:00Z",
+        "time_in_force": "GTC",
+        "participant": "demo",
+        "client_order_id": cid,
+    }
 
 
 def test_order_intent_is_durable_and_settles_once(tmp_path, wall):
@@ -563,8 +634,10 @@ def test_order_intent_is_durable_and_settles_once(tmp_path, wall):
             s.add_order_intent("demo-3", intent_body("demo-x"), T0)
     with Store.in_state_dir(path, now=wall) as s:  # as after a kill -9: committed means on disk
         pending = s.order_intents("pending")
-        assert [(i["client_order_id"], i["side"], i["quantity_mw"]) for i in pending] == \
-            [("demo-1", "sell", 2.0), ("demo-2", "buy", 2.0)]
+        assert [(i["client_order_id"], i["side"], i["quantity_mw"]) for i in pending] == [
+            ("demo-1", "sell", 2.0),
+            ("demo-2", "buy", 2.0),
+        ]
         assert pending[0]["order"] == intent_body("demo-1") and pending[0]["created_ts"] == T0
         assert s.orders(active_only=False) == []
         order = {**intent_body("demo-1"), "order_id": "O-1", "status": "open", "filled_mw": 0.0, "remaining_mw": 2.0}
@@ -576,7 +649,10 @@ def test_order_intent_is_durable_and_settles_once(tmp_path, wall):
             s.resolve_order_intent("demo-2", "placed", {"status": "open"})  # placed needs an order_id
         assert s.order_intents("pending") == []
         settled = {i["client_order_id"]: (i["state"], i["order_id"], i["reason"]) for i in s.order_intents()}
-        assert settled == {"demo-1": ("placed", "O-1", None), "demo-2": ("not_placed", None, "never reached the exchange")}
+        assert settled == {
+            "demo-1": ("placed", "O-1", None),
+            "demo-2": ("not_placed", None, "never reached the exchange"),
+        }
         assert [o["order_id"] for o in s.orders()] == ["O-1"]
         assert s.counts()["order_intents"] == 2
 
@@ -588,8 +664,9 @@ def test_migration_from_schema_2_adds_order_intents(tmp_path):
         for stmt in migration:
             c.execute(stmt)
     c.execute("PRAGMA user_version=2")
-    c.execute("INSERT INTO orders (order_id, status, created_ts, updated_ts, json) VALUES ('O-old','open',?,?,'{}')",
-              (T0, T0))
+    c.execute(
+        "INSERT INTO orders (order_id, status, created_ts, updated_ts, json) VALUES ('O-old','open',?,?,'{}')", (T0, T0)
+    )
     c.commit()
     c.close()
     with Store(path) as s:

@@ -35,8 +35,14 @@ def next_period(b: MemoryBackend, ahead: int = 2) -> str:
 
 
 def order(b: MemoryBackend, **kw) -> dict:
-    return {"side": "sell", "quantity_mw": 2.0, "price_eur_mwh": 85.5, "market": "intraday",
-            "delivery_start": next_period(b), **kw}
+    return {
+        "side": "sell",
+        "quantity_mw": 2.0,
+        "price_eur_mwh": 85.5,
+        "market": "intraday",
+        "delivery_start": next_period(b),
+        **kw,
+    }
 
 
 async def with_cookie(base_url: str, method: str, path: str, token: str, **kw) -> httpx.Response:
@@ -76,7 +82,18 @@ async def test_bess_status_has_the_design_shape(web):
     r = await web.client.get("/api/bess-status", headers=H)
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
     body = r.json()
-    for k in ("soc_pct", "power_mw", "setpoint_mw", "target_mw", "temperature_c", "status", "mode", "binding", "alarms", "ts"):
+    for k in (
+        "soc_pct",
+        "power_mw",
+        "setpoint_mw",
+        "target_mw",
+        "temperature_c",
+        "status",
+        "mode",
+        "binding",
+        "alarms",
+        "ts",
+    ):
         assert k in body
     assert body["status"] == "online" and body["mode"] == "auto" and body["alarms"] == []
     assert body["soc_pct"] == pytest.approx(web.backend.soc_pct)
@@ -118,9 +135,21 @@ async def test_market_data_orders_trades(web):
 
 async def test_decisions_are_paginated_newest_first(web):
     t0 = 1_800_000_000.0
-    web.backend.decision_log = [{"ts": t0 + i, "target_mw": 1.0, "setpoint_mw": 1.0, "binding": "none", "mode": "auto",
-                                 "soc_pct": 50.0, "power_mw": 1.0, "temperature_c": 25.0, "readback_mw": 1.0,
-                                 "reasons": ""} for i in range(25)]
+    web.backend.decision_log = [
+        {
+            "ts": t0 + i,
+            "target_mw": 1.0,
+            "setpoint_mw": 1.0,
+            "binding": "none",
+            "mode": "auto",
+            "soc_pct": 50.0,
+            "power_mw": 1.0,
+            "temperature_c": 25.0,
+            "readback_mw": 1.0,
+            "reasons": "",
+        }
+        for i in range(25)
+    ]
     seen, before, pages = [], None, 0
     while pages < 10:
         params = {"limit": 10} | ({"before": before} if before else {})
@@ -147,17 +176,32 @@ async def test_schedule_defaults_to_today_and_has_positions_and_history(web):
     # Two periods ahead is tomorrow in the last half hour before midnight UTC: then ask for a window that holds it.
     delivery = placed["delivery_start"].replace("Z", ".000Z")
     if delivery >= body["to"]:
-        body = (await web.client.get("/api/schedule", headers=H,
-                                     params={"from": iso(today), "to": iso(today + 2 * 86400)})).json()
+        body = (
+            await web.client.get("/api/schedule", headers=H, params={"from": iso(today), "to": iso(today + 2 * 86400)})
+        ).json()
     assert {"period_start": delivery, "position_mw": 3.0} in body["periods"]
-    empty = (await web.client.get("/api/schedule", headers=H,
-                                  params={"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"})).json()
+    empty = (
+        await web.client.get(
+            "/api/schedule", headers=H, params={"from": "2020-01-01T00:00:00Z", "to": "2020-01-02T00:00:00Z"}
+        )
+    ).json()
     assert empty["periods"] == [] and empty["actual"] == []
 
 
 # ------------------------------------------------------------------------------------------------- auth
-@pytest.mark.parametrize("path", ["/api/bess-status", "/api/market-data", "/api/orders", "/api/trades", "/api/alarms",
-                                  "/api/decisions", "/api/schedule", "/api/ws-token"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/bess-status",
+        "/api/market-data",
+        "/api/orders",
+        "/api/trades",
+        "/api/alarms",
+        "/api/decisions",
+        "/api/schedule",
+        "/api/ws-token",
+    ],
+)
 async def test_every_api_read_needs_a_key(web, path):
     body = assert_json_error(await web.client.get(path), 401)
     assert "API key" in body["detail"]
@@ -165,8 +209,16 @@ async def test_every_api_read_needs_a_key(web, path):
     assert (await web.client.get(path, headers=H)).status_code == 200
 
 
-@pytest.mark.parametrize("method,path", [("POST", "/api/orders"), ("POST", "/api/orders/check"), ("POST", "/api/telemetry"),
-                                         ("POST", "/api/mode"), ("DELETE", "/api/orders/o-1")])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("POST", "/api/orders"),
+        ("POST", "/api/orders/check"),
+        ("POST", "/api/telemetry"),
+        ("POST", "/api/mode"),
+        ("DELETE", "/api/orders/o-1"),
+    ],
+)
 async def test_every_mutation_needs_a_key(web, method, path):
     assert_json_error(await web.client.request(method, path, json={}), 401)
     assert web.backend.audit_log == []
@@ -185,7 +237,9 @@ async def test_login_sets_an_httponly_session_cookie_and_logout_ends_it(web):
     r = await web.client.post("/api/login", json={"api_key": KEYS[1]})
     assert r.status_code == 200 and r.json()["ok"] is True
     cookie = r.headers["set-cookie"]
-    assert "bess_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert (
+        "bess_session=" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    )
     token = web.client.cookies["bess_session"]
     assert (await web.client.get("/api/bess-status")).status_code == 200
     r = await web.client.post("/api/mode", json={"mode": "auto"}, headers={"Origin": web.url})
@@ -271,11 +325,24 @@ def write_routes(app) -> list[tuple[str, str]]:
 async def test_a_read_only_key_reads_and_every_write_is_403():
     async with running_web(demo_backend(), read_keys=READ_KEYS) as w:
         writes = write_routes(w.app)
-        assert {("POST", "/api/orders"), ("POST", "/api/mode"), ("POST", "/api/telemetry"),
-                ("DELETE", "/api/orders/o-demo-0"), ("POST", "/api/orders/check")} <= set(writes)
+        assert {
+            ("POST", "/api/orders"),
+            ("POST", "/api/mode"),
+            ("POST", "/api/telemetry"),
+            ("DELETE", "/api/orders/o-demo-0"),
+            ("POST", "/api/orders/check"),
+        } <= set(writes)
         async with httpx.AsyncClient(base_url=w.url) as c:
-            for path in ("/api/bess-status", "/api/market-data", "/api/orders", "/api/trades", "/api/alarms",
-                         "/api/decisions", "/api/schedule", "/api/ws-token"):
+            for path in (
+                "/api/bess-status",
+                "/api/market-data",
+                "/api/orders",
+                "/api/trades",
+                "/api/alarms",
+                "/api/decisions",
+                "/api/schedule",
+                "/api/ws-token",
+            ):
                 assert (await c.get(path, headers=RK)).status_code == 200, path
             before = (w.backend.mode, len(w.backend.orders_by_id), len(w.backend.telemetry_sent))
             for method, path in writes:
@@ -325,11 +392,10 @@ async def test_metrics_and_docs_need_a_key_unless_opened(path):
             assert_json_error(r, 401)
             assert r.headers["www-authenticate"] == "Bearer"
             assert_json_error(await c.get(path, headers={"Authorization": "Bearer wrong"}), 401)
-            for headers in ({"Authorization": f"Bearer {READ_KEYS[0]}"}, {"Authorization": f"bearer {KEYS[1]}"},
-                            RK, H):
+            for headers in ({"Authorization": f"Bearer {READ_KEYS[0]}"}, {"Authorization": f"bearer {KEYS[1]}"}, RK, H):
                 assert (await c.get(path, headers=headers)).status_code == 200, headers
             await c.post("/api/login", json={"api_key": READ_KEYS[0]})
-            assert (await c.get(path)).status_code == 200   # the dashboard's session opens the docs
+            assert (await c.get(path)).status_code == 200  # the dashboard's session opens the docs
             c.cookies.clear()
             assert (await c.get("/healthz")).status_code == 200 and (await c.get("/readyz")).status_code == 200
     async with running_web(metrics_registry=CollectorRegistry(), open_metrics=True, open_docs=True) as w:
@@ -353,7 +419,11 @@ async def test_place_order_is_checked_sent_listed_and_audited(web):
     r = await web.client.post("/api/orders", headers=H, json=body)
     assert r.status_code == 201
     placed = r.json()
-    assert placed["status"] == "open" and placed["quantity_mw"] == 2.0 and placed["delivery_start"] == body["delivery_start"]
+    assert (
+        placed["status"] == "open"
+        and placed["quantity_mw"] == 2.0
+        and placed["delivery_start"] == body["delivery_start"]
+    )
     listed = (await web.client.get("/api/orders", headers=H)).json()["orders"]
     assert [o["order_id"] for o in listed] == [placed["order_id"]]
     a = b.audit_log[-1]
@@ -367,17 +437,25 @@ async def test_orders_the_pre_trade_check_refuses_answer_409_with_the_reason(web
     assert body["limit"] == "p_discharge_max" and body["period"] and "10 MW" in body["detail"]
     # SoC 50 % of 20 MWh; each 10 MW quarter hour sold takes 2.5 MWh = 12.5 %: three fit (12.5 % left), a fourth not
     for k in (2, 3, 4):
-        r = await web.client.post("/api/orders", headers=H, json=order(b, quantity_mw=10.0, delivery_start=next_period(b, k)))
+        r = await web.client.post(
+            "/api/orders", headers=H, json=order(b, quantity_mw=10.0, delivery_start=next_period(b, k))
+        )
         assert r.status_code == 201
         b.fill(r.json()["order_id"])
-    r = await web.client.post("/api/orders", headers=H, json=order(b, quantity_mw=10.0, delivery_start=next_period(b, 5)))
+    r = await web.client.post(
+        "/api/orders", headers=H, json=order(b, quantity_mw=10.0, delivery_start=next_period(b, 5))
+    )
     body = assert_json_error(r, 409)
     now = b.now()
     assert body["limit"] == "soc_min" and "SoC would fall" in body["detail"]
     assert body["period"] == iso(now - now % PERIOD_S + 5 * PERIOD_S)
     current = iso(now - now % PERIOD_S)  # always past gate closure
-    assert assert_json_error(await web.client.post("/api/orders", headers=H, json=order(b, delivery_start=current)),
-                             409)["limit"] == "gate_closure"
+    assert (
+        assert_json_error(await web.client.post("/api/orders", headers=H, json=order(b, delivery_start=current)), 409)[
+            "limit"
+        ]
+        == "gate_closure"
+    )
     refused = [a for a in b.audit_log if a["details"]["result"] == "refused"]
     assert len(refused) == 3 and all(a["action"] == "place_order" for a in refused)
 
@@ -398,14 +476,23 @@ async def test_cancel_order(web):
     r = await web.client.delete(f"/api/orders/{placed['order_id']}", headers=H)
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     assert (await web.client.get("/api/orders", headers=H)).json()["orders"] == []
-    assert "cancelled" in assert_json_error(await web.client.delete(f"/api/orders/{placed['order_id']}", headers=H), 409)["detail"]
+    assert (
+        "cancelled"
+        in assert_json_error(await web.client.delete(f"/api/orders/{placed['order_id']}", headers=H), 409)["detail"]
+    )
     assert_json_error(await web.client.delete("/api/orders/o-unknown", headers=H), 404)
     assert_json_error(await web.client.delete("/api/orders/bad%20id%21", headers=H), 422)
-    assert [a["details"]["result"] for a in b.audit_log if a["action"] == "cancel_order"] == ["ok", "refused", "not_found"]
+    assert [a["details"]["result"] for a in b.audit_log if a["action"] == "cancel_order"] == [
+        "ok",
+        "refused",
+        "not_found",
+    ]
 
 
 async def test_manual_telemetry_sample(web):
-    r = await web.client.post("/api/telemetry", headers=H, json={"soc_pct": 42.5, "power_mw": -3, "temperature_c": 31.2})
+    r = await web.client.post(
+        "/api/telemetry", headers=H, json={"soc_pct": 42.5, "power_mw": -3, "temperature_c": 31.2}
+    )
     assert r.status_code == 200
     body = r.json()
     assert body["source"] == "manual" and body["soc_pct"] == 42.5 and body["power_mw"] == -3.0
@@ -428,14 +515,22 @@ async def test_mode_changes(web):
     assert st["setpoint_mw"] == 0 and st["binding"] == "mode_stopped"
     body = assert_json_error(await web.client.post("/api/mode", headers=H, json={"mode": "manual"}), 422)
     assert "setpoint_mw" in body["detail"]
-    assert_json_error(await web.client.post("/api/mode", headers=H, json={"mode": "manual", "setpoint_mw": 1, "expires_s": 0}), 422)
+    assert_json_error(
+        await web.client.post("/api/mode", headers=H, json={"mode": "manual", "setpoint_mw": 1, "expires_s": 0}), 422
+    )
     assert_json_error(await web.client.post("/api/mode", headers=H, json={"mode": "turbo"}), 422)
     assert [a["details"]["mode"] for a in web.backend.audit_log] == ["manual", "stopped"]
 
 
 # ------------------------------------------------------------------------------------ bad input, never 500
 BAD_BODIES = [
-    b"{", b"", b"null", b"[]", b'"text"', b"{}", b'{"side": "sell"}',
+    b"{",
+    b"",
+    b"null",
+    b"[]",
+    b'"text"',
+    b"{}",
+    b'{"side": "sell"}',
     b'{"side":"sell","quantity_mw":"2","price_eur_mwh":1,"delivery_start":"2030-01-01T00:00:00Z"}',
     b'{"side":"sell","quantity_mw":true,"price_eur_mwh":1,"delivery_start":"2030-01-01T00:00:00Z"}',
     b'{"side":"sell","quantity_mw":1e400,"price_eur_mwh":1,"delivery_start":"2030-01-01T00:00:00Z"}',
@@ -449,12 +544,19 @@ BAD_BODIES = [
     b'{"side":"sell","quantity_mw":1,"price_eur_mwh":1,"delivery_start":"2030-01-01T00:00:00Z","extra":1}',
     b'{"side":"short","quantity_mw":1,"price_eur_mwh":1,"delivery_start":"2030-01-01T00:00:00Z"}',
     b'{"side":["sell"],"quantity_mw":{"a":1},"price_eur_mwh":null,"delivery_start":12}',
-    b'{"soc_pct":101,"power_mw":0,"temperature_c":20}', b'{"soc_pct":-0.1,"power_mw":0,"temperature_c":20}',
-    b'{"soc_pct":50,"power_mw":1e308,"temperature_c":20}', b'{"soc_pct":"50","power_mw":0,"temperature_c":20}',
-    b'{"mode":"manual","setpoint_mw":Infinity}', b'{"mode":null}', b'{"mode":"auto","setpoint_mw":"x"}',
-    b'{"api_key":""}', b'{"api_key":123}',
+    b'{"soc_pct":101,"power_mw":0,"temperature_c":20}',
+    b'{"soc_pct":-0.1,"power_mw":0,"temperature_c":20}',
+    b'{"soc_pct":50,"power_mw":1e308,"temperature_c":20}',
+    b'{"soc_pct":"50","power_mw":0,"temperature_c":20}',
+    b'{"mode":"manual","setpoint_mw":Infinity}',
+    b'{"mode":null}',
+    b'{"mode":"auto","setpoint_mw":"x"}',
+    b'{"api_key":""}',
+    b'{"api_key":123}',
     b'{"soc_pct":' + b"9" * 5000 + b',"power_mw":0,"temperature_c":20}',  # over Python's int-parsing digit limit
-    '{"side":"\u00e9\u2603\U0001F600","quantity_mw":1}'.encode(), b"\xff\xfe\x00garbage", b"[" * 5000 + b"]" * 5000,
+    '{"side":"\u00e9\u2603\U0001f600","quantity_mw":1}'.encode(),
+    b"\xff\xfe\x00garbage",
+    b"[" * 5000 + b"]" * 5000,
 ]
 
 
@@ -473,21 +575,33 @@ async def test_bad_bodies_get_a_4xx_json_answer_never_500(web, path):
 
 
 async def test_huge_bodies_are_refused_before_parsing(web):
-    r = await web.client.post("/api/orders", headers={**H, "Content-Type": "application/json"},
-                              content=b'{"side":"' + b"x" * 1_100_000 + b'"}')
+    r = await web.client.post(
+        "/api/orders",
+        headers={**H, "Content-Type": "application/json"},
+        content=b'{"side":"' + b"x" * 1_100_000 + b'"}',
+    )
     assert_json_error(r, 413)
     assert r.headers["connection"] == "close"  # the rest of the body is never read
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=abc", "before=yesterday", "before=2030-13-01T00:00:00Z",
-                                   "limit=" + "9" * 400])
+@pytest.mark.parametrize(
+    "query",
+    ["limit=0", "limit=1001", "limit=abc", "before=yesterday", "before=2030-13-01T00:00:00Z", "limit=" + "9" * 400],
+)
 async def test_bad_decision_queries(web, query):
     assert_json_error(await web.client.get(f"/api/decisions?{query}", headers=H), 422)
 
 
-@pytest.mark.parametrize("query", ["from=nonsense", "from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
-                                   "from=2030-01-01T00:00:00Z&to=2030-02-01T00:00:00Z", "to=2030-01-01T00:00:00",
-                                   "from=" + "1" * 100])
+@pytest.mark.parametrize(
+    "query",
+    [
+        "from=nonsense",
+        "from=2030-01-02T00:00:00Z&to=2030-01-01T00:00:00Z",
+        "from=2030-01-01T00:00:00Z&to=2030-02-01T00:00:00Z",
+        "to=2030-01-01T00:00:00",
+        "from=" + "1" * 100,
+    ],
+)
 async def test_bad_schedule_queries(web, query):
     assert_json_error(await web.client.get(f"/api/schedule?{query}", headers=H), 422)
 
@@ -500,6 +614,7 @@ async def test_unknown_paths_and_methods_are_json_4xx(web):
 async def test_a_backend_bug_is_a_json_500_not_a_dropped_connection(web):
     def broken():
         raise RuntimeError("bug")
+
     web.backend.status = broken
     r = await web.client.get("/api/bess-status", headers=H)
     assert r.status_code == 500 and r.json()["detail"].startswith("internal error")
@@ -508,14 +623,32 @@ async def test_a_backend_bug_is_a_json_500_not_a_dropped_connection(web):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=30),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=15), children, max_size=5),
-    max_leaves=20)
-field_names = st.sampled_from(["side", "quantity_mw", "price_eur_mwh", "market", "delivery_start", "time_in_force",
-                               "soc_pct", "power_mw", "temperature_c", "mode", "setpoint_mw", "expires_s", "api_key"])
+    max_leaves=20,
+)
+field_names = st.sampled_from(
+    [
+        "side",
+        "quantity_mw",
+        "price_eur_mwh",
+        "market",
+        "delivery_start",
+        "time_in_force",
+        "soc_pct",
+        "power_mw",
+        "temperature_c",
+        "mode",
+        "setpoint_mw",
+        "expires_s",
+        "api_key",
+    ]
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(path=st.sampled_from(["/api/orders", "/api/orders/check", "/api/telemetry", "/api/mode", "/api/login"]),
-       body=st.dictionaries(field_names, json_values, max_size=7) | json_values)
+@given(
+    path=st.sampled_from(["/api/orders", "/api/orders/check", "/api/telemetry", "/api/mode", "/api/login"]),
+    body=st.dictionaries(field_names, json_values, max_size=7) | json_values,
+)
 def test_property_no_json_body_gives_a_5xx(path, body):
     app = create_app(MemoryBackend(), KEYS, SECRET, lockout_failures=10_000)
     raw = json.dumps(body, allow_nan=True)
@@ -549,7 +682,11 @@ async def test_websocket_pushes_status_on_every_cycle(web):
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert set(first) >= {"soc_pct", "power_mw", "status", "mode", "binding", "alarms", "ts"}
         await asyncio.sleep(0.3)  # the throttle window after the first push
-        web.backend.mode, web.backend.manual_setpoint_mw, web.backend.manual_expires_ts = "manual", 4.0, web.backend.now() + 60
+        web.backend.mode, web.backend.manual_setpoint_mw, web.backend.manual_expires_ts = (
+            "manual",
+            4.0,
+            web.backend.now() + 60,
+        )
         web.backend.cycle(1.0)
         pushed = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert pushed["mode"] == "manual" and pushed["setpoint_mw"] == 4.0 and pushed["power_mw"] == 4.0
@@ -575,8 +712,11 @@ async def test_websocket_is_throttled_and_the_latest_value_wins():
                 await asyncio.sleep(0.01)
             last_soc = w.backend.soc_pct
             # the latest value wins: it is pushed once the throttle window allows (bounded wait, not a sleep)
-            await wait_for(lambda: any(m["soc_pct"] == pytest.approx(last_soc) for m in received), 5,
-                           "the last cycle's value at the client")
+            await wait_for(
+                lambda: any(m["soc_pct"] == pytest.approx(last_soc) for m in received),
+                5,
+                "the last cycle's value at the client",
+            )
             task.cancel()
             # an upper bound on the pushes: a slow machine only lengthens the window, so it cannot fail this
             elapsed = time.monotonic() - t0
@@ -614,8 +754,10 @@ async def test_websocket_tokens_from_another_secret_count_as_failures():
 async def test_an_idle_client_does_not_hold_up_the_others(web):
     t1, t2 = await ws_token(web), await ws_token(web)
     # the idle client reads nothing (its library stops reading from the socket once one message waits)
-    async with connect(f"{web.ws_url}?token={t1}", open_timeout=5, max_queue=1, close_timeout=0.5), \
-            connect(f"{web.ws_url}?token={t2}", open_timeout=5) as reader:
+    async with (
+        connect(f"{web.ws_url}?token={t1}", open_timeout=5, max_queue=1, close_timeout=0.5),
+        connect(f"{web.ws_url}?token={t2}", open_timeout=5) as reader,
+    ):
         await asyncio.wait_for(reader.recv(), 5)
         got = 0
         for _ in range(8):
@@ -647,8 +789,20 @@ async def test_docs_and_openapi_are_served_locally(web):
     assert docs.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in docs.text
     assert not re.search(r"https?://(?!127\.0\.0\.1)", docs.text.split("<script>")[0])
     spec = (await web.client.get("/openapi.json", headers=H)).json()
-    for path in ("/api/bess-status", "/api/market-data", "/api/orders", "/api/trades", "/api/telemetry", "/api/mode",
-                 "/api/orders/{order_id}", "/api/alarms", "/api/decisions", "/api/schedule", "/healthz", "/readyz"):
+    for path in (
+        "/api/bess-status",
+        "/api/market-data",
+        "/api/orders",
+        "/api/trades",
+        "/api/telemetry",
+        "/api/mode",
+        "/api/orders/{order_id}",
+        "/api/alarms",
+        "/api/decisions",
+        "/api/schedule",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in spec["paths"], path
     assert "X-API-Key" in json.dumps(spec["components"]["securitySchemes"])
     for asset in ("/static/vendor/swagger-ui/swagger-ui-bundle.js", "/static/vendor/swagger-ui/swagger-ui.css"):
@@ -687,8 +841,11 @@ async def test_every_dashboard_asset_is_served_locally(web):
                 assert (await web.client.get(font)).status_code == 200, font
     for html in pages:
         assert not re.search(r"""(src|href)=["']https?:""", html)
-    for lic in ("/static/vendor/apexcharts/LICENSE", "/static/vendor/fontawesome/LICENSE.txt",
-                "/static/vendor/swagger-ui/LICENSE"):
+    for lic in (
+        "/static/vendor/apexcharts/LICENSE",
+        "/static/vendor/fontawesome/LICENSE.txt",
+        "/static/vendor/swagger-ui/LICENSE",
+    ):
         assert (await web.client.get(lic)).status_code == 200
 
 
@@ -703,11 +860,11 @@ async def test_a_request_arriving_during_a_control_cycle_waits_for_its_end(monke
     backend.cycle_idle.set()
     async with running_web(backend) as w, httpx.AsyncClient(base_url=w.url, headers=H, timeout=10) as c:
         assert (await c.get("/api/bess-status")).status_code == 200
-        backend.cycle_idle.clear()   # a cycle starts
+        backend.cycle_idle.clear()  # a cycle starts
         pending = asyncio.create_task(c.get("/api/bess-status"))
         await asyncio.sleep(0.5)
         assert not pending.done(), "served while the cycle ran"
-        backend.cycle_idle.set()     # the cycle ends
+        backend.cycle_idle.set()  # the cycle ends
         r = await asyncio.wait_for(pending, 5)
         assert r.status_code == 200 and r.json()["mode"]
 
@@ -718,7 +875,7 @@ async def test_a_cycle_that_hangs_holds_requests_only_briefly(monkeypatch):
 
     monkeypatch.setattr(web.app, "GATE_MAX_S", 0.2)
     backend = MemoryBackend()
-    backend.cycle_idle = asyncio.Event()   # never set: the cycle never ends
+    backend.cycle_idle = asyncio.Event()  # never set: the cycle never ends
     async with running_web(backend) as w, httpx.AsyncClient(base_url=w.url, headers=H, timeout=10) as c:
         results = await asyncio.gather(*(c.get("/api/bess-status") for _ in range(5)), c.get("/healthz"))
         assert [r.status_code for r in results] == [200] * 6

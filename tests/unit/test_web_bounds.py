@@ -63,8 +63,10 @@ async def stream(port: int, head: bytes, chunks, *, chunked: bool = True) -> tup
 
 
 def post_head(path: str, extra: str = "Transfer-Encoding: chunked\r\n") -> bytes:
-    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"X-API-Key: {KEYS[0]}\r\n{extra}\r\n").encode()
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-API-Key: {KEYS[0]}\r\n{extra}\r\n"
+    ).encode()
 
 
 async def still_serves(url: str) -> None:
@@ -82,7 +84,7 @@ async def test_a_chunked_body_is_counted_as_it_streams(path):
         assert status == 413, (status, sent)
         assert "larger than 1048576 bytes" in json.loads(body)["detail"]
         assert headers["connection"] == "close"
-        assert sent < 64 * 1024 * 1024   # answered long before the 64 MB the client was ready to send
+        assert sent < 64 * 1024 * 1024  # answered long before the 64 MB the client was ready to send
         assert w.backend.audit_log == [] and w.backend.orders_by_id == {}
         await still_serves(w.url)
 
@@ -91,7 +93,7 @@ async def test_the_body_limit_is_configurable():
     async with running_web(web={"max_body_bytes": 2048}) as w:
         status, _, body, _ = await stream(w.port, post_head("/api/login"), (b"x" * 1000 for _ in range(10)))
         assert status == 413 and "larger than 2048 bytes" in json.loads(body)["detail"]
-        async with httpx.AsyncClient(base_url=w.url) as c:   # a body under the limit is served as before
+        async with httpx.AsyncClient(base_url=w.url) as c:  # a body under the limit is served as before
             assert (await c.post("/api/login", json={"api_key": KEYS[0]})).status_code == 200
 
 
@@ -110,7 +112,7 @@ async def test_a_trickled_body_is_closed_at_its_deadline():
         reader, writer = await asyncio.open_connection("127.0.0.1", w.port)
         writer.write(post_head("/api/login", "Content-Length: 1000\r\n"))
         closed = False
-        for _ in range(200):   # a byte every 50 ms: the 1000 bytes would take 50 s
+        for _ in range(200):  # a byte every 50 ms: the 1000 bytes would take 50 s
             writer.write(b"x")
             try:
                 await writer.drain()
@@ -138,18 +140,21 @@ async def test_a_trickled_body_is_closed_at_its_deadline():
 async def test_endless_headers_get_431():
     async with running_web() as w:
         status, headers, body, sent = await stream(
-            w.port, b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ", (b"a" * 1024 for _ in range(100_000)),
-            chunked=False)
+            w.port,
+            b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ",
+            (b"a" * 1024 for _ in range(100_000)),
+            chunked=False,
+        )
         assert status == 431, (status, sent)
         assert "headers larger than 16384 bytes" in json.loads(body)["detail"]
-        assert sent < 64 * 1024 * 1024   # answered, not read to the end
+        assert sent < 64 * 1024 * 1024  # answered, not read to the end
         await still_serves(w.url)
 
 
 async def test_many_headers_within_the_limit_are_served():
     async with running_web() as w:
         async with httpx.AsyncClient(base_url=w.url) as c:
-            extra = {f"X-H{i}": "v" * 100 for i in range(100)}   # ~11 KB of headers
+            extra = {f"X-H{i}": "v" * 100 for i in range(100)}  # ~11 KB of headers
             assert (await c.get("/api/bess-status", headers={**H, **extra})).status_code == 200
 
 
@@ -158,7 +163,7 @@ async def test_trickled_headers_get_408_at_their_deadline():
         reader, writer = await asyncio.open_connection("127.0.0.1", w.port)
         answer = asyncio.create_task(answer_of(reader, timeout_s=20))
         request = b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: " + b"s" * 400
-        for byte in request:   # a byte every 20 ms: 8 s in all
+        for byte in request:  # a byte every 20 ms: 8 s in all
             if answer.done():
                 break
             writer.write(bytes([byte]))
@@ -176,7 +181,7 @@ async def test_trickled_headers_get_408_at_their_deadline():
 async def test_an_idle_connection_is_closed():
     async with running_web(web={"header_timeout_s": 0.5, "keep_alive_s": 0.5}) as w:
         reader, _ = await asyncio.open_connection("127.0.0.1", w.port)
-        assert await asyncio.wait_for(reader.read(), 10) == b""   # closed without a word
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed without a word
 
 
 # ------------------------------------------------------------------------------------------------ connections
@@ -189,7 +194,7 @@ async def test_connections_over_the_cap_are_refused_at_once_then_served_again():
         assert status == 503 and "too many open connections" in json.loads(body)["detail"]
         for _, wr in held:
             wr.close()
-        for _ in range(100):   # the server sees the closes
+        for _ in range(100):  # the server sees the closes
             if len(w.server.server_state.connections) == 0:
                 break
             await asyncio.sleep(0.02)
@@ -213,7 +218,7 @@ async def test_keep_alive_requests_and_the_websocket_still_work_behind_the_guard
 
     async with running_web(web={"max_connections": 4, "max_connections_per_client": 4}) as w:
         async with httpx.AsyncClient(base_url=w.url) as c:
-            for _ in range(20):   # one keep-alive connection, many requests
+            for _ in range(20):  # one keep-alive connection, many requests
                 assert (await c.get("/api/bess-status", headers=H)).status_code == 200
             token = (await c.get("/api/ws-token", headers=H)).json()["token"]
             async with connect(f"{w.ws_url}?token={token}", open_timeout=5) as ws:
@@ -233,8 +238,9 @@ async def test_tls_handshakes_count_against_the_cap_and_have_a_deadline(tmp_path
 
     cert, key = ensure_certificate(WebTls(enabled=True), tmp_path, bind_host="127.0.0.1")
     ctx = ssl.create_default_context(cafile=cert)
-    async with running_web(web={"max_connections": 6, "max_connections_per_client": 6, "header_timeout_s": 3},
-                           tls=(cert, key)) as w:
+    async with running_web(
+        web={"max_connections": 6, "max_connections_per_client": 6, "header_timeout_s": 3}, tls=(cert, key)
+    ) as w:
         url = f"https://127.0.0.1:{w.port}"
         async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=10) as c:
             assert (await c.get("/api/bess-status", headers=H)).status_code == 200
@@ -242,12 +248,12 @@ async def test_tls_handshakes_count_against_the_cap_and_have_a_deadline(tmp_path
             if not w.server.server_state.connections:
                 break
             await asyncio.sleep(0.02)
-        held = [await asyncio.open_connection("127.0.0.1", w.port) for _ in range(6)]   # no ClientHello, ever
+        held = [await asyncio.open_connection("127.0.0.1", w.port) for _ in range(6)]  # no ClientHello, ever
         reader, writer = await asyncio.open_connection("127.0.0.1", w.port)
-        assert await asyncio.wait_for(reader.read(), 10) == b""   # the 7th: closed
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # the 7th: closed
         writer.close()
-        assert len(w.server.server_state.connections) == 6        # ... while the 6 still hold their slots
-        for r, wr in held:                                         # each closed at its deadline
+        assert len(w.server.server_state.connections) == 6  # ... while the 6 still hold their slots
+        for r, wr in held:  # each closed at its deadline
             assert await asyncio.wait_for(r.read(), 20) == b""
             wr.close()
         for _ in range(100):
@@ -257,6 +263,9 @@ async def test_tls_handshakes_count_against_the_cap_and_have_a_deadline(tmp_path
         assert not w.server.server_state.connections
         async with httpx.AsyncClient(base_url=url, verify=ctx, timeout=10) as c:
             assert (await c.get("/api/bess-status", headers=H)).status_code == 200
-            r = await c.post("/api/login", headers={"Content-Type": "application/json"},
-                             content=b'{"api_key":"' + b"k" * 1_100_000 + b'"}')
-            assert r.status_code == 413   # and the bounds hold inside TLS
+            r = await c.post(
+                "/api/login",
+                headers={"Content-Type": "application/json"},
+                content=b'{"api_key":"' + b"k" * 1_100_000 + b'"}',
+            )
+            assert r.status_code == 413  # and the bounds hold inside TLS

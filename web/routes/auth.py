@@ -24,8 +24,15 @@ async def login(body: m.LoginRequest, request: Request, response: Response, stat
         raise HTTPException(401, "invalid API key")
     state.lockout.success(ip)
     token, payload = state.sessions.issue(state.session_ttl_s, kid=fp)
-    response.set_cookie(SESSION_COOKIE, token, max_age=int(state.session_ttl_s), httponly=True, samesite="strict",
-                        secure=request.url.scheme == "https", path="/")
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(state.session_ttl_s),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
     read_only = not state.keys.can_write(fp)
     await state.audit(f"session:{fp}", "login", {"client": ip, "read_only": read_only})
     return {"ok": True, "expires": iso(payload["exp"]), "read_only": read_only}

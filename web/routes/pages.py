@@ -13,8 +13,10 @@ from web.state import SESSION_COOKIE, WebState, web_state
 
 router = APIRouter(include_in_schema=False)
 
-PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-            "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+PAGE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 
 
 def _page(state: WebState, request: Request, name: str, read_only: bool = False) -> HTMLResponse:
@@ -47,10 +49,13 @@ async def openapi_json(request: Request, who: str = Depends(docs_reader)):
 
 @router.get("/docs")
 async def docs(who: str = Depends(docs_reader)):
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="BESS edge API",
-                               swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
-                               swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
-                               swagger_favicon_url="/static/img/favicon.svg")
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="BESS edge API",
+        swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+        swagger_favicon_url="/static/img/favicon.svg",
+    )
 
 
 @router.get("/favicon.ico")

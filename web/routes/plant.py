@@ -42,8 +42,9 @@ async def post_telemetry(body: m.TelemetryIn, who: str = Who, state: WebState = 
 @router.post("/api/mode", response_model=m.ModeOut)
 async def set_mode(body: m.ModeIn, who: str = Who, state: WebState = Depends(web_state)):
     req = body.model_dump()
-    return await state.mutate(who, "set_mode", req,
-                              state.backend.set_mode(body.mode, body.setpoint_mw, body.expires_s, who))
+    return await state.mutate(
+        who, "set_mode", req, state.backend.set_mode(body.mode, body.setpoint_mw, body.expires_s, who)
+    )
 
 
 @router.get("/api/alarms", response_model=m.Alarms)
@@ -52,8 +53,12 @@ async def alarms(who: str = Who, backend: Backend = Depends(backend_of)):
 
 
 @router.get("/api/decisions", response_model=m.Decisions)
-async def decisions(before: str | None = Query(None, max_length=40, description="ISO 8601: rows older than this"),
-                    limit: int = Query(100, ge=1, le=1000), who: str = Who, backend: Backend = Depends(backend_of)):
+async def decisions(
+    before: str | None = Query(None, max_length=40, description="ISO 8601: rows older than this"),
+    limit: int = Query(100, ge=1, le=1000),
+    who: str = Who,
+    backend: Backend = Depends(backend_of),
+):
     before_ts = _parse_time("before", before) if before is not None else None
     rows = await backend.decisions(before_ts, limit)
     page = [m.Decision.model_validate(r) for r in rows[:limit]]
@@ -62,10 +67,12 @@ async def decisions(before: str | None = Query(None, max_length=40, description=
 
 
 @router.get("/api/schedule", response_model=m.Schedule)
-async def schedule(from_: str | None = Query(None, alias="from", max_length=40,
-                                             description="ISO 8601; default: today 00:00 UTC"),
-                   to: str | None = Query(None, max_length=40, description="ISO 8601; default: from + 24 h"),
-                   who: str = Who, backend: Backend = Depends(backend_of)):
+async def schedule(
+    from_: str | None = Query(None, alias="from", max_length=40, description="ISO 8601; default: today 00:00 UTC"),
+    to: str | None = Query(None, max_length=40, description="ISO 8601; default: from + 24 h"),
+    who: str = Who,
+    backend: Backend = Depends(backend_of),
+):
     if from_ is None:
         now = backend.now()
         from_ts = now - now % DAY_S  # today 00:00 UTC on the controller's clock

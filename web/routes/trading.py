@@ -34,19 +34,30 @@ async def check_order(body: m.OrderIn, who: str = Who, backend: Backend = Depend
     return await backend.check_order(body.model_dump())
 
 
-@router.post("/api/orders", response_model=m.Order, status_code=201,
-             responses={**ERRORS, 409: {"model": m.OrderError, "description": "refused by the pre-trade check"},
-                        422: {"model": m.OrderError | m.InvalidRequest},
-                        503: {"model": m.Error, "description": "exchange unreachable"}})
+@router.post(
+    "/api/orders",
+    response_model=m.Order,
+    status_code=201,
+    responses={
+        **ERRORS,
+        409: {"model": m.OrderError, "description": "refused by the pre-trade check"},
+        422: {"model": m.OrderError | m.InvalidRequest},
+        503: {"model": m.Error, "description": "exchange unreachable"},
+    },
+)
 async def place_order(body: m.OrderIn, who: str = Who, state: WebState = Depends(web_state)):
     order = body.model_dump()
     return await state.mutate(who, "place_order", {"order": order}, state.backend.place_order(order, who))
 
 
-@router.delete("/api/orders/{order_id}", response_model=m.Order,
-               responses={**ERRORS, 404: {"model": m.Error}, 409: {"model": m.OrderError}})
+@router.delete(
+    "/api/orders/{order_id}",
+    response_model=m.Order,
+    responses={**ERRORS, 404: {"model": m.Error}, 409: {"model": m.OrderError}},
+)
 async def cancel_order(order_id: str, who: str = Who, state: WebState = Depends(web_state)):
     if not (1 <= len(order_id) <= 128) or not all(c.isalnum() or c in "-_.:" for c in order_id):
         raise HTTPException(422, "order_id: 1-128 characters of letters, digits, - _ . :")
-    return await state.mutate(who, "cancel_order", {"order_id": order_id},
-                              state.backend.cancel_order(order_id, who), not_found_ok=True)
+    return await state.mutate(
+        who, "cancel_order", {"order_id": order_id}, state.backend.cancel_order(order_id, who), not_found_ok=True
+    )
