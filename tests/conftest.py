@@ -6,12 +6,21 @@ import socket
 
 import pytest
 
+_handed_out: set[int] = set()
+
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now, and that this test process has not handed out
+    before: the kernel may give a port just released again, and a site file whose web and SCADA faces got the
+    same port is (rightly) refused by the config check (CI caught it: web.port == scada.opcua.port)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port that was not handed out already")
 
 
 @pytest.fixture
