@@ -40,24 +40,12 @@ def make_driver(
 ) -> DeviceDriver:
     """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible. Modbus
     devices given a `pool` share one connection per host:port (a gateway)."""
-    if dev.protocol == "modbus":
+    if dev.protocol in ("modbus", "sunspec"):
         from drivers.modbus import ModbusDriver
-
-        return ModbusDriver(
-            name,
-            profile,
-            dev.host,
-            dev.port,
-            unit_id=dev.unit_id,
-            timeout_s=dev.timeout_s,
-            clock=clock,
-            rating_mw=rating_mw,
-            pool=pool,
-        )
-    if dev.protocol == "sunspec":
         from drivers.sunspec import SunSpecDriver
 
-        return SunSpecDriver(
+        driver_class = ModbusDriver if dev.protocol == "modbus" else SunSpecDriver
+        return driver_class(
             name,
             profile,
             dev.host,
