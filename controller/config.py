@@ -324,6 +324,43 @@ class Simulator(_Model):
     units: dict[str, UnitSimulator] = Field(default_factory=dict)
 
 
+class Fcr(_Model):
+    """Frequency containment reserve (services.fcr): the plant's power follows the POI meter's frequency,
+    -capacity_mw x clamp((f - 50 Hz) / full_activation, -1, 1), none inside the deadband
+    (controller/services/fcr.py)."""
+
+    enabled: bool = Field(False, description="FCR on at start (the operator API switches it at runtime)")
+    capacity_mw: float = Field(0.0, ge=0, le=10_000, description="the FCR band offered, each direction")
+    deadband_mhz: float = Field(10.0, ge=0, le=500, description="no response while |f - 50 Hz| is within this")
+    full_activation_mhz: float = Field(200.0, gt=0, le=1000, description="|f - 50 Hz| at which all of it is due")
+    reserve_minutes: float = Field(15.0, ge=0, le=240, description="full activation held this long either way")
+    fast_path_s: float = Field(0.2, ge=0.05, le=1.0, description="the meter's frequency is read this often")
+    tolerance_pct: float = Field(
+        10.0, gt=0, le=100, description="provision records: a second is compliant within this share of capacity"
+    )
+    frequency_stale_s: float = Field(
+        2.0, gt=0, le=60, description="a frequency older than this is unknown: no FCR contribution (alarm)"
+    )
+
+
+def fcr_reserve_pct(fcr: Fcr, battery: "Battery") -> tuple[float, float]:
+    """SoC (% of capacity) that full activation for reserve_minutes takes: (down, up). Down: discharging
+    capacity_mw draws capacity / discharge_efficiency from the cells; up: charging stores capacity x
+    charge_efficiency. The one formula for the config check, the pre-trade check and the optimiser's reserve."""
+    hours = fcr.capacity_mw * fcr.reserve_minutes / 60.0
+    cap = battery.capacity_mwh
+    return 100.0 * hours / battery.discharge_efficiency / cap, 100.0 * hours * battery.charge_efficiency / cap
+
+
+class Services(_Model):
+    """Grid services stacked on the schedule (issue 15). Off unless configured."""
+
+    fcr: Fcr = Fcr()
+    records_retention_days: float = Field(
+        90.0, gt=0, le=3650, description="per-second provision records (evidence for the TSO) are kept this long"
+    )
+
+
 class SiteConfig(_Model):
     """The whole site file."""
 
@@ -340,6 +377,7 @@ class SiteConfig(_Model):
     scada: Scada = Scada()
     exchange: Exchange = Exchange()
     simulator: Simulator = Simulator()
+    services: Services = Services()
 
     # set by load_config, not by the file
     base_dir: Path | None = Field(None, exclude=True)
@@ -428,11 +466,62 @@ def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
         if dev.role != "pcs" and dev.allow_no_reversion:
             errors.append((loc + ("allow_no_reversion",), f"only for a device with role pcs (this one is {dev.role})"))
     errors += _port_clashes("", _listeners(cfg))
+    errors += _fcr_errors(cfg)
     sim = cfg.simulator
     errors += _port_clashes(
         "simulator.",
         {f: getattr(sim, f) for f in ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")},
     )
+    return errors
+
+
+def _fcr_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """services.fcr against the plant: the band fits the power limits and the rating, its reserve fits the SoC
+    window, the frequency comes from a POI meter, the deadband is inside the full activation."""
+    fcr, lim = cfg.services.fcr, cfg.limits
+    loc: Loc = ("services", "fcr")
+    errors: list[tuple[Loc, str]] = []
+    if fcr.deadband_mhz >= fcr.full_activation_mhz:
+        errors.append(
+            (
+                loc + ("deadband_mhz",),
+                f"must be < services.fcr.full_activation_mhz (got {fcr.deadband_mhz:g} >= {fcr.full_activation_mhz:g})",
+            )
+        )
+    rating = min(lim.p_charge_max_mw, lim.p_discharge_max_mw, lim.grid_limit_mw)
+    if fcr.capacity_mw > rating:
+        errors.append(
+            (
+                loc + ("capacity_mw",),
+                f"must be <= the plant's power either way, min(limits.p_charge_max_mw, p_discharge_max_mw, "
+                f"grid_limit_mw) = {rating:g} MW (got {fcr.capacity_mw:g})",
+            )
+        )
+    if fcr.enabled and fcr.capacity_mw <= 0:
+        errors.append((loc + ("capacity_mw",), "must be > 0 when services.fcr.enabled is true (got 0)"))
+    if (fcr.enabled or fcr.capacity_mw > 0) and cfg.meter() is None:
+        errors.append((loc, "needs a POI meter for the grid frequency: a device with role meter in devices:"))
+    if (fcr.enabled or fcr.capacity_mw > 0) and fcr.fast_path_s > cfg.cycle.period_s:
+        errors.append(
+            (
+                loc + ("fast_path_s",),
+                f"must be <= cycle.period_s (got {fcr.fast_path_s:g} > {cfg.cycle.period_s:g}): "
+                "the fast path is there to be faster than the cycle",
+            )
+        )
+    # full activation for reserve_minutes either way must fit between soc_min and soc_max
+    down_pct, up_pct = fcr_reserve_pct(fcr, cfg.battery)
+    window = lim.soc_max_pct - lim.soc_min_pct
+    if down_pct + up_pct >= window:
+        errors.append(
+            (
+                loc + ("reserve_minutes",),
+                f"full activation of {fcr.capacity_mw:g} MW for {fcr.reserve_minutes:g} min each way needs "
+                f"{down_pct:.3g} % + {up_pct:.3g} % of battery.capacity_mwh {cfg.battery.capacity_mwh:g} MWh, "
+                f"not less than the SoC window {lim.soc_min_pct:g}-{lim.soc_max_pct:g} %: lower capacity_mw or "
+                "reserve_minutes",
+            )
+        )
     return errors
 
 
