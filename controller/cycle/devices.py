@@ -88,35 +88,71 @@ class DeviceLink:
     last_error: DeviceError | None = None
     request_latency_s: float = 0.0
     errors_total: int = 0
+    _inflight: asyncio.Task | None = field(default=None, repr=False)  # a read that outlived its cycle's deadline
+    _late: bool = False  # the read in flight was counted as failed at its deadline
 
     def due(self, now: float) -> bool:
         # a small margin so a device polled every cycle is not skipped by jitter
         return self.last_poll_ts is None or now - self.last_poll_ts >= self.config.poll_interval_s * 0.9
 
-    async def poll(self, now: float) -> None:
+    async def poll(self, now: float, timeout_s: float | None = None) -> None:
+        """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up).
+
+        A read still pending then counts as a failed read (a timeout) at once, so a silent or slow device never
+        stretches the cycle and goes stale after FAILED_READS_STALE cycles as before. The request itself is not
+        cancelled (a cancelled Modbus request leaves its late answer in the connection, where the next request
+        would take it for its own): it runs on to the driver's own timeout, no new read of this device starts
+        until it has ended, and a late good answer is taken as the freshest readings (dated when it was asked).
+        While it runs, each cycle that finds the device due counts another failed read."""
+        if self._inflight is not None:
+            self._failed(DeviceTimeout(self.name, "read: the last request is still unanswered"))
+            return
         self.last_poll_ts = now
+        self._late = False
+        task = asyncio.ensure_future(self._read(now))
+        self._inflight = task
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            self._late = True
+            self._failed(DeviceTimeout(self.name, f"read: no answer by the cycle's deadline ({timeout_s:.3g} s)"))
+
+    async def _read(self, asked_ts: float) -> None:
         t0 = time.perf_counter()
         try:
-            self.readings = await self.driver.read()
+            readings = await self.driver.read()
+        except asyncio.CancelledError:
+            raise
         except DeviceError as e:
-            self.failures += 1
-            self.errors_total += 1
-            if self.last_error is None or type(e) is not type(self.last_error):
-                log.warning("device read failed", extra={"device": self.name, "cause": e.cause, "error": str(e)})
-            self.last_error = e
+            self._failed(e, count=not self._late)  # a late failure was counted at the deadline already
         except Exception as e:  # a driver bug must not kill the cycle: treat it as a failed read, loudly
-            self.failures += 1
-            self.errors_total += 1
             log.exception("driver raised an untyped error", extra={"device": self.name})
-            self.last_error = DeviceError(self.name, f"{type(e).__name__}: {e}")
+            self._failed(DeviceError(self.name, f"{type(e).__name__}: {e}"), count=not self._late)
         else:
+            self.readings = readings
             if self.failures:
                 log.info("device answers again", extra={"device": self.name, "after_failures": self.failures})
             self.failures = 0
             self.last_error = None
-            self.last_good_ts = now
+            self.last_good_ts = asked_ts
         finally:
             self.request_latency_s = time.perf_counter() - t0
+            self._inflight = None
+
+    def _failed(self, e: DeviceError, count: bool = True) -> None:
+        if count:
+            self.failures += 1
+            self.errors_total += 1
+        if self.last_error is None or type(e) is not type(self.last_error):
+            log.warning("device read failed", extra={"device": self.name, "cause": e.cause, "error": str(e)})
+        self.last_error = e
+
+    async def stop_reading(self) -> None:
+        """End a read still waiting on a silent device (on close)."""
+        task = self._inflight
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            self._inflight = None
 
     def health(self, now: float, stale_after_s: float) -> DeviceHealth:
         window = max(PERIODS_STALE * self.config.poll_interval_s, stale_after_s)
@@ -213,13 +249,16 @@ class DeviceSet:
         self.bms = next(link for link in self.links.values() if link.role == "bms")
         self.pcs = next(link for link in self.links.values() if link.role == "pcs")
 
-    async def poll(self, now: float, force: bool = False) -> None:
+    async def poll(self, now: float, force: bool = False, timeout_s: float | None = None) -> None:
+        """Read every due device (all with `force`) concurrently, each waiting at most `timeout_s` (see
+        DeviceLink.poll); `force` waits for every answer."""
         due = [link for link in self.links.values() if force or link.due(now)]
         if due:
-            await asyncio.gather(*(link.poll(now) for link in due))
+            await asyncio.gather(*(link.poll(now, None if force else timeout_s) for link in due))
 
     async def close(self) -> None:
         for link in self.links.values():
+            await link.stop_reading()
             try:
                 await link.driver.close()
             except Exception:

@@ -1,16 +1,22 @@
 """The only code that writes setpoints: it takes a `Decision` from the limit function, nothing else.
 
 It also arms the PCS's own reversion timeout (SunSpec WSetRvrtTms, reversion to 0 W), so the plant falls
-back to 0 MW by itself if the controller stops, and writes the heartbeats.
+back to 0 MW by itself if the controller stops, and writes the heartbeats. Writes are bounded by the cycle's
+deadline (`within`): a write still pending then fails at once as a timeout, and the cycle goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
+from typing import TypeVar
 
 from controller.cycle.devices import DeviceLink
 from controller.cycle.limits import Decision
+from drivers.errors import DeviceTimeout
+
+T = TypeVar("T")
 
 log = logging.getLogger("bess.dispatch")
 
@@ -26,6 +32,38 @@ class Dispatcher:
         self.last_written_mw: float | None = None
         self.last_readback_mw: float | None = None
         self._heartbeat = 0
+        # writes that outlived their cycle's deadline, by slot ("setpoint", "heartbeat"): each runs on to the
+        # driver's own timeout (a cancelled Modbus request would leave its late answer in the connection)
+        self._inflight: dict[str, asyncio.Task] = {}
+
+    async def within(self, slot: str, work: Awaitable[T], timeout_s: float | None) -> T:
+        """`work` (a write, or writes) awaited at most `timeout_s`. Still pending then: DeviceTimeout naming the
+        PCS at once, while the request runs on; until it has ended, the next write in the same slot fails at
+        once (and `work` is closed unstarted), so requests never pile up behind a silent device."""
+        if slot in self._inflight:
+            if hasattr(work, "close"):
+                work.close()  # type: ignore[union-attr]
+            raise DeviceTimeout(self.pcs.name, f"{slot} write: the last request is still unanswered")
+        task = asyncio.ensure_future(work)
+        self._inflight[slot] = task
+        task.add_done_callback(lambda t: self._landed(slot, t))
+        done, _ = await asyncio.wait({task}, timeout=timeout_s)
+        if not done:
+            raise DeviceTimeout(self.pcs.name, f"{slot} write: no answer by the cycle's deadline ({timeout_s:.3g} s)")
+        return task.result()
+
+    def _landed(self, slot: str, task: asyncio.Task) -> None:
+        # runs before the waiter in within() resumes (callbacks run in the order they were added)
+        self._inflight.pop(slot, None)
+        if not task.cancelled() and task.exception() is not None:
+            log.debug("write ended with an error", extra={"device": self.pcs.name, "slot": slot})
+
+    async def stop_writing(self) -> None:
+        """End writes still waiting on a silent device (on close)."""
+        for task in list(self._inflight.values()):
+            task.cancel()
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+        self._inflight.clear()
 
     def _has(self, link: DeviceLink, point: str) -> bool:
         return point in link.profile.points and link.profile.points[point].writable

@@ -46,6 +46,13 @@ READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state thi
 STOP_GRACE_S = 3.0  # on stop, let the running cycle finish this long before cancelling it mid-request
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
+# The cycle's deadline, in shares of its period (real seconds): reads get READ_SHARE, the writes run until
+# DEADLINE_SHARE (at least WRITE_MIN_SHARE); the rest is the CPU's. A device that has not answered by then counts
+# a failed read or write at once (see DeviceLink.poll, Dispatcher.within), so a silent or slow device never
+# stretches the cycle and never delays another device's dispatch.
+READ_SHARE = 0.4
+DEADLINE_SHARE = 0.8
+WRITE_MIN_SHARE = 0.2
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Controller:
         self._last_cycle_mono: float | None = None
         self._started_ts: float = 0.0
         self._readback_hold_until = 0.0
+        self._deadline = 0.0  # the running cycle's deadline (time.perf_counter())
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -218,7 +226,9 @@ class Controller:
         mono = self.clock.monotonic()
         dt = 0.0 if self._last_cycle_mono is None else mono - self._last_cycle_mono
         self._last_cycle_mono = mono
-        await self.devices.poll(now)
+        period = self.config.cycle.period_s
+        self._deadline = t0 + DEADLINE_SHARE * period
+        await self.devices.poll(now, timeout_s=READ_SHARE * period)
         snap = self.devices.snapshot(now)
         # start-up gate: no non-zero setpoint until every device has answered since this start
         if not self.devices.all_fresh_since(self._started_ts):
@@ -357,10 +367,14 @@ class Controller:
         except Exception:
             log.exception("state after a failed cycle could not be built")
 
+    def _write_budget_s(self) -> float:
+        """What is left of the cycle's deadline for its writes (at least WRITE_MIN_SHARE of the period)."""
+        return max(self._deadline - time.perf_counter(), WRITE_MIN_SHARE * self.config.cycle.period_s)
+
     async def _dispatch(self, decision: Decision, now: float) -> float | None:
         pcs = self.devices.pcs
         try:
-            readback = await self.dispatcher.apply(decision)
+            readback = await self.dispatcher.within("setpoint", self.dispatcher.apply(decision), self._write_budget_s())
             self._previous_mw = decision.setpoint_mw
             self.alarms.clear(readback_key(pcs.name))
         except ReadbackMismatch as e:
@@ -368,7 +382,7 @@ class Controller:
             self.alarms.raise_(readback_key(pcs.name), e.cause, str(e))
             safe = limit(0.0, Snapshot(ts=now), self.config.limits, self._previous_mw, 0.0, "stopped")
             try:
-                await self.dispatcher.apply(safe)
+                await self.dispatcher.within("setpoint", self.dispatcher.apply(safe), self._write_budget_s())
             except DeviceError as e2:
                 log.error("safe-state write failed", extra={"device": pcs.name, "error": str(e2)})
             self._previous_mw = 0.0
@@ -383,7 +397,8 @@ class Controller:
             self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
             return None
         try:
-            await self.dispatcher.heartbeat(skip={link.name for link in self.devices.links.values() if link.failures})
+            skip = {link.name for link in self.devices.links.values() if link.failures}
+            await self.dispatcher.within("heartbeat", self.dispatcher.heartbeat(skip=skip), self._write_budget_s())
         except DeviceError as e:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
         return readback
@@ -468,5 +483,6 @@ class Controller:
             await asyncio.wait_for(self.dispatcher.apply(safe), timeout=2.0)
         except (DeviceError, asyncio.TimeoutError) as e:
             log.warning("could not write 0 MW on stop", extra={"error": str(e)})
+        await self.dispatcher.stop_writing()
         await self.devices.close()
         self.store.flush()
