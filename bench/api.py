@@ -219,7 +219,9 @@ def main() -> int:
         from controller.demo import Demo
 
         tmp = tempfile.mkdtemp(prefix="bench-api-")
-        demo = Demo(str(Path(__file__).resolve().parent.parent / "config" / "demo.yaml"), Path(tmp), 8, quiet=True)
+        demo = Demo(
+            str(Path(__file__).resolve().parent.parent / "config" / "demo-single.yaml"), Path(tmp), 8, quiet=True
+        )
         demo.start()
         base = "http://127.0.0.1:5000"
     try:

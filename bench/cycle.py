@@ -34,7 +34,7 @@ from controller.cycle.loop import Controller  # noqa: E402
 from controller.store import Store  # noqa: E402
 from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 
-BASE = ROOT / "config" / "demo-modbus.yaml"
+BASE = ROOT / "config" / "demo-single-modbus.yaml"
 TARGETS = {"cycle_p99_ms": 20.0, "cpu_pct_1s": 3.0, "trade_to_setpoint_p99_ms": 150.0}
 
 
@@ -54,7 +54,7 @@ def ms(x: float) -> float:
 
 
 def write_site(tmp: Path, period_s: float) -> Path:
-    """demo-modbus.yaml with the simulators on free ports (no OPC UA face, no control app), every device polled
+    """demo-single-modbus.yaml with the simulators on free ports (no OPC UA face, no control app), every device polled
     every cycle, and no faces besides the cycle itself. The ramp is wide open so that trade-to-setpoint measures
     the software path, not the configured 5 MW/s (a ramp-limited step takes as long as the ramp says)."""
     raw = yaml.safe_load(BASE.read_text())

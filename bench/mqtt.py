@@ -5,7 +5,7 @@ broker in the same run.
 
     .venv/bin/python bench/mqtt.py [--n 20000] [--backlog 100000] [--runs 3] [--drain-rate R] [--idle-s 5]
 
-The plant runs as `bess-edge simulate` in its own process (a copy of demo-modbus.yaml with free ports), the
+The plant runs as `bess-edge simulate` in its own process (a copy of demo-single-modbus.yaml with free ports), the
 controller and the uplink in this one, wired by the Daemon as `bess-edge run` wires them. Starts its own
 Mosquitto on a free loopback port (max_queued_messages 0 = unlimited). Rates are publisher-side (first publish
 to last PUBACK); no subscriber. Targets (issue 4): drain >= 0.7x raw, cycle p99 < 20 ms while draining.
@@ -40,7 +40,7 @@ from controller.cycle.phases import Phase  # noqa: E402
 from controller.uplink.mqtt import Uplink  # noqa: E402
 from controller.uplink.outbox import Outbox  # noqa: E402
 
-SITE = ROOT / "config" / "demo-modbus.yaml"
+SITE = ROOT / "config" / "demo-single-modbus.yaml"
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 PAYLOAD = {
     "ts": "2026-11-01T12:00:00.000Z",
@@ -119,7 +119,7 @@ def raw_rate(port: int, n: int) -> float:
 
 
 def site(tmp: Path, port: int, **mqtt_over):
-    cfg = load_config(ROOT / "config" / "demo-modbus.yaml")
+    cfg = load_config(ROOT / "config" / "demo-single-modbus.yaml")
     cfg = cfg.model_copy(update={"mode": "demo", "mqtt": cfg.mqtt.model_copy(update=mqtt_over)})
     secrets = load_secrets(
         cfg, {"API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "MQTT_URL": f"mqtt://127.0.0.1:{port}"}
@@ -128,7 +128,7 @@ def site(tmp: Path, port: int, **mqtt_over):
 
 
 def write_site(tmp: Path, drain_rate_per_s: float | None) -> Path:
-    """demo-modbus.yaml with the simulators on free ports (no OPC UA face, no control app), every device polled
+    """demo-single-modbus.yaml with the simulators on free ports (no OPC UA face, no control app), every device polled
     every 0.1 s cycle, telemetry every cycle, no web or SCADA face: the site `bess-edge simulate` and the
     benchmark's Daemon share. No drain_rate_per_s: the config's default."""
     raw = yaml.safe_load(SITE.read_text())

@@ -34,7 +34,7 @@ from controller.config import load_config  # noqa: E402
 from drivers.modbus import ModbusDriver, ReadRequest  # noqa: E402
 from drivers.sunspec import SunSpecDriver  # noqa: E402
 
-CONFIG = ROOT / "config" / "demo-modbus.yaml"
+CONFIG = ROOT / "config" / "demo-single-modbus.yaml"
 FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 TARGET_RATIO = 3.0
 TARGET_MEDIAN_MS = 5.0

@@ -9,7 +9,7 @@ The stack, each part its own process on free 127.0.0.1 ports, in a temporary dir
 fails or something goes wrong, so its logs can be read; --keep keeps it always):
   Mosquitto (persistent, nothing dropped), `bess-edge simulate` (plant: BMS over Modbus and OPC UA, PCS SunSpec,
   the control API), `bess-edge exchange` (with counterparties), and `bess-edge run` on a copy of the site file
-  (default config/demo.yaml, mode demo) with NOTIFY_SOCKET set to a datagram socket this program reads and
+  (default config/demo-single.yaml, the one-unit demo plant, mode demo) with NOTIFY_SOCKET set to a datagram socket this program reads and
   WATCHDOG_USEC set to --watchdog-s.
 
 Faults, one every --fault-every-s, in turn (--faults picks and orders them), each held --fault-hold-s, then
@@ -1074,8 +1074,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--counterparties", type=int, default=8, help="the exchange simulator's counterparties")
     ap.add_argument(
         "--config",
-        default=str(ROOT / "config" / "demo.yaml"),
-        help="the site file to start from (default config/demo.yaml; config/demo-modbus.yaml reads the "
+        default=str(ROOT / "config" / "demo-single.yaml"),
+        help="the site file to start from (default config/demo-single.yaml; config/demo-single-modbus.yaml reads the "
         "BMS over Modbus); ports, mode and paths are rewritten",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, state) even on success")

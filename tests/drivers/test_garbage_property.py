@@ -64,7 +64,7 @@ def rig(tmp_path_factory) -> Iterator[Rig]:
     sets: list[DeviceSet] = []
     try:
         clock = Clock()
-        base_ua = ROOT / "config" / "demo.yaml"
+        base_ua = ROOT / "config" / "demo-single.yaml"
         cfg_mb = site_config(tmp_path_factory.mktemp("mb"), device_ports(plant))
         cfg_ua = site_config(
             tmp_path_factory.mktemp("ua"), device_ports(plant, base_ua), base_ua, devices={"bms": {"subscribe": False}}

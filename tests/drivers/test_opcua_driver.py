@@ -522,7 +522,7 @@ async def test_close_twice_and_reconnect_after_close(bms, drivers):
 async def test_controller_cycles_on_the_opcua_bms(tmp_path):
     async with (
         running_plant(initial_soc_pct=64.0) as plant,
-        make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml") as c,
+        make_controller(plant, tmp_path, base=ROOT / "config" / "demo-single.yaml") as c,
     ):
         bms_link = c.devices.bms
         assert type(bms_link.driver).__name__ == "OpcUaDriver"

@@ -34,8 +34,8 @@ from simulators.plant import Plant
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-DEMO_MODBUS = ROOT / "config" / "demo-modbus.yaml"
-DEMO = ROOT / "config" / "demo.yaml"
+DEMO_MODBUS = ROOT / "config" / "demo-single-modbus.yaml"
+DEMO = ROOT / "config" / "demo-single.yaml"
 TIMEOUT_S = 0.3
 MANUAL = 3600.0  # tick period that leaves stepping to the test
 
@@ -346,7 +346,7 @@ def port_busy(port: int) -> bool:
 
 
 def simulate_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    """config/demo.yaml when its fixed ports are free, else a copy (with the profiles) on free ports."""
+    """config/demo-single.yaml when its fixed ports are free, else a copy (with the profiles) on free ports."""
     data = yaml.safe_load(DEMO.read_text())
     sim = data["simulator"]
     keys = ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")
@@ -355,7 +355,7 @@ def simulate_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     for k in keys:
         sim[k] = free_port()
     shutil.copytree(DEMO.parent / "profiles", tmp_path / "profiles")
-    path = tmp_path / "demo.yaml"
+    path = tmp_path / "demo-single.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, {k: sim[k] for k in keys}
 

@@ -216,7 +216,7 @@ async def test_two_units_behind_one_gateway_port(tmp_path):
 
 
 async def test_a_one_unit_file_with_a_meter_keeps_its_faces_and_adds_the_meter(tmp_path):
-    raw = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
+    raw = yaml.safe_load((CONFIG / "demo-single-modbus.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str(CONFIG / dev["profile"])
     sim = raw["simulator"]

@@ -36,8 +36,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def write_site(tmp_path: Path, **over: Any) -> Path:
-    """demo-modbus.yaml in production mode, devices on unserved loopback ports, every face off, then `over`."""
-    raw = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
+    """demo-single-modbus.yaml in production mode, devices on unserved loopback ports, every face off, then `over`."""
+    raw = yaml.safe_load((CONFIG / "demo-single-modbus.yaml").read_text())
     raw["mode"] = "production"
     for dev in raw["devices"].values():
         dev["port"] = free_port()

@@ -1,5 +1,5 @@
 """The control cycle end to end: a real Controller (real drivers) on the real plant simulators (BMS over Modbus
-TCP, PCS over SunSpec), config/demo-modbus.yaml. What the PCS simulator holds in its registers and what the
+TCP, PCS over SunSpec), config/demo-single-modbus.yaml. What the PCS simulator holds in its registers and what the
 battery model delivers are the evidence: trades reach the PCS, limits bind, faults give 0 MW and an alarm
 naming the device and the cause, recovery is automatic, period boundaries apply at once, the reversion
 timeout is armed and kept fresh.

@@ -63,8 +63,8 @@ async def bess_edge(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
 
 
 def write_site(tmp_path: Path, devices: dict, web_port: int) -> Path:
-    """demo.yaml with the drafted profiles' devices, MQTT and SCADA off, the web face on a free port."""
-    raw = yaml.safe_load((CONFIG / "demo.yaml").read_text())
+    """demo-single.yaml with the drafted profiles' devices, MQTT and SCADA off, the web face on a free port."""
+    raw = yaml.safe_load((CONFIG / "demo-single.yaml").read_text())
     raw["devices"] = devices
     raw["mqtt"] = {"enabled": False}
     raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}

@@ -110,7 +110,7 @@ async def test_an_alarm_word_that_cannot_be_decoded_is_an_alarm(plant, tmp_path)
 
 async def test_opcua_bad_status_on_soc_gives_no_power_and_an_alarm(make_plant, tmp_path):
     plant = await make_plant(opcua=True)
-    async with make_controller(plant, tmp_path, base=ROOT / "config" / "demo.yaml", **FAST_RAMP) as c:
+    async with make_controller(plant, tmp_path, base=ROOT / "config" / "demo-single.yaml", **FAST_RAMP) as c:
         seen = Cycles(c)
         await steady(c, plant, 5.0)
         n0 = c.stats.cycles

@@ -35,7 +35,7 @@ from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(90)
 
-SITE = "demo"  # site.id of config/demo-modbus.yaml
+SITE = "demo"  # site.id of config/demo-single-modbus.yaml
 SITE_KEY = "site-key-e2e"  # the site's EXCHANGE_API_KEY: its participant key at the exchange
 LOCAL_KEY = "local-key-e2e"  # the site's API_KEY: its own web API only (one secret, one purpose)
 OTHER_KEY = "other-key-e2e"  # another participant of the exchange (the counterparty)

@@ -14,7 +14,9 @@ from controller.config import ConfigError, load_config, load_secrets, parse_mqtt
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "demo-modbus.yaml", "site.example.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo.yaml", "demo-modbus.yaml", "demo-single.yaml", "demo-single-modbus.yaml", "site.example.yaml"]
+)
 def test_shipped_configs_are_valid(name):
     cfg = load_config(ROOT / "config" / name)
     assert cfg.device("bms")[1].role == "bms"
@@ -152,7 +154,7 @@ def test_mqtt_url_scheme_is_checked():
 
 
 def test_relative_certificate_paths_are_relative_to_the_site_file(tmp_path, monkeypatch):
-    site = write(tmp_path, (ROOT / "config" / "demo-modbus.yaml").read_text())
+    site = write(tmp_path, (ROOT / "config" / "demo-single-modbus.yaml").read_text())
     data = yaml.safe_load(site.read_text())
     data.setdefault("web", {})["tls"] = {"enabled": True, "cert_file": "tls/web.pem", "key_file": "/abs/web.key"}
     data.setdefault("mqtt", {})["tls"] = {"ca_file": "ca.pem"}

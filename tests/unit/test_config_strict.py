@@ -93,8 +93,8 @@ def test_shipped_example_passes_check_config(path):
 
 # -------------------------------------------------------------------------------- every number: NaN and infinity
 def base_site(tmp_path: Path) -> dict[str, Any]:
-    """A valid site file with every section present: demo-modbus.yaml, profiles made absolute, MQTT TLS on."""
-    raw = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
+    """A valid site file with every section present: demo-single-modbus.yaml, profiles made absolute, MQTT TLS on."""
+    raw = yaml.safe_load((CONFIG / "demo-single-modbus.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str(CONFIG / dev["profile"])
     raw.setdefault("mqtt", {})["tls"] = {"insecure": False}
@@ -190,7 +190,7 @@ def test_nan_and_inf_from_the_issue_exit_2_through_the_cli(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- relations, as properties
-DEMO_MODBUS = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
+DEMO_MODBUS = yaml.safe_load((CONFIG / "demo-single-modbus.yaml").read_text())
 
 
 def site_dict(**limits: float) -> dict[str, Any]:

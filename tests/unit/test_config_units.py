@@ -55,7 +55,7 @@ def test_two_unit_demo_plan_and_meter():
     assert cfg.simulator.units["u1"].initial_soc_pct != cfg.simulator.units["u2"].initial_soc_pct
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "demo-modbus.yaml", "site.example.yaml"])
+@pytest.mark.parametrize("name", ["demo-single.yaml", "demo-single-modbus.yaml", "site.example.yaml"])
 def test_todays_one_unit_files_are_one_implicit_unit_without_meter(name):
     cfg = load_config(CONFIG / name)
     (unit,) = cfg.unit_plan()
@@ -66,7 +66,7 @@ def test_todays_one_unit_files_are_one_implicit_unit_without_meter(name):
 
 
 def test_a_one_unit_file_may_add_a_meter(tmp_path):
-    raw = yaml.safe_load((CONFIG / "demo-modbus.yaml").read_text())
+    raw = yaml.safe_load((CONFIG / "demo-single-modbus.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str(CONFIG / dev["profile"])
     raw["devices"]["poi"] = {

@@ -72,11 +72,11 @@ points:
 
 
 def site_file(tmp_path: Path) -> Path:
-    """demo-modbus.yaml with a plain Modbus PCS profile: the dummy devices stand behind both."""
+    """demo-single-modbus.yaml with a plain Modbus PCS profile: the dummy devices stand behind both."""
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "generic-bms.yaml").write_text((ROOT / "config/profiles/generic-bms.yaml").read_text())
     (tmp_path / "profiles" / "dummy-pcs.yaml").write_text(DUMMY_PCS_PROFILE)
-    text = (ROOT / "config" / "demo-modbus.yaml").read_text()
+    text = (ROOT / "config" / "demo-single-modbus.yaml").read_text()
     text = text.replace("protocol: sunspec", "protocol: modbus").replace(
         "profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml"
     )
