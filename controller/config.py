@@ -528,18 +528,7 @@ def _fcr_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
 def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     """The plant's topology: units (or the one implicit unit), the devices in each, the meter, the same
     device configured twice, ratings and capacities against the site's limits and battery."""
-    errors: list[tuple[Loc, str]] = []
-    meters = [n for n, d in cfg.devices.items() if d.role == "meter"]
-    if len(meters) > 1:
-        errors.append(
-            (
-                ("devices", meters[1], "role"),
-                f"at most one device with role 'meter' (the POI's); devices.{meters[0]} is one",
-            )
-        )
-    for n in meters:
-        if cfg.devices[n].unit is not None:
-            errors.append((("devices", n, "unit"), "a meter measures the plant at the POI: it belongs to no unit"))
+    errors = _meter_errors(cfg)
     members = {n: d for n, d in cfg.devices.items() if d.role != "meter"}
     with_unit = [n for n, d in members.items() if d.unit is not None]
     without = [n for n, d in members.items() if d.unit is None]
@@ -552,27 +541,62 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
             )
             for n in without
         ]
-        return errors + _same_device_errors(cfg)
-    if not with_unit:
-        roles = [d.role for d in members.values()]
-        for role in ("bms", "pcs"):
-            if roles.count(role) != 1:
-                errors.append(
-                    (
-                        ("devices",),
-                        f"need exactly one device with role {role!r} (found {roles.count(role)})"
-                        + (", or units: with devices naming their unit" if roles.count(role) > 1 else ""),
-                    )
-                )
-        if cfg.units:
+    elif not with_unit:
+        errors += _one_unit_errors(cfg, members)
+    else:
+        errors += _unit_member_errors(cfg, members, with_unit)
+        for unit in cfg.simulator.units:
+            if unit not in cfg.units:
+                errors.append((("simulator", "units", unit), f"not in units: ({', '.join(cfg.units)})"))
+        errors += _port_clashes("", _simulator_listeners(cfg))
+        errors += _unit_rating_errors(cfg)
+    return errors + _same_device_errors(cfg)
+
+
+def _meter_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """At most one meter, and it belongs to no unit: it measures the plant at the POI."""
+    errors: list[tuple[Loc, str]] = []
+    meters = [n for n, d in cfg.devices.items() if d.role == "meter"]
+    if len(meters) > 1:
+        errors.append(
+            (
+                ("devices", meters[1], "role"),
+                f"at most one device with role 'meter' (the POI's); devices.{meters[0]} is one",
+            )
+        )
+    for n in meters:
+        if cfg.devices[n].unit is not None:
+            errors.append((("devices", n, "unit"), "a meter measures the plant at the POI: it belongs to no unit"))
+    return errors
+
+
+def _one_unit_errors(cfg: SiteConfig, members: dict[str, Device]) -> list[tuple[Loc, str]]:
+    """A plant of one implicit unit (no device names a unit): exactly one BMS and one PCS, and no units:."""
+    errors: list[tuple[Loc, str]] = []
+    roles = [d.role for d in members.values()]
+    for role in ("bms", "pcs"):
+        if roles.count(role) != 1:
             errors.append(
                 (
-                    ("units",),
-                    "no bms or pcs names a unit (say devices.<name>.unit on each, or leave "
-                    "units: out for a plant of one unit)",
+                    ("devices",),
+                    f"need exactly one device with role {role!r} (found {roles.count(role)})"
+                    + (", or units: with devices naming their unit" if roles.count(role) > 1 else ""),
                 )
             )
-        return errors + _same_device_errors(cfg)
+    if cfg.units:
+        errors.append(
+            (
+                ("units",),
+                "no bms or pcs names a unit (say devices.<name>.unit on each, or leave "
+                "units: out for a plant of one unit)",
+            )
+        )
+    return errors
+
+
+def _unit_member_errors(cfg: SiteConfig, members: dict[str, Device], with_unit: list[str]) -> list[tuple[Loc, str]]:
+    """Every device names a configured unit, and every unit is exactly one PCS and one BMS."""
+    errors: list[tuple[Loc, str]] = []
     for n in with_unit:
         if cfg.devices[n].unit not in cfg.units:
             errors.append(
@@ -602,10 +626,12 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                         f"unit {unit!r} has {what} already (devices.{names[0]}): a unit is one PCS and one BMS",
                     )
                 )
-    for unit in cfg.simulator.units:
-        if unit not in cfg.units:
-            errors.append((("simulator", "units", unit), f"not in units: ({', '.join(cfg.units)})"))
-    errors += _port_clashes("", _simulator_listeners(cfg))
+    return errors
+
+
+def _unit_rating_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The units' ratings carry the site's power limits, and their capacities add up to the battery's."""
+    errors: list[tuple[Loc, str]] = []
     lim, units = cfg.limits, cfg.units.values()
     total_mw = sum(u.rated_mw for u in units)
     for key in ("p_discharge_max_mw", "p_charge_max_mw"):
@@ -625,7 +651,7 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                 f"must be the units' total capacity {total_mwh:g} MWh (got {cfg.battery.capacity_mwh:g})",
             )
         )
-    return errors + _same_device_errors(cfg)
+    return errors
 
 
 def _simulator_listeners(cfg: SiteConfig) -> dict[str, int | None]:

@@ -45,19 +45,42 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        cert = key = None
-        if cfg.web.enabled and cfg.web.tls.enabled:
+        # first, before any part runs: a bad configured certificate stops the start with its YAML path
+        cert, key = self._web_certificate()
+        await self._start_metrics_and_uplink()
+        self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
+        await self.controller.start()
+        self.parts.append(self.controller)
+        if cfg.web.enabled:
+            await self._start_web(cert, key)
+        if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
+            from controller.scada.face import ScadaFace
+
+            self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
+            await self.scada.start()
+            self.parts.append(self.scada)
+        self.controller.allow_ready()
+        log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
+
+    def _web_certificate(self) -> tuple[str | None, str | None]:
+        """The web face's (cert, key) files when it serves TLS, else (None, None)."""
+        web = self.config.web
+        if web.enabled and web.tls.enabled:
             from controller.tls import ensure_certificate
 
-            # first, before any part runs: a bad configured certificate stops the start with its YAML path
-            cert, key = ensure_certificate(cfg.web.tls, self.state_dir, bind_host=cfg.web.host)
-        elif cfg.web.enabled and (cfg.web.tls.cert_file or cfg.web.tls.key_file):
+            return ensure_certificate(web.tls, self.state_dir, bind_host=web.host)
+        if web.enabled and (web.tls.cert_file or web.tls.key_file):
             log.warning(
                 "web.tls has certificate files but web.tls.enabled is false: serving plain http",
-                extra={"cert": cfg.web.tls.cert_file},
+                extra={"cert": web.tls.cert_file},
             )
+        return None, None
+
+    async def _start_metrics_and_uplink(self) -> None:
+        """Metrics always; the MQTT uplink when enabled. Both are AFTER_WRITE faces, attached in this order."""
         from controller.metrics import Metrics
 
+        cfg = self.config
         faces = self.controller.faces
         self.metrics = Metrics()
         faces.attach(Event.TRADE_ACCEPTED, self.metrics.on_trade)
@@ -84,55 +107,48 @@ class Daemon:
             self.metrics.uplink = self.uplink
             await self.uplink.start()
             self.parts.append(self.uplink)
-        self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
-        await self.controller.start()
-        self.parts.append(self.controller)
-        if cfg.web.enabled:
-            from controller.web_backend import ControllerBackend
-            from web.app import create_app
-            from web.server import UvicornServer, uvicorn_options
-            from web.session_key import load_session_key
 
-            self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
-            self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
-            faces.attach(Phase.READ, self.backend.cycle_started)  # the web's cycle gate
-            faces.attach(Phase.IDLE, self.backend.cycle_over)
-            faces.attach(Phase.AFTER_WRITE, self.backend.publish)  # websocket subscribers
-            await self.backend.start()
-            self.parts.append(self.backend)
-            # sessions are signed with the state directory's own random key, never with HMAC_SECRET
-            app = create_app(
-                self.backend,
-                self.secrets.api_keys,
-                load_session_key(self.state_dir),
-                read_keys=self.secrets.api_keys_read,
-                max_body_bytes=cfg.web.max_body_bytes,
-                open_metrics=cfg.web.open_metrics,
-                open_docs=cfg.web.open_docs,
-                lockout_failures=cfg.web.lockout_failures,
-                lockout_s=cfg.web.lockout_s,
-                metrics_registry=self.metrics.registry,
-            )
-            # TLS (cert, key) is done inside the web's connection guard: see web/server.py
-            self.web = UvicornServer(
-                app,
-                cfg.web.host,
-                cfg.web.port,
-                name="web",
-                lifespan="on",
-                ws_ping_interval=20,
-                **uvicorn_options(cfg.web, cert, key),
-            )
-            await self.web.start()
-            self.parts.append(self.web)
-        if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
-            from controller.scada.face import ScadaFace
+    async def _start_web(self, cert: str | None, key: str | None) -> None:
+        """The web's live backend (attached to the cycle) and the HTTP server in front of it."""
+        from controller.web_backend import ControllerBackend
+        from web.app import create_app
+        from web.server import UvicornServer, uvicorn_options
+        from web.session_key import load_session_key
 
-            self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
-            await self.scada.start()
-            self.parts.append(self.scada)
-        self.controller.allow_ready()
-        log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
+        cfg = self.config
+        faces = self.controller.faces
+        self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
+        self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
+        faces.attach(Phase.READ, self.backend.cycle_started)  # the web's cycle gate
+        faces.attach(Phase.IDLE, self.backend.cycle_over)
+        faces.attach(Phase.AFTER_WRITE, self.backend.publish)  # websocket subscribers
+        await self.backend.start()
+        self.parts.append(self.backend)
+        # sessions are signed with the state directory's own random key, never with HMAC_SECRET
+        app = create_app(
+            self.backend,
+            self.secrets.api_keys,
+            load_session_key(self.state_dir),
+            read_keys=self.secrets.api_keys_read,
+            max_body_bytes=cfg.web.max_body_bytes,
+            open_metrics=cfg.web.open_metrics,
+            open_docs=cfg.web.open_docs,
+            lockout_failures=cfg.web.lockout_failures,
+            lockout_s=cfg.web.lockout_s,
+            metrics_registry=self.metrics.registry,
+        )
+        # TLS (cert, key) is done inside the web's connection guard: see web/server.py
+        self.web = UvicornServer(
+            app,
+            cfg.web.host,
+            cfg.web.port,
+            name="web",
+            lifespan="on",
+            ws_ping_interval=20,
+            **uvicorn_options(cfg.web, cert, key),
+        )
+        await self.web.start()
+        self.parts.append(self.web)
 
     async def stop(self) -> None:
         for part in reversed(self.parts):

@@ -21,6 +21,18 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         r = self.registry = registry or CollectorRegistry()
         self.uplink: Any = None
+        self._plant_gauges(r)
+        self._cycle_metrics(r)
+        self._device_metrics(r)
+        self._trading_metrics(r)
+        self._uplink_gauges(r)
+        self._unit_and_poi_gauges(r)
+        self._cycles_seen = 0
+        self._overruns_seen = 0
+        self._errors_seen: dict[str, int] = {}
+
+    def _plant_gauges(self, r: CollectorRegistry) -> None:
+        """The plant as one battery: what `_plant` sets from each cycle's PlantState."""
         self.soc = Gauge("bess_soc_pct", "State of charge (%)", registry=r)
         self.power = Gauge("bess_power_mw", "Active power at the PCS (MW, + discharge)", registry=r)
         self.setpoint = Gauge("bess_setpoint_mw", "Setpoint written to the PCS (MW, + discharge)", registry=r)
@@ -36,9 +48,13 @@ class Metrics:
         )
         self.online = Gauge("bess_online", "1 when every device has fresh readings", registry=r)
         self.alarms = Gauge("bess_alarms_active", "Active alarms", registry=r)
-        self.telemetry_age = Gauge(
-            "bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r
-        )
+        for m in MODES:
+            self.mode.labels(m).set(0)
+        for b in BINDINGS:
+            self.binding.labels(b).set(0)
+
+    def _cycle_metrics(self, r: CollectorRegistry) -> None:
+        """The cycle's rhythm, and the event loop's task count beside it."""
         self.cycle_duration = Histogram(
             "bess_cycle_duration_seconds",
             "Control cycle duration (poll + decide + write + record)",
@@ -48,6 +64,15 @@ class Metrics:
         self.cycle_p99 = Gauge("bess_cycle_duration_p99_seconds", "p99 of the last 4096 cycle durations", registry=r)
         self.cycles = Counter("bess_cycles_total", "Control cycles run", registry=r)
         self.overruns = Counter("bess_cycle_overruns_total", "Cycles that overran their period", registry=r)
+        # a leak of tasks (a face that spawns one per client or per reconnect and never ends it) shows here first;
+        # bench/soak.py samples it beside RSS, fds and threads
+        self.asyncio_tasks = Gauge("bess_asyncio_tasks", "Tasks alive on the controller's event loop", registry=r)
+
+    def _device_metrics(self, r: CollectorRegistry) -> None:
+        """Per device link (label `device`): freshness, latency and errors."""
+        self.telemetry_age = Gauge(
+            "bess_telemetry_age_seconds", "Age of the oldest device's last good reading", registry=r
+        )
         self.device_latency = Gauge(
             "bess_device_request_duration_seconds", "Last full read of a device", ["device"], registry=r
         )
@@ -55,16 +80,22 @@ class Metrics:
         self.device_up = Gauge(
             "bess_device_up", "1 when the device answers and its readings are fresh", ["device"], registry=r
         )
+
+    def _trading_metrics(self, r: CollectorRegistry) -> None:
         self.orders = Counter("bess_orders_total", "Orders sent to the exchange", ["side", "result"], registry=r)
         self.trades = Counter("bess_trades_total", "Executed trades accepted", ["side"], registry=r)
         self.traded_volume = Counter("bess_traded_energy_mwh_total", "Traded energy (MWh)", ["side"], registry=r)
         self.pnl = Gauge("bess_pnl_eur", "Profit and loss (EUR)", ["kind"], registry=r)
+
+    def _uplink_gauges(self, r: CollectorRegistry) -> None:
         self.outbox_depth = Gauge("bess_mqtt_outbox_depth", "Telemetry messages waiting in the outbox", registry=r)
         self.outbox_dropped = Gauge(
             "bess_mqtt_outbox_dropped", "Telemetry messages dropped by the outbox bound (since install)", registry=r
         )
         self.mqtt_connected = Gauge("bess_mqtt_connected", "1 when connected to the broker", registry=r)
-        # per unit (label `unit`, the site file's unit names) and at the POI
+
+    def _unit_and_poi_gauges(self, r: CollectorRegistry) -> None:
+        """Per unit (label `unit`, the site file's unit names) and at the POI."""
         self.unit_soc = Gauge("bess_unit_soc_pct", "A unit's state of charge (%)", ["unit"], registry=r)
         self.unit_power = Gauge(
             "bess_unit_power_mw", "Active power at a unit's PCS (MW, + discharge)", ["unit"], registry=r
@@ -90,16 +121,6 @@ class Metrics:
         for g in (self.poi_power, self.poi_frequency, self.poi_up):
             g.set(float("nan"))
         self._has_meter = False
-        # a leak of tasks (a face that spawns one per client or per reconnect and never ends it) shows here first;
-        # bench/soak.py samples it beside RSS, fds and threads
-        self.asyncio_tasks = Gauge("bess_asyncio_tasks", "Tasks alive on the controller's event loop", registry=r)
-        for m in MODES:
-            self.mode.labels(m).set(0)
-        for b in BINDINGS:
-            self.binding.labels(b).set(0)
-        self._cycles_seen = 0
-        self._overruns_seen = 0
-        self._errors_seen: dict[str, int] = {}
 
     def on_trade(self, trade) -> None:
         self.trades.labels(trade.side).inc()

@@ -169,6 +169,14 @@ def create_control_app(
                     m.p.ambient_c = body.ambient_c
         return state()
 
+    _add_meter_routes(app, meter)
+    _add_fault_routes(app, faults, check, state)
+    return app
+
+
+def _add_meter_routes(app: FastAPI, meter: Any) -> None:
+    """/sim/frequency and /sim/aux: the grid at the POI meter (404 on a plant without one)."""
+
     def the_meter() -> Any:
         if meter is None:
             raise HTTPException(404, "this plant has no POI meter (a device with role meter in the site file)")
@@ -193,6 +201,12 @@ def create_control_app(
         the_meter().p.aux_load_mw = body.aux_load_mw
         return meter.state()
 
+
+def _add_fault_routes(
+    app: FastAPI, faults: dict[str, Any], check: FaultCheck | None, state: Callable[[], dict[str, Any]]
+) -> None:
+    """/sim/faults: set a face's faults (raw values checked against its points first), or clear them all."""
+
     @app.post("/sim/faults/{face}")
     def set_faults(face: str, body: FaultsIn) -> dict[str, Any]:
         if face not in faults:
@@ -215,5 +229,3 @@ def create_control_app(
         for f in faults.values():
             f.clear()
         return state()
-
-    return app

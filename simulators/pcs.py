@@ -254,24 +254,81 @@ class Pcs:
         return self.model.power_mw
 
     def publish(self) -> None:
-        """Lay the measurements and states into the registers."""
-        s, m, p = self.server, self.model, self.p
-        w = m.power_mw * 1e6
+        """Lay the measurements and states into the registers, model by model."""
+        m = self.model
         faulted = bool(m.fault_bits or self.faults.fault_bits)
+        alarms = m.alarm_bits | self.faults.alarm_bits
+        self.server.update(
+            {
+                **self._inverter_points(faulted, alarms),
+                "704.WSetRvrtRem": math.ceil(self._reversion_remaining_s()),
+                "713.WHAvail": m.energy_mwh * 1e6 * m.p.soh_pct / 100.0,
+                "713.SoC": m.soc_pct,
+                "713.SoH": m.p.soh_pct,
+                "713.Sta": STA_ERROR if faulted else STA_WARNING if alarms else STA_OK,
+                **self._battery_points(faulted, alarms),
+            }
+        )
+
+    def _reversion_remaining_s(self) -> float:
+        """What 704.WSetRvrtRem shows: before the first write the full time, after a reversion none."""
+        if self._deadline is not None:
+            return max(0.0, self._deadline - self.clock.monotonic())
+        return 0.0 if self.reversions else (self.server.get("704.WSetRvrtTms") or 0)
+
+    def _inverter_points(self, faulted: bool, alarms: int) -> dict[str, float]:
+        """Model 701 (DER AC measurement): state, alarms, power, currents, voltages, energy counters."""
+        m, p = self.model, self.p
+        w = m.power_mw * 1e6
         running = abs(w) > 0.5
         throttled = abs(self.target_mw() - self.requested_mw()) > 1e-6 and not faulted
-        alarms = m.alarm_bits | self.faults.alarm_bits
         alrm = (
             (ALRM_OVER_TEMP if alarms & ALARM_OVER_TEMPERATURE else 0)
             | (ALRM_UNDER_TEMP if alarms & ALARM_UNDER_TEMPERATURE else 0)
             | (ALRM_MANUFACTURER if self.faults.alarm_bits or faulted else 0)
         )
         amps = abs(w) / (math.sqrt(3) * p.line_voltage_v)
+        return {
+            "701.St": ST_ON if running else ST_OFF,
+            "701.InvSt": INVST_FAULT
+            if faulted
+            else INVST_THROTTLED
+            if throttled and running
+            else INVST_RUNNING
+            if running
+            else INVST_STANDBY,
+            "701.ConnSt": CONNST_DISCONNECTED if faulted else CONNST_CONNECTED,
+            "701.Alrm": alrm,
+            "701.W": w,
+            "701.VA": abs(w),
+            "701.Var": 0,
+            "701.PF": math.copysign(1.0, w) if running else 1.0,
+            "701.A": amps,
+            "701.LLV": p.line_voltage_v,
+            "701.LNV": p.line_voltage_v / math.sqrt(3),
+            "701.Hz": p.frequency_hz,
+            "701.TotWhInj": m.discharged_mwh * 1e6,
+            "701.TotWhAbs": m.charged_mwh * 1e6,
+            "701.TotVarhInj": 0,
+            "701.TotVarhAbs": 0,
+            "701.TmpAmb": m.p.ambient_c,
+            "701.TmpCab": m.p.ambient_c + 5.0 + 0.5 * abs(m.power_mw),
+            "701.WL1": w / 3,
+            "701.WL2": w / 3,
+            "701.WL3": w / 3,
+            "701.AL1": amps,
+            "701.AL2": amps,
+            "701.AL3": amps,
+            "701.VL1L2": p.line_voltage_v,
+            "701.VL2L3": p.line_voltage_v,
+            "701.VL3L1": p.line_voltage_v,
+        }
+
+    def _battery_points(self, faulted: bool, alarms: int) -> dict[str, float]:
+        """Model 802 (battery base): charge state, events, heartbeat, voltages, currents, allowed currents."""
+        m = self.model
+        w = m.power_mw * 1e6
         readings = m.readings()
-        if self._deadline is not None:
-            remaining = max(0.0, self._deadline - self.clock.monotonic())
-        else:  # before the first write the full time shows; after a reversion, none is left
-            remaining = 0.0 if self.reversions else (s.get("704.WSetRvrtTms") or 0)
         soc = m.soc_pct
         cha_st = (
             CHAST_FULL
@@ -290,65 +347,25 @@ class Pcs:
             | (EVT1_UNDER_SOC_MIN_ALARM if alarms & ALARM_SOC_LOW else 0)
             | (EVT1_OVER_SOC_MAX_ALARM if alarms & ALARM_SOC_HIGH else 0)
         )
-        s.update(
-            {
-                "701.St": ST_ON if running else ST_OFF,
-                "701.InvSt": INVST_FAULT
-                if faulted
-                else INVST_THROTTLED
-                if throttled and running
-                else INVST_RUNNING
-                if running
-                else INVST_STANDBY,
-                "701.ConnSt": CONNST_DISCONNECTED if faulted else CONNST_CONNECTED,
-                "701.Alrm": alrm,
-                "701.W": w,
-                "701.VA": abs(w),
-                "701.Var": 0,
-                "701.PF": math.copysign(1.0, w) if running else 1.0,
-                "701.A": amps,
-                "701.LLV": p.line_voltage_v,
-                "701.LNV": p.line_voltage_v / math.sqrt(3),
-                "701.Hz": p.frequency_hz,
-                "701.TotWhInj": m.discharged_mwh * 1e6,
-                "701.TotWhAbs": m.charged_mwh * 1e6,
-                "701.TotVarhInj": 0,
-                "701.TotVarhAbs": 0,
-                "701.TmpAmb": m.p.ambient_c,
-                "701.TmpCab": m.p.ambient_c + 5.0 + 0.5 * abs(m.power_mw),
-                "701.WL1": w / 3,
-                "701.WL2": w / 3,
-                "701.WL3": w / 3,
-                "701.AL1": amps,
-                "701.AL2": amps,
-                "701.AL3": amps,
-                "701.VL1L2": p.line_voltage_v,
-                "701.VL2L3": p.line_voltage_v,
-                "701.VL3L1": p.line_voltage_v,
-                "704.WSetRvrtRem": math.ceil(remaining),
-                "713.WHAvail": m.energy_mwh * 1e6 * m.p.soh_pct / 100.0,
-                "713.SoC": soc,
-                "713.SoH": m.p.soh_pct,
-                "713.Sta": STA_ERROR if faulted else STA_WARNING if alarms else STA_OK,
-                "802.SoC": soc,
-                "802.DoD": 100.0 - soc,
-                "802.SoH": m.p.soh_pct,
-                "802.ChaSt": cha_st,
-                "802.Hb": int(self.clock.monotonic() - self._hb_t0) % 65536,
-                "802.State": STATE_FAULT if faulted else STATE_CONNECTED,
-                "802.Evt1": evt1,
-                "802.V": readings["voltage_v"],
-                "802.VMax": readings["voltage_v"],
-                "802.VMin": readings["voltage_v"],
-                "802.CellVMax": readings["cell_voltage_max_v"],
-                "802.CellVMin": readings["cell_voltage_min_v"],
-                "802.CellVAvg": m.cell_voltage_v,
-                "802.A": readings["current_a"],
-                "802.W": readings["dc_power_mw"] * 1e6,
-                "802.AChaMax": m.allowed_charge_mw * 1e6 / readings["voltage_v"],
-                "802.ADisChaMax": m.allowed_discharge_mw * 1e6 / readings["voltage_v"],
-            }
-        )
+        return {
+            "802.SoC": soc,
+            "802.DoD": 100.0 - soc,
+            "802.SoH": m.p.soh_pct,
+            "802.ChaSt": cha_st,
+            "802.Hb": int(self.clock.monotonic() - self._hb_t0) % 65536,
+            "802.State": STATE_FAULT if faulted else STATE_CONNECTED,
+            "802.Evt1": evt1,
+            "802.V": readings["voltage_v"],
+            "802.VMax": readings["voltage_v"],
+            "802.VMin": readings["voltage_v"],
+            "802.CellVMax": readings["cell_voltage_max_v"],
+            "802.CellVMin": readings["cell_voltage_min_v"],
+            "802.CellVAvg": m.cell_voltage_v,
+            "802.A": readings["current_a"],
+            "802.W": readings["dc_power_mw"] * 1e6,
+            "802.AChaMax": m.allowed_charge_mw * 1e6 / readings["voltage_v"],
+            "802.ADisChaMax": m.allowed_discharge_mw * 1e6 / readings["voltage_v"],
+        }
 
     def requested_mw(self) -> float:
         """The setpoint as written (before ratings and BMS limits), 0 when disabled."""

@@ -136,12 +136,19 @@ def render_markdown() -> str:
     return "\n".join(out) + "\n"
 
 
+def _opcua_type(p: ScadaPoint) -> str:
+    """The variable's OPC UA data type: scaled points are Double in engineering units."""
+    return "Double" if p.scale != 1 else _VT[p.type].name
+
+
 def render_opcua_markdown() -> str:
     """docs/scada-opcua.md: the same tables as OPC UA variables, and how the server's security works."""
+    out = _opcua_read_only_sections() + _opcua_controls_section() + _opcua_security_section() + _code_tables()
+    return "\n".join(out) + "\n"
 
-    def vtype(p: ScadaPoint) -> str:
-        return "Double" if p.scale != 1 else _VT[p.type].name
 
+def _opcua_read_only_sections() -> list[str]:
+    """The endpoint and namespace, then the Status, POI and Units folders."""
     out = [
         "# SCADA face — OPC UA server",
         "",
@@ -160,7 +167,7 @@ def render_opcua_markdown() -> str:
         "| node id | data type | unit | meaning |",
         "|---|---|---|---|",
     ]
-    out += [f"| `Status.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in STATUS]
+    out += [f"| `Status.{p.name}` | {_opcua_type(p)} | {p.unit or '–'} | {p.description} |" for p in STATUS]
     out += [
         "",
         "## POI folder (read-only): the POI meter",
@@ -170,7 +177,7 @@ def render_opcua_markdown() -> str:
         "| node id | data type | unit | meaning |",
         "|---|---|---|---|",
     ]
-    out += [f"| `POI.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in POI]
+    out += [f"| `POI.{p.name}` | {_opcua_type(p)} | {p.unit or '–'} | {p.description} |" for p in POI]
     out += [
         "",
         "## Units folder (read-only): a folder per unit",
@@ -181,8 +188,12 @@ def render_opcua_markdown() -> str:
         "| node id | data type | unit | meaning |",
         "|---|---|---|---|",
     ]
-    out += [f"| `Units.<unit>.{p.name}` | {vtype(p)} | {p.unit or '–'} | {p.description} |" for p in UNIT_POINTS]
-    out += [
+    out += [f"| `Units.<unit>.{p.name}` | {_opcua_type(p)} | {p.unit or '–'} | {p.description} |" for p in UNIT_POINTS]
+    return out
+
+
+def _opcua_controls_section() -> list[str]:
+    out = [
         "",
         "## Controls folder (writable by the `operator` role)",
         "",
@@ -200,9 +211,15 @@ def render_opcua_markdown() -> str:
         "|---|---|---|---|---|",
     ]
     out += [
-        f"| `Controls.{p.name}` | {vtype(p)} | {p.unit or '–'} | {_eng_range(p)} | {p.description} |" for p in CONTROL
+        f"| `Controls.{p.name}` | {_opcua_type(p)} | {p.unit or '–'} | {_eng_range(p)} | {p.description} |"
+        for p in CONTROL
     ]
-    out += [
+    return out
+
+
+def _opcua_security_section() -> list[str]:
+    """What the server sets explicitly, since asyncua's defaults are open."""
+    return [
         "",
         "## Security",
         "",
@@ -235,8 +252,6 @@ def render_opcua_markdown() -> str:
         "  methods.",
         "",
     ]
-    out += _code_tables()
-    return "\n".join(out) + "\n"
 
 
 DOCS = {"docs/scada-modbus.md": render_markdown, "docs/scada-opcua.md": render_opcua_markdown}

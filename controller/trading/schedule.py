@@ -319,60 +319,27 @@ def _simulate(
     if not math.isfinite(now_ts):
         raise ValueError(f"now_ts must be a finite number (got {now_ts})")
     current = period_start(now_ts)
-    wanted: dict[float, float] = {}
-    for p, mw in positions:
-        if not math.isfinite(mw) or not math.isfinite(p):
-            raise ValueError(f"position ({p}, {mw}): must be finite numbers")
-        start = period_start(p)
-        if start >= current:
-            wanted[start] = wanted.get(start, 0.0) + mw
-
+    wanted = _positions_by_period(positions, current)
     path = [(now_ts, soc_pct_now)]
     if not wanted:
         return Feasibility(True, None, None, "feasible: nothing scheduled", path)
-
-    for p in sorted(wanted):  # power limits are known without simulating: report the first such period
-        breach = _power_breach(p, wanted[p], limits)
-        if breach:
-            first_power = (p, *breach)
-            break
-    else:
-        first_power = None
-
+    first_power = _first_power_breach(wanted, limits)
     capacity = battery.capacity_mwh
     energy = soc_pct_now / 100.0 * capacity
-    sd_per_h = battery.self_discharge_pct_per_day / 100.0 / 24.0
     last = max(wanted)
     t, p = now_ts, current
     while p <= last:
         if first_power and first_power[0] == p:
             return Feasibility(False, p, first_power[1], first_power[2], path)
         end = p + PERIOD_S
-        hours = (end - t) / 3600.0
         mw = wanted.get(p, 0.0)
         start_soc = energy / capacity * 100.0
-        flow = mw / battery.discharge_efficiency if mw > 0 else mw * battery.charge_efficiency
-        energy -= flow * hours + battery.aux_load_mw * hours + energy * sd_per_h * hours
+        energy = _energy_after(energy, mw, (end - t) / 3600.0, battery)
         soc = energy / capacity * 100.0
         path.append((end, soc))
-        if mw > 0 and soc < limits.soc_min_pct - _EPS_PCT:
-            return Feasibility(
-                False,
-                p,
-                "soc_min",
-                f"period {iso_minute(p)}: SoC would fall to {soc:.1f} % < soc_min "
-                f"{limits.soc_min_pct:g} % (discharging {mw:g} MW from {start_soc:.1f} %)",
-                path,
-            )
-        if mw < 0 and soc > limits.soc_max_pct + _EPS_PCT:
-            return Feasibility(
-                False,
-                p,
-                "soc_max",
-                f"period {iso_minute(p)}: SoC would rise to {soc:.1f} % > soc_max "
-                f"{limits.soc_max_pct:g} % (charging {-mw:g} MW from {start_soc:.1f} %)",
-                path,
-            )
+        breach = _soc_breach(p, mw, start_soc, soc, limits)
+        if breach:
+            return Feasibility(False, p, *breach, path)
         energy = max(energy, 0.0)  # an idle battery drained by its aux load stops at empty
         t, p = end, end
     lo = min(s for _, s in path)
@@ -380,3 +347,48 @@ def _simulate(
     return Feasibility(
         True, None, None, f"feasible: SoC stays within {lo:.1f}–{hi:.1f} % through {iso_minute(last + PERIOD_S)}", path
     )
+
+
+def _positions_by_period(positions: list[tuple[float, float]], current: float) -> dict[float, float]:
+    """Period start -> summed MW of the positions from the current period on (earlier ones are ignored)."""
+    wanted: dict[float, float] = {}
+    for p, mw in positions:
+        if not math.isfinite(mw) or not math.isfinite(p):
+            raise ValueError(f"position ({p}, {mw}): must be finite numbers")
+        start = period_start(p)
+        if start >= current:
+            wanted[start] = wanted.get(start, 0.0) + mw
+    return wanted
+
+
+def _first_power_breach(wanted: dict[float, float], limits: Limits) -> tuple[float, str, str] | None:
+    """Power limits are known without simulating: the first period that breaches one, its limit and reason."""
+    for p in sorted(wanted):
+        breach = _power_breach(p, wanted[p], limits)
+        if breach:
+            return (p, *breach)
+    return None
+
+
+def _energy_after(energy_mwh: float, mw: float, hours: float, battery: Battery) -> float:
+    """Stored energy after `hours` at `mw` (at the grid; + is discharge), with aux load and self-discharge."""
+    flow = mw / battery.discharge_efficiency if mw > 0 else mw * battery.charge_efficiency
+    sd_per_h = battery.self_discharge_pct_per_day / 100.0 / 24.0
+    return energy_mwh - (flow * hours + battery.aux_load_mw * hours + energy_mwh * sd_per_h * hours)
+
+
+def _soc_breach(p: float, mw: float, start_soc: float, soc: float, limits: Limits) -> tuple[str, str] | None:
+    """(limit, reason) when period `p` discharges below soc_min or charges above soc_max; idle drift is not."""
+    if mw > 0 and soc < limits.soc_min_pct - _EPS_PCT:
+        return (
+            "soc_min",
+            f"period {iso_minute(p)}: SoC would fall to {soc:.1f} % < soc_min "
+            f"{limits.soc_min_pct:g} % (discharging {mw:g} MW from {start_soc:.1f} %)",
+        )
+    if mw < 0 and soc > limits.soc_max_pct + _EPS_PCT:
+        return (
+            "soc_max",
+            f"period {iso_minute(p)}: SoC would rise to {soc:.1f} % > soc_max "
+            f"{limits.soc_max_pct:g} % (charging {-mw:g} MW from {start_soc:.1f} %)",
+        )
+    return None
