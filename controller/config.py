@@ -294,6 +294,78 @@ class Exchange(_Model):
     request_window_s: float = Field(30.0, gt=0, le=300)
 
 
+class TradingAuto(_Model):
+    """The auto-trader (trading.auto:): every `replan_s` and after every fill it re-plans against the price
+    forecast, and the difference between plan and position becomes orders within these risk limits, each through
+    the same pre-trade check as a manual order. Off unless the site file turns it on."""
+
+    enabled: bool = False
+    replan_s: float = Field(60.0, ge=1, le=3600, description="re-plan this often (and after every fill)")
+    min_margin_eur_mwh: float = Field(
+        1.0, ge=0, le=1000, description="sell at least this above the forecast price, buy at least this below"
+    )
+    max_order_mw: float = Field(5.0, gt=0, le=10_000, description="largest single order")
+    max_position_mw: float = Field(10.0, gt=0, le=10_000, description="largest net position of any period")
+    min_order_mw: float = Field(0.1, ge=0.1, le=10_000, description="a smaller difference is left alone")
+    trade_ahead_h: float = Field(4.0, gt=0, le=48, description="orders only for periods starting within this")
+    reprice_eur_mwh: float = Field(
+        2.0, ge=0, le=1000, description="an open order priced further than this from its new price is replaced"
+    )
+
+    @model_validator(mode="after")
+    def _order_within_position(self) -> "TradingAuto":
+        if self.max_order_mw > self.max_position_mw:
+            raise ValueError(
+                f"max_order_mw: must be <= trading.auto.max_position_mw (got {self.max_order_mw:g} > "
+                f"{self.max_position_mw:g})"
+            )
+        if self.min_order_mw > self.max_order_mw:
+            raise ValueError(
+                f"min_order_mw: must be <= trading.auto.max_order_mw (got {self.min_order_mw:g} > "
+                f"{self.max_order_mw:g})"
+            )
+        return self
+
+
+class Trading(_Model):
+    """Trading on the site's own account (trading:)."""
+
+    auto: TradingAuto = TradingAuto()
+
+
+class Forecast(_Model):
+    """The prices the auto-trader plans against (forecast:): known results where published, else a similar-day
+    model over the stored market history, blended toward the live order book for the near periods. `source`:
+    exchange (its day-ahead auction results), csv (`path`: rows of period_start,price_eur_mwh) or http (`url`
+    answering GET with {periods: [{period_start, price_eur_mwh}]}, the exchange's auction shape)."""
+
+    source: Literal["exchange", "csv", "http"] = "exchange"
+    path: str | None = Field(None, description="csv: the file, relative to the site file's folder")
+    url: str | None = Field(None, max_length=2048, description="http: the forecast's URL (http or https)")
+    horizon_h: float = Field(36.0, ge=1, le=168)
+    refresh_s: float = Field(60.0, ge=1, le=86400, description="the source is read this often")
+    history_days: int = Field(14, ge=1, le=90, description="market history the similar-day model reads")
+    near_blend_h: float = Field(2.0, ge=0, le=48, description="periods this close blend toward the order book")
+    sample_s: float = Field(15.0, ge=1, le=3600, description="the market's mark/EMA/VWAP is stored this often")
+    timeout_s: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _source_needs(self) -> "Forecast":
+        if self.source == "csv" and not self.path:
+            raise ValueError("path: required when forecast.source is csv (a file of period_start,price_eur_mwh)")
+        if self.source == "http":
+            if not self.url:
+                raise ValueError("url: required when forecast.source is http")
+            scheme = urlparse(self.url).scheme
+            if scheme not in ("http", "https") or not urlparse(self.url).hostname:
+                raise ValueError(f"url: must be an http:// or https:// URL with a host (got {self.url[:80]!r})")
+        if self.path and self.source != "csv":
+            raise ValueError(f"path: only for forecast.source csv (this one is {self.source})")
+        if self.url and self.source != "http":
+            raise ValueError(f"url: only for forecast.source http (this one is {self.source})")
+        return self
+
+
 class UnitSimulator(_Model):
     """One unit's simulator (simulator.units.<unit>): where it starts, and faces besides its devices' own."""
 
@@ -376,6 +448,8 @@ class SiteConfig(_Model):
     web: Web = Web()
     scada: Scada = Scada()
     exchange: Exchange = Exchange()
+    trading: Trading = Trading()
+    forecast: Forecast = Forecast()
     simulator: Simulator = Simulator()
     services: Services = Services()
 
@@ -915,6 +989,19 @@ def _resolve_files(cfg: SiteConfig) -> None:
                     setattr(tls, attr, absolute(getattr(tls, attr)))
     if cfg.scada.opcua is not None and getattr(cfg.scada.opcua, "users_file", None):
         cfg.scada.opcua.users_file = absolute(cfg.scada.opcua.users_file)
+    cfg.forecast.path = absolute(cfg.forecast.path)
+
+
+def _forecast_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """A csv forecast's file must be there and readable at start (its content is read, and checked, at run)."""
+    path = cfg.forecast.path
+    if cfg.forecast.source != "csv" or not path:
+        return []
+    if not Path(path).is_file():
+        return [(("forecast", "path"), f"no such file: {path}")]
+    if not os.access(path, os.R_OK):
+        return [(("forecast", "path"), f"not readable: {path}")]
+    return []
 
 
 def load_config(path: str | Path) -> SiteConfig:
@@ -938,7 +1025,10 @@ def load_config(path: str | Path) -> SiteConfig:
         raise ConfigError(str(path), [_located(root, loc, msg) for loc, msg in _expand(e)]) from e
     cfg.base_dir = path.resolve().parent
     _resolve_files(cfg)
-    errors = [_located(root, loc, msg) for loc, msg in _device_errors(cfg) + _users_file_errors(cfg)]
+    errors = [
+        _located(root, loc, msg)
+        for loc, msg in _device_errors(cfg) + _users_file_errors(cfg) + _forecast_file_errors(cfg)
+    ]
     if errors:
         raise ConfigError(str(path), errors)
     return cfg

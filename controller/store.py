@@ -177,6 +177,28 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "CREATE INDEX order_intents_state ON order_intents(state)",
     ],
+    [
+        # Market history (issue 14): a price per delivery period and source ("auction": day-ahead results,
+        # "intraday": the period's traded VWAP, "forecast": an external forecast), what the forecast's
+        # similar-day model reads; and the front product's mark/EMA/VWAP sampled over time, what the dashboard's
+        # market chart shows when a page is opened. `meta` on an intent: who placed it and why (the auto-trader
+        # records its plan id and reason).
+        """CREATE TABLE market_prices (
+            period_start REAL NOT NULL,
+            source TEXT NOT NULL,
+            price_eur_mwh REAL NOT NULL,
+            volume_mw REAL,
+            updated_ts REAL NOT NULL,
+            PRIMARY KEY (period_start, source)
+        )""",
+        """CREATE TABLE market_samples (
+            ts REAL PRIMARY KEY,
+            mark REAL,
+            ema REAL,
+            vwap REAL
+        )""",
+        "ALTER TABLE order_intents ADD COLUMN meta TEXT",
+    ],
 ]
 INTENT_STATES = ("pending", "placed", "refused", "not_placed")
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -462,9 +484,12 @@ class Store:
         )
 
     # ---------------------------------------------------------------- order intents
-    def add_order_intent(self, client_order_id: str, order: dict[str, Any], ts: float) -> None:
+    def add_order_intent(
+        self, client_order_id: str, order: dict[str, Any], ts: float, meta: dict[str, Any] | None = None
+    ) -> None:
         """Store the intent to send `order` (the request body, with its client_order_id), state pending,
-        committed and fsynced before this returns: the order may be sent only after that."""
+        committed and fsynced before this returns: the order may be sent only after that. `meta`: who placed it
+        and why (e.g. the auto-trader's {who, plan_id, reason}), kept with the intent, never sent."""
         if not client_order_id or order.get("client_order_id") != client_order_id:
             raise StoreError(f"order intent: client_order_id {client_order_id!r} missing or not the order's")
         side, qty, start = order.get("side"), _num(order.get("quantity_mw")), order.get("delivery_start")
@@ -473,8 +498,18 @@ class Store:
         with self._tx() as c:
             c.execute(
                 "INSERT INTO order_intents (client_order_id, state, side, quantity_mw, delivery_start, "
-                "created_ts, updated_ts, json) VALUES (?,?,?,?,?,?,?,?)",
-                (client_order_id, "pending", side, qty, start, ts, ts, _json(order)),
+                "created_ts, updated_ts, json, meta) VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    client_order_id,
+                    "pending",
+                    side,
+                    qty,
+                    start,
+                    ts,
+                    ts,
+                    _json(order),
+                    None if meta is None else _json(meta),
+                ),
             )
 
     def resolve_order_intent(
@@ -501,12 +536,77 @@ class Store:
 
     def order_intents(self, state: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         """Intents, oldest first: {client_order_id, state, order_id, side, quantity_mw, delivery_start,
-        created_ts, updated_ts, reason, order (the request body)}; only those in `state` if given."""
+        created_ts, updated_ts, reason, order (the request body), meta (dict or None)}; only those in `state` if
+        given."""
         where, params = ("WHERE state = ?", (state, limit)) if state else ("", (limit,))
         rows = self._query(f"SELECT * FROM order_intents {where} ORDER BY created_ts, rowid LIMIT ?", params)
         for r in rows:
             r["order"] = json.loads(r.pop("json"))
+            r["meta"] = json.loads(r["meta"]) if r.get("meta") else None
         return rows
+
+    def intents_by(self, who: str, since_ts: float, limit: int = 1000) -> list[dict[str, Any]]:
+        """Intents created at or after `since_ts` whose meta names `who` (e.g. "auto"), newest first, each with the
+        stored order's status/filled_mw when the exchange took it (`order_status`, `filled_mw`)."""
+        rows = self._query(
+            "SELECT i.*, o.status AS order_status, o.filled_mw AS filled_mw FROM order_intents i "
+            "LEFT JOIN orders o ON o.order_id = i.order_id WHERE i.created_ts >= ? "
+            "AND json_extract(i.meta, '$.who') = ? ORDER BY i.created_ts DESC, i.rowid DESC LIMIT ?",
+            (since_ts, who, limit),
+        )
+        for r in rows:
+            r["order"] = json.loads(r.pop("json"))
+            r["meta"] = json.loads(r["meta"]) if r.get("meta") else None
+        return rows
+
+    # ---------------------------------------------------------------- market history
+    def record_market_prices(self, source: str, prices: list[tuple[float, float, float | None]]) -> int:
+        """Store (period start, price EUR/MWh, volume MW or None) rows of one source ("auction", "intraday",
+        "forecast"), replacing what the source said before for those periods; returns how many rows."""
+        rows = [
+            (float(p), source, float(price), _num(vol), self._now())
+            for p, price, vol in prices
+            if _num(p) is not None and _num(price) is not None and math.isfinite(p) and math.isfinite(price)
+        ]
+        if rows:
+            with self._tx() as c:
+                c.executemany(
+                    "INSERT INTO market_prices VALUES (?,?,?,?,?) ON CONFLICT(period_start, source) DO UPDATE SET "
+                    "price_eur_mwh=excluded.price_eur_mwh, volume_mw=excluded.volume_mw, updated_ts=excluded.updated_ts",
+                    rows,
+                )
+        return len(rows)
+
+    def market_prices(self, from_ts: float, to_ts: float, source: str | None = None) -> list[dict[str, Any]]:
+        """Stored prices of periods in [from_ts, to_ts), oldest first: {period_start, source, price_eur_mwh,
+        volume_mw, updated_ts}; only `source`'s if given."""
+        where, params = ("AND source = ?", (from_ts, to_ts, source)) if source else ("", (from_ts, to_ts))
+        return self._query(
+            f"SELECT * FROM market_prices WHERE period_start >= ? AND period_start < ? {where} "
+            "ORDER BY period_start, source",
+            params,
+        )
+
+    def record_market_sample(self, ts: float, mark: Any, ema: Any, vwap: Any) -> None:
+        """One sample of the front product's mark, EMA and VWAP (None: unknown) at `ts`."""
+        with self._tx() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO market_samples VALUES (?,?,?,?)", (float(ts), _num(mark), _num(ema), _num(vwap))
+            )
+
+    def market_samples(self, from_ts: float, to_ts: float, max_points: int = 1440) -> list[dict[str, Any]]:
+        """Samples in [from_ts, to_ts), oldest first, thinned to at most `max_points` (every n-th row):
+        {ts, mark, ema, vwap}."""
+        with self._lock:
+            n = self._conn.execute(
+                "SELECT count(*) FROM market_samples WHERE ts >= ? AND ts < ?", (from_ts, to_ts)
+            ).fetchone()[0]
+        step = max(1, -(-n // max(1, max_points)))
+        return self._query(
+            "SELECT ts, mark, ema, vwap FROM (SELECT *, row_number() OVER (ORDER BY ts) - 1 AS k FROM market_samples "
+            "WHERE ts >= ? AND ts < ?) WHERE k % ? = 0 ORDER BY ts",
+            (from_ts, to_ts, step),
+        )
 
     def update_order(self, order_id: str, **fields: Any) -> None:
         """Change fields of a stored order (status, filled_mw, remaining_mw, ...). A None value means
@@ -747,6 +847,8 @@ class Store:
             ("orders", f"status NOT IN ({active}) AND updated_ts < ?", order_retention_days),
             ("order_intents", "state != 'pending' AND updated_ts < ?", order_retention_days),
             ("trades", "delivery_end_ts < ?", trade_retention_days),
+            ("market_prices", "period_start < ?", order_retention_days),
+            ("market_samples", "ts < ?", decision_retention_days),
         ]
         deleted: dict[str, int] = {}
         for table, where, days in plan:
@@ -778,6 +880,8 @@ class Store:
             "audit",
             "state",
             "shortfalls",
+            "market_prices",
+            "market_samples",
         )
         self.flush()
         with self._lock:

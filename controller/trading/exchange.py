@@ -150,6 +150,16 @@ class ExchangeClient:
     async def market_data(self) -> dict:
         return await self.request("GET", "/api/market-data")
 
+    async def auction(self, day: str) -> dict | None:
+        """The day-ahead results of UTC day `day` (YYYY-MM-DD): {day, market, published_at, periods:
+        [{period_start, price_eur_mwh}]}; None while they are not published (404)."""
+        try:
+            return await self.request("GET", f"/api/auction/{day}")
+        except ExchangeRejected as e:
+            if e.status_code == 404:
+                return None
+            raise
+
 
 def _detail(data: Any) -> str:
     return str(data.get("detail")) if isinstance(data, dict) and "detail" in data else str(data)[:200]

@@ -162,9 +162,12 @@ class OrderDesk:
                 legs.append(leg)
         return legs
 
-    async def place_order(self, body: dict[str, Any], who: str = "api") -> dict[str, Any]:
+    async def place_order(
+        self, body: dict[str, Any], who: str = "api", meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Check, store the intent (committed), send; the order as the exchange holds it. With no answer from the
-        exchange, ask it by client_order_id; the order is never sent twice."""
+        exchange, ask it by client_order_id; the order is never sent twice. `meta` (e.g. the auto-trader's plan
+        id and reason) is stored with the intent, with `who`."""
         order = OrderRequest.model_validate(body)
         if not self.has_key:
             raise ExchangeNotConfigured()
@@ -189,7 +192,7 @@ class OrderDesk:
         cid = f"{self.config.site.id}-{uuid.uuid4().hex[:16]}"
         out = {**order.model_dump(), "participant": self.config.site.id, "client_order_id": cid}
         try:
-            self.store.add_order_intent(cid, out, now)
+            self.store.add_order_intent(cid, out, now, {"who": who, **(meta or {})})
         except (StoreError, sqlite3.Error) as e:
             log.error("order intent not stored: order not sent", extra={"client_order_id": cid, "error": str(e)})
             raise ExchangeDown(f"order not sent: its intent could not be stored ({e})") from e

@@ -6,8 +6,10 @@ Responses: POST /api/orders -> 201 with the order (+ `trades` it made); a `clien
 before -> 200 with that order as it is now (a retry never places a second order), or 409 if the fields differ;
 GET /api/orders?client_order_id=X -> the caller's order with that id as a list of one, or []; an order the
 market refuses (gate closed, product not open yet) -> 409 `{detail, order}` with the order in status `rejected`;
-bad fields -> 422 `{detail, errors}`; auth failures -> 401 `{detail}`. GET /api/market-data is public market
-information (a person can open it in a browser); if auth headers are sent, they are checked.
+bad fields -> 422 `{detail, errors}`; auth failures -> 401 `{detail}`. GET /api/market-data and the day-ahead
+auction results (GET /api/auction, /api/auction/{YYYY-MM-DD}: 404 before they are published at 11:00 UTC the day
+before) are public market information (a person can open them in a browser); if auth headers are sent, they are
+checked.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fastapi.responses import JSONResponse
 from controller.clock import Clock
 from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET
 from controller.trading.market import GATE_CLOSURE_S
+from simulators.exchange.auction import Auction
 from simulators.exchange.auth import Authenticator, AuthError
 from simulators.exchange.counterparties import Counterparties
 from simulators.exchange.curve import PriceCurve
@@ -124,11 +127,13 @@ def create_app(
     )
 
     app = FastAPI(title="BESS exchange simulator", lifespan=_lifespan(service, clock, tick_s))
-    app.state.sim = ExchangeState(service=service, auth=auth, clock=clock, markets=markets)
+    auction = Auction(curve)
+    app.state.sim = ExchangeState(service=service, auth=auth, clock=clock, markets=markets, auction=auction)
     app.state.exchange = service
     app.state.publisher = publisher
     app.state.auth = auth
     app.state.curve = curve
+    app.state.auction = auction
     app.state.clock = clock
 
     @app.exception_handler(AuthError)

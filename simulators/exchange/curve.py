@@ -2,6 +2,7 @@
 
 Shape: night trough, morning peak (~08:00), midday solar dip (~13:00), evening peak (~19:00); fat-tailed
 Student-t noise (3 degrees of freedom); on "sunny" days (about one in four) the solar dip goes below zero.
+Weekends (Saturday, Sunday UTC) run lower and flatter: less industry, so a lower level and a small morning peak.
 Same seed and day -> same 96 prices, whatever order the days are asked in.
 """
 
@@ -14,6 +15,17 @@ from controller.trading.market import PERIOD_S
 
 DAY_S = 86400
 PERIODS_PER_DAY = 96
+WEEKEND_LEVEL_EUR = 12.0  # how much lower a weekend day's level is
+WEEKEND_MORNING_SHARE = 0.4  # a weekend morning peak is this share of a weekday's
+
+
+def weekday(day_index: int) -> int:
+    """Monday 0 ... Sunday 6 of UTC day `day_index` (day 0, 1970-01-01, was a Thursday)."""
+    return (day_index + 3) % 7
+
+
+def is_weekend(day_index: int) -> bool:
+    return weekday(day_index) >= 5
 
 
 def student_t(rng: random.Random, df: float) -> float:
@@ -42,6 +54,9 @@ class PriceCurve:
             morning = 35 + rng.gauss(0, 8)
             evening = 60 + rng.gauss(0, 12)
             sunny = rng.random() < self.sunny_share
+            if is_weekend(day_index):
+                level -= WEEKEND_LEVEL_EUR
+                morning *= WEEKEND_MORNING_SHARE
             solar = (level + 25 + abs(rng.gauss(0, 20))) if sunny else (30 + rng.gauss(0, 10))
             prices = []
             for q in range(PERIODS_PER_DAY):

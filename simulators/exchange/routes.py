@@ -1,5 +1,5 @@
 """The exchange simulator's REST routes: orders (place, list, read, cancel), the caller's trades, public market
-data, health. Their state is one `ExchangeState` on `app.state.sim`, fetched by `exchange_state`; `caller` checks
+data and day-ahead auction results, health. Their state is one `ExchangeState` on `app.state.sim`, fetched by `exchange_state`; `caller` checks
 the request's signature and names the site."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from controller.clock import Clock, iso
 from drivers.validation import validation_problems
+from simulators.exchange.auction import Auction, AuctionNotPublished, parse_day
 from simulators.exchange.auth import Authenticator
 from simulators.exchange.engine import OrderNotActive, OrderNotFound
 from simulators.exchange.service import ExchangeService
@@ -33,6 +34,7 @@ class ExchangeState:
     auth: Authenticator
     clock: Clock
     markets: tuple[str, ...]
+    auction: Auction | None = None
 
 
 def exchange_state(request: Request) -> ExchangeState:
@@ -163,6 +165,34 @@ async def list_trades(site: str = Depends(caller), state: ExchangeState = Depend
 
 @router.get("/api/market-data")
 async def market_data(request: Request, state: ExchangeState = Depends(exchange_state)):
+    await _public(request, state)
+    return state.service.market_data(state.clock.now())
+
+
+async def _public(request: Request, state: ExchangeState) -> None:
+    """Public market information: anyone may read it; auth headers, if sent, are checked."""
     if request.headers.get("x-api-key") or request.headers.get("x-signature"):
         await caller(request, state)
-    return state.service.market_data(state.clock.now())
+
+
+@router.get("/api/auction")
+async def latest_auction(request: Request, state: ExchangeState = Depends(exchange_state)):
+    """The latest published day-ahead results (tomorrow's after the daily publication time, else today's)."""
+    await _public(request, state)
+    now = state.clock.now()
+    return state.auction.result(state.auction.latest_day(now), now)
+
+
+@router.get("/api/auction/{day}")
+async def auction_day(day: str, request: Request, state: ExchangeState = Depends(exchange_state)):
+    """Day-ahead results of UTC day `day` (YYYY-MM-DD): `{day, market, published_at, periods: [{period_start,
+    price_eur_mwh}] * 96}`; 404 with `publishes_at` before they are published; 422 for a bad day."""
+    await _public(request, state)
+    try:
+        wanted = parse_day(day)
+    except ValueError as e:
+        return _json(422, {"detail": str(e)})
+    try:
+        return state.auction.result(wanted, state.clock.now())
+    except AuctionNotPublished as e:
+        return _json(404, {"detail": str(e), "publishes_at": iso(e.publishes_at)})
