@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET, ConfigError, load_config
+from controller.config import DEMO_API_KEY, DEMO_HMAC_SECRET, ConfigError, SiteConfig, load_config
 
 HOST = "127.0.0.1"
 MQTT_PORT = 1883
@@ -63,6 +63,56 @@ def write_mosquitto_conf(directory: Path, port: int) -> Path:
     return conf
 
 
+def simulator_ports(cfg: SiteConfig) -> list[int]:
+    """The ports `bess-edge simulate` opens for this site file, so the demo can wait for them: a plant of several
+    units or with a POI meter serves every device on its own host:port (devices behind one gateway share it) and
+    each unit's extra faces; a one-unit file its simulator: ports. The control API's port too."""
+    sim = cfg.simulator
+    if cfg.units:
+        ports = [d.port for d in cfg.devices.values()]
+        ports += [p for u in sim.units.values() for p in (u.bms_modbus_port, u.bms_opcua_port)]
+    else:
+        meter = cfg.meter()
+        ports = [sim.bms_modbus_port, sim.pcs_modbus_port, sim.bms_opcua_port, meter[1].port if meter else None]
+    return sorted({p for p in (*ports, sim.control_port) if p})
+
+
+def plant_lines(cfg: SiteConfig) -> list[str]:
+    """What the demo prints about the plant simulators: each unit's BMS and PCS faces, the POI meter, the
+    simulator's control API."""
+    sim = cfg.simulator
+    if cfg.units:
+        out = []
+        for u in cfg.unit_plan():
+            bms = [_face(u.bms.protocol, u.bms.port) + " (the controller reads this one)"]
+            extra = sim.units.get(u.unit)
+            if extra and extra.bms_modbus_port:
+                bms.append(_face("modbus", extra.bms_modbus_port))
+            if extra and extra.bms_opcua_port:
+                bms.append(_face("opcua", extra.bms_opcua_port))
+            out += [
+                f"unit {u.unit:<9} {u.rated_mw:g} MW / {u.capacity_mwh:g} MWh",
+                f"  BMS          {', '.join(bms)}",
+                f"  PCS          {_face(u.pcs.protocol, u.pcs.port)}",
+            ]
+    else:
+        out = [
+            f"BMS simulator  {_face('modbus', sim.bms_modbus_port)}, {_face('opcua', sim.bms_opcua_port)}",
+            f"PCS simulator  {_face('sunspec', sim.pcs_modbus_port)}",
+        ]
+    meter = cfg.meter()
+    if meter is not None:
+        out.append(f"POI meter      {_face(meter[1].protocol, meter[1].port)}")
+    if sim.control_port:
+        out.append(f"simulator API  http://{HOST}:{sim.control_port}/sim/state")
+    return out
+
+
+def _face(protocol: str, port: int | None) -> str:
+    where = f"opc.tcp://{HOST}:{port}" if protocol == "opcua" else f"{HOST}:{port}"
+    return {"opcua": "OPC UA", "modbus": "Modbus TCP", "sunspec": "Modbus TCP (SunSpec)"}[protocol] + " " + where
+
+
 @dataclass
 class Child:
     name: str
@@ -96,7 +146,6 @@ class Demo:
 
     def plan(self) -> list[Child]:
         cfg = load_config(self.config_path)
-        sim = cfg.simulator
         exe = [sys.executable, "-m", "controller.cli"]
         broker = mosquitto_binary()
         if broker:
@@ -108,7 +157,7 @@ class Demo:
                 [sys.executable, "-m", "simulators.broker", "--port", str(MQTT_PORT)],
                 [MQTT_PORT],
             )
-        sim_ports = [p for p in (sim.bms_modbus_port, sim.pcs_modbus_port, sim.bms_opcua_port) if p]
+        sim_ports = simulator_ports(cfg)
         scada_ports = [p.port for p in (cfg.scada.modbus, cfg.scada.opcua) if p.enabled]
         return [
             mqtt,
@@ -295,7 +344,7 @@ def main_demo(args) -> int:
     code = 0
     try:
         demo.start()
-        sim = cfg.simulator
+        plant = "\n".join("  " + line for line in plant_lines(cfg))
         web = f"{'https' if cfg.web.tls.enabled else 'http'}://127.0.0.1:{cfg.web.port}"
         print(
             f"""
@@ -306,8 +355,7 @@ Demo running. Everything listens on 127.0.0.1:
   metrics        {web}/metrics   (header Authorization: Bearer {DEMO_API_KEY})
   exchange       http://127.0.0.1:{EXCHANGE_PORT}/api/market-data
   MQTT broker    mqtt://127.0.0.1:{MQTT_PORT}   topics bess/{cfg.site.id}/#
-  BMS simulator  Modbus TCP 127.0.0.1:{sim.bms_modbus_port}, OPC UA opc.tcp://127.0.0.1:{sim.bms_opcua_port}
-  PCS simulator  Modbus TCP (SunSpec) 127.0.0.1:{sim.pcs_modbus_port}
+{plant}
   SCADA face     Modbus TCP 127.0.0.1:{cfg.scada.modbus.port}, OPC UA opc.tcp://127.0.0.1:{cfg.scada.opcua.port}
   logs           {state_dir / "logs"}
 Press Ctrl-C to stop.""",
