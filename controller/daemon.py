@@ -54,13 +54,19 @@ class Daemon:
         if cfg.web.enabled:
             await self._start_web(cert, key)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
-            from controller.scada.face import ScadaFace
-
-            self.scada = ScadaFace(self.controller, cfg.scada, self.state_dir)
-            await self.scada.start()
-            self.parts.append(self.scada)
+            await self._start_scada()
         self.controller.allow_ready()
         log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
+
+    async def _start_scada(self) -> None:
+        """The SCADA servers, given the controller's commands and its latest frozen state, never the Controller."""
+        from controller.scada.controls import ScadaPlant
+        from controller.scada.face import ScadaFace
+
+        plant = ScadaPlant(self.controller, self.controller.faces.latest, self.config, self.store, self.clock.now)
+        self.scada = ScadaFace(plant, self.config.scada, self.state_dir)
+        await self.scada.start()
+        self.parts.append(self.scada)
 
     def _web_certificate(self) -> tuple[str | None, str | None]:
         """The web face's (cert, key) files when it serves TLS, else (None, None)."""
@@ -110,6 +116,7 @@ class Daemon:
 
     async def _start_web(self, cert: str | None, key: str | None) -> None:
         """The web's live backend (attached to the cycle) and the HTTP server in front of it."""
+        from controller.trading.orders import OrderDesk
         from controller.web_backend import ControllerBackend
         from web.app import create_app
         from web.server import UvicornServer, uvicorn_options
@@ -117,7 +124,9 @@ class Daemon:
 
         cfg = self.config
         faces = self.controller.faces
-        self.backend = ControllerBackend(self.controller, self.secrets, self.metrics)
+        # the order desk gets the controller's pre-trade check as a command, never the Controller
+        desk = OrderDesk(self.controller, self.store, cfg, self.clock.now, self.secrets)
+        self.backend = ControllerBackend(self.controller, desk, self.metrics)
         self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
         faces.attach(Phase.READ, self.backend.cycle_started)  # the web's cycle gate
         faces.attach(Phase.IDLE, self.backend.cycle_over)

@@ -19,7 +19,6 @@ from controller.trading.market import gate_open
 from controller.trading.orders import OrderDesk, OrderRefused, OrderRequest
 
 if TYPE_CHECKING:
-    from controller.config import Secrets
     from controller.cycle.loop import Controller
     from controller.metrics import Metrics
 
@@ -27,17 +26,11 @@ log = logging.getLogger("bess.backend")
 
 
 class ControllerBackend:
-    def __init__(
-        self,
-        controller: "Controller",
-        secrets: "Secrets",
-        metrics: "Metrics | None" = None,
-        desk: OrderDesk | None = None,
-    ):
+    def __init__(self, controller: "Controller", desk: OrderDesk, metrics: "Metrics | None" = None):
         self.controller = controller
         self.store = controller.store
         self.metrics = metrics
-        self.desk = desk or OrderDesk(controller, secrets)
+        self.desk = desk
         self._schedule_cache: tuple[float, tuple, dict] | None = None
         # set while no cycle runs: a flood of API requests must not stretch the cycle's awaits (each would wait
         # behind a whole event-loop pass of request handling); the web face waits on it (bounded) before serving

@@ -9,12 +9,30 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
+from controller.commands import PlantCommands
+from controller.config import Scada, SiteConfig
+from controller.cycle.state import PlantState
 from controller.scada.points import MODE_NAMES
+from controller.store import Store
 
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
+
+@dataclass(frozen=True)
+class ScadaPlant:
+    """What a SCADA server is given of the plant (by the composition root, controller.daemon): the commands it may
+    give, the newest frozen PlantState, the site file, and the audit log it records accepted writes in."""
+
+    commands: PlantCommands
+    latest: Callable[[], PlantState]
+    site: SiteConfig
+    store: Store
+    now: Callable[[], float]  # the controller's clock: the audit log's time
+
+    def audit(self, source: str, action: str, details: dict[str, Any]) -> None:
+        self.store.audit(source, action, details, self.now())
+
 
 REFUSAL_LOG_EVERY_S = 10.0  # a write storm logs its refusals once per this, with the count, not once per write
 
@@ -67,8 +85,7 @@ class WriteLimiter:
             self._refused_at_last_log = self.refused
 
     @classmethod
-    def for_controller(cls, controller: "Controller") -> "WriteLimiter":
-        cfg = controller.config.scada
+    def for_scada(cls, cfg: Scada) -> "WriteLimiter":
         return cls(cfg.write_rate_per_s, cfg.write_burst)
 
 
@@ -77,21 +94,24 @@ class PendingControls:
     mode with it; one written in another mode waits for `mode` = manual. The expiry starts at the configured
     `cycle.manual_timeout_s` and applies to the next manual setpoint."""
 
-    def __init__(self, controller: "Controller", source: str):
-        self.controller = controller
+    def __init__(self, plant: ScadaPlant, source: str):
+        self.commands = plant.commands
+        self.latest = plant.latest
         self.source = source  # names the face in the mode's source and the audit log
         self.setpoint_mw = 0.0
-        self.expires_s: float = controller.config.cycle.manual_timeout_s
+        self.expires_s: float = plant.site.cycle.manual_timeout_s
 
     def apply(self, new: dict[str, float]) -> None:
         """One accepted write of one or more control points (range-checked by the face). Raises ValueError when
         the controller refuses the mode change (nothing else changes then)."""
-        c = self.controller
+        c = self.commands
         if "manual_expires_s" in new:
             self.expires_s = new["manual_expires_s"]
         if "manual_setpoint_mw" in new:
             self.setpoint_mw = new["manual_setpoint_mw"]
-            if c.faces.latest().manual and "mode" not in new:  # renew
+            # latest() is newer than the last cycle's state when the mode changed since: a setpoint written just
+            # after mode = manual renews it
+            if self.latest().manual and "mode" not in new:  # renew
                 c.set_mode("manual", self.setpoint_mw, self.expires_s, source=self.source)
         if "mode" in new:
             mode = MODE_NAMES.get(int(new["mode"]))

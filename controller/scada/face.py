@@ -3,31 +3,27 @@ configured, sharing one `WriteLimiter` (controller.scada.controls) between them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
-from controller.scada.controls import WriteLimiter
-
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
+from controller.config import Scada
+from controller.scada.controls import ScadaPlant, WriteLimiter
 
 
 class ScadaFace:
     """Both SCADA servers, as configured (either can be off), with one write limiter between them."""
 
-    def __init__(self, controller: "Controller", cfg, state_dir):
+    def __init__(self, plant: ScadaPlant, cfg: Scada, state_dir: str | Path):
         self.parts = []
-        self.limiter = WriteLimiter.for_controller(controller)
+        self.limiter = WriteLimiter.for_scada(cfg)
         if cfg.modbus.enabled:
             from controller.scada.modbus import ScadaModbusServer
 
-            self.parts.append(ScadaModbusServer(controller, cfg.modbus, limiter=self.limiter))
+            self.parts.append(ScadaModbusServer(plant, cfg.modbus, limiter=self.limiter))
         if cfg.opcua.enabled:
             from controller.scada.opcua import ScadaOpcUaServer
 
             self.parts.append(
-                ScadaOpcUaServer(
-                    controller, cfg.opcua, state_dir, demo=controller.config.mode == "demo", limiter=self.limiter
-                )
+                ScadaOpcUaServer(plant, cfg.opcua, state_dir, demo=plant.site.mode == "demo", limiter=self.limiter)
             )
 
     async def start(self) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
-from typing import TYPE_CHECKING
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse
@@ -22,7 +21,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
-from controller.scada.controls import PendingControls, WriteLimiter
+from controller.scada.controls import PendingControls, ScadaPlant, WriteLimiter
 from controller.scada.points import (
     CONTROL,
     MODE_CODES,
@@ -31,9 +30,6 @@ from controller.scada.points import (
     input_registers,
     input_words,
 )
-
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
 
 log = logging.getLogger("bess.scada.modbus")
 
@@ -112,17 +108,18 @@ class _ClientHandler(ServerRequestHandler):
 
 
 class ScadaModbusServer:
-    def __init__(self, controller: "Controller", cfg: ScadaModbus, limiter: WriteLimiter | None = None):
-        self.controller = controller
+    def __init__(self, plant: ScadaPlant, cfg: ScadaModbus, limiter: WriteLimiter | None = None):
+        self.plant = plant
         self.cfg = cfg
         self.server: ModbusTcpServer | None = None
-        self.pending = PendingControls(controller, "scada-modbus")
+        self.pending = PendingControls(plant, "scada-modbus")
         self.writes_refused = 0
-        self.limiter = limiter or WriteLimiter.for_controller(controller)
+        self.limiter = limiter or WriteLimiter.for_scada(plant.site.scada)
         self.allowed = [ipaddress.ip_network(a, strict=False) for a in cfg.allow_clients]
         self.loopback_only = listens_on_loopback_only(cfg.host)
         # the units are the site file's, fixed at start: so is the register map
-        self.units = [u.unit for u in controller.config.unit_plan()]
+        self.units = [u.unit for u in plant.site.unit_plan()]
+        self.limits = control_limits(plant.site.limits)
 
     def _device(self) -> SimDevice:
         # coils and discrete inputs: one placeholder bit each, refused by the action (no bit points exist)
@@ -142,7 +139,7 @@ class ScadaModbusServer:
         self, fc: int, start: int, address: int, count: int, registers: list[int], values
     ) -> ExcCodes | None:
         if fc == READ_INPUT:
-            words = input_registers(self.controller.faces.latest(), self.units)
+            words = input_registers(self.plant.latest(), self.units)
             for addr, word in words.items():  # gaps between the tables keep their 0
                 registers[addr - start] = word
             return None
@@ -154,7 +151,7 @@ class ScadaModbusServer:
         return ExcCodes.ILLEGAL_ADDRESS  # coils / discrete inputs: none exist
 
     def _fill_controls(self, registers: list[int], start: int) -> None:
-        state = self.controller.faces.latest()
+        state = self.plant.latest()
         current = {
             "mode": MODE_CODES[state.mode],
             "manual_setpoint_mw": state.manual_setpoint_mw if state.manual else self.pending.setpoint_mw,
@@ -175,7 +172,7 @@ class ScadaModbusServer:
                 self.writes_refused += 1
                 log.warning("SCADA Modbus write refused: partial multi-register point", extra={"point": p.name})
                 return ExcCodes.ILLEGAL_ADDRESS
-        limits = control_limits(self.controller)
+        limits = self.limits
         new: dict[str, float] = {}
         for p in touched:
             v = p.from_registers(values[p.address - address : p.address - address + p.words])
@@ -196,14 +193,13 @@ class ScadaModbusServer:
                 address=address,
             )
             return ExcCodes.DEVICE_BUSY
-        c = self.controller
         try:
             self.pending.apply(new)
         except ValueError as e:
             self.writes_refused += 1
             log.warning("SCADA Modbus write refused", extra={"reason": str(e)})
             return ExcCodes.ILLEGAL_VALUE
-        c.store.audit("scada-modbus", "write", new, c.clock.now())
+        self.plant.audit("scada-modbus", "write", new)
         registers[address - start : end - start] = values
         return None
 

@@ -21,7 +21,7 @@ import secrets as pysecrets
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from asyncua import Server, ua
@@ -33,7 +33,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
-from controller.scada.controls import PendingControls, WriteLimiter
+from controller.scada.controls import PendingControls, ScadaPlant, WriteLimiter
 from controller.scada.points import (
     CONTROL,
     POI,
@@ -46,9 +46,6 @@ from controller.scada.points import (
     unit_values,
     units_by_name,
 )
-
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
 
 log = logging.getLogger("bess.scada.opcua")
 
@@ -159,14 +156,14 @@ class ScadaOpcUaServer:
 
     def __init__(
         self,
-        controller: "Controller",
+        plant: ScadaPlant,
         cfg: ScadaOpcUa,
         state_dir: Path,
         demo: bool = False,
         limiter: WriteLimiter | None = None,
     ):
-        self.controller = controller
-        self.limiter = limiter or WriteLimiter.for_controller(controller)
+        self.plant = plant
+        self.limiter = limiter or WriteLimiter.for_scada(plant.site.scada)
         self.writes_refused = 0
         self.cfg = cfg
         self.dir = Path(state_dir) / "scada-opcua"
@@ -175,11 +172,12 @@ class ScadaOpcUaServer:
         self.nodes: dict[str, Any] = {}
         self.controls: dict[str, Any] = {}
         # node id -> (node, variant type); the units are the site file's, fixed at start like the address space
-        self.units = [u.unit for u in controller.config.unit_plan()]
+        self.units = [u.unit for u in plant.site.unit_plan()]
+        self.limits = control_limits(plant.site.limits)
         self.unit_nodes: dict[str, dict[str, tuple[Any, Any]]] = {}
         self.poi_nodes: dict[str, tuple[Any, Any]] = {}
         self._task: asyncio.Task | None = None
-        self.pending = PendingControls(controller, "scada-opcua")
+        self.pending = PendingControls(plant, "scada-opcua")
 
     def _user_manager(self) -> PasswordUserManager:
         if self.cfg.users_file:
@@ -309,7 +307,7 @@ class ScadaOpcUaServer:
             value = datavalue.Value.Value if datavalue.Value is not None else None
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ua.UaStatusCodeError(ua.StatusCodes.BadTypeMismatch)
-            lo, hi = control_limits(self.controller).get(name, (None, None))
+            lo, hi = self.limits.get(name, (None, None))
             if lo is not None and not lo <= value <= hi:
                 self.writes_refused += 1
                 log.warning(
@@ -333,14 +331,13 @@ class ScadaOpcUaServer:
         return setter
 
     def _apply(self, name: str, value: float) -> None:
-        c = self.controller
         self.pending.apply({name: value})
-        c.store.audit("scada-opcua", f"write {name}", {"value": value}, c.clock.now())
+        self.plant.audit("scada-opcua", f"write {name}", {"value": value})
 
     async def _update_loop(self) -> None:
-        period = max(0.1, self.controller.config.cycle.period_s)
+        period = max(0.1, self.plant.site.cycle.period_s)
         while True:
-            state = self.controller.faces.latest()
+            state = self.plant.latest()
             await self._write_values(self.nodes, status_values(state))
             await self._write_values(self.poi_nodes, poi_values(state))
             by_name = units_by_name(state)

@@ -14,15 +14,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from controller.config import Limits
 from controller.cycle.alarms import CYCLE_ERROR, INFEASIBLE, READBACK, reported_by
 from controller.cycle.limits import BINDINGS
-from controller.cycle.state import PlantState
-
-if TYPE_CHECKING:
-    from controller.cycle.loop import Controller
-    from controller.cycle.state import UnitState
+from controller.cycle.state import PlantState, UnitState
 
 MODE_CODES = {"auto": 0, "manual": 1, "stopped": 2}
 MODE_NAMES = {v: k for k, v in MODE_CODES.items()}
@@ -265,9 +261,8 @@ def alarm_bits(state: PlantState) -> int:
     return bits
 
 
-def control_limits(c: "Controller") -> dict[str, tuple[float, float]]:
+def control_limits(lim: Limits) -> dict[str, tuple[float, float]]:
     """Write ranges of the control points; the setpoint range comes from the configured power limits."""
-    lim = c.config.limits
     out = {p.name: (p.min, p.max) for p in CONTROL if p.min is not None}
     out["manual_setpoint_mw"] = (-lim.p_charge_max_mw, lim.p_discharge_max_mw)
     return out

@@ -17,12 +17,13 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from controller.clock import iso, parse_iso
-from controller.store import StoreError
+from controller.commands import PlantCommands
+from controller.store import Store, StoreError
 from controller.trading.errors import ExchangeDown, ExchangeNotConfigured, OrderRefused
 from controller.trading.exchange import (
     ExchangeClient,
@@ -33,8 +34,7 @@ from controller.trading.exchange import (
 from controller.trading.market import PERIOD_S, gate_open
 
 if TYPE_CHECKING:
-    from controller.config import Secrets
-    from controller.cycle.loop import Controller
+    from controller.config import Secrets, SiteConfig
 
 log = logging.getLogger("bess.trading")
 
@@ -99,10 +99,21 @@ class Cached:
 class OrderDesk:
     """The site's trading: pre-trade check, signed orders to the exchange, a cache that survives outages."""
 
-    def __init__(self, controller: "Controller", secrets: "Secrets", client: ExchangeClient | None = None):
-        self.controller = controller
-        self.store = controller.store
-        self.config = controller.config
+    def __init__(
+        self,
+        commands: PlantCommands,
+        store: Store,
+        config: "SiteConfig",
+        now: Callable[[], float],
+        secrets: "Secrets",
+        client: ExchangeClient | None = None,
+    ):
+        """`commands`: the pre-trade check (the controller's, handed over by the composition root); `now`: the
+        controller's clock."""
+        self.commands = commands
+        self.store = store
+        self.config = config
+        self.now = now
         # signed with the controller's clock, the same one the gate-closure check reads: the site and the exchange
         # must agree on time (in tests and labs both run on one injected clock; on a site it is the real one)
         # the site's key at the exchange is EXCHANGE_API_KEY, never one of the local API keys (one purpose each);
@@ -113,7 +124,7 @@ class OrderDesk:
             secrets.exchange_api_key,
             secrets.hmac_secret,
             timeout_s=self.config.exchange.timeout_s,
-            now=controller.clock.now,
+            now=now,
         )
         self._market = Cached()
         self._orders = Cached()
@@ -141,9 +152,7 @@ class OrderDesk:
     def pre_trade_check(self, order: OrderRequest):
         """Feasibility of the whole schedule if this order and any of the site's open orders fill: each limit at
         its worst case (schedule.check_feasibility). Refuses on an unknown SoC."""
-        return self.controller.feasibility(
-            self.open_legs() + [_leg(order.side, order.quantity_mw, order.delivery_start)]
-        )
+        return self.commands.feasibility(self.open_legs() + [_leg(order.side, order.quantity_mw, order.delivery_start)])
 
     def open_legs(self) -> list[tuple[float, float]]:
         """(period start, signed MW that may still fill) of every order of the site that may still trade: the
@@ -171,7 +180,7 @@ class OrderDesk:
         order = OrderRequest.model_validate(body)
         if not self.has_key:
             raise ExchangeNotConfigured()
-        now = self.controller.clock.now()
+        now = self.now()
         start = parse_iso(order.delivery_start)
         if not gate_open(start, now):
             raise OrderRefused(
@@ -278,7 +287,7 @@ class OrderDesk:
             )
             self._orders.fetched_mono = -math.inf
             return found
-        waited_s = self.controller.clock.now() - created_ts
+        waited_s = self.now() - created_ts
         if waited_s >= self.settle_s:
             reason = (
                 f"not at the exchange {waited_s:.0f} s after it was stored (the request never reached it, "

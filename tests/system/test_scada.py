@@ -25,7 +25,7 @@ from controller.scada.modbus import STATUS_WORDS, ScadaModbusServer, listens_on_
 from controller.scada.opcua import NAMESPACE
 from controller.scada.points import BINDING_CODES, CONTROL, MODE_CODES, NA, STATUS
 from tests.conftest import free_port
-from tests.fixtures.controller import make_controller, running_scada, wait_for
+from tests.fixtures.controller import make_controller, running_scada, scada_plant, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
@@ -178,7 +178,7 @@ async def test_modbus_client_allow_list(plant, tmp_path):
 
         # the same controller behind a face that lists 127.0.0.1 answers
         cfg = c.config.scada.modbus.model_copy(update={"allow_clients": ["127.0.0.1"], "port": free_port()})
-        second = ScadaModbusServer(c, cfg)
+        second = ScadaModbusServer(scada_plant(c), cfg)
         await second.start()
         try:
             cl = AsyncModbusTcpClient("127.0.0.1", port=cfg.port, timeout=2, retries=0)
@@ -243,7 +243,7 @@ async def test_modbus_denies_writes_by_default_beyond_loopback(plant, tmp_path, 
 
         # the same bind with the master listed takes its writes
         cfg = c.config.scada.modbus.model_copy(update={"allow_clients": ["127.0.0.1"], "port": free_wildcard_port()})
-        listed = ScadaModbusServer(c, cfg)
+        listed = ScadaModbusServer(scada_plant(c), cfg)
         await listed.start()
         try:
             cl2 = AsyncModbusTcpClient("127.0.0.1", port=cfg.port, timeout=2, retries=0)

@@ -8,9 +8,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -20,6 +20,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from controller.config import load_config
 from controller.cycle.phases import Faces
 from controller.cycle.state import PlantState, PoiState, UnitState
+from controller.scada.controls import ScadaPlant
 from controller.scada.face import ScadaFace
 from controller.scada.opcua import NAMESPACE
 from controller.scada.points import BINDING_CODES, LAYOUT, NA, POI, STATUS, UNIT_BASE, UNIT_STRIDE, unit_points
@@ -162,7 +163,8 @@ async def test_two_units_and_the_poi_on_both_faces(tmp_path):
     assert [u.unit for u in cfg.unit_plan()] == ["u1", "u2"]
     faces = Faces()
     faces.update(TWO)
-    site = SimpleNamespace(config=cfg, faces=faces)  # what the faces read: the site file and the state stream
+    # what the faces read: the site file and the state stream; this test gives no commands and writes no audit
+    site = ScadaPlant(None, faces.latest, cfg, None, time.time)
     face = ScadaFace(site, cfg.scada, tmp_path / "state")  # mode: demo: the demo users
     await face.start()
     try:

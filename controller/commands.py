@@ -1,0 +1,27 @@
+"""The plant's command interface: what a face may ask of the controller, and nothing else. The SCADA servers
+(controller.scada) and the order desk (controller.trading.orders) are handed a `PlantCommands` by the composition
+root (controller.daemon), never the Controller: they read the plant from the frozen PlantState (controller.cycle
+.phases.Faces.latest) and act on it only through these methods. `Controller` (controller.cycle.loop) implements
+it; a test can hand a face anything that does.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from controller.cycle.mode import ModeState
+from controller.trading.schedule import Feasibility
+
+
+class PlantCommands(Protocol):
+    def set_mode(
+        self, mode: str, setpoint_mw: float | None = None, expires_s: float | None = None, source: str = "api"
+    ) -> ModeState:
+        """Switch mode (auto, manual, standby, ...); a manual setpoint still passes the limit function and expires
+        after `expires_s` unless renewed. Raises ValueError for a mode the controller refuses."""
+        ...
+
+    def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()) -> Feasibility:
+        """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed MW)
+        of orders that may still fill) at their worst case: the pre-trade check."""
+        ...
