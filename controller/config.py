@@ -328,9 +328,13 @@ class TradingAuto(_Model):
 
 
 class Trading(_Model):
-    """Trading on the site's own account (trading:)."""
+    """Trading on the site's own account (trading:): the auto-trader, and what the optimiser
+    (controller/trading/optimiser.py) plans with."""
 
     auto: TradingAuto = TradingAuto()
+    # wear per MWh through the plant (charge plus discharge): a cell pack of ~100 kEUR/MWh good for ~6,000 full
+    # cycles (12,000 MWh of throughput per MWh) costs ~8 EUR/MWh; it keeps the plan off spreads smaller than that
+    degradation_eur_mwh: float = Field(8.0, ge=0, le=10_000, description="cost of battery wear per MWh of throughput")
 
 
 class Forecast(_Model):

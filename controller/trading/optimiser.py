@@ -1,0 +1,502 @@
+"""The storage optimiser: a pure function from prices, positions already traded, SoC, limits and battery
+parameters to a plan per 15-minute period, solved as a linear programme on HiGHS (highspy).
+
+    optimise(problem: PlanProblem) -> Plan
+
+`PlanProblem` (frozen) holds, per period from the one containing `now_ts`: the buy and sell prices (EUR/MWh; a
+buy price above the sell price is the spread), the position already traded (MW, + = sold = discharge, DESIGN.md
+"Units and signs"), and whether the period can still be traded; and once: SoC now, the battery (capacity,
+charge/discharge efficiencies, self-discharge, aux load), the SoC window, the plant's charge/discharge power
+(the caller passes what is available: min of the limits and, with units, the sum of available units' power),
+the degradation cost per MWh of throughput, an optional end-of-horizon SoC floor or value per MWh left, and a
+reserve (±reserve_mw of power headroom and reserve_mwh of energy room both ways, for frequency response).
+`problem_for_site(cfg, ...)` builds one from the site file.
+
+`Plan` (frozen): `status` (HiGHS's model status as a word: "optimal", "infeasible", ...; "invalid" for a
+problem that cannot be posed), `reason`, `objective_eur` (the value of what remains to trade: sales minus
+purchases minus degradation plus the end value; commitments already traded are sunk), `solve_ms`, and per
+period `plan_mw` (the physical net power), `trade_mw` (plan − position: what remains to trade; + sell, − buy)
+and `soc_pct_end`. A plan that is not optimal has no periods, so a caller never acts on one that breaks limits;
+`optimise` never raises.
+
+The model per period t of h_t hours (the current period counts from `now_ts` to its end), the same SoC model as
+the pre-trade check (controller/trading/schedule.py):
+    e_t = e_{t-1} (1 − sd·h_t) + η_c c_t h_t − d_t h_t / η_d − aux·h_t
+    d_t − c_t − s_t + b_t = position_t          (s, b: what remains to sell/buy; both 0 where not tradable)
+    0 ≤ c_t ≤ P_charge − reserve,  0 ≤ d_t ≤ P_discharge − reserve
+    soc_min + reserve_mwh ≤ e_t ≤ soc_max − reserve_mwh
+    max  Σ h_t (sell_t s_t − buy_t b_t − degradation (c_t + d_t)) + end_value · e_T
+A SoC that starts (or drifts) outside the window comes back the way the pre-trade check allows: no discharge
+until the window can be reached from below, no charge until from above; until then the bound is the idle drift.
+Charging and discharging in the same period is what the LP does when it pays to waste energy (negative
+prices); the plant cannot, so such a solution is solved again with one binary per period (a small MIP). The
+solution's SoC path is then simulated exactly as the pre-trade check simulates it, and a charge or discharge the
+solver's tolerance (~1e-7) took past the window's edge is trimmed to it: the plan passes the pre-trade check.
+The end value matters: without one (0), the plan sells whatever is stored by the horizon's end; a caller sets
+it (e.g. a typical price times the discharge efficiency) or an end SoC.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+from controller.config import SiteConfig
+from controller.trading.market import PERIOD_S, period_start
+
+PERIOD_H = PERIOD_S / 3600.0
+_SIMULTANEOUS_MW = 1e-6  # charge and discharge both above this in one period: solve again with binaries
+# added to the wear cost in the solve only: of plans that earn the same, the one that cycles least (so a zero
+# wear cost does not make the solver pick charge-and-discharge-at-once at random)
+_TIE_EUR_MWH = 1e-6
+
+
+@dataclass(frozen=True)
+class PlanProblem:
+    """What the optimiser plans against. Per-period tuples all have one entry per period, the first being the
+    period containing `now_ts`; `tradable` None means every period can still be traded."""
+
+    now_ts: float
+    buy_price_eur_mwh: tuple[float, ...]
+    sell_price_eur_mwh: tuple[float, ...]
+    position_mw: tuple[float, ...]
+    soc_pct_now: float
+    capacity_mwh: float
+    soc_min_pct: float
+    soc_max_pct: float
+    p_charge_max_mw: float
+    p_discharge_max_mw: float
+    charge_efficiency: float = 0.95
+    discharge_efficiency: float = 0.95
+    self_discharge_pct_per_day: float = 0.0
+    aux_load_mw: float = 0.0
+    degradation_eur_mwh: float = 0.0
+    tradable: tuple[bool, ...] | None = None
+    end_soc_pct: float | None = None  # the last period ends at or above this SoC
+    end_value_eur_mwh: float = 0.0  # what a MWh stored at the horizon's end is worth
+    reserve_mw: float = 0.0
+    reserve_mwh: float = 0.0
+
+    @property
+    def n_periods(self) -> int:
+        return len(self.buy_price_eur_mwh)
+
+
+@dataclass(frozen=True)
+class PlanPeriod:
+    period_start: float  # Unix seconds
+    plan_mw: float  # physical net power: + discharge, − charge
+    trade_mw: float  # plan − position: + still to sell, − still to buy
+    position_mw: float
+    soc_pct_end: float
+    charge_mw: float
+    discharge_mw: float
+    hours: float  # how much of the period the plan covers: the current period from now_ts, the others 0.25
+
+
+@dataclass(frozen=True)
+class Plan:
+    status: str
+    reason: str
+    objective_eur: float
+    solve_ms: float
+    periods: tuple[PlanPeriod, ...] = field(default_factory=tuple)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "optimal"
+
+    @property
+    def throughput_mwh(self) -> float:
+        """Energy through the plant's grid side over the plan (charge plus discharge)."""
+        return sum((p.charge_mw + p.discharge_mw) * p.hours for p in self.periods)
+
+
+def problem_for_site(
+    cfg: SiteConfig,
+    *,
+    now_ts: float,
+    soc_pct_now: float,
+    buy_price_eur_mwh: tuple[float, ...],
+    sell_price_eur_mwh: tuple[float, ...] | None = None,
+    position_mw: tuple[float, ...] | None = None,
+    available_charge_mw: float | None = None,
+    available_discharge_mw: float | None = None,
+    **extra,
+) -> PlanProblem:
+    """A PlanProblem from the site file: battery, SoC window, power limits (the configured limits and the grid
+    limit, capped by `available_*_mw` when units are out), degradation cost. `extra` sets the remaining fields."""
+    lim, bat = cfg.limits, cfg.battery
+    p_ch = min(lim.p_charge_max_mw, lim.grid_limit_mw)
+    p_dis = min(lim.p_discharge_max_mw, lim.grid_limit_mw)
+    if available_charge_mw is not None:
+        p_ch = min(p_ch, available_charge_mw)
+    if available_discharge_mw is not None:
+        p_dis = min(p_dis, available_discharge_mw)
+    n = len(buy_price_eur_mwh)
+    return PlanProblem(
+        now_ts=now_ts,
+        buy_price_eur_mwh=tuple(buy_price_eur_mwh),
+        sell_price_eur_mwh=tuple(sell_price_eur_mwh if sell_price_eur_mwh is not None else buy_price_eur_mwh),
+        position_mw=tuple(position_mw if position_mw is not None else (0.0,) * n),
+        soc_pct_now=soc_pct_now,
+        capacity_mwh=bat.capacity_mwh,
+        soc_min_pct=lim.soc_min_pct,
+        soc_max_pct=lim.soc_max_pct,
+        p_charge_max_mw=p_ch,
+        p_discharge_max_mw=p_dis,
+        charge_efficiency=bat.charge_efficiency,
+        discharge_efficiency=bat.discharge_efficiency,
+        self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
+        aux_load_mw=bat.aux_load_mw,
+        degradation_eur_mwh=cfg.trading.degradation_eur_mwh,
+        **extra,
+    )
+
+
+def problem_error(pb: PlanProblem) -> str | None:
+    """Why the problem cannot be posed (names the field), or None."""
+    n = pb.n_periods
+    if n == 0:
+        return "buy_price_eur_mwh: no periods to plan"
+    for name in ("sell_price_eur_mwh", "position_mw", "tradable"):
+        v = getattr(pb, name)
+        if v is not None and len(v) != n:
+            return f"{name}: {len(v)} periods, buy_price_eur_mwh has {n}"
+    for name in ("buy_price_eur_mwh", "sell_price_eur_mwh", "position_mw"):
+        bad = [i for i, x in enumerate(getattr(pb, name)) if not math.isfinite(x)]
+        if bad:
+            return f"{name}[{bad[0]}]: must be a finite number (got {getattr(pb, name)[bad[0]]})"
+    scalars = (
+        "now_ts soc_pct_now capacity_mwh soc_min_pct soc_max_pct p_charge_max_mw p_discharge_max_mw "
+        "charge_efficiency discharge_efficiency self_discharge_pct_per_day aux_load_mw degradation_eur_mwh "
+        "end_value_eur_mwh reserve_mw reserve_mwh"
+    ).split()
+    for name in scalars:
+        v = getattr(pb, name)
+        if not math.isfinite(v):
+            return f"{name}: must be a finite number (got {v})"
+    if pb.end_soc_pct is not None and not math.isfinite(pb.end_soc_pct):
+        return f"end_soc_pct: must be a finite number (got {pb.end_soc_pct})"
+    checks = [
+        (pb.capacity_mwh > 0, "capacity_mwh: must be > 0"),
+        (0 < pb.charge_efficiency <= 1, "charge_efficiency: must be in (0, 1]"),
+        (0 < pb.discharge_efficiency <= 1, "discharge_efficiency: must be in (0, 1]"),
+        (0 <= pb.soc_min_pct < pb.soc_max_pct <= 100, "soc_min_pct/soc_max_pct: need 0 <= min < max <= 100"),
+        (pb.p_charge_max_mw >= 0 and pb.p_discharge_max_mw >= 0, "p_*_max_mw: must be >= 0"),
+        (min(pb.self_discharge_pct_per_day, pb.aux_load_mw, pb.degradation_eur_mwh) >= 0, "self-discharge, aux "
+         "load and degradation cost must be >= 0"),
+        (pb.reserve_mw >= 0 and pb.reserve_mwh >= 0, "reserve_mw/reserve_mwh: must be >= 0"),
+    ]  # fmt: skip
+    for ok, why in checks:
+        if not ok:
+            return why
+    crossed = [i for i in range(n) if pb.buy_price_eur_mwh[i] < pb.sell_price_eur_mwh[i]]
+    if crossed:
+        i = crossed[0]
+        return (
+            f"buy_price_eur_mwh[{i}]: below the sell price ({pb.buy_price_eur_mwh[i]:g} < "
+            f"{pb.sell_price_eur_mwh[i]:g}): crossed prices are an unbounded arbitrage"
+        )
+    return None
+
+
+def _infeasible_reserve(pb: PlanProblem) -> str | None:
+    """A reserve the plant cannot hold at all, whatever the plan."""
+    if pb.reserve_mw > min(pb.p_charge_max_mw, pb.p_discharge_max_mw):
+        return (
+            f"reserve_mw {pb.reserve_mw:g} MW exceeds the plant's power "
+            f"(charge {pb.p_charge_max_mw:g}, discharge {pb.p_discharge_max_mw:g} MW)"
+        )
+    window_mwh = (pb.soc_max_pct - pb.soc_min_pct) / 100 * pb.capacity_mwh
+    if 2 * pb.reserve_mwh > window_mwh:
+        return f"reserve_mwh {pb.reserve_mwh:g} MWh both ways exceeds the SoC window ({window_mwh:g} MWh)"
+    return None
+
+
+def _hours(pb: PlanProblem) -> np.ndarray:
+    """Length of each period in hours; the current one from now_ts to its end."""
+    h = np.full(pb.n_periods, PERIOD_H)
+    first = period_start(pb.now_ts)
+    h[0] = max(first + PERIOD_S - pb.now_ts, 0.0) / 3600.0
+    return h
+
+
+@dataclass(frozen=True)
+class _Window:
+    """Per period: the energy bounds (MWh) and whether the plant may charge / discharge at all."""
+
+    e_lo: np.ndarray
+    e_hi: np.ndarray
+    may_charge: np.ndarray
+    may_discharge: np.ndarray
+
+
+def _window(pb: PlanProblem, h: np.ndarray, keep: np.ndarray, c_max: float, d_max: float) -> _Window:
+    """The SoC window narrowed by the reserve. A SoC that starts (or drifts) outside the window must come back the way the
+    pre-trade check allows: no discharge while the window cannot yet be reached from below (full charge since
+    now), no charge while it cannot yet be reached from above; until then the bound is the idle drift."""
+    n, cap = pb.n_periods, pb.capacity_mwh
+    lo = (pb.soc_min_pct / 100) * cap + pb.reserve_mwh
+    hi = (pb.soc_max_pct / 100) * cap - pb.reserve_mwh
+    e_lo, e_hi = np.empty(n), np.empty(n)
+    may_c, may_d = np.ones(n, bool), np.ones(n, bool)
+    idle = up = down = pb.soc_pct_now / 100 * cap
+    for t in range(n):
+        idle = max(idle * keep[t] - pb.aux_load_mw * h[t], 0.0)
+        up = up * keep[t] + (pb.charge_efficiency * c_max - pb.aux_load_mw) * h[t]
+        down = max(down * keep[t] - (d_max / pb.discharge_efficiency + pb.aux_load_mw) * h[t], 0.0)
+        e_lo[t], e_hi[t] = lo, hi
+        if up < lo:
+            e_lo[t], may_d[t] = idle, False
+        if down > hi:
+            e_hi[t], may_c[t] = idle, False
+    return _Window(e_lo, e_hi, may_c, may_d)
+
+
+class _Model:
+    """Column blocks (one column per period each) and row blocks (one row per period each), assembled into
+    HiGHS's column-wise arrays. Column t of block k is k*n + t; row t of row block r is r*n + t."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.cost, self.lower, self.upper, self.integer = [], [], [], []
+        self.row_lo, self.row_hi, self.entries = [], [], []
+
+    def cols(self, cost, lower, upper, integer: bool = False) -> int:
+        n = self.n
+        self.cost.append(np.broadcast_to(np.asarray(cost, float), (n,)).copy())
+        self.lower.append(np.broadcast_to(np.asarray(lower, float), (n,)).copy())
+        self.upper.append(np.broadcast_to(np.asarray(upper, float), (n,)).copy())
+        self.integer.append(integer)
+        return len(self.cost) - 1
+
+    def rows(self, lo, hi) -> int:
+        self.row_lo.append(np.broadcast_to(np.asarray(lo, float), (self.n,)))
+        self.row_hi.append(np.broadcast_to(np.asarray(hi, float), (self.n,)))
+        return len(self.row_lo) - 1
+
+    def put(self, block: int, row_block: int, value, shift: int = 0) -> None:
+        """Column t of `block` gets `value` (per period, or one for all) in row t + shift of `row_block`."""
+        t = np.arange(max(0, -shift), self.n - max(0, shift))
+        v = np.broadcast_to(np.asarray(value, float), (self.n,))[t + shift]
+        self.entries.append((block * self.n + t, row_block * self.n + t + shift, v))
+
+    def lp(self) -> highspy.HighsLp:
+        cols = np.concatenate([c for c, _, _ in self.entries])
+        rws = np.concatenate([r for _, r, _ in self.entries])
+        vals = np.concatenate([v for _, _, v in self.entries])
+        order = np.lexsort((rws, cols))
+        num_col = len(self.cost) * self.n
+        starts = np.zeros(num_col + 1, np.int32)
+        np.cumsum(np.bincount(cols, minlength=num_col), out=starts[1:])
+        lp = highspy.HighsLp()
+        lp.num_col_, lp.num_row_ = num_col, len(self.row_lo) * self.n
+        lp.col_cost_ = np.concatenate(self.cost)
+        lp.col_lower_, lp.col_upper_ = np.concatenate(self.lower), np.concatenate(self.upper)
+        lp.row_lower_, lp.row_upper_ = np.concatenate(self.row_lo), np.concatenate(self.row_hi)
+        lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+        lp.a_matrix_.start_ = starts
+        lp.a_matrix_.index_ = rws[order].astype(np.int32)
+        lp.a_matrix_.value_ = vals[order]
+        if any(self.integer):
+            kinds = (highspy.HighsVarType.kInteger, highspy.HighsVarType.kContinuous)
+            lp.integrality_ = [kinds[0] if i else kinds[1] for i in self.integer for _ in range(self.n)]
+        return lp
+
+
+def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
+    """The LP. Columns per period: c, d, e, s, b; with `binaries` u (1 = may charge). Rows per period: energy
+    balance, trade balance; with `binaries` c <= C u, d <= D (1 - u)."""
+    n = pb.n_periods
+    h = _hours(pb)
+    keep = 1.0 - pb.self_discharge_pct_per_day / 100 / 24 * h
+    c_max = pb.p_charge_max_mw - pb.reserve_mw
+    d_max = pb.p_discharge_max_mw - pb.reserve_mw
+    tradable = np.ones(n, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    big = c_max + d_max + float(np.max(np.abs(pb.position_mw)))  # a trade never needs to exceed this
+    deg = (pb.degradation_eur_mwh + _TIE_EUR_MWH) * h
+    w = _window(pb, h, keep, c_max, d_max)
+    m = _Model(n)
+    c = m.cols(deg, 0, np.where(w.may_charge, c_max, 0.0))
+    d = m.cols(deg, 0, np.where(w.may_discharge, d_max, 0.0))
+    e_cost = np.zeros(n)
+    e_cost[-1] = -pb.end_value_eur_mwh
+    e_lo, e_hi = w.e_lo, w.e_hi
+    if pb.end_soc_pct is not None:
+        e_lo[-1] = max(e_lo[-1], min(pb.end_soc_pct / 100 * pb.capacity_mwh, e_hi[-1]))
+    e = m.cols(e_cost, e_lo, e_hi)
+    trade_hi = np.where(tradable, big, 0.0)
+    s = m.cols(-np.asarray(pb.sell_price_eur_mwh) * h, 0, trade_hi)  # minimise: a sale earns
+    b = m.cols(np.asarray(pb.buy_price_eur_mwh) * h, 0, trade_hi)
+    bal = -pb.aux_load_mw * h
+    bal[0] += keep[0] * pb.soc_pct_now / 100 * pb.capacity_mwh
+    energy = m.rows(bal, bal)  # e_t - keep_t e_{t-1} - eta_c h c_t + h / eta_d d_t = -aux h
+    m.put(c, energy, -pb.charge_efficiency * h)
+    m.put(d, energy, h / pb.discharge_efficiency)
+    m.put(e, energy, 1.0)
+    m.put(e, energy, -keep, shift=1)
+    trade = m.rows(pb.position_mw, pb.position_mw)  # d - c - s + b = position
+    m.put(c, trade, -1.0)
+    m.put(d, trade, 1.0)
+    m.put(s, trade, -1.0)
+    m.put(b, trade, 1.0)
+    if binaries:
+        u = m.cols(0, 0, 1, integer=True)
+        m.put(c, m.rows(-highspy.kHighsInf, 0), 1.0)  # c - C u <= 0
+        m.put(u, len(m.row_lo) - 1, -c_max)
+        m.put(d, m.rows(-highspy.kHighsInf, d_max), 1.0)  # d + D u <= D
+        m.put(u, len(m.row_lo) - 1, d_max)
+    return m.lp()
+
+
+def _status_word(h: highspy.Highs) -> str:
+    """HiGHS's model status as one lower-case word: "optimal", "infeasible", "unbounded", "time_limit", ..."""
+    return h.modelStatusToString(h.getModelStatus()).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def _solve(lp: highspy.HighsLp) -> tuple[str, np.ndarray | None, float]:
+    """Solve; (status word, column values or None, objective as HiGHS minimised it)."""
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", 10.0)  # a bound, far above the milliseconds this takes
+    h.setOptionValue("mip_rel_gap", 1e-6)  # the MIP fallback solves to the LP's accuracy, not HiGHS's 1e-4
+    h.passModel(lp)
+    h.run()
+    status = _status_word(h)
+    if status != "optimal":
+        return status, None, math.nan
+    return status, np.asarray(h.getSolution().col_value), h.getInfo().objective_function_value
+
+
+def optimise(problem: PlanProblem) -> Plan:
+    """The plan that maximises what remains to be earned (see the module docstring). Never raises: a problem
+    that cannot be posed is status "invalid", one without a plan "infeasible" (or HiGHS's word), each with a
+    reason and no periods."""
+    t0 = time.perf_counter()
+
+    def fail(status: str, reason: str) -> Plan:
+        return Plan(status, reason, math.nan, (time.perf_counter() - t0) * 1000)
+
+    why = problem_error(problem)
+    if why:
+        return fail("invalid", why)
+    why = _infeasible_reserve(problem)
+    if why:
+        return fail("infeasible", why)
+    try:
+        status, x, obj = _solve(_build(problem, binaries=False))
+        n = problem.n_periods
+        if x is not None and np.any(np.minimum(x[:n], x[n : 2 * n]) > _SIMULTANEOUS_MW):
+            status, x, obj = _solve(_build(problem, binaries=True))
+    except Exception as e:  # noqa: BLE001 - the contract is "never raises"; the reason says what happened
+        return fail("error", f"HiGHS failed: {type(e).__name__}: {e}")
+    if x is None:
+        return fail(status, _why_not(problem, status))
+    x = _repair(problem, x)
+    breach = _breach(problem, x)
+    if breach:
+        return fail("infeasible", breach)
+    return Plan("optimal", "optimal", _value(problem, x), (time.perf_counter() - t0) * 1000, _periods(problem, x))
+
+
+def _repair(pb: PlanProblem, x: np.ndarray) -> np.ndarray:
+    """The solution with power dust (< 1 W) dropped and the SoC path simulated forward exactly as the pre-trade
+    check does (controller/trading/schedule.py), each period's charge or discharge trimmed where the solver's
+    tolerance (~1e-7) would take the SoC past the window's edge. The trims are of that size; the plan's SoC path
+    is then the pre-trade check's own."""
+    n, cap, h = pb.n_periods, pb.capacity_mwh, _hours(pb)
+    x = x.copy()
+    c, d = x[:n], x[n : 2 * n]  # views: trims land in x
+    c[c < _SIMULTANEOUS_MW] = 0.0
+    d[d < _SIMULTANEOUS_MW] = 0.0
+    lo = pb.soc_min_pct / 100 * cap + pb.reserve_mwh
+    hi = pb.soc_max_pct / 100 * cap - pb.reserve_mwh
+    sd_per_h = pb.self_discharge_pct_per_day / 100.0 / 24.0
+    energy = pb.soc_pct_now / 100 * cap
+    for t in range(n):
+        idle = energy - (pb.aux_load_mw * h[t] + energy * sd_per_h * h[t])
+        if d[t] > 0 and idle - d[t] / pb.discharge_efficiency * h[t] < lo < energy:
+            d[t] = max((idle - lo) * pb.discharge_efficiency / h[t], 0.0) * (1 - 1e-12)
+        if c[t] > 0 and idle + c[t] * pb.charge_efficiency * h[t] > hi > energy:
+            c[t] = max((hi - idle) / pb.charge_efficiency / h[t], 0.0) * (1 - 1e-12)
+        mw = d[t] - c[t]
+        flow = mw / pb.discharge_efficiency if mw > 0 else mw * pb.charge_efficiency
+        energy -= flow * h[t] + pb.aux_load_mw * h[t] + energy * sd_per_h * h[t]
+        x[2 * n + t] = energy
+        if mw == 0:
+            energy = max(energy, 0.0)
+    return x
+
+
+def _value(pb: PlanProblem, x: np.ndarray) -> float:
+    """What the plan earns from here: sales − purchases − wear + the end value (commitments are sunk)."""
+    n, h = pb.n_periods, _hours(pb)
+    c, d, e = x[:n], x[n : 2 * n], x[2 * n : 3 * n]
+    trade = d - c - np.asarray(pb.position_mw)
+    sell, buy = np.asarray(pb.sell_price_eur_mwh), np.asarray(pb.buy_price_eur_mwh)
+    cash = sell * np.maximum(trade, 0) + buy * np.minimum(trade, 0)
+    return float(np.sum(h * (cash - pb.degradation_eur_mwh * (c + d))) + pb.end_value_eur_mwh * e[-1])
+
+
+def _breach(pb: PlanProblem, x: np.ndarray) -> str | None:
+    """A period that discharges below the window or charges above it (what the pre-trade check refuses): only
+    when commitments force it from a SoC outside the window."""
+    n, cap = pb.n_periods, pb.capacity_mwh
+    c, d, e = x[:n], x[n : 2 * n], x[2 * n : 3 * n]
+    lo = pb.soc_min_pct / 100 * cap + pb.reserve_mwh
+    hi = pb.soc_max_pct / 100 * cap - pb.reserve_mwh
+    tol = 1e-11 * cap  # the pre-trade check's own (1e-9 %)
+    for t in range(n):
+        if (d[t] > 0 and e[t] < lo - tol) or (c[t] > 0 and e[t] > hi + tol):
+            return (
+                f"infeasible: the positions already traded take the SoC to {e[t] / cap * 100:.1f} % in period {t}, "
+                f"outside {pb.soc_min_pct:g}-{pb.soc_max_pct:g} %"
+                + (f" less the {pb.reserve_mwh:g} MWh reserve" if pb.reserve_mwh else "")
+            )
+    return None
+
+
+def _why_not(pb: PlanProblem, status: str) -> str:
+    if status == "infeasible":
+        fixed = sum(1 for x in pb.position_mw if x) if pb.position_mw else 0
+        return (
+            f"infeasible: no plan keeps SoC {pb.soc_min_pct:g}-{pb.soc_max_pct:g} % and power within "
+            f"-{pb.p_charge_max_mw:g}..{pb.p_discharge_max_mw:g} MW while delivering the {fixed} period(s) of "
+            "positions already traded"
+            + (f" and ending at >= {pb.end_soc_pct:g} %" if pb.end_soc_pct is not None else "")
+            + (
+                f" with a reserve of {pb.reserve_mw:g} MW / {pb.reserve_mwh:g} MWh"
+                if pb.reserve_mw or pb.reserve_mwh
+                else ""
+            )
+        )
+    return f"HiGHS: {status}"
+
+
+def _periods(pb: PlanProblem, x: np.ndarray) -> tuple[PlanPeriod, ...]:
+    """The (repaired) solution as plan periods."""
+    n = pb.n_periods
+    c, d, e = x[:n], x[n : 2 * n], x[2 * n : 3 * n]
+    h = _hours(pb)
+    start = period_start(pb.now_ts)
+    out = []
+    for t in range(n):
+        plan_mw = float(d[t] - c[t]) + 0.0
+        out.append(
+            PlanPeriod(
+                period_start=start + t * PERIOD_S,
+                plan_mw=plan_mw,
+                trade_mw=plan_mw - pb.position_mw[t] + 0.0,
+                position_mw=pb.position_mw[t],
+                soc_pct_end=float(e[t] / pb.capacity_mwh * 100),
+                charge_mw=float(c[t]),
+                discharge_mw=float(d[t]),
+                hours=float(h[t]),
+            )
+        )
+    return tuple(out)
