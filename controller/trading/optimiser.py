@@ -80,6 +80,9 @@ class PlanProblem:
     end_value_eur_mwh: float = 0.0  # what a MWh stored at the horizon's end is worth
     reserve_mw: float = 0.0
     reserve_mwh: float = 0.0
+    # the limit function's SoC taper (limits.soc_taper_band_pct): within this band of soc_min (soc_max) the
+    # discharge (charge) power is cut linearly to 0; the plan keeps to it so that what it trades can be delivered
+    soc_taper_band_pct: float = 0.0
 
     @property
     def n_periods(self) -> int:
@@ -154,6 +157,7 @@ def problem_for_site(
         self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
         aux_load_mw=bat.aux_load_mw,
         degradation_eur_mwh=cfg.trading.degradation_eur_mwh,
+        soc_taper_band_pct=lim.soc_taper_band_pct,
         **extra,
     )
 
@@ -174,7 +178,7 @@ def problem_error(pb: PlanProblem) -> str | None:
     scalars = (
         "now_ts soc_pct_now capacity_mwh soc_min_pct soc_max_pct p_charge_max_mw p_discharge_max_mw "
         "charge_efficiency discharge_efficiency self_discharge_pct_per_day aux_load_mw degradation_eur_mwh "
-        "end_value_eur_mwh reserve_mw reserve_mwh"
+        "end_value_eur_mwh reserve_mw reserve_mwh soc_taper_band_pct"
     ).split()
     for name in scalars:
         v = getattr(pb, name)
@@ -191,6 +195,7 @@ def problem_error(pb: PlanProblem) -> str | None:
         (min(pb.self_discharge_pct_per_day, pb.aux_load_mw, pb.degradation_eur_mwh) >= 0, "self-discharge, aux "
          "load and degradation cost must be >= 0"),
         (pb.reserve_mw >= 0 and pb.reserve_mwh >= 0, "reserve_mw/reserve_mwh: must be >= 0"),
+        (0 <= pb.soc_taper_band_pct <= 50, "soc_taper_band_pct: must be in [0, 50]"),
     ]  # fmt: skip
     for ok, why in checks:
         if not ok:
@@ -345,6 +350,8 @@ def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
     m.put(d, trade, 1.0)
     m.put(s, trade, -1.0)
     m.put(b, trade, 1.0)
+    if pb.soc_taper_band_pct > 0:
+        _taper_rows(pb, m, w, c, d, e)
     if binaries:
         u = m.cols(0, 0, 1, integer=True)
         m.put(c, m.rows(-highspy.kHighsInf, 0), 1.0)  # c - C u <= 0
@@ -352,6 +359,23 @@ def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
         m.put(d, m.rows(-highspy.kHighsInf, d_max), 1.0)  # d + D u <= D
         m.put(u, len(m.row_lo) - 1, d_max)
     return m.lp()
+
+
+def _taper_rows(pb: PlanProblem, m: _Model, w: _Window, c: int, d: int, e: int) -> None:
+    """The limit function's taper as a bound on each period's power by its end SoC (the lowest SoC of a
+    discharging period, the highest of a charging one, so constant power is deliverable all through it):
+        d_t <= P_discharge (e_t - soc_min) / band,   c_t <= P_charge (soc_max - e_t) / band
+    only where the period ends inside the window anyway (else 0 MW would break the row)."""
+    cap, band = pb.capacity_mwh, pb.soc_taper_band_pct / 100 * pb.capacity_mwh
+    lo, hi = pb.soc_min_pct / 100 * cap, pb.soc_max_pct / 100 * cap
+    k_d, k_c = pb.p_discharge_max_mw / band, pb.p_charge_max_mw / band
+    inf = highspy.kHighsInf
+    rows = m.rows(-inf, np.where(w.may_discharge & (w.e_lo >= lo), -k_d * lo, inf))
+    m.put(d, rows, 1.0)
+    m.put(e, rows, -k_d)
+    rows = m.rows(-inf, np.where(w.may_charge & (w.e_hi <= hi), k_c * hi, inf))
+    m.put(c, rows, 1.0)
+    m.put(e, rows, k_c)
 
 
 def _status_word(h: highspy.Highs) -> str:
@@ -363,6 +387,7 @@ def _solve(lp: highspy.HighsLp) -> tuple[str, np.ndarray | None, float]:
     """Solve; (status word, column values or None, objective as HiGHS minimised it)."""
     h = highspy.Highs()
     h.setOptionValue("output_flag", False)
+    h.setOptionValue("threads", 1)  # a model this small gains nothing from HiGHS's thread pool
     h.setOptionValue("time_limit", 10.0)  # a bound, far above the milliseconds this takes
     h.setOptionValue("mip_rel_gap", 1e-6)  # the MIP fallback solves to the LP's accuracy, not HiGHS's 1e-4
     h.passModel(lp)

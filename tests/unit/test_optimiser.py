@@ -59,6 +59,7 @@ def problems(draw, n_max: int = 12, commitments: bool = True) -> PlanProblem:
         end_value_eur_mwh=draw(st.floats(0, 100)),
         reserve_mw=reserve_mw,
         reserve_mwh=draw(st.sampled_from([0.0, 0.0, (hi - lo) / 100 * cap / 8])),
+        soc_taper_band_pct=draw(st.sampled_from([0.0, 0.0, 5.0])),
     )
 
 
@@ -108,6 +109,11 @@ def test_a_plan_keeps_every_limit_and_passes_the_pre_trade_check(pb: PlanProblem
             if not pb.aux_load_mw:
                 assert pb.soc_min_pct + rsv_pct - TOL_PCT <= p.soc_pct_end <= pb.soc_max_pct - rsv_pct + TOL_PCT
         assert p.plan_mw - p.trade_mw == pytest.approx(pb.position_mw[i], abs=TOL_MW)
+        if pb.soc_taper_band_pct and p.discharge_mw:  # what limit()'s taper allows at the period's lowest SoC
+            taper = pb.p_discharge_max_mw * (p.soc_pct_end - pb.soc_min_pct) / pb.soc_taper_band_pct
+            assert p.discharge_mw <= taper + TOL_MW
+        if pb.soc_taper_band_pct and p.charge_mw:
+            assert p.charge_mw <= pb.p_charge_max_mw * (pb.soc_max_pct - p.soc_pct_end) / pb.soc_taper_band_pct + TOL_MW
         if not pb.tradable[i]:
             assert p.trade_mw == pytest.approx(0, abs=TOL_MW), "traded a period that can no longer be traded"
     # the plan's own SoC path is the pre-trade check's: the plan as a schedule is feasible
