@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from controller.cycle.mode import ModeState
+from controller.services.afrr import AfrrState
 from controller.trading.schedule import Feasibility
 
 
@@ -24,4 +25,13 @@ class PlantCommands(Protocol):
     def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()) -> Feasibility:
         """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed MW)
         of orders that may still fill) at their worst case: the pre-trade check."""
+        ...
+
+    def set_afrr_setpoint(self, setpoint_mw: float, source: str = "scada-iec104") -> AfrrState:
+        """The grid operator's aFRR setpoint (MW, + up): clamped to the offered band, ramped in by the cycle and
+        stacked on the target, which still passes the limit function. Raises ValueError for a non-finite value."""
+        ...
+
+    def set_fcr(self, enabled: bool, source: str = "api") -> bool:
+        """Switch FCR on or off; returns the new state. Raises ValueError when the site offers no FCR."""
         ...

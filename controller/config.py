@@ -54,6 +54,8 @@ T_MIN_C, T_MAX_C = -50.0, 100.0
 # PCS reversion timer: at least 1 s (a PCS takes whole seconds), at most a few minutes (the plant must not
 # hold a setpoint that long after the controller died)
 REVERSION_MIN_S, REVERSION_MAX_S = 1.0, 300.0
+# aFRR: full activation is due within 5 minutes of a setpoint (the product's rule, ENTSO-E PICASSO)
+AFRR_FULL_ACTIVATION_S = 300.0
 STALE_MAX_S = 60.0
 # controller/cycle/devices.py: a device is stale after this many poll periods without a good read
 POLL_PERIODS_STALE = 3
@@ -276,9 +278,75 @@ class ScadaOpcUa(_Model):
     users_file: str | None = None
 
 
+def _is_loopback_host(host: str) -> bool:
+    """A literal loopback address or `localhost` (the config check does not resolve names)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ScadaIec104Tls(_Model):
+    """TLS for the IEC 104 face (IEC 62351-3 style: the server's certificate, and the controlling station's
+    certificate pinned or issued by a configured CA)."""
+
+    enabled: bool = Field(False, description="TLS on the face (plain TCP otherwise)")
+    cert_file: str | None = Field(
+        None, description="server certificate (PEM); none: a self-signed one in the state dir"
+    )
+    key_file: str | None = Field(None, description="its private key (PEM)")
+    ca_file: str | None = Field(None, description="CA that issued the controlling station's certificate")
+    client_certs: list[str] = Field(
+        default_factory=list, description="the controlling station's certificates (PEM), pinned: only these connect"
+    )
+
+
+class ScadaIec104(_Model):
+    """The IEC 60870-5-104 face (controller/scada/iec104.py, docs/scada-iec104.md): the plant as the controlled
+    station; the grid operator's aFRR setpoints and FCR on/off in, measured values out."""
+
+    enabled: bool = Field(False, description="serve the face")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(2404, ge=1, le=65535, description="TCP port (2404: the IEC 104 port)")
+    common_address: int = Field(1, ge=1, le=65534, description="the station's ASDU address")
+    read_only: bool = Field(False, description="refuse every command (negative confirmation)")
+    allow_clients: list[str] = Field(
+        default_factory=list,
+        description=(
+            "IP addresses or networks of the controlling stations; every other client is refused on connect. "
+            "Empty: only a face that listens on loopback takes clients (its local ones)"
+        ),
+    )
+    tls: ScadaIec104Tls = ScadaIec104Tls()
+    afrr_up_mw: float = Field(0.0, ge=0, le=10_000, description="offered aFRR band upward (discharge)")
+    afrr_down_mw: float = Field(0.0, ge=0, le=10_000, description="offered aFRR band downward (charge)")
+    afrr_ramp_mw_per_min: float | None = Field(
+        None, gt=0, le=600_000, description="aFRR ramp; none: the larger band over 5 minutes"
+    )
+    afrr_timeout_s: float = Field(30.0, ge=1, le=3600, description="no setpoint this long: aFRR part to 0, alarm")
+    deadband_mw: float = Field(0.01, ge=0, le=1000, description="a MW value is sent spontaneously past this change")
+    deadband_hz: float = Field(0.001, ge=0, le=1, description="frequency: sent spontaneously past this change")
+    deadband_pct: float = Field(0.1, ge=0, le=100, description="SoC: sent spontaneously past this change")
+
+    @field_validator("allow_clients")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        return ScadaModbus._networks(v)
+
+    @property
+    def afrr_ramp_mw_per_s(self) -> float:
+        """The aFRR ramp in MW/s (the configured one, or full activation of the larger band in 5 minutes)."""
+        if self.afrr_ramp_mw_per_min is not None:
+            return self.afrr_ramp_mw_per_min / 60.0
+        return max(self.afrr_up_mw, self.afrr_down_mw) / AFRR_FULL_ACTIVATION_S
+
+
 class Scada(_Model):
     modbus: ScadaModbus = ScadaModbus()
     opcua: ScadaOpcUa = ScadaOpcUa()
+    iec104: ScadaIec104 = ScadaIec104()
     # mode/setpoint writes over both faces together (each one wakes the control cycle): a write storm is refused
     # past this rate, so it cannot make the controller cycle flat out
     write_rate_per_s: float = Field(1.0, gt=0, le=100, description="sustained mode/setpoint writes per second")
@@ -550,6 +618,51 @@ def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
         "simulator.",
         {f: getattr(sim, f) for f in ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")},
     )
+    return errors + _iec104_errors(cfg)
+
+
+def _iec104_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The IEC 104 face: who may connect, its TLS, and the offered aFRR band against the plant's limits and
+    the 5-minute full activation."""
+    face, lim = cfg.scada.iec104, cfg.limits
+    loc: Loc = ("scada", "iec104")
+    errors: list[tuple[Loc, str]] = []
+    if face.enabled and not face.allow_clients and not _is_loopback_host(face.host):
+        errors.append(
+            (
+                loc + ("allow_clients",),
+                f"required when host is not a loopback address (got host {face.host!r}): list the controlling "
+                "station's addresses; every other client is refused",
+            )
+        )
+    tls = face.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        errors.append((loc + ("tls", "key_file"), "cert_file and key_file go together (or neither: self-signed)"))
+    if tls.enabled and not tls.ca_file and not tls.client_certs:
+        errors.append(
+            (
+                loc + ("tls", "client_certs"),
+                "required when tls is enabled, or tls.ca_file: the controlling station's certificate is checked",
+            )
+        )
+    for key, lim_key in (("afrr_up_mw", "p_discharge_max_mw"), ("afrr_down_mw", "p_charge_max_mw")):
+        if getattr(face, key) > getattr(lim, lim_key):
+            errors.append(
+                (
+                    loc + (key,),
+                    f"must be <= limits.{lim_key} (got {getattr(face, key):g} > {getattr(lim, lim_key):g}): "
+                    "the plant cannot deliver more than its limit",
+                )
+            )
+    band, ramp = max(face.afrr_up_mw, face.afrr_down_mw), face.afrr_ramp_mw_per_min
+    if ramp is not None and ramp * AFRR_FULL_ACTIVATION_S / 60.0 < band - 1e-9:
+        errors.append(
+            (
+                loc + ("afrr_ramp_mw_per_min",),
+                f"too slow for full activation of the offered band within 5 minutes (got {ramp:g} MW/min; "
+                f"the band of {band:g} MW needs >= {band * 60.0 / AFRR_FULL_ACTIVATION_S:g})",
+            )
+        )
     return errors
 
 
@@ -991,6 +1104,10 @@ def _resolve_files(cfg: SiteConfig) -> None:
             for attr in ("ca_file", "cert_file", "key_file"):
                 if hasattr(tls, attr):
                     setattr(tls, attr, absolute(getattr(tls, attr)))
+    iec_tls = cfg.scada.iec104.tls
+    for attr in ("cert_file", "key_file", "ca_file"):
+        setattr(iec_tls, attr, absolute(getattr(iec_tls, attr)))
+    iec_tls.client_certs = [absolute(c) for c in iec_tls.client_certs]
     if cfg.scada.opcua is not None and getattr(cfg.scada.opcua, "users_file", None):
         cfg.scada.opcua.users_file = absolute(cfg.scada.opcua.users_file)
     cfg.forecast.path = absolute(cfg.forecast.path)

@@ -53,7 +53,7 @@ class Daemon:
         self.parts.append(self.controller)
         if cfg.web.enabled:
             await self._start_web(cert, key)
-        if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled:
+        if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled or cfg.scada.iec104.enabled:
             await self._start_scada()
         self.controller.allow_ready()
         log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
@@ -67,6 +67,8 @@ class Daemon:
         self.scada = ScadaFace(plant, self.config.scada, self.state_dir)
         await self.scada.start()
         self.parts.append(self.scada)
+        if self.scada.iec104 is not None:  # the grid operator's face: spontaneous values after each cycle
+            self.controller.faces.attach(Phase.AFTER_WRITE, self.scada.iec104.on_cycle)
 
     def _web_certificate(self) -> tuple[str | None, str | None]:
         """The web face's (cert, key) files when it serves TLS, else (None, None)."""

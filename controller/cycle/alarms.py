@@ -28,8 +28,10 @@ REPORTED = "reported"  # a device's own alarm or fault word (detail: the bit's n
 READBACK = "readback"  # the PCS read back another setpoint than was written (latched: cleared by a good write)
 INFEASIBLE = "infeasible"  # the schedule cannot be delivered within the limits (latched: cleared by no one yet)
 CYCLE_ERROR = "cycle_error"  # a control cycle raised (cleared by the next one that completes)
+SERVICE = "service"  # a grid service cannot be provided as sold (latched: the service clears it; detail: what)
 
 _READBACK_PREFIX = "pcs_readback"
+_SERVICES = "services"  # the device part of a grid service's alarm: "services:fcr_reserve"
 _INVALID_PREFIX = "invalid_"
 
 
@@ -48,6 +50,8 @@ class AlarmKey:
             return f"{self.device}:{_INVALID_PREFIX}{self.detail}"
         if self.kind == READBACK:
             return f"{_READBACK_PREFIX}:{self.device}"
+        if self.kind == SERVICE:
+            return f"{self.device}:{self.detail}"
         return f"{self.device}:{self.kind}"
 
     @classmethod
@@ -58,6 +62,8 @@ class AlarmKey:
             raise ValueError(f"alarm key: 'device:name' expected (got {text!r})")
         if head == _READBACK_PREFIX:
             return cls(tail, READBACK)
+        if head == _SERVICES:
+            return cls(head, SERVICE, tail)
         if tail == COMM:
             return cls(head, COMM)
         if (head, tail) in (("controller", CYCLE_ERROR), ("schedule", INFEASIBLE)):
@@ -69,11 +75,17 @@ class AlarmKey:
     @property
     def latched(self) -> bool:
         """Held until cleared on purpose: a snapshot without it does not clear it."""
-        return self.kind in (READBACK, INFEASIBLE)
+        return self.kind in (READBACK, INFEASIBLE, SERVICE)
 
 
 SCHEDULE_INFEASIBLE = AlarmKey("schedule", INFEASIBLE)
 CYCLE_FAILED = AlarmKey("controller", CYCLE_ERROR)
+
+
+def service_key(what: str) -> AlarmKey:
+    """A grid service's own alarm ("services:fcr_reserve", "services:fcr_frequency"), raised and cleared by the
+    cycle's service bookkeeping, not by a snapshot."""
+    return AlarmKey(_SERVICES, SERVICE, what)
 
 
 def comm_key(device: str) -> AlarmKey:

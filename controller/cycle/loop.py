@@ -18,7 +18,7 @@ from typing import Any
 
 from controller.clock import Clock
 from controller.config import SiteConfig
-from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, readback_key
+from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, readback_key, service_key
 from controller.cycle.delivery import Delivery
 from controller.cycle.devices import DeviceSet
 from controller.cycle.dispatch import Dispatcher
@@ -28,6 +28,9 @@ from controller.cycle.mode import ModeState, expired, requested, restored
 from controller.cycle.phases import Event, Faces, Phase
 from controller.cycle.snapshot import Snapshot
 from controller.cycle.state import LinkFigures, PlantState, build, status
+from controller.services import afrr as afrr_rules
+from controller.services.afrr import AfrrBand, AfrrState
+from controller.services.stack import stack
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
 from controller.trading.intake import (
@@ -46,6 +49,7 @@ READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state thi
 STOP_GRACE_S = 3.0  # on stop, let the running cycle finish this long before cancelling it mid-request
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
+AFRR_TIMEOUT = service_key("afrr_setpoint_timeout")  # no aFRR setpoint for longer than afrr_timeout_s
 # The cycle's deadline, in shares of its period (real seconds): reads get READ_SHARE, the writes run until
 # DEADLINE_SHARE (at least WRITE_MIN_SHARE); the rest is the CPU's. A device that has not answered by then counts
 # a failed read or write at once (see DeviceLink.poll, Dispatcher.within), so a silent or slow device never
@@ -113,6 +117,9 @@ class Controller:
         self._ready_allowed = True
         self._last_cycle_failed = False
         self.delivery = Delivery(self.schedule, store)  # shortfall against the schedule, per period
+        # aFRR (issue 15): the grid operator's setpoint over IEC 104, ramped into the target by the cycle
+        self._afrr_band = AfrrBand.of(config.scada.iec104)
+        self.afrr = AfrrState()
         self._restore()
         self._refresh_state()
 
@@ -166,6 +173,37 @@ class Controller:
             self.store.confirm_trade_ack(trade_id)
         except (StoreError, sqlite3.Error) as e:
             log.error("trade ack confirmation not stored", extra={"trade_id": trade_id, "error": str(e)})
+
+    def set_afrr_setpoint(self, setpoint_mw: float, source: str = "scada-iec104") -> AfrrState:
+        """The grid operator's aFRR setpoint (event loop; the IEC 104 face hands it over from c104's thread):
+        clamped to the offered band, ramped in by the cycle, stacked on the schedule, and still passed through
+        limit() like every target. One after a timeout clears its alarm. ValueError for a non-finite value."""
+        self.afrr = afrr_rules.accept(self.afrr, setpoint_mw, self.clock.now(), self._afrr_band)
+        if AFRR_TIMEOUT in self.alarms:
+            self.alarms.clear(AFRR_TIMEOUT)
+            log.info("aFRR setpoints resumed", extra={"setpoint_mw": self.afrr.requested_mw, "source": source})
+        return self.afrr
+
+    def _afrr_step(self, now: float, dt: float) -> float:
+        """The cycle's aFRR part (MW): the setpoint's age checked, the ramp moved on; the alarm raised when
+        setpoints stop coming (the part then ramps back to 0)."""
+        was = self.afrr.timed_out
+        self.afrr = afrr_rules.step(
+            self.afrr, now, min(dt, 2 * self.config.cycle.period_s * self.clock.speed), self._afrr_band
+        )
+        if self.afrr.timed_out and not was:
+            self.alarms.raise_(
+                AFRR_TIMEOUT,
+                "setpoint_timeout",
+                f"no aFRR setpoint for more than {self._afrr_band.timeout_s:g} s: aFRR part back to 0 MW",
+            )
+        return self.afrr.active_mw if self.mode.mode != "stopped" else 0.0
+
+    def _afrr_band_now(self, decision: Decision, base_mw: float) -> None:
+        """The aFRR the plant can give now, from the room this cycle's limits leave around the base target."""
+        up, down = afrr_rules.available(self._afrr_band, decision.lower_mw, decision.upper_mw, base_mw)
+        if (up, down) != (self.afrr.band_up_mw, self.afrr.band_down_mw):
+            self.afrr = dataclasses.replace(self.afrr, band_up_mw=up, band_down_mw=down)
 
     def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()):
         """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed
@@ -245,7 +283,8 @@ class Controller:
             # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
             snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
         self.faces.fire(Phase.DECIDE)
-        target = self.target_mw(now)
+        base = self.target_mw(now)
+        target = stack(base, afrr_mw=self._afrr_step(now, dt)).target_mw
         decision = limit(
             target,
             snap,
@@ -255,6 +294,7 @@ class Controller:
             self.mode.mode,
             max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,
         )  # a stall earns no ramp
+        self._afrr_band_now(decision, base)
         self.faces.fire(Phase.WRITE)
         readback = await self._dispatch(decision, now)
         self.snapshot = snap
@@ -307,6 +347,8 @@ class Controller:
             cycle_p99_s,
             self._unit,
         )
+        if self.config.scada.iec104.enabled:
+            state = dataclasses.replace(state, afrr=self.afrr)
         self.faces.update(state)
         return state
 

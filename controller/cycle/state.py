@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from controller.cycle.alarms import Alarm
     from controller.cycle.limits import Decision
     from controller.cycle.snapshot import DeviceHealth, Snapshot
+    from controller.services.afrr import AfrrState
 
 # the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection; units and poi are
 # issue 13's per-unit and POI figures
@@ -97,6 +98,7 @@ class PlantState:
     cycle_p99_s: float | None = None  # recomputed every 10th cycle only (None: unchanged)
     units: tuple[UnitState, ...] = ()  # one entry for a one-unit site (its implicit unit's id)
     poi: PoiState | None = None  # None without a POI meter
+    afrr: "AfrrState | None" = None  # the aFRR setpoint as followed (issue 15); None without the IEC 104 face
 
     @property
     def has_cycle(self) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+from controller.scada.iec104_docs import render_iec104_markdown
 from controller.scada.opcua import _VT, APP_URI, NAMESPACE, ROLES
 from controller.scada.points import (
     ALARM_BITS,
@@ -254,11 +255,15 @@ def _opcua_security_section() -> list[str]:
     ]
 
 
-DOCS = {"docs/scada-modbus.md": render_markdown, "docs/scada-opcua.md": render_opcua_markdown}
+DOCS = {
+    "docs/scada-modbus.md": render_markdown,
+    "docs/scada-opcua.md": render_opcua_markdown,
+    "docs/scada-iec104.md": render_iec104_markdown,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`--modbus` (default) or `--opcua` prints one document; `--write` regenerates both under docs/."""
+    """`--modbus` (default), `--opcua` or `--iec104` prints one document; `--write` regenerates all under docs/."""
     import sys
     from pathlib import Path
 
@@ -269,7 +274,12 @@ def main(argv: list[str] | None = None) -> int:
             (root / rel).write_text(render(), encoding="utf-8")
             print(rel)
         return 0
-    print((render_opcua_markdown if "--opcua" in args else render_markdown)(), end="")
+    render = render_markdown
+    if "--opcua" in args:
+        render = render_opcua_markdown
+    elif "--iec104" in args:
+        render = render_iec104_markdown
+    print(render(), end="")
     return 0
 
 

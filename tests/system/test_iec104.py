@@ -1,0 +1,265 @@
+"""The IEC 60870-5-104 face against a real controlling station: a c104 client on loopback, a real Controller on the
+real plant simulators. aFRR setpoints are followed (the PCS's setpoint moves, through every limit) and reported
+spontaneously, a general interrogation returns every point, a client off the allow-list is refused, a lost
+setpoint stream takes the aFRR part back to 0 with an alarm (and recovers), and commands that cannot be taken
+get a negative confirmation. Bounded waits on conditions only.
+"""
+
+# no `from __future__ import annotations`: c104 checks a callback's signature against its evaluated annotations
+
+import asyncio
+import math
+import threading
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import c104
+import pytest
+
+from controller.cycle.loop import AFRR_TIMEOUT
+from controller.cycle.phases import Phase
+from controller.scada.iec104_points import AFRR_SETPOINT_IOA, FCR_SWITCH_IOA, MEASURED, MONITOR, POINTS
+from tests.conftest import free_port
+from tests.fixtures.controller import make_controller, running_scada, wait_for
+from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.timeout(90)
+
+GI = c104.Cot.INTERROGATED_BY_STATION
+SPONTANEOUS = c104.Cot.SPONTANEOUS
+IOA = {p.name: p.ioa for p in MONITOR}
+
+
+def iec104_only(port: int, **face: Any) -> dict[str, Any]:
+    """Site-file overrides: only the IEC 104 face, on `port`, offering 4 MW of aFRR each way with a fast ramp."""
+    return {
+        "scada": {
+            "modbus": {"enabled": False},
+            "opcua": {"enabled": False},
+            "iec104": {
+                "enabled": True,
+                "host": "127.0.0.1",
+                "port": port,
+                "afrr_up_mw": 4.0,
+                "afrr_down_mw": 4.0,
+                "afrr_ramp_mw_per_min": 240.0,  # 4 MW/s: the tests see the whole ramp in a few cycles
+                **face,
+            },
+        }
+    }
+
+
+def wset_mw(plant) -> float:
+    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
+    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
+
+
+class ControllingStation:
+    """A c104 client (the grid operator's side): every monitored point of the map registered, each message it
+    receives recorded as (ioa, value, cot, quality) (c104 calls back on its own thread: a lock guards it).
+
+    c104 2.2.1's client has two races of its own (measured here, against this server and against a bare c104
+    server alike): about one connection in four stays muted after the server confirmed STARTDT (`unmute()`
+    again opens it), and about one command in a hundred is reported unconfirmed although the server confirmed
+    it (its confirmation came before the client waited for it). So the station interrogates by itself after
+    connecting, unmutes a connection left muted, and repeats a command that should be confirmed (an aFRR
+    setpoint or a switch is idempotent); a negative confirmation is checked on the server's side as well."""
+
+    def __init__(self, port: int, common_address: int = 1):
+        self.client = c104.Client(tick_rate_ms=50, command_timeout_ms=3000)
+        self.connection = self.client.add_connection(ip="127.0.0.1", port=port, init=c104.Init.NONE)
+        self.station = self.connection.add_station(common_address=common_address)
+        self._lock = threading.Lock()
+        self._got: list[tuple[int, Any, c104.Cot, bool]] = []
+        for p in MONITOR:
+            pt = self.station.add_point(io_address=p.ioa, type=getattr(c104.Type, p.type))
+            pt.on_receive(callable=self._on_receive)
+        self.afrr = self.station.add_point(io_address=AFRR_SETPOINT_IOA, type=c104.Type.C_SE_NC_1)
+        self.fcr = self.station.add_point(io_address=FCR_SWITCH_IOA, type=c104.Type.C_SC_NA_1)
+
+    def _on_receive(
+        self, point: c104.Point, previous_info: c104.Information, message: c104.IncomingMessage
+    ) -> c104.ResponseState:
+        with self._lock:
+            self._got.append((point.io_address, point.value, message.cot, point.quality.is_good()))
+        return c104.ResponseState.SUCCESS
+
+    def received(self, name: str | None = None, cot: c104.Cot | None = None) -> list[tuple[Any, bool]]:
+        """(value, good quality) of every message for the point `name` (all points: None) with cause `cot`."""
+        with self._lock:
+            got = list(self._got)
+        return [
+            (v, good) for ioa, v, c, good in got if (name is None or ioa == IOA[name]) and (cot is None or c == cot)
+        ]
+
+    def last(self, name: str, cot: c104.Cot | None = None) -> Any:
+        got = self.received(name, cot)
+        return got[-1][0] if got else None
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection.state == c104.ConnectionState.OPEN
+
+    async def _command(self, point: c104.Point, value: Any, tries: int) -> bool:
+        """Send a command (activation); True on a positive confirmation, up to `tries` times (see the class).
+        c104 blocks until the confirmation or its command timeout: off the loop, which must keep cycling."""
+        point.value = value
+        for _ in range(tries):
+            if await asyncio.to_thread(point.transmit, cause=c104.Cot.ACTIVATION):
+                return True
+        return False
+
+    async def send_afrr(self, mw: float, tries: int = 3) -> bool:
+        return await self._command(self.afrr, float(mw), tries)
+
+    async def switch_fcr(self, on: bool, tries: int = 3) -> bool:
+        return await self._command(self.fcr, on, tries)
+
+    async def interrogate(self) -> None:
+        """A general interrogation (the answers are counted by the caller; see the class for why not its result)."""
+        await asyncio.to_thread(self.connection.interrogation, common_address=self.station.common_address)
+
+    async def open(self) -> None:
+        """Wait for the connection to open, unmuting one that the client left muted (bounded)."""
+        for _ in range(5):
+            try:
+                await wait_for(lambda: self.is_open, 2, "the IEC 104 connection to open")
+                return
+            except AssertionError:
+                if self.connection.is_connected:
+                    await asyncio.to_thread(self.connection.unmute)
+        await wait_for(lambda: self.is_open, 2, "the IEC 104 connection to open")
+
+
+@asynccontextmanager
+async def controlling_station(port: int, wait_open: bool = True) -> AsyncIterator[ControllingStation]:
+    cs = ControllingStation(port)
+    cs.client.start()
+    try:
+        if wait_open:
+            await cs.open()
+            await cs.interrogate()
+        yield cs
+    finally:
+        await asyncio.to_thread(cs.client.stop)
+
+
+@asynccontextmanager
+async def iec104_face(c) -> AsyncIterator[Any]:
+    """The controller's SCADA face with the IEC 104 part attached to the cycle, as controller/daemon.py does."""
+    async with running_scada(c) as face:
+        detach = c.faces.attach(Phase.AFTER_WRITE, face.iec104.on_cycle)
+        try:
+            yield face.iec104
+        finally:
+            detach()
+
+
+async def test_general_interrogation_returns_every_point(plant, tmp_path):
+    port = free_port()
+    async with make_controller(plant, tmp_path, **iec104_only(port)) as c, iec104_face(c):
+        async with controlling_station(port) as cs:
+            # the station interrogated on connecting; ask once more and see every point answer with cause 20
+            before = len(cs.received(cot=GI))
+            await cs.interrogate()
+            await wait_for(lambda: len(cs.received(cot=GI)) >= before + len(MONITOR), 5, "a full interrogation")
+            state = c.faces.latest()
+            for p in MONITOR:
+                assert cs.received(p.name, GI), f"{p.name} (IOA {p.ioa}) missing from the interrogation"
+            assert cs.last("soc_pct", GI) == pytest.approx(state.soc_pct, abs=0.2)
+            assert cs.last("power_mw", GI) == pytest.approx(state.power_mw, abs=0.05)
+            assert cs.last("online", GI) is True and cs.last("mode_auto", GI) is True
+            assert cs.last("afrr_following", GI) is False and cs.last("fcr_on", GI) is False
+            # no setpoint yet: invalid; no POI meter on this plant: the frequency is invalid too
+            assert cs.received("afrr_setpoint_mw", GI)[-1][1] is False
+            assert cs.received("frequency_hz", GI)[-1][1] is False
+            assert cs.received("afrr_band_up_mw", GI)[-1] == (pytest.approx(4.0), True)
+
+
+async def test_afrr_setpoints_are_followed_reported_and_limited(plant, tmp_path):
+    port = free_port()
+    overrides = iec104_only(port) | {"limits": {"grid_limit_mw": 3.0}}
+    async with make_controller(plant, tmp_path, **overrides) as c, iec104_face(c) as face:
+        async with controlling_station(port) as cs:
+            assert await cs.send_afrr(2.5)
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(2.5), 10, "the aFRR setpoint followed")
+            await wait_for(lambda: wset_mw(plant) == pytest.approx(2.5, abs=1e-3), 5, "the PCS holding 2.5 MW")
+            await wait_for(
+                lambda: cs.last("afrr_active_mw", SPONTANEOUS) == pytest.approx(2.5, abs=0.01),
+                5,
+                "the aFRR part reported spontaneously",
+            )
+            assert cs.last("afrr_setpoint_mw", SPONTANEOUS) == pytest.approx(2.5)
+            assert cs.last("afrr_following", SPONTANEOUS) is True
+            await wait_for(
+                lambda: cs.last("setpoint_mw", SPONTANEOUS) == pytest.approx(2.5, abs=0.01), 5, "the setpoint"
+            )
+
+            # beyond the offered band (4 MW up): taken, clamped to 4, reported as clamped; the grid limit (3 MW)
+            # still binds the setpoint: the aFRR part is a target like any other
+            assert await cs.send_afrr(9.0)
+            await wait_for(lambda: c.afrr.active_mw == pytest.approx(4.0), 10, "the clamped part ramped in")
+            await wait_for(lambda: c.decision.binding == "grid_limit", 5, "the grid limit binding")
+            assert c.decision.setpoint_mw == pytest.approx(3.0) and c.decision.target_mw == pytest.approx(4.0)
+            await wait_for(lambda: cs.last("afrr_clamped", SPONTANEOUS) is True, 5, "the clamp reported")
+            assert cs.last("afrr_setpoint_mw", SPONTANEOUS) == pytest.approx(4.0)
+
+            # downward, inside the band: the clamp flag goes back, the plant charges
+            assert await cs.send_afrr(-1.5)
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(-1.5), 10, "charging 1.5 MW")
+            await wait_for(lambda: wset_mw(plant) == pytest.approx(-1.5, abs=1e-3), 5, "the PCS charging")
+            await wait_for(lambda: cs.last("afrr_clamped", SPONTANEOUS) is False, 5, "the clamp flag cleared")
+
+            # not a number: a negative confirmation, nothing changes
+            refused = face.commands_refused
+            assert not await cs.send_afrr(math.nan, tries=1)
+            assert face.commands_refused == refused + 1 and c.afrr.requested_mw == pytest.approx(-1.5)
+
+
+async def test_a_client_off_the_allow_list_is_refused(plant, tmp_path):
+    port = free_port()
+    overrides = iec104_only(port, allow_clients=["10.99.0.0/16"])
+    async with make_controller(plant, tmp_path, **overrides) as c, iec104_face(c) as face:
+        async with controlling_station(port, wait_open=False) as cs:
+            await wait_for(lambda: face.connections_refused >= 1, 10, "the connection refused")
+            cycles = c.stats.cycles
+            await wait_for(lambda: c.stats.cycles >= cycles + 3, 5, "three more cycles")
+            assert not cs.is_open and cs.received() == []
+            assert not await cs.send_afrr(1.0, tries=1)
+            assert c.afrr.setpoints == 0 and c.decision.setpoint_mw == 0.0
+
+
+async def test_setpoint_loss_takes_afrr_to_zero_with_an_alarm_then_recovers(plant, tmp_path):
+    port = free_port()
+    async with make_controller(plant, tmp_path, **iec104_only(port, afrr_timeout_s=1.0)) as c, iec104_face(c):
+        async with controlling_station(port) as cs:
+            assert await cs.send_afrr(2.0)
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(2.0), 10, "the setpoint followed")
+            # no more setpoints: after afrr_timeout_s the part ramps back to 0 and the alarm is raised
+            await wait_for(lambda: AFRR_TIMEOUT in c.alarms, 10, "the setpoint-timeout alarm")
+            await wait_for(lambda: c.decision.setpoint_mw == 0.0, 10, "the aFRR part back at 0 MW")
+            await wait_for(lambda: wset_mw(plant) == 0.0, 5, "the PCS back at 0 MW")
+            await wait_for(lambda: cs.last("afrr_timeout", SPONTANEOUS) is True, 5, "the timeout reported")
+            assert str(AFRR_TIMEOUT) == "services:afrr_setpoint_timeout" and str(AFRR_TIMEOUT) in c.active_alarms
+            assert cs.last("afrr_following", SPONTANEOUS) is False and cs.last("alarm", SPONTANEOUS) is True
+
+            # setpoints resume: the alarm clears, the plant follows again
+            assert await cs.send_afrr(-1.0)
+            await wait_for(lambda: AFRR_TIMEOUT not in c.alarms, 5, "the alarm cleared")
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(-1.0), 10, "following again")
+            await wait_for(lambda: cs.last("afrr_timeout", SPONTANEOUS) is False, 5, "the timeout cleared")
+
+
+async def test_read_only_face_refuses_commands(plant, tmp_path):
+    port = free_port()
+    async with make_controller(plant, tmp_path, **iec104_only(port, read_only=True)) as c, iec104_face(c) as face:
+        async with controlling_station(port) as cs:
+            assert not await cs.send_afrr(1.0, tries=1)
+            assert not await cs.switch_fcr(True, tries=1)
+            assert face.commands_refused == 2 and c.afrr.setpoints == 0
+
+
+def test_map_has_unique_addresses():
+    ioas = [p.ioa for p in POINTS.values()]
+    assert len(ioas) == len(set(ioas))
+    assert all(p.deadband for p in MONITOR if p.type == MEASURED)
