@@ -108,6 +108,14 @@ def plant_lines(cfg: SiteConfig) -> list[str]:
     return out
 
 
+def iec104_line(cfg) -> str:
+    """The demo's line about the grid operator's IEC 104 face (nothing when the site file has it off)."""
+    face = cfg.scada.iec104
+    if not face.enabled:
+        return ""
+    return f"  grid operator  IEC 60870-5-104 {HOST}:{face.port} (common address {face.common_address})\n"
+
+
 def _face(protocol: str, port: int | None) -> str:
     where = f"opc.tcp://{HOST}:{port}" if protocol == "opcua" else f"{HOST}:{port}"
     return {"opcua": "OPC UA", "modbus": "Modbus TCP", "sunspec": "Modbus TCP (SunSpec)"}[protocol] + " " + where
@@ -158,7 +166,7 @@ class Demo:
                 [MQTT_PORT],
             )
         sim_ports = simulator_ports(cfg)
-        scada_ports = [p.port for p in (cfg.scada.modbus, cfg.scada.opcua) if p.enabled]
+        scada_ports = [p.port for p in (cfg.scada.modbus, cfg.scada.opcua, cfg.scada.iec104) if p.enabled]
         return [
             mqtt,
             Child("plant simulators", exe + ["simulate", "--config", self.config_path], sim_ports),
@@ -357,7 +365,7 @@ Demo running. Everything listens on 127.0.0.1:
   MQTT broker    mqtt://127.0.0.1:{MQTT_PORT}   topics bess/{cfg.site.id}/#
 {plant}
   SCADA face     Modbus TCP 127.0.0.1:{cfg.scada.modbus.port}, OPC UA opc.tcp://127.0.0.1:{cfg.scada.opcua.port}
-  logs           {state_dir / "logs"}
+{iec104_line(cfg)}  logs           {state_dir / "logs"}
 Press Ctrl-C to stop.""",
             flush=True,
         )

@@ -8,19 +8,30 @@ get a negative confirmation. Bounded waits on conditions only.
 # no `from __future__ import annotations`: c104 checks a callback's signature against its evaluated annotations
 
 import asyncio
+import datetime as dt
 import math
+import re
+import socket
+import ssl
 import threading
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 import c104
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from controller.config import Secrets
 from controller.cycle.loop import AFRR_TIMEOUT
 from controller.cycle.phases import Phase
+from controller.daemon import Daemon
 from controller.scada.iec104_points import AFRR_SETPOINT_IOA, FCR_SWITCH_IOA, MEASURED, MONITOR, POINTS
 from tests.conftest import free_port
-from tests.fixtures.controller import make_controller, running_scada, wait_for
+from tests.fixtures.controller import device_ports, make_controller, running_scada, site_config, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
@@ -263,3 +274,118 @@ def test_map_has_unique_addresses():
     ioas = [p.ioa for p in POINTS.values()]
     assert len(ioas) == len(set(ioas))
     assert all(p.deadband for p in MONITOR if p.type == MEASURED)
+
+
+# ---------------------------------------------------------------------------------------------- the daemon, TLS
+def daemon_site(tmp_path: Path, plant, port: int, **face: Any):
+    """The test site file for a whole Daemon: only the IEC 104 face (no web, MQTT, Modbus or OPC UA face)."""
+    overrides = iec104_only(port, **face)
+    return site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, web={"enabled": False}, **overrides)
+
+
+@asynccontextmanager
+async def running_daemon(cfg, state_dir: Path) -> AsyncIterator[Daemon]:
+    secrets = Secrets(
+        api_keys=["iec104-test-key-0123456789"],
+        hmac_secret="iec104-test-secret-0123456789abcdef",
+        mqtt_url="mqtt://127.0.0.1:1",
+        exchange_base_url="http://127.0.0.1:9",
+    )
+    daemon = Daemon(cfg, secrets, state_dir)
+    try:
+        await daemon.start()
+        yield daemon
+    finally:
+        await daemon.stop()
+
+
+async def test_the_daemon_serves_the_face_on_its_cycle(plant, tmp_path):
+    """controller/daemon.py builds the face from the site file and attaches it to the cycle: values go out
+    spontaneously without a test wiring anything."""
+    port = free_port()
+    async with running_daemon(daemon_site(tmp_path, plant, port), tmp_path / "state") as d:
+        c = d.controller
+        await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
+        async with controlling_station(port) as cs:
+            assert await cs.send_afrr(1.0)
+            await wait_for(
+                lambda: cs.last("afrr_active_mw", SPONTANEOUS) == pytest.approx(1.0, abs=0.01), 10, "aFRR reported"
+            )
+            await wait_for(lambda: wset_mw(plant) == pytest.approx(1.0, abs=1e-3), 5, "the PCS at 1 MW")
+
+
+def client_certificate(path: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed client certificate (EC P-256, clientAuth) and its key, as a controlling station has."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    crt, pem = path / f"{name}.crt", path / f"{name}.key"
+    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    pem.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return crt, pem
+
+
+STARTDT_ACT = bytes([0x68, 0x04, 0x07, 0x00, 0x00, 0x00])
+STARTDT_CON = bytes([0x68, 0x04, 0x0B, 0x00, 0x00, 0x00])
+# an I-frame: C_IC_NA_1 (100), one object, cause 6 (activation), common address 1, IOA 0, QOI 20 (station)
+GI_ACT = bytes([0x68, 0x0E, 0, 0, 0, 0, 100, 1, 6, 0, 1, 0, 0, 0, 0, 20])
+
+
+def tls_session(port: int, server_cert: Path, cert: Path, key: Path) -> bytes:
+    """Over TLS with this client certificate: STARTDT, then a general interrogation; every byte the station
+    sends back within a bounded read (raw IEC 104 frames: c104 2.2.1's own client cannot verify a server by
+    name, so Python's ssl stands in for the controlling station's TLS)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.load_verify_locations(str(server_cert))
+    ctx.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # the station's self-signed certificate, pinned
+    ctx.check_hostname = False  # pinned: the certificate itself is the identity
+    ctx.load_cert_chain(str(cert), str(key))
+    got = b""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as raw, ctx.wrap_socket(raw) as s:
+            s.sendall(STARTDT_ACT)
+            asked = False
+            for _ in range(50):  # bounded: STARTDT con, then the interrogation's confirmation and values
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                got += chunk
+                if got.startswith(STARTDT_CON) and not asked:
+                    s.sendall(GI_ACT)
+                    asked = True
+                if bytes([100, 1, 10, 0]) in got:  # the interrogation's termination: all values are in
+                    break
+    except (TimeoutError, ssl.SSLError, OSError):
+        pass  # a refused client: the handshake or the first read fails
+    return got
+
+
+async def test_tls_face_takes_only_the_pinned_controlling_station(plant, tmp_path):
+    port = free_port()
+    good_crt, good_key = client_certificate(tmp_path, "tso-station")
+    other_crt, other_key = client_certificate(tmp_path, "someone-else")
+    tls = {"enabled": True, "client_certs": [str(good_crt)]}
+    async with make_controller(plant, tmp_path, **iec104_only(port, tls=tls)) as c, iec104_face(c):
+        server_cert = c.state_dir / "tls" / "iec104-cert.pem"  # self-signed on first start
+        assert server_cert.exists()
+        got = await asyncio.to_thread(tls_session, port, server_cert, good_crt, good_key)
+        assert got.startswith(STARTDT_CON), got[:16].hex()
+        # the interrogation's activation confirmation (type 100, cause 7), measured values (type 13, any number
+        # of objects, cause 20) and its termination (cause 10)
+        assert bytes([100, 1, 7, 0, 1, 0]) in got and bytes([100, 1, 10, 0, 1, 0]) in got
+        assert re.search(rb"\x0d.\x14\x00\x01\x00", got, re.S), got.hex()
+        refused = await asyncio.to_thread(tls_session, port, server_cert, other_crt, other_key)
+        assert not refused.startswith(STARTDT_CON)
