@@ -91,6 +91,9 @@ class ModbusSimServer:
         self._server: ModbusTcpServer | None = None
         self._members: dict[int, ModbusSimServer] = {}  # other devices served on this port (a gateway)
         self._watch: asyncio.Task | None = None
+        # point name -> (value, scale factor, registers) of its last set(): the physics republishes every point
+        # on every tick (20 Hz per unit), mostly unchanged, and encoding was most of a many-unit simulator's CPU
+        self._encoded: dict[str, tuple[float | int | str, int | None, list[int]]] = {}
         self._banks = initial if initial is not None else {}
         for fn in ("holding", "input", *_BITS):
             if fn not in self._banks:
@@ -167,7 +170,13 @@ class ModbusSimServer:
             return
         if isinstance(value, bool):
             value = int(value)
-        regs = encode(p, value, self.word_order_of(p), sf=self._sf(p), name=name)
+        sf = self._sf(p)
+        last = self._encoded.get(name)
+        if last is not None and last[0] == value and last[1] == sf and type(last[0]) is type(value):
+            regs = last[2]  # the same value laid again: the registers are still written (a client may have)
+        else:
+            regs = encode(p, value, self.word_order_of(p), sf=sf, name=name)
+            self._encoded[name] = (value, sf, regs)
         bank.values[off : off + p.count] = regs
 
     def set_raw(self, name: str, regs: list[int]) -> None:
