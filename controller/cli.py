@@ -139,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env-file", help="KEY=VALUE file with API_KEY, HMAC_SECRET, MQTT_URL, EXCHANGE_BASE_URL")
     s.add_argument("--time-scale", type=float, default=None, help="clock speed-up (tests, demo)")
     s.add_argument("--log-format", choices=["json", "text"], default="json")
+    s.add_argument(
+        "--no-auto-trading",
+        dest="auto_trading",
+        action="store_false",
+        help="start with the auto-trader switched off, whatever trading.auto.enabled says (the kill switch on the "
+        "dashboard and POST /api/auto can turn it on)",
+    )
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("demo", help="everything on one machine: simulators, exchange, broker, controller, dashboard")

@@ -24,8 +24,18 @@ log = logging.getLogger("bess.daemon")
 class Daemon:
     """All parts of a running controller. Used by `bess-edge run`, the demo and the system tests."""
 
-    def __init__(self, config: SiteConfig, secrets: Secrets, state_dir: str | Path, clock: Clock | None = None):
+    def __init__(
+        self,
+        config: SiteConfig,
+        secrets: Secrets,
+        state_dir: str | Path,
+        clock: Clock | None = None,
+        auto_trading: bool = True,
+    ):
+        """`auto_trading` False (`run --no-auto-trading`) starts the auto-trader switched off whatever the site
+        file says (the kill switch can turn it on)."""
         self.config = config
+        self.auto_trading = auto_trading
         self.secrets = secrets
         self.state_dir = Path(state_dir)
         self.clock = clock or Clock()
@@ -36,6 +46,8 @@ class Daemon:
         self.uplink = None
         self.web = None
         self.metrics = None
+        self.desk = None
+        self.auto = None
 
     @property
     def web_url(self) -> str:
@@ -51,6 +63,7 @@ class Daemon:
         self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
         await self.controller.start()
         self.parts.append(self.controller)
+        await self._start_trading()
         if cfg.web.enabled:
             await self._start_web(cert, key)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled or cfg.scada.iec104.enabled:
@@ -116,9 +129,28 @@ class Daemon:
             await self.uplink.start()
             self.parts.append(self.uplink)
 
+    async def _start_trading(self) -> None:
+        """The order desk (reconciles order intents), the forecaster (market history, the forecast's source) and
+        the auto-trader (its loop only when the site file enables it; re-plans after every accepted trade)."""
+        from controller.trading.auto import AutoTrader
+        from controller.trading.forecast import Forecaster
+        from controller.trading.orders import OrderDesk
+
+        self.desk = OrderDesk(self.controller, self.store, self.config, self.clock.now, self.secrets)
+        await self.desk.start()
+        self.parts.append(_Closing(self.desk))
+        forecaster = Forecaster(self.config.forecast, self.store, self.desk, self.clock.now)
+        self.auto = AutoTrader(self.controller, self.desk, forecaster, self.metrics, switch_on=self.auto_trading)
+        if self.config.web.enabled or self.config.trading.auto.enabled:
+            await forecaster.start()
+            self.parts.append(forecaster)
+        if self.config.trading.auto.enabled:
+            self.controller.faces.attach(Event.TRADE_ACCEPTED, self.auto.on_trade)
+            await self.auto.start()
+            self.parts.append(self.auto)
+
     async def _start_web(self, cert: str | None, key: str | None) -> None:
         """The web's live backend (attached to the cycle) and the HTTP server in front of it."""
-        from controller.trading.orders import OrderDesk
         from controller.web_backend import ControllerBackend
         from web.app import create_app
         from web.server import UvicornServer, uvicorn_options
@@ -126,9 +158,9 @@ class Daemon:
 
         cfg = self.config
         faces = self.controller.faces
-        # the order desk gets the controller's pre-trade check as a command, never the Controller
-        desk = OrderDesk(self.controller, self.store, cfg, self.clock.now, self.secrets)
-        self.backend = ControllerBackend(self.controller, desk, self.metrics)
+        # the order desk (built in _start_trading) gets the controller's pre-trade check as a command, never the
+        # Controller; the daemon starts and closes it
+        self.backend = ControllerBackend(self.controller, self.desk, self.metrics, auto=self.auto, owns_desk=False)
         self.backend.telemetry_sink = self.uplink.publish_telemetry if self.uplink is not None else None
         faces.attach(Phase.READ, self.backend.cycle_started)  # the web's cycle gate
         faces.attach(Phase.IDLE, self.backend.cycle_over)
@@ -171,6 +203,16 @@ class Daemon:
         self.store.close()
 
 
+class _Closing:
+    """A part whose stop is its `close()` (the order desk)."""
+
+    def __init__(self, part: Any):
+        self.part = part
+
+    async def stop(self) -> None:
+        await self.part.close()
+
+
 async def run_until_signalled(daemon: Daemon) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -203,7 +245,7 @@ def main_run(config: SiteConfig, args) -> int:
             print(f"--time-scale {time_scale:g}: only for a site file with mode: demo (this one is {config.mode})")
             return 2
         log.warning("clock sped up for a lab run", extra={"time_scale": time_scale})
-    daemon = Daemon(config, secrets, args.state_dir, clock=clock)
+    daemon = Daemon(config, secrets, args.state_dir, clock=clock, auto_trading=getattr(args, "auto_trading", True))
     try:
         asyncio.run(run_until_signalled(daemon))
     except ConfigError as e:  # found at start, e.g. web.tls files that cannot be served

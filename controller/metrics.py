@@ -86,6 +86,18 @@ class Metrics:
         self.trades = Counter("bess_trades_total", "Executed trades accepted", ["side"], registry=r)
         self.traded_volume = Counter("bess_traded_energy_mwh_total", "Traded energy (MWh)", ["side"], registry=r)
         self.pnl = Gauge("bess_pnl_eur", "Profit and loss (EUR)", ["kind"], registry=r)
+        # the auto-trader (issue 14): its plan, and its orders by result (placed, refused, cancelled) and reason
+        self.plan_objective = Gauge("bess_plan_objective_eur", "The last plan's objective (EUR)", registry=r)
+        self.plan_solve = Gauge("bess_plan_solve_seconds", "The last plan's solve time", registry=r)
+        self.auto_orders = Counter(
+            "bess_auto_orders_total", "The auto-trader's orders by result and reason", ["result", "reason"], registry=r
+        )
+        self.pnl_day = Gauge(
+            "bess_pnl_realised_day_eur",
+            "Cash of the trades delivered per UTC day (today, yesterday)",
+            ["day"],
+            registry=r,
+        )
 
     def _uplink_gauges(self, r: CollectorRegistry) -> None:
         self.outbox_depth = Gauge("bess_mqtt_outbox_depth", "Telemetry messages waiting in the outbox", registry=r)
@@ -126,6 +138,18 @@ class Metrics:
         self.trades.labels(trade.side).inc()
         hours = (trade.end_ts - trade.start_ts) / 3600.0
         self.traded_volume.labels(trade.side).inc(trade.quantity_mw * hours)
+
+    def on_plan(self, plan) -> None:
+        """The auto-trader's plan (controller.trading.optimiser.Plan): objective and solve time."""
+        self.plan_objective.set(plan.objective_eur if plan.ok else float("nan"))
+        self.plan_solve.set(plan.solve_ms / 1000.0)
+
+    def on_pnl(self, by_day: list[dict], today: str, yesterday: str) -> None:
+        """Realised PnL per day (controller.trading.auto.realised_pnl_by_day) of `today` and `yesterday`
+        (YYYY-MM-DD, UTC); 0 for a day without delivered trades."""
+        got = {row["day"]: row["pnl_eur"] for row in by_day}
+        self.pnl_day.labels("today").set(got.get(today, 0.0))
+        self.pnl_day.labels("yesterday").set(got.get(yesterday, 0.0))
 
     def _count_tasks(self) -> None:
         """asyncio.all_tasks() reads the running loop's task set, so it must run on the loop: on_cycle does."""

@@ -15,22 +15,34 @@ import httpx
 
 from controller.clock import iso, parse_iso
 from controller.cycle.state import PlantState, status
+from controller.trading.auto import NO_PLAN
 from controller.trading.market import gate_open
 from controller.trading.orders import OrderDesk, OrderRefused, OrderRequest
 
 if TYPE_CHECKING:
     from controller.cycle.loop import Controller
     from controller.metrics import Metrics
+    from controller.trading.auto import AutoTrader
 
 log = logging.getLogger("bess.backend")
 
 
 class ControllerBackend:
-    def __init__(self, controller: "Controller", desk: OrderDesk, metrics: "Metrics | None" = None):
+    def __init__(
+        self,
+        controller: "Controller",
+        desk: OrderDesk,
+        metrics: "Metrics | None" = None,
+        auto: "AutoTrader | None" = None,
+        owns_desk: bool = True,
+    ):
+        """`owns_desk` False: the daemon starts and closes the desk (the auto-trader uses it too)."""
         self.controller = controller
         self.store = controller.store
         self.metrics = metrics
+        self._own_desk = owns_desk
         self.desk = desk
+        self.auto = auto
         self._schedule_cache: tuple[float, tuple, dict] | None = None
         # set while no cycle runs: a flood of API requests must not stretch the cycle's awaits (each would wait
         # behind a whole event-loop pass of request handling); the web face waits on it (bounded) before serving
@@ -40,10 +52,12 @@ class ControllerBackend:
         self.telemetry_sink: Callable[[dict[str, Any]], Any] | None = None  # the uplink's, when MQTT is on
 
     async def start(self) -> None:
-        await self.desk.start()  # reconciles order intents a previous run left pending
+        if self._own_desk:
+            await self.desk.start()  # reconciles order intents a previous run left pending
 
     async def stop(self) -> None:
-        await self.desk.close()
+        if self._own_desk:
+            await self.desk.close()
 
     # ---- phase callbacks (attached by the daemon; event loop)
     def cycle_started(self, _state: PlantState) -> None:
@@ -57,7 +71,7 @@ class ControllerBackend:
     def publish(self, state: PlantState) -> None:
         """AFTER_WRITE: every websocket subscriber's queue gets the new status (latest wins)."""
         if self._subscribers:
-            st = status(state, self.now())
+            st = self._with_auto(status(state, self.now()))
             for q in list(self._subscribers):
                 if q.full():
                     q.get_nowait()
@@ -65,7 +79,13 @@ class ControllerBackend:
 
     # ---- live state
     def status(self) -> dict[str, Any]:
-        return status(self.controller.faces.latest(), self.now())
+        return self._with_auto(status(self.controller.faces.latest(), self.now()))
+
+    def _with_auto(self, st: dict[str, Any]) -> dict[str, Any]:
+        """The status with the auto-trader's switch and state (`auto_trading`), when there is one."""
+        if self.auto is not None:
+            st["auto_trading"] = {"enabled": self.auto.enabled, "state": self.auto.state, "reason": self.auto.reason}
+        return st
 
     def now(self) -> float:
         return self.controller.clock.now()
@@ -123,6 +143,26 @@ class ControllerBackend:
 
     async def cancel_order(self, order_id: str, who: str) -> dict[str, Any]:
         return await self.desk.cancel_order(order_id, who)
+
+    # ---- auto-trading
+    async def plan(self) -> dict[str, Any]:
+        return dict(self.auto.plan) if self.auto is not None else dict(NO_PLAN)
+
+    async def auto_status(self) -> dict[str, Any]:
+        if self.auto is None:
+            return {"enabled": False, "configured": False, "state": "disabled", "reason": "no auto-trader"}
+        return {**self.auto.status(), "pnl_by_day": await self.auto.pnl_by_day()}
+
+    async def set_auto(self, enabled: bool, who: str) -> dict[str, Any]:
+        if self.auto is None:
+            raise ValueError("enabled: this controller has no auto-trader")
+        await self.auto.set_enabled(enabled, who)
+        return await self.auto_status()
+
+    async def market_history(self, hours: float) -> dict[str, Any]:
+        now = self.now()
+        samples = await asyncio.to_thread(self.store.market_samples, now - hours * 3600, now + 1, 1440)
+        return {"from": iso(now - hours * 3600), "to": iso(now), "samples": samples}
 
     # ---- operation
     async def post_telemetry(self, sample: dict[str, Any], who: str) -> dict[str, Any]:

@@ -84,6 +84,25 @@ class Backend(Protocol):
         """Cancel at the exchange; returns the order dict. Unknown id: OrderRefused(status=404) or LookupError."""
         ...
 
+    # ---- auto-trading (issue 14)
+    async def plan(self) -> dict[str, Any]:
+        """The auto-trader's last plan, DESIGN.md's {generated_at, status, solve_ms, objective_eur, periods:
+        [{period_start, price_eur_mwh, position_mw, plan_mw, soc_pct_end}]} (status "none" before the first)."""
+        ...
+
+    async def auto_status(self) -> dict[str, Any]:
+        """{enabled, configured, state, reason, replans, last_replan_at, plan_id, orders_placed,
+        orders_cancelled, orders_refused: {reason: n}, pnl_by_day: [{day, pnl_eur, energy_mwh}]}."""
+        ...
+
+    async def set_auto(self, enabled: bool, who: str) -> dict[str, Any]:
+        """The kill switch; returns auto_status(). ValueError (422) when the site file does not enable it."""
+        ...
+
+    async def market_history(self, hours: float) -> dict[str, Any]:
+        """{from, to, samples: [{ts, mark, ema, vwap}]}: the stored market samples of the last `hours`."""
+        ...
+
     # ---- operation
     async def post_telemetry(self, sample: dict[str, Any], who: str) -> dict[str, Any]:
         """A manual sample {soc_pct, power_mw, temperature_c} sent upstream marked source: manual (in demo mode

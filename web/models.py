@@ -82,6 +82,12 @@ class OrderIn(_Request):
         return iso(ts).replace(".000Z", "Z")
 
 
+class AutoIn(_Request):
+    """POST /api/auto: the auto-trader's kill switch."""
+
+    enabled: bool
+
+
 class TelemetryIn(_Request):
     soc_pct: float = Field(ge=0, le=100, description="%, 0-100")
     power_mw: float = Field(ge=-10_000, le=10_000, description="MW, + discharge")
@@ -149,6 +155,12 @@ class PoiStatus(_Response):
     ts: OptIsoTs = None
 
 
+class AutoBrief(_Response):
+    enabled: bool
+    state: str
+    reason: str = ""
+
+
 class Status(_Response):
     soc_pct: OptNum
     power_mw: OptNum
@@ -165,6 +177,7 @@ class Status(_Response):
     manual_expires: OptIsoTs = None
     units: list[UnitStatus] = Field([], description="one per unit of the plant (issue 13), in the site file's order")
     poi: PoiStatus | None = Field(None, description="the POI meter's reading; null on a site without a meter")
+    auto_trading: AutoBrief | None = Field(None, description="the auto-trader's switch and state (issue 14)")
 
 
 class VwapPoint(_Response):
@@ -285,6 +298,63 @@ class Schedule(_Response):
     to: IsoTs
     periods: list[Period]
     actual: list[ActualPoint] = []
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+
+class PlanPeriod(_Response):
+    period_start: IsoTs
+    price_eur_mwh: OptNum
+    position_mw: OptNum
+    plan_mw: OptNum
+    soc_pct_end: OptNum
+
+
+class Plan(_Response):
+    """DESIGN.md's GET /api/plan."""
+
+    generated_at: OptIsoTs
+    status: str
+    solve_ms: OptNum
+    objective_eur: OptNum
+    periods: list[PlanPeriod]
+
+
+class PnlDay(_Response):
+    day: str
+    pnl_eur: OptNum
+    energy_mwh: OptNum
+
+
+class AutoStatus(_Response):
+    """GET /api/auto: the kill switch (`enabled`), whether the site file enables it (`configured`), what it does
+    now (`state`: running | off | disabled | stopped | safe_state | exchange_down | no_forecast | no_soc |
+    no_plan) and why, counters, realised PnL per day."""
+
+    enabled: bool
+    configured: bool
+    state: str
+    reason: str = ""
+    replans: int = 0
+    last_replan_at: OptIsoTs = None
+    plan_id: str | None = None
+    orders_placed: int = 0
+    orders_cancelled: int = 0
+    orders_refused: dict[str, int] = {}
+    pnl_by_day: list[PnlDay] = []
+
+
+class MarketSample(_Response):
+    ts: IsoTs
+    mark: OptNum = None
+    ema: OptNum = None
+    vwap: OptNum = None
+
+
+class MarketHistory(_Response):
+    from_: IsoTs = Field(alias="from")
+    to: IsoTs
+    samples: list[MarketSample]
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 

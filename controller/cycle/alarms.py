@@ -29,6 +29,7 @@ READBACK = "readback"  # the PCS read back another setpoint than was written (la
 INFEASIBLE = "infeasible"  # the schedule cannot be delivered within the limits (latched: cleared by no one yet)
 CYCLE_ERROR = "cycle_error"  # a control cycle raised (cleared by the next one that completes)
 SERVICE = "service"  # a grid service cannot be provided as sold (latched: the service clears it; detail: what)
+EXCHANGE_DOWN = "exchange_down"  # the auto-trader cannot reach the exchange (latched: cleared when it trades again)
 
 _READBACK_PREFIX = "pcs_readback"
 _SERVICES = "services"  # the device part of a grid service's alarm: "services:fcr_reserve"
@@ -66,7 +67,7 @@ class AlarmKey:
             return cls(head, SERVICE, tail)
         if tail == COMM:
             return cls(head, COMM)
-        if (head, tail) in (("controller", CYCLE_ERROR), ("schedule", INFEASIBLE)):
+        if (head, tail) in (("controller", CYCLE_ERROR), ("schedule", INFEASIBLE), ("trading", EXCHANGE_DOWN)):
             return cls(head, tail)
         if tail.startswith(_INVALID_PREFIX):
             return cls(head, INVALID, tail[len(_INVALID_PREFIX) :])
@@ -75,11 +76,12 @@ class AlarmKey:
     @property
     def latched(self) -> bool:
         """Held until cleared on purpose: a snapshot without it does not clear it."""
-        return self.kind in (READBACK, INFEASIBLE, SERVICE)
+        return self.kind in (READBACK, INFEASIBLE, SERVICE, EXCHANGE_DOWN)
 
 
 SCHEDULE_INFEASIBLE = AlarmKey("schedule", INFEASIBLE)
 CYCLE_FAILED = AlarmKey("controller", CYCLE_ERROR)
+EXCHANGE_DOWN_ALARM = AlarmKey("trading", EXCHANGE_DOWN)
 
 
 def service_key(what: str) -> AlarmKey:

@@ -8,15 +8,20 @@ place and orders to cancel); the backtest calls it too. `AutoTrader` (below) run
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable, Mapping
 
-from controller.clock import iso
-from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open
+from controller.clock import iso, parse_iso
+from controller.trading.errors import ExchangeDown, OrderRefused
+from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open, period_start
 
 if TYPE_CHECKING:
     from controller.config import TradingAuto
+
+log = logging.getLogger("bess.auto")
 
 LOT_MW = 0.1  # the exchange's quantity step
 _EPS_MW = 1e-9
@@ -196,3 +201,388 @@ def orders_for_plan(
         place += new
         cancel += gone
     return OrderActions(tuple(place), tuple(cancel))
+
+
+# ---------------------------------------------------------------- the auto-trader on the event loop
+SWITCH_KEY = "auto_trading"  # the store's key-value state: the kill switch, kept across restarts
+PLAN_KEY = "auto_plan"  # the last plan, as GET /api/plan shows it
+WHO = "auto"  # the order desk's `who` (and the intents' meta.who) for the auto-trader's orders
+OWN_INTENTS_S = 3 * 86400.0  # the auto-trader's orders are recognised by their intents this far back
+NO_PLAN = {"generated_at": None, "status": "none", "solve_ms": None, "objective_eur": None, "periods": []}
+
+# why the auto-trader places nothing (its `state`); "running" when it may trade
+OFF, DISABLED, RUNNING = "off", "disabled", "running"
+STOPPED, SAFE_STATE, EXCHANGE_DOWN = "stopped", "safe_state", "exchange_down"
+NO_FORECAST, NO_SOC, NO_PLAN_STATE = "no_forecast", "no_soc", "no_plan"
+
+
+@dataclass
+class AutoCounters:
+    replans: int = 0
+    placed: int = 0
+    cancelled: int = 0
+    refused: dict[str, int] | None = None
+
+    def refuse(self, reason: str) -> None:
+        self.refused = self.refused or {}
+        self.refused[reason] = self.refused.get(reason, 0) + 1
+
+
+def plan_view(plan, forecast_prices: Mapping[float, float], generated_at: float) -> dict:
+    """DESIGN.md's GET /api/plan: {generated_at, status, solve_ms, objective_eur, periods: [{period_start,
+    price_eur_mwh, position_mw, plan_mw, soc_pct_end}]} from the optimiser's Plan."""
+    return {
+        "generated_at": iso(generated_at),
+        "status": plan.status,
+        "solve_ms": round(plan.solve_ms, 3),
+        "objective_eur": round(plan.objective_eur, 2) if math.isfinite(plan.objective_eur) else None,
+        "periods": [
+            {
+                "period_start": iso(p.period_start),
+                "price_eur_mwh": round(forecast_prices.get(p.period_start, math.nan), 2),
+                "position_mw": round(p.position_mw, 3),
+                "plan_mw": round(p.plan_mw, 3),
+                "soc_pct_end": round(p.soc_pct_end, 2),
+            }
+            for p in plan.periods
+        ],
+    }
+
+
+def realised_pnl_by_day(trades: Iterable[Mapping], now: float) -> list[dict]:
+    """Cash of the trades delivered by `now` per UTC day of delivery, oldest first: [{day, pnl_eur,
+    energy_mwh}]. A sell earns price × MWh, a buy pays it."""
+    days: dict[str, list[float]] = {}
+    for t in trades:
+        try:
+            start, end = parse_iso(t["delivery_start"]), parse_iso(t["delivery_end"])
+            mwh = float(t["quantity_mw"]) * (end - start) / 3600.0
+            cash = float(t["price_eur_mwh"]) * mwh * (1 if t["side"] == "sell" else -1)
+        except (KeyError, TypeError, ValueError):
+            continue
+        if end > now:
+            continue
+        day = iso(start - start % 86400)[:10]
+        acc = days.setdefault(day, [0.0, 0.0])
+        acc[0] += cash
+        acc[1] += mwh
+    return [{"day": d, "pnl_eur": round(v[0], 2), "energy_mwh": round(v[1], 3)} for d, v in sorted(days.items())]
+
+
+class AutoTrader:
+    """Runs the loop: every `replan_s` (and at once after a fill, `on_trade`) the forecast, a plan, and the
+    orders it needs through the order desk. The kill switch (`set_enabled`) is kept in the store across
+    restarts; mode stopped, a plant-level safe state and an exchange that does not answer stop it too (its own
+    open orders are cancelled where the exchange still answers). Everything here runs on the event loop; the
+    solve and the store reads go to worker threads."""
+
+    def __init__(self, controller, desk, forecaster, metrics=None, switch_on: bool = True):
+        self.controller = controller
+        self.config = controller.config
+        self.auto = self.config.trading.auto
+        self.limits = RiskLimits.from_config(self.auto)
+        self.desk = desk
+        self.forecaster = forecaster
+        self.metrics = metrics
+        self.store = controller.store
+        stored = self.store.get_state(SWITCH_KEY) or {}
+        # off when the site file says so, when `run --no-auto-trading` said so, or when an operator's kill
+        # switch was last set off (kept across restarts)
+        self.enabled = bool(self.auto.enabled and switch_on and stored.get("enabled", True))
+        self.state, self.reason = (RUNNING, "") if self.enabled else self._off_state()
+        self.counts = AutoCounters()
+        self.plan: dict = self.store.get_state(PLAN_KEY) or dict(NO_PLAN)
+        self.plan_id: str | None = None
+        self.last_replan_at: float | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def _off_state(self) -> tuple[str, str]:
+        if not self.auto.enabled:
+            return DISABLED, "trading.auto.enabled is false in the site file"
+        return OFF, "switched off (kill switch)"
+
+    # ---- lifecycle
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="auto-trader")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def on_trade(self, _trade) -> None:
+        """Event.TRADE_ACCEPTED: a fill changes the position, so re-plan now."""
+        self._wake.set()
+
+    async def _run(self) -> None:
+        clock = self.controller.clock
+        while True:
+            try:
+                await self.replan()
+            except Exception:  # the loop must outlive a bug in one pass: the log says what happened
+                log.exception("auto-trader pass failed")
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=clock.real_seconds(self.auto.replan_s))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+
+    # ---- the kill switch
+    async def set_enabled(self, enabled: bool, who: str) -> dict:
+        """The kill switch (API, dashboard). Off: nothing more is placed, its open orders are cancelled; on: it
+        trades from the next pass (at once). On is refused (ValueError -> 422... PermissionError -> 403 for
+        read-only keys is the web's) when the site file does not enable it."""
+        if enabled and not self.auto.enabled:
+            raise ValueError("enabled: trading.auto.enabled is false in the site file; set it there and restart")
+        self.enabled = enabled
+        self.store.set_state(SWITCH_KEY, {"enabled": enabled, "by": who, "ts": self.controller.clock.now()})
+        log.warning("auto-trading switched %s", "on" if enabled else "off", extra={"who": who})
+        if enabled:
+            self.state, self.reason = RUNNING, ""
+        else:
+            self.state, self.reason = self._off_state()
+            self.reason = f"switched off by {who}"
+            await self._cancel_own("auto-trading switched off")
+        self._wake.set()
+        return self.status()
+
+    # ---- one pass
+    async def replan(self) -> None:
+        """Forecast, plan (always, so the dashboard shows it), and, when nothing stops it, the orders."""
+        self.counts.replans += 1
+        now = self.controller.clock.now()
+        self.last_replan_at = now
+        state = self.controller.faces.latest()
+        await self.forecaster.ensure_fresh()
+        forecast = await self.forecaster.forecast()
+        plan = await self._plan(forecast, state, now)
+        blocked = self._blocked(state, forecast, plan)
+        if blocked is not None:
+            self._set_state(*blocked)
+            if blocked[0] in (OFF, STOPPED, SAFE_STATE):
+                await self._cancel_own(blocked[1])
+            return
+        open_orders, stale = await self._open_orders(now)
+        if stale:
+            self._set_state(EXCHANGE_DOWN, "the exchange does not answer: no orders placed until it does")
+            return
+        positions = dict(self.controller.schedule.periods(period_start(now), now + self.limits.trade_ahead_s))
+        actions = orders_for_plan(
+            {p.period_start: p.plan_mw for p in plan.periods},
+            positions,
+            forecast.prices(),
+            open_orders,
+            self.limits,
+            self.controller.clock.now(),
+        )
+        self._set_state(RUNNING, "")
+        await self._carry_out(actions)
+
+    def _blocked(self, state, forecast, plan) -> tuple[str, str] | None:
+        """Why nothing may be placed now, or None."""
+        from controller.cycle.limits import SAFE_STATES
+
+        if not self.enabled:
+            return self._off_state() if not self.auto.enabled else (OFF, self.reason or "switched off")
+        if state.mode == "stopped":
+            return STOPPED, "mode stopped: no trading"
+        if state.binding in SAFE_STATES:
+            return SAFE_STATE, f"plant in safe state ({state.binding}): no trading"
+        if not self.forecaster.exchange_ok:
+            return EXCHANGE_DOWN, "the exchange does not answer: no orders placed until it does"
+        if not forecast.periods:
+            return NO_FORECAST, f"no prices to plan against ({self.forecaster.status.error or 'no market data yet'})"
+        if plan is None:
+            return NO_SOC, "SoC unknown: no plan"
+        if not plan.ok:
+            return NO_PLAN_STATE, f"no plan: {plan.status} ({plan.reason})"
+        return None
+
+    def _set_state(self, state: str, reason: str) -> None:
+        from controller.cycle.alarms import EXCHANGE_DOWN_ALARM
+
+        if (state, reason) != (self.state, self.reason):
+            log.info("auto-trader %s", state, extra={"reason": reason})
+        self.state, self.reason = state, reason
+        if state == EXCHANGE_DOWN:
+            self.controller.alarms.raise_(EXCHANGE_DOWN_ALARM, "exchange_down", f"auto-trading: {reason}")
+        elif state == RUNNING:
+            self.controller.alarms.clear(EXCHANGE_DOWN_ALARM)
+
+    async def _plan(self, forecast, state, now: float):
+        """The optimiser's plan over the forecast's periods from the live SoC (None without a fresh SoC or
+        prices); stored as the plan GET /api/plan shows."""
+        from controller.trading.optimiser import optimise, problem_for_site
+
+        soc = state.soc_pct if state.online else None
+        if soc is None or not forecast.periods:
+            return None
+        starts = [p.period_start for p in forecast.periods]
+        prices = tuple(p.price_eur_mwh for p in forecast.periods)
+        positions = dict(self.controller.schedule.periods(starts[0], starts[-1] + PERIOD_S))
+        cap = self.limits.max_position_mw
+        problem = problem_for_site(
+            self.config,
+            now_ts=now,
+            soc_pct_now=soc,
+            buy_price_eur_mwh=prices,
+            sell_price_eur_mwh=prices,
+            position_mw=tuple(positions.get(p, 0.0) for p in starts),
+            available_charge_mw=min(cap, self._available_mw(state)),
+            available_discharge_mw=min(cap, self._available_mw(state)),
+            tradable=tuple(gate_open(p, now, self.limits.gate_closure_s) for p in starts),
+        )
+        plan = await asyncio.to_thread(optimise, problem)
+        self.plan_id = f"P{int(now):x}-{self.counts.replans}"
+        self.plan = plan_view(plan, forecast.prices(), now)
+        await asyncio.to_thread(self.store.set_state, PLAN_KEY, self.plan)
+        if self.metrics is not None:
+            self.metrics.on_plan(plan)
+        return plan
+
+    def _available_mw(self, state) -> float:
+        """The plant's power with its unavailable units out (every unit's rating when none is known)."""
+        plan = self.config.unit_plan()
+        down = {u.unit for u in state.units if not u.available} if state.units else set()
+        return sum(u.rated_mw for u in plan if u.unit not in down)
+
+    async def _open_orders(self, now: float) -> tuple[list[OpenOrder], bool]:
+        """Every order of the site that may still fill (the exchange's view, synced into the store; unsettled
+        intents in full), marked own when the auto-trader placed it; and whether the exchange's view is stale."""
+        synced = await self.desk.orders(active_only=True)
+        own_intents = await asyncio.to_thread(self.store.intents_by, WHO, now - OWN_INTENTS_S)
+        own = {i["client_order_id"] for i in own_intents}
+        out: list[OpenOrder] = []
+        for o in synced["orders"]:
+            try:
+                start = parse_iso(o["delivery_start"])
+                remaining = float(o.get("remaining_mw", o.get("quantity_mw")))
+                out.append(
+                    OpenOrder(
+                        o["order_id"],
+                        o["side"],
+                        remaining,
+                        float(o["price_eur_mwh"]),
+                        start,
+                        own=o.get("client_order_id") in own,
+                    )
+                )
+            except (KeyError, TypeError, ValueError):
+                log.error("open order unreadable: left out of the auto-trader's view", extra={"order": str(o)[:200]})
+        for i in self.store.order_intents("pending", limit=1000):
+            body = i["order"]
+            out.append(
+                OpenOrder(
+                    None,
+                    i["side"],
+                    float(i["quantity_mw"]),
+                    float(body.get("price_eur_mwh", 0.0)),
+                    parse_iso(i["delivery_start"]),
+                    own=i["client_order_id"] in own,
+                )
+            )
+        return out, bool(synced.get("stale"))
+
+    def _may_place(self) -> bool:
+        """Checked before every order: the kill switch or a stop between two orders of one pass ends the pass."""
+        from controller.cycle.limits import SAFE_STATES
+
+        state = self.controller.faces.latest()
+        return self.enabled and state.mode != "stopped" and state.binding not in SAFE_STATES
+
+    async def _carry_out(self, actions: OrderActions) -> None:
+        for c in actions.cancel:
+            if not await self._cancel(c.order_id, c.reason):
+                return
+        for intent in actions.place:
+            if not self._may_place():
+                log.info("auto-trader pass ended: switched off or stopped meanwhile")
+                return
+            meta = {"plan_id": self.plan_id, "reason": intent.reason}
+            try:
+                placed = await self.desk.place_order(intent.body(self.config.exchange.market), WHO, meta)
+            except OrderRefused as e:
+                self.counts.refuse(e.limit or "refused")
+                self._count("refused", e.limit or "refused")
+                log.info("auto order refused", extra={"reason": e.reason, "limit": e.limit, "plan_id": self.plan_id})
+                continue
+            except ExchangeDown as e:
+                self.counts.refuse("exchange_down")
+                self._count("refused", "exchange_down")
+                self._set_state(EXCHANGE_DOWN, f"the exchange does not answer: {e}")
+                return
+            self.counts.placed += 1
+            self._count("placed", intent.side)
+            log.info(
+                "auto order placed",
+                extra={"order_id": placed.get("order_id"), "plan_id": self.plan_id, "reason": intent.reason},
+            )
+
+    async def _cancel(self, order_id: str, reason: str) -> bool:
+        """Cancel one of its orders; False when the exchange is down (the pass ends)."""
+        try:
+            await self.desk.cancel_order(order_id, WHO)
+        except OrderRefused as e:  # filled or expired meanwhile: nothing to cancel
+            log.info("auto cancel refused", extra={"order_id": order_id, "reason": e.reason})
+            return True
+        except ExchangeDown as e:
+            self._set_state(EXCHANGE_DOWN, f"the exchange does not answer: {e}")
+            return False
+        self.counts.cancelled += 1
+        self._count("cancelled", "stale")
+        log.info("auto order cancelled", extra={"order_id": order_id, "reason": reason})
+        return True
+
+    async def _cancel_own(self, reason: str) -> None:
+        """Cancel every open order the auto-trader placed (switched off, stopped, safe state)."""
+        if not self.desk.has_key:
+            return
+        now = self.controller.clock.now()
+        own = {i["order_id"] for i in await asyncio.to_thread(self.store.intents_by, WHO, now - OWN_INTENTS_S)}
+        for o in self.store.orders(active_only=True, limit=1000):
+            if o.get("order_id") in own and not await self._cancel(o["order_id"], reason):
+                return
+
+    def _count(self, result: str, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.auto_orders.labels(result, reason).inc()
+
+    # ---- faces
+    def status(self) -> dict:
+        """GET /api/auto: the switch, what it does now and why, its counters and the last plan's id."""
+        c = self.counts
+        return {
+            "enabled": self.enabled,
+            "configured": self.auto.enabled,
+            "state": self.state,
+            "reason": self.reason,
+            "replans": c.replans,
+            "last_replan_at": iso(self.last_replan_at) if self.last_replan_at else None,
+            "plan_id": self.plan_id,
+            "orders_placed": c.placed,
+            "orders_cancelled": c.cancelled,
+            "orders_refused": dict(c.refused or {}),
+            "replan_s": self.auto.replan_s,
+            "limits": {
+                "min_margin_eur_mwh": self.limits.min_margin_eur_mwh,
+                "max_order_mw": self.limits.max_order_mw,
+                "max_position_mw": self.limits.max_position_mw,
+                "trade_ahead_h": self.limits.trade_ahead_s / 3600,
+            },
+            "forecast": self.forecaster.status.as_dict(),
+        }
+
+    async def pnl_by_day(self, days: int = 7) -> list[dict]:
+        """Realised PnL per UTC day of delivery over the last `days` days (also set on the metrics)."""
+        now = self.controller.clock.now()
+        trades = await asyncio.to_thread(self.store.trades, now - (days + 1) * 86400.0, 100_000)
+        by_day = [r for r in realised_pnl_by_day(trades, now) if r["day"] >= iso(now - days * 86400.0)[:10]]
+        if self.metrics is not None:
+            self.metrics.on_pnl(by_day, iso(now)[:10], iso(now - 86400.0)[:10])
+        return by_day

@@ -27,6 +27,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.clock import iso, parse_iso
+from controller.trading.exchange import ExchangeError
 from controller.trading.market import PERIOD_S, period_start
 
 if TYPE_CHECKING:
@@ -231,16 +232,51 @@ class Forecaster:
         self._days_done: set[str] = set()  # auction days already stored (published results do not change)
         self.book: dict[float, float] = {}
         self.exchange_ok = True  # the exchange's market data answered last time
+        self.refreshed = False  # a refresh has run (the auto-trader's first pass waits for one)
+        self._last_source_mono = -math.inf
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="forecaster")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        """The order book every `sample_s`, the source every `refresh_s` (real seconds)."""
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # the loop must outlive a bug in one pass: the log says what happened
+                log.exception("forecaster pass failed")
+            await asyncio.sleep(min(self.config.sample_s, self.config.refresh_s))
+
+    async def ensure_fresh(self) -> None:
+        """One refresh now if none has run yet (a forecast asked for before the loop's first pass)."""
+        if not self.refreshed:
+            await self.refresh()
 
     async def refresh(self) -> None:
-        """Read the order book (market data) and the source; store what is new."""
+        """Read the order book (market data) and, every `refresh_s`, the source; store what is new."""
+        self.refreshed = True
         await self._market()
+        if time.monotonic() - self._last_source_mono < self.config.refresh_s:
+            return
+        self._last_source_mono = time.monotonic()
         try:
             known = await self._known()
-        except (ForecastSourceError, OSError, httpx.HTTPError, ValueError) as e:
+        except (ForecastSourceError, OSError, httpx.HTTPError, ValueError, ExchangeError) as e:
             if self.status.error != str(e):
                 log.warning("forecast source failed: keeping what it said before", extra={"error": str(e)})
             self.status.error = f"{self.config.source}: {e}"
+            self._last_source_mono = -math.inf  # try again at the next pass
             return
         if known:
             await asyncio.to_thread(self.store.record_market_prices, KNOWN, [(p, v, None) for p, v in known.items()])

@@ -1,5 +1,7 @@
-"""Trading: GET /api/market-data, /api/orders, /api/trades; POST /api/orders/check (the pre-trade check alone),
-POST /api/orders (checked, then sent to the exchange), DELETE /api/orders/{order_id}."""
+"""Trading: GET /api/market-data, /api/market-history (the stored mark/EMA/VWAP samples), /api/orders,
+/api/trades; POST /api/orders/check (the pre-trade check alone), POST /api/orders (checked, then sent to the
+exchange), DELETE /api/orders/{order_id}; auto-trading: GET /api/plan, GET /api/auto, POST /api/auto (the kill
+switch: operator keys only, a read-only key gets 403)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,34 @@ router = APIRouter(tags=["trading"])
 @router.get("/api/market-data", response_model=m.MarketData, responses=ERRORS)
 async def market_data(who: str = Who, backend: Backend = Depends(backend_of)):
     return await backend.market_data()
+
+
+@router.get("/api/market-history", response_model=m.MarketHistory, responses=ERRORS)
+async def market_history(
+    hours: float = Query(6, gt=0, le=168, description="how far back, hours"),
+    who: str = Who,
+    backend: Backend = Depends(backend_of),
+):
+    """The front product's mark, EMA and VWAP as the controller sampled them, oldest first (at most 1,440)."""
+    return await backend.market_history(hours)
+
+
+@router.get("/api/plan", response_model=m.Plan, responses=ERRORS)
+async def plan(who: str = Who, backend: Backend = Depends(backend_of)):
+    """The auto-trader's last plan: per period the forecast price, the position traded, the plan, the SoC."""
+    return await backend.plan()
+
+
+@router.get("/api/auto", response_model=m.AutoStatus, responses=ERRORS)
+async def auto_status(who: str = Who, backend: Backend = Depends(backend_of)):
+    return await backend.auto_status()
+
+
+@router.post("/api/auto", response_model=m.AutoStatus, responses=ERRORS)
+async def set_auto(body: m.AutoIn, who: str = Who, state: WebState = Depends(web_state)):
+    """The kill switch: off stops placing at once and cancels the auto-trader's open orders."""
+    req = body.model_dump()
+    return await state.mutate(who, "set_auto", req, state.backend.set_auto(body.enabled, who))
 
 
 @router.get("/api/orders", response_model=m.Orders, responses=ERRORS)
