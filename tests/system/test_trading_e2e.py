@@ -98,11 +98,12 @@ async def running_site(
     clock: Clock,
     exchange_url: str,
     exchange_key: str | None = SITE_KEY,
+    extra_env: dict[str, str] | None = None,
     **overrides,
 ) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
     """A Daemon (controller + uplink + web; no SCADA face) on the plant, the broker and the exchange, with an
     httpx client of its web API carrying the site's API key; started, first good cycle, always stopped.
-    `exchange_key`: the site's EXCHANGE_API_KEY (None: unset)."""
+    `exchange_key`: the site's EXCHANGE_API_KEY (None: unset); `extra_env`: more of the environment (API_KEY_READ)."""
     over = {
         "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
         "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1},
@@ -110,6 +111,7 @@ async def running_site(
     }
     cfg = site_config(tmp_path, device_ports(plant), **over)
     env = {"API_KEY": LOCAL_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url, "EXCHANGE_BASE_URL": exchange_url}
+    env.update(extra_env or {})
     secrets = load_secrets(cfg, {**env, "EXCHANGE_API_KEY": exchange_key} if exchange_key else env)
     d = Daemon(cfg, secrets, tmp_path / "state", clock=clock)
     api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY}, timeout=10)

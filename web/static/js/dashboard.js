@@ -1,6 +1,7 @@
 /* Dashboard: live status over the websocket (polling every 10 s while it is down), status cards with number
-   tickers, binding limit and alarms in plain words, market / VWAP / schedule charts (ApexCharts), order form
-   with the pre-trade check inline, active orders and trades, mode and telemetry controls.
+   tickers, binding limit and alarms in plain words, market / VWAP / schedule charts (ApexCharts), the auto-trader's
+   plan chart and switch, order form with the pre-trade check inline, active orders and trades, mode and
+   telemetry controls. The market chart starts from the history the controller stored (GET /api/market-history).
    Element ids are listed at the top of web/templates/index.html. */
 (function () {
   "use strict";
@@ -284,6 +285,7 @@
 
   // ------------------------------------------------------------------ charts
   const charts = {};
+  const PLAN_COLORS = () => [gold(), "#4FC3F7", "#FF8A00", GREEN];
   const themeMode = () => (document.documentElement.classList.contains("dark") ? "dark" : "light");
   const cssColor = (name) => "rgb(" + getComputedStyle(document.documentElement).getPropertyValue("--" + name).trim().split(/\s+/).join(",") + ")";
 
@@ -330,15 +332,29 @@
         { seriesName: "SoC (%)", opposite: true, min: 0, max: 100, decimalsInFloat: 0, title: { text: "SoC %" } },
       ],
     }));
+    charts.plan = new ApexCharts($("plan-chart"), Object.assign(baseOptions(), {
+      chart: Object.assign(baseOptions().chart, { type: "line", height: 310 }),
+      series: [{ name: "Plan (MW)", data: [] }, { name: "Traded position (MW)", data: [] }, { name: "Forecast price (EUR/MWh)", data: [] }, { name: "SoC (%)", data: [] }],
+      colors: PLAN_COLORS(),
+      stroke: { width: [3, 2, 2, 2], curve: ["stepline", "stepline", "stepline", "smooth"], dashArray: [0, 4, 0, 5] },
+      yaxis: [
+        { seriesName: "Plan (MW)", decimalsInFloat: 1, title: { text: "MW (+ discharge)" } },
+        { seriesName: "Plan (MW)", show: false },
+        { seriesName: "Forecast price (EUR/MWh)", opposite: true, decimalsInFloat: 0, title: { text: "EUR/MWh" } },
+        { seriesName: "SoC (%)", opposite: true, min: 0, max: 100, decimalsInFloat: 0, title: { text: "SoC %" } },
+      ],
+      tooltip: { theme: themeMode(), shared: true, x: { format: "ddd HH:mm" } },
+    }));
     charts.market.render();
     charts.vwap.render();
     charts.schedule.render();
+    charts.plan.render();
   }
 
   document.addEventListener("bess-theme", () => {
     for (const c of Object.values(charts)) {
       const o = baseOptions();
-      const colors = c === charts.vwap ? [GREEN] : c === charts.market ? [gold(), "#FF8A00", GREEN] : [gold(), "#4FC3F7", GREEN];
+      const colors = c === charts.vwap ? [GREEN] : c === charts.market ? [gold(), "#FF8A00", GREEN] : c === charts.plan ? PLAN_COLORS() : [gold(), "#4FC3F7", GREEN];
       c.updateOptions({ theme: o.theme, colors: colors, chart: { foreColor: o.chart.foreColor }, grid: o.grid, legend: o.legend,
                         tooltip: { theme: o.theme.mode } }, false, false);
     }
@@ -349,6 +365,16 @@
   let marketSamples = [];
   try { marketSamples = JSON.parse(sessionStorage.getItem(MARKET_KEY) || "[]"); } catch (e) { marketSamples = []; }
 
+  // a page just opened shows the last hours: the samples the controller stored, merged with this session's
+  async function loadMarketHistory() {
+    let h;
+    try { h = await api("/api/market-history?hours=2"); } catch (e) { return; }
+    const stored = (h.samples || []).map((x) => [Date.parse(x.ts), x.mark, x.ema, x.vwap]).filter((x) => isFinite(x[0]));
+    const seen = new Set(marketSamples.map((x) => Math.round(x[0] / 1000)));
+    marketSamples = stored.filter((x) => !seen.has(Math.round(x[0] / 1000))).concat(marketSamples).sort((a, b) => a[0] - b[0]);
+    $("market-chart").dataset.samples = String(marketSamples.length);
+  }
+
   let pricePrefilled = false;
   async function refreshMarket() {
     let m;
@@ -357,6 +383,7 @@
     const now = Date.now() + serverOffsetMs;
     marketSamples.push([now, m.mark, m.ema, m.vwap]);
     marketSamples = marketSamples.filter((s) => now - s[0] < 2 * 3600 * 1000).slice(-1440);
+    $("market-chart").dataset.samples = String(marketSamples.length);
     try { sessionStorage.setItem(MARKET_KEY, JSON.stringify(marketSamples)); } catch (e) { /* quota: keep in memory */ }
     if (!READ_ONLY && !pricePrefilled && m.mark != null) { $("order-price").value = Number(m.mark).toFixed(2); pricePrefilled = true; }
     if (charts.market) {
@@ -388,6 +415,72 @@
       charts.schedule.updateSeries([{ name: "Schedule (MW)", data: plan }, { name: "Actual power (MW)", data: actual }, { name: "SoC (%)", data: soc }]);
     }
   }
+
+  // ------------------------------------------------------------------ auto-trading: plan and switch
+  const AUTO_WORDS = {
+    running: "running", off: "off (kill switch)", disabled: "disabled in the site file", stopped: "stopped (mode)",
+    safe_state: "paused: plant safe state", exchange_down: "paused: exchange down", no_forecast: "waiting: no prices",
+    no_soc: "waiting: SoC unknown", no_plan: "no plan",
+  };
+
+  async function refreshPlan() {
+    let p;
+    try { p = await api("/api/plan"); } catch (e) { return; }
+    const per = p.periods || [];
+    const el = $("plan-chart");
+    el.dataset.periods = String(per.length);
+    el.dataset.status = p.status || "";
+    $("plan-summary").textContent = p.status === "none" ? "no plan yet" :
+      p.status + " · objective " + fmt(p.objective_eur, 0) + " EUR · solved in " + fmt(p.solve_ms, 1) + " ms";
+    if (!charts.plan) return;
+    const t = (x) => Date.parse(x.period_start);
+    charts.plan.updateSeries([
+      { name: "Plan (MW)", data: per.map((x) => [t(x), x.plan_mw]) },
+      { name: "Traded position (MW)", data: per.map((x) => [t(x), x.position_mw]) },
+      { name: "Forecast price (EUR/MWh)", data: per.map((x) => [t(x), x.price_eur_mwh]) },
+      { name: "SoC (%)", data: per.map((x) => [t(x) + PERIOD_MS, x.soc_pct_end]) },
+    ]);
+  }
+
+  async function refreshAuto() {
+    let a;
+    try { a = await api("/api/auto"); } catch (e) { return; }
+    const st = $("auto-state");
+    st.dataset.state = a.state || "";
+    st.textContent = AUTO_WORDS[a.state] || a.state || "–";
+    st.classList.toggle("msg-ok", a.state === "running");
+    st.classList.toggle("msg-bad", a.state === "exchange_down" || a.state === "safe_state" || a.state === "stopped");
+    st.classList.toggle("msg-warn", a.state === "off");
+    $("auto-reason").textContent = a.reason || "";
+    const refused = Object.entries(a.orders_refused || {}).map(([k, v]) => k + " " + v).join(", ");
+    $("auto-counts").textContent = "replans " + (a.replans || 0) + " · placed " + (a.orders_placed || 0) +
+      " · cancelled " + (a.orders_cancelled || 0) + " · refused " + (refused || "0");
+    const pnl = (a.pnl_by_day || []).slice(-3).map((d) => d.day.slice(5) + ": " + fmt(d.pnl_eur, 0) + " EUR").join(" · ");
+    $("auto-pnl").textContent = pnl ? "realised PnL " + pnl : "no delivered trades yet";
+    const btn = $("auto-toggle");
+    if (btn) {
+      btn.dataset.enabled = String(!!a.enabled);
+      $("auto-toggle-text").textContent = a.enabled ? "Stop auto-trading (kill switch)" : "Start auto-trading";
+      btn.classList.toggle("btn-danger", !!a.enabled);
+      btn.disabled = !a.configured;
+      btn.title = a.configured ? "" : "trading.auto.enabled is false in the site file";
+    }
+  }
+
+  on("auto-toggle", "click", async () => {
+    const on_ = $("auto-toggle").dataset.enabled !== "true";
+    const text = on_ ? "START auto-trading? It places orders on its own, within its risk limits." :
+      "STOP auto-trading? It places nothing more and cancels its open orders.";
+    if (!(await confirmDialog(text))) { setMsg($("auto-result"), "Not changed.", undefined); return; }
+    try {
+      const a = await api("/api/auto", { method: "POST", body: { enabled: on_ } });
+      setMsg($("auto-result"), "Auto-trading " + (a.enabled ? "on" : "off") + ".", true);
+    } catch (e) {
+      setMsg($("auto-result"), "Refused: " + e.message, false);
+    }
+    refreshAuto();
+    refreshPlan();
+  });
 
   // ------------------------------------------------------------------ orders and trades
   async function refreshOrders() {
@@ -582,10 +675,14 @@
   pollStatus().then(() => { fillDeliveryOptions(); scheduleCheck(); });
   fillDeliveryOptions();
   connectWs();
-  refreshMarket();
+  loadMarketHistory().then(refreshMarket);
   refreshOrders();
   refreshTrades();
   refreshSchedule();
+  refreshPlan();
+  refreshAuto();
+  setInterval(refreshPlan, 30000);
+  setInterval(refreshAuto, POLL_MS);
   setInterval(refreshMarket, 5000);
   setInterval(() => { refreshOrders(); refreshTrades(); }, POLL_MS);
   setInterval(refreshSchedule, 60000);
