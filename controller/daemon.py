@@ -132,7 +132,7 @@ class Daemon:
     async def _start_trading(self) -> None:
         """The order desk (reconciles order intents), the forecaster (market history, the forecast's source) and
         the auto-trader (its loop only when the site file enables it; re-plans after every accepted trade)."""
-        from controller.trading.auto import AutoTrader
+        from controller.trading.auto import AutoTrader, TradingPlant
         from controller.trading.forecast import Forecaster
         from controller.trading.orders import OrderDesk
 
@@ -140,7 +140,11 @@ class Daemon:
         await self.desk.start()
         self.parts.append(_Closing(self.desk))
         forecaster = Forecaster(self.config.forecast, self.store, self.desk, self.clock.now)
-        self.auto = AutoTrader(self.controller, self.desk, forecaster, self.metrics, switch_on=self.auto_trading)
+        c = self.controller
+        plant = TradingPlant(
+            self.config, self.store, self.clock, c.faces.latest, c.schedule.periods, c.alarms.raise_, c.alarms.clear
+        )
+        self.auto = AutoTrader(plant, self.desk, forecaster, self.metrics, switch_on=self.auto_trading)
         if self.config.web.enabled or self.config.trading.auto.enabled:
             await forecaster.start()
             self.parts.append(forecaster)

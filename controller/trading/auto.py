@@ -12,7 +12,7 @@ import asyncio
 import logging
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from controller.clock import iso, parse_iso
 from controller.trading.errors import ExchangeDown, OrderRefused
@@ -269,6 +269,21 @@ def realised_pnl_by_day(trades: Iterable[Mapping], now: float) -> list[dict]:
     return [{"day": d, "pnl_eur": round(v[0], 2), "energy_mwh": round(v[1], 3)} for d, v in sorted(days.items())]
 
 
+@dataclass(frozen=True)
+class TradingPlant:
+    """What the auto-trader reads and does besides the order desk, handed over by the composition root (never the
+    Controller): the site file, the store, the controller's clock, its latest frozen PlantState, the schedule's
+    positions ((period start, MW) of periods with trades in [from, to)), and the alarms it may raise and clear."""
+
+    config: Any
+    store: Any
+    clock: Any
+    latest: Callable[[], Any]
+    positions: Callable[[float, float], list[tuple[float, float]]]
+    raise_alarm: Callable[[Any, str, str], None]
+    clear_alarm: Callable[[Any], None]
+
+
 class AutoTrader:
     """Runs the loop: every `replan_s` (and at once after a fill, `on_trade`) the forecast, a plan, and the
     orders it needs through the order desk. The kill switch (`set_enabled`) is kept in the store across
@@ -276,15 +291,16 @@ class AutoTrader:
     open orders are cancelled where the exchange still answers). Everything here runs on the event loop; the
     solve and the store reads go to worker threads."""
 
-    def __init__(self, controller, desk, forecaster, metrics=None, switch_on: bool = True):
-        self.controller = controller
-        self.config = controller.config
+    def __init__(self, plant: TradingPlant, desk, forecaster, metrics=None, switch_on: bool = True):
+        self.plant = plant
+        self.clock = plant.clock
+        self.config = plant.config
         self.auto = self.config.trading.auto
         self.limits = RiskLimits.from_config(self.auto)
         self.desk = desk
         self.forecaster = forecaster
         self.metrics = metrics
-        self.store = controller.store
+        self.store = plant.store
         stored = self.store.get_state(SWITCH_KEY) or {}
         # off when the site file says so, when `run --no-auto-trading` said so, or when an operator's kill
         # switch was last set off (kept across restarts)
@@ -321,7 +337,7 @@ class AutoTrader:
         self._wake.set()
 
     async def _run(self) -> None:
-        clock = self.controller.clock
+        clock = self.clock
         while True:
             try:
                 await self.replan()
@@ -341,7 +357,7 @@ class AutoTrader:
         if enabled and not self.auto.enabled:
             raise ValueError("enabled: trading.auto.enabled is false in the site file; set it there and restart")
         self.enabled = enabled
-        self.store.set_state(SWITCH_KEY, {"enabled": enabled, "by": who, "ts": self.controller.clock.now()})
+        self.store.set_state(SWITCH_KEY, {"enabled": enabled, "by": who, "ts": self.clock.now()})
         log.warning("auto-trading switched %s", "on" if enabled else "off", extra={"who": who})
         if enabled:
             self.state, self.reason = RUNNING, ""
@@ -356,9 +372,9 @@ class AutoTrader:
     async def replan(self) -> None:
         """Forecast, plan (always, so the dashboard shows it), and, when nothing stops it, the orders."""
         self.counts.replans += 1
-        now = self.controller.clock.now()
+        now = self.clock.now()
         self.last_replan_at = now
-        state = self.controller.faces.latest()
+        state = self.plant.latest()
         await self.forecaster.ensure_fresh()
         forecast = await self.forecaster.forecast()
         plan = await self._plan(forecast, state, now)
@@ -372,14 +388,14 @@ class AutoTrader:
         if stale:
             self._set_state(EXCHANGE_DOWN, "the exchange does not answer: no orders placed until it does")
             return
-        positions = dict(self.controller.schedule.periods(period_start(now), now + self.limits.trade_ahead_s))
+        positions = dict(self.plant.positions(period_start(now), now + self.limits.trade_ahead_s))
         actions = orders_for_plan(
             {p.period_start: p.plan_mw for p in plan.periods},
             positions,
             forecast.prices(),
             open_orders,
             self.limits,
-            self.controller.clock.now(),
+            self.clock.now(),
         )
         self._set_state(RUNNING, "")
         await self._carry_out(actions)
@@ -411,9 +427,9 @@ class AutoTrader:
             log.info("auto-trader %s", state, extra={"reason": reason})
         self.state, self.reason = state, reason
         if state == EXCHANGE_DOWN:
-            self.controller.alarms.raise_(EXCHANGE_DOWN_ALARM, "exchange_down", f"auto-trading: {reason}")
+            self.plant.raise_alarm(EXCHANGE_DOWN_ALARM, "exchange_down", f"auto-trading: {reason}")
         elif state == RUNNING:
-            self.controller.alarms.clear(EXCHANGE_DOWN_ALARM)
+            self.plant.clear_alarm(EXCHANGE_DOWN_ALARM)
 
     async def _plan(self, forecast, state, now: float):
         """The optimiser's plan over the forecast's periods from the live SoC (None without a fresh SoC or
@@ -425,7 +441,7 @@ class AutoTrader:
             return None
         starts = [p.period_start for p in forecast.periods]
         prices = tuple(p.price_eur_mwh for p in forecast.periods)
-        positions = dict(self.controller.schedule.periods(starts[0], starts[-1] + PERIOD_S))
+        positions = dict(self.plant.positions(starts[0], starts[-1] + PERIOD_S))
         cap = self.limits.max_position_mw
         problem = problem_for_site(
             self.config,
@@ -493,7 +509,7 @@ class AutoTrader:
         """Checked before every order: the kill switch or a stop between two orders of one pass ends the pass."""
         from controller.cycle.limits import SAFE_STATES
 
-        state = self.controller.faces.latest()
+        state = self.plant.latest()
         return self.enabled and state.mode != "stopped" and state.binding not in SAFE_STATES
 
     async def _carry_out(self, actions: OrderActions) -> None:
@@ -543,7 +559,7 @@ class AutoTrader:
         """Cancel every open order the auto-trader placed (switched off, stopped, safe state)."""
         if not self.desk.has_key:
             return
-        now = self.controller.clock.now()
+        now = self.clock.now()
         own = {i["order_id"] for i in await asyncio.to_thread(self.store.intents_by, WHO, now - OWN_INTENTS_S)}
         for o in self.store.orders(active_only=True, limit=1000):
             if o.get("order_id") in own and not await self._cancel(o["order_id"], reason):
@@ -580,7 +596,7 @@ class AutoTrader:
 
     async def pnl_by_day(self, days: int = 7) -> list[dict]:
         """Realised PnL per UTC day of delivery over the last `days` days (also set on the metrics)."""
-        now = self.controller.clock.now()
+        now = self.clock.now()
         trades = await asyncio.to_thread(self.store.trades, now - (days + 1) * 86400.0, 100_000)
         by_day = [r for r in realised_pnl_by_day(trades, now) if r["day"] >= iso(now - days * 86400.0)[:10]]
         if self.metrics is not None:
