@@ -284,8 +284,15 @@ class Forecaster:
         self.status.updated_at = self.now()
 
     async def _market(self) -> None:
-        md = await self.desk.market_data()
-        self.exchange_ok = not md.get("stale", False)
+        # straight from the exchange, not through the desk's cache: what the web API serves stays its own
+        try:
+            md = await self.desk.client.market_data()
+        except ExchangeError as e:
+            if self.exchange_ok:
+                log.warning("market data unavailable: the exchange does not answer", extra={"error": str(e)})
+            self.exchange_ok = False
+            return
+        self.exchange_ok = isinstance(md, dict)
         if not self.exchange_ok:
             return
         book: dict[float, float] = {}
