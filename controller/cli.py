@@ -124,6 +124,12 @@ def cmd_probe(args: argparse.Namespace) -> int:
     return main_probe(args)
 
 
+def cmd_fcr_test(args: argparse.Namespace) -> int:
+    from controller.services.prequal import main_fcr_test
+
+    return main_fcr_test(_config_or_exit(args.config), args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bess-edge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,6 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=42)
     s.add_argument("--env-file")
     s.set_defaults(func=cmd_exchange)
+
+    s = sub.add_parser(
+        "fcr-test",
+        help="FCR prequalification run: drive the simulator's frequency, record the response, plot, pass/fail",
+    )
+    s.add_argument("--config", required=True, help="the site file (services.fcr, simulator.control_port)")
+    s.add_argument("--control-url", help="the plant simulator's control API (default: from the site file)")
+    s.add_argument("--plot", default="fcr-test.png", help="PNG to write (default: fcr-test.png)")
+    s.add_argument("--fast", action="store_true", help="short holds (a quick look, tests): about 1.5 min, not 1 h")
+    s.add_argument("--hold-s", type=float, default=None, help="hold of each step (default 120 s; --fast 5 s)")
+    s.add_argument("--full-s", type=float, default=None, help="full activation each way (default 900 s; --fast 10 s)")
+    s.add_argument("--sample-s", type=float, default=0.1, help="sampling period of the response")
+    s.set_defaults(func=cmd_fcr_test)
 
     from controller.probe.arguments import add_arguments as probe_arguments
 

@@ -133,6 +133,23 @@ class Metrics:
         for g in (self.poi_power, self.poi_frequency, self.poi_up):
             g.set(float("nan"))
         self._has_meter = False
+        # grid service FCR (issue 15): NaN on a site that offers none, like the POI gauges
+        self.fcr_enabled = Gauge("bess_fcr_enabled", "1 when FCR is on, 0 when off", registry=r)
+        self.fcr_frequency = Gauge("bess_fcr_frequency_hz", "The POI frequency FCR follows (Hz)", registry=r)
+        self.fcr_contribution = Gauge(
+            "bess_fcr_contribution_mw", "Power FCR asks for now (MW, + discharge)", registry=r
+        )
+        self.fcr_compliance = Gauge(
+            "bess_fcr_compliance_ratio", "Share of recorded seconds with delivered FCR within tolerance", registry=r
+        )
+        self.fcr_reserve_held = Gauge("bess_fcr_reserve_held", "1 while the SoC holds the FCR reserve", registry=r)
+        self.fcr_fast_writes = Counter(
+            "bess_fcr_fast_path_writes_total", "Setpoints the FCR fast path wrote between cycles", registry=r
+        )
+        for g in (self.fcr_enabled, self.fcr_frequency, self.fcr_contribution, self.fcr_compliance):
+            g.set(float("nan"))
+        self.fcr_reserve_held.set(float("nan"))
+        self._fast_writes_seen = 0
 
     def on_trade(self, trade) -> None:
         self.trades.labels(trade.side).inc()
@@ -164,6 +181,7 @@ class Metrics:
             return
         self._plant(state)
         self._units(state)
+        self._fcr(state)
         self.alarms.set(len(state.alarms))
         ages = [state.ts - h.last_good_ts for h in state.devices if h.last_good_ts is not None]
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(state.devices) else float("inf"))
@@ -208,6 +226,19 @@ class Metrics:
         self.poi_power.set(nan if power is None else power)
         self.poi_frequency.set(nan if freq is None else freq)
         self.poi_up.set(0 if power is None else 1)
+
+    def _fcr(self, state: PlantState) -> None:
+        f = state.fcr
+        if f is None:
+            return
+        nan = float("nan")
+        self.fcr_enabled.set(1 if f.enabled else 0)
+        self.fcr_frequency.set(nan if f.frequency_hz is None else f.frequency_hz)
+        self.fcr_contribution.set(f.required_mw)
+        self.fcr_compliance.set(nan if f.compliance_pct is None else f.compliance_pct / 100)
+        self.fcr_reserve_held.set(1 if f.reserve_held else 0)
+        self.fcr_fast_writes.inc(max(f.fast_writes - self._fast_writes_seen, 0))
+        self._fast_writes_seen = f.fast_writes
 
     def _plant(self, state: PlantState) -> None:
         for g, v in (

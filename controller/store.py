@@ -199,8 +199,34 @@ MIGRATIONS: list[list[str]] = [
         )""",
         "ALTER TABLE order_intents ADD COLUMN meta TEXT",
     ],
+    [
+        # Grid services' provision records (issue 15): per second, what FCR/aFRR required and what the plant
+        # delivered, with the frequency: the operator's evidence for the TSO. ts is the whole second (Unix s).
+        """CREATE TABLE provision (
+            ts INTEGER PRIMARY KEY,
+            frequency_hz REAL,
+            fcr_required_mw REAL,
+            fcr_delivered_mw REAL,
+            afrr_required_mw REAL,
+            afrr_delivered_mw REAL,
+            base_mw REAL,
+            power_mw REAL,
+            within_tolerance INTEGER
+        )""",
+    ],
 ]
 INTENT_STATES = ("pending", "placed", "refused", "not_placed")
+PROVISION_COLUMNS = (
+    "ts",
+    "frequency_hz",
+    "fcr_required_mw",
+    "fcr_delivered_mw",
+    "afrr_required_mw",
+    "afrr_delivered_mw",
+    "base_mw",
+    "power_mw",
+    "within_tolerance",
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _ORDER_COLUMNS = (
@@ -819,6 +845,47 @@ class Store:
         """Shortfalls, latest period first: {period_start, position_mw, delivered_mwh, shortfall_mwh, recorded_ts}."""
         return self._query("SELECT * FROM shortfalls ORDER BY period_start DESC LIMIT ?", (limit,))
 
+    # ---------------------------------------------------------------- provision records (grid services)
+    def add_provision(self, rows: list[tuple]) -> None:
+        """Store per-second provision rows (PROVISION_COLUMNS order; a second seen again replaces its row).
+        Evidence, not an acknowledgement: written with synchronous=NORMAL like the decision log, in batches."""
+        if not rows:
+            return
+        self._write_unsynced(
+            f"INSERT OR REPLACE INTO provision ({','.join(PROVISION_COLUMNS)}) "
+            f"VALUES ({','.join('?' * len(PROVISION_COLUMNS))})",
+            rows,
+        )
+
+    def _write_unsynced(self, sql: str, rows: list[tuple]) -> None:
+        with self._lock:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                with self._tx() as c:
+                    c.executemany(sql, rows)
+            finally:
+                self._conn.execute("PRAGMA synchronous=FULL")
+
+    def provision(self, from_ts: float, to_ts: float) -> list[dict[str, Any]]:
+        """Provision rows with from_ts <= ts < to_ts, oldest first."""
+        return self._query(
+            f"SELECT {','.join(PROVISION_COLUMNS)} FROM provision WHERE ts >= ? AND ts < ? ORDER BY ts",
+            (from_ts, to_ts),
+        )
+
+    def prune_provision(self, now_ts: float, retention_days: float) -> int:
+        """Delete provision rows older than retention_days, in chunks; returns rows deleted."""
+        cutoff, deleted = now_ts - retention_days * DAY_S, 0
+        while True:
+            with self._tx() as c:
+                n = c.execute(
+                    "DELETE FROM provision WHERE rowid IN (SELECT rowid FROM provision WHERE ts < ? LIMIT ?)",
+                    (cutoff, PRUNE_CHUNK_ROWS),
+                ).rowcount
+            deleted += n
+            if n < PRUNE_CHUNK_ROWS:
+                return deleted
+
     # ---------------------------------------------------------------- retention
     def prune(
         self,
@@ -882,6 +949,7 @@ class Store:
             "shortfalls",
             "market_prices",
             "market_samples",
+            "provision",
         )
         self.flush()
         with self._lock:

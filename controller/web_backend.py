@@ -15,6 +15,7 @@ import httpx
 
 from controller.clock import iso, parse_iso
 from controller.cycle.state import PlantState, status
+from controller.services.records import csv_lines
 from controller.trading.auto import NO_PLAN
 from controller.trading.market import gate_open
 from controller.trading.orders import OrderDesk, OrderRefused, OrderRequest
@@ -228,6 +229,16 @@ class ControllerBackend:
         out = {"periods": periods, "actual": actual}
         self._schedule_cache = (time.monotonic(), key, out)
         return out
+
+    # ---- grid services
+    async def set_fcr(self, enabled: bool, who: str) -> dict[str, Any]:
+        self.controller.set_fcr(enabled, source=who)
+        return self.status()["fcr"]
+
+    async def provision_csv(self, day_start_ts: float) -> str:
+        self.controller.records.flush()  # the last seconds too
+        rows = await asyncio.to_thread(self.store.provision, day_start_ts, day_start_ts + 86400)
+        return "\n".join(csv_lines(rows, iso)) + "\n"
 
     async def audit(self, who: str, action: str, details: dict[str, Any]) -> None:
         self.store.audit(who, action, details, self.controller.clock.now())

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from drivers.validation import validation_problems
 from web.auth import ApiKeys, Lockout, Signer
 from web.backend import Backend, ExchangeDown, OrderRefused
-from web.routes import auth, live, ops, pages, plant, trading
+from web.routes import auth, live, ops, pages, plant, services, trading
 from web.state import SAFE_METHODS, SESSION_COOKIE, WebState
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "GATE_MAX_S", "SESSION_COOKIE", "create_app"]
@@ -300,7 +300,7 @@ def create_app(
 
     _add_error_handlers(app)
     routers = [ops.router] + ([ops.metrics_router] if metrics is not None else [])
-    for router in routers + [auth.router, plant.router, trading.router, live.router, pages.router]:
+    for router in routers + [auth.router, plant.router, trading.router, services.router, live.router, pages.router]:
         # the routers' routes on the app itself, so that app.routes lists every operation (FastAPI 0.16x's
         # include_router keeps a router as one nested entry); they take no prefix, tags or dependencies here
         app.router.routes.extend(router.routes)

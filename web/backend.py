@@ -129,6 +129,15 @@ class Backend(Protocol):
         thinned to at most ~1,000 points)}."""
         ...
 
+    # ---- grid services (issue 15)
+    async def set_fcr(self, enabled: bool, who: str) -> dict[str, Any]:
+        """Switch FCR on or off; returns the status' `fcr` object. ValueError (-> 422) when the site offers none."""
+        ...
+
+    async def provision_csv(self, day_start_ts: float) -> str:
+        """The provision records of the UTC day starting at day_start_ts as CSV text (header first)."""
+        ...
+
     async def audit(self, who: str, action: str, details: dict[str, Any]) -> None:
         """Write one audit row (who, what, when). The app calls it once per mutating request, refused ones
         included, so the backend's own methods need not audit API calls again."""

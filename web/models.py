@@ -113,6 +113,10 @@ class ModeIn(_Request):
         return self
 
 
+class FcrIn(_Request):
+    enabled: bool = Field(description="switch FCR (services.fcr) on or off")
+
+
 # ---------------------------------------------------------------------------------------------- responses
 class _Response(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -161,6 +165,19 @@ class AutoBrief(_Response):
     reason: str = ""
 
 
+class FcrStatus(_Response):
+    enabled: bool
+    capacity_mw: OptNum = None
+    frequency_hz: OptNum = Field(None, description="the POI frequency FCR follows; null when unknown")
+    contribution_mw: OptNum = Field(None, description="the power FCR asks for now, + discharge")
+    reserve_held: bool | None = None
+    reserve_soc_low_pct: OptNum = None
+    reserve_soc_high_pct: OptNum = None
+    reserve_restore_mwh: OptNum = None
+    reserve_restore_direction: int | None = None
+    compliance_pct: OptNum = None
+
+
 class Status(_Response):
     soc_pct: OptNum
     power_mw: OptNum
@@ -178,6 +195,7 @@ class Status(_Response):
     units: list[UnitStatus] = Field([], description="one per unit of the plant (issue 13), in the site file's order")
     poi: PoiStatus | None = Field(None, description="the POI meter's reading; null on a site without a meter")
     auto_trading: AutoBrief | None = Field(None, description="the auto-trader's switch and state (issue 14)")
+    fcr: FcrStatus | None = Field(None, description="grid service FCR (issue 15); null on a site that offers none")
 
 
 class VwapPoint(_Response):

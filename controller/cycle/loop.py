@@ -30,7 +30,11 @@ from controller.cycle.snapshot import Snapshot
 from controller.cycle.state import LinkFigures, PlantState, build, status
 from controller.services import afrr as afrr_rules
 from controller.services.afrr import AfrrBand, AfrrState
-from controller.services.stack import stack
+from controller.services.fast import FastPath
+from controller.services.records import ProvisionRecorder
+from controller.services.reserve import reserved_limits
+from controller.services.runtime import FcrService
+from controller.services.stack import Stack, stack
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
 from controller.trading.intake import (
@@ -57,6 +61,9 @@ AFRR_TIMEOUT = service_key("afrr_setpoint_timeout")  # no aFRR setpoint for long
 READ_SHARE = 0.4
 DEADLINE_SHARE = 0.8
 WRITE_MIN_SHARE = 0.2
+FAST_MIN_STEP_MW = 1e-3  # the fast path writes only a setpoint that moved at least this (1 kW)
+FCR_RESERVE = service_key("fcr_reserve")  # the SoC no longer holds the FCR reserve
+FCR_FREQUENCY = service_key("fcr_frequency")  # FCR is on but the POI frequency is unknown
 
 
 @dataclass
@@ -69,6 +76,7 @@ class CycleStats:
     boundary_wakeups: int = 0
     missed_boundaries: int = 0
     failed_cycles: int = 0  # cycles that raised (each one commanded 0 MW and raised the cycle-error alarm)
+    fast_writes: int = 0  # setpoints the FCR fast path wrote between cycles
 
 
 class Controller:
@@ -120,6 +128,22 @@ class Controller:
         # aFRR (issue 15): the grid operator's setpoint over IEC 104, ramped into the target by the cycle
         self._afrr_band = AfrrBand.of(config.scada.iec104)
         self.afrr = AfrrState()
+        # grid services (issue 15): FCR's switch, frequency and reserve; its fast path; the provision records
+        self.fcr = FcrService(config)
+        meter = config.meter()
+        self._meter = self.devices.links.get(meter[0]) if meter else None
+        fcr_cfg = config.services.fcr
+        self.records = ProvisionRecorder(
+            store, fcr_cfg.tolerance_pct / 100 * fcr_cfg.capacity_mw, config.services.records_retention_days
+        )
+        self.fast_path = (
+            FastPath(self._read_frequency, self.fast_write, lambda: self.fcr.enabled, config.services.fcr.fast_path_s)
+            if self._meter is not None and self.fcr.available
+            else None
+        )
+        self._write_lock = asyncio.Lock()  # one writer: the cycle's decide-and-write and the fast path's
+        self._last_write_mono: float | None = None
+        self._stack = Stack(0.0, 0.0)
         self._restore()
         self._refresh_state()
 
@@ -208,7 +232,8 @@ class Controller:
     def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()):
         """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed
         MW) of orders that may still fill) at their worst case. Only a fresh SoC counts: the last cycle's reading,
-        no older than `stale_after_s` (no stored or guessed value: the check then says `soc_unknown`)."""
+        no older than `stale_after_s` (no stored or guessed value: the check then says `soc_unknown`). While FCR
+        is on, the schedule must leave its reserve: +-capacity of power and the SoC band (services/reserve.py)."""
         now = self.clock.now()
         snap = self.snapshot
         fresh = snap is not None and snap.soc_pct is not None and now - snap.ts <= self.config.limits.stale_after_s
@@ -218,7 +243,7 @@ class Controller:
             snap.soc_pct if fresh else None,
             now,
             self.config.battery,
-            self.config.limits,
+            reserved_limits(self.config.limits, self.fcr.band()),
             open_orders=open_orders,
         )
 
@@ -236,6 +261,20 @@ class Controller:
         if (self.mode.mode, self.mode.manual_setpoint_mw) != before:
             self._wake.set()  # a change applies now; renewing the same setpoint waits for the next cycle
         return self.mode
+
+    def set_fcr(self, enabled: bool, source: str = "api") -> bool:
+        """Switch FCR on or off (ValueError when the site offers none). Not stored: after a restart the site
+        file's services.fcr.enabled applies again. Returns the new state."""
+        before = self.fcr.enabled
+        self.fcr.set_enabled(enabled)
+        if enabled != before:
+            self.store.audit(source, "fcr", {"enabled": enabled}, self.clock.now())
+            if not enabled:  # its alarms go with it
+                for key in (FCR_RESERVE, FCR_FREQUENCY):
+                    self.alarms.clear(key)
+            self._refresh_state()
+            self._wake.set()
+        return self.fcr.enabled
 
     # ---------------------------------------------------------------- alarms
     @property
@@ -256,6 +295,80 @@ class Controller:
             else:
                 return m.manual_setpoint_mw
         return self.schedule.position_mw(now)
+
+    def stacked(self, now: float, afrr_mw: float | None = None) -> Stack:
+        """The target: the base (manual or schedule, as target_mw) plus the grid services' parts: FCR for the
+        newest frequency, aFRR as the cycle ramped it (`afrr_mw`; the fast path passes none and keeps the part
+        the last cycle gave)."""
+        base = self.target_mw(now)
+        if self.mode.mode == "stopped":
+            return stack(base)
+        afrr = self.afrr.active_mw if afrr_mw is None else afrr_mw
+        return stack(base, self.fcr.required(now).required_mw, afrr)
+
+    def _decide(self, target_mw: float, snap: Snapshot, mono: float) -> Decision:
+        """limit() on a frozen snapshot; the ramp counts from the last write (the cycle's or the fast path's)."""
+        dt = 0.0 if self._last_write_mono is None else mono - self._last_write_mono
+        return limit(
+            target_mw,
+            snap,
+            self.config.limits,
+            self._previous_mw,
+            dt,
+            self.mode.mode,
+            max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,
+        )  # a stall earns no ramp
+
+    async def _read_frequency(self) -> None:
+        """The fast path's read: the POI meter's frequency, now (a DeviceError if the meter does not answer)."""
+        assert self._meter is not None
+        reading = (await self._meter.driver.read()).get("frequency_hz")
+        if reading is not None:
+            self.fcr.observe(reading.value if isinstance(reading.value, (int, float)) else None, reading.ts)
+
+    async def fast_write(self) -> bool:
+        """The fast path's write: the stacked target for the newest frequency, through limit() on the last
+        cycle's frozen snapshot, written under the cycle's write lock. Nothing is written when that snapshot is
+        too old, the last cycle failed, a read-back mismatch holds the plant, or the setpoint would not move."""
+        async with self._write_lock:
+            self.fcr.fast_ticks += 1
+            snap, now = self.snapshot, self.clock.now()
+            if snap is None or self._last_cycle_failed or now < self._readback_hold_until:
+                return False
+            if now - snap.ts > self.config.limits.stale_after_s:
+                return False
+            self._stack = self.stacked(now)
+            decision = self._decide(self._stack.target_mw, snap, self.clock.monotonic())
+            if abs(decision.setpoint_mw - self._previous_mw) < FAST_MIN_STEP_MW:
+                return False
+            await self._dispatch(decision, now, heartbeat=False)
+            self.decision = decision
+            self.stats.fast_writes += 1
+            self.fcr.fast_writes += 1
+        self._refresh_state()  # status and SCADA show the new setpoint now, not at the next cycle
+        return True
+
+    def _observe_meter(self) -> None:
+        """The cycle's own meter poll feeds the FCR frequency too (the fast path reads it more often)."""
+        if self._meter is None or self._meter.failures:
+            return
+        reading = self._meter.readings.get("frequency_hz")
+        if reading is not None:
+            self.fcr.observe(reading.value if isinstance(reading.value, (int, float)) else None, reading.ts)
+
+    def _services_after_write(self, snap: Snapshot, now: float) -> None:
+        """FCR's alarms (reserve no longer held, frequency unknown) and the provision record of this second."""
+        reserve = self.fcr.check_reserve(snap.soc_pct)
+        if self.fcr.enabled and not reserve.held:
+            self.alarms.raise_(FCR_RESERVE, "reserve", reserve.message)
+        elif FCR_RESERVE in self.alarms:
+            self.alarms.clear(FCR_RESERVE)
+        if self.fcr.enabled and self.fcr.frequency(now) is None:
+            self.alarms.raise_(FCR_FREQUENCY, "no_frequency", "FCR on but the POI frequency is unknown: no FCR power")
+        elif FCR_FREQUENCY in self.alarms:
+            self.alarms.clear(FCR_FREQUENCY)
+        if self.fcr.enabled or self._stack.afrr_mw:  # a second with a grid service in play is recorded
+            self.records.observe(now, self.fcr.frequency(now), self._stack, snap.power_mw)
 
     async def run_cycle(self) -> Decision:
         """One cycle. Never raises for device trouble: that becomes alarms and the safe state."""
@@ -282,25 +395,19 @@ class Controller:
             # the last cycle raised: this one holds the safe state too, so that a failure after the write
             # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
             snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
-        self.faces.fire(Phase.DECIDE)
-        base = self.target_mw(now)
-        target = stack(base, afrr_mw=self._afrr_step(now, dt)).target_mw
-        decision = limit(
-            target,
-            snap,
-            self.config.limits,
-            self._previous_mw,
-            dt,
-            self.mode.mode,
-            max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,
-        )  # a stall earns no ramp
-        self._afrr_band_now(decision, base)
-        self.faces.fire(Phase.WRITE)
-        readback = await self._dispatch(decision, now)
-        self.snapshot = snap
+        self._observe_meter()
+        async with self._write_lock:  # the fast path waits: one writer
+            self.faces.fire(Phase.DECIDE)
+            self._stack = self.stacked(now, afrr_mw=self._afrr_step(now, dt))
+            decision = self._decide(self._stack.target_mw, snap, mono)
+            self._afrr_band_now(decision, self._stack.base_mw)
+            self.faces.fire(Phase.WRITE)
+            readback = await self._dispatch(decision, now)
+            self.snapshot = snap
         self.decision = decision
         self.alarms.sync(snap)
         self.delivery.account(snap, now, dt)
+        self._services_after_write(snap, now)
         self.store.record_decision(
             now,
             decision.target_mw,
@@ -349,6 +456,8 @@ class Controller:
         )
         if self.config.scada.iec104.enabled:
             state = dataclasses.replace(state, afrr=self.afrr)
+        if self.fcr.available:
+            state = dataclasses.replace(state, fcr=self.fcr.state(self.clock.now(), self.records.compliance_pct))
         self.faces.update(state)
         return state
 
@@ -391,7 +500,8 @@ class Controller:
         self._last_cycle_failed = True
         safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
         try:
-            await asyncio.wait_for(self.dispatcher.apply(safe), timeout=SAFE_WRITE_TIMEOUT_S)
+            async with self._write_lock:  # a fast-path write already under way lands first, not after this one
+                await asyncio.wait_for(self.dispatcher.apply(safe), timeout=SAFE_WRITE_TIMEOUT_S)
             self.decision = safe  # what the PCS was told last, for the status and SCADA faces
         except asyncio.CancelledError:
             raise
@@ -413,11 +523,12 @@ class Controller:
         """What is left of the cycle's deadline for its writes (at least WRITE_MIN_SHARE of the period)."""
         return max(self._deadline - time.perf_counter(), WRITE_MIN_SHARE * self.config.cycle.period_s)
 
-    async def _dispatch(self, decision: Decision, now: float) -> float | None:
+    async def _dispatch(self, decision: Decision, now: float, heartbeat: bool = True) -> float | None:
         pcs = self.devices.pcs
         try:
             readback = await self.dispatcher.within("setpoint", self.dispatcher.apply(decision), self._write_budget_s())
             self._previous_mw = decision.setpoint_mw
+            self._last_write_mono = self.clock.monotonic()
             self.alarms.clear(readback_key(pcs.name))
         except ReadbackMismatch as e:
             self._readback_hold_until = now + READBACK_HOLD_S
@@ -438,6 +549,8 @@ class Controller:
             log.warning("setpoint write failed", extra={"device": pcs.name, "cause": e.cause, "error": str(e)})
             self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
             return None
+        if not heartbeat:
+            return readback
         try:
             skip = {link.name for link in self.devices.links.values() if link.failures}
             await self.dispatcher.within("heartbeat", self.dispatcher.heartbeat(skip=skip), self._write_budget_s())
@@ -497,9 +610,13 @@ class Controller:
         self._check_watchdog_margin()
         self.jobs.start()
         self._task = asyncio.create_task(self._loop(), name="control-cycle")
+        if self.fast_path is not None:
+            self.fast_path.start()
 
     async def stop(self) -> None:
         self.notifier.stopping()
+        if self.fast_path is not None:
+            await self.fast_path.stop()  # before the cycle ends: nothing writes after the stop's 0 MW
         if self._task:
             # A cycle cancelled mid-request leaves its answer in the connection, where the stop's 0 MW write
             # would find it instead of its own: let the running cycle end first, cancel only a stuck one.
@@ -527,4 +644,5 @@ class Controller:
             log.warning("could not write 0 MW on stop", extra={"error": str(e)})
         await self.dispatcher.stop_writing()
         await self.devices.close()
+        self.records.close()
         self.store.flush()

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from controller.cycle.limits import Decision
     from controller.cycle.snapshot import DeviceHealth, Snapshot
     from controller.services.afrr import AfrrState
+    from controller.services.runtime import FcrState
 
 # the MQTT telemetry payload's fields (DESIGN.md), all taken from the status projection; units and poi are
 # issue 13's per-unit and POI figures
@@ -33,6 +34,7 @@ TELEMETRY_FIELDS = (
     "binding",
     "units",
     "poi",
+    "fcr",
 )
 
 
@@ -99,6 +101,7 @@ class PlantState:
     units: tuple[UnitState, ...] = ()  # one entry for a one-unit site (its implicit unit's id)
     poi: PoiState | None = None  # None without a POI meter
     afrr: "AfrrState | None" = None  # the aFRR setpoint as followed (issue 15); None without the IEC 104 face
+    fcr: "FcrState | None" = None  # grid service FCR (issue 15); None on a site that offers none
 
     @property
     def has_cycle(self) -> bool:
@@ -183,6 +186,7 @@ def status(state: PlantState, now: float) -> dict[str, Any]:
         "ts": iso(state.ts if state.ts is not None else now),
         "units": [unit_status(u) for u in state.units],
         "poi": poi_status(state.poi),
+        "fcr": fcr_status(state.fcr),
     }
 
 
@@ -204,6 +208,24 @@ def poi_status(p: PoiState | None) -> dict[str, Any] | None:
     if p is None:
         return None
     return {"power_mw": p.power_mw, "frequency_hz": p.frequency_hz, "ts": iso(p.ts) if p.ts is not None else None}
+
+
+def fcr_status(f: "FcrState | None") -> dict[str, Any] | None:
+    """Status' and telemetry's `fcr` (issue 15): null on a site that offers no FCR."""
+    if f is None:
+        return None
+    return {
+        "enabled": f.enabled,
+        "capacity_mw": f.capacity_mw,
+        "frequency_hz": f.frequency_hz,
+        "contribution_mw": f.required_mw,
+        "reserve_held": f.reserve_held,
+        "reserve_soc_low_pct": f.soc_low_pct,
+        "reserve_soc_high_pct": f.soc_high_pct,
+        "reserve_restore_mwh": f.restore_mwh,
+        "reserve_restore_direction": f.restore_direction,
+        "compliance_pct": f.compliance_pct,
+    }
 
 
 def telemetry(state: PlantState, now: float) -> dict[str, Any]:

@@ -346,7 +346,9 @@ async def test_every_cycle_is_recorded_and_published(rig):
         "binding",
         "units",
         "poi",
+        "fcr",  # issue 15: null on a site without FCR
     }
+    assert telemetry(states[-1], 0.0)["fcr"] is None
     assert status(states[-1], 0.0)["status"] == "online"
 
 

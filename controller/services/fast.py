@@ -1,0 +1,87 @@
+"""The FCR fast path: while FCR is on, read the POI meter's frequency every fast_path_s and hand it to the
+controller, which decides (the same limit function, on the cycle's latest frozen snapshot) and writes under
+the cycle's own write lock: one writer, and no waiting for the next 1 s cycle.
+
+This module only keeps the rhythm: reading and acting are the callables it is given (the controller's), so it
+knows nothing of devices or of the cycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger("bess.services")
+
+__all__ = ["FastPath"]
+
+
+class FastPath:
+    """`read()` -> None (it stores what it read; raises DeviceError when the meter does not answer);
+    `act()` -> whether a setpoint was written; `active()` -> whether to run a round now (FCR on)."""
+
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[None]],
+        act: Callable[[], Awaitable[bool]],
+        active: Callable[[], bool],
+        period_s: float,
+    ):
+        self._read = read
+        self._act = act
+        self._active = active
+        self.period_s = period_s
+        self.rounds = 0
+        self.failures = 0
+        self._task: asyncio.Task | None = None
+        self._stopping = False
+        self._last_error: str | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="fcr-fast-path")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def round(self) -> bool:
+        """One round: read, then act. Returns whether it wrote. A failed read is logged once per kind."""
+        try:
+            await self._read()
+        except Exception as e:  # DeviceError mostly; a driver bug must not end FCR either: logged, counted
+            self.failures += 1
+            text = f"{type(e).__name__}: {e}"
+            if text != self._last_error:
+                log.warning("FCR fast path: meter read failed", extra={"error": text})
+            self._last_error = text
+            return False
+        self._last_error = None
+        self.rounds += 1
+        return await self._act()
+
+    async def _run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stopping:
+            if self._active():
+                try:
+                    await self.round()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    self.failures += 1
+                    log.exception("FCR fast path round failed")
+            next_t += self.period_s
+            now = time.monotonic()
+            if next_t < now:
+                next_t = now  # never a burst of catch-up rounds
+            await asyncio.sleep(next_t - now)

@@ -1,0 +1,170 @@
+"""FCR on a real plant: the meter and PCS simulators, the real controller and drivers. A frequency step injected
+at the meter simulator through its control API reaches the PCS through the fast path, between two cycles
+(counted: fast-path writes and cycles, not wall time); FCR off -> nothing; the reserve held back from trading
+and its alarm; the provision records and their CSV."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from controller.clock import iso
+from controller.config import load_config
+from controller.services.records import CSV_HEADER, csv_lines
+from controller.trading.market import PERIOD_S
+from tests.fixtures.controller import running_controller, wait_for
+from tests.fixtures.fcr import fcr_site_file, running_site_plant
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# a slow cycle (10 s) so that anything that moves the PCS within a few seconds is the fast path's doing
+SLOW_CYCLE = {
+    "cycle": {"period_s": 10.0},
+    "limits": {"stale_after_s": 30.0},
+    "devices": {"pcs": {"reversion_timeout_s": 30}},
+}
+
+
+async def frequency(cfg, **body) -> dict:
+    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/frequency"
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        r = await client.post(url, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) -> None:
+    cfg = load_config(fcr_site_file(tmp_path, **SLOW_CYCLE))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        await frequency(cfg, wander=False, hz=50.0)
+        await wait_for(lambda: c.fcr.frequency_hz == 50.0, 5, "the fast path to read 50 Hz")
+        cycles, writes = c.stats.cycles, c.stats.fast_writes
+        assert c.dispatcher.last_readback_mw == 0.0
+        await frequency(cfg, step_hz=-0.1)  # 100 mHz low: half of the 8 MW band, discharging
+        await wait_for(
+            lambda: c.dispatcher.last_readback_mw == pytest.approx(4.0, abs=0.01), 8, "4 MW read back from the PCS"
+        )
+        # it got there by fast-path writes (the ramp of 5 MW/s takes a few of them), with at most one cycle
+        assert c.stats.fast_writes - writes >= 2
+        assert c.stats.cycles - cycles <= 1
+        assert c.fcr.fast_ticks > 0
+        status = c.status()
+        assert status["fcr"]["enabled"] is True and status["fcr"]["contribution_mw"] == pytest.approx(4.0)
+        assert status["fcr"]["frequency_hz"] == pytest.approx(49.9)
+
+        await frequency(cfg, step_hz=0.3)  # 50.2 Hz: full activation, charging
+        await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(-8.0, abs=0.01), 8, "-8 MW read back")
+
+
+async def test_fcr_off_leaves_the_plant_alone_and_on_again_follows(tmp_path) -> None:
+    cfg = load_config(fcr_site_file(tmp_path, services={"fcr": {"enabled": False}}))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        await frequency(cfg, wander=False, hz=49.8)
+        cycles = c.stats.cycles
+        await wait_for(lambda: c.stats.cycles >= cycles + 3, 10, "three cycles")
+        assert c.dispatcher.last_readback_mw == 0.0 and c.status()["fcr"]["enabled"] is False
+        assert c.set_fcr(True, source="test") is True
+        await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(8.0, abs=0.01), 8, "8 MW")
+        c.set_fcr(False, source="test")
+        await wait_for(lambda: c.dispatcher.last_readback_mw == 0.0, 8, "back to 0 MW")
+
+
+async def sim_state(cfg, **body) -> dict:
+    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/state"
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        r = await client.post(url, json=body)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+async def test_the_reserve_is_held_back_from_trading_and_its_loss_alarmed(tmp_path) -> None:
+    """8 MW of FCR on a 10 MW plant leaves 2 MW to trade, and SoC room for 15 min of full activation each way
+    (20 MWh, 95 % efficiency: 10.5 % down, 9.5 % up, so the band is 20.5-80.5 %)."""
+    cfg = load_config(fcr_site_file(tmp_path))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        await frequency(cfg, wander=False, hz=50.0)
+        nxt = (c.clock.now() // PERIOD_S + 2) * PERIOD_S
+        assert c.feasibility([(nxt, 2.0)]).ok
+        refused = c.feasibility([(nxt, 5.0)])
+        assert not refused.ok and refused.limit == "p_discharge_max", refused.reason
+        # a long sell that would take the SoC below the band's floor: refused on soc_min, the band's floor
+        # (2 MW for a period is 0.5 MWh, 2.6 % of the SoC with losses)
+        assert c.feasibility([(nxt + i * PERIOD_S, 2.0) for i in range(8)]).ok  # 50 % -> about 29 %
+        deep = [(nxt + i * PERIOD_S, 2.0) for i in range(14)]  # 50 % -> about 13 %: fine without FCR
+        f = c.feasibility(deep)
+        assert not f.ok and f.limit == "soc_min" and "20.5" in f.reason, f.reason
+        c.set_fcr(False, source="test")
+        assert c.feasibility([(nxt, 5.0)]).ok and c.feasibility(deep).ok  # FCR off: the whole plant trades again
+
+        c.set_fcr(True, source="test")
+        await sim_state(cfg, soc_pct=15.0)
+        await wait_for(lambda: "services:fcr_reserve" in c.active_alarms, 10, "the reserve alarm")
+        fcr = c.status()["fcr"]
+        assert fcr["reserve_held"] is False and fcr["reserve_restore_direction"] == -1
+        assert fcr["reserve_restore_mwh"] == pytest.approx((20.526 - 15.0) / 100 * 20, abs=0.05)
+        await sim_state(cfg, soc_pct=50.0)
+        await wait_for(lambda: "services:fcr_reserve" not in c.active_alarms, 10, "the reserve alarm cleared")
+
+
+async def test_provision_records_per_second_and_their_csv(tmp_path) -> None:
+    cfg = load_config(fcr_site_file(tmp_path))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        await frequency(cfg, wander=False, hz=49.9)
+        await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(4.0, abs=0.01), 8, "4 MW")
+        seconds = c.records.seconds
+        await wait_for(lambda: c.records.seconds >= seconds + 4, 15, "four more recorded seconds")
+        c.records.flush()
+        now = c.clock.now()
+        rows = c.store.provision(now - 60, now + 1)
+        assert len(rows) >= 4 and len({r["ts"] for r in rows}) == len(rows)  # one row per second
+        last = rows[-1]
+        assert last["frequency_hz"] == pytest.approx(49.9) and last["fcr_required_mw"] == pytest.approx(4.0)
+        assert last["fcr_delivered_mw"] == pytest.approx(4.0, abs=0.8) and last["within_tolerance"] == 1
+        assert 0 < c.status()["fcr"]["compliance_pct"] <= 100
+        lines = csv_lines(rows, iso)
+        assert lines[0] == CSV_HEADER and len(lines) == len(rows) + 1
+        assert lines[-1].startswith(iso(last["ts"])) and lines[-1].endswith(",1")
+
+
+async def test_fcr_test_command_passes_on_the_simulator_and_writes_its_plot(tmp_path) -> None:
+    """`bess-edge fcr-test --fast` (shortened holds) against the plant simulator and a controller with FCR on:
+    every step starts within 2 s and is full within 30 s; the PNG is written; the last line is JSON."""
+    path = fcr_site_file(tmp_path)
+    cfg = load_config(path)
+    png = tmp_path / "fcr.png"
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state"):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "controller.cli",
+            "fcr-test",
+            "--config",
+            str(path),
+            "--fast",
+            "--hold-s",
+            "3",
+            "--full-s",
+            "5",
+            "--plot",
+            str(png),
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    text = out.decode()
+    assert proc.returncode == 0, text
+    summary = json.loads(text.strip().splitlines()[-1])
+    assert summary["passed"] is True and len(summary["steps"]) == 16
+    assert all(s["start_s"] <= 2.0 and s["full_s"] <= 30.0 for s in summary["steps"]), summary["steps"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
