@@ -33,5 +33,6 @@ class PlantCommands(Protocol):
         ...
 
     def set_fcr(self, enabled: bool, source: str = "api") -> bool:
-        """Switch FCR on or off; returns the new state. Raises ValueError when the site offers no FCR."""
+        """Switch FCR (services.fcr) on or off; returns the new state. Raises ValueError when the site offers no
+        FCR (no band or no POI meter). Not stored: a restart applies the site file's services.fcr.enabled."""
         ...

@@ -1,0 +1,106 @@
+"""FCR's run-time pieces without a plant: the switch and the newest frequency (FcrService), the fast path's
+rounds (FastPath, with plain callables for the meter read and the controller's write), the provision records'
+seconds and compliance (ProvisionRecorder on a real Store)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from controller.config import SiteConfig
+from controller.services.fast import FastPath
+from controller.services.records import FLUSH_ROWS, ProvisionRecorder
+from controller.services.runtime import FcrService
+from controller.services.stack import stack
+from controller.store import Store
+from drivers.errors import DeviceTimeout
+
+SITE = {
+    "site": {"id": "t"},
+    "mode": "demo",
+    "devices": {
+        "bms": {"role": "bms", "protocol": "modbus", "port": 1502, "profile": "/dev/null"},
+        "pcs": {"role": "pcs", "protocol": "sunspec", "port": 1503, "profile": "/dev/null"},
+        "poi": {"role": "meter", "protocol": "sunspec", "port": 1505, "profile": "/dev/null"},
+    },
+    "limits": {
+        "p_charge_max_mw": 10,
+        "p_discharge_max_mw": 10,
+        "soc_min_pct": 10,
+        "soc_max_pct": 90,
+        "grid_limit_mw": 10,
+    },
+    "battery": {"capacity_mwh": 20},
+    "services": {"fcr": {"enabled": True, "capacity_mw": 8}},
+}
+
+
+def site(**fcr) -> SiteConfig:
+    raw = {**SITE, "services": {"fcr": {**SITE["services"]["fcr"], **fcr}}}
+    return SiteConfig.model_validate(raw)
+
+
+def test_newest_frequency_wins_and_goes_stale() -> None:
+    f = FcrService(site())
+    f.observe(49.9, 100.0)
+    f.observe(50.1, 99.0)  # older: ignored
+    assert f.frequency(100.5) == 49.9 and f.required(100.5).required_mw == pytest.approx(4.0)
+    assert f.frequency(102.1) is None and f.required(102.1).required_mw == 0.0  # older than frequency_stale_s
+    f.observe(float("nan"), 101.0)  # newest, invalid: unknown
+    assert f.frequency(101.0) is None
+    f.set_enabled(False)
+    f.observe(49.8, 103.0)
+    assert f.required(103.0).required_mw == 0.0
+
+
+def test_switching_needs_a_band_and_a_meter() -> None:
+    with pytest.raises(ValueError, match="capacity_mw"):
+        FcrService(site(enabled=False, capacity_mw=0)).set_enabled(True)
+    no_meter = site(enabled=False)
+    no_meter.devices.pop("poi")
+    with pytest.raises(ValueError, match="meter"):
+        FcrService(no_meter).set_enabled(True)
+
+
+async def test_fast_path_rounds_count_reads_and_writes() -> None:
+    reads, writes, active = [], [], [True]
+
+    async def read() -> None:
+        reads.append(1)
+        if len(reads) == 2:
+            raise DeviceTimeout("poi", "no answer")
+
+    async def act() -> bool:
+        writes.append(1)
+        return True
+
+    fp = FastPath(read, act, lambda: active[0], 0.05)
+    assert await fp.round() is True
+    assert await fp.round() is False and fp.failures == 1  # the meter did not answer: nothing written
+    assert (fp.rounds, len(writes)) == (1, 1)
+    fp.start()
+    for _ in range(200):  # bounded wait for three more rounds
+        if fp.rounds >= 4:
+            break
+        await asyncio.sleep(0.01)
+    active[0] = False  # FCR off: the rhythm goes on, no reads
+    await asyncio.sleep(0.1)
+    n = len(reads)
+    await asyncio.sleep(0.15)
+    await fp.stop()
+    assert fp.rounds >= 4 and len(reads) == n
+
+
+def test_provision_records_one_row_per_second(tmp_path) -> None:
+    with Store(tmp_path / "s.db") as store:
+        rec = ProvisionRecorder(store, tolerance_mw=0.8)
+        for i in range(3 * FLUSH_ROWS):  # two observations a second; half the seconds off by 1 MW
+            power = 4.0 if (i // 2) % 2 == 0 else 3.0
+            rec.observe(1000.0 + i / 2, 49.9, stack(0.0, 4.0), power)
+        rec.close()
+        rows = store.provision(0, 2000)
+    assert [r["ts"] for r in rows] == list(range(1000, 1000 + 3 * FLUSH_ROWS // 2))
+    assert rec.seconds == len(rows) and rec.compliance_pct == pytest.approx(50.0, abs=100 / len(rows))
+    assert rows[0]["fcr_required_mw"] == 4.0 and rows[0]["fcr_delivered_mw"] == 4.0 and rows[0]["within_tolerance"] == 1
+    assert rows[1]["within_tolerance"] == 0
