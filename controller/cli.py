@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-orders",
         dest="orders",
         action="store_false",
-        help="do not place the two demo orders (a sell and a buy-back through the site API)",
+        help="leave the site idle: the controller starts with the auto-trader switched off (no orders of its own)",
     )
     s.set_defaults(func=cmd_demo)
 

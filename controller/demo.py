@@ -132,8 +132,11 @@ class Child:
 
 
 class Demo:
-    def __init__(self, config_path: str, state_dir: Path, counterparties: int, quiet: bool = False):
+    def __init__(
+        self, config_path: str, state_dir: Path, counterparties: int, quiet: bool = False, auto_trading: bool = True
+    ):
         self.config_path = config_path
+        self.auto_trading = auto_trading  # False (--no-orders): the controller starts with the auto-trader off
         self.state_dir = state_dir
         self.counterparties = counterparties
         self.children: list[Child] = []
@@ -186,6 +189,7 @@ class Demo:
                     str(self.state_dir / "controller"),
                     "--log-format",
                     "json",
+                    *([] if self.auto_trading else ["--no-auto-trading"]),
                 ],
                 [cfg.web.port] + scada_ports,
             ),
@@ -263,62 +267,35 @@ class Demo:
         self.children.clear()
 
 
-def place_demo_orders(web: str, say) -> None:
-    """So that the demo shows the whole chain at work: through the site's own API (as the dashboard's order form
-    does), sell 2 MW in the first period still open for trading, priced to meet the counterparties' bids, and
-    buy it back in the period after. Each order goes through the pre-trade check, is signed to the exchange
-    and matched; the trades come back signed over MQTT into the schedule, and the plant follows at delivery.
-    Anything that goes wrong is said and the demo goes on."""
+def report_auto_trading(web: str, say, timeout_s: float = 30.0) -> None:
+    """So that the demo shows the site trading on its own: once the controller is ready, wait for the
+    auto-trader's first plan and say what it is doing (its orders go through the pre-trade check to the exchange,
+    the trades come back signed over MQTT into the schedule, and the plant follows at delivery). Anything that
+    goes wrong is said and the demo goes on."""
     import httpx
-
-    from controller.clock import iso
-    from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, period_start
 
     headers = {"X-API-Key": DEMO_API_KEY}
     try:
         with httpx.Client(base_url=web, headers=headers, timeout=10, verify=False) as c:  # noqa: S501 (own cert)
-            deadline = time.monotonic() + 30
-            while c.get("/readyz").status_code != 200:  # the controller's first good cycle
-                if time.monotonic() > deadline:
-                    say("  demo orders: the controller did not get ready within 30 s; none placed")
-                    return
+            deadline = time.monotonic() + timeout_s
+            auto: dict = {}
+            while time.monotonic() < deadline:
+                if c.get("/readyz").status_code == 200:
+                    auto = c.get("/api/auto").json()
+                    if auto.get("replans", 0) >= 1:
+                        break
                 time.sleep(0.5)
-            mark = None
-            while mark is None and time.monotonic() < deadline:
-                mark = c.get("/api/market-data").json().get("mark")
-                if mark is None:
-                    time.sleep(0.5)
-            if mark is None:
-                say("  demo orders: no market price from the exchange yet; none placed")
+            if not auto.get("replans"):
+                say(f"  auto-trading   no plan yet after {timeout_s:g} s (state {auto.get('state', 'unknown')})")
                 return
-            first = period_start(time.time()) + PERIOD_S
-            if first - time.time() <= GATE_CLOSURE_S + 30:
-                first += PERIOD_S
-            for side, start, price in (("sell", first, mark - 30), ("buy", first + PERIOD_S, mark + 30)):
-                order = {
-                    "side": side,
-                    "quantity_mw": 2.0,
-                    "price_eur_mwh": round(price, 2),
-                    "market": "intraday",
-                    "delivery_start": iso(start).replace(".000Z", "Z"),
-                    "time_in_force": "GTC",
-                }
-                r = c.post("/api/orders", json=order)
-                body = r.json()
-                when = (
-                    time.strftime("%H:%M", time.localtime(start))
-                    + "-"
-                    + time.strftime("%H:%M", time.localtime(start + PERIOD_S))
-                )
-                if r.status_code == 201:
-                    say(
-                        f"  demo order: {side} 2 MW for {when} at {order['price_eur_mwh']:.2f} EUR/MWh -> {body['status']}"
-                        f" ({body.get('filled_mw') or 0:g} MW filled)"
-                    )
-                else:
-                    say(f"  demo order: {side} 2 MW for {when} refused ({r.status_code}): {body.get('detail')}")
-    except (httpx.HTTPError, ValueError) as e:
-        say(f"  demo orders: not placed ({e})")
+            plan = c.get("/api/plan").json()
+            say(
+                f"  auto-trading   {auto['state']}: plan {plan['status']} over {len(plan['periods'])} periods, "
+                f"objective {plan['objective_eur'] or 0:.0f} EUR, {auto['orders_placed']} orders placed so far "
+                f'(kill switch: the dashboard, or POST /api/auto {{"enabled": false}})'
+            )
+    except (httpx.HTTPError, ValueError, KeyError) as e:
+        say(f"  auto-trading   status not read ({e})")
 
 
 def tail(path: Path | None, lines: int = 15) -> str:
@@ -339,7 +316,7 @@ def main_demo(args) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bess-edge-demo-")
         state_dir = Path(tmp.name)
-    demo = Demo(args.config, state_dir, args.counterparties)
+    demo = Demo(args.config, state_dir, args.counterparties, auto_trading=args.orders)
     stop_requested = False
 
     def on_signal(signum, frame):
@@ -370,7 +347,9 @@ Press Ctrl-C to stop.""",
             flush=True,
         )
         if args.orders:
-            place_demo_orders(web, lambda text: print(text, flush=True))
+            report_auto_trading(web, lambda text: print(text, flush=True))
+        else:
+            print("  auto-trading   off (--no-orders): the site only follows trades placed by hand", flush=True)
         deadline = time.monotonic() + args.duration_s if args.duration_s else None
         while not stop_requested:
             died = demo.check()

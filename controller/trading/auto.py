@@ -374,6 +374,8 @@ class AutoTrader:
         self.counts.replans += 1
         now = self.clock.now()
         self.last_replan_at = now
+        if self.metrics is not None:
+            await self.pnl_by_day(2)  # the realised PnL gauges (today, yesterday)
         state = self.plant.latest()
         await self.forecaster.ensure_fresh()
         forecast = await self.forecaster.forecast()

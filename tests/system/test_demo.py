@@ -42,6 +42,13 @@ def get_json(path: str, key: str = "demo"):
         return json.loads(r.read())
 
 
+def auto_start(period: dict) -> float:
+    """A plan period's start, Unix seconds."""
+    from controller.clock import parse_iso
+
+    return parse_iso(period["period_start"])
+
+
 @pytest.fixture
 def demo(tmp_path):
     busy = [n for n, p in PORTS.items() if port_open(p)]
@@ -89,25 +96,28 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
     assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
     md = get_json("/api/market-data")
     assert {"mark", "ema", "vwap", "series"} <= set(md)
-    # the demo's two orders through the site API: a sell and its buy-back, matched on the exchange, and the
-    # trades back over MQTT into the schedule (the demo says it either way, so these reads end)
-    said: list[str] = []
-    while len(said) < 2:
-        line = proc.stdout.readline()
-        assert line, "demo output ended"
-        if "demo order" in line:
-            said.append(line)
-            assert "demo order: " in line and "->" in line, line  # placed, not refused or skipped
-    filled = {("sell" if "sell" in x else "buy"): "(2 MW filled)" in x for x in said}
-    want = {2.0 if side == "sell" else -2.0 for side, ok in filled.items() if ok}
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        hour_ago = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))  # near midnight too
-        positions = {p["position_mw"] for p in get_json(f"/api/schedule?from={hour_ago}")["periods"]}
-        if want <= positions:
-            break
+    # the site trades on its own: the auto-trader's plan (the demo says it), and its orders through the site's own
+    # order desk to the exchange wherever the plan needs a trade in the next hours
+    said = ""
+    while "auto-trading" not in said:
+        said = proc.stdout.readline()
+        assert said, "demo output ended"
+    assert "auto-trading   running: plan optimal" in said, said
+    plan = get_json("/api/plan")
+    assert set(plan) == {"generated_at", "status", "solve_ms", "objective_eur", "periods"} and len(plan["periods"]) > 96
+    now = time.time()
+    needs = [
+        p
+        for p in plan["periods"]
+        if abs(p["plan_mw"] - p["position_mw"]) >= 0.1 and 300 < auto_start(p) - now < 4 * 3600
+    ]
+    deadline = time.monotonic() + 60
+    auto = get_json("/api/auto")
+    while needs and auto["orders_placed"] < 1 and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert want <= positions, (said, positions)
+        auto = get_json("/api/auto")
+    assert not needs or auto["orders_placed"] >= 1, (auto, needs[:3])
+    assert auto["state"] == "running" and get_json("/api/bess-status")["auto_trading"]["enabled"] is True, auto
     proc.send_signal(signal.SIGINT)
     # bounded wait: the demo gives its processes 8 s after SIGTERM, then kills what is left and says so
     rest, _ = proc.communicate(timeout=30)
