@@ -267,7 +267,7 @@ class Demo:
         self.children.clear()
 
 
-def report_auto_trading(web: str, say, timeout_s: float = 30.0) -> None:
+def report_auto_trading(web: str, say, timeout_s: float = 45.0) -> None:
     """So that the demo shows the site trading on its own: once the controller is ready, wait for the
     auto-trader's first plan and say what it is doing (its orders go through the pre-trade check to the exchange,
     the trades come back signed over MQTT into the schedule, and the plant follows at delivery). Anything that
@@ -282,7 +282,8 @@ def report_auto_trading(web: str, say, timeout_s: float = 30.0) -> None:
             while time.monotonic() < deadline:
                 if c.get("/readyz").status_code == 200:
                     auto = c.get("/api/auto").json()
-                    if auto.get("replans", 0) >= 1:
+                    # past its start-up (the first cycle's SoC, the first prices)
+                    if auto.get("replans", 0) >= 1 and auto.get("state") not in ("no_soc", "no_forecast"):
                         break
                 time.sleep(0.5)
             if not auto.get("replans"):

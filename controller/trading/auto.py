@@ -208,6 +208,7 @@ SWITCH_KEY = "auto_trading"  # the store's key-value state: the kill switch, kep
 PLAN_KEY = "auto_plan"  # the last plan, as GET /api/plan shows it
 WHO = "auto"  # the order desk's `who` (and the intents' meta.who) for the auto-trader's orders
 OWN_INTENTS_S = 3 * 86400.0  # the auto-trader's orders are recognised by their intents this far back
+START_RETRY_S = 2.0  # while waiting for the first SoC or prices, a pass this often
 NO_PLAN = {"generated_at": None, "status": "none", "solve_ms": None, "objective_eur": None, "periods": []}
 
 # why the auto-trader places nothing (its `state`); "running" when it may trade
@@ -343,8 +344,12 @@ class AutoTrader:
                 await self.replan()
             except Exception:  # the loop must outlive a bug in one pass: the log says what happened
                 log.exception("auto-trader pass failed")
+            # waiting for its first SoC or prices (start-up): look again soon, not a whole replan_s later
+            wait_s = (
+                min(self.auto.replan_s, START_RETRY_S) if self.state in (NO_SOC, NO_FORECAST) else self.auto.replan_s
+            )
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout=clock.real_seconds(self.auto.replan_s))
+                await asyncio.wait_for(self._wake.wait(), timeout=clock.real_seconds(wait_s))
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
