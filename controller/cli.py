@@ -1,4 +1,5 @@
-"""`bess-edge`: run the daemon, the demo, the simulators, the exchange; check a config; add a trade by hand."""
+"""`bess-edge`: run the daemon, the demo, the simulators, the exchange; check a config; add a trade by hand;
+backtest the trading strategies."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import os
 import sys
+from datetime import date
 from pathlib import Path
 
 from controller.config import ConfigError, load_config, read_env_file, transport_check
@@ -118,6 +120,28 @@ def cmd_trade_add(args: argparse.Namespace) -> int:
     return add_trade_cli(args)
 
 
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from controller.backtest.run import main_backtest
+
+    problems = []
+    if not (0 < args.days <= 60):
+        problems.append(f"--days: must be > 0 and <= 60 (got {args.days:g})")
+    if not (1 <= args.counterparties <= 100):
+        problems.append(f"--counterparties: must be 1..100 (got {args.counterparties})")
+    start = None
+    if args.start:
+        try:
+            start = date.fromisoformat(args.start)
+        except ValueError:
+            problems.append(f"--start: expected YYYY-MM-DD (got {args.start!r})")
+    if problems:
+        for line in problems:
+            print(f"backtest: {line}", file=sys.stderr)
+        return 2
+    cfg = _config_or_exit(args.config)
+    return main_backtest(cfg, args.days, args.seed, start, args.counterparties)
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     from controller.probe.command import main_probe
 
@@ -192,6 +216,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--full-s", type=float, default=None, help="full activation each way (default 900 s; --fast 10 s)")
     s.add_argument("--sample-s", type=float, default=0.1, help="sampling period of the response")
     s.set_defaults(func=cmd_fcr_test)
+
+    s = sub.add_parser(
+        "backtest",
+        help="compare trading strategies (optimiser, naive rule, perfect foresight) on the exchange simulator",
+    )
+    s.add_argument("--days", type=float, default=7.0)
+    s.add_argument("--seed", type=int, default=42, help="the exchange simulator's price curve and counterparties")
+    s.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="the site (limits, battery, trading)")
+    s.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default 2026-11-02, a Monday)")
+    s.add_argument("--counterparties", type=int, default=8)
+    s.set_defaults(func=cmd_backtest)
 
     from controller.probe.arguments import add_arguments as probe_arguments
 

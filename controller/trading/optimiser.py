@@ -132,7 +132,8 @@ def problem_for_site(
     **extra,
 ) -> PlanProblem:
     """A PlanProblem from the site file: battery, SoC window, power limits (the configured limits and the grid
-    limit, capped by `available_*_mw` when units are out), degradation cost. `extra` sets the remaining fields."""
+    limit, capped by `available_*_mw` when units are out), degradation cost, SoC taper. `extra` sets (or overrides)
+    the remaining fields."""
     lim, bat = cfg.limits, cfg.battery
     p_ch = min(lim.p_charge_max_mw, lim.grid_limit_mw)
     p_dis = min(lim.p_discharge_max_mw, lim.grid_limit_mw)
@@ -141,7 +142,7 @@ def problem_for_site(
     if available_discharge_mw is not None:
         p_dis = min(p_dis, available_discharge_mw)
     n = len(buy_price_eur_mwh)
-    return PlanProblem(
+    fields = dict(
         now_ts=now_ts,
         buy_price_eur_mwh=tuple(buy_price_eur_mwh),
         sell_price_eur_mwh=tuple(sell_price_eur_mwh if sell_price_eur_mwh is not None else buy_price_eur_mwh),
@@ -158,8 +159,9 @@ def problem_for_site(
         aux_load_mw=bat.aux_load_mw,
         degradation_eur_mwh=cfg.trading.degradation_eur_mwh,
         soc_taper_band_pct=lim.soc_taper_band_pct,
-        **extra,
     )
+    fields.update(extra)
+    return PlanProblem(**fields)
 
 
 def problem_error(pb: PlanProblem) -> str | None:
