@@ -154,6 +154,34 @@ def cmd_fcr_test(args: argparse.Namespace) -> int:
     return main_fcr_test(_config_or_exit(args.config), args)
 
 
+def _add_fcr_test(sub) -> None:
+    s = sub.add_parser(
+        "fcr-test",
+        help="FCR prequalification run: drive the simulator's frequency, record the response, plot, pass/fail",
+    )
+    s.add_argument("--config", required=True, help="the site file (services.fcr, simulator.control_port)")
+    s.add_argument("--control-url", help="the plant simulator's control API (default: from the site file)")
+    s.add_argument("--plot", default="fcr-test.png", help="PNG to write (default: fcr-test.png)")
+    s.add_argument("--fast", action="store_true", help="short holds (a quick look, tests): about 1.5 min, not 1 h")
+    s.add_argument("--hold-s", type=float, default=None, help="hold of each step (default 120 s; --fast 5 s)")
+    s.add_argument("--full-s", type=float, default=None, help="full activation each way (default 900 s; --fast 10 s)")
+    s.add_argument("--sample-s", type=float, default=0.1, help="sampling period of the response")
+    s.set_defaults(func=cmd_fcr_test)
+
+
+def _add_backtest(sub) -> None:
+    s = sub.add_parser(
+        "backtest",
+        help="compare trading strategies (optimiser, naive rule, perfect foresight) on the exchange simulator",
+    )
+    s.add_argument("--days", type=float, default=7.0)
+    s.add_argument("--seed", type=int, default=42, help="the exchange simulator's price curve and counterparties")
+    s.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="the site (limits, battery, trading)")
+    s.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default 2026-11-02, a Monday)")
+    s.add_argument("--counterparties", type=int, default=8)
+    s.set_defaults(func=cmd_backtest)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bess-edge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,29 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--env-file")
     s.set_defaults(func=cmd_exchange)
 
-    s = sub.add_parser(
-        "fcr-test",
-        help="FCR prequalification run: drive the simulator's frequency, record the response, plot, pass/fail",
-    )
-    s.add_argument("--config", required=True, help="the site file (services.fcr, simulator.control_port)")
-    s.add_argument("--control-url", help="the plant simulator's control API (default: from the site file)")
-    s.add_argument("--plot", default="fcr-test.png", help="PNG to write (default: fcr-test.png)")
-    s.add_argument("--fast", action="store_true", help="short holds (a quick look, tests): about 1.5 min, not 1 h")
-    s.add_argument("--hold-s", type=float, default=None, help="hold of each step (default 120 s; --fast 5 s)")
-    s.add_argument("--full-s", type=float, default=None, help="full activation each way (default 900 s; --fast 10 s)")
-    s.add_argument("--sample-s", type=float, default=0.1, help="sampling period of the response")
-    s.set_defaults(func=cmd_fcr_test)
+    _add_fcr_test(sub)
 
-    s = sub.add_parser(
-        "backtest",
-        help="compare trading strategies (optimiser, naive rule, perfect foresight) on the exchange simulator",
-    )
-    s.add_argument("--days", type=float, default=7.0)
-    s.add_argument("--seed", type=int, default=42, help="the exchange simulator's price curve and counterparties")
-    s.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="the site (limits, battery, trading)")
-    s.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default 2026-11-02, a Monday)")
-    s.add_argument("--counterparties", type=int, default=8)
-    s.set_defaults(func=cmd_backtest)
+    _add_backtest(sub)
 
     from controller.probe.arguments import add_arguments as probe_arguments
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from statistics import fmean
 from typing import Protocol
 
 from controller.config import SiteConfig
@@ -34,20 +33,16 @@ class Strategy(Protocol):
     def plan(self, view: View) -> dict[float, float] | None: ...
 
 
-def end_value(cfg: SiteConfig, prices: list[float]) -> float:
-    """What a MWh left in the battery at the horizon's end is worth: the mean price it could be sold at later
-    (the horizon's last day as the estimate) after discharge losses."""
-    return fmean(prices[-96:]) * cfg.battery.discharge_efficiency
-
-
 class OptimiserStrategy:
-    """The auto-trader's planning: the LP over the forecast's horizon, positions as commitments, periods past
-    gate closure untradable."""
+    """The auto-trader's planning, as AutoTrader._plan does it: the LP over the forecast's horizon, positions as
+    commitments, periods past gate closure untradable, power capped at trading.auto.max_position_mw, the end
+    value problem_for_site's default."""
 
     name = "optimiser"
 
     def __init__(self, cfg: SiteConfig):
         self.cfg = cfg
+        self.max_position_mw = cfg.trading.auto.max_position_mw
         self.failures = 0
         self.solve_ms: list[float] = []
 
@@ -63,8 +58,9 @@ class OptimiserStrategy:
             soc_pct_now=view.soc_pct,
             buy_price_eur_mwh=tuple(prices),
             position_mw=tuple(view.position_mw.get(p, 0.0) for p in starts),
+            available_charge_mw=self.max_position_mw,
+            available_discharge_mw=self.max_position_mw,
             tradable=tuple(gate_open(p, view.now) for p in starts),
-            end_value_eur_mwh=end_value(self.cfg, prices),
         )
         plan = optimise(pb)
         self.solve_ms.append(plan.solve_ms)

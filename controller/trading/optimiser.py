@@ -32,8 +32,8 @@ Charging and discharging in the same period is what the LP does when it pays to 
 prices); the plant cannot, so such a solution is solved again with one binary per period (a small MIP). The
 solution's SoC path is then simulated exactly as the pre-trade check simulates it, and a charge or discharge the
 solver's tolerance (~1e-7) took past the window's edge is trimmed to it: the plan passes the pre-trade check.
-The end value matters: without one (0), the plan sells whatever is stored by the horizon's end; a caller sets
-it (e.g. a typical price times the discharge efficiency) or an end SoC.
+The end value matters: without one (0), the plan sells whatever is stored by the horizon's end; problem_for_site
+sets default_end_value (the mean price of the horizon's last day after discharge losses) unless told otherwise.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def problem_for_site(
     **extra,
 ) -> PlanProblem:
     """A PlanProblem from the site file: battery, SoC window, power limits (the configured limits and the grid
-    limit, capped by `available_*_mw` when units are out), degradation cost, SoC taper. `extra` sets (or overrides)
-    the remaining fields."""
+    limit, capped by `available_*_mw` when units are out), degradation cost, SoC taper, and an end value
+    (default_end_value) unless `extra` gives one or an end SoC. `extra` sets (or overrides) the remaining fields."""
     lim, bat = cfg.limits, cfg.battery
     p_ch = min(lim.p_charge_max_mw, lim.grid_limit_mw)
     p_dis = min(lim.p_discharge_max_mw, lim.grid_limit_mw)
@@ -160,8 +160,18 @@ def problem_for_site(
         degradation_eur_mwh=cfg.trading.degradation_eur_mwh,
         soc_taper_band_pct=lim.soc_taper_band_pct,
     )
+    if "end_value_eur_mwh" not in extra and "end_soc_pct" not in extra:
+        fields["end_value_eur_mwh"] = default_end_value(buy_price_eur_mwh, bat.discharge_efficiency)
     fields.update(extra)
     return PlanProblem(**fields)
+
+
+def default_end_value(prices: tuple[float, ...] | list[float], discharge_efficiency: float) -> float:
+    """What a MWh still stored at the horizon's end is worth, when the caller does not say: the mean price of
+    the horizon's last day (what it could be sold at later) after discharge losses, never below 0. Without an
+    end value the plan would sell everything stored by the horizon's end, however low the price."""
+    tail = [p for p in prices[-96:] if math.isfinite(p)]
+    return max(0.0, sum(tail) / len(tail) * discharge_efficiency) if tail else 0.0
 
 
 def problem_error(pb: PlanProblem) -> str | None:
