@@ -441,6 +441,7 @@ class AutoTrader:
     async def _plan(self, forecast, state, now: float):
         """The optimiser's plan over the forecast's periods from the live SoC (None without a fresh SoC or
         prices); stored as the plan GET /api/plan shows."""
+        from controller.services.reserve import plan_reserve
         from controller.trading.optimiser import optimise, problem_for_site
 
         soc = state.soc_pct if state.online else None
@@ -449,7 +450,11 @@ class AutoTrader:
         starts = [p.period_start for p in forecast.periods]
         prices = tuple(p.price_eur_mwh for p in forecast.periods)
         positions = dict(self.plant.positions(starts[0], starts[-1] + PERIOD_S))
-        cap = self.limits.max_position_mw
+        # while FCR is on, its reserve is held back (issue 15): the optimiser takes reserve_mw off the power it
+        # plans with and keeps reserve_mwh of room either way; the position cap applies to what is left
+        fcr_on = getattr(state, "fcr", None) is not None and state.fcr.enabled
+        reserve = plan_reserve(self.config.services.fcr, self.config.battery, fcr_on)
+        cap = self.limits.max_position_mw + reserve.reserve_mw
         problem = problem_for_site(
             self.config,
             now_ts=now,
@@ -460,6 +465,8 @@ class AutoTrader:
             available_charge_mw=min(cap, self._available_mw(state)),
             available_discharge_mw=min(cap, self._available_mw(state)),
             tradable=tuple(gate_open(p, now, self.limits.gate_closure_s) for p in starts),
+            reserve_mw=reserve.reserve_mw,
+            reserve_mwh=reserve.reserve_mwh,
         )
         plan = await asyncio.to_thread(optimise, problem)
         self.plan_id = f"P{int(now):x}-{self.counts.replans}"
