@@ -185,6 +185,10 @@ async def test_general_interrogation_returns_every_point(plant, tmp_path):
             assert cs.received("afrr_setpoint_mw", GI)[-1][1] is False
             assert cs.received("frequency_hz", GI)[-1][1] is False
             assert cs.received("afrr_band_up_mw", GI)[-1] == (pytest.approx(4.0), True)
+            # a read command (C_RD_NA_1) answers one point with cause 5 (request)
+            await asyncio.to_thread(cs.station.get_point(IOA["soc_pct"]).read)
+            await wait_for(lambda: cs.received("soc_pct", c104.Cot.REQUEST), 5, "the read answered")
+            assert cs.last("soc_pct", c104.Cot.REQUEST) == pytest.approx(c.faces.latest().soc_pct, abs=0.2)
 
 
 async def test_afrr_setpoints_are_followed_reported_and_limited(plant, tmp_path):

@@ -149,6 +149,7 @@
       : '<li class="text-muted">No active alarms</li>';
     renderUnits(s.units);
     renderPoi(s.poi);
+    document.dispatchEvent(new CustomEvent("bess-status", { detail: s })); // other views (services.js) follow it
     for (const btn of document.querySelectorAll("#mode-form [data-mode]")) {
       const active = btn.dataset.mode === s.mode;
       btn.classList.toggle("ring-2", active);
