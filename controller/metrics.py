@@ -27,6 +27,7 @@ class Metrics:
         self._trading_metrics(r)
         self._uplink_gauges(r)
         self._unit_and_poi_gauges(r)
+        self._afrr_gauges(r)
         self._cycles_seen = 0
         self._overruns_seen = 0
         self._errors_seen: dict[str, int] = {}
@@ -106,6 +107,16 @@ class Metrics:
         )
         self.mqtt_connected = Gauge("bess_mqtt_connected", "1 when connected to the broker", registry=r)
 
+    def _afrr_gauges(self, r: CollectorRegistry) -> None:
+        """aFRR setpoints over IEC 104 (issue 15): NaN on a site without the IEC 104 face, like the POI gauges."""
+        self.afrr_setpoint = Gauge("bess_afrr_setpoint_mw", "The last aFRR setpoint taken (MW, + up)", registry=r)
+        self.afrr_active = Gauge("bess_afrr_active_mw", "The aFRR part of the target now (MW, + up)", registry=r)
+        self.afrr_timed_out = Gauge(
+            "bess_afrr_setpoint_timeout", "1 while aFRR setpoints have stopped coming (part back to 0)", registry=r
+        )
+        for g in (self.afrr_setpoint, self.afrr_active, self.afrr_timed_out):
+            g.set(float("nan"))
+
     def _unit_and_poi_gauges(self, r: CollectorRegistry) -> None:
         """Per unit (label `unit`, the site file's unit names) and at the POI."""
         self.unit_soc = Gauge("bess_unit_soc_pct", "A unit's state of charge (%)", ["unit"], registry=r)
@@ -182,6 +193,7 @@ class Metrics:
         self._plant(state)
         self._units(state)
         self._fcr(state)
+        self._afrr(state)
         self.alarms.set(len(state.alarms))
         ages = [state.ts - h.last_good_ts for h in state.devices if h.last_good_ts is not None]
         self.telemetry_age.set(max(ages) if ages and len(ages) == len(state.devices) else float("inf"))
@@ -239,6 +251,14 @@ class Metrics:
         self.fcr_reserve_held.set(1 if f.reserve_held else 0)
         self.fcr_fast_writes.inc(max(f.fast_writes - self._fast_writes_seen, 0))
         self._fast_writes_seen = f.fast_writes
+
+    def _afrr(self, state: PlantState) -> None:
+        a = state.afrr
+        if a is None:
+            return
+        self.afrr_setpoint.set(a.requested_mw if a.received_ts is not None else float("nan"))
+        self.afrr_active.set(a.active_mw)
+        self.afrr_timed_out.set(1 if a.timed_out else 0)
 
     def _plant(self, state: PlantState) -> None:
         for g, v in (

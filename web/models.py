@@ -178,6 +178,19 @@ class FcrStatus(_Response):
     compliance_pct: OptNum = None
 
 
+class AfrrStatus(_Response):
+    setpoint_mw: OptNum = Field(
+        None, description="the last aFRR setpoint taken (after clamping), + up; null before one"
+    )
+    active_mw: OptNum = Field(None, description="the aFRR part of the target now (ramped), + up")
+    band_up_mw: OptNum = Field(None, description="aFRR the plant can give upward (discharge) now")
+    band_down_mw: OptNum = Field(None, description="aFRR the plant can give downward (charge) now")
+    following: bool = Field(False, description="a setpoint is live (received, not timed out)")
+    timed_out: bool = Field(False, description="no setpoint for longer than scada.iec104.afrr_timeout_s: part to 0")
+    clamped: bool = Field(False, description="the last setpoint was beyond the offered band and was clamped")
+    received: OptIsoTs = None
+
+
 class Status(_Response):
     soc_pct: OptNum
     power_mw: OptNum
@@ -196,6 +209,9 @@ class Status(_Response):
     poi: PoiStatus | None = Field(None, description="the POI meter's reading; null on a site without a meter")
     auto_trading: AutoBrief | None = Field(None, description="the auto-trader's switch and state (issue 14)")
     fcr: FcrStatus | None = Field(None, description="grid service FCR (issue 15); null on a site that offers none")
+    afrr: AfrrStatus | None = Field(
+        None, description="aFRR setpoints over IEC 104 (issue 15); null on a site without the IEC 104 face"
+    )
 
 
 class VwapPoint(_Response):

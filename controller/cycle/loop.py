@@ -225,7 +225,8 @@ class Controller:
 
     def _afrr_band_now(self, decision: Decision, base_mw: float) -> None:
         """The aFRR the plant can give now, from the room this cycle's limits leave around the base target."""
-        up, down = afrr_rules.available(self._afrr_band, decision.lower_mw, decision.upper_mw, base_mw)
+        reserve = self.fcr.cfg.capacity_mw if self.fcr.enabled else 0.0  # FCR's band comes first, each way
+        up, down = afrr_rules.available(self._afrr_band, decision.lower_mw, decision.upper_mw, base_mw, reserve)
         if (up, down) != (self.afrr.band_up_mw, self.afrr.band_down_mw):
             self.afrr = dataclasses.replace(self.afrr, band_up_mw=up, band_down_mw=down)
 

@@ -35,6 +35,7 @@ TELEMETRY_FIELDS = (
     "units",
     "poi",
     "fcr",
+    "afrr",
 )
 
 
@@ -187,6 +188,7 @@ def status(state: PlantState, now: float) -> dict[str, Any]:
         "units": [unit_status(u) for u in state.units],
         "poi": poi_status(state.poi),
         "fcr": fcr_status(state.fcr),
+        "afrr": afrr_status(state.afrr),
     }
 
 
@@ -225,6 +227,24 @@ def fcr_status(f: "FcrState | None") -> dict[str, Any] | None:
         "reserve_restore_mwh": f.restore_mwh,
         "reserve_restore_direction": f.restore_direction,
         "compliance_pct": f.compliance_pct,
+    }
+
+
+def afrr_status(a: "AfrrState | None") -> dict[str, Any] | None:
+    """Status' and telemetry's `afrr` (issue 15): the grid operator's aFRR setpoint as followed; null on a site
+    without the IEC 104 face."""
+    if a is None:
+        return None
+    received = a.received_ts is not None
+    return {
+        "setpoint_mw": a.requested_mw if received else None,
+        "active_mw": a.active_mw,
+        "band_up_mw": a.band_up_mw,
+        "band_down_mw": a.band_down_mw,
+        "following": received and not a.timed_out,
+        "timed_out": a.timed_out,
+        "clamped": a.clamped,
+        "received": iso(a.received_ts) if received else None,
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from controller.config import ScadaIec104
 
@@ -103,7 +103,7 @@ def values(state: "PlantState") -> dict[str, Value]:
         "setpoint_mw": _finite(state.setpoint_mw),
         "target_mw": _finite(state.target_mw),
         "soc_pct": _finite(state.soc_pct),
-        "frequency_hz": _finite(poi.frequency_hz) if poi is not None else None,
+        "frequency_hz": _frequency(poi, fcr),
         "poi_power_mw": _finite(poi.power_mw) if poi is not None else None,
         "afrr_setpoint_mw": afrr.requested_mw if afrr is not None and afrr.received_ts is not None else None,
         "afrr_active_mw": afrr.active_mw if afrr is not None else 0.0,
@@ -121,6 +121,15 @@ def values(state: "PlantState") -> dict[str, Value]:
         "mode_auto": state.mode == "auto",
         "mode_stopped": state.mode == "stopped",
     }
+
+
+def _frequency(poi: Any, fcr: Any) -> float | None:
+    """The POI meter's frequency: the cycle's reading, else the newest one FCR holds (its fast path reads the
+    meter more often than the cycle)."""
+    hz = _finite(poi.frequency_hz) if poi is not None else None
+    if hz is None and fcr is not None:
+        hz = _finite(fcr.frequency_hz)
+    return hz
 
 
 def deadbands(cfg: ScadaIec104) -> dict[str, float]:

@@ -19,19 +19,28 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 import c104
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.config import Secrets
+from controller.config import Secrets, load_config
 from controller.cycle.loop import AFRR_TIMEOUT
 from controller.cycle.phases import Phase
 from controller.daemon import Daemon
 from controller.scada.iec104_points import AFRR_SETPOINT_IOA, FCR_SWITCH_IOA, MEASURED, MONITOR, POINTS
 from tests.conftest import free_port
-from tests.fixtures.controller import device_ports, make_controller, running_scada, site_config, wait_for
+from tests.fixtures.controller import (
+    device_ports,
+    make_controller,
+    running_controller,
+    running_scada,
+    site_config,
+    wait_for,
+)
+from tests.fixtures.fcr import fcr_site_file, running_site_plant
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
@@ -393,3 +402,44 @@ async def test_tls_face_takes_only_the_pinned_controlling_station(plant, tmp_pat
         assert re.search(rb"\x0d.\x14\x00\x01\x00", got, re.S), got.hex()
         refused = await asyncio.to_thread(tls_session, port, server_cert, other_crt, other_key)
         assert not refused.startswith(STARTDT_CON)
+
+
+# ---------------------------------------------------------------------------------------------- FCR over IEC 104
+async def set_frequency(cfg, **body) -> None:
+    """The meter simulator's frequency, through the simulator's control API."""
+    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/frequency"
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        r = await client.post(url, json=body)
+    assert r.status_code == 200, r.text
+
+
+async def test_fcr_switch_and_afrr_stacked_on_a_plant_with_a_meter(tmp_path):
+    """The FCR switch command turns FCR on and off (reported at IOA 2001); with FCR on, the frequency's part and
+    the aFRR part add up in the target (through the same limits), and the aFRR band leaves FCR's band free."""
+    port = free_port()
+    overrides = iec104_only(port) | {"services": {"fcr": {"enabled": False, "capacity_mw": 4}}}
+    cfg = load_config(fcr_site_file(tmp_path, **overrides))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c, iec104_face(c) as face:
+        await set_frequency(cfg, wander=False, hz=49.9)  # 100 mHz low: half of the 4 MW band, discharging
+        async with controlling_station(port) as cs:
+            assert cs.last("fcr_on", GI) is False
+            await wait_for(
+                lambda: cs.last("frequency_hz") == pytest.approx(49.9, abs=0.001), 5, "the frequency reported"
+            )
+            assert await cs.switch_fcr(True)
+            await wait_for(lambda: c.fcr.enabled, 5, "FCR switched on")
+            await wait_for(lambda: cs.last("fcr_on", SPONTANEOUS) is True, 5, "FCR on reported")
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(2.0, abs=0.01), 10, "FCR's 2 MW")
+            # the aFRR band: 4 MW offered each way, and FCR's 4 MW held too, fit in the 10 MW limits
+            assert c.afrr.band_up_mw == pytest.approx(4.0) and c.afrr.band_down_mw == pytest.approx(4.0)
+            assert cs.last("afrr_band_up_mw") == pytest.approx(4.0)
+            assert await cs.send_afrr(1.5)
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(3.5, abs=0.01), 10, "FCR + aFRR")
+            assert c.decision.target_mw == pytest.approx(3.5, abs=0.01)
+            await wait_for(lambda: cs.last("fcr_mw", SPONTANEOUS) == pytest.approx(2.0, abs=0.01), 5, "FCR reported")
+
+            assert await cs.switch_fcr(False)
+            await wait_for(lambda: not c.fcr.enabled, 5, "FCR switched off")
+            await wait_for(lambda: cs.last("fcr_on", SPONTANEOUS) is False, 5, "FCR off reported")
+            await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(1.5, abs=0.01), 10, "aFRR alone")
+        assert face.commands_refused == 0

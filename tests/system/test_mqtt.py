@@ -160,6 +160,7 @@ async def test_telemetry_survives_a_20_s_broker_outage(broker, plant, tmp_path):
             "units",
             "poi",
             "fcr",
+            "afrr",
         }
         assert [u["unit"] for u in first["units"]] == ["u1"] and first["poi"] is None  # one unit, no meter
 

@@ -88,6 +88,20 @@ def test_a_lost_setpoint_stream_takes_the_part_back_to_zero(setpoint, silence_s)
     assert not s.timed_out and s.goal_mw == 1.0
 
 
+@pytest.mark.parametrize(
+    "lower, upper, base, reserve, up, down",
+    [
+        (-10, 10, 0, 0, 5, 3),  # the offer, the limits leave room for it
+        (-10, 10, 0, 8, 2, 2),  # FCR's 8 MW held each way: 2 MW left of the room
+        (-10, 10, 8, 0, 2, 3),  # a schedule of 8 MW leaves 2 MW upward
+        (-10, 10, -9, 0, 5, 1),  # charging 9 MW leaves 1 MW downward
+        (0, 0, 0, 0, 0, 0),  # safe state: nothing either way
+    ],
+)
+def test_the_available_band_table(lower, upper, base, reserve, up, down):
+    assert available(BAND, lower, upper, base, reserve) == (pytest.approx(up), pytest.approx(down))
+
+
 @given(finite, finite, finite, st.floats(min_value=0, max_value=100))
 def test_the_available_band_is_within_the_offer_and_never_negative(lower, upper, base, reserve):
     up, down = available(BAND, min(lower, 0.0), max(upper, 0.0), base, reserve)

@@ -347,8 +347,9 @@ async def test_every_cycle_is_recorded_and_published(rig):
         "units",
         "poi",
         "fcr",  # issue 15: null on a site without FCR
+        "afrr",  # issue 15: null on a site without the IEC 104 face
     }
-    assert telemetry(states[-1], 0.0)["fcr"] is None
+    assert telemetry(states[-1], 0.0)["fcr"] is None and telemetry(states[-1], 0.0)["afrr"] is None
     assert status(states[-1], 0.0)["status"] == "online"
 
 

@@ -269,10 +269,11 @@ def test_status_and_telemetry_are_the_old_ones(case):
     """The old fields unchanged and in their order; issue 13's units and poi follow them, then issue 15's fcr."""
     old, state = parts(case)
     for new, was in ((status(state, NOW), old_status(old)), (telemetry(state, NOW), old_telemetry(old))):
-        assert list(new) == list(was) + ["units", "poi", "fcr"]  # the key order too (the JSON reads the same)
+        assert list(new) == list(was) + ["units", "poi", "fcr", "afrr"]  # the key order too (the JSON reads the same)
         assert {k: new[k] for k in was} == was
         assert new["poi"] is None  # a one-unit site without a meter
         assert new["fcr"] is None  # nor FCR (issue 15)
+        assert new["afrr"] is None  # nor the IEC 104 face's aFRR (issue 15)
         assert new["units"] == [
             {
                 "unit": "u1",
