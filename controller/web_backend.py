@@ -108,7 +108,18 @@ class ControllerBackend:
         return await self.desk.market_data()
 
     async def orders(self) -> dict[str, Any]:
-        return await self.desk.orders(active_only=True)
+        """The active orders; the auto-trader's carry `placed_by: "auto"`, their `plan_id` and `reason`."""
+        out = await self.desk.orders(active_only=True)
+        if self.auto is not None and out["orders"]:
+            since = self.now() - 3 * 86400.0
+            meta = {
+                i["client_order_id"]: i["meta"] for i in await asyncio.to_thread(self.store.intents_by, "auto", since)
+            }
+            for o in out["orders"]:
+                m = meta.get(o.get("client_order_id"))
+                if m:
+                    o.update(placed_by="auto", plan_id=m.get("plan_id"), reason=m.get("reason"))
+        return out
 
     async def trades(self, limit: int) -> dict[str, Any]:
         return self.desk.trades(limit)

@@ -33,7 +33,6 @@ from controller.trading.market import PERIOD_S, period_start
 if TYPE_CHECKING:
     from controller.config import Forecast as ForecastConfig
     from controller.store import Store
-    from controller.trading.orders import OrderDesk
 
 log = logging.getLogger("bess.forecast")
 
@@ -221,7 +220,8 @@ class Forecaster:
     """Keeps the market history in the store and the configured source's known prices, and makes the forecast.
     Runs on the event loop; store work goes to a worker thread."""
 
-    def __init__(self, config: "ForecastConfig", store: "Store", desk: "OrderDesk", now):
+    def __init__(self, config: "ForecastConfig", store: "Store", desk: Any, now):
+        """`desk`: the order desk (controller.trading.orders.OrderDesk, a sibling layer): its exchange client."""
         self.config = config
         self.store = store
         self.desk = desk

@@ -143,6 +143,10 @@ async def test_auto_trader_places_orders_inside_risk_limits_with_plan_id_and_rea
         assert {o.client_order_id for o in site_orders(ex)} <= {
             i["client_order_id"] for i in d.store.intents_by("auto", 0)
         }
+        # the site's order list says which orders the auto-trader placed, from which plan and why
+        listed = (await api_get(api, "/api/orders"))["orders"]
+        auto = [o for o in listed if o.get("placed_by") == "auto"]
+        assert auto and all(o["plan_id"].startswith("P") and "forecast" in o["reason"] for o in auto), listed
         # GET /api/plan: exactly DESIGN.md's shape, prices from the csv, SoC inside the window
         plan = await api_get(api, "/api/plan")
         assert set(plan) == PLAN_KEYS and plan["status"] == "optimal", plan

@@ -493,7 +493,8 @@
       '<td title="' + esc(x.delivery_start) + '">' + esc(x.delivery_start ? localPeriod(x.delivery_start) : "–") + "</td>" +
       '<td class="' + (x.side === "sell" ? "msg-ok" : "msg-warn") + '">' + esc(x.side) + "</td>" +
       '<td class="text-right">' + fmt(x.quantity_mw, 1) + '</td><td class="text-right">' + fmt(x.price_eur_mwh, 2) + "</td>" +
-      "<td>" + esc(x.status) + '</td><td class="text-right">' + fmt(x.filled_mw, 1) + "</td>" +
+      '<td title="' + esc(x.reason || "") + '">' + esc(x.status) + (x.placed_by === "auto" ? ' <span class="pill" data-testid="auto-order">auto</span>' : "") +
+      '</td><td class="text-right">' + fmt(x.filled_mw, 1) + "</td>" +
       '<td class="text-right">' + (READ_ONLY ? "" : '<button type="button" class="btn btn-danger px-3" data-testid="cancel-order" data-order-id="' + esc(x.order_id) + '" aria-label="Cancel order"><i class="fa-solid fa-xmark"></i><span class="hidden sm:inline">Cancel</span></button>') + "</td></tr>");
     $("orders-table").tBodies[0].innerHTML = rows.join("") || '<tr><td colspan="7" class="text-muted">No active orders</td></tr>';
   }
