@@ -16,6 +16,7 @@ import ssl
 import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, AsyncIterator
 
 import c104
@@ -26,10 +27,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from controller.config import Secrets, load_config
+from controller.config import ScadaIec104, Secrets, load_config
 from controller.cycle.loop import AFRR_TIMEOUT
 from controller.cycle.phases import Phase
+from controller.cycle.state import PlantState
 from controller.daemon import Daemon
+from controller.scada.iec104 import Iec104Face
 from controller.scada.iec104_points import AFRR_SETPOINT_IOA, FCR_SWITCH_IOA, MEASURED, MONITOR, POINTS
 from tests.conftest import free_port
 from tests.fixtures.controller import (
@@ -443,3 +446,35 @@ async def test_fcr_switch_and_afrr_stacked_on_a_plant_with_a_meter(tmp_path):
             await wait_for(lambda: cs.last("fcr_on", SPONTANEOUS) is False, 5, "FCR off reported")
             await wait_for(lambda: c.decision.setpoint_mw == pytest.approx(1.5, abs=0.01), 10, "aFRR alone")
         assert face.commands_refused == 0
+
+
+async def test_quality_invalid_when_unknown_not_topical_while_the_plant_is_not_online(tmp_path):
+    """The quality descriptor of each measured value, from the state (docs/scada-iec104.md): IV while unknown,
+    NT on values measured at the plant while a device has no fresh readings, good otherwise."""
+    face = Iec104Face(
+        SimpleNamespace(latest=PlantState, commands=None, audit=None), ScadaIec104(port=free_port()), tmp_path
+    )
+    await face.start()
+    try:
+        quality = {p.name: face.points[p.name].quality for p in MONITOR if p.type == MEASURED}
+        unknown = (
+            "power_mw",
+            "setpoint_mw",
+            "target_mw",
+            "soc_pct",
+            "frequency_hz",
+            "poi_power_mw",
+            "afrr_setpoint_mw",
+        )
+        assert all(quality[n] == c104.Quality.Invalid for n in unknown)  # before the first cycle
+        assert quality["afrr_active_mw"] == c104.Quality(0)  # known: no aFRR part without a setpoint
+        for online in (False, True):
+            face.on_cycle(PlantState(ts=1.0, soc_pct=50.0, power_mw=1.0, setpoint_mw=1.0, target_mw=1.0, online=online))
+            q = {p.name: face.points[p.name].quality for p in MONITOR if p.type == MEASURED}
+            assert q["soc_pct"] == (c104.Quality(0) if online else c104.Quality.NonTopical)
+            assert q["power_mw"] == q["soc_pct"] and q["setpoint_mw"] == c104.Quality(0)
+            assert q["frequency_hz"] == c104.Quality.Invalid  # no meter
+            assert face.points["soc_pct"].value == pytest.approx(50.0)
+            assert face.points["online"].value is online
+    finally:
+        await face.stop()
