@@ -79,6 +79,10 @@ def standard_profile(fast: bool = False, hold_s: float | None = None, full_s: fl
     return out
 
 
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
 def _first(samples: list[Sample], t0: float, ok) -> float | None:
     return next((s.t_s - t0 for s in samples if ok(s)), None)
 
@@ -115,7 +119,11 @@ def evaluate(samples: list[Sample], profile: list[Segment], fcr: Fcr) -> list[St
             why.append(f"full {'never' if full is None else f'{full:.1f} s'} (due within {FULL_DUE_S:g} s)")
         if held is not None and held < 100 * HELD_SHARE:
             why.append(f"held {held:.0f} % of the hold (due {100 * HELD_SHARE:.0f} %)")
-        results.append(StepResult(seg.name, seg.hz, required, start, full, held, not why, "; ".join(why) or "ok"))
+        results.append(
+            StepResult(
+                seg.name, seg.hz, round(required, 6), _r(start), _r(full), _r(held), not why, "; ".join(why) or "ok"
+            )
+        )
     return results
 
 

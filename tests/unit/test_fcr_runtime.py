@@ -104,3 +104,39 @@ def test_provision_records_one_row_per_second(tmp_path) -> None:
     assert rec.seconds == len(rows) and rec.compliance_pct == pytest.approx(50.0, abs=100 / len(rows))
     assert rows[0]["fcr_required_mw"] == 4.0 and rows[0]["fcr_delivered_mw"] == 4.0 and rows[0]["within_tolerance"] == 1
     assert rows[1]["within_tolerance"] == 0
+
+
+def _run(profile, fcr, lag_s: float, plateau: float = 1.0, hold_fail_at: float | None = None):
+    """Samples every 0.1 s of a plant that reaches `plateau` x the required power after `lag_s` (linear)."""
+    from controller.services.fcr import response
+    from controller.services.prequal import Sample
+
+    out, t = [], 0.0
+    for i, seg in enumerate(profile):
+        req = response(seg.hz, fcr).required_mw * plateau
+        prev = response(profile[i - 1].hz, fcr).required_mw * plateau if i else 0.0
+        for k in range(int(round(seg.hold_s / 0.1))):
+            share = min(1.0, k * 0.1 / lag_s) if lag_s > 0 else 1.0
+            p = prev + (req - prev) * share
+            if hold_fail_at is not None and seg.sustained and k * 0.1 >= hold_fail_at:
+                p = 0.0  # gave up half way through the full activation
+            out.append(Sample(t, seg.hz, 0.5 + p, 50.0, i))  # 0.5 MW of base, taken off as the baseline
+            t += 0.1
+    return out
+
+
+def test_prequalification_verdicts() -> None:
+    from controller.config import Fcr
+    from controller.services.prequal import evaluate, standard_profile
+
+    fcr = Fcr(enabled=True, capacity_mw=8)
+    long = standard_profile(hold_s=40, full_s=60)
+    assert all(r.passed for r in evaluate(_run(long, fcr, lag_s=5), long, fcr))
+    slow = evaluate(_run(long, fcr, lag_s=35), long, fcr)  # starts in time, full only after 30 s
+    assert not any(r.passed for r in slow) and all("full" in r.why for r in slow)
+    late = evaluate(_run(long, fcr, lag_s=0.0, plateau=0.0), long, fcr)  # never moves
+    assert all("start never" in r.why for r in late if r.required_mw != 0)
+    quit_ = evaluate(_run(long, fcr, lag_s=1, hold_fail_at=30), long, fcr)
+    sustained = [r for r in quit_ if r.name.startswith("full activation")]
+    assert sustained and all(not r.passed and "held" in r.why for r in sustained)
+    assert standard_profile()[0].hold_s == 60 and sum(s.hold_s for s in standard_profile()) == 3540  # 59 min
