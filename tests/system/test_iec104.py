@@ -293,16 +293,19 @@ def test_map_has_unique_addresses():
 
 
 # ---------------------------------------------------------------------------------------------- the daemon, TLS
+API_KEY = "iec104-test-key-0123456789"
+
+
 def daemon_site(tmp_path: Path, plant, port: int, **face: Any):
-    """The test site file for a whole Daemon: only the IEC 104 face (no web, MQTT, Modbus or OPC UA face)."""
+    """The test site file for a whole Daemon: the IEC 104 face and the web API (no MQTT, Modbus or OPC UA face)."""
     overrides = iec104_only(port, **face)
-    return site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, web={"enabled": False}, **overrides)
+    return site_config(tmp_path, device_ports(plant), mqtt={"enabled": False}, **overrides)
 
 
 @asynccontextmanager
 async def running_daemon(cfg, state_dir: Path) -> AsyncIterator[Daemon]:
     secrets = Secrets(
-        api_keys=["iec104-test-key-0123456789"],
+        api_keys=[API_KEY],
         hmac_secret="iec104-test-secret-0123456789abcdef",
         mqtt_url="mqtt://127.0.0.1:1",
         exchange_base_url="http://127.0.0.1:9",
@@ -328,6 +331,14 @@ async def test_the_daemon_serves_the_face_on_its_cycle(plant, tmp_path):
                 lambda: cs.last("afrr_active_mw", SPONTANEOUS) == pytest.approx(1.0, abs=0.01), 10, "aFRR reported"
             )
             await wait_for(lambda: wset_mw(plant) == pytest.approx(1.0, abs=1e-3), 5, "the PCS at 1 MW")
+        # the status API carries it too (typed: web/models.py's AfrrStatus)
+        async with httpx.AsyncClient(base_url=d.web_url, timeout=5) as client:
+            r = await client.get("/api/bess-status", headers={"X-API-Key": API_KEY})
+        assert r.status_code == 200, r.text
+        afrr = r.json()["afrr"]
+        assert afrr["setpoint_mw"] == pytest.approx(1.0) and afrr["following"] is True
+        assert afrr["active_mw"] == pytest.approx(1.0) and afrr["band_up_mw"] == pytest.approx(4.0)
+        assert afrr["timed_out"] is False and afrr["received"].endswith("Z")
 
 
 def client_certificate(path: Path, name: str) -> tuple[Path, Path]:
