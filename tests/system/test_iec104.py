@@ -489,3 +489,16 @@ async def test_quality_invalid_when_unknown_not_topical_while_the_plant_is_not_o
             assert face.points["online"].value is online
     finally:
         await face.stop()
+
+
+async def test_fcr_switch_on_a_site_without_fcr_changes_nothing(plant, tmp_path):
+    """The command is confirmed (taken for execution), the controller refuses it (no meter, no FCR band), and the
+    state the station sees stays off: IOA 2001 is the truth, not the confirmation."""
+    port = free_port()
+    async with make_controller(plant, tmp_path, **iec104_only(port)) as c, iec104_face(c):
+        async with controlling_station(port) as cs:
+            assert await cs.switch_fcr(True)
+            cycles = c.stats.cycles
+            await wait_for(lambda: c.stats.cycles >= cycles + 3, 5, "three more cycles")
+            assert not c.fcr.enabled and cs.last("fcr_on") is False
+            assert [v for v, _ in cs.received("fcr_on", SPONTANEOUS)] == []
