@@ -139,6 +139,12 @@ class Limits(_Model):
     t_min_charge_c: float = Field(0.0, ge=T_MIN_C, le=T_MAX_C)
     ramp_mw_per_s: float = Field(5.0, gt=0)
     grid_limit_mw: float = Field(gt=0)
+    poi_fallback_margin_mw: float = Field(
+        0.5,
+        ge=0,
+        description="POI meter lost: the grid limit less this applies to the plant setpoint (open loop), "
+        "covering the aux loads and losses the meter no longer shows",
+    )
     stale_after_s: float = Field(3.0, gt=0, le=STALE_MAX_S)
 
     @field_validator("soc_max_pct")
@@ -163,6 +169,16 @@ class Limits(_Model):
         hi = info.data.get("t_derate_c")
         if hi is not None and v >= hi:
             raise ValueError(f"must be < limits.t_derate_c (got {v:g} >= {hi:g})")
+        return v
+
+    @field_validator("poi_fallback_margin_mw")
+    @classmethod
+    def _margin(cls, v: float, info: ValidationInfo) -> float:
+        grid = info.data.get("grid_limit_mw")
+        if grid is not None and v >= grid:
+            raise ValueError(
+                f"must be < limits.grid_limit_mw (got {v:g} >= {grid:g}): the open loop would allow no power at all"
+            )
         return v
 
     @field_validator("soc_taper_band_pct")

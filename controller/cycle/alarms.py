@@ -2,7 +2,8 @@
 
 An alarm's identity is an `AlarmKey` (device, kind, detail). Its string form (`str(key)`) is the one stored and
 shown by the API, exactly as before keys were typed ("bms:comm", "bms:invalid_soc_pct", "pcs_readback:pcs",
-"schedule:infeasible", "controller:cycle_error", or a device's own alarm/fault word "pcs:over_temp");
+"schedule:infeasible", "controller:cycle_error", "poi:poi_fallback", or a device's own alarm/fault word
+"pcs:over_temp");
 `AlarmKey.parse` is its inverse, the only place that string is taken apart.
 """
 
@@ -30,6 +31,7 @@ INFEASIBLE = "infeasible"  # the schedule cannot be delivered within the limits 
 CYCLE_ERROR = "cycle_error"  # a control cycle raised (cleared by the next one that completes)
 SERVICE = "service"  # a grid service cannot be provided as sold (latched: the service clears it; detail: what)
 EXCHANGE_DOWN = "exchange_down"  # the auto-trader cannot reach the exchange (latched: cleared when it trades again)
+POI_FALLBACK = "poi_fallback"  # the POI meter is lost: open-loop limits less a margin (cleared when it is back)
 
 _READBACK_PREFIX = "pcs_readback"
 _SERVICES = "services"  # the device part of a grid service's alarm: "services:fcr_reserve"
@@ -69,6 +71,8 @@ class AlarmKey:
             return cls(head, COMM)
         if (head, tail) in (("controller", CYCLE_ERROR), ("schedule", INFEASIBLE), ("trading", EXCHANGE_DOWN)):
             return cls(head, tail)
+        if tail == POI_FALLBACK:
+            return cls(head, POI_FALLBACK)
         if tail.startswith(_INVALID_PREFIX):
             return cls(head, INVALID, tail[len(_INVALID_PREFIX) :])
         return cls(head, REPORTED, tail)
@@ -76,7 +80,7 @@ class AlarmKey:
     @property
     def latched(self) -> bool:
         """Held until cleared on purpose: a snapshot without it does not clear it."""
-        return self.kind in (READBACK, INFEASIBLE, SERVICE, EXCHANGE_DOWN)
+        return self.kind in (READBACK, INFEASIBLE, SERVICE, EXCHANGE_DOWN, POI_FALLBACK)
 
 
 SCHEDULE_INFEASIBLE = AlarmKey("schedule", INFEASIBLE)
@@ -96,6 +100,10 @@ def comm_key(device: str) -> AlarmKey:
 
 def readback_key(pcs: str) -> AlarmKey:
     return AlarmKey(pcs, READBACK)
+
+
+def poi_fallback_key(meter: str) -> AlarmKey:
+    return AlarmKey(meter, POI_FALLBACK)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,6 @@
-"""Device links: one driver per configured device, polled on its interval, with health and staleness.
+"""Device links: one driver per configured device, polled on its interval (each read bounded by the cycle's
+deadline), with health and staleness; grouped into the plant's units and its POI meter, with a snapshot per unit
+and the plant's.
 
 Stale means unknown: after 2 failed reads in a row, or 3 poll periods (or `stale_after_s`) without a good
 read, a device's readings are withheld from the snapshot, never served as last-good. A single reading the
@@ -9,13 +11,14 @@ word that cannot be decoded is an alarm.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 
 from controller.clock import Clock
-from controller.config import ConfigError, Device, SiteConfig
+from controller.config import Device, SiteConfig
 from controller.cycle.snapshot import DeviceHealth, InvalidReading, Snapshot
 from drivers.base import DeviceDriver, Reading
 from drivers.errors import DeviceError, DeviceTimeout, Disconnected
@@ -224,30 +227,44 @@ def _word(v: object) -> int | None:
     return w if 0 <= w < 1 << _MAX_BITS else None
 
 
+@dataclass(frozen=True)
+class UnitLinks:
+    """One unit as the cycle sees it: its BMS and PCS links, its rating and its battery's capacity."""
+
+    unit: str
+    bms: DeviceLink
+    pcs: DeviceLink
+    rated_mw: float
+    capacity_mwh: float
+
+
 class DeviceSet:
-    """All device links of the site; builds the frozen snapshot of a cycle."""
+    """All device links of the site, grouped into units (each a BMS and a PCS) and the optional POI meter;
+    builds each unit's frozen snapshot and the plant's."""
 
     def __init__(self, config: SiteConfig, clock: Clock, drivers: dict[str, DeviceDriver] | None = None):
-        if len(config.unit_plan()) > 1:  # the one guard until the cycle dispatches per unit (issue 13)
-            raise ConfigError(
-                "devices",
-                [
-                    "units: multi-unit plants: not yet supported by the cycle "
-                    "(check-config accepts the file; bess-edge simulate serves it)"
-                ],
-            )
         self.config = config
         self.clock = clock
         self.links: dict[str, DeviceLink] = {}
-        # the site's largest power limit stands for the plant's rating (a profile may state its own)
-        rating_mw = max(config.limits.p_charge_max_mw, config.limits.p_discharge_max_mw)
+        plan = config.unit_plan()
+        # a device's power readings are plausible within +-1.5x its unit's rating (a profile may state its own;
+        # the one implicit unit is rated at the site's largest power limit); the meter's, the plant's
+        rating_of = {n: u.rated_mw for u in plan for n in (u.pcs_name, u.bms_name)}
+        plant_mw = max(sum(u.rated_mw for u in plan), config.limits.grid_limit_mw)
         self.pool = ModbusPool()  # devices behind one gateway share its connection
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
+            rating_mw = rating_of.get(name, plant_mw)
             driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw, self.pool)
             self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
-        self.bms = next(link for link in self.links.values() if link.role == "bms")
-        self.pcs = next(link for link in self.links.values() if link.role == "pcs")
+        self.units = [
+            UnitLinks(u.unit, self.links[u.bms_name], self.links[u.pcs_name], u.rated_mw, u.capacity_mwh) for u in plan
+        ]
+        found = config.meter()
+        self.meter: DeviceLink | None = self.links[found[0]] if found else None
+        # a one-unit plant's BMS and PCS (of a plant of several: the first unit's)
+        self.bms = self.units[0].bms
+        self.pcs = self.units[0].pcs
 
     async def poll(self, now: float, force: bool = False, timeout_s: float | None = None) -> None:
         """Read every due device (all with `force`) concurrently, each waiting at most `timeout_s` (see
@@ -268,47 +285,50 @@ class DeviceSet:
         """True when every device has had a good read at or after `ts` (start-up gate)."""
         return all(link.last_good_ts is not None and link.last_good_ts >= ts for link in self.links.values())
 
-    def snapshot(self, now: float) -> Snapshot:
+    def unanswered_since(self, names: tuple[str, ...], ts: float) -> tuple[str, ...]:
+        """Of `names`, the devices without a good read at or after `ts` (the start-up gate)."""
+        return tuple(n for n in names if self.links[n].last_good_ts is None or self.links[n].last_good_ts < ts)
+
+    def unit_snapshot(self, u: UnitLinks, now: float) -> Snapshot:
+        """The unit's process image: its BMS's and PCS's readings; stale, lost and alarmed devices are its own."""
         stale_after = self.config.limits.stale_after_s
-        healths = tuple(link.health(now, stale_after) for link in self.links.values())
-        by_name = {h.name: h for h in healths}
+        healths = tuple(link.health(now, stale_after) for link in (u.bms, u.pcs))
         stale = tuple(h.name for h in healths if h.stale)
         comm_loss = tuple(
             h.name
-            for h, link in zip(healths, self.links.values())
+            for h, link in zip(healths, (u.bms, u.pcs))
             if isinstance(link.last_error, (Disconnected, DeviceTimeout)) and h.stale
         )
 
         def v(link: DeviceLink, point: str) -> float | None:
-            return None if by_name[link.name].stale else link.value(point)
+            return None if link.name in stale else link.value(point)
 
-        bms, pcs = self.bms, self.pcs
         alarms: list[str] = []
         faults: list[str] = []
         invalid: dict[str, InvalidReading] = {}
-        for link in (bms, pcs):
-            if by_name[link.name].stale:
+        points: dict[str, Reading] = {}
+        for link in (u.bms, u.pcs):
+            if link.name in stale:
                 continue
             alarms += [f"{link.name}:{n}" for n in link.bit_names("alarm_bits")]
             faults += [f"{link.name}:{n}" for n in link.bit_names("fault_bits")]
             for bad in link.undecodable_words():
                 alarms.append(bad.key)  # the key of its detailed alarm too (see InvalidReading.key)
                 invalid[bad.key] = bad
-        points = {}
-        for link in self.links.values():
-            if not by_name[link.name].stale:
+        for link in (u.bms, u.pcs):
+            if link.name not in stale:
                 points.update({f"{link.name}.{k}": r for k, r in link.readings.items()})
                 for bad in link.invalid():
                     invalid.setdefault(bad.key, bad)
         return Snapshot(
             ts=now,
-            soc_pct=v(bms, "soc_pct"),
-            power_mw=v(pcs, "power_mw"),
-            temperature_max_c=v(bms, "temperature_max_c"),
-            temperature_min_c=v(bms, "temperature_min_c"),
-            bms_allowed_charge_mw=v(bms, "allowed_charge_mw"),
-            bms_allowed_discharge_mw=v(bms, "allowed_discharge_mw"),
-            setpoint_readback_mw=v(pcs, "setpoint_mw"),
+            soc_pct=v(u.bms, "soc_pct"),
+            power_mw=v(u.pcs, "power_mw"),
+            temperature_max_c=v(u.bms, "temperature_max_c"),
+            temperature_min_c=v(u.bms, "temperature_min_c"),
+            bms_allowed_charge_mw=v(u.bms, "allowed_charge_mw"),
+            bms_allowed_discharge_mw=v(u.bms, "allowed_discharge_mw"),
+            setpoint_readback_mw=v(u.pcs, "setpoint_mw"),
             alarms=tuple(alarms),
             faults=tuple(faults),
             stale=stale,
@@ -317,3 +337,70 @@ class DeviceSet:
             points=points,
             invalid=tuple(invalid.values()),
         )
+
+    def meter_health(self, now: float) -> DeviceHealth | None:
+        return self.meter.health(now, self.config.limits.stale_after_s) if self.meter is not None else None
+
+    def plant_snapshot(self, unit_snaps: list[Snapshot], now: float) -> Snapshot:
+        """The plant's process image from its units' (for the record, the status and the alarms): one unit's is
+        its own; of several, totals (power and allowed powers summed, SoC energy-weighted, the hottest and the
+        coldest cell) and every unit's alarms, stale and lost devices. The meter's health joins `devices` (a lost
+        meter raises its comm alarm) and its points join `points`, but not `stale`: the meter is not the plant."""
+        meter = self.meter_health(now)
+        extra = (meter,) if meter is not None else ()
+        meter_points = (
+            {f"{self.meter.name}.{k}": r for k, r in self.meter.readings.items()}
+            if self.meter is not None and meter is not None and not meter.stale
+            else {}
+        )
+        if len(unit_snaps) == 1:
+            s = unit_snaps[0]
+            if not extra:
+                return s
+            return dataclasses.replace(s, devices=s.devices + extra, points={**s.points, **meter_points})
+        return _totals(unit_snaps, [u.capacity_mwh for u in self.units], now, extra, meter_points)
+
+    def snapshot(self, now: float) -> Snapshot:
+        """The plant's snapshot of now (see plant_snapshot)."""
+        return self.plant_snapshot([self.unit_snapshot(u, now) for u in self.units], now)
+
+
+def _sum(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return sum(known) if known else None
+
+
+def _totals(
+    snaps: list[Snapshot],
+    capacities: list[float],
+    now: float,
+    extra: tuple[DeviceHealth, ...],
+    meter_points: dict[str, Reading],
+) -> Snapshot:
+    """Several units' snapshots as the plant's (see DeviceSet.plant_snapshot); unknown values are left out of
+    the totals, all unknown is unknown."""
+    socs = [(s.soc_pct, c) for s, c in zip(snaps, capacities) if s.soc_pct is not None]
+    energy = sum(c for _, c in socs)
+    t_max = [s.temperature_max_c for s in snaps if s.temperature_max_c is not None]
+    t_min = [s.temperature_min_c for s in snaps if s.temperature_min_c is not None]
+    points: dict[str, Reading] = {}
+    for s in snaps:
+        points.update(s.points)
+    points.update(meter_points)
+    return Snapshot(
+        ts=now,
+        soc_pct=sum(v * c for v, c in socs) / energy if socs and energy > 0 else None,
+        power_mw=_sum([s.power_mw for s in snaps]),
+        temperature_max_c=max(t_max) if t_max else None,
+        temperature_min_c=min(t_min) if t_min else None,
+        bms_allowed_charge_mw=_sum([s.bms_allowed_charge_mw for s in snaps]),
+        bms_allowed_discharge_mw=_sum([s.bms_allowed_discharge_mw for s in snaps]),
+        setpoint_readback_mw=_sum([s.setpoint_readback_mw for s in snaps]),
+        alarms=tuple(a for s in snaps for a in s.alarms),
+        faults=tuple(f for s in snaps for f in s.faults),
+        stale=tuple(n for s in snaps for n in s.stale),
+        comm_loss=tuple(n for s in snaps for n in s.comm_loss),
+        devices=tuple(h for s in snaps for h in s.devices) + extra,
+        points=points,
+        invalid=tuple(i for s in snaps for i in s.invalid),
+    )

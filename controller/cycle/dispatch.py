@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from controller.cycle.devices import DeviceLink
-from controller.cycle.limits import Decision
-from drivers.errors import DeviceTimeout
+from controller.config import Limits
+from controller.cycle.alarms import Alarms, readback_key
+from controller.cycle.devices import DeviceLink, UnitLinks
+from controller.cycle.limits import Decision, limit
+from controller.cycle.snapshot import Snapshot
+from drivers.errors import DeviceError, DeviceTimeout, ReadbackMismatch
 
 T = TypeVar("T")
 
 log = logging.getLogger("bess.dispatch")
+
+READBACK_HOLD_S = 10.0  # after a read-back mismatch, the unit stays in its safe state this long before trying again
 
 
 class Dispatcher:
@@ -109,3 +114,63 @@ class Dispatcher:
             log.warning("heartbeat write failed", extra={"device": getattr(extra, "device", None), "error": str(extra)})
         if errors:
             raise errors[0]
+
+
+class UnitDispatch:
+    """One unit's writes: its PCS's setpoint with read-back and its reversion heartbeat, its last setpoint (for
+    its ramp) and its read-back hold. A failed write is this unit's alone: it counts against its PCS (so the unit
+    goes stale and to 0 MW) and its alarm names the PCS; the other units go on."""
+
+    def __init__(self, links: UnitLinks, limits: Limits, alarms: Alarms):
+        self.links = links
+        self.unit = links.unit
+        self.limits = limits  # the unit's own (allocation.unit_limits)
+        self.alarms = alarms
+        self.dispatcher = Dispatcher(links.pcs, links.bms, links.pcs.config.reversion_timeout_s)
+        self.previous_mw = 0.0  # what its PCS was last told and took (its ramp starts there)
+        self.readback_hold_until = 0.0
+
+    def safe(self, now: float) -> Decision:
+        """0 MW for this unit, through the limit function like every setpoint."""
+        return limit(0.0, Snapshot(ts=now), self.limits, self.previous_mw, 0.0, "stopped")
+
+    async def write(
+        self, decision: Decision, now: float, budget_s: Callable[[], float], heartbeat: bool = True
+    ) -> float | None:
+        """Write the unit's setpoint (read back), then its heartbeats (unless not `heartbeat`: the fast path's
+        writes between cycles), each bounded by what `budget_s()` says is left of the cycle's deadline. Returns
+        the read-back (None when the write failed)."""
+        pcs, d = self.links.pcs, self.dispatcher
+        try:
+            readback = await d.within("setpoint", d.apply(decision), budget_s())
+            self.previous_mw = decision.setpoint_mw
+            self.alarms.clear(readback_key(pcs.name))
+        except ReadbackMismatch as e:
+            self.readback_hold_until = now + READBACK_HOLD_S
+            self.alarms.raise_(readback_key(pcs.name), e.cause, f"unit {self.unit}: {e}")
+            try:
+                await d.within("setpoint", d.apply(self.safe(now)), budget_s())
+            except DeviceError as e2:
+                log.error("safe-state write failed", extra={"device": pcs.name, "unit": self.unit, "error": str(e2)})
+            self.previous_mw = 0.0
+            return None
+        except DeviceError as e:
+            # the write did not land: count it against the device so it goes stale and the unit safe
+            pcs.failures += 1
+            pcs.errors_total += 1
+            pcs.last_error = e
+            d.armed = False  # re-arm the reversion after the device is back
+            log.warning(
+                "setpoint write failed",
+                extra={"device": pcs.name, "unit": self.unit, "cause": e.cause, "error": str(e)},
+            )
+            self.previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self.previous_mw
+            return None
+        if not heartbeat:
+            return readback
+        try:
+            skip = {link.name for link in (self.links.bms, pcs) if link.failures}
+            await d.within("heartbeat", d.heartbeat(skip=skip), budget_s())
+        except DeviceError as e:
+            log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
+        return readback

@@ -18,16 +18,18 @@ from typing import Any
 
 from controller.clock import Clock
 from controller.config import SiteConfig
-from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, readback_key, service_key
+from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, service_key
+from controller.cycle.allocation import Allocation, PlantView, UnitView, allocate, unit_limits
 from controller.cycle.delivery import Delivery
 from controller.cycle.devices import DeviceSet
-from controller.cycle.dispatch import Dispatcher
+from controller.cycle.dispatch import UnitDispatch
 from controller.cycle.jobs import Jobs
 from controller.cycle.limits import Decision, limit
 from controller.cycle.mode import ModeState, expired, requested, restored
 from controller.cycle.phases import Event, Faces, Phase
+from controller.cycle.plant import PoiLoop, unit_states
 from controller.cycle.snapshot import Snapshot
-from controller.cycle.state import LinkFigures, PlantState, build, status
+from controller.cycle.state import LinkFigures, PlantState, UnitState, build, status
 from controller.services import afrr as afrr_rules
 from controller.services.afrr import AfrrBand, AfrrState
 from controller.services.fast import FastPath
@@ -45,11 +47,10 @@ from controller.trading.intake import (
 )
 from controller.trading.market import PERIOD_S, period_start
 from controller.trading.schedule import Schedule, check_feasibility
-from drivers.errors import DeviceError, ReadbackMismatch
+from drivers.errors import DeviceError
 
 log = logging.getLogger("bess.cycle")
 
-READBACK_HOLD_S = 10.0  # after a read-back mismatch, stay in the safe state this long before trying again
 STOP_GRACE_S = 3.0  # on stop, let the running cycle finish this long before cancelling it mid-request
 SAFE_WRITE_TIMEOUT_S = 2.0  # a failed cycle's 0 MW write waits at most this long for the PCS
 CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
@@ -96,8 +97,6 @@ class Controller:
         self.clock = clock or Clock()
         self.devices = devices or DeviceSet(config, self.clock)
         self._unit = config.unit_plan()[0].unit  # a one-unit site's id in status' units
-        pcs_cfg = self.devices.pcs.config
-        self.dispatcher = Dispatcher(self.devices.pcs, self.devices.bms, pcs_cfg.reversion_timeout_s)
         self.notifier = notifier or Notifier()
         self.schedule = schedule if schedule is not None else Schedule()
         self.mode = ModeState()
@@ -105,12 +104,20 @@ class Controller:
         self.decision: Decision | None = None
         self.snapshot: Snapshot | None = None
         self.alarms = Alarms(store, self.clock)
+        # one writer per unit, each through the unit's own limits; the plant's limits apply to their sum
+        total_rated_mw = sum(u.rated_mw for u in self.devices.units)
+        self.units = [
+            UnitDispatch(u, unit_limits(config.limits, u.rated_mw, total_rated_mw), self.alarms)
+            for u in self.devices.units
+        ]
+        self.dispatcher = self.units[0].dispatcher  # a one-unit plant's (of several: the first unit's)
+        self.poi = PoiLoop(config, self.devices.meter, self.alarms) if self.devices.meter is not None else None
+        self.allocation: Allocation | None = None
+        self.unit_snapshots: list[Snapshot] = []
         # the one way faces see the controller: a frozen PlantState per phase, and the accepted-trade event
         self.faces = Faces()
-        self._previous_mw = 0.0
         self._last_cycle_mono: float | None = None
         self._started_ts: float = 0.0
-        self._readback_hold_until = 0.0
         self._deadline = 0.0  # the running cycle's deadline (time.perf_counter())
         self._wake = asyncio.Event()
         self._stopping = False
@@ -307,19 +314,6 @@ class Controller:
         afrr = self.afrr.active_mw if afrr_mw is None else afrr_mw
         return stack(base, self.fcr.required(now).required_mw, afrr)
 
-    def _decide(self, target_mw: float, snap: Snapshot, mono: float) -> Decision:
-        """limit() on a frozen snapshot; the ramp counts from the last write (the cycle's or the fast path's)."""
-        dt = 0.0 if self._last_write_mono is None else mono - self._last_write_mono
-        return limit(
-            target_mw,
-            snap,
-            self.config.limits,
-            self._previous_mw,
-            dt,
-            self.mode.mode,
-            max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,
-        )  # a stall earns no ramp
-
     async def _read_frequency(self) -> None:
         """The fast path's read: the POI meter's frequency, now (a DeviceError if the meter does not answer)."""
         assert self._meter is not None
@@ -328,22 +322,25 @@ class Controller:
             self.fcr.observe(reading.value if isinstance(reading.value, (int, float)) else None, reading.ts)
 
     async def fast_write(self) -> bool:
-        """The fast path's write: the stacked target for the newest frequency, through limit() on the last
-        cycle's frozen snapshot, written under the cycle's write lock. Nothing is written when that snapshot is
-        too old, the last cycle failed, a read-back mismatch holds the plant, or the setpoint would not move."""
+        """The fast path's write: the stacked target for the newest frequency, allocated over the units on the
+        last cycle's frozen snapshots (the POI range as that cycle set it), written under the cycle's write lock.
+        Nothing is written when those snapshots are too old, the last cycle failed, a read-back mismatch holds a
+        unit, or the plant setpoint would not move."""
         async with self._write_lock:
             self.fcr.fast_ticks += 1
-            snap, now = self.snapshot, self.clock.now()
-            if snap is None or self._last_cycle_failed or now < self._readback_hold_until:
+            snaps, now = self.unit_snapshots, self.clock.now()
+            if not snaps or self._last_cycle_failed or any(now < u.readback_hold_until for u in self.units):
                 return False
-            if now - snap.ts > self.config.limits.stale_after_s:
+            if now - snaps[0].ts > self.config.limits.stale_after_s:
                 return False
             self._stack = self.stacked(now)
-            decision = self._decide(self._stack.target_mw, snap, self.clock.monotonic())
-            if abs(decision.setpoint_mw - self._previous_mw) < FAST_MIN_STEP_MW:
+            allocation = self._decide(self._stack.target_mw, snaps, now, self.clock.monotonic())
+            previous = sum(u.previous_mw for u in self.units)
+            if abs(allocation.setpoint_mw - previous) < FAST_MIN_STEP_MW:
                 return False
-            await self._dispatch(decision, now, heartbeat=False)
-            self.decision = decision
+            await self._dispatch(allocation, now, heartbeat=False)
+            self.allocation = allocation
+            self.decision = allocation.decision()
             self.stats.fast_writes += 1
             self.fcr.fast_writes += 1
         self._refresh_state()  # status and SCADA show the new setpoint now, not at the next cycle
@@ -372,7 +369,8 @@ class Controller:
             self.records.observe(now, self.fcr.frequency(now), self._stack, snap.power_mw)
 
     async def run_cycle(self) -> Decision:
-        """One cycle. Never raises for device trouble: that becomes alarms and the safe state."""
+        """One cycle. Never raises for device trouble: that becomes alarms and the safe state (of the unit whose
+        device it is; the plant's only for plant-level causes)."""
         t0 = time.perf_counter()
         now = self.clock.now()
         mono = self.clock.monotonic()
@@ -381,29 +379,21 @@ class Controller:
         period = self.config.cycle.period_s
         self._deadline = t0 + DEADLINE_SHARE * period
         await self.devices.poll(now, timeout_s=READ_SHARE * period)
-        snap = self.devices.snapshot(now)
-        # start-up gate: no non-zero setpoint until every device has answered since this start
-        if not self.devices.all_fresh_since(self._started_ts):
-            missing = tuple(
-                n
-                for n, link in self.devices.links.items()
-                if link.last_good_ts is None or link.last_good_ts < self._started_ts
-            )
-            snap = dataclasses.replace(snap, stale=tuple(sorted(set(snap.stale) | set(missing))))
-        if now < self._readback_hold_until:
-            snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{self.devices.pcs.name}:readback_mismatch",))
+        unit_snaps = [self._unit_snapshot(u, now) for u in self.units]
+        snap = self.devices.plant_snapshot(unit_snaps, now)
         if self._last_cycle_failed:
-            # the last cycle raised: this one holds the safe state too, so that a failure after the write
-            # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
             snap = dataclasses.replace(snap, alarms=snap.alarms + (CYCLE_ERROR_ALARM,))
         self._observe_meter()
         async with self._write_lock:  # the fast path waits: one writer
             self.faces.fire(Phase.DECIDE)
             self._stack = self.stacked(now, afrr_mw=self._afrr_step(now, dt))
-            decision = self._decide(self._stack.target_mw, snap, mono)
+            allocation = self._decide(self._stack.target_mw, unit_snaps, now, mono, poi_dt_s=dt)
+            decision = allocation.decision()
             self._afrr_band_now(decision, self._stack.base_mw)
             self.faces.fire(Phase.WRITE)
-            readback = await self._dispatch(decision, now)
+            readback = await self._dispatch(allocation, now)
+            self.allocation = allocation
+            self.unit_snapshots = unit_snaps
             self.snapshot = snap
         self.decision = decision
         self.alarms.sync(snap)
@@ -438,6 +428,47 @@ class Controller:
         self.faces.fire(Phase.AFTER_WRITE)
         return decision
 
+    def _unit_snapshot(self, u: UnitDispatch, now: float) -> Snapshot:
+        """The unit's process image, held in its safe state by the start-up gate (no non-zero setpoint until both
+        its devices have answered since this start) and after a read-back mismatch of its PCS."""
+        snap = self.devices.unit_snapshot(u.links, now)
+        missing = self.devices.unanswered_since((u.links.bms.name, u.links.pcs.name), self._started_ts)
+        if missing:
+            snap = dataclasses.replace(snap, stale=tuple(sorted(set(snap.stale) | set(missing))))
+        if now < u.readback_hold_until:
+            snap = dataclasses.replace(snap, alarms=snap.alarms + (f"{u.links.pcs.name}:readback_mismatch",))
+        return snap
+
+    def _decide(
+        self, target: float, unit_snaps: list[Snapshot], now: float, mono: float, poi_dt_s: float | None = None
+    ) -> Allocation:
+        """The plant's limit() on the units' totals, the POI range (with a meter), then the split over the units
+        in service, each share through its unit's own limits (controller.cycle.allocation). The ramp counts from
+        the last write (the cycle's or the fast path's). The cycle passes `poi_dt_s` and steps the POI loop with
+        this cycle's meter reading; the fast path does not, and keeps the range the last cycle set."""
+        dt = 0.0 if self._last_write_mono is None else mono - self._last_write_mono
+        poi = self.poi.last if self.poi is not None else None
+        if self.poi is not None and poi_dt_s is not None:
+            known = [s.power_mw for s in unit_snaps]
+            plant_mw = None if any(p is None for p in known) else sum(known)  # type: ignore[arg-type]
+            poi = self.poi.step(now, poi_dt_s, sum(u.previous_mw for u in self.units), plant_mw)
+        plant = PlantView(
+            limits=self.config.limits,
+            ts=now,
+            mode=self.mode.mode,
+            dt_s=dt,
+            max_dt_s=2 * self.config.cycle.period_s * self.clock.speed,  # a stall earns no ramp
+            # the last cycle raised: this one holds the safe state too, so that a failure after the write
+            # (recording, publishing) cannot swing the PCS between the setpoint and 0 MW cycle after cycle
+            alarms=(CYCLE_ERROR_ALARM,) if self._last_cycle_failed else (),
+            poi=poi,
+        )
+        views = [
+            UnitView(u.unit, s, u.limits, u.links.rated_mw, u.links.capacity_mwh, u.previous_mw)
+            for u, s in zip(self.units, unit_snaps)
+        ]
+        return allocate(target, plant, views)
+
     def _refresh_state(self, cycle_p99_s: float | None = None) -> PlantState:
         """The frozen state of now: at the end of each cycle, and when the mode or an alarm changes between."""
         links = (
@@ -454,6 +485,8 @@ class Controller:
             self.devices.pcs.name,
             cycle_p99_s,
             self._unit,
+            units=self._unit_states(),
+            poi=self.poi.state(self.clock.now()) if self.poi is not None else None,
         )
         if self.config.scada.iec104.enabled:
             state = dataclasses.replace(state, afrr=self.afrr)
@@ -461,6 +494,12 @@ class Controller:
             state = dataclasses.replace(state, fcr=self.fcr.state(self.clock.now(), self.records.compliance_pct))
         self.faces.update(state)
         return state
+
+    def _unit_states(self) -> tuple[UnitState, ...] | None:
+        """Each unit's state, for a plant of several (a one-unit plant's is the plant's own, as it always was)."""
+        if len(self.units) == 1 or not self.unit_snapshots:
+            return None
+        return unit_states([u.unit for u in self.units], self.unit_snapshots, self.allocation)
 
     def _cycle_p99(self) -> float | None:
         """p99 of the last 4096 durations, every 10th cycle (sorting them takes ~0.3 ms) and only when a face
@@ -499,16 +538,13 @@ class Controller:
         naming the exception. The next cycle holds 0 MW too; once it completes, the alarm is cleared."""
         self.stats.failed_cycles += 1
         self._last_cycle_failed = True
-        safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
         try:
             async with self._write_lock:  # a fast-path write already under way lands first, not after this one
-                await asyncio.wait_for(self.dispatcher.apply(safe), timeout=SAFE_WRITE_TIMEOUT_S)
-            self.decision = safe  # what the PCS was told last, for the status and SCADA faces
+                self.decision = await self._all_to_zero(SAFE_WRITE_TIMEOUT_S)  # what the PCSs were told last
         except asyncio.CancelledError:
             raise
         except Exception as e:  # DeviceError, a timeout, or the same bug again: the reversion timer remains
             log.error("safe-state write after a failed cycle failed", extra={"error": f"{type(e).__name__}: {e}"})
-        self._previous_mw = 0.0
         try:
             self.alarms.raise_(
                 CYCLE_FAILED, "cycle_error", f"control cycle failed ({type(error).__name__}: {error}); 0 MW commanded"
@@ -524,40 +560,37 @@ class Controller:
         """What is left of the cycle's deadline for its writes (at least WRITE_MIN_SHARE of the period)."""
         return max(self._deadline - time.perf_counter(), WRITE_MIN_SHARE * self.config.cycle.period_s)
 
-    async def _dispatch(self, decision: Decision, now: float, heartbeat: bool = True) -> float | None:
-        pcs = self.devices.pcs
-        try:
-            readback = await self.dispatcher.within("setpoint", self.dispatcher.apply(decision), self._write_budget_s())
-            self._previous_mw = decision.setpoint_mw
-            self._last_write_mono = self.clock.monotonic()
-            self.alarms.clear(readback_key(pcs.name))
-        except ReadbackMismatch as e:
-            self._readback_hold_until = now + READBACK_HOLD_S
-            self.alarms.raise_(readback_key(pcs.name), e.cause, str(e))
-            safe = limit(0.0, Snapshot(ts=now), self.config.limits, self._previous_mw, 0.0, "stopped")
-            try:
-                await self.dispatcher.within("setpoint", self.dispatcher.apply(safe), self._write_budget_s())
-            except DeviceError as e2:
-                log.error("safe-state write failed", extra={"device": pcs.name, "error": str(e2)})
-            self._previous_mw = 0.0
+    async def _all_to_zero(self, timeout_s: float) -> Decision:
+        """0 MW to every unit at once (each through the limit function), each waiting at most `timeout_s`; the
+        first failure is raised once all have ended. Returns the plant's safe decision."""
+        now = self.clock.now()
+        results = await asyncio.gather(
+            *(asyncio.wait_for(u.dispatcher.apply(u.safe(now)), timeout=timeout_s) for u in self.units),
+            return_exceptions=True,
+        )
+        for u in self.units:
+            u.previous_mw = 0.0
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return limit(0.0, Snapshot(ts=now), self.config.limits, 0.0, 0.0, "stopped")
+
+    async def _dispatch(self, allocation: Allocation, now: float, heartbeat: bool = True) -> float | None:
+        """Every unit's PCS written at once, each with read-back and its own heartbeat (not on the fast path's
+        writes), bounded by the cycle's deadline; a failed write is that unit's alone. Returns the plant's
+        read-back (None unless every unit read back)."""
+        decisions = [
+            Decision(s.setpoint_mw, s.setpoint_mw, s.binding, s.reasons, s.lower_mw, s.upper_mw)
+            for s in allocation.units
+        ]  # each share has passed limit() on the plant's totals and on its unit's own limits (allocate)
+        readbacks = await asyncio.gather(
+            *(u.write(d, now, self._write_budget_s, heartbeat) for u, d in zip(self.units, decisions))
+        )
+        if any(r is not None for r in readbacks):
+            self._last_write_mono = self.clock.monotonic()  # the ramp counts from here
+        if any(r is None for r in readbacks):
             return None
-        except DeviceError as e:
-            # the write did not land: count it against the device so it goes stale and the plant safe
-            pcs.failures += 1
-            pcs.errors_total += 1
-            pcs.last_error = e
-            self.dispatcher.armed = False  # re-arm the reversion after the device is back
-            log.warning("setpoint write failed", extra={"device": pcs.name, "cause": e.cause, "error": str(e)})
-            self._previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self._previous_mw
-            return None
-        if not heartbeat:
-            return readback
-        try:
-            skip = {link.name for link in self.devices.links.values() if link.failures}
-            await self.dispatcher.within("heartbeat", self.dispatcher.heartbeat(skip=skip), self._write_budget_s())
-        except DeviceError as e:
-            log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
-        return readback
+        return sum(readbacks)  # type: ignore[arg-type]
 
     async def _loop(self) -> None:
         period = self.config.cycle.period_s
@@ -639,11 +672,11 @@ class Controller:
         self.jobs.stop()
         # leave the plant at 0 MW on an orderly stop; if this fails the PCS reversion still brings it there
         try:
-            safe = limit(0.0, Snapshot(ts=self.clock.now()), self.config.limits, self._previous_mw, 0.0, "stopped")
-            await asyncio.wait_for(self.dispatcher.apply(safe), timeout=2.0)
+            await self._all_to_zero(2.0)
         except (DeviceError, asyncio.TimeoutError) as e:
             log.warning("could not write 0 MW on stop", extra={"error": str(e)})
-        await self.dispatcher.stop_writing()
+        for u in self.units:
+            await u.dispatcher.stop_writing()
         await self.devices.close()
         self.records.close()
         self.store.flush()

@@ -125,20 +125,26 @@ def build(
     pcs: str,
     cycle_p99_s: float | None = None,
     unit: str = "u1",
+    units: tuple[UnitState, ...] | None = None,
+    poi: PoiState | None = None,
 ) -> PlantState:
-    """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats) of a one-unit site:
-    the plant's figures are its one unit's (`unit` its id)."""
+    """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats). A plant of several units
+    passes each unit's state (`units`); of a one-unit site, the plant's figures are its one unit's (`unit` its
+    id). `poi`: the meter's figures (None without a meter)."""
     s, d = snapshot, decision
     online = bool(s) and not s.stale and not s.comm_loss
-    one = UnitState(
-        unit=unit,
-        soc_pct=s.soc_pct if s else None,
-        power_mw=s.power_mw if s else None,
-        setpoint_mw=d.setpoint_mw if d else None,
-        temperature_c=s.temperature_max_c if s else None,
-        available=online and not s.faults,
-        binding=d.binding if d else None,
-    )
+    if units is None:
+        units = (
+            UnitState(
+                unit=unit,
+                soc_pct=s.soc_pct if s else None,
+                power_mw=s.power_mw if s else None,
+                setpoint_mw=d.setpoint_mw if d else None,
+                temperature_c=s.temperature_max_c if s else None,
+                available=online and not s.faults,
+                binding=d.binding if d else None,
+            ),
+        )
     return PlantState(
         ts=s.ts if s else None,
         soc_pct=s.soc_pct if s else None,
@@ -165,7 +171,8 @@ def build(
         overruns=stats.overruns,
         last_duration_s=stats.last_duration_s,
         cycle_p99_s=cycle_p99_s,
-        units=(one,),
+        units=units,
+        poi=poi,
     )
 
 

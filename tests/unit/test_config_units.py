@@ -1,7 +1,7 @@
 """Plants of several units and the POI meter in the site file (issue 13): the typed view the rest of the code uses
 (unit_plan, meter), today's one-unit form as one implicit unit, every inconsistency named with its YAML path (the
-must-fail examples in config/must-fail/ run through check-config in test_config_strict.py), and the daemon's
-guard that refuses a multi-unit plant until the cycle dispatches per unit."""
+must-fail examples in config/must-fail/ run through check-config in test_config_strict.py), and the cycle's
+grouping of a multi-unit plant's devices into its units and the meter."""
 
 from __future__ import annotations
 
@@ -142,7 +142,11 @@ def test_device_unit_names_are_plain(tmp_path):
     assert any(line.startswith("devices.pcs2.unit (line") for line in errors_of(tmp_path, raw))
 
 
-def test_the_daemon_refuses_a_multi_unit_plant_until_the_cycle_supports_it():
-    with pytest.raises(ConfigError) as e:
-        DeviceSet(load_config(TWO_UNIT), Clock())
-    assert "multi-unit plants: not yet supported by the cycle" in e.value.errors[0]
+def test_the_cycle_takes_a_multi_unit_plant_as_its_units_and_the_meter():
+    """The guard that refused multi-unit files is gone: the cycle's DeviceSet groups each unit's BMS and PCS
+    with its rating and capacity, and the POI meter apart (no device is contacted here)."""
+    ds = DeviceSet(load_config(TWO_UNIT), Clock())
+    got = [(u.unit, u.bms.name, u.pcs.name, u.rated_mw, u.capacity_mwh) for u in ds.units]
+    assert got == [("u1", "bms1", "pcs1", 5.0, 10.0), ("u2", "bms2", "pcs2", 5.0, 10.0)]
+    assert ds.meter is not None and ds.meter.name == "poi"
+    assert (ds.bms.name, ds.pcs.name) == ("bms1", "pcs1")

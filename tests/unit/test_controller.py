@@ -263,7 +263,7 @@ async def test_readback_mismatch_raises_alarm_and_commands_safe_state(rig):
     rig.pcs.readback_offset = 0.0
     d = await rig.cycles(1)
     assert d.setpoint_mw == 0.0 and d.binding == "alarm"  # held safe for a while after a mismatch
-    rig.controller._readback_hold_until = 0.0
+    rig.controller.units[0].readback_hold_until = 0.0
     d = await rig.cycles(1)
     assert d.setpoint_mw == pytest.approx(5.0)
 
