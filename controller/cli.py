@@ -128,6 +128,9 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         problems.append(f"--days: must be > 0 and <= 60 (got {args.days:g})")
     if not (1 <= args.counterparties <= 100):
         problems.append(f"--counterparties: must be 1..100 (got {args.counterparties})")
+    deg = args.plan_degradation_eur_mwh
+    if deg is not None and not (0 <= deg <= 10_000):  # NaN fails both comparisons
+        problems.append(f"--plan-degradation-eur-mwh: must be 0..10000 (got {deg})")
     start = None
     if args.start:
         try:
@@ -139,7 +142,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
             print(f"backtest: {line}", file=sys.stderr)
         return 2
     cfg = _config_or_exit(args.config)
-    return main_backtest(cfg, args.days, args.seed, start, args.counterparties)
+    return main_backtest(cfg, args.days, args.seed, start, args.counterparties, deg)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -179,6 +182,13 @@ def _add_backtest(sub) -> None:
     s.add_argument("--config", default=str(DEFAULT_DEMO_CONFIG), help="the site (limits, battery, trading)")
     s.add_argument("--start", default=None, help="first day, YYYY-MM-DD (default 2026-11-02, a Monday)")
     s.add_argument("--counterparties", type=int, default=8)
+    s.add_argument(
+        "--plan-degradation-eur-mwh",
+        type=float,
+        default=None,
+        help="the wear cost the optimiser plans with (default: trading.degradation_eur_mwh; wear is always charged "
+        "at that)",
+    )
     s.set_defaults(func=cmd_backtest)
 
 

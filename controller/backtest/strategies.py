@@ -40,9 +40,13 @@ class OptimiserStrategy:
 
     name = "optimiser"
 
-    def __init__(self, cfg: SiteConfig):
+    def __init__(self, cfg: SiteConfig, plan_degradation_eur_mwh: float | None = None):
         self.cfg = cfg
         self.max_position_mw = cfg.trading.auto.max_position_mw
+        # the wear cost the plan weighs (default the site's): to see what planning without it costs
+        self.degradation = (
+            cfg.trading.degradation_eur_mwh if plan_degradation_eur_mwh is None else plan_degradation_eur_mwh
+        )
         self.failures = 0
         self.solve_ms: list[float] = []
 
@@ -61,6 +65,7 @@ class OptimiserStrategy:
             available_charge_mw=self.max_position_mw,
             available_discharge_mw=self.max_position_mw,
             tradable=tuple(gate_open(p, view.now) for p in starts),
+            degradation_eur_mwh=self.degradation,
         )
         plan = optimise(pb)
         self.solve_ms.append(plan.solve_ms)

@@ -65,7 +65,7 @@ def test_a_two_day_backtest_ranks_perfect_over_optimiser_over_naive():
 
 
 def test_bad_arguments_are_refused_naming_them():
-    out = backtest("--days", "0", "--counterparties", "0", "--start", "monday")
+    out = backtest("--days", "0", "--counterparties", "0", "--start", "monday", "--plan-degradation-eur-mwh", "-1")
     assert out.returncode == 2
-    for name in ("--days", "--counterparties", "--start"):
+    for name in ("--days", "--counterparties", "--start", "--plan-degradation-eur-mwh"):
         assert name in out.stderr, out.stderr
