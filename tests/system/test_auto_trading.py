@@ -350,3 +350,42 @@ async def test_forecast_from_the_exchange_auction_and_market_history(mosquitto, 
         hist = await until(api, "/api/market-history?hours=1", lambda h: len(h["samples"]) >= 1, "a market sample")
         assert set(hist["samples"][0]) >= {"ts", "mark", "ema", "vwap"}
         assert (await api.get("/api/market-history?hours=0")).status_code == 422
+
+
+# ----------------------------------------------------------------------------------------------- after a fill
+async def test_a_fill_makes_it_replan_at_once(mosquitto, make_plant, tmp_path):  # noqa: F811
+    """With replan_s an hour, the only replans after the start are the ones a fill sets off: a counterparty
+    takes one of its resting orders, the trade comes back over MQTT into the schedule, and the auto-trader plans
+    again with the new position (counted in replans, not time)."""
+    from controller.trading.exchange import ExchangeClient
+    from tests.system.test_trading_e2e import OTHER_KEY, order_body, publisher_connected
+
+    clock = Clock()
+    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
+    plant = await make_plant()
+    over = auto_overrides({"source": "csv", "path": str(csv_path)}, replan_s=3600)
+    async with (
+        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
+        running_site(plant, mosquitto, tmp_path, clock, ex.url, **over) as (d, api),
+        ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other,
+    ):
+        await publisher_connected(ex)
+        status = await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a resting order")
+        await wait_for(lambda: not d.store.order_intents("pending"), 10, "no order on its way")
+        replans = (await api_get(api, "/api/auto"))["replans"]
+        mine = next(o for o in site_orders(ex) if o.active)
+        taker = "buy" if mine.side == "sell" else "sell"
+        mw = mine.remaining_lots / 10
+        signed = mw if mine.side == "sell" else -mw
+        taken = order_body(taker, mw, mine.price_ticks / 100, mine.delivery_start, time_in_force="IOC")
+        filled = await other.place_order(taken)
+        assert filled["status"] == "filled", filled
+        await wait_for(lambda: d.controller.schedule.position_mw(mine.delivery_start) == signed, 10, "the trade in")
+        start = iso(mine.delivery_start)
+
+        def replanned(plan: dict) -> bool:  # the plan made after the fill carries the new position
+            return any(p["period_start"] == start and p["position_mw"] == signed for p in plan["periods"])
+
+        await until(api, "/api/plan", replanned, "a plan with the fill's position")
+        after = await api_get(api, "/api/auto")
+        assert replans < after["replans"] <= replans + 2, (status, after)  # the fill's replan, not a timer's
