@@ -185,3 +185,43 @@ async def test_one_silent_bms_costs_no_overrun_and_the_other_unit_is_written_eve
             assert not u2.available and u2.binding in ("comm_loss", "stale"), u2
         await fault(api, "u2.bms_modbus", delay_s=0.0)
         await wait_for(lambda: shares(c).get("u2", 0) > 0, 15, "unit 2 back")
+
+
+async def test_the_daemon_runs_a_two_unit_site_file_and_its_faces_show_both_units(tmp_path):
+    """`run`'s Daemon takes the multi-unit site file (the guard that refused it is gone): the status API and the
+    metrics carry both units' setpoints and the POI."""
+    from controller.config import Secrets
+    from controller.daemon import Daemon
+
+    cfg = two_unit_config(tmp_path, mqtt={"enabled": False})
+    key = "units-test-key-0123456789"
+    secrets = Secrets(
+        api_keys=[key],
+        hmac_secret="units-test-secret-0123456789abcdef",
+        mqtt_url="mqtt://127.0.0.1:1",
+        exchange_base_url="http://127.0.0.1:9",
+    )
+    async with SitePlant(cfg, control_port=cfg.simulator.control_port) as site:
+        daemon = Daemon(cfg, secrets, tmp_path / "state")
+        try:
+            await daemon.start()
+            c = daemon.controller
+            await wait_for(lambda: c.stats.good_cycles >= 1, 15, "the first good cycle")
+            c.set_mode("manual", 6.0)
+            await wait_for(
+                lambda: wset_mw(site, "u1") + wset_mw(site, "u2") == pytest.approx(6.0, abs=1e-3), 10, "6 MW"
+            )
+            async with httpx.AsyncClient(base_url=daemon.web_url, timeout=5) as client:
+                await wait_for(lambda: c.status()["setpoint_mw"] == pytest.approx(6.0), 5, "the status at 6 MW")
+                r = await client.get("/api/bess-status", headers={"X-API-Key": key})
+                assert r.status_code == 200, r.text
+                st = r.json()
+                units = {u["unit"]: u for u in st["units"]}
+                assert set(units) == {"u1", "u2"} and all(u["available"] for u in units.values())
+                assert units["u1"]["setpoint_mw"] + units["u2"]["setpoint_mw"] == pytest.approx(6.0)
+                assert st["poi"] is not None and st["poi"]["frequency_hz"] is not None
+                m = await client.get("/metrics", headers={"X-API-Key": key})
+                assert m.status_code == 200
+                assert 'bess_unit_setpoint_mw{unit="u2"}' in m.text
+        finally:
+            await daemon.stop()
