@@ -367,8 +367,7 @@ class AutoTrader:
         if enabled:
             self.state, self.reason = RUNNING, ""
         else:
-            self.state, self.reason = self._off_state()
-            self.reason = f"switched off by {who}"
+            self._set_state(OFF, f"switched off by {who}")
             await self._cancel_own("auto-trading switched off")
         self._wake.set()
         return self.status()
@@ -435,7 +434,7 @@ class AutoTrader:
         self.state, self.reason = state, reason
         if state == EXCHANGE_DOWN:
             self.plant.raise_alarm(EXCHANGE_DOWN_ALARM, "exchange_down", f"auto-trading: {reason}")
-        elif state == RUNNING:
+        else:  # trading again, or stopped for another reason (switched off, mode stopped): not the exchange's
             self.plant.clear_alarm(EXCHANGE_DOWN_ALARM)
 
     async def _plan(self, forecast, state, now: float):
