@@ -1,0 +1,489 @@
+"""Plants of many units: the control cycle's duration (median, p99) and CPU at a 1 s period for plants of 1, 4, 16
+and 64 units, each unit's BMS and PCS behind a Modbus gateway port with the other units' (8 units a gateway by
+default, as on site), a POI meter on its own port; the floor of one unit's Modbus exchanges (its reads, setpoint
+write with read-back and heartbeats, through the same drivers on their own connection) measured in the same run;
+then, on the 16-unit plant, one unit's BMS silent and then answering 2 s late: overruns, and whether every other
+unit's setpoint was written and read back in every cycle.
+
+    .venv/bin/python bench/units.py [--cycles 40] [--sizes 1,4,16,64] [--per-gateway 8] [--fault-units 16]
+
+Targets (issue 13): p99 at 16 units <= 2x p99 at 1 unit; p99 at 64 units < 50 ms; CPU < 5 % of one core at 16
+units; with one unit's BMS silent (or late), 0 overruns and every other unit written each cycle. The plant
+simulator runs in its own process (`python -m controller.cli simulate`, this checkout's code), the controller in
+this one (its CPU is this process's CPU time over wall time); all on 127.0.0.1, every process stopped. Prints
+figures and pass/fail, then one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from controller.clock import Clock  # noqa: E402
+from controller.config import SiteConfig, load_config  # noqa: E402
+from controller.cycle.loop import Controller  # noqa: E402
+from controller.cycle.phases import Phase  # noqa: E402
+from controller.store import Store  # noqa: E402
+
+BASE = ROOT / "config" / "demo-single-modbus.yaml"
+PROFILES = ROOT / "config" / "profiles"
+UNIT_MW, UNIT_MWH = 2.5, 5.0
+PCS_ID_BASE = 101  # behind a gateway: BMS at unit ids 1..k, PCS at 101..100+k
+TARGETS = {
+    "p99_16_over_p99_1": 2.0,
+    "p99_64_ms": 50.0,
+    "cpu_pct_16": 5.0,
+    "fault_overruns": 0,
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def ms(x: float) -> float:
+    return round(x * 1e3, 3)
+
+
+def figures(xs: list[float]) -> dict[str, float]:
+    return {"n": len(xs), "median_ms": ms(pct(xs, 0.5)), "p99_ms": ms(pct(xs, 0.99)), "max_ms": ms(max(xs))}
+
+
+# ------------------------------------------------------------------------------------------------- the site file
+def unit_devices(i: int, port: int, slot: int) -> dict[str, dict[str, Any]]:
+    """Unit i's BMS (generic Modbus map) and PCS (SunSpec) behind the gateway on `port`, in its `slot`."""
+    common = {"host": "127.0.0.1", "port": port, "poll_interval_s": 1.0, "timeout_s": 0.5, "unit": f"u{i:02d}"}
+    return {
+        f"bms{i:02d}": {
+            "role": "bms",
+            "protocol": "modbus",
+            "unit_id": 1 + slot,
+            "profile": str(PROFILES / "generic-bms.yaml"),
+            **common,
+        },
+        f"pcs{i:02d}": {
+            "role": "pcs",
+            "protocol": "sunspec",
+            "unit_id": PCS_ID_BASE + slot,
+            "profile": str(PROFILES / "sunspec-pcs.yaml"),
+            "reversion_timeout_s": 10,
+            **common,
+        },
+    }
+
+
+def write_site(tmp: Path, n_units: int, per_gateway: int) -> Path:
+    """A plant of `n_units` units of 2.5 MW / 5 MWh (SoCs spread 40-60 %), `per_gateway` units to a gateway port,
+    a SunSpec POI meter; every port free, no faces besides the cycle (no MQTT, web, SCADA); the ramp wide open."""
+    raw = yaml.safe_load(BASE.read_text())
+    gateways = [free_port() for _ in range(-(-n_units // per_gateway))]
+    devices: dict[str, Any] = {}
+    for k in range(n_units):
+        devices.update(unit_devices(k + 1, gateways[k // per_gateway], k % per_gateway))
+    devices["poi"] = {
+        "role": "meter",
+        "protocol": "sunspec",
+        "host": "127.0.0.1",
+        "port": free_port(),
+        "unit_id": 1,
+        "profile": str(PROFILES / "sunspec-meter.yaml"),
+        "poll_interval_s": 1.0,
+        "timeout_s": 0.5,
+    }
+    raw["devices"] = devices
+    raw["units"] = {f"u{k + 1:02d}": {"rated_mw": UNIT_MW, "capacity_mwh": UNIT_MWH} for k in range(n_units)}
+    plant_mw = UNIT_MW * n_units
+    raw["limits"].update(p_charge_max_mw=plant_mw, p_discharge_max_mw=plant_mw, grid_limit_mw=plant_mw)
+    raw["limits"]["ramp_mw_per_s"] = 1000
+    raw["battery"]["capacity_mwh"] = UNIT_MWH * n_units
+    raw["cycle"] = {"period_s": 1.0, "manual_timeout_s": 3600}
+    raw["mqtt"] = {"enabled": False}
+    raw["web"] = {"enabled": False}
+    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    raw["simulator"].update(
+        bms_modbus_port=None,
+        pcs_modbus_port=None,
+        bms_opcua_port=None,
+        control_port=free_port(),
+        units={f"u{k + 1:02d}": {"initial_soc_pct": 40 + 20 * k / max(1, n_units - 1)} for k in range(n_units)},
+    )
+    path = tmp / f"units-{n_units}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- the simulator
+async def wait_port(port: int, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            _, w = await asyncio.open_connection("127.0.0.1", port)
+            w.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
+
+
+class Simulator:
+    """`python -m controller.cli simulate --config SITE` (this checkout's code), its log in `tmp`; always stopped."""
+
+    def __init__(self, site: Path, tmp: Path):
+        self.site = site
+        self.config = load_config(site)
+        self.log_path = tmp / f"{site.stem}-sim.log"
+        self.proc: subprocess.Popen | None = None
+
+    async def __aenter__(self) -> "Simulator":
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "controller.cli", "simulate", "--config", str(self.site)],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            for port in sorted({d.port for d in self.config.devices.values()} | {self.control_port}):
+                await wait_port(port)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def control_port(self) -> int:
+        port = self.config.simulator.control_port
+        assert port is not None
+        return port
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop()
+
+    async def fault(self, face: str | None, **fault: Any) -> None:
+        """Set a face's faults through the simulator's control API; `face` None clears every fault."""
+        import httpx
+
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.control_port}", timeout=10) as c:
+            r = await (c.delete("/sim/faults") if face is None else c.post(f"/sim/faults/{face}", json=fault))
+            r.raise_for_status()
+
+
+# ------------------------------------------------------------------------------------------------- the controller
+class WriteCounter:
+    """Each unit's setpoint writes that were read back (its PCS driver's verified `setpoint_mw` writes that
+    returned), and at every AFTER_WRITE the units so written since the last one: the units written in that cycle."""
+
+    def __init__(self, c: Controller):
+        self.counts: dict[str, int] = {}
+        for link in c.devices.links.values():
+            if link.role == "pcs":
+                self.counts[link.config.unit or ""] = 0
+                link.driver.write = self._counting(link.driver.write, link.config.unit or "")  # type: ignore[method-assign]
+        self._seen = dict(self.counts)
+        self.cycles: list[frozenset[str]] = []
+        c.faces.attach(Phase.AFTER_WRITE, self._after_write)
+
+    def _counting(self, write, unit: str):
+        async def counted(point: str, value, verify: bool = True):
+            result = await write(point, value, verify=verify)
+            if point == "setpoint_mw" and verify:
+                self.counts[unit] += 1
+            return result
+
+        return counted
+
+    def _after_write(self, state) -> None:
+        self.cycles.append(frozenset(u for u, n in self.counts.items() if n > self._seen[u]))
+        self._seen = dict(self.counts)
+
+
+class Running:
+    """A Controller (no faces) on a site file, in this process; started, its first good cycle waited for, stopped."""
+
+    def __init__(self, site: Path, state: Path):
+        self.config: SiteConfig = load_config(site)
+        self.store = Store(state / f"{site.stem}.db")
+        self.c = Controller(self.config, self.store, Clock())
+
+    async def __aenter__(self) -> Controller:
+        try:
+            await self.c.start()
+            await wait_for(lambda: self.c.stats.good_cycles > 0, 60.0, lambda: f"no good cycle: {self.c.status()}")
+        except BaseException:
+            await self.__aexit__()
+            raise
+        return self.c
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.c.stop()
+        finally:
+            self.store.close()
+
+
+async def wait_for(cond, timeout_s: float, why) -> None:
+    """Poll `cond` every 0.1 s until true; RuntimeError(why()) after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(why())
+        await asyncio.sleep(0.1)
+
+
+async def wait_cycles(c: Controller, n: int) -> None:
+    target = c.stats.cycles + n
+    await wait_for(
+        lambda: c.stats.cycles >= target,
+        n * c.config.cycle.period_s * 3 + 30,
+        lambda: f"{n} cycles not run in time (at {c.stats.cycles}, waiting for {target})",
+    )
+
+
+async def window(c: Controller, counter: WriteCounter, n: int, expected: set[str]) -> dict[str, Any]:
+    """`n` cycles measured: their durations (the controller's own measurement), overruns, failed cycles, CPU of
+    this process over wall time, and in how many completed cycles every unit of `expected` was written."""
+    s = c.stats
+    overruns0, failed0, len0 = s.overruns, s.failed_cycles, len(s.durations_s)
+    counter.cycles.clear()
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await wait_cycles(c, n)
+    cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    durations = list(s.durations_s)[len0:]
+    written = [expected <= units for units in counter.cycles]
+    fewest = min((len(units & expected) for units in counter.cycles), default=0)
+    return {
+        **figures(durations),
+        "overruns": s.overruns - overruns0,
+        "failed_cycles": s.failed_cycles - failed0,
+        "cpu_pct": round(100 * cpu / wall, 2),
+        "completed_cycles": len(counter.cycles),
+        "cycles_all_written": sum(written),
+        "all_written_every_cycle": bool(written) and all(written) and len(written) >= n - 1,
+        "fewest_units_written": fewest,
+        "units_expected": len(expected),
+    }
+
+
+# ------------------------------------------------------------------------------------------------- the floor
+async def floor_phase(site: Path, n: int = 200) -> dict[str, Any]:
+    """One unit's Modbus exchanges, back to back on a connection of their own, through the controller's drivers:
+    BMS read, PCS read, setpoint write with read-back, the two heartbeats (what a cycle does for one unit); and one
+    raw 50-register read with pymodbus alone (the wire's share of each request)."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from controller.cycle.devices import make_driver
+    from drivers.modbus import ModbusPool
+
+    cfg = load_config(site)
+    unit = cfg.unit_plan()[0]
+    pool = ModbusPool()
+    bms, pcs = (
+        make_driver(name, dev, cfg.load_profile(dev), Clock(), UNIT_MW, pool)
+        for name, dev in ((unit.bms_name, unit.bms), (unit.pcs_name, unit.pcs))
+    )
+    beats = [d for d, dev in ((pcs, unit.pcs), (bms, unit.bms)) if "heartbeat" in cfg.load_profile(dev).points]
+    exchanges: list[float] = []
+    try:
+        await bms.read()
+        await pcs.read()
+        requests0 = bms.stats.requests + pcs.stats.requests
+        for i in range(n):
+            t0 = time.perf_counter()
+            await bms.read()
+            await pcs.read()
+            await pcs.write("setpoint_mw", 0.0, verify=True)
+            for d in beats:
+                await d.write("heartbeat", i % 65536, verify=False)
+            exchanges.append(time.perf_counter() - t0)
+        per_exchange = (bms.stats.requests + pcs.stats.requests - requests0) / n
+    finally:
+        await bms.close()
+        await pcs.close()
+    raw: list[float] = []
+    cl = AsyncModbusTcpClient("127.0.0.1", port=unit.pcs.port, timeout=1, retries=0)
+    await cl.connect()
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            rr = await cl.read_holding_registers(40000, count=50, device_id=unit.pcs.unit_id)
+            raw.append(time.perf_counter() - t0)
+            if rr.isError():
+                raise RuntimeError(f"raw read: {rr}")
+    finally:
+        cl.close()
+    return {"unit_exchanges": {**figures(exchanges), "requests": per_exchange}, "raw_request": figures(raw)}
+
+
+# ------------------------------------------------------------------------------------------------- the runs
+def available(c: Controller, unit: str) -> bool | None:
+    return next((u.available for u in c.faces.latest().units if u.unit == unit), None)
+
+
+async def fault_phase(sim: Simulator, c: Controller, counter: WriteCounter, unit: str, n: int, **fault) -> dict:
+    """`unit`'s BMS given `fault` for `n` cycles, measured from the moment it starts; then cleared and the unit's
+    recovery waited for (bounded)."""
+    others = set(counter.counts) - {unit}
+    went_unavailable = False
+
+    def watch(state) -> None:
+        nonlocal went_unavailable
+        went_unavailable |= any(u.unit == unit and not u.available for u in state.units)
+
+    detach = c.faces.attach(Phase.AFTER_WRITE, watch)
+    await sim.fault(f"{unit}.bms_modbus", **fault)
+    try:
+        res = await window(c, counter, n, others)
+    finally:
+        await sim.fault(None)
+        detach()
+    t0 = time.monotonic()
+    await wait_for(lambda: available(c, unit) is True, 60, lambda: f"{unit} not available again 60 s after the fault")
+    return {
+        **res,
+        "fault": fault,
+        "unit": unit,
+        "unit_went_unavailable": went_unavailable,
+        "recovered_s": round(time.monotonic() - t0, 1),
+    }
+
+
+async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> dict[str, Any]:
+    """One plant: the simulator, the floor (when asked), the controller dispatching 40 % of the plant's rating as a
+    manual setpoint, a measured window of --cycles, and (when asked) the fault windows."""
+    out: dict[str, Any] = {}
+    async with Simulator(site, tmp) as sim:
+        if floor:
+            out["floor"] = await floor_phase(site)
+        async with Running(site, tmp) as c:
+            counter = WriteCounter(c)
+            units = set(counter.counts)
+            c.set_mode("manual", setpoint_mw=0.4 * UNIT_MW * len(units), source="bench")
+            await wait_cycles(c, args.warmup_cycles)
+            out["cycle"] = await window(c, counter, args.cycles, units)
+            out["cycle"]["setpoint_mw"] = c.decision.setpoint_mw if c.decision else None
+            if faults:
+                half = max(5, args.cycles // 2)
+                victim = sorted(units)[min(1, len(units) - 1)]  # behind a gateway with others (u02)
+                out["bms_silent"] = await fault_phase(sim, c, counter, victim, half, silent=True)
+                out["bms_late_2s"] = await fault_phase(sim, c, counter, victim, half, delay_s=2.0)
+    return out
+
+
+def verdicts(res: dict[str, Any]) -> dict[str, bool | None]:
+    sizes = res["sizes"]
+
+    def p99(n: int) -> float | None:
+        return sizes[str(n)]["cycle"]["p99_ms"] if str(n) in sizes else None
+
+    fault = [res[k] for k in ("bms_silent", "bms_late_2s") if k in res]
+    one, sixteen, sixty_four = p99(1), p99(16), p99(64)
+    return {
+        "p99_16_over_p99_1": None if one is None or sixteen is None else sixteen <= TARGETS["p99_16_over_p99_1"] * one,
+        "p99_64_ms": None if sixty_four is None else sixty_four < TARGETS["p99_64_ms"],
+        "cpu_pct_16": None if "16" not in sizes else sizes["16"]["cycle"]["cpu_pct"] < TARGETS["cpu_pct_16"],
+        "fault_overruns": None if not fault else all(f["overruns"] == 0 for f in fault),
+        "fault_others_written_every_cycle": None if not fault else all(f["all_written_every_cycle"] for f in fault),
+    }
+
+
+async def main(args) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-units-"))
+    res: dict[str, Any] = {
+        "bench": "units",
+        "period_s": 1.0,
+        "per_gateway": args.per_gateway,
+        "targets": TARGETS,
+        "sizes": {},
+        "tmp": str(tmp),
+    }
+    for n in args.sizes:
+        site = write_site(tmp, n, args.per_gateway)
+        run = await size_run(site, tmp, args, floor=n == args.sizes[0], faults=n == args.fault_units)
+        if "floor" in run:
+            res["floor"] = run.pop("floor")
+        for key in ("bms_silent", "bms_late_2s"):
+            if key in run:
+                res[key] = {**run.pop(key), "plant_units": n}
+        res["sizes"][str(n)] = run
+        print(f"  {n} units: done", file=sys.stderr, flush=True)
+    res["met"] = verdicts(res)
+    return res
+
+
+def report(out: dict[str, Any]) -> None:
+    f = out.get("floor")
+    if f:
+        u, r = f["unit_exchanges"], f["raw_request"]
+        print(
+            f"floor: one unit's exchanges ({u['requests']:g} requests: reads, setpoint + read-back, heartbeats) "
+            f"median {u['median_ms']} ms, p99 {u['p99_ms']} ms; one raw 50-register read median {r['median_ms']} ms"
+        )
+    print("units  cycles  median ms   p99 ms   max ms  overruns  CPU %  every unit written every cycle")
+    for n, run in out["sizes"].items():
+        c = run["cycle"]
+        print(
+            f"{n:>5}  {c['n']:>6}  {c['median_ms']:>9}  {c['p99_ms']:>7}  {c['max_ms']:>7}  {c['overruns']:>8}  "
+            f"{c['cpu_pct']:>5}  {'yes' if c['all_written_every_cycle'] else 'NO'} "
+            f"({c['cycles_all_written']}/{c['completed_cycles']})"
+        )
+    for key, label in (("bms_silent", "one BMS silent"), ("bms_late_2s", "one BMS 2 s late")):
+        if key in out:
+            r = out[key]
+            print(
+                f"{label} ({r['unit']} of {r['plant_units']} units): {r['n']} cycles, p99 {r['p99_ms']} ms, "
+                f"overruns {r['overruns']}, failed cycles {r['failed_cycles']}, the other units written and read "
+                f"back every cycle: {'yes' if r['all_written_every_cycle'] else 'NO'} ({r['cycles_all_written']}/"
+                f"{r['completed_cycles']} cycles; fewest {r['fewest_units_written']}/{r['units_expected']}), "
+                f"{r['unit']} went unavailable: {r['unit_went_unavailable']}, back {r['recovered_s']} s after"
+            )
+    names = {
+        "p99_16_over_p99_1": "p99 at 16 units <= 2x p99 at 1 unit",
+        "p99_64_ms": "p99 at 64 units < 50 ms",
+        "cpu_pct_16": "CPU at 16 units < 5 % of a core",
+        "fault_overruns": "one BMS silent or late: 0 overruns",
+        "fault_others_written_every_cycle": "one BMS silent or late: every other unit written each cycle",
+    }
+    for key, ok in out["met"].items():
+        print(f"  {'PASS' if ok else ('n/a ' if ok is None else 'FAIL')}  {names[key]}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cycles", type=int, default=40, help="measured cycles per plant (the fault runs: half each)")
+    ap.add_argument("--warmup-cycles", type=int, default=3)
+    ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
+    ap.add_argument("--per-gateway", type=int, default=8, help="units whose BMS and PCS share one gateway port")
+    ap.add_argument("--fault-units", type=int, default=16, help="the plant size of the fault runs (0: none)")
+    result = asyncio.run(main(ap.parse_args()))
+    report(result)
+    print(json.dumps(result))
