@@ -347,8 +347,10 @@ Demo running. Everything listens on 127.0.0.1:
 Press Ctrl-C to stop.""",
             flush=True,
         )
-        if args.orders:
+        if args.orders and cfg.trading.auto.enabled:
             report_auto_trading(web, lambda text: print(text, flush=True))
+        elif args.orders:
+            print("  auto-trading   off: this site file does not enable trading.auto", flush=True)
         else:
             print("  auto-trading   off (--no-orders): the site only follows trades placed by hand", flush=True)
         deadline = time.monotonic() + args.duration_s if args.duration_s else None

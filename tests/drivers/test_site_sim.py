@@ -1,4 +1,4 @@
-"""The N-unit plant simulator (simulators/site.py) from config/demo-two-unit.yaml on free loopback ports, read
+"""The N-unit plant simulator (simulators/site.py) from config/demo.yaml (the two-unit demo) on free loopback ports, read
 through the real drivers: two units on their own ports with their own batteries, two units behind one gateway
 port (unit ids), per-unit faults and state through the control API, the POI meter measuring the units' sum with
 frequency steps and ramps and an aux load injected through the control API, and `bess-edge simulate` serving it."""
@@ -29,13 +29,13 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
-TWO_UNIT = CONFIG / "demo-two-unit.yaml"
+TWO_UNIT = CONFIG / "demo.yaml"  # the two-unit demo
 MANUAL = 3600.0  # tick period that leaves stepping to the test
 TIMEOUT_S = 0.5
 
 
 def two_unit_config(tmp_path: Path, gateway: bool = False) -> Path:
-    """demo-two-unit.yaml on free ports; with `gateway`, both BMS behind one port and both PCS behind another
+    """demo.yaml (two units) on free ports; with `gateway`, both BMS behind one port and both PCS behind another
     (unit ids 1 and 2), u1's BMS read over Modbus too."""
     raw = yaml.safe_load(TWO_UNIT.read_text())
     devices = raw["devices"]

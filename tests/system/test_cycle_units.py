@@ -1,4 +1,4 @@
-"""The cycle on a plant of two units behind one POI meter (config/demo-two-unit.yaml on free loopback ports): the
+"""The cycle on a plant of two units behind one POI meter (config/demo.yaml on free loopback ports): the
 N-unit site simulator (simulators/site.py) in-process, faults and the aux load injected through its control API,
 a real Controller with real drivers. What the PCS simulators hold and what the meter measures are the evidence:
 a setpoint is shared across both units (SoC balancing), a unit whose BMS falls silent gets 0 MW while the other
@@ -25,7 +25,7 @@ from tests.fixtures.controller import ROOT, running_controller, site_config, wai
 
 pytestmark = pytest.mark.timeout(120)
 
-TWO_UNIT = ROOT / "config" / "demo-two-unit.yaml"
+TWO_UNIT = ROOT / "config" / "demo.yaml"  # the two-unit demo
 DEVICES = ("bms1", "pcs1", "bms2", "pcs2", "poi")
 FAST_RAMP = {"ramp_mw_per_s": 1000}  # one cycle from 0 to any target
 

@@ -1,5 +1,6 @@
 """`bess-edge demo` as a user runs it: it starts everything on DESIGN.md's fixed ports, the controller runs
-the plant, and Ctrl-C stops every process on its SIGTERM (none needs killing) with the ports freed."""
+the plant (the two-unit demo, and the one-unit plant with --config config/demo-single.yaml), and Ctrl-C stops every
+process on its SIGTERM (none needs killing) with the ports freed."""
 
 from __future__ import annotations
 
@@ -22,12 +23,17 @@ PORTS = {
     "mqtt": 1883,
     "bms modbus": 1502,
     "pcs modbus": 1503,
+    "simulator control": 1504,
     "bms opcua": 4841,
     "scada modbus": 5020,
     "scada opcua": 4840,
 }
+# config/demo.yaml's besides: unit 2's BMS and PCS, the POI meter, the IEC 104 face (demo-single.yaml, the one-unit
+# plant, has none of them)
+TWO_UNIT_PORTS = {"unit 2 bms modbus": 1512, "unit 2 pcs sunspec": 1513, "poi meter": 1505, "scada iec104": 2404}
+ALL_PORTS = {**PORTS, **TWO_UNIT_PORTS}
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = pytest.mark.timeout(240)
 
 
 def port_open(port: int) -> bool:
@@ -42,6 +48,27 @@ def get_json(path: str, key: str = "demo"):
         return json.loads(r.read())
 
 
+def post_json(path: str, body: dict, key: str = "demo"):
+    req = urllib.request.Request(
+        f"http://127.0.0.1:5000{path}",
+        data=json.dumps(body).encode(),
+        headers={"X-API-Key": key, "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+def wait_status(cond, timeout_s: float = 30) -> dict:
+    """/api/bess-status once `cond(status)` holds (bounded; the last status is returned either way)."""
+    deadline = time.monotonic() + timeout_s
+    status = get_json("/api/bess-status")
+    while not cond(status) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        status = get_json("/api/bess-status")
+    return status
+
+
 def auto_start(period: dict) -> float:
     """A plan period's start, Unix seconds."""
     from controller.clock import parse_iso
@@ -50,11 +77,15 @@ def auto_start(period: dict) -> float:
 
 
 @pytest.fixture
-def demo(tmp_path):
-    busy = [n for n, p in PORTS.items() if port_open(p)]
+def demo(tmp_path, request):
+    """`bess-edge demo` (with `--config` when the test names one), up to its 'Press Ctrl-C' line; stopped with its
+    own orderly stop when the test did not stop it (its children run in sessions of their own)."""
+    busy = [n for n, p in ALL_PORTS.items() if port_open(p)]
     assert not busy, f"demo ports already in use: {busy}"
+    config = getattr(request, "param", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)],
+        [sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)]
+        + (["--config", str(ROOT / config)] if config else []),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -75,29 +106,17 @@ def demo(tmp_path):
         yield proc, lines
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            proc.send_signal(signal.SIGINT)  # the demo stops its children (SIGKILL to it alone would orphan them)
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
-def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
-    proc, lines = demo
-    text = "".join(lines)
-    assert "http://127.0.0.1:5000/" in text and "API key: demo" in text
-    for name, port in PORTS.items():
-        assert port_open(port), f"{name} port {port} is not open"
-    deadline = time.monotonic() + 30
-    status = {}
-    while time.monotonic() < deadline:
-        status = get_json("/api/bess-status")
-        if status["status"] == "online":
-            break
-        time.sleep(0.5)
-    assert status["status"] == "online", status
-    assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
-    md = get_json("/api/market-data")
-    assert {"mark", "ema", "vwap", "series"} <= set(md)
-    # the site trades on its own: the auto-trader's plan (the demo says it), and its orders through the site's own
-    # order desk to the exchange wherever the plan needs a trade in the next hours
+def check_auto_trading(proc) -> None:
+    """The site trades on its own: the auto-trader's plan (the demo says it), and its orders through the site's own
+    order desk to the exchange wherever the plan needs a trade in the next hours."""
     said = ""
     while "auto-trading" not in said:
         said = proc.stdout.readline()
@@ -118,14 +137,67 @@ def test_demo_serves_every_port_runs_the_plant_and_stops_cleanly(demo):
         auto = get_json("/api/auto")
     assert not needs or auto["orders_placed"] >= 1, (auto, needs[:3])
     assert auto["state"] == "running" and get_json("/api/bess-status")["auto_trading"]["enabled"] is True, auto
+
+
+def stop_cleanly(proc) -> None:
     proc.send_signal(signal.SIGINT)
     # bounded wait: the demo gives its processes 8 s after SIGTERM, then kills what is left and says so
     rest, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, rest
     assert "stopped: all demo processes ended" in rest
     assert "did not stop" not in rest, f"a demo process had to be killed:\n{rest}"
-    still = [n for n, p in PORTS.items() if port_open(p)]
+    still = [n for n, p in ALL_PORTS.items() if port_open(p)]
     assert not still, f"ports still open after stop: {still}"
+
+
+def test_demo_serves_every_port_runs_both_units_and_the_poi_and_stops_cleanly(demo):
+    """The two-unit demo (config/demo.yaml): both units online at their different SoCs, the POI meter read, a
+    manual setpoint through the API shared by both units, the auto-trader at work, a clean stop."""
+    proc, lines = demo
+    text = "".join(lines)
+    assert "http://127.0.0.1:5000/" in text and "API key: demo" in text
+    assert "unit u1" in text and "unit u2" in text and "POI meter" in text and ":1512" in text and ":1513" in text
+    for name, port in ALL_PORTS.items():
+        assert port_open(port), f"{name} port {port} is not open"
+    status = wait_status(
+        lambda s: s["status"] == "online" and len(s["units"]) == 2 and all(u["available"] for u in s["units"])
+    )
+    assert status["status"] == "online", status
+    units = {u["unit"]: u for u in status["units"]}
+    assert set(units) == {"u1", "u2"} and all(u["available"] for u in units.values()), status["units"]
+    assert units["u1"]["soc_pct"] > units["u2"]["soc_pct"] + 10, units  # started at 60 and 40 %
+    assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
+    poi = wait_status(lambda s: s["poi"] is not None and s["poi"]["power_mw"] is not None)["poi"]
+    assert poi is not None and poi["power_mw"] is not None and 49 < poi["frequency_hz"] < 51, poi
+    md = get_json("/api/market-data")
+    assert {"mark", "ema", "vwap", "series"} <= set(md)
+    check_auto_trading(proc)
+    # 4 MW to discharge, by hand: the allocation shares it, the fuller unit 1 taking more
+    post_json("/api/mode", {"mode": "manual", "setpoint_mw": 4.0, "expires_s": 120})
+    status = wait_status(lambda s: abs(sum(u["setpoint_mw"] or 0 for u in s["units"]) - 4.0) < 0.01)
+    shares = {u["unit"]: u["setpoint_mw"] for u in status["units"]}
+    assert abs(sum(shares.values()) - 4.0) < 0.01 and shares["u1"] > shares["u2"] > 0, status
+    post_json("/api/mode", {"mode": "auto"})
+    stop_cleanly(proc)
+
+
+@pytest.mark.parametrize("demo", ["config/demo-single.yaml"], indirect=True)
+def test_demo_single_runs_the_one_unit_plant(demo):
+    """`bess-edge demo --config config/demo-single.yaml`: the one-unit plant on its ports, no meter; the demo says
+    at once that this site file does not trade on its own."""
+    proc, lines = demo
+    text = "".join(lines)
+    assert "BMS simulator" in text and "unit u2" not in text and "POI meter" not in text
+    for name, port in PORTS.items():
+        assert port_open(port), f"{name} port {port} is not open"
+    assert not any(port_open(p) for p in TWO_UNIT_PORTS.values())
+    status = wait_status(lambda s: s["status"] == "online")
+    assert status["status"] == "online", status
+    assert [u["unit"] for u in status["units"]] == ["u1"] and status["poi"] is None
+    assert 0 < status["soc_pct"] < 100 and status["temperature_c"] is not None
+    said = proc.stdout.readline()
+    assert "auto-trading   off" in said, said
+    stop_cleanly(proc)
 
 
 def test_demo_broker_persists_its_state_in_a_private_directory(tmp_path):

@@ -379,9 +379,9 @@ async def test_a_pcs_a_meter_and_a_silent_unit_behind_one_port(tmp_path):
 
 
 async def test_the_site_simulators_gateway_two_pcs_the_meter_one_silent_one_absent(tmp_path):
-    """simulators/site.py from demo-two-unit.yaml with both PCS and the POI meter behind one gateway port (unit
+    """simulators/site.py from demo.yaml (two units) with both PCS and the POI meter behind one gateway port (unit
     ids 1, 2, 3): unit 2's PCS silenced through its faults, unit id 4 served by nobody (the gateway answers 0B)."""
-    raw = yaml.safe_load((CONFIG / "demo-two-unit.yaml").read_text())
+    raw = yaml.safe_load((CONFIG / "demo.yaml").read_text())
     devices, gateway = raw["devices"], free_port()
     for dev in devices.values():
         dev["profile"] = str(CONFIG / dev["profile"])

@@ -119,7 +119,7 @@ async def test_a_one_unit_plant_has_one_block_with_the_plants_figures(plant, tmp
 
 # ---------------------------------------------------------------------------------------------- two units
 def two_unit_site(tmp_path: Path):
-    raw = yaml.safe_load((ROOT / "config" / "demo-two-unit.yaml").read_text())
+    raw = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
     for dev in raw["devices"].values():
         dev["profile"] = str((ROOT / "config" / dev["profile"]).resolve())
     raw["scada"] = {

@@ -19,7 +19,7 @@ from controller.cycle.devices import DeviceSet
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
-TWO_UNIT = CONFIG / "demo-two-unit.yaml"
+TWO_UNIT = CONFIG / "demo.yaml"  # the two-unit demo
 
 
 def two_unit() -> dict[str, Any]:
