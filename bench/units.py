@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -427,24 +428,25 @@ def verdicts(res: dict[str, Any]) -> dict[str, bool | None]:
 
 async def main(args) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-units-"))
-    res: dict[str, Any] = {
-        "bench": "units",
-        "period_s": 1.0,
-        "per_gateway": args.per_gateway,
-        "targets": TARGETS,
-        "sizes": {},
-        "tmp": str(tmp),
-    }
-    for n in args.sizes:
-        site = write_site(tmp, n, args.per_gateway)
-        run = await size_run(site, tmp, args, floor=n == args.sizes[0], faults=n == args.fault_units)
-        if "raw_request" in run:
-            res["raw_request"] = run.pop("raw_request")
-        for key in ("bms_silent", "bms_late_2s"):
-            if key in run:
-                res[key] = {**run.pop(key), "plant_units": n}
-        res["sizes"][str(n)] = run
-        print(f"  {n} units: done", file=sys.stderr, flush=True)
+    res: dict[str, Any] = {"bench": "units", "period_s": 1.0, "per_gateway": args.per_gateway, "targets": TARGETS}
+    res["sizes"] = {}
+    try:
+        for n in args.sizes:
+            site = write_site(tmp, n, args.per_gateway)
+            run = await size_run(site, tmp, args, floor=n == args.sizes[0], faults=n == args.fault_units)
+            if "raw_request" in run:
+                res["raw_request"] = run.pop("raw_request")
+            for key in ("bms_silent", "bms_late_2s"):
+                if key in run:
+                    res[key] = {**run.pop(key), "plant_units": n}
+            # the cycle against what the wire and the simulator allow without it
+            run["cycle_over_floor_p99"] = round(run["cycle"]["p99_ms"] / max(run["floor"]["p99_ms"], 1e-3), 2)
+            res["sizes"][str(n)] = run
+            print(f"  {n} units: done", file=sys.stderr, flush=True)
+    except BaseException:
+        print(f"bench/units.py: stopped; the site files and simulator logs are in {tmp}", file=sys.stderr)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     res["met"] = verdicts(res)
     return res
 
