@@ -1164,7 +1164,10 @@ def load_config(path: str | Path) -> SiteConfig:
     _resolve_files(cfg)
     errors = [
         _located(root, loc, msg)
-        for loc, msg in _device_errors(cfg) + _users_file_errors(cfg) + _forecast_file_errors(cfg)
+        for loc, msg in _device_errors(cfg)
+        + _users_file_errors(cfg)
+        + _iec104_file_errors(cfg)
+        + _forecast_file_errors(cfg)
     ]
     if errors:
         raise ConfigError(str(path), errors)
@@ -1250,6 +1253,21 @@ def _device_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                         f"(got {dev.reversion_timeout_s:g} s)",
                     )
                 )
+    return errors
+
+
+def _iec104_file_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The IEC 104 face's TLS files must be there to read (paths are resolved against the site file's folder)."""
+    face = cfg.scada.iec104
+    if not (face.enabled and face.tls.enabled):
+        return []
+    loc: Loc = ("scada", "iec104", "tls")
+    files = [(k, getattr(face.tls, k)) for k in ("cert_file", "key_file", "ca_file")]
+    files += [(("client_certs", i), f) for i, f in enumerate(face.tls.client_certs)]
+    errors: list[tuple[Loc, str]] = []
+    for key, path in files:
+        if path is not None and not Path(path).is_file():
+            errors.append((loc + (key if isinstance(key, tuple) else (key,)), f"cannot read {path}: no such file"))
     return errors
 
 

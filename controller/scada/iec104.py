@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bess.scada.iec104")
 
 REFUSAL_LOG_EVERY_S = 60.0  # a refused client that keeps reconnecting is logged once a minute per address
+REFUSAL_ADDRESSES_KEPT = 1024  # addresses whose last refusal log time is kept (bounded memory)
 _TYPES = {p.type: getattr(c104.Type, p.type) for p in MONITOR + COMMANDS}
 _GOOD = c104.Quality(0)
 _MISSING = object()
@@ -181,6 +182,8 @@ class Iec104Face:
         self.connections_refused += 1
         now = time.monotonic()
         if now - self._refusals_logged.get(ip, -math.inf) >= REFUSAL_LOG_EVERY_S:
+            if len(self._refusals_logged) >= REFUSAL_ADDRESSES_KEPT:  # a scan from many addresses: start afresh
+                self._refusals_logged.clear()
             self._refusals_logged[ip] = now
             log.warning(
                 "IEC 104 connection refused: client not on scada.iec104.allow_clients",
