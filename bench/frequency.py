@@ -37,7 +37,7 @@ from controller.config import load_config  # noqa: E402
 from controller.cycle.loop import Controller  # noqa: E402
 from controller.store import Store  # noqa: E402
 
-BASE = ROOT / "config" / "demo-modbus.yaml"
+BASE = ROOT / "config" / "demo-single-modbus.yaml"
 TARGET_P99_MS = 200.0
 
 
@@ -57,7 +57,7 @@ def ms(x: float) -> float:
 
 
 def write_site(tmp: Path, fast_path_s: float) -> Path:
-    """demo-modbus.yaml plus a SunSpec POI meter, every port free, FCR on (8 MW), the ramp wide open (so the
+    """demo-single-modbus.yaml plus a SunSpec POI meter, every port free, FCR on (8 MW), the ramp wide open (so the
     figure is the software path's, not a ramp's), no faces besides the cycle."""
     raw = yaml.safe_load(BASE.read_text())
     raw["devices"]["poi"] = {"role": "meter", "protocol": "sunspec", "profile": "profiles/sunspec-meter.yaml"}
