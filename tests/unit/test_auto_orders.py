@@ -10,7 +10,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.clock import parse_iso
+from controller.clock import iso, parse_iso
 from controller.trading.auto import Cancel, OpenOrder, OrderActions, RiskLimits, limit_price, lots, orders_for_plan
 from controller.trading.market import GATE_CLOSURE_S, PERIOD_S
 
@@ -176,3 +176,47 @@ def test_applying_the_answer_leaves_nothing_more_to_do(s) -> None:
         assert all(a.delivery_start not in {c.delivery_start for c in again.cancel} for a in acts.place)
         return
     assert again == OrderActions(), (acts, again)
+
+
+# ---------------------------------------------------------------- the faces' projections
+def test_realised_pnl_by_day_counts_only_delivered_trades() -> None:
+    from controller.trading.auto import realised_pnl_by_day
+
+    def trade(side: str, mw: float, price: float, start: str) -> dict:
+        s = parse_iso(start)
+        return {
+            "side": side,
+            "quantity_mw": mw,
+            "price_eur_mwh": price,
+            "delivery_start": start,
+            "delivery_end": iso(s + PERIOD_S),
+        }
+
+    trades = [
+        trade("buy", 4.0, 20.0, "2026-12-02T03:00:00Z"),  # pays 4 * 0.25 * 20 = 20
+        trade("sell", 4.0, 120.0, "2026-12-02T19:00:00Z"),  # earns 120
+        trade("sell", 2.0, 100.0, "2026-12-03T09:45:00Z"),  # earns 50
+        trade("sell", 2.0, 100.0, "2026-12-03T10:00:00Z"),  # delivery not over at NOW: not realised
+        {"side": "sell", "quantity_mw": "x"},  # unreadable: left out
+    ]
+    assert realised_pnl_by_day(trades, NOW) == [
+        {"day": "2026-12-02", "pnl_eur": 100.0, "energy_mwh": 2.0},
+        {"day": "2026-12-03", "pnl_eur": 50.0, "energy_mwh": 0.5},
+    ]
+
+
+def test_plan_view_is_designs_shape() -> None:
+    from controller.trading.auto import plan_view
+    from controller.trading.optimiser import Plan, PlanPeriod
+
+    plan = Plan("optimal", "", 123.456, 4.2, (PlanPeriod(P0, -2.0, -2.0, 0.0, 52.5, 2.0, 0.0, 0.25),))
+    view = plan_view(plan, {P0: 31.234}, NOW)
+    assert view == {
+        "generated_at": iso(NOW),
+        "status": "optimal",
+        "solve_ms": 4.2,
+        "objective_eur": 123.46,
+        "periods": [
+            {"period_start": iso(P0), "price_eur_mwh": 31.23, "position_mw": 0.0, "plan_mw": -2.0, "soc_pct_end": 52.5}
+        ],
+    }
