@@ -389,3 +389,30 @@ async def test_a_fill_makes_it_replan_at_once(mosquitto, make_plant, tmp_path): 
         await until(api, "/api/plan", replanned, "a plan with the fill's position")
         after = await api_get(api, "/api/auto")
         assert replans < after["replans"] <= replans + 2, (status, after)  # the fill's replan, not a timer's
+
+
+# ----------------------------------------------------------------------------------------------- safe state
+async def test_a_plant_safe_state_stops_it_and_it_resumes_after(mosquitto, make_plant, tmp_path):  # noqa: F811
+    """A BMS fault puts the plant in its safe state (0 MW, binding alarm): the auto-trader places nothing more and
+    cancels its open orders; once the fault is gone it trades again."""
+    clock = Clock()
+    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
+    plant = await make_plant()
+    async with (
+        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
+        running_site(
+            plant, mosquitto, tmp_path, clock, ex.url, **auto_overrides({"source": "csv", "path": str(csv_path)})
+        ) as (d, api),
+    ):
+        await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a first order")
+        plant.faults["bms_modbus"].fault_bits = 1 << 1  # insulation_fault in the generic BMS profile
+        stopped = await until(api, "/api/auto", lambda s: s["state"] == "safe_state", "stopped by the safe state")
+        assert "alarm" in stopped["reason"], stopped
+        await until(api, "/api/auto", lambda s: s["replans"] >= stopped["replans"] + 1, "a replan in safe state")
+        await wait_for(lambda: not [o for o in site_orders(ex) if o.active], 10, "its open orders cancelled")
+        count = len(site_orders(ex))
+        await until(api, "/api/auto", lambda s: s["replans"] >= stopped["replans"] + 3, "more replans in safe state")
+        assert len(site_orders(ex)) == count  # nothing placed meanwhile
+        plant.faults["bms_modbus"].fault_bits = 0
+        await until(api, "/api/auto", lambda s: s["state"] == "running", "running again")
+        await until(api, "/api/auto", lambda s: any(o.active for o in site_orders(ex)), "orders again")
