@@ -59,6 +59,13 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         f"grid {lim.grid_limit_mw:g} MW"
     )
     print(f"  battery: {cfg.battery.capacity_mwh:g} MWh, round trip {cfg.battery.round_trip_efficiency:.1%}")
+    auto, fc = cfg.trading.auto, cfg.forecast
+    if auto.enabled:
+        print(
+            f"  auto-trading: on, replan {auto.replan_s:g} s, orders <= {auto.max_order_mw:g} MW, positions <= "
+            f"{auto.max_position_mw:g} MW, margin {auto.min_margin_eur_mwh:g} EUR/MWh; forecast {fc.source}, "
+            f"{fc.horizon_h:g} h"
+        )
     for line in cfg.warnings + env_warnings:
         print(f"  warning: {line}")
     return 0
