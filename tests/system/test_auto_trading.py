@@ -344,8 +344,12 @@ async def test_forecast_from_the_exchange_auction_and_market_history(mosquitto, 
             assert p["price_eur_mwh"] == curve.price(parse_iso(p["period_start"]) - 86400), p
         assert len(plan["periods"]) >= 36 * 4 - 1
         # the exchange's auction is public and 404 before its publication time
-        r = await httpx.AsyncClient().get(f"{ex.url}/api/auction/{iso(published_until + 86400)[:10]}")
-        assert r.status_code == 404 and "publishes_at" in r.json(), r.text
+        async with httpx.AsyncClient(base_url=ex.url) as public:
+            r = await public.get(f"/api/auction/{iso(published_until + 86400)[:10]}")
+            assert r.status_code == 404 and "publishes_at" in r.json(), r.text
+            latest = (await public.get("/api/auction")).json()
+            assert latest["day"] == iso(published_until - 86400)[:10] and len(latest["periods"]) == 96, latest
+            assert (await public.get("/api/auction/2026-13-01")).status_code == 422
         # market samples are stored and served as history for the dashboard's chart
         hist = await until(api, "/api/market-history?hours=1", lambda h: len(h["samples"]) >= 1, "a market sample")
         assert set(hist["samples"][0]) >= {"ts", "mark", "ema", "vwap"}
