@@ -126,6 +126,14 @@ class UnitPlan:
 IMPLICIT_UNIT = "u1"  # the name of the one unit of a site file without units:
 
 
+# limit -> (the limit it is ordered against, True: must be above it, False: below); the other one comes first
+_LIMIT_ORDER = {
+    "soc_max_pct": ("soc_min_pct", True),
+    "t_max_c": ("t_derate_c", True),
+    "t_min_charge_c": ("t_derate_c", False),
+}
+
+
 class Limits(_Model):
     """Operating limits; every setpoint passes all of them, the strictest wins."""
 
@@ -147,28 +155,15 @@ class Limits(_Model):
     )
     stale_after_s: float = Field(3.0, gt=0, le=STALE_MAX_S)
 
-    @field_validator("soc_max_pct")
+    @field_validator(*_LIMIT_ORDER)
     @classmethod
-    def _soc_order(cls, v: float, info: ValidationInfo) -> float:
-        lo = info.data.get("soc_min_pct")
-        if lo is not None and v <= lo:
-            raise ValueError(f"must be > limits.soc_min_pct (got {v:g} <= {lo:g})")
-        return v
-
-    @field_validator("t_max_c")
-    @classmethod
-    def _t_order(cls, v: float, info: ValidationInfo) -> float:
-        lo = info.data.get("t_derate_c")
-        if lo is not None and v <= lo:
-            raise ValueError(f"must be > limits.t_derate_c (got {v:g} <= {lo:g})")
-        return v
-
-    @field_validator("t_min_charge_c")
-    @classmethod
-    def _t_min_order(cls, v: float, info: ValidationInfo) -> float:
-        hi = info.data.get("t_derate_c")
-        if hi is not None and v >= hi:
-            raise ValueError(f"must be < limits.t_derate_c (got {v:g} >= {hi:g})")
+    def _order(cls, v: float, info: ValidationInfo) -> float:
+        """A limit on the right side of the one it is ordered against (_LIMIT_ORDER), which comes before it."""
+        other, above = _LIMIT_ORDER[info.field_name]
+        bound = info.data.get(other)
+        if bound is not None and (v <= bound if above else v >= bound):
+            want, got = (">", "<=") if above else ("<", ">=")
+            raise ValueError(f"must be {want} limits.{other} (got {v:g} {got} {bound:g})")
         return v
 
     @field_validator("poi_fallback_margin_mw")
