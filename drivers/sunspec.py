@@ -15,9 +15,9 @@ from typing import Any
 
 import sunspec2
 
-from drivers.base import DriverStats, Reading, TimeSource
+from drivers.base import DriverStats, Reading
 from drivers.errors import DeviceError, ModbusError, ProfileError
-from drivers.modbus import MAX_REGISTERS, ModbusDriver, ModbusPool
+from drivers.modbus import MAX_REGISTERS, ModbusDriver
 from drivers.profile import Point, Profile
 
 log = logging.getLogger("bess.drivers.sunspec")
@@ -285,7 +285,10 @@ def _point(
 
 class SunSpecDriver:
     """A SunSpec device read and written by a profile of `<model>.<point>` refs. Discovery runs on the
-    first connect; then every read and write goes through a ModbusDriver on the resolved register map."""
+    first connect; then every read and write goes through a ModbusDriver on the resolved register map.
+
+    `link`: that ModbusDriver's connection options as they are (unit_id, timeout_s, clock, backoff_max_s,
+    rating_mw, pool), so both drivers are built with the same arguments (controller.cycle.devices)."""
 
     def __init__(
         self,
@@ -293,13 +296,8 @@ class SunSpecDriver:
         profile: Profile,
         host: str,
         port: int,
-        unit_id: int = 1,
-        timeout_s: float = 0.5,
-        clock: TimeSource | None = None,
-        backoff_max_s: float = 10.0,
         base_addresses: tuple[int, ...] | None = None,
-        rating_mw: float | None = None,
-        pool: ModbusPool | None = None,
+        **link: Any,
     ):
         self.name = name
         self.profile = profile
@@ -312,19 +310,7 @@ class SunSpecDriver:
         # Until discovery, the connection carries no points; the SunSpec chain is contiguous, so reads
         # may span unused registers freely (max_gap = a whole request).
         empty = Profile(name=profile.name, vendor=profile.vendor, protocol="sunspec", points={})
-        self.modbus = ModbusDriver(
-            name,
-            empty,
-            host,
-            port,
-            unit_id=unit_id,
-            timeout_s=timeout_s,
-            clock=clock,
-            backoff_max_s=backoff_max_s,
-            max_gap=MAX_REGISTERS,
-            rating_mw=rating_mw,
-            pool=pool,
-        )
+        self.modbus = ModbusDriver(name, empty, host, port, max_gap=MAX_REGISTERS, **link)
 
     @property
     def stats(self) -> DriverStats:
