@@ -27,6 +27,27 @@ PROFILES = Path(__file__).resolve().parent.parent / "config" / "profiles"
 FACES = ("bms_modbus", "pcs", "bms_opcua")
 
 
+def plant_params(
+    config: SiteConfig, capacity_mwh: float, rated_mw: float, reversion_timeout_s: float, **pcs: Any
+) -> tuple[BatteryParams, PcsParams]:
+    """A battery and PCS of this size, of the site file's battery (efficiencies, self-discharge) and the
+    simulator's thermal model and ramp; `pcs`: more PcsParams (e.g. a unit's serial)."""
+    sim, bat = config.simulator, config.battery
+    battery = BatteryParams(
+        capacity_mwh=capacity_mwh,
+        rated_power_mw=rated_mw,
+        charge_efficiency=bat.charge_efficiency,
+        discharge_efficiency=bat.discharge_efficiency,
+        self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
+        ambient_c=sim.ambient_c,
+        thermal_time_constant_s=sim.thermal_time_constant_s,
+        heating_c_per_mw=sim.heating_c_per_mw,
+    )
+    return battery, PcsParams(
+        rated_power_mw=rated_mw, ramp_mw_per_s=sim.ramp_mw_per_s, reversion_timeout_s=reversion_timeout_s, **pcs
+    )
+
+
 class Plant(SimulatorParts):
     """Battery + PCS + faces. Ports: None = face off, 0 = any free port (read `ports` after start)."""
 
@@ -93,22 +114,10 @@ class Plant(SimulatorParts):
     def from_config(cls, config: SiteConfig, **overrides: Any) -> "Plant":
         """From the site file's `simulator:` and `battery:` sections (and the PCS device's reversion time).
         Overrides: any constructor keyword, e.g. ports (tests pass 0 for free ports) or clock."""
-        sim, bat = config.simulator, config.battery
-        battery = BatteryParams(
-            capacity_mwh=bat.capacity_mwh,
-            rated_power_mw=sim.rated_power_mw,
-            charge_efficiency=bat.charge_efficiency,
-            discharge_efficiency=bat.discharge_efficiency,
-            self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
-            ambient_c=sim.ambient_c,
-            thermal_time_constant_s=sim.thermal_time_constant_s,
-            heating_c_per_mw=sim.heating_c_per_mw,
-        )
+        sim = config.simulator
         _, pcs_dev = config.device("pcs")
-        pcs = PcsParams(
-            rated_power_mw=sim.rated_power_mw,
-            ramp_mw_per_s=sim.ramp_mw_per_s,
-            reversion_timeout_s=pcs_dev.reversion_timeout_s,
+        battery, pcs = plant_params(
+            config, config.battery.capacity_mwh, sim.rated_power_mw, pcs_dev.reversion_timeout_s
         )
         kwargs: dict[str, Any] = dict(
             clock=Clock(speed=sim.time_scale),

@@ -16,13 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from controller.clock import Clock
 from controller.config import SiteConfig, UnitPlan
-from simulators.battery import BatteryParams
 from simulators.faults import Faults
 from simulators.meter import GridFrequency, Meter, MeterParams
 from simulators.modbus_server import ModbusSimServer
 from simulators.parts import SimulatorParts
-from simulators.pcs import PcsParams
-from simulators.plant import Plant
+from simulators.plant import Plant, plant_params
 
 if TYPE_CHECKING:
     from web.server import UvicornServer
@@ -36,23 +34,10 @@ Face = tuple[tuple[str, int], ModbusSimServer]
 
 def _unit_plant(config: SiteConfig, u: UnitPlan, clock: Clock, host: str, tick_s: float) -> tuple[Plant, list[Face]]:
     """A unit's Plant, and its Modbus faces for the caller to serve (on their own ports or behind a gateway)."""
-    sim, bat = config.simulator, config.battery
+    sim = config.simulator
     extra = sim.units.get(u.unit)
-    battery = BatteryParams(
-        capacity_mwh=u.capacity_mwh,
-        rated_power_mw=u.rated_mw,
-        charge_efficiency=bat.charge_efficiency,
-        discharge_efficiency=bat.discharge_efficiency,
-        self_discharge_pct_per_day=bat.self_discharge_pct_per_day,
-        ambient_c=sim.ambient_c,
-        thermal_time_constant_s=sim.thermal_time_constant_s,
-        heating_c_per_mw=sim.heating_c_per_mw,
-    )
-    pcs = PcsParams(
-        rated_power_mw=u.rated_mw,
-        ramp_mw_per_s=sim.ramp_mw_per_s,
-        reversion_timeout_s=u.pcs.reversion_timeout_s,
-        serial=f"SIM-PCS-{u.unit}",
+    battery, pcs = plant_params(
+        config, u.capacity_mwh, u.rated_mw, u.pcs.reversion_timeout_s, serial=f"SIM-PCS-{u.unit}"
     )
     bms_modbus = u.bms.protocol == "modbus"
     bms_profile = config.load_profile(u.bms) if bms_modbus else None
