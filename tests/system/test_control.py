@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from controller.clock import Clock, iso
+from controller.clock import Clock
 from controller.cycle.loop import Controller
 from controller.cycle.phases import Phase
 from controller.trading.market import PERIOD_S, period_start
 from simulators.plant import Plant
-from tests.fixtures.controller import make_controller, wait_for
-from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+from tests.fixtures.controller import make_controller, trade, wait_for
+from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -31,28 +31,10 @@ def mid_period_clock(offset_s: float = 300.0) -> Clock:
     return Clock(start=period_start(time.time()) + offset_s)
 
 
-def trade(trade_id: str, side: str, quantity_mw: float, start: float, executed_at: float) -> dict[str, Any]:
-    return {
-        "trade_id": trade_id,
-        "side": side,
-        "quantity_mw": quantity_mw,
-        "price_eur_mwh": 90.0,
-        "delivery_start": iso(start),
-        "delivery_end": iso(start + PERIOD_S),
-        "market": "intraday",
-        "executed_at": iso(executed_at),
-    }
-
-
 def add_current(c: Controller, trade_id: str, side: str, quantity_mw: float) -> None:
     now = c.clock.now()
     ack = c.accept_trade(trade(trade_id, side, quantity_mw, period_start(now), now), source="test")
     assert ack.accepted, ack
-
-
-def wset_mw(plant: Plant) -> float:
-    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
 
 
 def merge(*dicts: dict[str, Any]) -> dict[str, Any]:

@@ -16,35 +16,17 @@ from typing import Any, AsyncIterator
 
 import pytest
 
-from controller.clock import Clock, iso
+from controller.clock import Clock
 from controller.cycle.loop import CYCLE_ERROR_ALARM, Controller
 from controller.cycle.phases import Phase
 from controller.scada.points import status_values
 from controller.store import Store
 from controller.trading.schedule import PERIOD_S, Schedule, parse_trade, period_start
 from simulators.plant import Plant
-from tests.fixtures.controller import device_ports, site_config, wait_for
-from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+from tests.fixtures.controller import device_ports, site_config, trade, wait_for
+from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wset_mw(plant: Plant) -> float:
-    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
-
-
-def trade(trade_id: str, side: str, quantity_mw: float, start: float, executed_at: float) -> dict[str, Any]:
-    return {
-        "trade_id": trade_id,
-        "side": side,
-        "quantity_mw": quantity_mw,
-        "price_eur_mwh": 90.0,
-        "delivery_start": iso(start),
-        "delivery_end": iso(start + PERIOD_S),
-        "market": "intraday",
-        "executed_at": iso(executed_at),
-    }
 
 
 class ThreadRecordingSchedule(Schedule):

@@ -13,7 +13,6 @@ import os
 import signal
 import socket
 import struct
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,8 @@ from controller.clock import Clock, iso
 from controller.cycle.phases import Phase
 from controller.trading.market import PERIOD_S, period_start
 from tests.fixtures.controller import device_ports, make_controller, site_config, wait_for
-from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+from tests.fixtures.daemon import spawn_daemon
+from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,11 +53,6 @@ def received(sock: socket.socket) -> list[str]:
         except BlockingIOError:
             break
     return out
-
-
-def wset_mw(plant) -> float:
-    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
 
 
 async def test_ready_after_the_first_cycle_then_watchdog_on_every_cycle_and_stopping(plant, tmp_path, monkeypatch):
@@ -225,8 +220,6 @@ async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
 
 
 # ------------------------------------------------------------------ a real `bess-edge run` under a NOTIFY_SOCKET
-REPO = Path(__file__).resolve().parents[2]
-BESS_EDGE = str(Path(sys.executable).with_name("bess-edge"))
 WATCHDOG_S = 3.0  # WatchdogSec as systemd would pass it (WATCHDOG_USEC)
 
 
@@ -253,13 +246,11 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(sock_path))
     sock.setblocking(False)
-    # PYTHONPATH: the console script imports this checkout's code, not whichever one the venv was installed from
     env = {
         **os.environ,
         "API_KEY": "demo",
         "HMAC_SECRET": "phoenyra_demo_secret",
         "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": str(REPO),
         "NOTIFY_SOCKET": str(sock_path),
         "WATCHDOG_USEC": str(int(WATCHDOG_S * 1e6)),
     }
@@ -281,22 +272,7 @@ async def test_a_bms_silent_longer_than_watchdogsec_does_not_stop_the_pings(plan
             await asyncio.sleep(0.02)
 
     url = f"http://127.0.0.1:{cfg.web.port}"
-    log_file = open(tmp_path / "daemon.log", "ab")
-    proc = await asyncio.create_subprocess_exec(
-        BESS_EDGE,
-        "run",
-        "--config",
-        str(tmp_path / "site.yaml"),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--log-format",
-        "text",
-        cwd=REPO,
-        env=env,
-        stdout=log_file,
-        stderr=log_file,
-    )
-    log_file.close()
+    proc = await spawn_daemon(tmp_path / "site.yaml", tmp_path / "state", env, tmp_path / "daemon.log")
     try:
         await collect_until(
             lambda: any(m.startswith("READY=1") for _, m in messages) or proc.returncode is not None, 30, "READY=1"

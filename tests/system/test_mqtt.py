@@ -11,7 +11,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,12 +28,13 @@ from controller.store import DB_FILENAME, Store
 from controller.trading.schedule import PERIOD_S, parse_trade, period_start
 from simulators.exchange.publisher import TradePublisher
 from tests.fixtures.controller import device_ports, site_config, wait_for
+from tests.fixtures.daemon import popen_daemon
 from tests.fixtures.mosquitto import Mosquitto
+from tests.fixtures.payloads import TELEMETRY_KEYS
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "phoenyra_demo_secret"  # the configs are mode: demo, so the demo secret is allowed
 QUIET = {"web": {"enabled": False}, "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}}}
 
@@ -146,22 +146,7 @@ async def test_telemetry_survives_a_20_s_broker_outage(broker, plant, tmp_path):
         assert got == list(range(got[0], got[0] + len(got))), got
         assert got[0] == 1
         first = json.loads(json.dumps(sub.payloads("bess/demo/telemetry")[0]))
-        assert set(first) == {
-            "seq",
-            "ts",
-            "soc_pct",
-            "power_mw",
-            "setpoint_mw",
-            "target_mw",
-            "temperature_c",
-            "status",
-            "mode",
-            "binding",
-            "units",
-            "poi",
-            "fcr",
-            "afrr",
-        }
+        assert set(first) == {"seq", *TELEMETRY_KEYS}
         assert [u["unit"] for u in first["units"]] == ["u1"] and first["poi"] is None  # one unit, no meter
 
         broker.stop()
@@ -382,24 +367,7 @@ async def test_last_will_when_killed(broker, plant, tmp_path):
     make_config(tmp_path, plant)  # writes tmp_path/site.yaml
     env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
     sub = Sub(broker, ["bess/demo/status"], "test-will")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "run",
-            "--config",
-            str(tmp_path / "site.yaml"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "text",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    proc = popen_daemon(tmp_path, env)
 
     def status() -> list[dict]:
         return sub.payloads("bess/demo/status")
@@ -480,18 +448,6 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
     store survived the kill. Each trade covers this period and the next, so a boundary mid-test changes nothing."""
     make_config(tmp_path, plant)  # writes tmp_path/site.yaml
     env = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": SECRET, "MQTT_URL": broker.url}
-    argv = [
-        sys.executable,
-        "-m",
-        "controller.cli",
-        "run",
-        "--config",
-        str(tmp_path / "site.yaml"),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--log-format",
-        "text",
-    ]
     log_path = tmp_path / "daemon.log"
     status = Sub(broker, ["bess/demo/status"], "test-status")
     acks = Sub(broker, ["bess/demo/trades/ack"], "test-acks")
@@ -536,8 +492,7 @@ async def test_a_trade_redelivered_after_kill_9_is_dispatched_once(broker, plant
     procs: list[subprocess.Popen] = []
 
     def start() -> subprocess.Popen:
-        with open(log_path, "ab") as log:
-            procs.append(subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        procs.append(popen_daemon(tmp_path, env, log_path))
         return procs[-1]
 
     first, later = trades(2.0), trades(1.0)

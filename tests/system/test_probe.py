@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from simulators.pcs import Pcs, PcsParams
 from simulators.site import SitePlant
 from tests.conftest import free_port
 from tests.fixtures.controller import wait_for
+from tests.fixtures.daemon import cli_argv, spawn_daemon
 from tests.fixtures.modbus_devices import GappyDevice, ModbusGateway
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 
@@ -38,7 +38,6 @@ pytestmark = pytest.mark.timeout(120)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
-BESS_EDGE = [sys.executable, "-m", "controller.cli"]
 ENV = {
     **os.environ,
     "API_KEY": "demo",
@@ -51,7 +50,7 @@ ENV = {
 async def bess_edge(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
     """A bess-edge command as a process; the test's event loop (and the simulators in it) keeps running."""
     proc = await asyncio.create_subprocess_exec(
-        *BESS_EDGE, *args, cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *cli_argv(*args), cwd=ROOT, env=ENV, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
@@ -80,21 +79,7 @@ def write_site(tmp_path: Path, devices: dict, web_port: int) -> Path:
 async def running_daemon(site: Path, tmp_path: Path) -> AsyncIterator[asyncio.subprocess.Process]:
     """`bess-edge run` on the site file, its log printed when the test fails; always stopped."""
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:  # noqa: ASYNC230 - a local file, opened once before the child starts
-        daemon = await asyncio.create_subprocess_exec(
-            *BESS_EDGE,
-            "run",
-            "--config",
-            str(site),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "text",
-            cwd=ROOT,
-            env=ENV,
-            stdout=log,
-            stderr=log,
-        )
+    daemon = await spawn_daemon(site, tmp_path / "state", ENV, log_path)
     try:
         yield daemon
     except BaseException:

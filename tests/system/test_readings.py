@@ -16,15 +16,11 @@ from controller.cycle.phases import Phase
 from controller.cycle.state import PlantState
 from simulators.plant import Plant
 from tests.fixtures.controller import ROOT, make_controller, wait_for
-from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 
 FAST_RAMP = {"limits": {"ramp_mw_per_s": 1000}}
-
-
-def wset_mw(plant: Plant) -> float:
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
 
 
 class Cycles:

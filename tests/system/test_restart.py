@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -21,41 +20,37 @@ from controller.store import Store
 from controller.trading.market import PERIOD_S, period_start
 from simulators.plant import Plant
 from tests.fixtures.controller import device_ports, site_config, wait_for
-from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
+from tests.fixtures.daemon import ROOT, cli_argv, spawn_daemon
+from tests.fixtures.plant import make_plant, wset_mw  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO = Path(__file__).resolve().parents[2]
-BESS_EDGE = str(Path(sys.executable).with_name("bess-edge"))
 REVERSION_S = 3.0
 ENV = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1"}
-
-
-def wset_mw(plant: Plant) -> float:
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
 
 
 async def trade_add(state_dir: Path, trade_id: str, side: str, quantity_mw: float, start: float) -> None:
     """`bess-edge trade add`, the commissioning CLI, as a real process (the plant keeps serving meanwhile)."""
     proc = await asyncio.create_subprocess_exec(
-        BESS_EDGE,
-        "trade",
-        "add",
-        "--state-dir",
-        str(state_dir),
-        "--trade-id",
-        trade_id,
-        "--side",
-        side,
-        "--quantity-mw",
-        str(quantity_mw),
-        "--price-eur-mwh",
-        "80",
-        "--delivery-start",
-        iso(start),
-        "--delivery-end",
-        iso(start + PERIOD_S),
-        cwd=REPO,
+        *cli_argv(
+            "trade",
+            "add",
+            "--state-dir",
+            str(state_dir),
+            "--trade-id",
+            trade_id,
+            "--side",
+            side,
+            "--quantity-mw",
+            str(quantity_mw),
+            "--price-eur-mwh",
+            "80",
+            "--delivery-start",
+            iso(start),
+            "--delivery-end",
+            iso(start + PERIOD_S),
+        ),
+        cwd=ROOT,
         env=ENV,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -70,24 +65,7 @@ async def trade_add(state_dir: Path, trade_id: str, side: str, quantity_mw: floa
 
 
 async def start_daemon(config: Path, state_dir: Path, log_path: Path) -> asyncio.subprocess.Process:
-    log = open(log_path, "ab")
-    try:
-        return await asyncio.create_subprocess_exec(
-            BESS_EDGE,
-            "run",
-            "--config",
-            str(config),
-            "--state-dir",
-            str(state_dir),
-            "--log-format",
-            "text",
-            cwd=REPO,
-            env=ENV,
-            stdout=log,
-            stderr=log,
-        )
-    finally:
-        log.close()  # the child has its own copy of the descriptor
+    return await spawn_daemon(config, state_dir, ENV, log_path)
 
 
 async def stop_process(proc: asyncio.subprocess.Process | None) -> None:

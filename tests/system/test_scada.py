@@ -10,6 +10,7 @@ import shutil
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -283,33 +284,39 @@ def storm_bound(elapsed_s: float, c) -> float:
     return elapsed_s / c.config.cycle.period_s + scada.write_burst + scada.write_rate_per_s * elapsed_s + 3
 
 
+async def write_storm(c, face, write: Callable[[float], Awaitable[bool]]) -> None:
+    """`write(mw)` of a changing manual setpoint (True: taken, False: refused as too busy), flat out for 3 s
+    (at most 5000 writes): the cycles they wake stay within storm_bound, the writes taken within the token
+    bucket, and the face counts every refusal."""
+    accepted = refused = 0
+    cycles, t0 = c.stats.cycles, time.monotonic()
+    for i in range(5000):  # a changing setpoint each time: every write that lands wakes the cycle
+        if time.monotonic() - t0 > 3.0:
+            break
+        if await write(1.0 + (i % 2)):
+            accepted += 1
+        else:
+            refused += 1
+    elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
+    scada = c.config.scada
+    assert 1 <= ran <= storm_bound(elapsed_s, c), f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
+    assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (accepted, refused)
+    assert face.parts[0].writes_refused == refused
+
+
 async def test_a_modbus_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_path):
     """Old code: every accepted setpoint write woke the cycle, so a storm made the controller cycle flat out."""
     async with make_controller(plant, tmp_path, **MODBUS_ONLY) as c, running_scada(c) as face, modbus(c) as cl:
         c.set_mode("manual", 1.0, 300, source="test")
         sp = CTL["manual_setpoint_mw"]
         await wait_for(lambda: c.decision.setpoint_mw == 1.0, 5, "manual 1 MW")
-        accepted = refused = 0
-        cycles, t0 = c.stats.cycles, time.monotonic()
-        for i in range(5000):  # a changing setpoint each time: every write that lands wakes the cycle
-            if time.monotonic() - t0 > 3.0:
-                break
-            rr = await cl.write_registers(sp.address, sp.to_registers(1.0 + (i % 2)), device_id=1)
-            if rr.isError():
-                assert exception_code(rr) == DEVICE_BUSY, rr
-                refused += 1
-            else:
-                accepted += 1
-        elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
-        scada = c.config.scada
-        assert 1 <= ran <= storm_bound(elapsed_s, c), (
-            f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
-        )
-        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (
-            accepted,
-            refused,
-        )
-        assert face.parts[0].writes_refused == refused
+
+        async def write(setpoint_mw: float) -> bool:
+            rr = await cl.write_registers(sp.address, sp.to_registers(setpoint_mw), device_id=1)
+            assert not rr.isError() or exception_code(rr) == DEVICE_BUSY, rr
+            return not rr.isError()
+
+        await write_storm(c, face, write)
 
         # the storm over, a write is taken again
         await wait_for(lambda: face.limiter.available() >= 1, 5, "the limiter refilled")
@@ -517,23 +524,12 @@ async def test_an_opcua_write_storm_keeps_the_cycle_at_its_rhythm(plant, tmp_pat
         c.set_mode("manual", 1.0, 300, source="test")
         await wait_for(lambda: c.decision.setpoint_mw == 1.0, 5, "manual 1 MW")
         setpoint = node(cl, "Controls.manual_setpoint_mw")
-        accepted = refused = 0
-        cycles, t0 = c.stats.cycles, time.monotonic()
-        for i in range(5000):
-            if time.monotonic() - t0 > 3.0:
-                break
+
+        async def write(setpoint_mw: float) -> bool:
             try:
-                await setpoint.write_value(mw(1.0 + (i % 2)))
-                accepted += 1
+                await setpoint.write_value(mw(setpoint_mw))
+                return True
             except ua.uaerrors.BadServerTooBusy:
-                refused += 1
-        elapsed_s, ran = time.monotonic() - t0, c.stats.cycles - cycles
-        scada = c.config.scada
-        assert 1 <= ran <= storm_bound(elapsed_s, c), (
-            f"{ran} cycles in {elapsed_s:.1f} s under {accepted + refused} writes"
-        )
-        assert refused > 0 and accepted <= scada.write_burst + scada.write_rate_per_s * elapsed_s + 1, (
-            accepted,
-            refused,
-        )
-        assert face.parts[0].writes_refused == refused
+                return False
+
+        await write_storm(c, face, write)

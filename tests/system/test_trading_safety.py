@@ -12,8 +12,9 @@ import asyncio
 import os
 import signal
 import sqlite3
-import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ from controller.clock import Clock, iso
 from controller.store import DB_FILENAME
 from controller.trading.schedule import PERIOD_S
 from tests.fixtures.controller import device_ports, site_config, wait_for
+from tests.fixtures.daemon import spawn_daemon
 from tests.fixtures.exchange import running_exchange
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
@@ -165,7 +167,6 @@ async def test_unknown_soc_refuses_orders(mosquitto, make_plant, tmp_path):  # n
 
 
 # ----------------------------------------------------------------------------------------------- order intents
-REPO = Path(__file__).resolve().parents[2]
 WINDOW_S = 1.0  # the exchange's request window in these tests (DESIGN.md's is 30 s): unanswered orders settle fast
 
 
@@ -196,23 +197,7 @@ async def start_daemon(tmp_path: Path, exchange_url: str) -> asyncio.subprocess.
         "EXCHANGE_BASE_URL": exchange_url,
         "PYTHONUNBUFFERED": "1",
     }
-    with open(tmp_path / "daemon.log", "ab") as log:
-        return await asyncio.create_subprocess_exec(  # this tree's code, whatever `bess-edge` is installed from
-            sys.executable,
-            "-m",
-            "controller.cli",
-            "run",
-            "--config",
-            str(tmp_path / "site.yaml"),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--log-format",
-            "text",
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=log,
-        )
+    return await spawn_daemon(tmp_path / "site.yaml", tmp_path / "state", env, tmp_path / "daemon.log")
 
 
 async def kill_9(proc: asyncio.subprocess.Process) -> None:
@@ -249,84 +234,94 @@ def process_site(tmp_path: Path, plant) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY}, timeout=60)
 
 
+class RestartableSite:
+    """A site as a real daemon process (started and killed by the test), its exchange behind a TcpProxy, and an
+    API client on it; `delivery` is a period still open for orders."""
+
+    def __init__(self, tmp_path: Path, api: httpx.AsyncClient, ex, proxy: TcpProxy):
+        self.tmp_path, self.api, self.ex, self.proxy = tmp_path, api, ex, proxy
+        self.state = tmp_path / "state"
+        self.delivery = next_open_period(time.time())
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self, exchange_url: str) -> None:
+        self.proc = await start_daemon(self.tmp_path, exchange_url)
+        await site_ready(self.api, self.proc, self.tmp_path)
+
+    async def kill_9_mid_order(self, order: dict, *on_its_way: tuple[Callable[[], bool], str]) -> None:
+        """POST `order`, wait for each (condition, what) of `on_its_way`, then kill -9 the daemon: the order's
+        intent is pending (stored before it was sent) and the POST gets no answer."""
+        post = asyncio.create_task(self.api.post("/api/orders", json=order))
+        for condition, what in on_its_way:
+            await wait_for(condition, 10, what)
+        assert [s for _, s, _ in intents(self.state)] == ["pending"]  # stored before it was sent
+        await kill_9(self.proc)
+        with pytest.raises(httpx.TransportError):
+            await post
+
+
+@asynccontextmanager
+async def restartable_site(make_plant, tmp_path: Path) -> AsyncIterator[RestartableSite]:
+    plant = await make_plant()
+    api = process_site(tmp_path, plant)
+    async with (
+        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S, id_prefix="") as ex,
+        TcpProxy(ex.port) as proxy,
+    ):
+        site = RestartableSite(tmp_path, api, ex, proxy)
+        try:
+            yield site
+        finally:
+            await api.aclose()
+            if site.proc is not None:
+                await kill_9(site.proc)
+
+
 async def test_kill_9_before_the_order_reaches_the_exchange(make_plant, tmp_path):  # noqa: F811
     """The order's intent is stored, then the daemon dies before the exchange sees the request (here the request
     goes into a black hole, which is the same to the exchange). After the restart the intent is reconciled by
     client_order_id: the exchange has no such order, and once the request can no longer arrive (its timestamp
     is out of the exchange's window) it is settled as not placed. Nothing is sent again."""
-    plant = await make_plant()
-    api = process_site(tmp_path, plant)
-    state = tmp_path / "state"
-    delivery = next_open_period(time.time())
-    proc = None
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S, id_prefix="") as ex,
-        TcpProxy(ex.port) as proxy,
-    ):
-        try:
-            proxy.blackhole = True
-            proc = await start_daemon(tmp_path, proxy.url)
-            await site_ready(api, proc, tmp_path)
-            post = asyncio.create_task(api.post("/api/orders", json=order_body("sell", 1.0, 80.0, delivery)))
-            await wait_for(lambda: b"POST /api/orders" in proxy.received, 10, "the order's request on its way")
-            assert [s for _, s, _ in intents(state)] == ["pending"]  # stored before it was sent
-            await kill_9(proc)
-            with pytest.raises(httpx.TransportError):
-                await post
+    async with restartable_site(make_plant, tmp_path) as site:
+        site.proxy.blackhole = True
+        await site.start(site.proxy.url)
+        await site.kill_9_mid_order(
+            order_body("sell", 1.0, 80.0, site.delivery),
+            (lambda: b"POST /api/orders" in site.proxy.received, "the order's request on its way"),
+        )
 
-            proc = await start_daemon(tmp_path, ex.url)  # the exchange reachable again
-            await site_ready(api, proc, tmp_path)
-            await wait_for(lambda: settled(state), 30, "the pending intent reconciled and settled")
-            [(cid, outcome, order_id)] = intents(state)
-            assert (outcome, order_id) == ("not_placed", None)
-            assert ex.service.engine.orders_of(SITE) == []  # never placed, never sent again
-            assert (await api.get("/api/orders")).json()["orders"] == []
-        finally:
-            await api.aclose()
-            if proc is not None:
-                await kill_9(proc)
+        await site.start(site.ex.url)  # the exchange reachable again
+        await wait_for(lambda: settled(site.state), 30, "the pending intent reconciled and settled")
+        [(cid, outcome, order_id)] = intents(site.state)
+        assert (outcome, order_id) == ("not_placed", None)
+        assert site.ex.service.engine.orders_of(SITE) == []  # never placed, never sent again
+        assert (await site.api.get("/api/orders")).json()["orders"] == []
 
 
 async def test_kill_9_while_the_exchange_takes_the_order(make_plant, tmp_path):  # noqa: F811
     """The exchange takes the order, but its answer never comes back (held by the network), and the daemon dies
     waiting. After the restart the intent is reconciled by client_order_id: the site stores the exchange's order
     and lists it; the exchange holds it once."""
-    plant = await make_plant()
-    api = process_site(tmp_path, plant)
-    state = tmp_path / "state"
-    delivery = next_open_period(time.time())
-    proc = None
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, auth_window_s=WINDOW_S, id_prefix="") as ex,
-        TcpProxy(ex.port) as proxy,
-    ):
-        try:
-            proxy.hold_posts = True
-            proc = await start_daemon(tmp_path, proxy.url)
-            await site_ready(api, proc, tmp_path)
-            post = asyncio.create_task(api.post("/api/orders", json=order_body("buy", 2.0, 20.0, delivery)))
-            await wait_for(lambda: len(ex.service.engine.orders_of(SITE)) == 1, 10, "the exchange taking the order")
-            await wait_for(lambda: bool(proxy.swallowed), 10, "the exchange's answer (held back)")
-            assert [s for _, s, _ in intents(state)] == ["pending"]
-            await kill_9(proc)
-            with pytest.raises(httpx.TransportError):
-                await post
+    async with restartable_site(make_plant, tmp_path) as site:
+        ex = site.ex
+        site.proxy.hold_posts = True
+        await site.start(site.proxy.url)
+        await site.kill_9_mid_order(
+            order_body("buy", 2.0, 20.0, site.delivery),
+            (lambda: len(ex.service.engine.orders_of(SITE)) == 1, "the exchange taking the order"),
+            (lambda: bool(site.proxy.swallowed), "the exchange's answer (held back)"),
+        )
 
-            proc = await start_daemon(tmp_path, ex.url)
-            await site_ready(api, proc, tmp_path)
-            await wait_for(lambda: settled(state), 30, "the pending intent reconciled")
-            [at_exchange] = ex.service.engine.orders_of(SITE)  # once, not twice
-            [(cid, outcome, order_id)] = intents(state)
-            assert (outcome, order_id, at_exchange.client_order_id) == ("placed", at_exchange.order_id, cid)
-            listed = (await api.get("/api/orders")).json()["orders"]
-            assert [(o["order_id"], o["status"]) for o in listed] == [(at_exchange.order_id, "open")]
-            # and it counts in the next pre-trade check as an open order, like any other
-            r = await api.post("/api/orders/check", json=order_body("buy", 2.0, 20.0, delivery))
-            assert r.status_code == 200, r.text
-        finally:
-            await api.aclose()
-            if proc is not None:
-                await kill_9(proc)
+        await site.start(ex.url)
+        await wait_for(lambda: settled(site.state), 30, "the pending intent reconciled")
+        [at_exchange] = ex.service.engine.orders_of(SITE)  # once, not twice
+        [(cid, outcome, order_id)] = intents(site.state)
+        assert (outcome, order_id, at_exchange.client_order_id) == ("placed", at_exchange.order_id, cid)
+        listed = (await site.api.get("/api/orders")).json()["orders"]
+        assert [(o["order_id"], o["status"]) for o in listed] == [(at_exchange.order_id, "open")]
+        # and it counts in the next pre-trade check as an open order, like any other
+        r = await site.api.post("/api/orders/check", json=order_body("buy", 2.0, 20.0, site.delivery))
+        assert r.status_code == 200, r.text
 
 
 async def test_client_timeout_with_the_order_taken_is_reconciled_not_placed_again(

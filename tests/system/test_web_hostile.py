@@ -12,7 +12,6 @@ import re
 import signal
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -21,6 +20,7 @@ import pytest
 from controller.config import Secrets
 from controller.daemon import Daemon
 from tests.fixtures.controller import device_ports, site_config
+from tests.fixtures.daemon import popen_daemon
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 from tests.unit.test_web_bounds import answer_of
 from web.auth import Signer, fingerprint
@@ -28,7 +28,6 @@ from web.session_key import FILENAME
 
 pytestmark = pytest.mark.timeout(120)
 
-ROOT = Path(__file__).resolve().parents[2]
 KEY = "hostile-test-key-0123456789"
 READ_KEY = "hostile-read-key-9876543210"
 SECRET = "hostile-test-hmac-secret-0123456789"
@@ -168,25 +167,7 @@ async def test_floods_and_slow_clients_do_not_grow_a_running_daemon(plant, tmp_p
         "MQTT_URL": "mqtt://127.0.0.1:1",
     }
     log_path = tmp_path / "daemon.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "controller.cli",
-                "run",
-                "--config",
-                str(tmp_path / "site.yaml"),
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--log-format",
-                "text",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    proc = popen_daemon(tmp_path, env, log_path)
     url = f"http://127.0.0.1:{port}"
     bearer = {"Authorization": f"Bearer {READ_KEY}"}
     try:

@@ -16,42 +16,26 @@ from controller.cycle.allocation import SITE_BINDINGS, Allocation, PlantView, Un
 from controller.cycle.limits import limit
 from controller.cycle.poi import PoiRange, TrimState
 from controller.cycle.snapshot import Snapshot
-from tests.unit.test_limits import (
-    _DT,
-    _FRACTION,
-    _MAX_DT,
-    _TARGET_ANY,
-    _TARGET_SPECIAL,
-    _bounds,
-    _Decoder,
-    _reading,
+from tests.strategies import (
+    BASE_LIMITS,
+    BASE_SNAPSHOT,
+    DT,
+    FRACTION,
+    MAX_DT,
+    TARGET_ANY,
+    TARGET_SPECIAL,
+    Decoder,
+    battery_readings,
+    bms_allowed,
     decode_limits,
+    design_bounds,
     scenarios,
 )
 
-# a 2 x 5 MW / 10 MWh plant; the ramp wide open unless a case is about it
-PLANT = dict(
-    p_charge_max_mw=10,
-    p_discharge_max_mw=10,
-    soc_min_pct=10,
-    soc_max_pct=90,
-    soc_taper_band_pct=5,
-    t_derate_c=45,
-    t_max_c=55,
-    t_min_charge_c=0,
-    ramp_mw_per_s=100,
-    grid_limit_mw=10,
-    stale_after_s=3,
-)
-UNIT_SNAP = dict(
-    ts=0.0,
-    soc_pct=50.0,
-    power_mw=0.0,
-    temperature_max_c=25.0,
-    temperature_min_c=20.0,
-    bms_allowed_charge_mw=10.0,
-    bms_allowed_discharge_mw=10.0,
-)
+# a 2 x 5 MW / 10 MWh plant: the limit tables' plant with 10 MW each way and the ramp wide open unless a case is
+# about it
+PLANT = dict(BASE_LIMITS, p_charge_max_mw=10, p_discharge_max_mw=10, ramp_mw_per_s=100, grid_limit_mw=10)
+UNIT_SNAP = dict(BASE_SNAPSHOT, ts=0.0, bms_allowed_charge_mw=10.0, bms_allowed_discharge_mw=10.0)
 
 
 def poi(lower: float, upper: float, safe: bool = False) -> PoiRange:
@@ -312,7 +296,7 @@ def test_balancing_brings_socs_together() -> None:
 
 # ---------------------------------------------------------------- properties
 
-# As in test_limits.py: the plant and its units are decoded from ONE drawn byte string (hypothesis costs ~40 µs
+# As in tests/strategies.py: the plant and its units are decoded from ONE drawn byte string (hypothesis costs ~40 µs
 # a draw), so 10,000 examples take seconds; the target, dt and the ramp's cap stay ordinary draws.
 _PLANT_BYTES = st.binary(min_size=200, max_size=200)
 _SAFE_CAUSES = {
@@ -324,19 +308,12 @@ _SAFE_CAUSES = {
 EPS = 1e-9
 
 
-def _unit_snapshot(dec: _Decoder, lim: Limits, rated: float) -> Snapshot:
-    """A unit's readings, healthy or at an edge or unknown or non-finite (test_limits' reading kinds); one
+def _unit_snapshot(dec: Decoder, lim: Limits, rated: float) -> Snapshot:
+    """A unit's readings, healthy or at an edge or unknown or non-finite (the scenarios' reading kinds); one
     unit in four has a cause for its own safe state."""
-    soc = _reading(
-        dec,
-        (lim.soc_min_pct, lim.soc_max_pct),
-        (-5, 105),
-        [lim.soc_min_pct, lim.soc_max_pct, lim.soc_min_pct + lim.soc_taper_band_pct],
-    )
-    t_max = _reading(dec, (lim.t_derate_c - 60, lim.t_max_c), (-40, 130), [lim.t_derate_c, lim.t_max_c])
-    t_min = _reading(dec, (lim.t_min_charge_c, lim.t_min_charge_c + 30), (-40, 60), [lim.t_min_charge_c])
-    bms_c = _reading(dec, (0, 2 * rated), (-5, 600), [0.0, rated, -1.0])
-    bms_d = _reading(dec, (0, 2 * rated), (-5, 600), [0.0, rated, -1.0])
+    soc, t_max, t_min = battery_readings(dec, lim)
+    bms_c = bms_allowed(dec, 2 * rated, rated)
+    bms_d = bms_allowed(dec, 2 * rated, rated)
     cause = _SAFE_CAUSES.get(dec.byte() % 48, {})
     return Snapshot(
         ts=0.0,
@@ -350,7 +327,7 @@ def _unit_snapshot(dec: _Decoder, lim: Limits, rated: float) -> Snapshot:
     )
 
 
-def _poi(dec: _Decoder, scale: float) -> PoiRange | None:
+def _poi(dec: Decoder, scale: float) -> PoiRange | None:
     """No meter (half the time), a range, a range with a non-finite bound, or a required meter lost."""
     kind = dec.byte() % 8
     if kind < 4:
@@ -365,7 +342,7 @@ def _poi(dec: _Decoder, scale: float) -> PoiRange | None:
 def plants(draw):
     """(target, PlantView, units): 1-5 units, each with the plant's limits cut to its rating (or limits of its
     own), any readings, any previous setpoint; a unit out of service now and then; any mode, dt and POI range."""
-    dec = _Decoder(draw(_PLANT_BYTES))
+    dec = Decoder(draw(_PLANT_BYTES))
     lim = decode_limits(dec)
     n = 1 + dec.byte() % 5
     ratings = [dec.span(0.05, 300) for _ in range(n)]
@@ -380,13 +357,13 @@ def plants(draw):
     mode = ("auto", "auto", "auto", "manual", "stopped", "run")[dec.byte() % 6] if dec.byte() % 8 == 0 else "auto"
     scale = sum(ratings)
     how = dec.byte() % 10
-    target = draw(_TARGET_SPECIAL) if how == 0 else draw(_TARGET_ANY) if how == 1 else draw(_FRACTION) * scale
+    target = draw(TARGET_SPECIAL) if how == 0 else draw(TARGET_ANY) if how == 1 else draw(FRACTION) * scale
     plant = PlantView(
         lim,
         0.0,
         mode,
-        draw(_DT),
-        draw(_MAX_DT),
+        draw(DT),
+        draw(MAX_DT),
         ("cycle_error",) if dec.byte() % 32 == 0 else (),
         _poi(dec, scale),
         dec.span(0, 5),
@@ -433,7 +410,7 @@ def _check_units(a: Allocation, target: float, plant: PlantView, units: list[Uni
         assert share.available
         again = limit(p, u.snapshot, u.limits, u.previous_mw, plant.dt_s, plant.mode, plant.max_dt_s)
         assert again.setpoint_mw == p, f"unit {u.name}: {p} MW is not within its own limits"
-        chg_max, dis_max = _bounds(u.snapshot, u.limits)
+        chg_max, dis_max = design_bounds(u.snapshot, u.limits)
         assert -chg_max * (1 + EPS) - EPS <= p <= dis_max * (1 + EPS) + EPS
         assert p * t >= 0.0
 
@@ -491,7 +468,7 @@ def test_one_unit_equals_limit(scenario) -> None:
 def balanced_plants(draw):
     """Units alike per MW of rating (limits cut from the plant's, BMS allowed power and previous setpoint in
     proportion to the rating, the same temperatures): only their SoCs and sizes differ."""
-    dec = _Decoder(draw(_PLANT_BYTES))
+    dec = Decoder(draw(_PLANT_BYTES))
     lim = decode_limits(dec)
     # SoCs anywhere, equal now and then (a byte's worth of values), 2-4 units
     socs = [dec.byte() % 101 if dec.byte() % 4 == 0 else dec.span(0, 100) for _ in range(2 + dec.byte() % 3)]
@@ -518,7 +495,7 @@ def balanced_plants(draw):
         )
         for i, (soc, r) in enumerate(zip(socs, ratings))
     ]
-    target = draw(_FRACTION) * sum(ratings)
+    target = draw(FRACTION) * sum(ratings)
     return target, PlantView(lim, 0.0, "auto", dec.span(0, 5), None, (), None, dec.span(0, 5)), units
 
 

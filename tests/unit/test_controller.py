@@ -19,6 +19,7 @@ from controller.cycle.state import status, telemetry
 from controller.store import Store
 from drivers.base import Reading
 from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
+from tests.fixtures.payloads import TELEMETRY_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -334,21 +335,7 @@ async def test_every_cycle_is_recorded_and_published(rig):
     rig.store.flush()
     assert len(rig.store.decisions(limit=10)) == 3
     assert [st.cycles for st in states] == [1, 2, 3]
-    assert set(telemetry(states[-1], 0.0)) == {
-        "ts",
-        "soc_pct",
-        "power_mw",
-        "setpoint_mw",
-        "target_mw",
-        "temperature_c",
-        "status",
-        "mode",
-        "binding",
-        "units",
-        "poi",
-        "fcr",  # issue 15: null on a site without FCR
-        "afrr",  # issue 15: null on a site without the IEC 104 face
-    }
+    assert set(telemetry(states[-1], 0.0)) == TELEMETRY_KEYS
     assert telemetry(states[-1], 0.0)["fcr"] is None and telemetry(states[-1], 0.0)["afrr"] is None
     assert status(states[-1], 0.0)["status"] == "online"
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from controller.clock import parse_iso
 from controller.config import Battery, Limits
 from controller.trading.schedule import PERIOD_S, Feasibility, check_feasibility
-from tests.unit.test_limits import valid_limits
+from tests.strategies import valid_limits
 
 T0 = parse_iso("2026-11-25T14:00:00Z")
 LIMITS = Limits(p_charge_max_mw=10, p_discharge_max_mw=10, soc_min_pct=10, soc_max_pct=90, grid_limit_mw=12)

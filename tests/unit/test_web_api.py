@@ -20,13 +20,14 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from controller.clock import iso
+from controller.trading.market import PERIOD_S
 from tests.fixtures.controller import wait_for
+from tests.fixtures.payloads import STATUS_KEYS
 from tests.fixtures.web import KEYS, READ_KEYS, SECRET, MemoryBackend, demo_backend, running_web
 from web.app import create_app
 from web.auth import fingerprint
 
 H = {"X-API-Key": KEYS[0]}
-PERIOD_S = 900
 
 
 def next_period(b: MemoryBackend, ahead: int = 2) -> str:
@@ -82,19 +83,7 @@ async def test_bess_status_has_the_design_shape(web):
     r = await web.client.get("/api/bess-status", headers=H)
     assert r.headers["x-content-type-options"] == "nosniff" and r.headers["x-frame-options"] == "DENY"
     body = r.json()
-    for k in (
-        "soc_pct",
-        "power_mw",
-        "setpoint_mw",
-        "target_mw",
-        "temperature_c",
-        "status",
-        "mode",
-        "binding",
-        "alarms",
-        "ts",
-    ):
-        assert k in body
+    assert STATUS_KEYS <= set(body), STATUS_KEYS - set(body)
     assert body["status"] == "online" and body["mode"] == "auto" and body["alarms"] == []
     assert body["soc_pct"] == pytest.approx(web.backend.soc_pct)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", body["ts"])
