@@ -14,7 +14,7 @@ from controller.config import Limits
 from controller.cycle.allocation import PlantView, UnitView, allocate, unit_limits
 from controller.cycle.poi import PoiConfig, PoiRange, PoiReading, TrimState, poi_range
 from controller.cycle.snapshot import Snapshot
-from tests.unit.test_limits import _Decoder
+from tests.strategies import Decoder
 
 CFG = dict(
     export_limit_mw=10,
@@ -210,7 +210,7 @@ class Loop:
     plant_known: bool  # the units' own power readings reach the loop (else the meter alone: tighten only)
 
 
-def _target(dec: _Decoder, p_max: float) -> float:
+def _target(dec: Decoder, p_max: float) -> float:
     """Full export, full import, nothing, or anywhere in between."""
     kind = dec.byte() % 5
     return (2 * p_max, -2 * p_max, 0.0)[kind] if kind < 3 else dec.span(-2, 2) * p_max
@@ -219,7 +219,7 @@ def _target(dec: _Decoder, p_max: float) -> float:
 @st.composite
 def loops(draw) -> Loop:
     """A loop and its plant, decoded from one drawn byte string (as in test_limits.py: a draw costs ~40 µs)."""
-    dec = _Decoder(draw(st.binary(min_size=32, max_size=32)))
+    dec = Decoder(draw(st.binary(min_size=32, max_size=32)))
     export, imp = dec.span(1, 200), dec.span(1, 200)
     max_trim = dec.span(0.02, 0.3) * min(export, imp)
     margin = dec.span(0.02, 0.2) * max_trim
