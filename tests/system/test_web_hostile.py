@@ -68,20 +68,17 @@ class Sampler:
             await asyncio.sleep(0.05)
 
 
-async def chunked_flood(port: int, mib: int = 32) -> str:
-    """One connection: POST /api/login, no key, Transfer-Encoding: chunked, up to `mib` MiB of body. The outcome:
-    "413", another status, or "closed" (no answer before the server closed)."""
+async def flood(port: int, head: bytes, piece: bytes, pieces: int) -> str:
+    """One connection: `head`, then `piece` up to `pieces` times, as fast as the server takes it, until it answers.
+    The outcome: its status, or "closed" (no answer before the server closed)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     answer = asyncio.create_task(answer_of(reader, timeout_s=60))
     try:
-        writer.write(
-            b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Transfer-Encoding: chunked\r\n\r\n"
-        )
-        for _ in range(mib * 16):
+        writer.write(head)
+        for _ in range(pieces):
             if answer.done():
                 break
-            writer.write(b"10000\r\n" + CHUNK + b"\r\n")
+            writer.write(piece)
             try:
                 await writer.drain()
             except ConnectionError:
@@ -92,27 +89,21 @@ async def chunked_flood(port: int, mib: int = 32) -> str:
         answer.cancel()
         writer.close()
     return "closed" if status is None else str(status)
+
+
+async def chunked_flood(port: int, mib: int = 32) -> str:
+    """POST /api/login, no key, Transfer-Encoding: chunked, up to `mib` MiB of body: "413", another status, or
+    "closed"."""
+    head = (
+        b"POST /api/login HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    return await flood(port, head, b"10000\r\n" + CHUNK + b"\r\n", mib * 16)
 
 
 async def endless_headers(port: int) -> str:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    answer = asyncio.create_task(answer_of(reader, timeout_s=60))
-    try:
-        writer.write(b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ")
-        for _ in range(16 * 1024):  # up to 16 MiB of one header
-            if answer.done():
-                break
-            writer.write(b"h" * 1024)
-            try:
-                await writer.drain()
-            except ConnectionError:
-                break
-            await asyncio.sleep(0)  # let the answer be read, as a client reading while it sends would
-        status, _, _ = await answer
-    finally:
-        answer.cancel()
-        writer.close()
-    return "closed" if status is None else str(status)
+    """GET with one header that never ends (up to 16 MiB)."""
+    return await flood(port, b"GET /api/bess-status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: ", b"h" * 1024, 16 * 1024)
 
 
 async def slow_loris(port: int, body: bool) -> str:
