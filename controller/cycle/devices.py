@@ -141,12 +141,18 @@ class DeviceLink:
             self.request_latency_s = time.perf_counter() - t0
             self._inflight = None
 
+    def count_failure(self, e: DeviceError) -> None:
+        """A request (read or write) that failed: counted against the device, which goes stale after
+        FAILED_READS_STALE of them in a row, and so the plant (or its unit) safe."""
+        self.failures += 1
+        self.errors_total += 1
+        self.last_error = e
+
     def _failed(self, e: DeviceError, count: bool = True) -> None:
-        if count:
-            self.failures += 1
-            self.errors_total += 1
         if self.last_error is None or type(e) is not type(self.last_error):
             log.warning("device read failed", extra={"device": self.name, "cause": e.cause, "error": str(e)})
+        if count:
+            self.count_failure(e)
         self.last_error = e
 
     async def stop_reading(self) -> None:

@@ -156,9 +156,7 @@ class UnitDispatch:
             return None
         except DeviceError as e:
             # the write did not land: count it against the device so it goes stale and the unit safe
-            pcs.failures += 1
-            pcs.errors_total += 1
-            pcs.last_error = e
+            pcs.count_failure(e)
             d.armed = False  # re-arm the reversion after the device is back
             log.warning(
                 "setpoint write failed",
