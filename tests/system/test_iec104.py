@@ -44,7 +44,7 @@ from tests.fixtures.controller import (
     wait_for,
 )
 from tests.fixtures.fcr import fcr_site_file, running_site_plant
-from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
+from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -70,11 +70,6 @@ def iec104_only(port: int, **face: Any) -> dict[str, Any]:
             },
         }
     }
-
-
-def wset_mw(plant) -> float:
-    """The active power setpoint the PCS simulator holds (704.WSet, W), in MW."""
-    return (plant.pcs_server.get("704.WSet") or 0) * 1e-6
 
 
 class ControllingStation:
