@@ -5,41 +5,16 @@ process on its SIGTERM (none needs killing) with the ports freed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-PORTS = {
-    "dashboard": 5000,
-    "exchange": 9000,
-    "mqtt": 1883,
-    "bms modbus": 1502,
-    "pcs modbus": 1503,
-    "simulator control": 1504,
-    "bms opcua": 4841,
-    "scada modbus": 5020,
-    "scada opcua": 4840,
-}
-# config/demo.yaml's besides: unit 2's BMS and PCS, the POI meter, the IEC 104 face (demo-single.yaml, the one-unit
-# plant, has none of them)
-TWO_UNIT_PORTS = {"unit 2 bms modbus": 1512, "unit 2 pcs sunspec": 1513, "poi meter": 1505, "scada iec104": 2404}
-ALL_PORTS = {**PORTS, **TWO_UNIT_PORTS}
+from tests.fixtures.demo import ALL_PORTS, PORTS, ROOT, TWO_UNIT_PORTS, port_open, running_demo
 
 pytestmark = pytest.mark.timeout(240)
-
-
-def port_open(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def get_json(path: str, key: str = "demo"):
@@ -79,39 +54,10 @@ def auto_start(period: dict) -> float:
 @pytest.fixture
 def demo(tmp_path, request):
     """`bess-edge demo` (with `--config` when the test names one), up to its 'Press Ctrl-C' line; stopped with its
-    own orderly stop when the test did not stop it (its children run in sessions of their own)."""
-    busy = [n for n, p in ALL_PORTS.items() if port_open(p)]
-    assert not busy, f"demo ports already in use: {busy}"
+    own orderly stop when the test did not stop it."""
     config = getattr(request, "param", None)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "controller.cli", "demo", "--state-dir", str(tmp_path)]
-        + (["--config", str(ROOT / config)] if config else []),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Press Ctrl-C to stop" in line:
-                break
-        assert proc.poll() is None, "demo exited:\n" + "".join(lines)
-        yield proc, lines
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)  # the demo stops its children (SIGKILL to it alone would orphan them)
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    with running_demo(tmp_path, *(["--config", str(ROOT / config)] if config else [])) as demo:
+        yield demo
 
 
 def check_auto_trading(proc) -> None:
