@@ -29,6 +29,10 @@ log = logging.getLogger("bess.devices")
 
 FAILED_READS_STALE = 2
 PERIODS_STALE = 3
+# A device behind a shared gateway that has stopped answering is asked every 2, 4, then at most this many poll
+# intervals: each unanswered request holds the gateway (one request at a time) for the device's timeout, time the
+# other devices behind it need. OpenEMS's Modbus bridge rests its defective components the same way.
+GATEWAY_REST_MAX_PERIODS = 8
 ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 
@@ -91,12 +95,21 @@ class DeviceLink:
     last_error: DeviceError | None = None
     request_latency_s: float = 0.0
     errors_total: int = 0
+    behind_gateway: bool = False  # its host:port serves other devices of the site too (Modbus unit ids)
     _inflight: asyncio.Task | None = field(default=None, repr=False)  # a read that outlived its cycle's deadline
     _late: bool = False  # the read in flight was counted as failed at its deadline
 
     def due(self, now: float) -> bool:
         # a small margin so a device polled every cycle is not skipped by jitter
-        return self.last_poll_ts is None or now - self.last_poll_ts >= self.config.poll_interval_s * 0.9
+        interval_s = self.config.poll_interval_s * self.rest_periods()
+        return self.last_poll_ts is None or now - self.last_poll_ts >= interval_s * 0.9
+
+    def rest_periods(self) -> int:
+        """Poll intervals between reads: 1, or for a silent device behind a gateway 2, 4, ... up to
+        GATEWAY_REST_MAX_PERIODS (it is stale all the while; its first good answer ends the rest)."""
+        if not self.behind_gateway or self.failures < FAILED_READS_STALE:
+            return 1
+        return min(2 ** (self.failures - FAILED_READS_STALE + 1), GATEWAY_REST_MAX_PERIODS)
 
     async def poll(self, now: float, timeout_s: float | None = None) -> None:
         """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up).
@@ -258,11 +271,13 @@ class DeviceSet:
         rating_of = {n: u.rated_mw for u in plan for n in (u.pcs_name, u.bms_name)}
         plant_mw = max(sum(u.rated_mw for u in plan), config.limits.grid_limit_mw)
         self.pool = ModbusPool()  # devices behind one gateway share its connection
+        modbus = [(d.host, d.port) for d in config.devices.values() if d.protocol in ("modbus", "sunspec")]
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
             rating_mw = rating_of.get(name, plant_mw)
             driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw, self.pool)
-            self.links[name] = DeviceLink(name, dev.role, dev, profile, driver)
+            gateway = dev.protocol in ("modbus", "sunspec") and modbus.count((dev.host, dev.port)) > 1
+            self.links[name] = DeviceLink(name, dev.role, dev, profile, driver, behind_gateway=gateway)
         self.units = [
             UnitLinks(u.unit, self.links[u.bms_name], self.links[u.pcs_name], u.rated_mw, u.capacity_mwh) for u in plan
         ]
