@@ -29,6 +29,15 @@ from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixt
 pytestmark = pytest.mark.timeout(60)
 
 
+async def delivering_3_mw(c: Controller, clock: Clock, plant: Plant) -> None:
+    """Start the controller, and once a cycle went well, a trade of 3 MW for this period, at the PCS."""
+    await c.start()
+    await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
+    now = clock.now()
+    assert c.accept_trade(trade("T1", "sell", 3.0, period_start(now), now), source="test").accepted
+    await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS")
+
+
 class ThreadRecordingSchedule(Schedule):
     """The real schedule, noting which threads touch it (a probe, not a stand-in: every answer is its own)."""
 
@@ -165,11 +174,7 @@ async def test_a_cycle_that_raises_commands_0_mw_and_raises_an_alarm(plant, tmp_
         limits={"ramp_mw_per_s": 1000},
         devices={"pcs": {"reversion_timeout_s": 60}},
     ) as c:
-        await c.start()
-        await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
-        now = clock.now()
-        assert c.accept_trade(trade("T1", "sell", 3.0, period_start(now), now), source="test").accepted
-        await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS")
+        await delivering_3_mw(c, clock, plant)
 
         schedule.broken = True
         await wait_for(lambda: c.stats.failed_cycles >= 2, 5, "two failed cycles")
@@ -203,11 +208,7 @@ async def test_a_cycle_failing_after_its_write_holds_0_mw_instead_of_swinging(pl
         cycle={"period_s": 0.2},
         limits={"ramp_mw_per_s": 1000},
     ) as c:
-        await c.start()
-        await wait_for(lambda: c.stats.good_cycles >= 1, 10, "the first good cycle")
-        now = clock.now()
-        assert c.accept_trade(trade("T1", "sell", 3.0, period_start(now), now), source="test").accepted
-        await wait_for(lambda: wset_mw(plant) == pytest.approx(3.0), 5, "3 MW at the PCS")
+        await delivering_3_mw(c, clock, plant)
 
         writes: list[float] = []
         inner = plant.pcs_server.on_write

@@ -13,17 +13,9 @@ from controller.config import load_config
 from controller.cycle.devices import DeviceSet
 from controller.cycle.limits import limit
 from drivers.base import Reading
-from tests.unit.test_controller import DummyDevice, site_file
+from tests.unit.test_controller import HEALTHY_BMS, DummyDevice, site_file
 
-BMS = {
-    "soc_pct": 50.0,
-    "temperature_max_c": 25.0,
-    "temperature_min_c": 24.0,
-    "allowed_charge_mw": 10.0,
-    "allowed_discharge_mw": 10.0,
-    "alarm_bits": 0,
-    "fault_bits": 0,
-}
+BMS = HEALTHY_BMS
 
 
 async def snapshot_with(tmp_path, drop: tuple[str, ...] = (), **bms: object):

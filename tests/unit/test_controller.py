@@ -22,6 +22,16 @@ from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
 from tests.fixtures.payloads import TELEMETRY_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
+# a BMS with nothing to limit: half full, cool, 10 MW allowed each way, no alarm or fault
+HEALTHY_BMS = {
+    "soc_pct": 50.0,
+    "temperature_max_c": 25.0,
+    "temperature_min_c": 24.0,
+    "allowed_charge_mw": 10.0,
+    "allowed_discharge_mw": 10.0,
+    "alarm_bits": 0,
+    "fault_bits": 0,
+}
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -98,19 +108,7 @@ class Rig:
         for dev in cfg.devices.values():
             dev.poll_interval_s = 0.001  # poll on every cycle
         self.config = cfg
-        self.bms = DummyDevice(
-            "bms",
-            self.clock,
-            {
-                "soc_pct": 50.0,
-                "temperature_max_c": 25.0,
-                "temperature_min_c": 24.0,
-                "allowed_charge_mw": 10.0,
-                "allowed_discharge_mw": 10.0,
-                "alarm_bits": 0,
-                "fault_bits": 0,
-            },
-        )
+        self.bms = DummyDevice("bms", self.clock, HEALTHY_BMS)
         self.pcs = DummyDevice("pcs", self.clock, {"power_mw": 0.0, "setpoint_mw": 0.0})
         self.store = Store(tmp_path / "bess-edge.db")
         devices = DeviceSet(cfg, self.clock, drivers={"bms": self.bms, "pcs": self.pcs})

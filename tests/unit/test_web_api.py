@@ -178,19 +178,20 @@ async def test_schedule_defaults_to_today_and_has_positions_and_history(web):
 
 
 # ------------------------------------------------------------------------------------------------- auth
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/api/bess-status",
-        "/api/market-data",
-        "/api/orders",
-        "/api/trades",
-        "/api/alarms",
-        "/api/decisions",
-        "/api/schedule",
-        "/api/ws-token",
-    ],
+# what a read-only key may GET
+READ_PATHS = (
+    "/api/bess-status",
+    "/api/market-data",
+    "/api/orders",
+    "/api/trades",
+    "/api/alarms",
+    "/api/decisions",
+    "/api/schedule",
+    "/api/ws-token",
 )
+
+
+@pytest.mark.parametrize("path", READ_PATHS)
 async def test_every_api_read_needs_a_key(web, path):
     body = assert_json_error(await web.client.get(path), 401)
     assert "API key" in body["detail"]
@@ -322,16 +323,7 @@ async def test_a_read_only_key_reads_and_every_write_is_403():
             ("POST", "/api/orders/check"),
         } <= set(writes)
         async with httpx.AsyncClient(base_url=w.url) as c:
-            for path in (
-                "/api/bess-status",
-                "/api/market-data",
-                "/api/orders",
-                "/api/trades",
-                "/api/alarms",
-                "/api/decisions",
-                "/api/schedule",
-                "/api/ws-token",
-            ):
+            for path in READ_PATHS:
                 assert (await c.get(path, headers=RK)).status_code == 200, path
             before = (w.backend.mode, len(w.backend.orders_by_id), len(w.backend.telemetry_sent))
             for method, path in writes:
