@@ -461,6 +461,8 @@ def _repair(pb: PlanProblem, x: np.ndarray) -> np.ndarray:
             d[t] = max((idle - lo) * pb.discharge_efficiency / h[t], 0.0) * (1 - 1e-12)
         if c[t] > 0 and idle + c[t] * pb.charge_efficiency * h[t] > hi > energy:
             c[t] = max((hi - idle) / pb.charge_efficiency / h[t], 0.0) * (1 - 1e-12)
+        if pb.soc_taper_band_pct > 0:
+            _trim_to_taper(pb, c, d, t, idle, h[t])
         mw = d[t] - c[t]
         flow = mw / pb.discharge_efficiency if mw > 0 else mw * pb.charge_efficiency
         energy -= flow * h[t] + pb.aux_load_mw * h[t] + energy * sd_per_h * h[t]
@@ -468,6 +470,21 @@ def _repair(pb: PlanProblem, x: np.ndarray) -> np.ndarray:
         if mw == 0:
             energy = max(energy, 0.0)
     return x
+
+
+def _trim_to_taper(pb: PlanProblem, c: np.ndarray, d: np.ndarray, t: int, idle_mwh: float, h: float) -> None:
+    """Period t's power trimmed to the taper row at its own end SoC (_taper_rows), where the solver's tolerance
+    left it a little past (a micro-watt, seen at 1.2e-6 MW): d <= k_d (e_end - lo) with e_end = idle - d h / eta
+    gives d <= k_d (idle - lo) / (1 + k_d h / eta); the charge side likewise. Trims only, never a push."""
+    cap, band = pb.capacity_mwh, pb.soc_taper_band_pct / 100 * pb.capacity_mwh
+    lo, hi = pb.soc_min_pct / 100 * cap, pb.soc_max_pct / 100 * cap
+    k_d, k_c = pb.p_discharge_max_mw / band, pb.p_charge_max_mw / band
+    d_max = k_d * (idle_mwh - lo) / (1 + k_d * h / pb.discharge_efficiency)
+    if 0 <= d_max < d[t]:
+        d[t] = d_max * (1 - 1e-12)
+    c_max = k_c * (hi - idle_mwh) / (1 + k_c * h * pb.charge_efficiency)
+    if 0 <= c_max < c[t]:
+        c[t] = c_max * (1 - 1e-12)
 
 
 def _value(pb: PlanProblem, x: np.ndarray) -> float:
