@@ -16,8 +16,6 @@ import asyncio
 import json
 import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,29 +26,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller.clock import Clock, iso  # noqa: E402
+from bench._common import Running, Simulator, free_port, ms, no_faces, pct, raw_reads_s  # noqa: E402
+from controller.clock import iso  # noqa: E402
 from controller.config import load_config  # noqa: E402
-from controller.cycle.loop import Controller  # noqa: E402
-from controller.store import Store  # noqa: E402
 from controller.trading.market import PERIOD_S, period_start  # noqa: E402
 
 BASE = ROOT / "config" / "demo-single-modbus.yaml"
 TARGETS = {"cycle_p99_ms": 20.0, "cpu_pct_1s": 3.0, "trade_to_setpoint_p99_ms": 150.0}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def ms(x: float) -> float:
-    return round(x * 1e3, 3)
 
 
 def write_site(tmp: Path, period_s: float) -> Path:
@@ -65,52 +47,14 @@ def write_site(tmp: Path, period_s: float) -> Path:
         dev["profile"] = str((BASE.parent / dev["profile"]).resolve())
         dev["poll_interval_s"] = period_s
     raw["cycle"]["period_s"] = period_s
-    raw["limits"]["ramp_mw_per_s"] = 1000
-    raw["mqtt"]["enabled"] = False
-    raw["web"]["enabled"] = False
-    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    no_faces(raw)
     path = tmp / f"site-{period_s:g}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-async def wait_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
-
-
-class Run:
-    """A Controller (no faces) on a site file; started, measured, stopped."""
-
-    def __init__(self, site: Path, state: Path):
-        self.config = load_config(site)
-        self.store = Store(state / f"{site.stem}.db")
-        self.c = Controller(self.config, self.store, Clock())
-
-    async def __aenter__(self) -> Controller:
-        await self.c.start()
-        for _ in range(200):  # bounded: up to 20 s for the first good cycle
-            if self.c.stats.good_cycles:
-                break
-            await asyncio.sleep(0.1)
-        if not self.c.stats.good_cycles:
-            raise RuntimeError(f"no good cycle: {self.c.status()}")
-        return self.c
-
-    async def __aexit__(self, *exc) -> None:
-        await self.c.stop()
-        self.store.close()
-
-
 async def cycle_phase(site: Path, state: Path, seconds: float, warmup_s: float = 3.0) -> dict:
-    async with Run(site, state) as c:
+    async with Running(site, state, first_cycle_s=20.0) as c:
         await asyncio.sleep(warmup_s)  # first connections, SunSpec discovery, first arming
         c.stats.durations_s.clear()
         overruns0 = c.stats.overruns
@@ -144,7 +88,7 @@ async def latency_phase(site: Path, state: Path, n: int, seed: int) -> dict:
     probe = SunSpecDriver("probe", cfg.load_profile(pcs), "127.0.0.1", pcs.port, unit_id=pcs.unit_id, timeout_s=1.0)
     lat: list[float] = []
     try:
-        async with Run(site, state) as c:
+        async with Running(site, state, first_cycle_s=20.0) as c:
             await asyncio.sleep(1.0)
             position = 0.0
             for i in range(n):
@@ -188,22 +132,8 @@ async def latency_phase(site: Path, state: Path, n: int, seed: int) -> dict:
 
 async def floor_phase(site: Path, n: int = 200) -> dict:
     """One raw read of 50 holding registers from the PCS simulator: the wire's share of any cycle."""
-    from pymodbus.client import AsyncModbusTcpClient
-
-    cfg = load_config(site)
-    _, pcs = cfg.device("pcs")
-    cl = AsyncModbusTcpClient("127.0.0.1", port=pcs.port, timeout=1, retries=0)
-    await cl.connect()
-    xs = []
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            rr = await cl.read_holding_registers(40000, count=50, device_id=pcs.unit_id)
-            xs.append(time.perf_counter() - t0)
-            if rr.isError():
-                raise RuntimeError(rr)
-    finally:
-        cl.close()
+    _, pcs = load_config(site).device("pcs")
+    xs = await raw_reads_s(pcs.port, pcs.unit_id, n)
     return {"median_ms": ms(pct(xs, 0.5)), "p99_ms": ms(pct(xs, 0.99))}
 
 
@@ -214,28 +144,12 @@ async def main(args) -> dict:
     res: dict = {"bench": "cycle", "targets": TARGETS}
     for period_s, key in ((1.0, "cycle_1s"), (0.1, "cycle_100ms")):
         site = sites[period_s]
-        sim = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bess-edge")), "simulate", "--config", str(site)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            cfg = load_config(site)
-            for dev in cfg.devices.values():
-                await wait_port(dev.port)
+        async with Simulator(site, tmp):
             if period_s == 1.0:
                 res["floor_modbus_read"] = await floor_phase(site)
             res[key] = await cycle_phase(site, tmp, args.seconds_1s if period_s == 1.0 else args.seconds_100ms)
             if period_s == 1.0:
                 res["trade_to_setpoint_1s"] = await latency_phase(site, tmp, args.trades, args.seed)
-        finally:
-            sim.terminate()
-            try:
-                sim.wait(10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
-                sim.wait(10)
     res["cpu_pct_1s"] = res["cycle_1s"]["cpu_pct"]
     res["met"] = {
         "cycle_p99_ms": max(res["cycle_1s"]["p99_ms"], res["cycle_100ms"]["p99_ms"]) < TARGETS["cycle_p99_ms"],

@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,28 +29,17 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from controller.clock import Clock  # noqa: E402
+from bench._common import Running, Simulator, free_port, no_faces, pct  # noqa: E402
+from bench._common import ms as _ms  # noqa: E402
 from controller.config import load_config  # noqa: E402
 from controller.cycle.loop import Controller  # noqa: E402
-from controller.store import Store  # noqa: E402
 
 BASE = ROOT / "config" / "demo-single-modbus.yaml"
 TARGET_P99_MS = 200.0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
 def ms(x: float) -> float:
-    return round(x * 1e3, 2)
+    return _ms(x, 2)
 
 
 def write_site(tmp: Path, fast_path_s: float) -> Path:
@@ -69,26 +55,11 @@ def write_site(tmp: Path, fast_path_s: float) -> Path:
         bms_opcua_port=None,
         control_port=free_port(),
     )
-    raw["limits"]["ramp_mw_per_s"] = 1000
-    raw["mqtt"]["enabled"] = False
-    raw["web"]["enabled"] = False
-    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    no_faces(raw)
     raw["services"] = {"fcr": {"enabled": True, "capacity_mw": 8, "fast_path_s": fast_path_s}}
     path = tmp / "site.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-async def wait_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
 
 
 async def floor(cfg, n: int) -> list[float]:
@@ -158,34 +129,11 @@ async def main_async(args) -> dict:
         tmp = Path(tmp_s)
         site = write_site(tmp, args.fast_path_s)
         cfg = load_config(site)
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "controller.cli", "simulate", "--config", str(site)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            for port in (cfg.devices["pcs"].port, cfg.devices["poi"].port, cfg.simulator.control_port):
-                await wait_port(port)
+        async with Simulator(site, tmp):
             floor_s = await floor(cfg, args.floor)
-            store = Store(tmp / "bench.db")
-            c = Controller(cfg, store, Clock())
-            await c.start()
-            try:
-                for _ in range(200):
-                    if c.stats.good_cycles:
-                        break
-                    await asyncio.sleep(0.1)
+            async with Running(site, tmp, first_cycle_s=20.0) as c:
                 lat, fast = await steps(c, f"http://127.0.0.1:{cfg.simulator.control_port}", args.steps, args.seed)
                 cycles = c.stats.cycles
-            finally:
-                await c.stop()
-                store.close()
-        finally:
-            sim.terminate()
-            sim.wait(timeout=10)
     return {
         "bench": "frequency",
         "steps": len(lat),

@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +34,20 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import (  # noqa: E402
+    Running,
+    Simulator,
+    free_port,
+    ms,
+    no_faces,
+    pct,
+    raw_reads_s,
+    wait_for,
+)
 from controller.clock import Clock  # noqa: E402
-from controller.config import SiteConfig, load_config  # noqa: E402
+from controller.config import load_config  # noqa: E402
 from controller.cycle.loop import Controller  # noqa: E402
 from controller.cycle.phases import Phase  # noqa: E402
-from controller.store import Store  # noqa: E402
 
 BASE = ROOT / "config" / "demo-single-modbus.yaml"
 PROFILES = ROOT / "config" / "profiles"
@@ -52,21 +59,6 @@ TARGETS = {
     "cpu_pct_16": 5.0,
     "fault_overruns": 0,
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, int(q * len(xs)))]
-
-
-def ms(x: float) -> float:
-    return round(x * 1e3, 3)
 
 
 def figures(xs: list[float]) -> dict[str, float]:
@@ -118,12 +110,9 @@ def write_site(tmp: Path, n_units: int, per_gateway: int) -> Path:
     raw["units"] = {f"u{k + 1:02d}": {"rated_mw": UNIT_MW, "capacity_mwh": UNIT_MWH} for k in range(n_units)}
     plant_mw = UNIT_MW * n_units
     raw["limits"].update(p_charge_max_mw=plant_mw, p_discharge_max_mw=plant_mw, grid_limit_mw=plant_mw)
-    raw["limits"]["ramp_mw_per_s"] = 1000
     raw["battery"]["capacity_mwh"] = UNIT_MWH * n_units
     raw["cycle"] = {"period_s": 1.0, "manual_timeout_s": 3600}
-    raw["mqtt"] = {"enabled": False}
-    raw["web"] = {"enabled": False}
-    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    no_faces(raw)
     raw["simulator"].update(
         bms_modbus_port=None,
         pcs_modbus_port=None,
@@ -134,72 +123,6 @@ def write_site(tmp: Path, n_units: int, per_gateway: int) -> Path:
     path = tmp / f"units-{n_units}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
-
-
-# ------------------------------------------------------------------------------------------------- the simulator
-async def wait_port(port: int, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            _, w = await asyncio.open_connection("127.0.0.1", port)
-            w.close()
-            return
-        except OSError:
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
-
-
-class Simulator:
-    """`python -m controller.cli simulate --config SITE` (this checkout's code), its log in `tmp`; always stopped."""
-
-    def __init__(self, site: Path, tmp: Path):
-        self.site = site
-        self.config = load_config(site)
-        self.log_path = tmp / f"{site.stem}-sim.log"
-        self.proc: subprocess.Popen | None = None
-
-    async def __aenter__(self) -> "Simulator":
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "controller.cli", "simulate", "--config", str(self.site)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            for port in sorted({d.port for d in self.config.devices.values()} | {self.control_port}):
-                await wait_port(port)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    @property
-    def control_port(self) -> int:
-        port = self.config.simulator.control_port
-        assert port is not None
-        return port
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    async def __aexit__(self, *exc) -> None:
-        self.stop()
-
-    async def fault(self, face: str | None, **fault: Any) -> None:
-        """Set a face's faults through the simulator's control API; `face` None clears every fault."""
-        import httpx
-
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.control_port}", timeout=10) as c:
-            r = await (c.delete("/sim/faults") if face is None else c.post(f"/sim/faults/{face}", json=fault))
-            r.raise_for_status()
 
 
 # ------------------------------------------------------------------------------------------------- the controller
@@ -229,39 +152,6 @@ class WriteCounter:
     def _after_write(self, state) -> None:
         self.cycles.append(frozenset(u for u, n in self.counts.items() if n > self._seen[u]))
         self._seen = dict(self.counts)
-
-
-class Running:
-    """A Controller (no faces) on a site file, in this process; started, its first good cycle waited for, stopped."""
-
-    def __init__(self, site: Path, state: Path):
-        self.config: SiteConfig = load_config(site)
-        self.store = Store(state / f"{site.stem}.db")
-        self.c = Controller(self.config, self.store, Clock())
-
-    async def __aenter__(self) -> Controller:
-        try:
-            await self.c.start()
-            await wait_for(lambda: self.c.stats.good_cycles > 0, 60.0, lambda: f"no good cycle: {self.c.status()}")
-        except BaseException:
-            await self.__aexit__()
-            raise
-        return self.c
-
-    async def __aexit__(self, *exc) -> None:
-        try:
-            await self.c.stop()
-        finally:
-            self.store.close()
-
-
-async def wait_for(cond, timeout_s: float, why) -> None:
-    """Poll `cond` every 0.1 s until true; RuntimeError(why()) after `timeout_s`."""
-    deadline = time.monotonic() + timeout_s
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError(why())
-        await asyncio.sleep(0.1)
 
 
 async def wait_cycles(c: Controller, n: int) -> None:
@@ -338,21 +228,7 @@ async def floor_phase(site: Path, rounds: int) -> dict[str, Any]:
 
 async def raw_request_floor(port: int, unit_id: int, n: int = 200) -> dict[str, Any]:
     """One raw 50-register read with pymodbus alone: the wire's (and the simulator's) share of each request."""
-    from pymodbus.client import AsyncModbusTcpClient
-
-    took: list[float] = []
-    cl = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0)
-    await cl.connect()
-    try:
-        for _ in range(n):
-            t0 = time.perf_counter()
-            rr = await cl.read_holding_registers(40000, count=50, device_id=unit_id)
-            took.append(time.perf_counter() - t0)
-            if rr.isError():
-                raise RuntimeError(f"raw read: {rr}")
-    finally:
-        cl.close()
-    return figures(took)
+    return figures(await raw_reads_s(port, unit_id, n))
 
 
 # ------------------------------------------------------------------------------------------------- the runs
