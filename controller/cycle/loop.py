@@ -39,6 +39,7 @@ from controller.services.runtime import FcrService
 from controller.services.stack import Stack, stack
 from controller.store import Store, StoreError
 from controller.systemd import Notifier
+from controller.tasks import cancel_and_wait
 from controller.trading.intake import (
     Ack,
     load_stored,
@@ -660,11 +661,7 @@ class Controller:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout=STOP_GRACE_S)
             except asyncio.TimeoutError:
                 log.warning("control cycle did not end in time: cancelled", extra={"grace_s": STOP_GRACE_S})
-                self._task.cancel()
-                try:
-                    await self._task
-                except asyncio.CancelledError:
-                    pass
+                await cancel_and_wait(self._task)
             except asyncio.CancelledError:
                 self._task.cancel()
                 raise

@@ -46,6 +46,7 @@ from controller.scada.points import (
     unit_values,
     units_by_name,
 )
+from controller.tasks import cancel_and_wait
 
 log = logging.getLogger("bess.scada.opcua")
 
@@ -362,11 +363,7 @@ class ScadaOpcUaServer:
 
     async def stop(self) -> None:
         if self._task:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
         if self.server:
             await self.server.stop()

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+from controller.tasks import cancel_and_wait
+
 log = logging.getLogger("bess.services")
 
 __all__ = ["FastPath"]
@@ -47,11 +49,7 @@ class FastPath:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def round(self) -> bool:

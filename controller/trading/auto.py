@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from controller.clock import iso, parse_iso
+from controller.tasks import cancel_and_wait
 from controller.trading.errors import ExchangeDown, OrderRefused
 from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open, period_start
 
@@ -326,11 +327,7 @@ class AutoTrader:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
 
     def on_trade(self, _trade) -> None:

@@ -27,6 +27,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.clock import iso, parse_iso
+from controller.tasks import cancel_and_wait
 from controller.trading.exchange import ExchangeError
 from controller.trading.market import PERIOD_S, period_start
 
@@ -242,11 +243,7 @@ class Forecaster:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

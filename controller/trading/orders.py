@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from controller.clock import iso, parse_iso
 from controller.commands import PlantCommands
 from controller.store import Store, StoreError
+from controller.tasks import cancel_and_wait
 from controller.trading.errors import ExchangeDown, ExchangeNotConfigured, OrderRefused
 from controller.trading.exchange import (
     ExchangeClient,
@@ -140,11 +141,7 @@ class OrderDesk:
 
     async def close(self) -> None:
         if self._reconciler is not None:
-            self._reconciler.cancel()
-            try:
-                await self._reconciler
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._reconciler)
             self._reconciler = None
         await self.client.aclose()
 
