@@ -327,13 +327,18 @@ class ActualPoint(_Response):
     setpoint_mw: OptNum = None
 
 
-class Schedule(_Response):
+class _Window(_Response):
+    """A response over a time window: `from` and `to` on the wire (`from` is a Python keyword, hence `from_`)."""
+
     from_: IsoTs = Field(alias="from")
     to: IsoTs
-    periods: list[Period]
-    actual: list[ActualPoint] = []
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
+
+
+class Schedule(_Window):
+    periods: list[Period]
+    actual: list[ActualPoint] = []
 
 
 class PlanPeriod(_Response):
@@ -385,12 +390,8 @@ class MarketSample(_Response):
     vwap: OptNum = None
 
 
-class MarketHistory(_Response):
-    from_: IsoTs = Field(alias="from")
-    to: IsoTs
+class MarketHistory(_Window):
     samples: list[MarketSample]
-
-    model_config = ConfigDict(extra="allow", populate_by_name=True, serialize_by_alias=True)
 
 
 class WsToken(BaseModel):
