@@ -2,7 +2,8 @@
 in milliseconds, a site file's faces switched off, the plant simulator in its own process (this checkout's code),
 a Controller in this process until its first good cycle, and one raw Modbus read timed as a floor.
 
-Not a script: bench/cycle.py, bench/units.py and bench/frequency.py import it (with the checkout on sys.path).
+Not a script: bench/cycle.py, units.py and frequency.py import it, poll.py and iec104.py its free_port and pct
+(each with the checkout on sys.path).
 """
 
 from __future__ import annotations

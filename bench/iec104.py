@@ -18,7 +18,6 @@ one JSON line; exits 1 if a target is missed.
 import argparse
 import asyncio
 import json
-import socket
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import c104  # noqa: E402
 
+from bench._common import free_port, pct  # noqa: E402
 from controller.config import ScadaIec104  # noqa: E402
 from controller.cycle.state import PlantState, PoiState  # noqa: E402
 from controller.scada.iec104 import Iec104Face  # noqa: E402
@@ -37,17 +37,6 @@ from controller.services.afrr import AfrrState  # noqa: E402
 
 TARGET_EXTRA_MEDIAN_MS = 2.0
 TARGET_ON_CYCLE_P99_MS = 5.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(len(s) * q))]
 
 
 def figures(xs: list[float]) -> dict[str, float]:

@@ -30,6 +30,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import free_port, pct  # noqa: E402
 from controller.config import load_config  # noqa: E402
 from drivers.modbus import ModbusDriver, ReadRequest  # noqa: E402
 from drivers.sunspec import SunSpecDriver  # noqa: E402
@@ -38,17 +39,6 @@ CONFIG = ROOT / "config" / "demo-single-modbus.yaml"
 FUNCTION_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
 TARGET_RATIO = 3.0
 TARGET_MEDIAN_MS = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pct(values: list[float], q: float) -> float:
-    xs = sorted(values)
-    return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
 def figures(samples_s: list[float]) -> dict[str, float]:
