@@ -17,8 +17,11 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -88,6 +91,41 @@ async def until(api: httpx.AsyncClient, path: str, predicate, what: str, timeout
     raise AssertionError(f"timed out waiting for {what}: {body}")
 
 
+class CsvSite(NamedTuple):
+    clock: Clock
+    plant: Any
+    ex: Any  # the running exchange simulator
+    d: Any  # the site's Daemon
+    api: httpx.AsyncClient
+    proxy: TcpProxy | None
+
+
+@asynccontextmanager
+async def csv_trading(
+    mosquitto,  # noqa: F811
+    make_plant,  # noqa: F811
+    tmp_path: Path,
+    proxied: bool = False,
+    extra_env: dict[str, str] | None = None,
+    **auto,
+) -> AsyncIterator[CsvSite]:
+    """The exchange simulator and a site whose auto-trader plans against the alternating csv forecast (`auto`:
+    more trading.auto settings); `proxied`: the site reaches the exchange through a TcpProxy the test can cut."""
+    clock = Clock()
+    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
+    plant = await make_plant()
+    over = auto_overrides({"source": "csv", "path": str(csv_path)}, **auto)
+    async with AsyncExitStack() as stack:
+        ex = await stack.enter_async_context(
+            running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url)
+        )
+        proxy = await stack.enter_async_context(TcpProxy(ex.port)) if proxied else None
+        url = proxy.url if proxy is not None else ex.url
+        site = running_site(plant, mosquitto, tmp_path, clock, url, extra_env=extra_env, **over)
+        d, api = await stack.enter_async_context(site)
+        yield CsvSite(clock, plant, ex, d, api, proxy)
+
+
 def site_orders(ex) -> list:
     return ex.service.engine.orders_of(SITE)
 
@@ -119,15 +157,8 @@ async def test_auto_trader_places_orders_inside_risk_limits_with_plan_id_and_rea
     make_plant,  # noqa: F811
     tmp_path,
 ):
-    clock = Clock()
-    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
-    plant = await make_plant()
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
-        running_site(
-            plant, mosquitto, tmp_path, clock, ex.url, **auto_overrides({"source": "csv", "path": str(csv_path)})
-        ) as (d, api),
-    ):
+    async with csv_trading(mosquitto, make_plant, tmp_path) as site:
+        ex, d, api = site.ex, site.d, site.api
         status = await until(api, "/api/auto", lambda s: s["orders_placed"] >= 2 and s["replans"] >= 2, "orders")
         assert status["state"] == "running" and status["enabled"] is True, status
         check_orders_inside_limits(ex, d)
@@ -201,21 +232,8 @@ async def test_kill_switch_stops_it_within_one_replan_and_only_for_operators(
     make_plant,  # noqa: F811
     tmp_path,
 ):
-    clock = Clock()
-    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
-    plant = await make_plant()
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
-        running_site(
-            plant,
-            mosquitto,
-            tmp_path,
-            clock,
-            ex.url,
-            extra_env={"API_KEY_READ": READ_KEY},
-            **auto_overrides({"source": "csv", "path": str(csv_path)}),
-        ) as (d, api),
-    ):
+    async with csv_trading(mosquitto, make_plant, tmp_path, extra_env={"API_KEY_READ": READ_KEY}) as site:
+        ex, d, api = site.ex, site.d, site.api
         await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a first order")
         read = httpx.AsyncClient(base_url=str(api.base_url), headers={"X-API-Key": READ_KEY}, timeout=10)
         try:
@@ -251,16 +269,9 @@ async def test_kill_switch_stops_it_within_one_replan_and_only_for_operators(
 
 # ----------------------------------------------------------------------------------------------- exchange down
 async def test_exchange_down_stops_placing_says_so_and_resumes(mosquitto, make_plant, tmp_path):  # noqa: F811
-    clock = Clock()
-    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
-    plant = await make_plant()
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
-        TcpProxy(ex.port) as proxy,
-        running_site(
-            plant, mosquitto, tmp_path, clock, proxy.url, **auto_overrides({"source": "csv", "path": str(csv_path)})
-        ) as (d, api),
-    ):
+    async with csv_trading(mosquitto, make_plant, tmp_path, proxied=True) as site:
+        ex, api, proxy = site.ex, site.api, site.proxy
+        assert proxy is not None
         await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a first order")
         await proxy.go_down()
         down = await until(api, "/api/auto", lambda s: s["state"] == "exchange_down", "exchange_down")
@@ -364,15 +375,11 @@ async def test_a_fill_makes_it_replan_at_once(mosquitto, make_plant, tmp_path): 
     from controller.trading.exchange import ExchangeClient
     from tests.system.test_trading_e2e import OTHER_KEY, order_body, publisher_connected
 
-    clock = Clock()
-    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
-    plant = await make_plant()
-    over = auto_overrides({"source": "csv", "path": str(csv_path)}, replan_s=3600)
     async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
-        running_site(plant, mosquitto, tmp_path, clock, ex.url, **over) as (d, api),
-        ExchangeClient(ex.url, OTHER_KEY, SECRET, now=clock.now) as other,
+        csv_trading(mosquitto, make_plant, tmp_path, replan_s=3600) as site,
+        ExchangeClient(site.ex.url, OTHER_KEY, SECRET, now=site.clock.now) as other,
     ):
+        ex, d, api = site.ex, site.d, site.api
         await publisher_connected(ex)
         status = await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a resting order")
         await wait_for(lambda: not d.store.order_intents("pending"), 10, "no order on its way")
@@ -399,15 +406,8 @@ async def test_a_fill_makes_it_replan_at_once(mosquitto, make_plant, tmp_path): 
 async def test_a_plant_safe_state_stops_it_and_it_resumes_after(mosquitto, make_plant, tmp_path):  # noqa: F811
     """A BMS fault puts the plant in its safe state (0 MW, binding alarm): the auto-trader places nothing more and
     cancels its open orders; once the fault is gone it trades again."""
-    clock = Clock()
-    csv_path = write_csv(tmp_path / "prices.csv", alternating_prices(clock.now()))
-    plant = await make_plant()
-    async with (
-        running_exchange(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=mosquitto.url) as ex,
-        running_site(
-            plant, mosquitto, tmp_path, clock, ex.url, **auto_overrides({"source": "csv", "path": str(csv_path)})
-        ) as (d, api),
-    ):
+    async with csv_trading(mosquitto, make_plant, tmp_path) as site:
+        ex, api, plant = site.ex, site.api, site.plant
         await until(api, "/api/auto", lambda s: s["orders_placed"] >= 1, "a first order")
         plant.faults["bms_modbus"].fault_bits = 1 << 1  # insulation_fault in the generic BMS profile
         stopped = await until(api, "/api/auto", lambda s: s["state"] == "safe_state", "stopped by the safe state")
