@@ -30,8 +30,9 @@ SLOW_CYCLE = {
 }
 
 
-async def frequency(cfg, **body) -> dict:
-    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/frequency"
+async def sim(cfg, what: str, **body) -> dict:
+    """POST `body` to the plant simulator's control API at /sim/<what> (frequency, state); its JSON answer."""
+    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/{what}"
     async with httpx.AsyncClient(timeout=5.0) as client:
         r = await client.post(url, json=body)
     assert r.status_code == 200, r.text
@@ -41,11 +42,11 @@ async def frequency(cfg, **body) -> dict:
 async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) -> None:
     cfg = load_config(fcr_site_file(tmp_path, **SLOW_CYCLE))
     async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
-        await frequency(cfg, wander=False, hz=50.0)
+        await sim(cfg, "frequency", wander=False, hz=50.0)
         await wait_for(lambda: c.fcr.frequency_hz == 50.0, 5, "the fast path to read 50 Hz")
         cycles, writes = c.stats.cycles, c.stats.fast_writes
         assert c.dispatcher.last_readback_mw == 0.0
-        await frequency(cfg, step_hz=-0.1)  # 100 mHz low: half of the 8 MW band, discharging
+        await sim(cfg, "frequency", step_hz=-0.1)  # 100 mHz low: half of the 8 MW band, discharging
         await wait_for(
             lambda: c.dispatcher.last_readback_mw == pytest.approx(4.0, abs=0.01), 8, "4 MW read back from the PCS"
         )
@@ -57,14 +58,14 @@ async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) 
         assert status["fcr"]["enabled"] is True and status["fcr"]["contribution_mw"] == pytest.approx(4.0)
         assert status["fcr"]["frequency_hz"] == pytest.approx(49.9)
 
-        await frequency(cfg, step_hz=0.3)  # 50.2 Hz: full activation, charging
+        await sim(cfg, "frequency", step_hz=0.3)  # 50.2 Hz: full activation, charging
         await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(-8.0, abs=0.01), 8, "-8 MW read back")
 
 
 async def test_fcr_off_leaves_the_plant_alone_and_on_again_follows(tmp_path) -> None:
     cfg = load_config(fcr_site_file(tmp_path, services={"fcr": {"enabled": False}}))
     async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
-        await frequency(cfg, wander=False, hz=49.8)
+        await sim(cfg, "frequency", wander=False, hz=49.8)
         cycles = c.stats.cycles
         await wait_for(lambda: c.stats.cycles >= cycles + 3, 10, "three cycles")
         assert c.dispatcher.last_readback_mw == 0.0 and c.status()["fcr"]["enabled"] is False
@@ -74,20 +75,12 @@ async def test_fcr_off_leaves_the_plant_alone_and_on_again_follows(tmp_path) -> 
         await wait_for(lambda: c.dispatcher.last_readback_mw == 0.0, 8, "back to 0 MW")
 
 
-async def sim_state(cfg, **body) -> dict:
-    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/state"
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        r = await client.post(url, json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
 async def test_the_reserve_is_held_back_from_trading_and_its_loss_alarmed(tmp_path) -> None:
     """8 MW of FCR on a 10 MW plant leaves 2 MW to trade, and SoC room for 15 min of full activation each way
     (20 MWh, 95 % efficiency: 10.5 % down, 9.5 % up, so the band is 20.5-80.5 %)."""
     cfg = load_config(fcr_site_file(tmp_path))
     async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
-        await frequency(cfg, wander=False, hz=50.0)
+        await sim(cfg, "frequency", wander=False, hz=50.0)
         nxt = (c.clock.now() // PERIOD_S + 2) * PERIOD_S
         assert c.feasibility([(nxt, 2.0)]).ok
         refused = c.feasibility([(nxt, 5.0)])
@@ -102,19 +95,19 @@ async def test_the_reserve_is_held_back_from_trading_and_its_loss_alarmed(tmp_pa
         assert c.feasibility([(nxt, 5.0)]).ok and c.feasibility(deep).ok  # FCR off: the whole plant trades again
 
         c.set_fcr(True, source="test")
-        await sim_state(cfg, soc_pct=15.0)
+        await sim(cfg, "state", soc_pct=15.0)
         await wait_for(lambda: "services:fcr_reserve" in c.active_alarms, 10, "the reserve alarm")
         fcr = c.status()["fcr"]
         assert fcr["reserve_held"] is False and fcr["reserve_restore_direction"] == -1
         assert fcr["reserve_restore_mwh"] == pytest.approx((20.526 - 15.0) / 100 * 20, abs=0.05)
-        await sim_state(cfg, soc_pct=50.0)
+        await sim(cfg, "state", soc_pct=50.0)
         await wait_for(lambda: "services:fcr_reserve" not in c.active_alarms, 10, "the reserve alarm cleared")
 
 
 async def test_provision_records_per_second_and_their_csv(tmp_path) -> None:
     cfg = load_config(fcr_site_file(tmp_path))
     async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
-        await frequency(cfg, wander=False, hz=49.9)
+        await sim(cfg, "frequency", wander=False, hz=49.9)
         await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(4.0, abs=0.01), 8, "4 MW")
         seconds = c.records.seconds
         await wait_for(lambda: c.records.seconds >= seconds + 4, 15, "four more recorded seconds")
