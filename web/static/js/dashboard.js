@@ -7,6 +7,8 @@
   "use strict";
 
   const $ = (id) => document.getElementById(id);
+  // services.js (loaded after this file) asks through the same dialog; set first, so nothing below can skip it
+  window.bessConfirmDialog = confirmDialog;
   // a read-only session (a key from API_KEY_READ) gets no write controls: the page leaves them out, the API
   // refuses the writes anyway
   const READ_ONLY = document.body.dataset.readOnly === "true";

@@ -127,15 +127,7 @@
     chart.render();
   }
 
-  function confirmDialog(text) {
-    const dlg = $("confirm-dialog");
-    $("confirm-text").textContent = text;
-    return new Promise((resolve) => {
-      dlg.addEventListener("close", () => resolve(dlg.returnValue === "ok"), { once: true });
-      dlg.returnValue = "";
-      dlg.showModal();
-    });
-  }
+  const confirmDialog = (text) => window.bessConfirmDialog(text); // dashboard.js's, one dialog for the page
 
   async function switchFcr() {
     const enable = $("fcr-toggle").dataset.enable === "true";
