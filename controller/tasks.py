@@ -1,11 +1,14 @@
-"""Ending a background task (a face's, a service's or the cycle's own asyncio task): cancel it and wait until it
-has ended, so nothing of it runs after its owner's stop() returns."""
+"""Ending background tasks (a face's, a service's or the cycle's own asyncio task): cancel one and wait until it
+has ended, so nothing of it runs after its owner's stop() returns; and `Background`, the one task an owner starts
+once and stops."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-__all__ = ["cancel_and_wait"]
+__all__ = ["Background", "cancel_and_wait"]
 
 
 async def cancel_and_wait(task: asyncio.Task) -> None:
@@ -16,3 +19,21 @@ async def cancel_and_wait(task: asyncio.Task) -> None:
         await task
     except asyncio.CancelledError:
         pass
+
+
+class Background:
+    """An owner's one background task, named `name`: start() runs `run()` unless it already runs; stop() cancels
+    it and waits for it to end (cancel_and_wait); both may be called again."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.task: asyncio.Task | None = None
+
+    def start(self, run: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        if self.task is None:
+            self.task = asyncio.create_task(run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            await cancel_and_wait(self.task)
+            self.task = None

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from controller.clock import iso, parse_iso
-from controller.tasks import cancel_and_wait
+from controller.tasks import Background
 from controller.trading.errors import ExchangeDown, OrderRefused
 from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, gate_open, period_start
 
@@ -313,7 +313,7 @@ class AutoTrader:
         self.plan_id: str | None = None
         self.last_replan_at: float | None = None
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._runner = Background("auto-trader")
 
     def _off_state(self) -> tuple[str, str]:
         if not self.auto.enabled:
@@ -322,13 +322,10 @@ class AutoTrader:
 
     # ---- lifecycle
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="auto-trader")
+        self._runner.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._runner.stop()
 
     def on_trade(self, _trade) -> None:
         """Event.TRADE_ACCEPTED: a fill changes the position, so re-plan now."""

@@ -27,7 +27,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from controller.clock import iso, parse_iso
-from controller.tasks import cancel_and_wait
+from controller.tasks import Background
 from controller.trading.exchange import ExchangeError
 from controller.trading.market import PERIOD_S, period_start
 
@@ -235,16 +235,13 @@ class Forecaster:
         self.exchange_ok = True  # the exchange's market data answered last time
         self.refreshed = False  # a refresh has run (the auto-trader's first pass waits for one)
         self._last_source_mono = -math.inf
-        self._task: asyncio.Task | None = None
+        self._runner = Background("forecaster")
 
     async def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="forecaster")
+        self._runner.start(self._run)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._runner.stop()
 
     async def _run(self) -> None:
         """The order book every `sample_s`, the source every `refresh_s` (real seconds)."""

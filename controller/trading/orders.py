@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from controller.clock import iso, parse_iso
 from controller.commands import PlantCommands
 from controller.store import Store, StoreError
-from controller.tasks import cancel_and_wait
+from controller.tasks import Background
 from controller.trading.errors import ExchangeDown, ExchangeNotConfigured, OrderRefused
 from controller.trading.exchange import (
     ExchangeClient,
@@ -132,17 +132,14 @@ class OrderDesk:
         self._trades = Cached()
         self._lock = asyncio.Lock()
         self._in_flight: set[str] = set()  # client_order_ids whose request this process is sending now
-        self._reconciler: asyncio.Task | None = None
+        self._reconciler = Background("order-intents")
 
     async def start(self) -> None:
         """Reconcile the intents a previous run left pending (a kill -9 mid-send), now and then periodically."""
-        if self._reconciler is None:
-            self._reconciler = asyncio.create_task(self._reconcile_loop(), name="order-intents")
+        self._reconciler.start(self._reconcile_loop)
 
     async def close(self) -> None:
-        if self._reconciler is not None:
-            await cancel_and_wait(self._reconciler)
-            self._reconciler = None
+        await self._reconciler.stop()
         await self.client.aclose()
 
     # ---------------------------------------------------------------- orders
