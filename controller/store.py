@@ -789,6 +789,19 @@ class Store:
             cur = c.execute("UPDATE alarms SET cleared_ts = ? WHERE key = ? AND cleared_ts IS NULL", (ts, key))
             return cur.rowcount > 0
 
+    def change_alarms(self, raised: list[tuple[str, str, str, str, float]], cleared: list[tuple[str, float]]) -> None:
+        """A cycle's alarm changes in one transaction (one commit, not one each): `raised` as raise_alarm's
+        (key, device, cause, message, ts), then `cleared` as clear_alarm's (key, ts); each idempotent as those."""
+        if not raised and not cleared:
+            return
+        with self._tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)", raised
+            )
+            c.executemany(
+                "UPDATE alarms SET cleared_ts = ? WHERE key = ? AND cleared_ts IS NULL", [(ts, k) for k, ts in cleared]
+            )
+
     def active_alarms(self) -> list[dict[str, Any]]:
         """Active alarms, oldest first: {id, key, device, cause, message, raised_ts, cleared_ts: None}."""
         return self._query("SELECT * FROM alarms WHERE cleared_ts IS NULL ORDER BY raised_ts, id")

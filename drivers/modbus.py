@@ -50,6 +50,11 @@ class ReadRequest:
     points: tuple[tuple[str, Point, int], ...]
 
 
+# Points the controller writes and never reads: its heartbeat counter (a watchdog for the device; reading it back
+# every cycle would only cost a request on a gateway that answers one at a time).
+WRITE_ONLY = frozenset({"heartbeat"})
+
+
 def plan_reads(points: dict[str, Point], max_gap: int = 8) -> list[ReadRequest]:
     """Group points per function into as few requests as possible: each ≤125 registers (≤2000 bits), and
     two neighbours share a request when at most `max_gap` unused registers lie between them."""
@@ -220,12 +225,21 @@ class ModbusDriver:
         self.rating_mw = rating_mw
         self.use_profile(profile)
 
-    def use_profile(self, profile: Profile) -> None:
-        """Read and write by `profile` from now on (SunSpec resolves its register map after discovery)."""
+    def use_profile(self, profile: Profile, static: frozenset[str] = frozenset()) -> None:
+        """Read and write by `profile` from now on (SunSpec resolves its register map after discovery). The points
+        named in `static` never change while the device runs (SunSpec's common model): read once per connection,
+        their readings then kept. Write-only points (WRITE_ONLY) are written, never read."""
         self.profile = profile
         self._sunspec = profile.protocol == "sunspec"
         self._sf_values: dict[str, int | None] = {}
-        self._plan = plan_reads(profile.points, max_gap=self.max_gap)
+        readable = {n: p for n, p in profile.points.items() if n not in WRITE_ONLY}
+        static_plan = plan_reads({n: p for n, p in readable.items() if n in static}, max_gap=self.max_gap)
+        self._plan = static_plan + plan_reads(
+            {n: p for n, p in readable.items() if n not in static}, max_gap=self.max_gap
+        )
+        self._static_requests = len(static_plan)
+        self._static_raw: list[tuple[ReadRequest, list[int], float]] = []
+        self._static_client: object = None  # the connection (its client) the static points were read on
         # scale-factor points decode first so the points they scale can use them in the same pass
         self._sf_names = {p.scale for p in profile.points.values() if isinstance(p.scale, str)}
         rating = profile.rated_power_mw or self.rating_mw
@@ -252,7 +266,8 @@ class ModbusDriver:
 
     @property
     def requests_per_read(self) -> int:
-        return len(self._plan)
+        """Requests of a read once the static points are in (the first read on a connection adds theirs)."""
+        return len(self._plan) - self._static_requests
 
     @property
     def plan(self) -> list[ReadRequest]:
@@ -389,10 +404,14 @@ class ModbusDriver:
         t0 = time.perf_counter()
         if not self.connected:
             await self.connect()
-        raw: list[tuple[ReadRequest, list[int], float]] = []
-        for req in self._plan:
+        client = self._conn.client
+        fresh = self._static_client is not client or not self._static_raw
+        raw: list[tuple[ReadRequest, list[int], float]] = [] if fresh else list(self._static_raw)
+        for req in self._plan if fresh else self._plan[self._static_requests :]:
             regs = await self.read_raw(req.function, req.address, req.count)
             raw.append((req, regs, self.clock.now()))
+        if fresh and self._static_requests:
+            self._static_raw, self._static_client = raw[: self._static_requests], client
         out = self._decode_all(raw)
         self.stats.reads += 1
         self.stats.last_read_latency_s = time.perf_counter() - t0

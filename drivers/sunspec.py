@@ -325,7 +325,9 @@ class SunSpecDriver:
         if self.map is None:
             smap = await discover(self.modbus, self.base_addresses, device_id=self.modbus.unit_id)
             resolved, self._hidden = concrete_profile(self.profile, smap)
-            self.modbus.use_profile(resolved)
+            # the common model (manufacturer, model, serial) does not change while the device runs
+            common = frozenset(n for n, p in resolved.points.items() if (p.sunspec or "").partition(".")[0] == "1")
+            self.modbus.use_profile(resolved, static=common)
             self.map = smap
 
     async def read(self) -> dict[str, Reading]:

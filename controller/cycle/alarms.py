@@ -124,6 +124,10 @@ class Alarm:
         }
 
 
+# a cycle that changes more alarms than this (a gateway lost: every device behind it) logs them in one line
+SYNC_LOG_LINES = 8
+
+
 class Alarms:
     """The active alarms, in the order they were raised; every change is stored (idempotently) and logged."""
 
@@ -153,9 +157,7 @@ class Alarms:
             now = self.clock.now()
             self._active[key] = Alarm(key, cause, message, iso(now))
             self.store.raise_alarm(str(key), key.device, cause, message, now)
-            log.warning(
-                "alarm raised", extra={"alarm": str(key), "device": key.device, "cause": cause, "detail": message}
-            )
+            _log_raised(key, cause, message)
 
     def clear(self, key: AlarmKey) -> None:
         if self._active.pop(key, None) is not None:
@@ -163,12 +165,33 @@ class Alarms:
             log.info("alarm cleared", extra={"alarm": str(key)})
 
     def sync(self, snap: "Snapshot") -> None:
-        """Raise what the snapshot shows, clear what it no longer shows (latched alarms stay)."""
+        """Raise what the snapshot shows, clear what it no longer shows (latched alarms stay); the changes are
+        stored in one transaction, and logged one line each, or one line for all beyond SYNC_LOG_LINES."""
         want = wanted(snap)
-        for key in [k for k in self._active if k not in want and not k.latched]:
-            self.clear(key)
-        for key, (cause, msg) in want.items():
-            self.raise_(key, cause, msg)
+        now = self.clock.now()
+        gone = [k for k in self._active if k not in want and not k.latched]
+        new = [(k, c, m) for k, (c, m) in want.items() if k not in self._active]
+        if not gone and not new:
+            return
+        for key in gone:
+            del self._active[key]
+        for key, cause, msg in new:
+            self._active[key] = Alarm(key, cause, msg, iso(now))
+        self.store.change_alarms([(str(k), k.device, c, m, now) for k, c, m in new], [(str(k), now) for k in gone])
+        if len(gone) + len(new) > SYNC_LOG_LINES:
+            log.warning(
+                "alarms changed",
+                extra={"raised": [str(k) for k, _, _ in new], "cleared": [str(k) for k in gone]},
+            )
+            return
+        for key in gone:
+            log.info("alarm cleared", extra={"alarm": str(key)})
+        for key, cause, msg in new:
+            _log_raised(key, cause, msg)
+
+
+def _log_raised(key: AlarmKey, cause: str, message: str) -> None:
+    log.warning("alarm raised", extra={"alarm": str(key), "device": key.device, "cause": cause, "detail": message})
 
 
 def wanted(snap: "Snapshot") -> dict[AlarmKey, tuple[str, str]]:

@@ -1,5 +1,6 @@
-"""Device links: one driver per configured device, polled on its interval (each read bounded by the cycle's
-deadline), with health and staleness; grouped into the plant's units and its POI meter, with a snapshot per unit
+"""Device links: one driver per configured device, read on its own rhythm (its poll interval, by a task of its
+own; the cycle takes the freshest readings without waiting) or, before that starts, by the cycle within its
+deadline, with health and staleness; grouped into the plant's units and its POI meter, with a snapshot per unit
 and the plant's.
 
 Stale means unknown: after 2 failed reads in a row, or 3 poll periods (or `stale_after_s`) without a good
@@ -111,26 +112,48 @@ class DeviceLink:
             return 1
         return min(2 ** (self.failures - FAILED_READS_STALE + 1), GATEWAY_REST_MAX_PERIODS)
 
-    async def poll(self, now: float, timeout_s: float | None = None) -> None:
-        """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up).
+    def begin(self, now: float) -> asyncio.Task | None:
+        """Start a read of the device without waiting for it; returns the read (None when one is still in flight).
 
-        A read still pending then counts as a failed read (a timeout) at once, so a silent or slow device never
-        stretches the cycle and goes stale after FAILED_READS_STALE cycles as before. The request itself is not
-        cancelled (a cancelled Modbus request leaves its late answer in the connection, where the next request
-        would take it for its own): it runs on to the driver's own timeout, no new read of this device starts
-        until it has ended, and a late good answer is taken as the freshest readings (dated when it was asked).
-        While it runs, each cycle that finds the device due counts another failed read."""
+        A read still unanswered when the next one is due counts as a failed read (a timeout) then, and at every
+        later due time while it runs, so a silent device goes stale after FAILED_READS_STALE poll intervals. The
+        request itself is not cancelled (a cancelled Modbus request leaves its late answer in the connection, where
+        the next request would take it for its own): it runs on to the driver's own timeout, and a late good answer
+        is taken as the freshest readings (dated when it was asked)."""
         if self._inflight is not None:
+            self._late = True  # its own failure, when it comes, was counted here already
             self._failed(DeviceTimeout(self.name, "read: the last request is still unanswered"))
-            return
+            return None
         self.last_poll_ts = now
         self._late = False
         task = asyncio.ensure_future(self._read(now))
         self._inflight = task
+        return task
+
+    async def poll(self, now: float, timeout_s: float | None = None) -> None:
+        """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up); a read still
+        pending then counts as a failed read at once (see begin), so a slow device never stretches the cycle."""
+        task = self.begin(now)
+        if task is None:
+            return
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             self._late = True
             self._failed(DeviceTimeout(self.name, f"read: no answer by the cycle's deadline ({timeout_s:.3g} s)"))
+
+    async def run_polls(self, clock: Clock, tick_s: float, first_s: float) -> None:
+        """The device's own rhythm (started by DeviceSet.start_polling): after `first_s`, every `tick_s` real
+        seconds a read is started when the device is due (its poll interval, or its rest behind a gateway), and
+        never waited for: the cycle takes the freshest readings. Ends when cancelled (its read in flight runs on)."""
+        next_t = time.monotonic() + first_s
+        while True:
+            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            now = clock.now()
+            if self.due(now):
+                self.begin(now)
+            next_t += tick_s
+            if next_t < time.monotonic():
+                next_t = time.monotonic() + tick_s  # a stalled loop: never a burst of catch-up reads
 
     async def _read(self, asked_ts: float) -> None:
         t0 = time.perf_counter()
@@ -286,6 +309,29 @@ class DeviceSet:
         # a one-unit plant's BMS and PCS (of a plant of several: the first unit's)
         self.bms = self.units[0].bms
         self.pcs = self.units[0].pcs
+        self._pollers: list[asyncio.Task] = []
+
+    @property
+    def polling(self) -> bool:
+        """True while every device is read on its own rhythm (start_polling), not by the cycle."""
+        return bool(self._pollers)
+
+    def start_polling(self, tick_s: float, first_s: float) -> None:
+        """Each device read by its own task from now on (DeviceLink.run_polls): its first look after `first_s`, then
+        every `tick_s` (the cycle's period); the cycle then takes the freshest readings without waiting."""
+        if self._pollers:
+            return
+        self._pollers = [
+            asyncio.create_task(link.run_polls(self.clock, tick_s, first_s), name=f"poll-{link.name}")
+            for link in self.links.values()
+        ]
+
+    async def stop_polling(self) -> None:
+        """No new reads (those in flight run on to their answer or timeout; close() ends them)."""
+        tasks, self._pollers = self._pollers, []
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def poll(self, now: float, force: bool = False, timeout_s: float | None = None) -> None:
         """Read every due device (all with `force`) concurrently, each waiting at most `timeout_s` (see
@@ -294,7 +340,21 @@ class DeviceSet:
         if due:
             await asyncio.gather(*(link.poll(now, None if force else timeout_s) for link in due))
 
+    async def catch_up(self, now: float, timeout_s: float) -> None:
+        """After the event loop stalled (no device could be read on its rhythm either): every due device read now
+        and the reads in flight awaited, all at most `timeout_s`, as the cycle read before its devices had a
+        rhythm of their own; the readings would be stale otherwise. A read still pending then is counted by its
+        device's own rhythm (DeviceLink.begin)."""
+        pending = []
+        for link in self.links.values():
+            task = link._inflight if link._inflight is not None else (link.begin(now) if link.due(now) else None)
+            if task is not None:
+                pending.append(task)
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
     async def close(self) -> None:
+        await self.stop_polling()
         for link in self.links.values():
             await link.stop_reading()
             try:

@@ -60,9 +60,12 @@ AFRR_TIMEOUT = service_key("afrr_setpoint_timeout")  # no aFRR setpoint for long
 # DEADLINE_SHARE (at least WRITE_MIN_SHARE); the rest is the CPU's. A device that has not answered by then counts
 # a failed read or write at once (see DeviceLink.poll, Dispatcher.within), so a silent or slow device never
 # stretches the cycle and never delays another device's dispatch.
-READ_SHARE = 0.4
+READ_SHARE = 0.4  # after the first cycle: each device's own read starts this share of a period before a cycle
 DEADLINE_SHARE = 0.8
 WRITE_MIN_SHARE = 0.2
+# A cycle starting this many periods after the last one follows a stall of the loop: the devices' own reads
+# stalled too, so it reads them itself (DeviceSet.catch_up) rather than take readings from before the stall
+STALL_PERIODS = 2.5
 FAST_MIN_STEP_MW = 1e-3  # the fast path writes only a setpoint that moved at least this (1 kW)
 FCR_RESERVE = service_key("fcr_reserve")  # the SoC no longer holds the FCR reserve
 FCR_FREQUENCY = service_key("fcr_frequency")  # FCR is on but the POI frequency is unknown
@@ -118,6 +121,7 @@ class Controller:
         # the one way faces see the controller: a frozen PlantState per phase, and the accepted-trade event
         self.faces = Faces()
         self._last_cycle_mono: float | None = None
+        self._last_cycle_t0: float | None = None  # perf_counter() at the last cycle's start (a stall shows)
         self._started_ts: float = 0.0
         self._deadline = 0.0  # the running cycle's deadline (time.perf_counter())
         self._wake = asyncio.Event()
@@ -379,7 +383,11 @@ class Controller:
         self._last_cycle_mono = mono
         period = self.config.cycle.period_s
         self._deadline = t0 + DEADLINE_SHARE * period
-        await self.devices.poll(now, timeout_s=READ_SHARE * period)
+        if not self.devices.polling:  # before the devices' own rhythm starts (the first cycle; tests' cycles)
+            await self.devices.poll(now, timeout_s=READ_SHARE * period)
+        elif self._last_cycle_t0 is not None and t0 - self._last_cycle_t0 > STALL_PERIODS * period:
+            await self.devices.catch_up(now, timeout_s=READ_SHARE * period)  # the loop stalled: reads did too
+        self._last_cycle_t0 = t0
         unit_snaps = [self._unit_snapshot(u, now) for u in self.units]
         snap = self.devices.plant_snapshot(unit_snaps, now)
         if self._last_cycle_failed:
@@ -612,6 +620,11 @@ class Controller:
                 await self._safe_state_after_error(e)
             finally:
                 self.faces.fire(Phase.IDLE)
+            if not self.devices.polling:
+                # from the first cycle on, each device is read on its own rhythm, READ_SHARE of the period before
+                # each cycle starts (the reads' budget of today, off the cycle's writes on a shared gateway)
+                first_s = max(0.0, next_t + (1 - READ_SHARE) * period - time.monotonic())
+                self.devices.start_polling(period, first_s)
             next_t += period
             now = time.monotonic()
             if now > next_t:
@@ -652,6 +665,7 @@ class Controller:
         self.notifier.stopping()
         if self.fast_path is not None:
             await self.fast_path.stop()  # before the cycle ends: nothing writes after the stop's 0 MW
+        await self.devices.stop_polling()  # no new reads; those in flight end before the stop's 0 MW (one turn)
         if self._task:
             # A cycle cancelled mid-request leaves its answer in the connection, where the stop's 0 MW write
             # would find it instead of its own: let the running cycle end first, cancel only a stuck one.

@@ -126,6 +126,23 @@ async def test_driver_maps_every_profile_point_to_the_simulators_address(pcs_sim
     assert pcs_driver.requests_per_read <= 5
 
 
+async def test_common_model_read_once_per_connection(pcs_sim: PcsSim, pcs_driver):
+    """Model 1 (manufacturer, model, serial) does not change while the device runs: read on a connection's first
+    read, kept after; a new connection reads it again."""
+    first = await pcs_driver.read()
+    n0 = pcs_driver.stats.requests
+    again = await pcs_driver.read()
+    per_read = pcs_driver.stats.requests - n0
+    assert per_read == pcs_driver.requests_per_read
+    assert again["serial"].value == first["serial"].value == "SIM-PCS-0001"
+    assert again["manufacturer"].value == "Phoenyra"
+    pcs_driver.modbus.connection.drop()  # a new connection: the common model is read again
+    n1 = pcs_driver.stats.requests
+    third = await pcs_driver.read()
+    assert pcs_driver.stats.requests - n1 > per_read
+    assert third["model"].value == "BESS-SIM-PCS"
+
+
 async def test_driver_reads_canonical_values(pcs_sim: PcsSim, pcs_driver):
     await run_pcs(pcs_sim, 4_000_000, seconds=2.0)
     readings = await pcs_driver.read()
