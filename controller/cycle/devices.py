@@ -99,6 +99,12 @@ class DeviceLink:
     behind_gateway: bool = False  # its host:port serves other devices of the site too (Modbus unit ids)
     _inflight: asyncio.Task | None = field(default=None, repr=False)  # a read that outlived its cycle's deadline
     _late: bool = False  # the read in flight was counted as failed at its deadline
+    # Read on its own rhythm (run_polls), the device also gets its heartbeat there: the cycle counts it up
+    # (Dispatcher.heartbeat), the device's task writes each new count after a good read, off the cycle's writes.
+    # A cycle that stops counting stops the writes, so the device's watchdog still sees the controller stop.
+    own_rhythm: bool = False
+    heartbeat_count: int | None = None
+    _heartbeat_written: int | None = None
 
     def due(self, now: float) -> bool:
         # a small margin so a device polled every cycle is not skipped by jitter
@@ -146,6 +152,13 @@ class DeviceLink:
         seconds a read is started when the device is due (its poll interval, or its rest behind a gateway), and
         never waited for: the cycle takes the freshest readings. Ends when cancelled (its read in flight runs on)."""
         next_t = time.monotonic() + first_s
+        self.own_rhythm = True
+        try:
+            await self._poll_rhythm(clock, tick_s, next_t)
+        finally:
+            self.own_rhythm = False
+
+    async def _poll_rhythm(self, clock: Clock, tick_s: float, next_t: float) -> None:
         while True:
             await asyncio.sleep(max(0.0, next_t - time.monotonic()))
             now = clock.now()
@@ -173,9 +186,21 @@ class DeviceLink:
             self.failures = 0
             self.last_error = None
             self.last_good_ts = asked_ts
+            await self._beat()
         finally:
             self.request_latency_s = time.perf_counter() - t0
             self._inflight = None
+
+    async def _beat(self) -> None:
+        """The cycle's newest heartbeat count, written once (after a good read: a failing device is left alone)."""
+        count = self.heartbeat_count
+        if count is None or count == self._heartbeat_written:
+            return
+        try:
+            await self.driver.write("heartbeat", count, verify=False)
+            self._heartbeat_written = count
+        except DeviceError as e:
+            log.warning("heartbeat write failed", extra={"device": self.name, "cause": e.cause, "error": str(e)})
 
     def count_failure(self, e: DeviceError) -> None:
         """A request (read or write) that failed: counted against the device, which goes stale after

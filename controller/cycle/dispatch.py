@@ -105,6 +105,9 @@ class Dispatcher:
             for link in (self.pcs, self.bms)
             if link is not None and link.name not in skip and self._has(link, "heartbeat")
         ]
+        for link in links:
+            link.heartbeat_count = self._heartbeat  # read on its own rhythm: written there, after its next good read
+        links = [link for link in links if not link.own_rhythm]
         # each device has its own connection: writing both at once takes one round trip off every cycle
         results = await asyncio.gather(
             *(link.driver.write("heartbeat", self._heartbeat, verify=False) for link in links), return_exceptions=True
