@@ -3,7 +3,7 @@ simulator, through the controller's fast path (services.fcr.fast_path_s) with th
 The simulators run in another process (`bess-edge simulate`, as in the demo); the controller runs here with real
 drivers. The floor is one Modbus write + read-back of the PCS setpoint by the same driver, in the same run.
 
-    .venv/bin/python bench/frequency.py [--steps 100] [--fast-path-s 0.2]
+    .venv/bin/python bench/frequency.py [--steps 100] [--fast-path-s 0.1]
 
 The step goes in through the simulator's control API (POST /sim/frequency, timed from before the request is
 sent); the setpoint is the first read-back that differs from the settled one. Steps alternate 50.0 <-> 49.9 Hz
@@ -154,7 +154,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--floor", type=int, default=200, help="write + read-back round trips for the floor")
-    ap.add_argument("--fast-path-s", type=float, default=0.2)
+    ap.add_argument("--fast-path-s", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=15)
     args = ap.parse_args()
     r = asyncio.run(main_async(args))

@@ -489,7 +489,12 @@ class Fcr(_Model):
     deadband_mhz: float = Field(10.0, ge=0, le=500, description="no response while |f - 50 Hz| is within this")
     full_activation_mhz: float = Field(200.0, gt=0, le=1000, description="|f - 50 Hz| at which all of it is due")
     reserve_minutes: float = Field(15.0, ge=0, le=240, description="full activation held this long either way")
-    fast_path_s: float = Field(0.2, ge=0.05, le=1.0, description="the meter's frequency is read this often")
+    fast_path_s: float = Field(
+        0.1,
+        ge=0.05,
+        le=1.0,
+        description="the meter's frequency is read this often (0.1: p99 step-to-PCS within 200 ms)",
+    )
     tolerance_pct: float = Field(
         10.0, gt=0, le=100, description="provision records: a second is compliant within this share of capacity"
     )
