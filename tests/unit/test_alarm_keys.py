@@ -13,6 +13,7 @@ from controller.cycle.alarms import (
     CYCLE_FAILED,
     INFEASIBLE,
     INVALID,
+    POI_FALLBACK,
     READBACK,
     REPORTED,
     SCHEDULE_INFEASIBLE,
@@ -24,7 +25,7 @@ from controller.store import Store
 
 names = st.text(
     alphabet=st.characters(blacklist_characters=":", blacklist_categories=("Cs",)), min_size=1, max_size=12
-).filter(lambda s: s not in ("pcs_readback", "controller", "schedule"))
+).filter(lambda s: s not in ("pcs_readback", "controller", "schedule", "services", "trading"))
 words = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=16)
 
 
@@ -35,7 +36,8 @@ def keys(draw) -> AlarmKey:
     if kind == INVALID:
         return AlarmKey(device, INVALID, draw(words))
     if kind == REPORTED:
-        detail = draw(words.filter(lambda w: w != COMM and not w.startswith("invalid_")))
+        # the string form's reserved words (a device alarm bit named like them would read as the controller's own)
+        detail = draw(words.filter(lambda w: w not in (COMM, POI_FALLBACK) and not w.startswith("invalid_")))
         return AlarmKey(device, REPORTED, detail)
     return AlarmKey(device, kind)
 
