@@ -108,8 +108,13 @@ def limit_price(side: str, forecast_eur_mwh: float, margin_eur_mwh: float) -> fl
     """A sell at least `margin` above the forecast, a buy at least `margin` below, on the 0.01 EUR tick (rounded
     away from the forecast, so the margin is never less than asked)."""
     if side == "sell":
-        return math.ceil(round((forecast_eur_mwh + margin_eur_mwh) * 100, 6)) / 100
-    return math.floor(round((forecast_eur_mwh - margin_eur_mwh) * 100, 6)) / 100
+        want = forecast_eur_mwh + margin_eur_mwh
+        tick = math.ceil(round(want * 100, 6)) / 100  # round(): 55.1 * 100 is 5510.000000000001, still 55.10
+        # a margin the rounding absorbed (under a millionth of a cent) would leave the price below it: one tick up
+        return tick if tick >= want - 1e-9 else round(tick + 0.01, 2)
+    want = forecast_eur_mwh - margin_eur_mwh
+    tick = math.floor(round(want * 100, 6)) / 100
+    return tick if tick <= want + 1e-9 else round(tick - 0.01, 2)
 
 
 def lots(mw: float) -> float:

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.clock import iso, parse_iso
 from controller.trading.auto import Cancel, OpenOrder, OrderActions, RiskLimits, limit_price, lots, orders_for_plan
 from controller.trading.market import GATE_CLOSURE_S, PERIOD_S
+
+# 1,000 examples even in CI's profile: each draws a day or more of prices, and 1,000 cover these properties
+HEAVY = settings(max_examples=1_000, deadline=None)
 
 NOW = parse_iso("2026-12-03T10:02:00Z")
 P0 = parse_iso("2026-12-03T10:15:00Z")  # gate closes 10:10: open at NOW
@@ -125,6 +128,7 @@ def _apply(orders: list[OpenOrder], acts: OrderActions) -> list[OpenOrder]:
     return kept + new
 
 
+@HEAVY
 @given(situations())
 def test_every_order_is_inside_the_risk_limits_and_before_gate_closure(s) -> None:
     plan, position, forecast, orders, limits, now = s
@@ -144,6 +148,7 @@ def test_every_order_is_inside_the_risk_limits_and_before_gate_closure(s) -> Non
         assert c.order_id in known and known[c.order_id].own  # only its own orders, only real ones
 
 
+@HEAVY
 @given(situations())
 def test_orders_move_toward_the_plan_and_never_past_max_position(s) -> None:
     plan, position, forecast, orders, limits, now = s
@@ -163,6 +168,7 @@ def test_orders_move_toward_the_plan_and_never_past_max_position(s) -> None:
             assert abs(with_new) <= limits.max_position_mw + 1e-9
 
 
+@HEAVY
 @given(situations())
 def test_applying_the_answer_leaves_nothing_more_to_do(s) -> None:
     """The same inputs once the answer is carried out (placed orders resting, cancelled ones gone): nothing to

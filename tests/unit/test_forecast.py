@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import date
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controller.clock import iso, parse_iso
@@ -22,6 +22,9 @@ from controller.trading.forecast import (
 from controller.trading.market import PERIOD_S
 from simulators.exchange.auction import Auction, AuctionNotPublished
 from simulators.exchange.curve import PriceCurve, is_weekend
+
+# 1,000 examples even in CI's profile: each draws a day or more of prices, and 1,000 cover these properties
+HEAVY = settings(max_examples=1_000, deadline=None)
 
 DAY = 86400
 NOW = parse_iso("2026-12-03T10:05:00Z")  # a Thursday
@@ -59,6 +62,7 @@ def test_near_periods_blend_toward_the_book_and_the_forecast_stops_where_nothing
     assert prices[P0] == (100.0, "known")
 
 
+@HEAVY
 @given(st.lists(st.floats(-100, 500, allow_nan=False), min_size=96, max_size=96), st.integers(0, 95))
 def test_a_day_of_history_forecasts_the_next_by_persistence(prices, start_q) -> None:
     yesterday = P0 - P0 % DAY - DAY
