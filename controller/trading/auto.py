@@ -540,6 +540,11 @@ class AutoTrader:
                 self._count("refused", e.limit or "refused")
                 log.info("auto order refused", extra={"reason": e.reason, "limit": e.limit, "plan_id": self.plan_id})
                 continue
+            except ValueError as e:  # the order model refused it (a price past its bounds): that order only
+                self.counts.refuse("invalid")
+                self._count("refused", "invalid")
+                log.warning("auto order invalid", extra={"error": str(e)[:300], "plan_id": self.plan_id})
+                continue
             except ExchangeDown as e:
                 self.counts.refuse("exchange_down")
                 self._count("refused", "exchange_down")

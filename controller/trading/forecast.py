@@ -132,11 +132,14 @@ def build_forecast(
 
 
 # ---------------------------------------------------------------- the sources' wire format
+PRICE_LIMIT_EUR_MWH = 10_000  # what an order may carry (trading.orders.OrderRequest): beyond it, not a price
+
+
 class PricePoint(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     period_start: str
-    price_eur_mwh: float = Field(ge=-10_000, le=10_000)
+    price_eur_mwh: float = Field(ge=-PRICE_LIMIT_EUR_MWH, le=PRICE_LIMIT_EUR_MWH)
 
     @field_validator("period_start")
     @classmethod
@@ -296,9 +299,9 @@ class Forecaster:
                 start = parse_iso(prod["delivery_start"])
             except (KeyError, TypeError, ValueError):
                 continue
-            if prod.get("open") and isinstance(prod.get("mark"), (int, float)):
+            if prod.get("open") and _plausible_price(prod.get("mark")):
                 book[start] = float(prod["mark"])
-            if isinstance(prod.get("vwap"), (int, float)) and prod.get("volume_mw"):
+            if _plausible_price(prod.get("vwap")) and prod.get("volume_mw"):
                 traded.append((start, float(prod["vwap"]), prod.get("volume_mw")))
         self.book = book
         if traded:
@@ -373,3 +376,11 @@ class Forecaster:
             self.config.history_days,
             self.config.source,
         )
+
+
+def _plausible_price(x: object) -> bool:
+    """A market price the forecast may use: a finite number within what an order may carry (a NaN, a bool or a
+    1e300 from the exchange would otherwise poison the plan or make every order invalid)."""
+    return (
+        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and abs(x) <= PRICE_LIMIT_EUR_MWH
+    )

@@ -5,6 +5,7 @@ shape)."""
 
 from __future__ import annotations
 
+import math
 from datetime import date
 
 import pytest
@@ -119,3 +120,12 @@ def test_curve_has_a_daily_shape_and_weekends_run_lower() -> None:
     night = [sum(curve.day(d)[12:16]) / 4 for d in days]  # 03:00-04:00
     evening = [sum(curve.day(d)[76:80]) / 4 for d in days]  # 19:00-20:00
     assert sum(e - n for e, n in zip(evening, night)) / len(days) > 40
+
+
+def test_market_prices_from_the_exchange_are_plausible_or_left_out() -> None:
+    from controller.trading.forecast import _plausible_price
+
+    for bad in (math.nan, math.inf, -math.inf, 1e300, -10_000.01, True, "55", None):
+        assert not _plausible_price(bad), bad
+    for good in (-10_000, -3.5, 0, 55, 10_000.0):
+        assert _plausible_price(good), good
