@@ -234,6 +234,7 @@ class Forecaster:
         self._csv_mtime: float | None = None
         self._last_sample_mono = -math.inf
         self._days_done: set[str] = set()  # auction days already stored (published results do not change)
+        self._days_fetched: set[str] = set()  # auction days of this refresh, done once their prices are stored
         self.book: dict[float, float] = {}
         self.exchange_ok = True  # the exchange's market data answered last time
         self.refreshed = False  # a refresh has run (the auto-trader's first pass waits for one)
@@ -277,6 +278,7 @@ class Forecaster:
             return
         if known:
             await asyncio.to_thread(self.store.record_market_prices, KNOWN, [(p, v, None) for p, v in known.items()])
+        self._days_done |= self._days_fetched
         self.status.error = None
         self.status.updated_at = self.now()
 
@@ -338,6 +340,7 @@ class Forecaster:
         for again; one not published yet is asked for on every refresh)."""
         now = self.now()
         out: dict[float, float] = {}
+        self._days_fetched.clear()
         day = int(now) // DAY_S * DAY_S
         while day < now + self.config.horizon_h * 3600:
             name = datetime.fromtimestamp(day, tz=timezone.utc).date().isoformat()
@@ -345,7 +348,7 @@ class Forecaster:
                 result = await self.desk.client.auction(name)
                 if result is not None:
                     out.update(parse_price_json(result))
-                    self._days_done.add(name)
+                    self._days_fetched.add(name)  # done once stored (refresh): a later failure must not lose it
             day += DAY_S
         return out
 
