@@ -142,8 +142,7 @@ class Controller:
         self.afrr = AfrrState()
         # grid services (issue 15): FCR's switch, frequency and reserve; its fast path; the provision records
         self.fcr = FcrService(config)
-        meter = config.meter()
-        self._meter = self.devices.links.get(meter[0]) if meter else None
+        self._meter = self.devices.meter
         fcr_cfg = config.services.fcr
         self.records = ProvisionRecorder(
             store, fcr_cfg.tolerance_pct / 100 * fcr_cfg.capacity_mw, config.services.records_retention_days
