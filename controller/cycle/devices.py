@@ -130,11 +130,23 @@ class DeviceLink:
             self._late = True  # its own failure, when it comes, was counted here already
             self._failed(DeviceTimeout(self.name, "read: the last request is still unanswered"))
             return None
+        return self._start(now)
+
+    def _start(self, now: float) -> asyncio.Task:
         self.last_poll_ts = now
         self._late = False
         task = asyncio.ensure_future(self._read(now))
         self._inflight = task
         return task
+
+    async def read_now(self, now: float) -> bool:
+        """Read the device now, outside its rhythm (the FCR fast path reads the meter so): a read already in flight
+        (its poll's, or another caller's) is awaited instead of a second request; otherwise a read starts as a poll
+        would, so the rhythm finds the device not due and skips it. Readings, timestamps and failures are the
+        link's, as for a poll. Waits until the driver answers or gives up; returns whether that read was good."""
+        task = self._inflight if self._inflight is not None else self._start(now)
+        await asyncio.wait({task})  # not cancelled with its caller: the read may be the rhythm's own
+        return not task.cancelled() and task.result()
 
     async def poll(self, now: float, timeout_s: float | None = None) -> None:
         """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up); a read still
@@ -168,7 +180,8 @@ class DeviceLink:
             if next_t < time.monotonic():
                 next_t = time.monotonic() + tick_s  # a stalled loop: never a burst of catch-up reads
 
-    async def _read(self, asked_ts: float) -> None:
+    async def _read(self, asked_ts: float) -> bool:
+        """One read of the device into the link; whether it was good."""
         t0 = time.perf_counter()
         try:
             readings = await self.driver.read()
@@ -176,9 +189,11 @@ class DeviceLink:
             raise
         except DeviceError as e:
             self._failed(e, count=not self._late)  # a late failure was counted at the deadline already
+            return False
         except Exception as e:  # a driver bug must not kill the cycle: treat it as a failed read, loudly
             log.exception("driver raised an untyped error", extra={"device": self.name})
             self._failed(DeviceError(self.name, f"{type(e).__name__}: {e}"), count=not self._late)
+            return False
         else:
             self.readings = readings
             if self.failures:
@@ -187,6 +202,7 @@ class DeviceLink:
             self.last_error = None
             self.last_good_ts = asked_ts
             await self._beat()
+            return True
         finally:
             self.request_latency_s = time.perf_counter() - t0
             self._inflight = None

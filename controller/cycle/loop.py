@@ -319,11 +319,13 @@ class Controller:
         return stack(base, self.fcr.required(now).required_mw, afrr)
 
     async def _read_frequency(self) -> None:
-        """The fast path's read: the POI meter's frequency, now (a DeviceError if the meter does not answer)."""
+        """The fast path's read: the POI meter read now through its link, sharing the meter's own poll (a read in
+        flight is awaited, not doubled; the poll skips a meter read just now), then its frequency taken as the
+        cycle takes it. A DeviceError when the meter did not answer."""
         assert self._meter is not None
-        reading = (await self._meter.driver.read()).get("frequency_hz")
-        if reading is not None:
-            self.fcr.observe(reading.value if isinstance(reading.value, (int, float)) else None, reading.ts)
+        if not await self._meter.read_now(self.clock.now()):
+            raise self._meter.last_error or DeviceError(self._meter.name, "read: no answer")
+        self._observe_meter()
 
     async def fast_write(self) -> bool:
         """The fast path's write: the stacked target for the newest frequency, allocated over the units on the

@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from controller.clock import iso
+from controller.clock import Clock, iso
 from controller.config import load_config
+from controller.cycle.devices import DeviceSet
 from controller.services.records import CSV_HEADER, csv_lines
 from controller.trading.market import PERIOD_S
 from tests.fixtures.controller import running_controller, wait_for
@@ -60,6 +61,56 @@ async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) 
 
         await sim(cfg, "frequency", step_hz=0.3)  # 50.2 Hz: full activation, charging
         await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(-8.0, abs=0.01), 8, "-8 MW read back")
+
+
+async def test_the_fast_paths_meter_read_shares_the_meters_poll(tmp_path) -> None:
+    """DeviceLink.read_now (the fast path's read) awaits a poll's read in flight instead of asking the meter
+    again, and updates the link like a poll: the meter is not due for its poll right after."""
+    cfg = load_config(fcr_site_file(tmp_path))
+    clock = Clock()
+    async with running_site_plant(cfg):
+        devices = DeviceSet(cfg, clock)
+        try:
+            meter = devices.meter
+            assert meter is not None
+            assert await meter.read_now(clock.now()) is True  # connected; the static common model read once
+            stats = meter.driver.stats
+            reads, requests = stats.reads, stats.requests
+            poll = meter.begin(clock.now())  # the meter's own poll, in flight
+            assert poll is not None and await meter.read_now(clock.now()) is True
+            assert poll.done() and stats.reads == reads + 1  # one read on the wire for the two
+            per_read = stats.requests - requests
+            asked = clock.now()
+            assert await meter.read_now(asked) is True
+            assert stats.reads == reads + 2 and stats.requests == requests + 2 * per_read
+            assert meter.last_good_ts == asked and meter.last_poll_ts == asked and meter.failures == 0
+            assert not meter.due(clock.now())  # the poll skips a meter read just now
+            assert meter.value("frequency_hz") is not None
+        finally:
+            await devices.close()
+
+
+async def test_the_fast_path_and_the_meters_poll_do_not_double_its_reads(tmp_path) -> None:
+    """With the fast path (every 0.1 s) and the meter's own poll (every 0.2 s, on a 0.2 s cycle) both running,
+    the meter is read about once per fast-path round, not once per round plus once per poll (counted: the
+    meter driver's reads and requests against the fast path's rounds; before, 30 rounds came with ~15 more
+    reads). The POI figures still come from the meter's link."""
+    cfg = load_config(
+        fcr_site_file(tmp_path, cycle={"period_s": 0.2}, services={"fcr": {"enabled": True, "fast_path_s": 0.1}})
+    )
+    assert cfg.devices["poi"].poll_interval_s == 0.2
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        fast, stats = c.fast_path, c._meter.driver.stats
+        assert fast is not None
+        await wait_for(lambda: c.devices.polling and fast.rounds >= 3, 10, "the meter's poll and the fast path")
+        asked0, reads0, requests0 = fast.rounds + fast.failures, stats.reads, stats.requests
+        await wait_for(lambda: fast.rounds + fast.failures >= asked0 + 30, 30, "30 fast-path rounds")
+        asked, reads, requests = fast.rounds + fast.failures - asked0, stats.reads - reads0, stats.requests - requests0
+        per_read = requests / max(reads, 1)
+        # one read may be in flight at either end of the window; a stalled loop may let one poll through
+        assert reads <= asked + 2, (reads, asked)
+        assert requests <= (asked + 2) * per_read and per_read == int(per_read), (requests, reads, asked)
+        assert c.status()["poi"]["frequency_hz"] is not None
 
 
 async def test_fcr_off_leaves_the_plant_alone_and_on_again_follows(tmp_path) -> None:
