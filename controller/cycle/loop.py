@@ -572,10 +572,12 @@ class Controller:
 
     async def _all_to_zero(self, timeout_s: float) -> Decision:
         """0 MW to every unit at once (each through the limit function), each waiting at most `timeout_s`; the
-        first failure is raised once all have ended. Returns the plant's safe decision."""
+        first failure is raised once all have ended. Bounded as the cycle's writes are (Dispatcher.within): a write
+        still pending then fails as a DeviceTimeout but runs on, never cancelled mid-request (its late answer would
+        be left in a shared connection for the next request). Returns the plant's safe decision."""
         now = self.clock.now()
         results = await asyncio.gather(
-            *(asyncio.wait_for(u.dispatcher.apply(u.safe(now)), timeout=timeout_s) for u in self.units),
+            *(u.dispatcher.within("setpoint", u.dispatcher.apply(u.safe(now)), timeout_s) for u in self.units),
             return_exceptions=True,
         )
         for u in self.units:

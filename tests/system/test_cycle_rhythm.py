@@ -24,6 +24,7 @@ import pytest
 from controller.clock import Clock, iso
 from controller.cycle.phases import Phase
 from controller.trading.market import PERIOD_S, period_start
+from drivers.errors import DeviceTimeout
 from tests.fixtures.controller import device_ports, make_controller, site_config, wait_for
 from tests.fixtures.daemon import spawn_daemon
 from tests.fixtures.plant import make_plant, plant, wset_mw  # noqa: F401  (fixtures)
@@ -182,6 +183,26 @@ async def test_a_silent_or_late_device_never_stretches_the_cycle(plant, tmp_path
         assert c.decision.binding == "comm_loss", c.decision
         plant.faults[face].clear()
         await wait_for(lambda: c.decision.binding == "none" and link.failures == 0, 15, f"the {device} back")
+
+
+async def test_the_safe_state_write_to_a_late_pcs_runs_on_instead_of_being_cancelled(plant, tmp_path):
+    """The 0 MW of a failed cycle (or of a stop) is bounded like the cycle's writes (Dispatcher.within): a PCS
+    answering after the bound fails the write as a DeviceTimeout at once, but the request is not cancelled
+    mid-flight (its late answer would be left in the connection): it lands, and its read-back is taken."""
+    async with make_controller(plant, tmp_path, limits={"ramp_mw_per_s": 1000}) as c:
+        c.set_mode("manual", 1.0, source="test")
+        await wait_for(lambda: c.dispatcher.last_readback_mw == pytest.approx(1.0), 10, "1 MW read back")
+        async with c._write_lock:  # no cycle writes meanwhile
+            await wait_for(lambda: not c.dispatcher._inflight, 5, "no write in flight")
+            plant.faults["pcs"].delay_s = 0.3  # late, within the PCS driver's timeout (0.5 s)
+            try:
+                with pytest.raises(DeviceTimeout, match="deadline"):
+                    await c._all_to_zero(0.05)
+                assert "setpoint" in c.dispatcher._inflight  # still running, not cancelled
+                await wait_for(lambda: c.dispatcher.last_readback_mw == 0.0, 5, "the late 0 MW read back")
+                assert wset_mw(plant) == 0.0
+            finally:
+                plant.faults["pcs"].clear()
 
 
 async def test_a_tenth_of_a_second_cycle_keeps_up(plant, tmp_path):
