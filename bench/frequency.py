@@ -106,7 +106,7 @@ async def steps(c: Controller, control: str, n: int, seed: int) -> tuple[list[fl
     rng = random.Random(seed)
     seen = record_readbacks(c)
     out: list[float] = []
-    fast0 = c.stats.fast_writes
+    fast0 = c.fast_path.writes
     async with httpx.AsyncClient(timeout=5.0) as http:
         await http.post(f"{control}/sim/frequency", json={"wander": False, "hz": 50.0})
         await settle(c, 0.0)
@@ -121,7 +121,7 @@ async def steps(c: Controller, control: str, n: int, seed: int) -> tuple[list[fl
             await settle(c, mw)
             first = next(t for t, back in seen[mark:] if back is not None and abs(back - mw) < 0.01)
             out.append(first - t0)
-    return out, c.stats.fast_writes - fast0
+    return out, c.fast_path.writes - fast0
 
 
 async def main_async(args) -> dict:

@@ -157,10 +157,16 @@ class Metrics:
         self.fcr_fast_writes = Counter(
             "bess_fcr_fast_path_writes_total", "Setpoints the FCR fast path wrote between cycles", registry=r
         )
+        self.fcr_fast_errors = Counter(
+            "bess_fcr_fast_path_errors_total",
+            "FCR fast-path rounds that failed (the POI meter did not answer, or the round raised)",
+            registry=r,
+        )
         for g in (self.fcr_enabled, self.fcr_frequency, self.fcr_contribution, self.fcr_compliance):
             g.set(float("nan"))
         self.fcr_reserve_held.set(float("nan"))
         self._fast_writes_seen = 0
+        self._fast_errors_seen = 0
 
     def on_trade(self, trade) -> None:
         self.trades.labels(trade.side).inc()
@@ -251,6 +257,8 @@ class Metrics:
         self.fcr_reserve_held.set(1 if f.reserve_held else 0)
         self.fcr_fast_writes.inc(max(f.fast_writes - self._fast_writes_seen, 0))
         self._fast_writes_seen = f.fast_writes
+        self.fcr_fast_errors.inc(max(f.fast_errors - self._fast_errors_seen, 0))
+        self._fast_errors_seen = f.fast_errors
 
     def _afrr(self, state: PlantState) -> None:
         a = state.afrr

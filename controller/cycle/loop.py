@@ -81,7 +81,6 @@ class CycleStats:
     boundary_wakeups: int = 0
     missed_boundaries: int = 0
     failed_cycles: int = 0  # cycles that raised (each one commanded 0 MW and raised the cycle-error alarm)
-    fast_writes: int = 0  # setpoints the FCR fast path wrote between cycles
 
 
 class Controller:
@@ -333,7 +332,6 @@ class Controller:
         Nothing is written when those snapshots are too old, the last cycle failed, a read-back mismatch holds a
         unit, or the plant setpoint would not move."""
         async with self._write_lock:
-            self.fcr.fast_ticks += 1
             snaps, now = self.unit_snapshots, self.clock.now()
             if not snaps or self._last_cycle_failed or any(now < u.readback_hold_until for u in self.units):
                 return False
@@ -347,8 +345,6 @@ class Controller:
             await self._dispatch(allocation, now, heartbeat=False)
             self.allocation = allocation
             self.decision = allocation.decision()
-            self.stats.fast_writes += 1
-            self.fcr.fast_writes += 1
         self._refresh_state()  # status and SCADA show the new setpoint now, not at the next cycle
         return True
 
@@ -501,7 +497,8 @@ class Controller:
         if self.config.scada.iec104.enabled:
             state = dataclasses.replace(state, afrr=self.afrr)
         if self.fcr.available:
-            state = dataclasses.replace(state, fcr=self.fcr.state(self.clock.now(), self.records.compliance_pct))
+            fcr = self.fcr.state(self.clock.now(), self.records.compliance_pct, self.fast_path)
+            state = dataclasses.replace(state, fcr=fcr)
         self.faces.update(state)
         return state
 

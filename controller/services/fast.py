@@ -22,7 +22,11 @@ __all__ = ["FastPath"]
 
 class FastPath:
     """`read()` -> None (it stores what it read; raises DeviceError when the meter does not answer);
-    `act()` -> whether a setpoint was written; `active()` -> whether to run a round now (FCR on)."""
+    `act()` -> whether a setpoint was written; `active()` -> whether to run a round now (FCR on).
+
+    Its counters are the fast path's only ones (status/metrics take them from here through FcrState): `rounds`
+    (a good read each), `writes` (of them, those that wrote a new setpoint), `failures` (a failed read, or a
+    round that raised)."""
 
     def __init__(
         self,
@@ -36,6 +40,7 @@ class FastPath:
         self._active = active
         self.period_s = period_s
         self.rounds = 0
+        self.writes = 0
         self.failures = 0
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -65,7 +70,10 @@ class FastPath:
             return False
         self._last_error = None
         self.rounds += 1
-        return await self._act()
+        wrote = await self._act()
+        if wrote:
+            self.writes += 1
+        return wrote
 
     async def _run(self) -> None:
         next_t = time.monotonic()

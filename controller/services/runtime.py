@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from controller.config import SiteConfig
+from controller.services.fast import FastPath
 from controller.services.fcr import FcrResponse, response
 from controller.services.reserve import ReserveBand, ReserveStatus, band, reserve_status
 
@@ -33,8 +34,9 @@ class FcrState:
     restore_mwh: float  # energy that brings the SoC back into the band (0 while it is held)
     restore_direction: int  # +1 discharge restores it, -1 charge does, 0 nothing to do
     compliance_pct: float | None  # share of recorded seconds within tolerance (None: none recorded yet)
-    fast_ticks: int
-    fast_writes: int
+    fast_ticks: int  # the fast path's rounds (a good meter read each; FastPath.rounds)
+    fast_writes: int  # of them, rounds that wrote a new setpoint (FastPath.writes)
+    fast_errors: int = 0  # rounds whose meter read failed or that raised (FastPath.failures)
 
 
 class FcrService:
@@ -48,9 +50,6 @@ class FcrService:
         self.frequency_hz: float | None = None
         self.frequency_ts: float | None = None
         self.reserve: ReserveStatus = reserve_status(None, self.band(), config.battery.capacity_mwh)
-        self.fast_ticks = 0  # fast-path rounds (a frequency read each)
-        self.fast_writes = 0  # of them, rounds that wrote a new setpoint
-        self.fast_errors = 0  # rounds whose meter read failed
 
     def set_enabled(self, on: bool) -> None:
         """Switch FCR. Refused (ValueError naming the key) when the site file offers no band or no meter."""
@@ -90,7 +89,8 @@ class FcrService:
         self.reserve = reserve_status(soc_pct, self.band(), self.config.battery.capacity_mwh)
         return self.reserve
 
-    def state(self, now: float, compliance_pct: float | None) -> FcrState:
+    def state(self, now: float, compliance_pct: float | None, fast: FastPath | None = None) -> FcrState:
+        """FCR as the faces see it now; the fast path's counters are `fast`'s own (0 without one)."""
         r = self.reserve
         b = self.band()
         return FcrState(
@@ -105,6 +105,7 @@ class FcrService:
             r.restore_mwh,
             r.direction,
             compliance_pct,
-            self.fast_ticks,
-            self.fast_writes,
+            fast.rounds if fast is not None else 0,
+            fast.writes if fast is not None else 0,
+            fast.failures if fast is not None else 0,
         )

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from controller.clock import Clock, iso
 from controller.config import load_config
 from controller.cycle.devices import DeviceSet
+from controller.metrics import Metrics
 from controller.services.records import CSV_HEADER, csv_lines
 from controller.trading.market import PERIOD_S
 from tests.fixtures.controller import running_controller, wait_for
@@ -45,16 +47,16 @@ async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) 
     async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
         await sim(cfg, "frequency", wander=False, hz=50.0)
         await wait_for(lambda: c.fcr.frequency_hz == 50.0, 5, "the fast path to read 50 Hz")
-        cycles, writes = c.stats.cycles, c.stats.fast_writes
+        cycles, writes = c.stats.cycles, c.fast_path.writes
         assert c.dispatcher.last_readback_mw == 0.0
         await sim(cfg, "frequency", step_hz=-0.1)  # 100 mHz low: half of the 8 MW band, discharging
         await wait_for(
             lambda: c.dispatcher.last_readback_mw == pytest.approx(4.0, abs=0.01), 8, "4 MW read back from the PCS"
         )
         # it got there by fast-path writes (the ramp of 5 MW/s takes a few of them), with at most one cycle
-        assert c.stats.fast_writes - writes >= 2
+        assert c.fast_path.writes - writes >= 2
         assert c.stats.cycles - cycles <= 1
-        assert c.fcr.fast_ticks > 0
+        assert c.fast_path.rounds > 0
         status = c.status()
         assert status["fcr"]["enabled"] is True and status["fcr"]["contribution_mw"] == pytest.approx(4.0)
         assert status["fcr"]["frequency_hz"] == pytest.approx(49.9)
@@ -111,6 +113,33 @@ async def test_the_fast_path_and_the_meters_poll_do_not_double_its_reads(tmp_pat
         assert reads <= asked + 2, (reads, asked)
         assert requests <= (asked + 2) * per_read and per_read == int(per_read), (requests, reads, asked)
         assert c.status()["poi"]["frequency_hz"] is not None
+
+
+async def test_fast_path_errors_are_counted_once_and_reach_the_state_and_metrics(tmp_path) -> None:
+    """The fast path's counters are its own (FastPath: rounds, writes, failures), the ones FcrState and the metrics
+    carry; a silent meter counts fast-path errors there (bess_fcr_fast_path_errors_total), and rounds resume."""
+    cfg = load_config(fcr_site_file(tmp_path))
+    async with running_site_plant(cfg), running_controller(cfg, tmp_path / "state") as c:
+        fast = c.fast_path
+        assert fast is not None
+        await sim(cfg, "frequency", wander=False, hz=49.9)
+        await wait_for(lambda: fast.writes >= 1, 10, "a fast-path write")
+        assert fast.failures == 0
+        await sim(cfg, "faults/meter", silent=True)
+        await wait_for(lambda: fast.failures >= 2, 15, "two failed fast-path rounds")
+        cycles = c.stats.cycles
+        await wait_for(lambda: c.stats.cycles > cycles, 10, "a cycle")
+        state = c.faces.latest()
+        assert state.fcr is not None and state.fcr.fast_errors >= 2
+        assert state.fcr.fast_writes <= fast.writes and state.fcr.fast_ticks <= fast.rounds
+        metrics = Metrics(CollectorRegistry())
+        metrics.on_cycle(state)
+        value = metrics.registry.get_sample_value
+        assert value("bess_fcr_fast_path_errors_total") == state.fcr.fast_errors
+        assert value("bess_fcr_fast_path_writes_total") == state.fcr.fast_writes
+        await sim(cfg, "faults/meter", silent=False)
+        rounds = fast.rounds
+        await wait_for(lambda: fast.rounds > rounds + 2, 15, "fast-path rounds again")
 
 
 async def test_fcr_off_leaves_the_plant_alone_and_on_again_follows(tmp_path) -> None:
