@@ -721,21 +721,12 @@ class Store:
         if not rows:
             return
         try:
-            # NORMAL for this commit only: no fsync for the log; the next FULL commit syncs it anyway
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            if hot:
-                self._conn.execute(f"PRAGMA busy_timeout={HOT_BUSY_TIMEOUT_MS}")
-            try:
-                with self._tx() as c:
-                    c.executemany(
-                        "INSERT INTO decisions (ts, target_mw, setpoint_mw, binding, mode, soc_pct, "
-                        "power_mw, temperature_c, readback_mw, reasons) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                        rows,
-                    )
-            finally:
-                self._conn.execute("PRAGMA synchronous=FULL")
-                if hot:
-                    self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            self._write_unsynced(
+                "INSERT INTO decisions (ts, target_mw, setpoint_mw, binding, mode, soc_pct, "
+                "power_mw, temperature_c, readback_mw, reasons) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                rows,
+                hot,
+            )
         except sqlite3.Error as e:
             with self._buf_lock:
                 self._pending[:0] = rows
@@ -864,20 +855,28 @@ class Store:
         Evidence, not an acknowledgement: written with synchronous=NORMAL like the decision log, in batches."""
         if not rows:
             return
-        self._write_unsynced(
-            f"INSERT OR REPLACE INTO provision ({','.join(PROVISION_COLUMNS)}) "
-            f"VALUES ({','.join('?' * len(PROVISION_COLUMNS))})",
-            rows,
-        )
-
-    def _write_unsynced(self, sql: str, rows: list[tuple]) -> None:
         with self._lock:
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                with self._tx() as c:
-                    c.executemany(sql, rows)
-            finally:
-                self._conn.execute("PRAGMA synchronous=FULL")
+            self._write_unsynced(
+                f"INSERT OR REPLACE INTO provision ({','.join(PROVISION_COLUMNS)}) "
+                f"VALUES ({','.join('?' * len(PROVISION_COLUMNS))})",
+                rows,
+            )
+
+    def _write_unsynced(self, sql: str, rows: list[tuple], hot: bool = False) -> None:
+        """`sql` for every row in one transaction committed with synchronous=NORMAL (no fsync: the decision log
+        and the provision records are evidence, not acknowledgements; the next FULL commit syncs them anyway).
+        `hot` (from the cycle): wait at most HOT_BUSY_TIMEOUT_MS for another connection. The caller holds
+        self._lock."""
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        if hot:
+            self._conn.execute(f"PRAGMA busy_timeout={HOT_BUSY_TIMEOUT_MS}")
+        try:
+            with self._tx() as c:
+                c.executemany(sql, rows)
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
+            if hot:
+                self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def provision(self, from_ts: float, to_ts: float) -> list[dict[str, Any]]:
         """Provision rows with from_ts <= ts < to_ts, oldest first."""
@@ -885,19 +884,6 @@ class Store:
             f"SELECT {','.join(PROVISION_COLUMNS)} FROM provision WHERE ts >= ? AND ts < ? ORDER BY ts",
             (from_ts, to_ts),
         )
-
-    def prune_provision(self, now_ts: float, retention_days: float) -> int:
-        """Delete provision rows older than retention_days, in chunks; returns rows deleted."""
-        cutoff, deleted = now_ts - retention_days * DAY_S, 0
-        while True:
-            with self._tx() as c:
-                n = c.execute(
-                    "DELETE FROM provision WHERE rowid IN (SELECT rowid FROM provision WHERE ts < ? LIMIT ?)",
-                    (cutoff, PRUNE_CHUNK_ROWS),
-                ).rowcount
-            deleted += n
-            if n < PRUNE_CHUNK_ROWS:
-                return deleted
 
     # ---------------------------------------------------------------- retention
     def prune(
@@ -911,9 +897,11 @@ class Store:
         shortfall_retention_days: float = 365,
         order_retention_days: float = 90,
         trade_retention_days: float | None = None,
+        provision_retention_days: float = 90,
     ) -> dict[str, int]:
         """Delete rows older than their retention; returns rows deleted per table. Only cleared alarms and
-        finished orders are pruned. Trades are kept unless `trade_retention_days` is given (by delivery end);
+        finished orders are pruned; provision records (grid services) go after `provision_retention_days`
+        (services.records_retention_days). Trades are kept unless `trade_retention_days` is given (by delivery end);
         their ids stay in the seen set either way, so a replay is still a duplicate. Runs in chunks of
         `PRUNE_CHUNK_ROWS` rows, releasing the database between them."""
         self.flush()
@@ -929,23 +917,26 @@ class Store:
             ("trades", "delivery_end_ts < ?", trade_retention_days),
             ("market_prices", "period_start < ?", order_retention_days),
             ("market_samples", "ts < ?", decision_retention_days),
+            ("provision", "ts < ?", provision_retention_days),
         ]
-        deleted: dict[str, int] = {}
-        for table, where, days in plan:
-            deleted[table] = 0
-            if days is None:
-                continue
-            cutoff = now_ts - days * DAY_S
-            while True:
-                with self._tx() as c:
-                    n = c.execute(
-                        f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT ?)",
-                        (cutoff, PRUNE_CHUNK_ROWS),
-                    ).rowcount
-                deleted[table] += n
-                if n < PRUNE_CHUNK_ROWS:
-                    break
-        return deleted
+        return {
+            table: 0 if days is None else self._prune_table(table, where, now_ts - days * DAY_S)
+            for table, where, days in plan
+        }
+
+    def _prune_table(self, table: str, where: str, cutoff: float) -> int:
+        """Delete the rows of `table` matching `where` (one `?`: the cutoff) in chunks of PRUNE_CHUNK_ROWS, each
+        its own transaction; returns rows deleted."""
+        deleted = 0
+        while True:
+            with self._tx() as c:
+                n = c.execute(
+                    f"DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} WHERE {where} LIMIT ?)",
+                    (cutoff, PRUNE_CHUNK_ROWS),
+                ).rowcount
+            deleted += n
+            if n < PRUNE_CHUNK_ROWS:
+                return deleted
 
     def counts(self) -> dict[str, int]:
         """Rows per table (for metrics and the health endpoint)."""

@@ -32,13 +32,15 @@ class Jobs:
         stats,
         wake: Callable[[], None],
         retention_days: float,
+        provision_retention_days: float = 90.0,
     ):
         self.clock = clock
         self.store = store
         self.schedule = schedule
         self.stats = stats
         self.wake = wake
-        self.retention_days = retention_days
+        self.retention_days = retention_days  # the decision log's (cycle.decision_retention_days)
+        self.provision_retention_days = provision_retention_days  # services.records_retention_days
         self.scheduler = None
 
     def stop(self) -> None:
@@ -121,8 +123,11 @@ class Jobs:
     async def housekeeping(self) -> None:
         """Flush and prune in a worker thread: the store is thread-safe and prunes in chunks, and the loop
         keeps cycling meanwhile."""
-        deleted = await asyncio.to_thread(
-            self.store.prune, self.clock.now(), self.retention_days
-        )  # prune flushes first
+        deleted = await asyncio.to_thread(  # prune flushes first
+            self.store.prune,
+            self.clock.now(),
+            self.retention_days,
+            provision_retention_days=self.provision_retention_days,
+        )
         if any(deleted.values()):
             log.info("retention pruned rows", extra={"deleted": deleted})

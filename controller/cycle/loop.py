@@ -129,7 +129,13 @@ class Controller:
         # the scheduler's jobs (period-boundary wake-up, trade pick-up, housekeeping); wake late-bound: tests swap
         # `_wake` for a recording one
         self.jobs = Jobs(
-            self.clock, store, self.schedule, self.stats, lambda: self._wake.set(), config.cycle.decision_retention_days
+            self.clock,
+            store,
+            self.schedule,
+            self.stats,
+            lambda: self._wake.set(),
+            config.cycle.decision_retention_days,
+            provision_retention_days=config.services.records_retention_days,
         )
         # READY goes to systemd once a cycle has completed and `allow_ready()` was called (the daemon calls it
         # when every face is up; a bare controller has no faces to wait for)
@@ -143,9 +149,7 @@ class Controller:
         self.fcr = FcrService(config)
         self._meter = self.devices.meter
         fcr_cfg = config.services.fcr
-        self.records = ProvisionRecorder(
-            store, fcr_cfg.tolerance_pct / 100 * fcr_cfg.capacity_mw, config.services.records_retention_days
-        )
+        self.records = ProvisionRecorder(store, fcr_cfg.tolerance_pct / 100 * fcr_cfg.capacity_mw)
         self.fast_path = (
             FastPath(self._read_frequency, self.fast_write, lambda: self.fcr.enabled, config.services.fcr.fast_path_s)
             if self._meter is not None and self.fcr.available

@@ -1,6 +1,6 @@
 """Provision records: per second, what the grid services required and what the plant delivered, with the POI
-frequency, kept in the store as the operator's evidence for the TSO (retention: services.records_retention_days)
-and exported as CSV per day; and the compliance figure (share of recorded seconds within tolerance).
+frequency, kept in the store as the operator's evidence for the TSO (retention: services.records_retention_days,
+pruned by the store's housekeeping with its other tables: controller/cycle/jobs.py) and exported as CSV per day; and the compliance figure (share of recorded seconds within tolerance).
 
 Delivered is measured: the plant's AC power at the PCS minus the base target (the schedule's position or the
 manual setpoint) minus the aFRR part required, i.e. all power beyond the base is counted as the service's. The
@@ -10,7 +10,6 @@ two seconds outside tolerance while the plant ramps, which is what the records s
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import sqlite3
@@ -26,7 +25,6 @@ log = logging.getLogger("bess.services")
 __all__ = ["ProvisionRecorder", "FLUSH_ROWS", "csv_lines", "CSV_HEADER"]
 
 FLUSH_ROWS = 10  # rows per store write (~10 s of records; a kill -9 loses at most these)
-PRUNE_EVERY_ROWS = 3600  # prune old records about once an hour of records
 CSV_HEADER = (
     "ts,frequency_hz,fcr_required_mw,fcr_delivered_mw,afrr_required_mw,afrr_delivered_mw,base_mw,power_mw,"
     "within_tolerance"
@@ -40,15 +38,13 @@ def _num(v: float | None) -> float | None:
 class ProvisionRecorder:
     """One row per whole second in which a service was on (the last observation of the second wins)."""
 
-    def __init__(self, store: "Store", tolerance_mw: float, retention_days: float = 90.0):
+    def __init__(self, store: "Store", tolerance_mw: float):
         self.store = store
         self.tolerance_mw = tolerance_mw
-        self.retention_days = retention_days
         self._current: tuple | None = None  # the row of the second being observed
         self._buffer: list[tuple] = []
         self.seconds = 0  # finished seconds recorded since start
         self.within = 0  # of them, within tolerance
-        self._since_prune = 0
 
     @property
     def compliance_pct(self) -> float | None:
@@ -80,20 +76,6 @@ class ProvisionRecorder:
         except sqlite3.Error as e:
             log.warning("provision records not stored yet", extra={"rows": len(rows), "error": str(e)})
             self._buffer = (rows + self._buffer)[-100 * FLUSH_ROWS :]
-            return
-        self._since_prune += len(rows)
-        if self._since_prune >= PRUNE_EVERY_ROWS:
-            self._since_prune = 0
-            asyncio.get_running_loop().run_in_executor(None, self._prune, rows[-1][0])
-
-    def _prune(self, now: float) -> None:
-        try:
-            n = self.store.prune_provision(now, self.retention_days)
-        except sqlite3.Error as e:
-            log.warning("provision records not pruned", extra={"error": str(e)})
-            return
-        if n:
-            log.info("provision records pruned", extra={"deleted": n, "retention_days": self.retention_days})
 
     def close(self) -> None:
         if self._current is not None:

@@ -1,6 +1,6 @@
 """FCR's run-time pieces without a plant: the switch and the newest frequency (FcrService), the fast path's
 rounds (FastPath, with plain callables for the meter read and the controller's write), the provision records'
-seconds and compliance (ProvisionRecorder on a real Store)."""
+seconds and compliance (ProvisionRecorder on a real Store), and their retention, kept by the store's housekeeping."""
 
 from __future__ import annotations
 
@@ -8,13 +8,16 @@ import asyncio
 
 import pytest
 
-from controller.config import SiteConfig
+from controller.clock import Clock
+from controller.config import SiteConfig, load_config
+from controller.cycle.loop import Controller
 from controller.services.fast import FastPath
 from controller.services.records import FLUSH_ROWS, ProvisionRecorder
 from controller.services.runtime import FcrService
 from controller.services.stack import stack
 from controller.store import Store
 from drivers.errors import DeviceTimeout
+from tests.fixtures.fcr import fcr_site_file
 
 SITE = {
     "site": {"id": "t"},
@@ -104,6 +107,27 @@ def test_provision_records_one_row_per_second(tmp_path) -> None:
     assert rec.seconds == len(rows) and rec.compliance_pct == pytest.approx(50.0, abs=100 / len(rows))
     assert rows[0]["fcr_required_mw"] == 4.0 and rows[0]["fcr_delivered_mw"] == 4.0 and rows[0]["within_tolerance"] == 1
     assert rows[1]["within_tolerance"] == 0
+
+
+async def test_provision_records_older_than_their_retention_go_at_housekeeping(tmp_path) -> None:
+    """services.records_retention_days reaches the store's housekeeping (Controller.jobs), which prunes the
+    provision records with the other tables: rows older than the retention go, newer ones stay."""
+    cfg = load_config(fcr_site_file(tmp_path, services={"records_retention_days": 2}))
+    clock = Clock()
+    day_s = 86400.0
+    with Store(tmp_path / "s.db") as store:
+        c = Controller(cfg, store, clock)  # not started: its housekeeping job is called by hand
+        try:
+            now = clock.now()
+            ages_days = (5.0, 2.01, 1.99, 0.5)
+            store.add_provision([(int(now - a * day_s), 50.0, 0.0, 0.0, 0.0, None, 0.0, 0.0, 1) for a in ages_days])
+            await c.jobs.housekeeping()
+            kept = [r["ts"] for r in store.provision(0, now + 1)]
+            assert kept == [int(now - a * day_s) for a in (1.99, 0.5)]
+            await c.jobs.housekeeping()  # nothing more to prune
+            assert len(store.provision(0, now + 1)) == 2
+        finally:
+            await c.devices.close()
 
 
 def _run(profile, fcr, lag_s: float, plateau: float = 1.0, hold_fail_at: float | None = None):

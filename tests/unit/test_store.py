@@ -526,6 +526,7 @@ def test_prune_deletes_only_what_is_old_and_finished(store, wall, monkeypatch):
         "trades": 0,
         "market_prices": 0,
         "market_samples": 0,
+        "provision": 0,
     }
     assert [i["client_order_id"] for i in store.order_intents()] == ["old-pending"]
     assert len(store.decisions(limit=1000)) == 5
