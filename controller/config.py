@@ -60,6 +60,15 @@ STALE_MAX_S = 60.0
 # controller/cycle/devices.py: a device is stale after this many poll periods without a good read
 POLL_PERIODS_STALE = 3
 USER_ROLES = ("viewer", "operator")  # controller/scada/opcua.py ROLES
+# Alarm keys are "<device>:<alarm>" (controller/cycle/alarms.py); these device parts are the controller's own, so a
+# device of that name would have its alarms taken for theirs (and a ':' in a name would split its keys wrongly)
+RESERVED_DEVICE_NAMES = {
+    "controller": "the controller's own alarms ('controller:cycle_error')",
+    "schedule": "the schedule's alarms ('schedule:infeasible')",
+    "trading": "the auto-trader's alarms ('trading:exchange_down')",
+    "services": "the grid services' alarms ('services:fcr_reserve')",
+    "pcs_readback": "the read-back alarms of every PCS ('pcs_readback:<pcs>')",
+}
 _SCRYPT_HASH = re.compile(r"^scrypt\$(?:[0-9a-f]{2})+\$[0-9a-f]{128}$")  # scada_opcua.hash_password
 
 
@@ -598,7 +607,7 @@ Loc = tuple[str | int, ...]
 
 def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
     """(YAML path, message) for every relation between sections that does not hold."""
-    errors = _unit_errors(cfg)
+    errors = _device_name_errors(cfg) + _unit_errors(cfg)
     period, stale = cfg.cycle.period_s, cfg.limits.stale_after_s
     if stale <= period:
         errors.append((("limits", "stale_after_s"), f"must be > cycle.period_s (got {stale:g} <= {period:g})"))
@@ -635,6 +644,29 @@ def _relation_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
         {f: getattr(sim, f) for f in ("bms_modbus_port", "pcs_modbus_port", "bms_opcua_port", "control_port")},
     )
     return errors + _iec104_errors(cfg)
+
+
+def _device_name_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """Device names that alarm keys ("<device>:<alarm>") would confuse: the reserved ones and any with a ':'."""
+    errors: list[tuple[Loc, str]] = []
+    for name in cfg.devices:
+        if name in RESERVED_DEVICE_NAMES:
+            errors.append(
+                (
+                    ("devices", name),
+                    f"the device name {name!r} is reserved: alarm keys use it for {RESERVED_DEVICE_NAMES[name]}, "
+                    "so this device's alarms would be taken for those; rename the device",
+                )
+            )
+        elif ":" in name:
+            errors.append(
+                (
+                    ("devices", name),
+                    f"a device name may not contain ':' (got {name!r}): alarm keys are '<device>:<alarm>', so its "
+                    "alarms would be read as another device's; rename the device",
+                )
+            )
+    return errors
 
 
 def _iec104_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:

@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from controller.clock import Clock
-from controller.config import IMPLICIT_UNIT, ConfigError, SiteConfig, load_config
+from controller.config import IMPLICIT_UNIT, RESERVED_DEVICE_NAMES, ConfigError, SiteConfig, load_config
+from controller.cycle.alarms import CYCLE_FAILED, EXCHANGE_DOWN_ALARM, SCHEDULE_INFEASIBLE, readback_key, service_key
 from controller.cycle.devices import DeviceSet
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,6 +102,23 @@ def test_every_inconsistency_is_named_at_once(tmp_path):
     assert "units.u3 (line" in text and "no device names this unit" in text
     assert "the units' ratings add up to 7 MW, below limits.p_discharge_max_mw (10 MW)" in text
     assert "battery.capacity_mwh (line" in text and "must be the units' total capacity 21 MWh (got 20)" in text
+
+
+def test_device_names_that_alarm_keys_reserve_are_refused(tmp_path):
+    """A device may not take the device part of the controller's own alarm keys, nor contain ':' (alarm keys are
+    '<device>:<alarm>'): refused with the device's YAML path; the reserved set covers every fixed key."""
+    fixed = [SCHEDULE_INFEASIBLE, CYCLE_FAILED, EXCHANGE_DOWN_ALARM, service_key("fcr_reserve")]
+    parts = {k.device for k in fixed} | {str(readback_key("pcs1")).partition(":")[0]}
+    assert parts == set(RESERVED_DEVICE_NAMES)
+    for name in [*RESERVED_DEVICE_NAMES, "poi:1"]:
+        raw = two_unit()
+        raw["devices"][name] = raw["devices"].pop("poi")
+        errors = errors_of(tmp_path, raw)
+        assert len(errors) == 1 and errors[0].startswith(f"devices.{name} (line "), errors
+        assert "rename the device" in errors[0] and (":" in name or "reserved" in errors[0]), errors
+    raw = two_unit()
+    raw["devices"]["Controller"] = raw["devices"].pop("poi")  # keys are case-sensitive: not reserved
+    assert load(tmp_path, raw).meter()[0] == "Controller"
 
 
 def test_devices_behind_one_gateway_need_their_own_unit_ids(tmp_path):
