@@ -484,6 +484,8 @@ class Controller:
         links = (
             LinkFigures(name, link.request_latency_s, link.errors_total) for name, link in self.devices.links.items()
         )
+        now = self.clock.now()
+        fcr = self.fcr.state(now, self.records.compliance_pct, self.fast_path) if self.fcr.available else None
         state = build(
             self.snapshot,
             self.decision,
@@ -496,13 +498,10 @@ class Controller:
             cycle_p99_s,
             self._unit,
             units=self._unit_states(),
-            poi=self.poi.state(self.clock.now()) if self.poi is not None else None,
+            poi=self.poi.state(now) if self.poi is not None else None,
+            afrr=self.afrr if self.config.scada.iec104.enabled else None,
+            fcr=fcr,
         )
-        if self.config.scada.iec104.enabled:
-            state = dataclasses.replace(state, afrr=self.afrr)
-        if self.fcr.available:
-            fcr = self.fcr.state(self.clock.now(), self.records.compliance_pct, self.fast_path)
-            state = dataclasses.replace(state, fcr=fcr)
         self.faces.update(state)
         return state
 

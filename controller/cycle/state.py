@@ -127,10 +127,13 @@ def build(
     unit: str = "u1",
     units: tuple[UnitState, ...] | None = None,
     poi: PoiState | None = None,
+    afrr: "AfrrState | None" = None,
+    fcr: "FcrState | None" = None,
 ) -> PlantState:
     """The state from the cycle's parts (`mode` a ModeState, `stats` the CycleStats). A plant of several units
     passes each unit's state (`units`); of a one-unit site, the plant's figures are its one unit's (`unit` its
-    id). `poi`: the meter's figures (None without a meter)."""
+    id). `poi`: the meter's figures (None without a meter); `afrr`, `fcr`: the grid services' (None on a site
+    without them)."""
     s, d = snapshot, decision
     online = bool(s) and not s.stale and not s.comm_loss
     if units is None:
@@ -173,6 +176,8 @@ def build(
         cycle_p99_s=cycle_p99_s,
         units=units,
         poi=poi,
+        afrr=afrr,
+        fcr=fcr,
     )
 
 
