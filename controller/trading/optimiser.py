@@ -26,8 +26,11 @@ the pre-trade check (controller/trading/schedule.py):
     0 ≤ c_t ≤ P_charge − reserve,  0 ≤ d_t ≤ P_discharge − reserve
     soc_min + reserve_mwh ≤ e_t ≤ soc_max − reserve_mwh
     max  Σ h_t (sell_t s_t − buy_t b_t − degradation (c_t + d_t)) + end_value · e_T
-A SoC that starts (or drifts) outside the window comes back the way the pre-trade check allows: no discharge
-until the window can be reached from below, no charge until from above; until then the bound is the idle drift.
+A SoC that starts (or drifts) outside the window (with FCR on: its reserve band) is brought back as fast as the
+plant can: full charge (discharge) in every period that can still be traded, within the power limits and the
+taper, until the window is reached, never away from it (TSOs' SoC management rules for FCR providers); those
+periods carry `restore_direction` (-1 charging back, +1 discharging back). No discharge while the window is out of
+reach from below, no charge while from above: what the pre-trade check allows.
 Charging and discharging in the same period is what the LP does when it pays to waste energy (negative
 prices); the plant cannot, so such a solution is solved again with one binary per period (a small MIP). The
 solution's SoC path is then simulated exactly as the pre-trade check simulates it, and a charge or discharge the
@@ -99,6 +102,9 @@ class PlanPeriod:
     charge_mw: float
     discharge_mw: float
     hours: float  # how much of the period the plan covers: the current period from now_ts, the others 0.25
+    # the period starts outside the window on the way back into it: -1 it charges back up, +1 it discharges back
+    # down (at all the power it may, where it can be traded), 0 it starts inside
+    restore_direction: int = 0
 
 
 @dataclass(frozen=True)
@@ -245,34 +251,87 @@ def _hours(pb: PlanProblem) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Window:
-    """Per period: the energy bounds (MWh) and whether the plant may charge / discharge at all."""
+    """Per period: the energy bounds (MWh), whether the plant may charge / discharge at all, and which way the
+    period restores the window (-1 it charges back up, +1 it discharges back down, 0 it starts inside)."""
 
     e_lo: np.ndarray
     e_hi: np.ndarray
     may_charge: np.ndarray
     may_discharge: np.ndarray
+    restore: np.ndarray
+
+
+_RESTORE_TOL = 1e-9  # of capacity: the restore path's bound is this much below the fastest path (solver slack)
 
 
 def _window(pb: PlanProblem, h: np.ndarray, keep: np.ndarray, c_max: float, d_max: float) -> _Window:
-    """The SoC window narrowed by the reserve. A SoC that starts (or drifts) outside the window must come back the way the
-    pre-trade check allows: no discharge while the window cannot yet be reached from below (full charge since
-    now), no charge while it cannot yet be reached from above; until then the bound is the idle drift."""
-    n, cap = pb.n_periods, pb.capacity_mwh
+    """The SoC window narrowed by the reserve. A SoC that starts (or drifts) outside it is brought back as fast
+    as the plant can (the FCR reserve band, as the TSOs' SoC management rules ask of a provider): while the
+    fastest path back (_restore_paths) still ends a period outside, that period's bound is that path, so the plan
+    charges (discharges) all it may in every period it can still trade and never moves away; the period that
+    reaches the window is bound by the window. No discharge while the window is out of reach from below, no
+    charge while from above (what the pre-trade check refuses)."""
+    cap = pb.capacity_mwh
     lo = (pb.soc_min_pct / 100) * cap + pb.reserve_mwh
     hi = (pb.soc_max_pct / 100) * cap - pb.reserve_mwh
-    e_lo, e_hi = np.empty(n), np.empty(n)
-    may_c, may_d = np.ones(n, bool), np.ones(n, bool)
-    idle = up = down = pb.soc_pct_now / 100 * cap
+    up, down = _restore_paths(pb, h, keep, c_max, d_max)
+    tol = _RESTORE_TOL * cap
+    below, above = up < lo, down > hi
+    e_lo = np.where(below, up - tol, lo)
+    e_hi = np.where(above, down + tol, hi)
+    # a period restores the window when it starts outside on the way back (the first one: when the SoC now is)
+    started_below = np.concatenate(([pb.soc_pct_now / 100 * cap < lo], below[:-1]))
+    started_above = np.concatenate(([pb.soc_pct_now / 100 * cap > hi], above[:-1]))
+    restore = np.where(started_below, -1, np.where(started_above, 1, 0)).astype(np.int8)
+    # never the other way while on the way back, not even in the period that reaches the window (where the
+    # window's own bound would let a little charge from above through); a closed period's position is what it is
+    tradable = np.ones(len(up), bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    may_charge = ~above & ~(started_above & tradable)
+    may_discharge = ~below & ~(started_below & tradable)
+    return _Window(e_lo, e_hi, may_charge, may_discharge, restore)
+
+
+def _restore_paths(
+    pb: PlanProblem, h: np.ndarray, keep: np.ndarray, c_max: float, d_max: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The most and the least energy (MWh) stored at each period's end that any plan can reach from now: full
+    charge (up) or full discharge (down) in every period that can still be traded, the position already traded
+    in the others, the limit function's taper where it cuts the power (the LP's taper rows), aux load and
+    self-discharge throughout. As the LP's energy balance has it: an empty battery whose aux load the plant
+    cannot yet charge against goes below 0 here (the plan's SoC path, simulated as the pre-trade check does,
+    stays at 0), so such a plan is still feasible."""
+    n, cap = pb.n_periods, pb.capacity_mwh
+    tradable = np.ones(n, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    eta_c, eta_d = pb.charge_efficiency, pb.discharge_efficiency
+    band = pb.soc_taper_band_pct / 100 * cap
+    soc_lo, soc_hi = pb.soc_min_pct / 100 * cap, pb.soc_max_pct / 100 * cap
+    up_path, down_path = np.empty(n), np.empty(n)
+    up = down = pb.soc_pct_now / 100 * cap
     for t in range(n):
-        idle = max(idle * keep[t] - pb.aux_load_mw * h[t], 0.0)
-        up = up * keep[t] + (pb.charge_efficiency * c_max - pb.aux_load_mw) * h[t]
-        down = max(down * keep[t] - (d_max / pb.discharge_efficiency + pb.aux_load_mw) * h[t], 0.0)
-        e_lo[t], e_hi[t] = lo, hi
-        if up < lo:
-            e_lo[t], may_d[t] = idle, False
-        if down > hi:
-            e_hi[t], may_c[t] = idle, False
-    return _Window(e_lo, e_hi, may_c, may_d)
+        ht = h[t]
+        for is_up in (True, False):
+            idle = (up if is_up else down) * keep[t] - pb.aux_load_mw * ht
+            if not tradable[t]:  # its power is the position: + discharge, - charge
+                mw = pb.position_mw[t]
+                gain = -mw / eta_d * ht if mw > 0 else -mw * eta_c * ht
+            elif is_up:
+                c = c_max
+                if band > 0:  # c <= P_charge (soc_max - e_end) / band, e_end = idle + c eta_c h
+                    k = pb.p_charge_max_mw / band
+                    c = min(c, max(k * (soc_hi - idle) / (1 + k * ht * eta_c), 0.0))
+                gain = c * eta_c * ht
+            else:
+                d = d_max
+                if band > 0:  # d <= P_discharge (e_end - soc_min) / band, e_end = idle - d h / eta_d
+                    k = pb.p_discharge_max_mw / band
+                    d = min(d, max(k * (idle - soc_lo) / (1 + k * ht / eta_d), 0.0))
+                gain = -d / eta_d * ht
+            if is_up:
+                up = idle + gain
+            else:
+                down = idle + gain
+        up_path[t], down_path[t] = up, down
+    return up_path, down_path
 
 
 class _Model:
@@ -326,14 +385,19 @@ class _Model:
         return lp
 
 
+def _frame(pb: PlanProblem) -> tuple[np.ndarray, float, float, float]:
+    """Per period its hours and the share of stored energy self-discharge keeps; the power left to plan with
+    (charge, discharge) once the reserve is held back."""
+    h = _hours(pb)
+    keep = 1.0 - pb.self_discharge_pct_per_day / 100 / 24 * h
+    return h, keep, pb.p_charge_max_mw - pb.reserve_mw, pb.p_discharge_max_mw - pb.reserve_mw
+
+
 def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
     """The LP. Columns per period: c, d, e, s, b; with `binaries` u (1 = may charge). Rows per period: energy
     balance, trade balance; with `binaries` c <= C u, d <= D (1 - u)."""
     n = pb.n_periods
-    h = _hours(pb)
-    keep = 1.0 - pb.self_discharge_pct_per_day / 100 / 24 * h
-    c_max = pb.p_charge_max_mw - pb.reserve_mw
-    d_max = pb.p_discharge_max_mw - pb.reserve_mw
+    h, keep, c_max, d_max = _frame(pb)
     tradable = np.ones(n, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
     big = c_max + d_max + float(np.max(np.abs(pb.position_mw)))  # a trade never needs to exceed this
     deg = (pb.degradation_eur_mwh + _TIE_EUR_MWH) * h
@@ -536,7 +600,8 @@ def _periods(pb: PlanProblem, x: np.ndarray) -> tuple[PlanPeriod, ...]:
     """The (repaired) solution as plan periods."""
     n = pb.n_periods
     c, d, e = x[:n], x[n : 2 * n], x[2 * n : 3 * n]
-    h = _hours(pb)
+    h, keep, c_max, d_max = _frame(pb)
+    restore = _window(pb, h, keep, c_max, d_max).restore
     start = period_start(pb.now_ts)
     out = []
     for t in range(n):
@@ -551,6 +616,7 @@ def _periods(pb: PlanProblem, x: np.ndarray) -> tuple[PlanPeriod, ...]:
                 charge_mw=float(c[t]),
                 discharge_mw=float(d[t]),
                 hours=float(h[t]),
+                restore_direction=int(restore[t]),
             )
         )
     return tuple(out)
