@@ -90,6 +90,11 @@ class Metrics:
         # the auto-trader (issue 14): its plan, and its orders by result (placed, refused, cancelled) and reason
         self.plan_objective = Gauge("bess_plan_objective_eur", "The last plan's objective (EUR)", registry=r)
         self.plan_solve = Gauge("bess_plan_solve_seconds", "The last plan's solve time", registry=r)
+        self.plan_restore = Gauge(
+            "bess_plan_reserve_restore_periods",
+            "Periods of the last plan that bring the SoC back into the FCR reserve band (the SoC window)",
+            registry=r,
+        )
         self.auto_orders = Counter(
             "bess_auto_orders_total", "The auto-trader's orders by result and reason", ["result", "reason"], registry=r
         )
@@ -174,9 +179,10 @@ class Metrics:
         self.traded_volume.labels(trade.side).inc(trade.quantity_mw * hours)
 
     def on_plan(self, plan) -> None:
-        """The auto-trader's plan (controller.trading.optimiser.Plan): objective and solve time."""
+        """The auto-trader's plan (controller.trading.optimiser.Plan): objective, solve time, periods restoring."""
         self.plan_objective.set(plan.objective_eur if plan.ok else float("nan"))
         self.plan_solve.set(plan.solve_ms / 1000.0)
+        self.plan_restore.set(sum(1 for p in plan.periods if p.restore_direction))
 
     def on_pnl(self, by_day: list[dict], today: str, yesterday: str) -> None:
         """Realised PnL per day (controller.trading.auto.realised_pnl_by_day) of `today` and `yesterday`

@@ -365,10 +365,31 @@ class PnlDay(_Response):
     energy_mwh: OptNum
 
 
+class AutoReservePeriod(_Response):
+    period_start: IsoTs
+    plan_mw: OptNum
+    direction: int  # -1 the period charges the SoC back into the band, +1 discharges it back
+
+
+class AutoReserve(_Response):
+    """GET /api/auto's `reserve` (null on a site without FCR): the FCR reserve as the cycle last saw it (`held`;
+    if not, the way back, `restore_direction` +1 discharge / -1 charge, and `restore_mwh`) and whether the plan
+    brings the SoC back into the band (`restoring`, `restore_periods`)."""
+
+    fcr_enabled: bool
+    held: bool
+    soc_low_pct: OptNum
+    soc_high_pct: OptNum
+    restore_direction: int
+    restore_mwh: OptNum
+    restoring: bool
+    restore_periods: list[AutoReservePeriod] = []
+
+
 class AutoStatus(_Response):
     """GET /api/auto: the kill switch (`enabled`), whether the site file enables it (`configured`), what it does
     now (`state`: running | off | disabled | stopped | safe_state | exchange_down | no_forecast | no_soc |
-    no_plan) and why, counters, realised PnL per day."""
+    no_plan) and why, counters, the FCR reserve's restore (`reserve`), realised PnL per day."""
 
     enabled: bool
     configured: bool
@@ -380,6 +401,7 @@ class AutoStatus(_Response):
     orders_placed: int = 0
     orders_cancelled: int = 0
     orders_refused: dict[str, int] = {}
+    reserve: AutoReserve | None = None
     pnl_by_day: list[PnlDay] = []
 
 

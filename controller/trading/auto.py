@@ -4,6 +4,11 @@ becomes orders, within the risk limits, each through the order desk's pre-trade 
 
 `orders_for_plan` is the pure step (plan + positions + open orders + forecast + risk limits + now -> orders to
 place and orders to cancel); the backtest calls it too. `AutoTrader` (below) runs it on the event loop.
+
+While FCR is on and the SoC is outside its reserve band (or the plan's narrower window), the optimiser's plan
+brings it back as fast as the plant can (controller/trading/optimiser.py, `restore_direction`): those periods'
+orders are placed like any other (same risk limits, same pre-trade check), their reason says they restore the
+reserve, and GET /api/auto's `reserve` shows the restore.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("bess.auto")
 
 LOT_MW = 0.1  # the exchange's quantity step
+RESTORE_NOTE = "FCR reserve restore"  # how an order's reason starts when its period restores the reserve
 _EPS_MW = 1e-9
 
 
@@ -170,6 +176,7 @@ def orders_for_plan(
     open_orders: Iterable[OpenOrder],
     limits: RiskLimits,
     now: float,
+    restore: Mapping[float, int] | None = None,
 ) -> OrderActions:
     """What to place and cancel so that each period's position goes to the plan.
 
@@ -183,7 +190,9 @@ def orders_for_plan(
     least min_margin above the forecast, a buy at least min_margin below. The auto-trader's own open orders on the
     wrong side, priced more than reprice_eur_mwh away from the new price, or beyond what the target needs are
     cancelled (the replacement comes in the same answer); an operator's orders are only counted. Open orders of
-    periods without a plan (the horizon moved, the forecast shrank) are cancelled if they are the trader's."""
+    periods without a plan (the horizon moved, the forecast shrank) are cancelled if they are the trader's.
+    `restore`: period start -> the plan's restore_direction (-1 it charges the SoC back into the FCR reserve band,
+    +1 discharges it back); those orders' reason says so (they are placed under the same limits)."""
     by_period: dict[float, list[OpenOrder]] = {}
     for o in open_orders:
         by_period.setdefault(o.delivery_start, []).append(o)
@@ -203,6 +212,9 @@ def orders_for_plan(
         pos = position_mw.get(p, 0.0)
         target = max(-limits.max_position_mw, min(limits.max_position_mw, plan_mw[p]))
         note = f"plan {plan_mw[p]:+.2f} MW, position {pos:+.2f} MW, forecast {forecast_eur_mwh[p]:.2f} EUR/MWh"
+        way = (restore or {}).get(p, 0)
+        if way:
+            note = f"{RESTORE_NOTE} ({'discharge' if way > 0 else 'charge'} back into the band); {note}"
         new, gone = _period_actions(p, target - pos, orders, forecast_eur_mwh[p], limits, note)
         place += new
         cancel += gone
@@ -252,6 +264,30 @@ def plan_view(plan, forecast_prices: Mapping[float, float], generated_at: float)
                 "soc_pct_end": round(p.soc_pct_end, 2),
             }
             for p in plan.periods
+        ],
+    }
+
+
+def reserve_view(plan, fcr) -> dict | None:
+    """GET /api/auto's `reserve`: the FCR reserve as the cycle last saw it (`held`; if not, the way back,
+    `restore_direction` +1 discharge / -1 charge, and `restore_mwh`, as status' fcr has them) and what the plan does
+    about it: `restoring` while periods of the plan bring the SoC back into the band (or the plan's narrower window
+    while it drifts toward the band's edge), listed in `restore_periods` with their planned power. None on a site
+    that offers no FCR (`fcr` None)."""
+    if fcr is None:
+        return None
+    back = [p for p in plan.periods if p.restore_direction] if plan is not None else []
+    return {
+        "fcr_enabled": fcr.enabled,
+        "held": fcr.reserve_held,
+        "soc_low_pct": fcr.soc_low_pct,
+        "soc_high_pct": fcr.soc_high_pct,
+        "restore_direction": fcr.restore_direction,
+        "restore_mwh": round(fcr.restore_mwh, 3),
+        "restoring": bool(back),
+        "restore_periods": [
+            {"period_start": iso(p.period_start), "plan_mw": round(p.plan_mw, 3), "direction": p.restore_direction}
+            for p in back
         ],
     }
 
@@ -316,6 +352,7 @@ class AutoTrader:
         self.counts = AutoCounters()
         self.plan: dict = self.store.get_state(PLAN_KEY) or dict(NO_PLAN)
         self.plan_id: str | None = None
+        self.reserve: dict | None = None  # GET /api/auto's `reserve` (reserve_view) of the last plan
         self.last_replan_at: float | None = None
         self._wake = asyncio.Event()
         self._runner = Background("auto-trader")
@@ -401,6 +438,7 @@ class AutoTrader:
             open_orders,
             self.limits,
             self.clock.now(),
+            restore={p.period_start: p.restore_direction for p in plan.periods if p.restore_direction},
         )
         self._set_state(RUNNING, "")
         await self._carry_out(actions)
@@ -468,11 +506,32 @@ class AutoTrader:
         )
         plan = await asyncio.to_thread(optimise, problem)
         self.plan_id = f"P{int(now):x}-{self.counts.replans}"
+        self._note_reserve(plan, getattr(state, "fcr", None))
         self.plan = plan_view(plan, forecast.prices(), now)
         await asyncio.to_thread(self.store.set_state, PLAN_KEY, self.plan)
         if self.metrics is not None:
             self.metrics.on_plan(plan)
         return plan
+
+    def _note_reserve(self, plan, fcr) -> None:
+        """Keep the plan's reserve restore for GET /api/auto, and log when one starts and when it is done."""
+        before = bool(self.reserve and self.reserve["restoring"])
+        self.reserve = reserve_view(plan, fcr)
+        now_restoring = bool(self.reserve and self.reserve["restoring"])
+        if now_restoring and not before:
+            r = self.reserve
+            log.warning(
+                "FCR reserve restore planned: the plan brings the SoC back into the band as fast as the plant can",
+                extra={
+                    "direction": "discharge" if r["restore_periods"][0]["direction"] > 0 else "charge",
+                    "restore_mwh": r["restore_mwh"],
+                    "periods": len(r["restore_periods"]),
+                    "first_period": r["restore_periods"][0]["period_start"],
+                    "plan_id": self.plan_id,
+                },
+            )
+        elif before and not now_restoring and plan is not None and plan.ok:
+            log.info("FCR reserve restore done: the plan starts inside the band", extra={"plan_id": self.plan_id})
 
     def _available_mw(self, state) -> float:
         """The plant's power with its unavailable units out (every unit's rating when none is known)."""
@@ -598,6 +657,7 @@ class AutoTrader:
             "replans": c.replans,
             "last_replan_at": iso(self.last_replan_at) if self.last_replan_at else None,
             "plan_id": self.plan_id,
+            "reserve": self.reserve,
             "orders_placed": c.placed,
             "orders_cancelled": c.cancelled,
             "orders_refused": dict(c.refused or {}),
