@@ -150,8 +150,9 @@ class DeviceLink:
 
     async def poll(self, now: float, timeout_s: float | None = None) -> None:
         """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up); a read still
-        pending then counts as a failed read at once (see begin), so a slow device never stretches the cycle."""
-        task = self.begin(now)
+        pending then counts as a failed read at once (see begin), so a slow device never stretches the cycle. A read
+        someone started since the device was last due (read_now: the FCR fast path's) is waited for as its own."""
+        task = self._inflight if self._inflight is not None and not self.due(now) else self.begin(now)
         if task is None:
             return
         done, _ = await asyncio.wait({task}, timeout=timeout_s)

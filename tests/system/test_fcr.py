@@ -88,6 +88,14 @@ async def test_the_fast_paths_meter_read_shares_the_meters_poll(tmp_path) -> Non
             assert meter.last_good_ts == asked and meter.last_poll_ts == asked and meter.failures == 0
             assert not meter.due(clock.now())  # the poll skips a meter read just now
             assert meter.value("frequency_hz") is not None
+            # the cycle's own read of the meter while the fast path's is in flight (its first cycle does so):
+            # waited for as its own, neither asked again nor counted as an unanswered request
+            fast = asyncio.ensure_future(meter.read_now(clock.now()))
+            await asyncio.sleep(0)  # the fast path's read has started
+            assert meter._inflight is not None
+            await meter.poll(clock.now(), timeout_s=5.0)
+            assert await fast is True and meter.failures == 0 and meter.errors_total == 0
+            assert stats.reads == reads + 3
         finally:
             await devices.close()
 
