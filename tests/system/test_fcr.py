@@ -116,10 +116,11 @@ async def test_the_fast_path_and_the_meters_poll_do_not_double_its_reads(tmp_pat
         asked0, reads0, requests0 = fast.rounds + fast.failures, stats.reads, stats.requests
         await wait_for(lambda: fast.rounds + fast.failures >= asked0 + 30, 30, "30 fast-path rounds")
         asked, reads, requests = fast.rounds + fast.failures - asked0, stats.reads - reads0, stats.requests - requests0
-        per_read = requests / max(reads, 1)
-        # one read may be in flight at either end of the window; a stalled loop may let one poll through
+        per_read = round(requests / max(reads, 1))  # Modbus requests of one read of the meter
+        # one read may be in flight at either end of the window (its requests partly counted); a stalled loop may
+        # let one poll through
         assert reads <= asked + 2, (reads, asked)
-        assert requests <= (asked + 2) * per_read and per_read == int(per_read), (requests, reads, asked)
+        assert requests <= (asked + 3) * per_read, (requests, reads, asked)
         assert c.status()["poi"]["frequency_hz"] is not None
 
 
