@@ -9,6 +9,7 @@ Not a script: bench/cycle.py, units.py and frequency.py import it, poll.py and i
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -97,6 +98,12 @@ class Simulator:
             self.stop()
             raise
         return self
+
+    def cpu_s(self) -> float:
+        """The simulator process's CPU time so far (user + system), from /proc."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     @property
     def control_port(self) -> int:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shutil
 import sys
@@ -66,9 +67,29 @@ def figures(xs: list[float]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------- the site file
-def unit_devices(i: int, port: int, slot: int) -> dict[str, dict[str, Any]]:
-    """Unit i's BMS (generic Modbus map) and PCS (SunSpec) behind the gateway on `port`, in its `slot`."""
-    common = {"host": "127.0.0.1", "port": port, "poll_interval_s": 1.0, "timeout_s": 0.5, "unit": f"u{i:02d}"}
+def pcs_profile(tmp: Path, function_23: bool) -> Path:
+    """The PCS profile the units use: the shipped SunSpec one, declaring function 23 (read/write multiple
+    registers, which the simulator implements, as many PCS do) unless told not to: then a setpoint write and its
+    read-back are one request, not two."""
+    if not function_23:
+        return PROFILES / "sunspec-pcs.yaml"
+    raw = yaml.safe_load((PROFILES / "sunspec-pcs.yaml").read_text())
+    path = tmp / "sunspec-pcs-fc23.yaml"
+    path.write_text(yaml.safe_dump({**raw, "read_write_multiple": True}, sort_keys=False))
+    return path
+
+
+def unit_devices(i: int, port: int, slot: int, pcs: Path, connections: int) -> dict[str, dict[str, Any]]:
+    """Unit i's BMS (generic Modbus map) and PCS (SunSpec) behind the gateway on `port`, in its `slot`; the
+    gateway takes `connections` connections."""
+    common = {
+        "host": "127.0.0.1",
+        "port": port,
+        "connections": connections,
+        "poll_interval_s": 1.0,
+        "timeout_s": 0.5,
+        "unit": f"u{i:02d}",
+    }
     return {
         f"bms{i:02d}": {
             "role": "bms",
@@ -81,21 +102,22 @@ def unit_devices(i: int, port: int, slot: int) -> dict[str, dict[str, Any]]:
             "role": "pcs",
             "protocol": "sunspec",
             "unit_id": PCS_ID_BASE + slot,
-            "profile": str(PROFILES / "sunspec-pcs.yaml"),
+            "profile": str(pcs),
             "reversion_timeout_s": 10,
             **common,
         },
     }
 
 
-def write_site(tmp: Path, n_units: int, per_gateway: int) -> Path:
+def write_site(tmp: Path, n_units: int, per_gateway: int, function_23: bool = True, connections: int = 1) -> Path:
     """A plant of `n_units` units of 2.5 MW / 5 MWh (SoCs spread 40-60 %), `per_gateway` units to a gateway port,
     a SunSpec POI meter; every port free, no faces besides the cycle (no MQTT, web, SCADA); the ramp wide open."""
     raw = yaml.safe_load(BASE.read_text())
     gateways = [free_port() for _ in range(-(-n_units // per_gateway))]
     devices: dict[str, Any] = {}
+    pcs = pcs_profile(tmp, function_23)
     for k in range(n_units):
-        devices.update(unit_devices(k + 1, gateways[k // per_gateway], k % per_gateway))
+        devices.update(unit_devices(k + 1, gateways[k // per_gateway], k % per_gateway, pcs, connections))
     devices["poi"] = {
         "role": "meter",
         "protocol": "sunspec",
@@ -163,15 +185,20 @@ async def wait_cycles(c: Controller, n: int) -> None:
     )
 
 
-async def window(c: Controller, counter: WriteCounter, n: int, expected: set[str]) -> dict[str, Any]:
+async def window(
+    c: Controller, counter: WriteCounter, n: int, expected: set[str], sim: Simulator | None = None
+) -> dict[str, Any]:
     """`n` cycles measured: their durations (the controller's own measurement), overruns, failed cycles, CPU of
-    this process over wall time, and in how many completed cycles every unit of `expected` was written."""
+    this process over wall time (and of the simulator's, when given), and in how many completed cycles every unit
+    of `expected` was written."""
     s = c.stats
     overruns0, failed0, len0 = s.overruns, s.failed_cycles, len(s.durations_s)
     counter.cycles.clear()
     cpu0, wall0 = time.process_time(), time.perf_counter()
+    sim_cpu0 = sim.cpu_s() if sim is not None else 0.0
     await wait_cycles(c, n)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    sim_cpu = sim.cpu_s() - sim_cpu0 if sim is not None else None
     durations = list(s.durations_s)[len0:]
     written = [expected <= units for units in counter.cycles]
     fewest = min((len(units & expected) for units in counter.cycles), default=0)
@@ -180,6 +207,7 @@ async def window(c: Controller, counter: WriteCounter, n: int, expected: set[str
         "overruns": s.overruns - overruns0,
         "failed_cycles": s.failed_cycles - failed0,
         "cpu_pct": round(100 * cpu / wall, 2),
+        "sim_cpu_pct": None if sim_cpu is None else round(100 * sim_cpu / wall, 1),
         "completed_cycles": len(counter.cycles),
         "cycles_all_written": sum(written),
         "all_written_every_cycle": bool(written) and all(written) and len(written) >= n - 1,
@@ -249,7 +277,7 @@ async def fault_phase(sim: Simulator, c: Controller, counter: WriteCounter, unit
     detach = c.faces.attach(Phase.AFTER_WRITE, watch)
     await sim.fault(f"{unit}.bms_modbus", **fault)
     try:
-        res = await window(c, counter, n, others)
+        res = await window(c, counter, n, others, sim)
     finally:
         await sim.fault(None)
         detach()
@@ -274,11 +302,12 @@ async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> di
             out["raw_request"] = await raw_request_floor(pcs.port, pcs.unit_id)
         out["floor"] = await floor_phase(site, args.floor_rounds)
         async with Running(site, tmp) as c:
+            gc.freeze()  # as the daemon does once it has started (controller/daemon.py run_until_signalled)
             counter = WriteCounter(c)
             units = set(counter.counts)
             c.set_mode("manual", setpoint_mw=0.4 * UNIT_MW * len(units), source="bench")
             await wait_cycles(c, args.warmup_cycles)
-            out["cycle"] = await window(c, counter, args.cycles, units)
+            out["cycle"] = await window(c, counter, args.cycles, units, sim)
             out["cycle"]["setpoint_mw"] = c.decision.setpoint_mw if c.decision else None
             if faults:
                 half = max(5, args.cycles // 2)
@@ -307,11 +336,18 @@ def verdicts(res: dict[str, Any]) -> dict[str, bool | None]:
 
 async def main(args) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-units-"))
-    res: dict[str, Any] = {"bench": "units", "period_s": 1.0, "per_gateway": args.per_gateway, "targets": TARGETS}
+    res: dict[str, Any] = {
+        "bench": "units",
+        "period_s": 1.0,
+        "per_gateway": args.per_gateway,
+        "function_23": not args.no_function_23,
+        "connections": args.connections,
+        "targets": TARGETS,
+    }
     res["sizes"] = {}
     try:
         for n in args.sizes:
-            site = write_site(tmp, n, args.per_gateway)
+            site = write_site(tmp, n, args.per_gateway, not args.no_function_23, args.connections)
             run = await size_run(site, tmp, args, floor=n == args.sizes[0], faults=n == args.fault_units)
             if "raw_request" in run:
                 res["raw_request"] = run.pop("raw_request")
@@ -340,12 +376,15 @@ def report(out: dict[str, Any]) -> None:
         )
     if "raw_request" in out:
         print(f"floor: one raw 50-register read median {out['raw_request']['median_ms']} ms")
-    print("units  cycles  median ms   p99 ms   max ms  overruns  CPU %  all written   floor median/p99 ms (no cycle)")
+    print(
+        "units  cycles  median ms   p99 ms   max ms  overruns  CPU %  sim CPU %  all written   "
+        "floor median/p99 ms (no cycle)"
+    )
     for n, run in sizes.items():
         c, f = run["cycle"], run["floor"]
         print(
             f"{n:>5}  {c['n']:>6}  {c['median_ms']:>9}  {c['p99_ms']:>7}  {c['max_ms']:>7}  {c['overruns']:>8}  "
-            f"{c['cpu_pct']:>5}  {'yes' if c['all_written_every_cycle'] else 'NO '} {c['cycles_all_written']:>3}/"
+            f"{c['cpu_pct']:>5}  {c['sim_cpu_pct']:>9}  {'yes' if c['all_written_every_cycle'] else 'NO '} {c['cycles_all_written']:>3}/"
             f"{c['completed_cycles']:<3}  {f['median_ms']} / {f['p99_ms']} ({f['requests']:g} requests)"
         )
     for key, label in (("bms_silent", "one BMS silent"), ("bms_late_2s", "one BMS 2 s late")):
@@ -376,6 +415,14 @@ if __name__ == "__main__":
     ap.add_argument("--floor-rounds", type=int, default=20, help="rounds of every unit's exchanges without the cycle")
     ap.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 4, 16, 64])
     ap.add_argument("--per-gateway", type=int, default=8, help="units whose BMS and PCS share one gateway port")
+    ap.add_argument(
+        "--connections", type=int, default=4, help="connections each gateway takes (its devices' `connections`)"
+    )
+    ap.add_argument(
+        "--no-function-23",
+        action="store_true",
+        help="the PCS profile without read_write_multiple: a setpoint write and its read-back in two requests",
+    )
     ap.add_argument("--fault-units", type=int, default=16, help="the plant size of the fault runs (0: none)")
     result = asyncio.run(main(ap.parse_args()))
     report(result)

@@ -96,6 +96,14 @@ class Device(_Model):
     host: str = "127.0.0.1"
     port: int = Field(ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
+    connections: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Modbus/SunSpec: how many connections the devices at this host:port (a gateway) share, each "
+        "device on the one its unit id falls to (unit id modulo this): a gateway that takes several connections "
+        "answers their requests side by side. Every device at one host:port gives the same number",
+    )
     profile: str = Field(description="profile file, relative to the config file's folder")
     poll_interval_s: float = Field(1.0, gt=0, le=60)
     timeout_s: float = Field(0.5, gt=0, le=30)
@@ -789,7 +797,26 @@ def _unit_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
                 errors.append((("simulator", "units", unit), f"not in units: ({', '.join(cfg.units)})"))
         errors += _port_clashes("", _simulator_listeners(cfg))
         errors += _unit_rating_errors(cfg)
-    return errors + _same_device_errors(cfg)
+    return errors + _same_device_errors(cfg) + _gateway_connection_errors(cfg)
+
+
+def _gateway_connection_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:
+    """The devices at one Modbus host:port (a gateway) share its connections: they must agree how many."""
+    first: dict[tuple[str, int], str] = {}
+    errors: list[tuple[Loc, str]] = []
+    for n, d in cfg.devices.items():
+        if d.protocol == "opcua":
+            continue
+        other = first.setdefault((d.host, d.port), n)
+        if d.connections != cfg.devices[other].connections:
+            errors.append(
+                (
+                    ("devices", n, "connections"),
+                    f"{d.connections}, but devices.{other} at the same {d.host}:{d.port} (a gateway) says "
+                    f"{cfg.devices[other].connections}: the devices behind one gateway share its connections",
+                )
+            )
+    return errors
 
 
 def _meter_errors(cfg: SiteConfig) -> list[tuple[Loc, str]]:

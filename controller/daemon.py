@@ -6,6 +6,7 @@ until SIGTERM/SIGINT, then stops them in reverse order, leaving the plant at 0 M
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from pathlib import Path
@@ -224,6 +225,10 @@ async def run_until_signalled(daemon: Daemon) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await daemon.start()
+        # what is alive now (config, profiles, drivers, the store, the faces) lives as long as the daemon: kept out
+        # of the collector's full passes, which then scan only what the cycles make (a 64-unit plant's full pass
+        # took 68 ms in the middle of a cycle, 14 ms so)
+        gc.freeze()
         await stop.wait()
         log.info("stopping on signal")
     finally:

@@ -112,9 +112,10 @@ def _hex(raw: int, words: int) -> str:
 class ModbusConnection:
     """One Modbus TCP connection to host:port, for one device or shared by the devices behind a gateway."""
 
-    def __init__(self, host: str, port: int, backoff_max_s: float = 10.0):
+    def __init__(self, host: str, port: int, backoff_max_s: float = 10.0, slot: int = 0):
         self.host = host
         self.port = port
+        self.slot = slot  # which of a gateway's connections (ModbusPool)
         self.client: AsyncModbusTcpClient | None = None
         self.connect_lock = asyncio.Lock()
         self.turn = asyncio.Lock()  # one request on the wire at a time
@@ -167,15 +168,19 @@ class ModbusConnection:
 
 
 class ModbusPool:
-    """Modbus TCP connections by host:port, shared by the drivers given this pool (one per DeviceSet)."""
+    """Modbus TCP connections by host:port, shared by the drivers given this pool (one per DeviceSet). A gateway
+    that takes several connections (`connections`) gets that many, each shared by the devices whose unit id falls
+    to it (unit id modulo the count): their requests then run side by side, one at a time per connection."""
 
     def __init__(self) -> None:
-        self._connections: dict[tuple[str, int], ModbusConnection] = {}
+        self._connections: dict[tuple[str, int, int], ModbusConnection] = {}
 
-    def connection(self, host: str, port: int, user: str, backoff_max_s: float = 10.0) -> ModbusConnection:
-        conn = self._connections.get((host, port))
+    def connection(
+        self, host: str, port: int, user: str, backoff_max_s: float = 10.0, slot: int = 0
+    ) -> ModbusConnection:
+        conn = self._connections.get((host, port, slot))
         if conn is None:
-            conn = self._connections[(host, port)] = ModbusConnection(host, port, backoff_max_s)
+            conn = self._connections[(host, port, slot)] = ModbusConnection(host, port, backoff_max_s, slot)
         conn.users.add(user)
         return conn
 
@@ -184,8 +189,9 @@ class ModbusPool:
         conn.users.discard(user)
         if not conn.users:
             conn.drop()
-            if self._connections.get((conn.host, conn.port)) is conn:
-                del self._connections[(conn.host, conn.port)]
+            key = (conn.host, conn.port, conn.slot)
+            if self._connections.get(key) is conn:
+                del self._connections[key]
 
     @property
     def connections(self) -> list[ModbusConnection]:
@@ -208,6 +214,7 @@ class ModbusDriver:
         max_gap: int = 8,
         rating_mw: float | None = None,
         pool: ModbusPool | None = None,
+        connections: int = 1,
     ):
         self.name = name
         self.host = host
@@ -216,8 +223,10 @@ class ModbusDriver:
         self.timeout_s = timeout_s
         self.clock: TimeSource = clock or WallTime()
         self.stats = DriverStats()
-        # a pool shares one connection per host:port (a gateway); without one, the connection is this device's
+        # a pool shares one connection per host:port (a gateway; `connections` of them if the gateway takes more);
+        # without one, the connection is this device's
         self._pool = pool
+        self.connections = connections
         self._backoff_max_s = backoff_max_s
         self._conn = self._join()
         self.max_gap = max_gap
@@ -275,7 +284,8 @@ class ModbusDriver:
 
     def _join(self) -> ModbusConnection:
         if self._pool is not None:
-            return self._pool.connection(self.host, self.port, self.name, self._backoff_max_s)
+            slot = self.unit_id % self.connections
+            return self._pool.connection(self.host, self.port, self.name, self._backoff_max_s, slot)
         conn = ModbusConnection(self.host, self.port, self._backoff_max_s)
         conn.users.add(self.name)
         return conn
@@ -551,13 +561,25 @@ class ModbusDriver:
             regs = codec.encode(p, device_value, self.profile.word_order_of(p), sf, name=point)
         except ValueError as e:
             raise WriteRefused(self.name, str(e)) from None
-        if len(regs) == 1:
-            await self._call(what, "write_register", p.address, regs[0])
+        if verify and self.profile.read_write_multiple:
+            # function 23: the device writes, then reads the same registers back, in one request
+            rr = await self._call(
+                what,
+                "readwrite_registers",
+                read_address=p.address,
+                read_count=p.count,
+                write_address=p.address,
+                values=regs,
+            )
+            back_regs = list(rr.registers)
         else:
-            await self._call(what, "write_registers", p.address, regs)
-        if not verify:
-            return None
-        back_regs = await self.read_raw("holding", p.address, p.count)  # type: ignore[arg-type]
+            if len(regs) == 1:
+                await self._call(what, "write_register", p.address, regs[0])
+            else:
+                await self._call(what, "write_registers", p.address, regs)
+            if not verify:
+                return None
+            back_regs = await self.read_raw("holding", p.address, p.count)  # type: ignore[arg-type]
         back = self._decode(point, p, back_regs, sf)
         if not _same(p, device_value, back, codec.resolution(p, sf)):
             raise ReadbackMismatch(self.name, point, value, self._to_canonical(p, back))  # type: ignore[arg-type]

@@ -250,10 +250,17 @@ class Profile(BaseModel):
         description="the device's power rating: power points are plausible within "
         "+-1.5x of it (default: the site's largest power limit)",
     )
+    read_write_multiple: bool = Field(
+        False,
+        description="Modbus/SunSpec: the device implements function 23 (read/write multiple registers, the write "
+        "done before the read): a verified write and its read-back then take one request instead of two",
+    )
     points: dict[str, Point]
 
     @model_validator(mode="after")
     def _check(self) -> "Profile":
+        if self.read_write_multiple and self.protocol == "opcua":
+            raise ValueError("read_write_multiple: a Modbus function (23); an OPC UA device has no use for it")
         for name, p in self.points.items():
             if self.protocol == "modbus" and p.address is None:
                 raise ValueError(f"points.{name}: a Modbus point needs an address")

@@ -245,6 +245,7 @@ def concrete_profile(profile: Profile, smap: SunSpecMap) -> tuple[Profile, set[s
         word_order="big",
         description=profile.description,
         rated_power_mw=profile.rated_power_mw,
+        read_write_multiple=profile.read_write_multiple,
         points=points,
     )
     return resolved, hidden

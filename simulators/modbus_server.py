@@ -88,6 +88,10 @@ class ModbusSimServer:
         self.aliases = aliases or {}
         self.name = name
         self.requests = 0
+        # called before every access by a client: the owner lays its measurements into the registers now, once
+        # per physics step at most, instead of on every tick (see Pcs.refresh): the register image a client reads
+        # is as fresh as an eager one, and a plant of many units costs CPU per request, not per tick
+        self.refresh: Callable[[], None] | None = None
         self._server: ModbusTcpServer | None = None
         self._members: dict[int, ModbusSimServer] = {}  # other devices served on this port (a gateway)
         self._watch: asyncio.Task | None = None
@@ -112,6 +116,10 @@ class ModbusSimServer:
         for name_, p in points.items():
             for a in range(p.address, p.address + p.count):
                 self._by_address[p.function][a] = name_
+        # the registers of writable points: the client's own, never laid by `refresh`
+        self._client_owned = {
+            fn: {a for a, n in where.items() if self.points[n].writable} for fn, where in self._by_address.items()
+        }
 
     @classmethod
     def from_profile(cls, profile: Profile, **kwargs) -> "ModbusSimServer":
@@ -248,6 +256,8 @@ class ModbusSimServer:
         bank = self._banks.get(fn) if fn else None
         if bank is None:
             return ExcCodes.ILLEGAL_ADDRESS
+        if self.refresh is not None and not self._owned_by_client(fn, address, count):
+            self.refresh()
         raw = self._raw_overrides(fn) if self.faults.raw else ()
         if fn in _BITS:
             if set_values is not None and function_code in _WRITE_CODES:
@@ -272,6 +282,12 @@ class ModbusSimServer:
             if address <= a < address + count:
                 registers[a - start_address] = r
         return None
+
+    def _owned_by_client(self, fn: str, address: int, count: int) -> bool:
+        """Every register of the access is a writable point's (a write, or a setpoint's read-back): what the
+        physics lays is not in it, so the registers need no refresh first."""
+        owned = self._client_owned.get(fn, ())
+        return all(a in owned for a in range(address, address + count))
 
     def _write(self, fn: str, address: int, values: list[int]) -> ExcCodes | None:
         bank = self._banks[fn]

@@ -108,6 +108,8 @@ class Pcs:
         self._deadline: float | None = None  # clock.monotonic() when the setpoint reverts
         self.reversions = 0
         self._hb_t0 = clock.monotonic()
+        self._unpublished = False  # a physics step ran since the registers were last laid
+        server.refresh = self.refresh
         server.on_write = self.on_write
         self._init_registers()
 
@@ -250,8 +252,14 @@ class Pcs:
         else:
             self.command_mw += math.copysign(step, target - self.command_mw)
         self.model.step(self.command_mw, dt_s)
-        self.publish()
+        self._unpublished = True  # laid when a client next asks (refresh): 20 steps a second, a read or two
         return self.model.power_mw
+
+    def refresh(self) -> None:
+        """The registers brought up to the model's latest step (the server calls this before every access)."""
+        if self._unpublished:
+            self._unpublished = False
+            self.publish()
 
     def publish(self) -> None:
         """Lay the measurements and states into the registers, model by model."""

@@ -109,6 +109,8 @@ class Plant(SimulatorParts):
         self.ticks = 0
         self._bms_init()
         self.publish_bms()
+        self._bms_unpublished = False  # a physics step ran since the BMS registers were last laid
+        self.bms.refresh = self._refresh_bms
 
     @classmethod
     def from_config(cls, config: SiteConfig, **overrides: Any) -> "Plant":
@@ -164,6 +166,11 @@ class Plant(SimulatorParts):
         if "contactor_closed" in self.bms_profile.points:
             self.bms.set("contactor_closed", 0 if self.model.fault_bits else 1)
 
+    def _refresh_bms(self) -> None:
+        if self._bms_unpublished:
+            self._bms_unpublished = False
+            self.publish_bms()
+
     def check_fault(self, face: str, raw: dict[str, Any], status_codes: dict[str, Any]) -> None:
         """Can `face` serve these raw values and status codes? ValueError naming the point if not."""
         if face in ("bms_modbus", "pcs"):
@@ -192,7 +199,7 @@ class Plant(SimulatorParts):
         """One physics step of dt_s clock seconds (the tick task calls this; tests may too)."""
         self._merge_injected_bits()
         self.pcs.step(dt_s)
-        self.publish_bms()
+        self._bms_unpublished = True  # laid when a client next asks (_refresh_bms), not on every tick
         self.ticks += 1
 
     async def _run(self) -> None:

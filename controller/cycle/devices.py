@@ -47,7 +47,7 @@ def make_driver(
     pool: ModbusPool | None = None,
 ) -> DeviceDriver:
     """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible. Modbus
-    devices given a `pool` share one connection per host:port (a gateway)."""
+    devices given a `pool` share one connection per host:port (a gateway; `connections` if it takes more)."""
     if dev.protocol in ("modbus", "sunspec"):
         from drivers.modbus import ModbusDriver
         from drivers.sunspec import SunSpecDriver
@@ -63,6 +63,7 @@ def make_driver(
             clock=clock,
             rating_mw=rating_mw,
             pool=pool,
+            connections=dev.connections,
         )
     if dev.protocol == "opcua":
         from drivers.opcua import OpcUaDriver

@@ -72,6 +72,36 @@ async def test_one_connection_per_gateway_each_device_its_own_unit_id(gateway):
     assert open_connections(site) == 2
 
 
+async def test_a_gateway_that_takes_two_connections_gets_two(tmp_path: Path):
+    """`connections: 2`: the devices behind the gateway spread over two connections by unit id (modulo 2), so two
+    requests run side by side; each device's answers are its own."""
+    cfg = load_config(two_unit_config(tmp_path, gateway=True))
+    site = SitePlant(cfg, tick_s=MANUAL)
+    await site.start()
+    pool = ModbusPool()
+    drivers = {}
+    try:
+        for name in ("pcs1", "pcs2"):
+            dev = cfg.devices[name]
+            drivers[name] = SunSpecDriver(
+                name, cfg.load_profile(dev), dev.host, dev.port, unit_id=dev.unit_id, timeout_s=TIMEOUT_S,
+                rating_mw=10, pool=pool, connections=2,
+            )  # fmt: skip
+        assert cfg.devices["pcs1"].unit_id % 2 != cfg.devices["pcs2"].unit_id % 2
+        results = await asyncio.gather(*(x.read() for x in drivers.values()))
+        assert [r["soc_pct"].value for r in results] == [pytest.approx(60, abs=0.1), pytest.approx(40, abs=0.1)]
+        assert len(pool.connections) == 2 and not any(c.shared for c in pool.connections)
+        assert modbus(drivers["pcs1"]).connection is not modbus(drivers["pcs2"]).connection
+        assert open_connections(site) == 2
+        backs = await asyncio.gather(*(x.write("setpoint_mw", mw) for x, mw in zip(drivers.values(), (1.0, -2.0))))
+        assert backs == [pytest.approx(1.0), pytest.approx(-2.0)]
+    finally:
+        for d in drivers.values():
+            await d.close()
+        await site.stop()
+    assert pool.connections == []
+
+
 async def test_a_silent_unit_id_does_not_poison_the_others(gateway):
     site, d, pool = gateway
     await asyncio.gather(*(x.read() for x in d.values()))

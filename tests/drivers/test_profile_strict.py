@@ -125,6 +125,12 @@ def test_invalid_values_are_for_plain_modbus_only(tmp_path):
         load_profile(write(tmp_path, data))
 
 
+def test_function_23_is_for_modbus_devices_only(tmp_path):
+    data = {"name": "ua", "protocol": "opcua", "read_write_multiple": True, "points": {}}
+    with pytest.raises(ProfileError, match="read_write_multiple: a Modbus function"):
+        load_profile(write(tmp_path, data))
+
+
 def test_a_scale_factor_point_must_be_a_16_bit_integer(tmp_path):
     data = copy.deepcopy(BASE)
     data["points"]["sf"] = {"address": 10, "type": "f32"}

@@ -184,6 +184,35 @@ async def test_write_wset_with_read_back(pcs_sim: PcsSim, pcs_driver):
     assert pcs_sim.pcs.requested_mw() == pytest.approx(-3.25)
 
 
+async def test_a_device_with_function_23_takes_a_verified_write_in_one_request(pcs_sim: PcsSim, pcs_driver):
+    """A profile that declares read_write_multiple writes and reads back in one request (function 23, the write
+    done first); without it, a write and a read. Either way the read-back is checked and a refusal is an error."""
+    await pcs_driver.read()  # discovery and the scale factors, off the count
+    n0 = pcs_driver.stats.requests
+    assert await pcs_driver.write("setpoint_mw", 1.5) == pytest.approx(1.5)
+    assert pcs_driver.stats.requests - n0 == 2
+    one = SunSpecDriver(
+        "pcs-fc23",
+        pcs_sim.profile.model_copy(update={"read_write_multiple": True}),
+        "127.0.0.1",
+        pcs_sim.port,
+        timeout_s=TIMEOUT_S,
+    )
+    try:
+        await one.read()
+        n0 = one.stats.requests
+        assert await one.write("setpoint_mw", -2.25) == pytest.approx(-2.25)
+        assert one.stats.requests - n0 == 1
+        assert pcs_sim.server.get("704.WSet") == -2_250_000
+        pcs_sim.pcs.p.rated_power_mw = 5.0
+        with pytest.raises(ModbusError) as e:  # the device's own refusal (03) still comes back as an error
+            await one.write("setpoint_mw", 6.0)
+        assert e.value.code == 3
+        assert pcs_sim.server.get("704.WSet") == -2_250_000
+    finally:
+        await one.close()
+
+
 async def raw_registers(port: int, address: int, count: int) -> list[int]:
     client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=TIMEOUT_S, retries=0)
     await client.connect()
