@@ -96,9 +96,10 @@ class Dispatcher:
         self.last_readback_mw = readback
         return readback
 
-    async def heartbeat(self, skip: set[str] = frozenset()) -> None:
+    def count_heartbeat(self, skip: set[str] = frozenset()) -> list[DeviceLink]:
         """Count the heartbeat up on every device that has one (a watchdog for the BMS/PCS side); devices
-        that are failing right now (`skip`) are left alone until they answer reads again."""
+        that are failing right now (`skip`) are left alone until they answer reads again. A device read on its
+        own rhythm writes it there, after its next good read; returns the devices whose count is written now."""
         self._heartbeat = (self._heartbeat + 1) % 65536
         links = [
             link
@@ -106,8 +107,10 @@ class Dispatcher:
             if link is not None and link.name not in skip and self._has(link, "heartbeat")
         ]
         for link in links:
-            link.heartbeat_count = self._heartbeat  # read on its own rhythm: written there, after its next good read
-        links = [link for link in links if not link.own_rhythm]
+            link.heartbeat_count = self._heartbeat
+        return [link for link in links if not link.own_rhythm]
+
+    async def write_heartbeat(self, links: list[DeviceLink]) -> None:
         # each device has its own connection: writing both at once takes one round trip off every cycle
         results = await asyncio.gather(
             *(link.driver.write("heartbeat", self._heartbeat, verify=False) for link in links), return_exceptions=True
@@ -170,8 +173,9 @@ class UnitDispatch:
         if not heartbeat:
             return readback
         try:
-            skip = {link.name for link in (self.links.bms, pcs) if link.failures}
-            await d.within("heartbeat", d.heartbeat(skip=skip), budget_s())
+            links = d.count_heartbeat(skip={link.name for link in (self.links.bms, pcs) if link.failures})
+            if links:  # (devices read on their own rhythm write it there: nothing on the wire now)
+                await d.within("heartbeat", d.write_heartbeat(links), budget_s())
         except DeviceError as e:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
         return readback
