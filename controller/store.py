@@ -456,6 +456,12 @@ class Store:
         with self._lock:
             return self._conn.execute("SELECT 1 FROM trade_ids WHERE trade_id = ?", (trade_id,)).fetchone() is not None
 
+    def trades_mark(self) -> tuple[int, int]:
+        """(trade ids ever seen, trades kept): it changes whenever a trade is stored (trade_ids is never pruned)
+        or pruned, so a reader can tell that its copy of the trades is current without reading them again."""
+        row = self._query("SELECT (SELECT count(*) FROM trade_ids) AS seen, (SELECT count(*) FROM trades) AS kept")
+        return int(row[0]["seen"]), int(row[0]["kept"])
+
     def trades(self, since_ts: float | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Trades executed at or after `since_ts` (all if None), newest first. Each is the stored trade plus
         `source` (who delivered it: mqtt, exchange, cli...) and `stored_ts`."""

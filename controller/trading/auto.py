@@ -14,6 +14,7 @@ reserve, and GET /api/auto's `reserve` shows the restore.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import math
 from dataclasses import dataclass
@@ -312,6 +313,52 @@ def realised_pnl_by_day(trades: Iterable[Mapping], now: float) -> list[dict]:
     return [{"day": d, "pnl_eur": round(v[0], 2), "energy_mwh": round(v[1], 3)} for d, v in sorted(days.items())]
 
 
+PNL_DAYS = 7  # realised PnL is kept for this many UTC days of delivery back (GET /api/auto; the metrics use 2)
+
+
+def _delivery_end(t: Mapping) -> float:
+    try:
+        return parse_iso(t["delivery_end"])
+    except (KeyError, TypeError, ValueError):
+        return math.inf  # unreadable: never realised (realised_pnl_by_day leaves it out too)
+
+
+class RealisedPnl:
+    """Realised PnL per UTC day of delivery (realised_pnl_by_day) without reading and summing every trade on each
+    request. The trades delivered in the last PNL_DAYS days or later are read from the store (in a worker
+    thread) only when its `trades_mark` says a trade was stored or pruned since; the days are summed again only
+    when that copy changed, a trade's delivery ended (its end passed `now`) or the window moved to another day;
+    otherwise the last answer is given. The answer is realised_pnl_by_day's over the same trades, exactly."""
+
+    def __init__(self, store):
+        self.store = store
+        self._mark: tuple[int, int] | None = None
+        self._from_ts = math.inf  # the copy holds every trade whose delivery ends after this
+        self._trades: list[dict] = []
+        self._ends: list[float] = []  # their delivery ends, sorted
+        self._views: dict[int, tuple[tuple, list[dict]]] = {}  # days -> (what it was summed from, the answer)
+        self.reads = 0  # store reads of the trades (the tests count them)
+
+    async def by_day(self, now: float, days: int = PNL_DAYS) -> list[dict]:
+        """[{day, pnl_eur, energy_mwh}] of the last `days` (at most PNL_DAYS) UTC days of delivery, oldest first."""
+        days = max(0, min(days, PNL_DAYS))
+        first_day = iso(now - days * 86400.0)[:10]
+        window_ts = parse_iso(iso(now - PNL_DAYS * 86400.0)[:10] + "T00:00:00Z")
+        mark = await asyncio.to_thread(self.store.trades_mark)
+        if mark != self._mark or window_ts < self._from_ts:
+            trades = await asyncio.to_thread(self.store.trades_for_schedule, window_ts)
+            self._trades, self._ends = trades, sorted(_delivery_end(t) for t in trades)
+            self._mark, self._from_ts = mark, window_ts
+            self._views.clear()
+            self.reads += 1
+        key = (self._mark, bisect.bisect_right(self._ends, now), first_day)
+        cached = self._views.get(days)
+        if cached is None or cached[0] != key:
+            rows = [r for r in realised_pnl_by_day(self._trades, now) if r["day"] >= first_day]
+            cached = self._views[days] = (key, rows)
+        return [dict(r) for r in cached[1]]
+
+
 @dataclass(frozen=True)
 class TradingPlant:
     """What the auto-trader reads and does besides the order desk, handed over by the composition root (never the
@@ -354,6 +401,7 @@ class AutoTrader:
         self.plan_id: str | None = None
         self.reserve: dict | None = None  # GET /api/auto's `reserve` (reserve_view) of the last plan
         self.last_replan_at: float | None = None
+        self.pnl = RealisedPnl(self.store)
         self._wake = asyncio.Event()
         self._runner = Background("auto-trader")
 
@@ -398,7 +446,9 @@ class AutoTrader:
         if enabled and not self.auto.enabled:
             raise ValueError("enabled: trading.auto.enabled is false in the site file; set it there and restart")
         self.enabled = enabled
-        self.store.set_state(SWITCH_KEY, {"enabled": enabled, "by": who, "ts": self.clock.now()})
+        await asyncio.to_thread(
+            self.store.set_state, SWITCH_KEY, {"enabled": enabled, "by": who, "ts": self.clock.now()}
+        )
         log.warning("auto-trading switched %s", "on" if enabled else "off", extra={"who": who})
         if enabled:
             self.state, self.reason = RUNNING, ""
@@ -562,7 +612,8 @@ class AutoTrader:
                 )
             except (KeyError, TypeError, ValueError):
                 log.error("open order unreadable: left out of the auto-trader's view", extra={"order": str(o)[:200]})
-        for i in self.store.order_intents("pending", limit=1000):
+        pending = await asyncio.to_thread(self.store.order_intents, "pending", 1000)
+        for i in pending:
             body = i["order"]
             out.append(
                 OpenOrder(
@@ -637,7 +688,7 @@ class AutoTrader:
             return
         now = self.clock.now()
         own = {i["order_id"] for i in await asyncio.to_thread(self.store.intents_by, WHO, now - OWN_INTENTS_S)}
-        for o in self.store.orders(active_only=True, limit=1000):
+        for o in await asyncio.to_thread(self.store.orders, True, 1000):
             if o.get("order_id") in own and not await self._cancel(o["order_id"], reason):
                 return
 
@@ -671,11 +722,11 @@ class AutoTrader:
             "forecast": self.forecaster.status.as_dict(),
         }
 
-    async def pnl_by_day(self, days: int = 7) -> list[dict]:
-        """Realised PnL per UTC day of delivery over the last `days` days (also set on the metrics)."""
+    async def pnl_by_day(self, days: int = PNL_DAYS) -> list[dict]:
+        """Realised PnL per UTC day of delivery over the last `days` days (at most PNL_DAYS; also set on the
+        metrics): RealisedPnl's, summed again only when a trade came, was delivered or the day moved."""
         now = self.clock.now()
-        trades = await asyncio.to_thread(self.store.trades, now - (days + 1) * 86400.0, 100_000)
-        by_day = [r for r in realised_pnl_by_day(trades, now) if r["day"] >= iso(now - days * 86400.0)[:10]]
+        by_day = await self.pnl.by_day(now, days)
         if self.metrics is not None:
             self.metrics.on_pnl(by_day, iso(now)[:10], iso(now - 86400.0)[:10])
         return by_day
