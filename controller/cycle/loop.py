@@ -151,7 +151,13 @@ class Controller:
         fcr_cfg = config.services.fcr
         self.records = ProvisionRecorder(store, fcr_cfg.tolerance_pct / 100 * fcr_cfg.capacity_mw)
         self.fast_path = (
-            FastPath(self._read_frequency, self.fast_write, lambda: self.fcr.enabled, config.services.fcr.fast_path_s)
+            FastPath(
+                self._read_frequency,
+                self.fast_write,
+                lambda: self.fcr.enabled,
+                config.services.fcr.fast_path_s,
+                ramp_left_s=self.fast_ramp_left_s,
+            )
             if self._meter is not None and self.fcr.available
             else None
         )
@@ -351,6 +357,16 @@ class Controller:
             self.decision = allocation.decision()
         self._refresh_state()  # status and SCADA show the new setpoint now, not at the next cycle
         return True
+
+    def fast_ramp_left_s(self) -> float | None:
+        """After a fast-path write the ramp held back (a frequency step met a write moments before, so the ramp
+        had almost no time to give): how long the ramp needs for the rest, so the fast path comes back then rather
+        than a whole fast period later. None when the last decision was not bound by the ramp."""
+        d = self.decision
+        if d is None or d.binding != "ramp":
+            return None
+        allowed = min(max(d.target_mw, d.lower_mw), d.upper_mw)
+        return abs(allowed - d.setpoint_mw) / self.config.limits.ramp_mw_per_s
 
     def _observe_meter(self) -> None:
         """The cycle's own meter poll feeds the FCR frequency too (the fast path reads it more often)."""

@@ -95,6 +95,32 @@ async def test_fast_path_rounds_count_reads_and_writes() -> None:
     assert fp.rounds >= 4 and len(reads) == n
 
 
+async def test_a_write_the_ramp_held_back_is_followed_up_before_the_period_ends() -> None:
+    """A fast-path write the ramp held back (ramp_left_s says how long the rest needs) brings the next round
+    forward: with a 30 s period, a second round within seconds can only be the follow-up; once the ramp is done
+    (None), the rhythm is the period again."""
+    left: list[float | None] = [0.02, 0.0]
+
+    async def read() -> None:
+        return None
+
+    async def act() -> bool:
+        return True
+
+    fp = FastPath(read, act, lambda: True, 30.0, ramp_left_s=lambda: left.pop(0) if left else None)
+    fp.start()
+    try:
+        for _ in range(500):  # bounded: 5 s, a sixth of the period
+            if fp.rounds >= 3:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # no fourth round: the ramp is done, the next one is a period away
+        rounds = fp.rounds
+    finally:
+        await fp.stop()
+    assert rounds == 3  # the first round, its follow-up, and the follow-up's (RAMP_RETRY_MIN_S after: 0 s left)
+
+
 def test_provision_records_one_row_per_second(tmp_path) -> None:
     with Store(tmp_path / "s.db") as store:
         rec = ProvisionRecorder(store, tolerance_mw=0.8)
