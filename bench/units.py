@@ -7,14 +7,17 @@ plant's is the floor of one unit's exchanges); then, on the 16-unit plant, one u
 2 s late: overruns, and whether every other unit's setpoint was written and read back in every cycle.
 
     .venv/bin/python bench/units.py [--cycles 30] [--floor-rounds 20] [--sizes 1,4,16,64] [--per-gateway 8]
-                                    [--fault-units 16]
+                                    [--connections 4] [--no-function-23] [--fault-units 16]
+
+Each gateway takes --connections connections (its devices' `connections`), and the PCS profile declares function
+23 (`read_write_multiple`, which the simulator implements): a setpoint write and its read-back are one request.
 
 Targets (issue 13): p99 at 16 units <= 2x p99 at 1 unit; p99 at 64 units < 50 ms; CPU < 5 % of one core at 16
 units; with one unit's BMS silent (or late), 0 overruns and every other unit written each cycle. The plant
 simulator runs in its own process (`python -m controller.cli simulate`, this checkout's code), the controller in
-this one (its CPU is this process's CPU time over wall time); all on 127.0.0.1, every process stopped. A gateway
-answers one request at a time (as pymodbus's client and most gateways do): a plant's cycle cannot be shorter than
-its floor. Prints figures and pass/fail, then one JSON line.
+this one (its CPU is this process's CPU time over wall time; the simulator's is read from /proc); all on 127.0.0.1,
+every process stopped. Each connection carries one request at a time (as pymodbus's client does). Prints figures
+and pass/fail, then one JSON line.
 """
 
 from __future__ import annotations
