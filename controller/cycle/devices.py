@@ -144,8 +144,14 @@ class DeviceLink:
         """Read the device now, outside its rhythm (the FCR fast path reads the meter so): a read already in flight
         (its poll's, or another caller's) is awaited instead of a second request; otherwise a read starts as a poll
         would, so the rhythm finds the device not due and skips it. Readings, timestamps and failures are the
-        link's, as for a poll. Waits until the driver answers or gives up; returns whether that read was good."""
-        task = self._inflight if self._inflight is not None else self._start(now)
+        link's, as for a poll. Waits until the driver answers or gives up; returns whether that read was good.
+        A silent device resting behind a gateway (rest_periods) is not asked before its rhythm's next turn: False
+        at once, so a fast reader does not hold the gateway for a timeout ten times a second."""
+        task = self._inflight
+        if task is None:
+            if self.rest_periods() > 1 and not self.due(now):
+                return False
+            task = self._start(now)
         await asyncio.wait({task})  # not cancelled with its caller: the read may be the rhythm's own
         return not task.cancelled() and task.result()
 

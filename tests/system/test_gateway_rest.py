@@ -42,6 +42,27 @@ def test_only_devices_sharing_a_host_port_are_behind_a_gateway(tmp_path):
     assert not any(link.behind_gateway for link in alone.links.values())
 
 
+async def test_a_resting_device_is_not_read_now_before_its_turn(tmp_path):
+    """read_now (the FCR fast path's meter read) leaves a silent device resting behind a gateway alone until its
+    rhythm's next turn: no request, False at once; once it is due, it is asked (here: nobody listens, so the read
+    fails and counts)."""
+    from controller.clock import Clock
+
+    devices = DeviceSet(gateway_site(tmp_path), Clock())
+    link = devices.links["bms2"]
+    try:
+        link.failures = 3  # stale and resting: asked every 4 poll intervals
+        link.last_poll_ts = now = 1_000.0
+        poll_s = link.config.poll_interval_s
+        assert link.rest_periods() == 4
+        assert await link.read_now(now + 2 * poll_s) is False  # half its rest
+        assert link.driver.stats.requests == 0 and link.driver.stats.connect_attempts == 0 and link.failures == 3
+        assert await link.read_now(now + 4 * poll_s) is False  # its turn: asked, no answer
+        assert link.failures == 4 and link.last_poll_ts == now + 4 * poll_s
+    finally:
+        await devices.close()
+
+
 async def test_a_silent_bms_behind_a_gateway_is_asked_less_often_and_the_other_unit_goes_on(tmp_path):
     cfg = gateway_site(tmp_path)
     site = SitePlant(cfg)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from controller.config import Battery, Limits
 from controller.trading.optimiser import PERIOD_H, PlanProblem, optimise
 from controller.trading.schedule import check_feasibility
-from tests.unit.test_optimiser import EXAMPLES, T0, TOL_MW, _plant, prices
+from tests.unit.test_optimiser import EXAMPLES, T0, TOL_MW, _battery, _plant, prices
 
 TOL_MWH = 1e-6  # the solver's tolerance on stored energy, with room for a few periods of it
 
@@ -87,16 +87,6 @@ def _reserved_limits(pb: PlanProblem) -> Limits:
         soc_max_pct=pb.soc_max_pct - rsv_pct,
         soc_taper_band_pct=0,
         grid_limit_mw=max(pb.p_charge_max_mw, pb.p_discharge_max_mw),
-    )
-
-
-def _battery(pb: PlanProblem) -> Battery:
-    return Battery(
-        capacity_mwh=pb.capacity_mwh,
-        charge_efficiency=pb.charge_efficiency,
-        discharge_efficiency=pb.discharge_efficiency,
-        self_discharge_pct_per_day=pb.self_discharge_pct_per_day,
-        aux_load_mw=pb.aux_load_mw,
     )
 
 
