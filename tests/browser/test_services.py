@@ -25,6 +25,7 @@ class ServicesBackend(MemoryBackend):
     def __init__(self, **kw: Any):
         super().__init__(**kw)
         self.fcr_enabled = False
+        self.reserve_held = True
         self.afrr_timed_out = False
         self.switches: list[tuple[bool, str]] = []
 
@@ -36,7 +37,17 @@ class ServicesBackend(MemoryBackend):
         hz = self.frequency_hz()
         fcr_mw = -4.0 * max(-1.0, min(1.0, (hz - 50.0) / 0.2)) if self.fcr_enabled else 0.0
         st["poi"] = {"power_mw": self.power_mw, "frequency_hz": hz, "ts": self.now()}
-        st["fcr"] = {"enabled": self.fcr_enabled, "capacity_mw": 4.0, "frequency_hz": hz, "contribution_mw": fcr_mw}
+        st["fcr"] = {
+            "enabled": self.fcr_enabled,
+            "capacity_mw": 4.0,
+            "frequency_hz": hz,
+            "contribution_mw": fcr_mw,
+            "reserve_held": self.reserve_held,
+            "reserve_soc_low_pct": 20.0,
+            "reserve_soc_high_pct": 80.0,
+            "reserve_restore_mwh": 0.0 if self.reserve_held else 1.1,
+            "reserve_restore_direction": 0 if self.reserve_held else -1,
+        }
         st["afrr"] = {
             "setpoint_mw": 1.5,
             "active_mw": 0.0 if self.afrr_timed_out else 1.5,
@@ -68,6 +79,7 @@ async def test_frequency_fcr_and_afrr_live_and_the_fcr_switch(page):
         hz = float(await page.wait_for(el("services-frequency-value"), what="the frequency"))
         assert 49.9 < hz < 50.1
         assert await page.js(el("fcr-state", "dataset.state")) == "off"
+        assert await page.js(el("fcr-reserve", "dataset.state")) == "none"  # FCR off: no reserve to hold
         assert float(await page.js(el("fcr-contribution-value"))) == 0.0
         assert float(await page.js(el("afrr-setpoint-value"))) == pytest.approx(1.5)
         assert await page.js(el("afrr-state", "dataset.state")) == "following"
@@ -83,7 +95,14 @@ async def test_frequency_fcr_and_afrr_live_and_the_fcr_switch(page):
         assert backend.switches and backend.switches[-1][0] is True
         await page.wait_for(f"{el('fcr-contribution-value')} !== '0'", what="a live FCR contribution")
         await page.wait_for(f"Number({el('frequency-chart', 'dataset.samples')}) >= 8", what="more chart samples")
+        await page.wait_for(f"{el('fcr-reserve', 'dataset.state')} === 'held'", what="the reserve held")
+        assert "20–80 %" in await page.js(el("fcr-reserve", "textContent"))
         await page.screenshot("services-fcr-on")
+
+        # the SoC leaves the reserve band: the view says which way and how much restores it
+        backend.reserve_held = False
+        await page.wait_for(f"{el('fcr-reserve', 'dataset.state')} === 'restore'", what="the reserve to restore")
+        assert "charge 1.10 MWh" in await page.js(el("fcr-reserve", "textContent"))
 
         # aFRR setpoints lost: the view says so with the next push
         backend.afrr_timed_out = True

@@ -63,12 +63,26 @@
       setValue($("fcr-contribution-value"), fcr.enabled ? fcr.contribution_mw : 0, 2);
       $("fcr-capacity").textContent = fmt(fcr.capacity_mw, 1);
     }
+    renderReserve(fcr);
     fcrEnabled = fcr == null ? null : !!fcr.enabled;
     const btn = $("fcr-toggle");
     if (btn) {
       btn.disabled = fcrEnabled == null;
       btn.textContent = fcrEnabled ? "Switch FCR off" : "Switch FCR on";
       btn.dataset.enable = String(!fcrEnabled);
+    }
+  }
+
+  // whether the SoC holds FCR's reserve band (the auto-trader restores it; without it the operator does)
+  function renderReserve(fcr) {
+    const el = $("fcr-reserve");
+    if (fcr == null || !fcr.enabled || fcr.reserve_held == null) {
+      setState(el, "none", "–", undefined);
+    } else if (fcr.reserve_held) {
+      setState(el, "held", `held (SoC band ${fmt(fcr.reserve_soc_low_pct, 0)}–${fmt(fcr.reserve_soc_high_pct, 0)} %)`, true);
+    } else {
+      const way = fcr.reserve_restore_direction < 0 ? "charge" : "discharge";
+      setState(el, "restore", `SoC outside the band: ${way} ${fmt(fcr.reserve_restore_mwh, 2)} MWh to restore`, false);
     }
   }
 
