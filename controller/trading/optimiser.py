@@ -241,6 +241,11 @@ def _infeasible_reserve(pb: PlanProblem) -> str | None:
     return None
 
 
+def _tradable(pb: PlanProblem) -> np.ndarray:
+    """Per period whether it can still be traded (`tradable` None: every one)."""
+    return np.ones(pb.n_periods, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+
+
 def _hours(pb: PlanProblem) -> np.ndarray:
     """Length of each period in hours; the current one from now_ts to its end."""
     h = np.full(pb.n_periods, PERIOD_H)
@@ -285,7 +290,7 @@ def _window(pb: PlanProblem, h: np.ndarray, keep: np.ndarray, c_max: float, d_ma
     restore = np.where(started_below, -1, np.where(started_above, 1, 0)).astype(np.int8)
     # never the other way while on the way back, not even in the period that reaches the window (where the
     # window's own bound would let a little charge from above through); a closed period's position is what it is
-    tradable = np.ones(len(up), bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    tradable = _tradable(pb)
     may_charge = ~above & ~(started_above & tradable)
     may_discharge = ~below & ~(started_below & tradable)
     return _Window(e_lo, e_hi, may_charge, may_discharge, restore)
@@ -301,35 +306,24 @@ def _restore_paths(
     cannot yet charge against goes below 0 here (the plan's SoC path, simulated as the pre-trade check does,
     stays at 0), so such a plan is still feasible."""
     n, cap = pb.n_periods, pb.capacity_mwh
-    tradable = np.ones(n, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    tradable = _tradable(pb)
     eta_c, eta_d = pb.charge_efficiency, pb.discharge_efficiency
-    band = pb.soc_taper_band_pct / 100 * cap
-    soc_lo, soc_hi = pb.soc_min_pct / 100 * cap, pb.soc_max_pct / 100 * cap
     up_path, down_path = np.empty(n), np.empty(n)
     up = down = pb.soc_pct_now / 100 * cap
     for t in range(n):
         ht = h[t]
-        for is_up in (True, False):
-            idle = (up if is_up else down) * keep[t] - pb.aux_load_mw * ht
-            if not tradable[t]:  # its power is the position: + discharge, - charge
-                mw = pb.position_mw[t]
-                gain = -mw / eta_d * ht if mw > 0 else -mw * eta_c * ht
-            elif is_up:
-                c = c_max
-                if band > 0:  # c <= P_charge (soc_max - e_end) / band, e_end = idle + c eta_c h
-                    k = pb.p_charge_max_mw / band
-                    c = min(c, max(k * (soc_hi - idle) / (1 + k * ht * eta_c), 0.0))
-                gain = c * eta_c * ht
-            else:
-                d = d_max
-                if band > 0:  # d <= P_discharge (e_end - soc_min) / band, e_end = idle - d h / eta_d
-                    k = pb.p_discharge_max_mw / band
-                    d = min(d, max(k * (idle - soc_lo) / (1 + k * ht / eta_d), 0.0))
-                gain = -d / eta_d * ht
-            if is_up:
-                up = idle + gain
-            else:
-                down = idle + gain
+        idle_up = up * keep[t] - pb.aux_load_mw * ht
+        idle_down = down * keep[t] - pb.aux_load_mw * ht
+        if not tradable[t]:  # its power is the position: + discharge, - charge
+            mw = pb.position_mw[t]
+            gain = -mw / eta_d * ht if mw > 0 else -mw * eta_c * ht
+            up, down = idle_up + gain, idle_down + gain
+        else:  # full power each way, cut by the taper at the period's end SoC
+            c, d = c_max, d_max
+            if pb.soc_taper_band_pct > 0:
+                c = min(c, max(_taper_charge_cap_mw(pb, idle_up, ht), 0.0))
+                d = min(d, max(_taper_discharge_cap_mw(pb, idle_down, ht), 0.0))
+            up, down = idle_up + c * eta_c * ht, idle_down - d / eta_d * ht
         up_path[t], down_path[t] = up, down
     return up_path, down_path
 
@@ -398,7 +392,7 @@ def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
     balance, trade balance; with `binaries` c <= C u, d <= D (1 - u)."""
     n = pb.n_periods
     h, keep, c_max, d_max = _frame(pb)
-    tradable = np.ones(n, bool) if pb.tradable is None else np.asarray(pb.tradable, bool)
+    tradable = _tradable(pb)
     big = c_max + d_max + float(np.max(np.abs(pb.position_mw)))  # a trade never needs to exceed this
     deg = (pb.degradation_eur_mwh + _TIE_EUR_MWH) * h
     w = _window(pb, h, keep, c_max, d_max)
@@ -540,15 +534,29 @@ def _trim_to_taper(pb: PlanProblem, c: np.ndarray, d: np.ndarray, t: int, idle_m
     """Period t's power trimmed to the taper row at its own end SoC (_taper_rows), where the solver's tolerance
     left it a little past (a micro-watt, seen at 1.2e-6 MW): d <= k_d (e_end - lo) with e_end = idle - d h / eta
     gives d <= k_d (idle - lo) / (1 + k_d h / eta); the charge side likewise. Trims only, never a push."""
-    cap, band = pb.capacity_mwh, pb.soc_taper_band_pct / 100 * pb.capacity_mwh
-    lo, hi = pb.soc_min_pct / 100 * cap, pb.soc_max_pct / 100 * cap
-    k_d, k_c = pb.p_discharge_max_mw / band, pb.p_charge_max_mw / band
-    d_max = k_d * (idle_mwh - lo) / (1 + k_d * h / pb.discharge_efficiency)
+    d_max = _taper_discharge_cap_mw(pb, idle_mwh, h)
     if 0 <= d_max < d[t]:
         d[t] = d_max * (1 - 1e-12)
-    c_max = k_c * (hi - idle_mwh) / (1 + k_c * h * pb.charge_efficiency)
+    c_max = _taper_charge_cap_mw(pb, idle_mwh, h)
     if 0 <= c_max < c[t]:
         c[t] = c_max * (1 - 1e-12)
+
+
+def _taper_charge_cap_mw(pb: PlanProblem, idle_mwh: float, h: float) -> float:
+    """The most a period of `h` hours may charge under the taper row at its own end SoC (_taper_rows), from
+    `idle_mwh` (its end energy without power; soc_taper_band_pct > 0): c <= k (soc_max - e_end) with
+    e_end = idle + c eta h gives c <= k (soc_max - idle) / (1 + k h eta). Negative past the window's edge."""
+    band = pb.soc_taper_band_pct / 100 * pb.capacity_mwh
+    k = pb.p_charge_max_mw / band
+    return k * (pb.soc_max_pct / 100 * pb.capacity_mwh - idle_mwh) / (1 + k * h * pb.charge_efficiency)
+
+
+def _taper_discharge_cap_mw(pb: PlanProblem, idle_mwh: float, h: float) -> float:
+    """The discharge side of _taper_charge_cap_mw: d <= k (e_end - soc_min) with e_end = idle - d h / eta gives
+    d <= k (idle - soc_min) / (1 + k h / eta)."""
+    band = pb.soc_taper_band_pct / 100 * pb.capacity_mwh
+    k = pb.p_discharge_max_mw / band
+    return k * (idle_mwh - pb.soc_min_pct / 100 * pb.capacity_mwh) / (1 + k * h / pb.discharge_efficiency)
 
 
 def _value(pb: PlanProblem, x: np.ndarray) -> float:
