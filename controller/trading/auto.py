@@ -646,18 +646,15 @@ class AutoTrader:
             try:
                 placed = await self.desk.place_order(intent.body(self.config.exchange.market), WHO, meta)
             except OrderRefused as e:
-                self.counts.refuse(e.limit or "refused")
-                self._count("refused", e.limit or "refused")
+                self._refused(e.limit or "refused")
                 log.info("auto order refused", extra={"reason": e.reason, "limit": e.limit, "plan_id": self.plan_id})
                 continue
             except ValueError as e:  # the order model refused it (a price past its bounds): that order only
-                self.counts.refuse("invalid")
-                self._count("refused", "invalid")
+                self._refused("invalid")
                 log.warning("auto order invalid", extra={"error": str(e)[:300], "plan_id": self.plan_id})
                 continue
             except ExchangeDown as e:
-                self.counts.refuse("exchange_down")
-                self._count("refused", "exchange_down")
+                self._refused("exchange_down")
                 self._set_state(EXCHANGE_DOWN, f"the exchange does not answer: {e}")
                 return
             self.counts.placed += 1
@@ -691,6 +688,11 @@ class AutoTrader:
         for o in await asyncio.to_thread(self.store.orders, True, 1000):
             if o.get("order_id") in own and not await self._cancel(o["order_id"], reason):
                 return
+
+    def _refused(self, reason: str) -> None:
+        """An order refused for `reason`: counted for GET /api/auto and on the metrics."""
+        self.counts.refuse(reason)
+        self._count("refused", reason)
 
     def _count(self, result: str, reason: str) -> None:
         if self.metrics is not None:
