@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from controller.clock import iso, parse_iso
 from controller.tasks import Background
 from controller.trading.exchange import ExchangeError
-from controller.trading.market import PERIOD_S, period_start
+from controller.trading.market import PERIOD_S, PRICE_LIMIT_EUR_MWH, period_start
 
 if TYPE_CHECKING:
     from controller.config import Forecast as ForecastConfig
@@ -132,9 +132,6 @@ def build_forecast(
 
 
 # ---------------------------------------------------------------- the sources' wire format
-PRICE_LIMIT_EUR_MWH = 10_000  # what an order may carry (trading.orders.OrderRequest): beyond it, not a price
-
-
 class PricePoint(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 PERIOD_S = 900  # a delivery period (DESIGN.md: 15 minutes)
 GATE_CLOSURE_S = 300  # trading for a period closes this long before its delivery starts
+PRICE_LIMIT_EUR_MWH = 10_000  # what an order's price may be either way; beyond it a number is not a price
 
 
 def period_start(ts: float) -> float:

@@ -32,7 +32,7 @@ from controller.trading.exchange import (
     ExchangeNotReached,
     ExchangeRejected,
 )
-from controller.trading.market import PERIOD_S, gate_open
+from controller.trading.market import PERIOD_S, PRICE_LIMIT_EUR_MWH, gate_open
 
 if TYPE_CHECKING:
     from controller.config import Secrets, SiteConfig
@@ -66,7 +66,7 @@ class OrderRequest(BaseModel):
 
     side: Literal["buy", "sell"]
     quantity_mw: float = Field(gt=0, le=10_000)
-    price_eur_mwh: float = Field(ge=-10_000, le=10_000)
+    price_eur_mwh: float = Field(ge=-PRICE_LIMIT_EUR_MWH, le=PRICE_LIMIT_EUR_MWH)
     market: str = Field("intraday", min_length=1, max_length=64)
     delivery_start: str
     time_in_force: Literal["GTC", "IOC", "FOK"] = "GTC"
