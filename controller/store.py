@@ -253,6 +253,12 @@ _DECISION_COLUMNS = (
 )
 
 
+# one alarm raised (idempotent: an active one stays as it is) and one cleared; raise_alarm, clear_alarm and
+# change_alarms (a cycle's changes in one transaction) all write through these
+_RAISE_ALARM_SQL = "INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)"
+_CLEAR_ALARM_SQL = "UPDATE alarms SET cleared_ts = ? WHERE key = ? AND cleared_ts IS NULL"
+
+
 class StoreError(Exception):
     """The database cannot be used as asked: a newer schema, WAL refused, or a record missing a key field."""
 
@@ -774,16 +780,13 @@ class Store:
     def raise_alarm(self, key: str, device: str, cause: str, message: str, ts: float) -> bool:
         """Raise alarm `key`; True if newly raised, False if it is already active (nothing changes)."""
         with self._tx() as c:
-            cur = c.execute(
-                "INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)",
-                (key, device, cause, message, ts),
-            )
+            cur = c.execute(_RAISE_ALARM_SQL, (key, device, cause, message, ts))
             return cur.rowcount == 1
 
     def clear_alarm(self, key: str, ts: float) -> bool:
         """Clear the active alarm `key`; True if there was one."""
         with self._tx() as c:
-            cur = c.execute("UPDATE alarms SET cleared_ts = ? WHERE key = ? AND cleared_ts IS NULL", (ts, key))
+            cur = c.execute(_CLEAR_ALARM_SQL, (ts, key))
             return cur.rowcount > 0
 
     def change_alarms(self, raised: list[tuple[str, str, str, str, float]], cleared: list[tuple[str, float]]) -> None:
@@ -792,12 +795,8 @@ class Store:
         if not raised and not cleared:
             return
         with self._tx() as c:
-            c.executemany(
-                "INSERT OR IGNORE INTO alarms (key, device, cause, message, raised_ts) VALUES (?,?,?,?,?)", raised
-            )
-            c.executemany(
-                "UPDATE alarms SET cleared_ts = ? WHERE key = ? AND cleared_ts IS NULL", [(ts, k) for k, ts in cleared]
-            )
+            c.executemany(_RAISE_ALARM_SQL, raised)
+            c.executemany(_CLEAR_ALARM_SQL, [(ts, k) for k, ts in cleared])
 
     def active_alarms(self) -> list[dict[str, Any]]:
         """Active alarms, oldest first: {id, key, device, cause, message, raised_ts, cleared_ts: None}."""
