@@ -16,6 +16,7 @@ from controller.clock import iso
 from controller.store import Store
 from controller.trading.auto import PNL_DAYS, RealisedPnl, realised_pnl_by_day
 from controller.trading.market import PERIOD_S
+from tests.fixtures.controller import trade
 
 T0 = 1_796_342_400.0  # 2026-12-04T00:00Z
 
@@ -54,16 +55,9 @@ async def run(store: Store, script: list) -> None:
         if kind == "trade":
             start = (now - now % PERIOD_S) + arg["start_periods"] * PERIOD_S
             n += 1
-            body = {
-                "trade_id": f"t{n}",
-                "side": arg["side"],
-                "quantity_mw": arg["quantity_mw"],
-                "price_eur_mwh": arg["price_eur_mwh"],
-                "delivery_start": iso(start),
-                "delivery_end": iso(start + arg["periods"] * PERIOD_S),
-                "market": "intraday",
-                "executed_at": iso(now),
-            }
+            body = trade(
+                f"t{n}", arg["side"], arg["quantity_mw"], start, now, arg["price_eur_mwh"], periods=arg["periods"]
+            )
             assert store.add_trade(body, "test")
             changed = True
         elif kind == "wait":
@@ -96,16 +90,7 @@ async def test_a_trade_stored_by_another_process_is_counted_and_nothing_is_read_
         pnl = RealisedPnl(store)
         assert await pnl.by_day(now) == [] and pnl.reads == 1
         assert await pnl.by_day(now) == [] and await pnl.by_day(now, 2) == [] and pnl.reads == 1
-        body = {
-            "trade_id": "cli-1",
-            "side": "sell",
-            "quantity_mw": 2.0,
-            "price_eur_mwh": 100.0,
-            "delivery_start": iso(T0),
-            "delivery_end": iso(T0 + PERIOD_S),
-            "market": "intraday",
-            "executed_at": iso(T0 - 600),
-        }
+        body = trade("cli-1", "sell", 2.0, T0, T0 - 600, price_eur_mwh=100.0)
         assert other.add_trade(body, "cli")
         day = iso(T0)[:10]
         assert await pnl.by_day(now) == [{"day": day, "pnl_eur": 50.0, "energy_mwh": 0.5}] and pnl.reads == 2
@@ -116,16 +101,7 @@ async def test_a_trade_counts_once_its_delivery_has_ended_without_reading_the_st
     now = T0 + 3600.0 + 60  # 01:01Z; the trade delivers 01:15-01:30
     with Store(tmp_path / "s.db") as store:
         pnl = RealisedPnl(store)
-        body = {
-            "trade_id": "t1",
-            "side": "buy",
-            "quantity_mw": 4.0,
-            "price_eur_mwh": 30.0,
-            "delivery_start": iso(T0 + 3600 + PERIOD_S),
-            "delivery_end": iso(T0 + 3600 + 2 * PERIOD_S),
-            "market": "intraday",
-            "executed_at": iso(now),
-        }
+        body = trade("t1", "buy", 4.0, T0 + 3600 + PERIOD_S, now, price_eur_mwh=30.0)
         assert store.add_trade(body, "test")
         assert await pnl.by_day(now) == [] and pnl.reads == 1  # not delivered yet
         assert await pnl.by_day(T0 + 3600 + 2 * PERIOD_S - 1) == []
