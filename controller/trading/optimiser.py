@@ -387,15 +387,14 @@ def _frame(pb: PlanProblem) -> tuple[np.ndarray, float, float, float]:
     return h, keep, pb.p_charge_max_mw - pb.reserve_mw, pb.p_discharge_max_mw - pb.reserve_mw
 
 
-def _build(pb: PlanProblem, binaries: bool) -> highspy.HighsLp:
-    """The LP. Columns per period: c, d, e, s, b; with `binaries` u (1 = may charge). Rows per period: energy
-    balance, trade balance; with `binaries` c <= C u, d <= D (1 - u)."""
+def _build(pb: PlanProblem, w: _Window, binaries: bool) -> highspy.HighsLp:
+    """The LP within the window `w` (_window of pb's _frame). Columns per period: c, d, e, s, b; with `binaries` u
+    (1 = may charge). Rows per period: energy balance, trade balance; with `binaries` c <= C u, d <= D (1 - u)."""
     n = pb.n_periods
     h, keep, c_max, d_max = _frame(pb)
     tradable = _tradable(pb)
     big = c_max + d_max + float(np.max(np.abs(pb.position_mw)))  # a trade never needs to exceed this
     deg = (pb.degradation_eur_mwh + _TIE_EUR_MWH) * h
-    w = _window(pb, h, keep, c_max, d_max)
     m = _Model(n)
     c = m.cols(deg, 0, np.where(w.may_charge, c_max, 0.0))
     d = m.cols(deg, 0, np.where(w.may_discharge, d_max, 0.0))
@@ -484,10 +483,11 @@ def optimise(problem: PlanProblem) -> Plan:
     if why:
         return fail("infeasible", why)
     try:
-        status, x, obj = _solve(_build(problem, binaries=False))
+        w = _window(problem, *_frame(problem))  # once: the LP, a MIP fallback and the periods' restore use it
+        status, x, obj = _solve(_build(problem, w, binaries=False))
         n = problem.n_periods
         if x is not None and np.any(np.minimum(x[:n], x[n : 2 * n]) > _SIMULTANEOUS_MW):
-            status, x, obj = _solve(_build(problem, binaries=True))
+            status, x, obj = _solve(_build(problem, w, binaries=True))
     except Exception as e:  # noqa: BLE001 - the contract is "never raises"; the reason says what happened
         return fail("error", f"HiGHS failed: {type(e).__name__}: {e}")
     if x is None:
@@ -496,7 +496,9 @@ def optimise(problem: PlanProblem) -> Plan:
     breach = _breach(problem, x)
     if breach:
         return fail("infeasible", breach)
-    return Plan("optimal", "optimal", _value(problem, x), (time.perf_counter() - t0) * 1000, _periods(problem, x))
+    return Plan(
+        "optimal", "optimal", _value(problem, x), (time.perf_counter() - t0) * 1000, _periods(problem, x, w.restore)
+    )
 
 
 def _repair(pb: PlanProblem, x: np.ndarray) -> np.ndarray:
@@ -604,12 +606,11 @@ def _why_not(pb: PlanProblem, status: str) -> str:
     return f"HiGHS: {status}"
 
 
-def _periods(pb: PlanProblem, x: np.ndarray) -> tuple[PlanPeriod, ...]:
-    """The (repaired) solution as plan periods."""
+def _periods(pb: PlanProblem, x: np.ndarray, restore: np.ndarray) -> tuple[PlanPeriod, ...]:
+    """The (repaired) solution as plan periods; `restore`: each period's restore_direction (_Window.restore)."""
     n = pb.n_periods
     c, d, e = x[:n], x[n : 2 * n], x[2 * n : 3 * n]
-    h, keep, c_max, d_max = _frame(pb)
-    restore = _window(pb, h, keep, c_max, d_max).restore
+    h = _hours(pb)
     start = period_start(pb.now_ts)
     out = []
     for t in range(n):
