@@ -22,9 +22,12 @@ class PlantCommands(Protocol):
         after `expires_s` unless renewed. Raises ValueError for a mode the controller refuses."""
         ...
 
-    def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()) -> Feasibility:
+    def feasibility(
+        self, open_orders: list[tuple[float, float]] | tuple = (), new_order: tuple[float, float] | None = None
+    ) -> Feasibility:
         """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed MW)
-        of orders that may still fill) at their worst case: the pre-trade check."""
+        of orders that may still fill) at their worst case, and `new_order` the one being checked (refused only for
+        a breach of a worst case it is part of: schedule.check_feasibility): the pre-trade check."""
         ...
 
     def set_afrr_setpoint(self, setpoint_mw: float, source: str = "scada-iec104") -> AfrrState:

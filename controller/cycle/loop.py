@@ -250,7 +250,9 @@ class Controller:
         if (up, down) != (self.afrr.band_up_mw, self.afrr.band_down_mw):
             self.afrr = dataclasses.replace(self.afrr, band_up_mw=up, band_down_mw=down)
 
-    def feasibility(self, open_orders: list[tuple[float, float]] | tuple = ()):
+    def feasibility(
+        self, open_orders: list[tuple[float, float]] | tuple = (), new_order: tuple[float, float] | None = None
+    ):
         """The schedule of executed trades checked from the live SoC, with `open_orders` ((period start, signed
         MW) of orders that may still fill) at their worst case. Only a fresh SoC counts: the last cycle's reading,
         no older than `stale_after_s` (no stored or guessed value: the check then says `soc_unknown`). While FCR
@@ -266,6 +268,7 @@ class Controller:
             self.config.battery,
             reserved_limits(self.config.limits, self.fcr.band()),
             open_orders=open_orders,
+            new_order=new_order,
         )
 
     def set_mode(

@@ -145,8 +145,11 @@ class OrderDesk:
     # ---------------------------------------------------------------- orders
     def pre_trade_check(self, order: OrderRequest):
         """Feasibility of the whole schedule if this order and any of the site's open orders fill: each limit at
-        its worst case (schedule.check_feasibility). Refuses on an unknown SoC."""
-        return self.commands.feasibility(self.open_legs() + [_leg(order.side, order.quantity_mw, order.delivery_start)])
+        its worst case (schedule.check_feasibility; this order is refused only for a worst case it is part of).
+        Refuses on an unknown SoC."""
+        return self.commands.feasibility(
+            self.open_legs(), new_order=_leg(order.side, order.quantity_mw, order.delivery_start)
+        )
 
     def open_legs(self) -> list[tuple[float, float]]:
         """(period start, signed MW that may still fill) of every order of the site that may still trade: the

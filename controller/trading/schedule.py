@@ -251,6 +251,7 @@ def check_feasibility(
     limits: Limits,
     *,
     open_orders: Iterable[tuple[float, float]] = (),
+    new_order: tuple[float, float] | None = None,
 ) -> Feasibility:
     """Whether the schedule `positions` ((period start, MW) pairs; + is discharge) stays within the limits
     whichever of the `open_orders` ((period start, signed MW still open) pairs: + a sell, - a buy) fill, from
@@ -263,6 +264,12 @@ def check_feasibility(
 
     SoC unknown (None): nothing can be checked, and the answer is "not feasible", limit `soc_unknown` (a
     guessed SoC would let an order through that the battery cannot deliver).
+
+    `new_order` (period start, signed MW), the order being checked, counts as one more open order, and is refused
+    only for a breach of a worst case it is part of. The other worst case does not contain it (a buy in the
+    every-sell-fills case, a sell in the every-buy-fills case): a breach there stands with or without it, and it
+    can only help there. So when the SoC has drifted (FCR, a fault) and the site's open sells no longer fit, a
+    buy that brings the SoC back is accepted (its own worst case checked), while every sell is still refused.
     """
     if soc_pct_now is None:
         return Feasibility(
@@ -271,7 +278,7 @@ def check_feasibility(
             "soc_unknown",
             "SoC unknown: no live, fresh SoC reading from the BMS, so the schedule's SoC path cannot be checked",
         )
-    open_orders = list(open_orders)
+    open_orders = list(open_orders) + ([new_order] if new_order is not None else [])
     if not open_orders:
         return _simulate(positions, soc_pct_now, now_ts, battery, limits)
     sells = [(p, mw) for p, mw in open_orders if mw > 0]
@@ -279,6 +286,18 @@ def check_feasibility(
     down = _simulate(list(positions) + sells, soc_pct_now, now_ts, battery, limits)
     up = _simulate(list(positions) + buys, soc_pct_now, now_ts, battery, limits)
     breaches = [(f, what) for f, what, legs in ((down, "sell", sells), (up, "buy", buys)) if not f.ok]
+    if new_order is not None and breaches:
+        side = "sell" if new_order[1] > 0 else "buy"
+        if all(what != side for _, what in breaches):  # only the worst case without this order breaches
+            f = breaches[0][0]
+            return Feasibility(
+                True,
+                None,
+                None,
+                f"accepted: this {side} order can only bring the schedule back toward its limits, which it breaches "
+                f"already without it ({f.reason})",
+                (up if side == "buy" else down).soc_path,
+            )
     if not breaches:
         lo = min(s for _, s in down.soc_path)
         hi = max(s for _, s in up.soc_path)

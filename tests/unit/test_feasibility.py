@@ -374,3 +374,47 @@ def test_open_orders_ok_means_any_partial_fills_are_feasible(
     filled = [(p, mw * x) for (p, mw), x in zip(legs, fractions)]
     f = check_feasibility(positions + filled, soc, T0 + now, battery, limits)
     assert f.ok, f.reason
+
+
+@FEAS_EXAMPLES
+@given(
+    st.lists(st.tuples(st.integers(0, 12), _HALF_MW), max_size=6),
+    _ORDERS,
+    st.tuples(st.integers(0, 12), _HALF_MW.filter(lambda mw: mw != 0)),
+    st.integers(0, 100),
+    _NOW,
+    plain_batteries(),
+    valid_limits(),
+)
+def test_a_new_order_is_refused_only_for_a_breach_it_can_be_part_of(
+    pairs, orders, new, soc, now, battery, limits
+) -> None:
+    """Accepted: no set of the open orders' fills that was feasible becomes infeasible with the new order filled
+    too. Refused: some set of fills that includes the new order breaches a limit."""
+    positions = _positions(pairs)
+    legs = _positions(orders)
+    (leg,) = _positions([new])
+
+    def ok(fills: list[tuple[float, float]]) -> bool:
+        return check_feasibility(positions + fills, soc, T0 + now, battery, limits).ok
+
+    subsets = [[x for i, x in enumerate(legs) if mask >> i & 1] for mask in range(1 << len(legs))]
+    f = check_feasibility(positions, soc, T0 + now, battery, limits, open_orders=legs, new_order=leg)
+    if f.ok:
+        assert all(ok(s + [leg]) for s in subsets if ok(s)), f.reason
+    else:
+        assert any(not ok(s + [leg]) for s in subsets), f.reason
+
+
+def test_a_buy_that_brings_the_soc_back_is_accepted_while_open_sells_no_longer_fit() -> None:
+    """The demo's case: the SoC drifted low (FCR, a fault) under the site's open sells; a buy for an earlier period
+    can only help and is accepted (its own worst case checked); any further sell is still refused."""
+    sells = [(T0 + 4 * PERIOD_S, 8.0)]
+    assert not check_feasibility([], 12.0, T0, IDEAL, LIMITS, open_orders=sells).ok
+    buy = check_feasibility([], 12.0, T0, IDEAL, LIMITS, open_orders=sells, new_order=(T0 + PERIOD_S, -2.0))
+    assert buy.ok and buy.reason.startswith("accepted: this buy order can only bring the schedule back"), buy.reason
+    sell = check_feasibility([], 12.0, T0, IDEAL, LIMITS, open_orders=sells, new_order=(T0 + PERIOD_S, 1.0))
+    assert not sell.ok and sell.limit == "soc_min"
+    # a buy that breaches its own worst case (the SoC ceiling) is refused as before
+    big = check_feasibility([], 85.0, T0, IDEAL, LIMITS, open_orders=[(T0 + 4 * PERIOD_S, 10.0)], new_order=(T0, -40.0))
+    assert not big.ok
