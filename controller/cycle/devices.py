@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 from controller.clock import Clock
@@ -36,6 +37,7 @@ PERIODS_STALE = 3
 GATEWAY_REST_MAX_PERIODS = 8
 ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
+MODBUS_PROTOCOLS = ("modbus", "sunspec")  # the protocols on a Modbus TCP connection (a gateway's too)
 
 
 def make_driver(
@@ -48,7 +50,7 @@ def make_driver(
 ) -> DeviceDriver:
     """The driver for a device's protocol; power readings beyond +-1.5x `rating_mw` are implausible. Modbus
     devices given a `pool` share one connection per host:port (a gateway; `connections` if it takes more)."""
-    if dev.protocol in ("modbus", "sunspec"):
+    if dev.protocol in MODBUS_PROTOCOLS:
         from drivers.modbus import ModbusDriver
         from drivers.sunspec import SunSpecDriver
 
@@ -343,12 +345,13 @@ class DeviceSet:
         rating_of = {n: u.rated_mw for u in plan for n in (u.pcs_name, u.bms_name)}
         plant_mw = max(sum(u.rated_mw for u in plan), config.limits.grid_limit_mw)
         self.pool = ModbusPool()  # devices behind one gateway share its connection
-        modbus = [(d.host, d.port) for d in config.devices.values() if d.protocol in ("modbus", "sunspec")]
+        # devices per Modbus host:port: more than one there means a gateway (see rest_periods)
+        modbus = Counter((d.host, d.port) for d in config.devices.values() if d.protocol in MODBUS_PROTOCOLS)
         for name, dev in config.devices.items():
             profile = config.load_profile(dev)
             rating_mw = rating_of.get(name, plant_mw)
             driver = (drivers or {}).get(name) or make_driver(name, dev, profile, clock, rating_mw, self.pool)
-            gateway = dev.protocol in ("modbus", "sunspec") and modbus.count((dev.host, dev.port)) > 1
+            gateway = dev.protocol in MODBUS_PROTOCOLS and modbus[(dev.host, dev.port)] > 1
             self.links[name] = DeviceLink(name, dev.role, dev, profile, driver, behind_gateway=gateway)
         self.units = [
             UnitLinks(u.unit, self.links[u.bms_name], self.links[u.pcs_name], u.rated_mw, u.capacity_mwh) for u in plan
