@@ -162,17 +162,17 @@ class Alarms:
     def clear(self, key: AlarmKey) -> None:
         if self._active.pop(key, None) is not None:
             self.store.clear_alarm(str(key), self.clock.now())
-            log.info("alarm cleared", extra={"alarm": str(key)})
+            _log_cleared(key)
 
     def sync(self, snap: "Snapshot") -> None:
         """Raise what the snapshot shows, clear what it no longer shows (latched alarms stay); the changes are
         stored in one transaction, and logged one line each, or one line for all beyond SYNC_LOG_LINES."""
         want = wanted(snap)
-        now = self.clock.now()
         gone = [k for k in self._active if k not in want and not k.latched]
         new = [(k, c, m) for k, (c, m) in want.items() if k not in self._active]
         if not gone and not new:
-            return
+            return  # the usual cycle: nothing changed
+        now = self.clock.now()
         for key in gone:
             del self._active[key]
         for key, cause, msg in new:
@@ -185,13 +185,17 @@ class Alarms:
             )
             return
         for key in gone:
-            log.info("alarm cleared", extra={"alarm": str(key)})
+            _log_cleared(key)
         for key, cause, msg in new:
             _log_raised(key, cause, msg)
 
 
 def _log_raised(key: AlarmKey, cause: str, message: str) -> None:
     log.warning("alarm raised", extra={"alarm": str(key), "device": key.device, "cause": cause, "detail": message})
+
+
+def _log_cleared(key: AlarmKey) -> None:
+    log.info("alarm cleared", extra={"alarm": str(key)})
 
 
 def wanted(snap: "Snapshot") -> dict[AlarmKey, tuple[str, str]]:
