@@ -111,7 +111,8 @@ class Dispatcher:
         return [link for link in links if not link.own_rhythm]
 
     async def write_heartbeat(self, links: list[DeviceLink]) -> None:
-        # each device has its own connection: writing both at once takes one round trip off every cycle
+        # both at once: on connections of their own that takes one round trip off the cycle (behind one gateway
+        # connection they queue on its turn, no slower than one after the other)
         results = await asyncio.gather(
             *(link.driver.write("heartbeat", self._heartbeat, verify=False) for link in links), return_exceptions=True
         )
