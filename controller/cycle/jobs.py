@@ -32,7 +32,7 @@ class Jobs:
         stats,
         wake: Callable[[], None],
         retention_days: float,
-        provision_retention_days: float = 90.0,
+        provision_retention_days: float,
     ):
         self.clock = clock
         self.store = store
