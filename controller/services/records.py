@@ -1,6 +1,7 @@
 """Provision records: per second, what the grid services required and what the plant delivered, with the POI
 frequency, kept in the store as the operator's evidence for the TSO (retention: services.records_retention_days,
-pruned by the store's housekeeping with its other tables: controller/cycle/jobs.py) and exported as CSV per day; and the compliance figure (share of recorded seconds within tolerance).
+pruned by the store's housekeeping with its other tables: controller/cycle/jobs.py) and exported as CSV per day;
+and the compliance figure (share of recorded seconds within tolerance).
 
 Delivered is measured: the plant's AC power at the PCS minus the base target (the schedule's position or the
 manual setpoint) minus the aFRR part required, i.e. all power beyond the base is counted as the service's. The
