@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from controller.tasks import cancel_and_wait
+from controller.tasks import Background
 
 log = logging.getLogger("bess.services")
 
@@ -48,20 +48,14 @@ class FastPath:
         self.rounds = 0
         self.writes = 0
         self.failures = 0
-        self._task: asyncio.Task | None = None
-        self._stopping = False
+        self._runner = Background("fcr-fast-path")
         self._last_error: str | None = None
 
     def start(self) -> None:
-        if self._task is None:
-            self._stopping = False
-            self._task = asyncio.create_task(self._run(), name="fcr-fast-path")
+        self._runner.start(self._run)
 
     async def stop(self) -> None:
-        self._stopping = True
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        await self._runner.stop()
 
     async def round(self) -> bool:
         """One round: read, then act. Returns whether it wrote. A failed read is logged once per kind."""
@@ -83,7 +77,7 @@ class FastPath:
 
     async def _run(self) -> None:
         next_t = time.monotonic()
-        while not self._stopping:
+        while True:  # until stop() cancels it
             wrote = False
             if self._active():
                 try:
