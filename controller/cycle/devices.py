@@ -192,9 +192,8 @@ class DeviceLink:
 
     async def _read(self, asked_ts: float) -> bool:
         """One read of the device into the link; whether it was good."""
-        t0 = time.perf_counter()
         try:
-            readings = await self.driver.read()
+            readings = await self._timed_read()
         except asyncio.CancelledError:
             raise
         except DeviceError as e:
@@ -214,8 +213,16 @@ class DeviceLink:
             await self._beat()
             return True
         finally:
-            self.request_latency_s = time.perf_counter() - t0
             self._inflight = None
+
+    async def _timed_read(self) -> dict[str, Reading]:
+        """The driver's read, its time kept as the link's request latency: the read's own, not the heartbeat
+        write that follows a good one (_beat)."""
+        t0 = time.perf_counter()
+        try:
+            return await self.driver.read()
+        finally:
+            self.request_latency_s = time.perf_counter() - t0
 
     async def _beat(self) -> None:
         """The cycle's newest heartbeat count, written once (after a good read: a failing device is left alone)."""
