@@ -265,11 +265,7 @@ def check_feasibility(
     SoC unknown (None): nothing can be checked, and the answer is "not feasible", limit `soc_unknown` (a
     guessed SoC would let an order through that the battery cannot deliver).
 
-    `new_order` (period start, signed MW), the order being checked, counts as one more open order, and is refused
-    only for a breach of a worst case it is part of. The other worst case does not contain it (a buy in the
-    every-sell-fills case, a sell in the every-buy-fills case): a breach there stands with or without it, and it
-    can only help there. So when the SoC has drifted (FCR, a fault) and the site's open sells no longer fit, a
-    buy that brings the SoC back is accepted (its own worst case checked), while every sell is still refused.
+    `new_order` (period start, signed MW), the order being checked: see _check_new_order.
     """
     if soc_pct_now is None:
         return Feasibility(
@@ -278,7 +274,9 @@ def check_feasibility(
             "soc_unknown",
             "SoC unknown: no live, fresh SoC reading from the BMS, so the schedule's SoC path cannot be checked",
         )
-    open_orders = list(open_orders) + ([new_order] if new_order is not None else [])
+    open_orders = list(open_orders)
+    if new_order is not None:
+        return _check_new_order(positions, soc_pct_now, now_ts, battery, limits, open_orders, new_order)
     if not open_orders:
         return _simulate(positions, soc_pct_now, now_ts, battery, limits)
     sells = [(p, mw) for p, mw in open_orders if mw > 0]
@@ -286,18 +284,6 @@ def check_feasibility(
     down = _simulate(list(positions) + sells, soc_pct_now, now_ts, battery, limits)
     up = _simulate(list(positions) + buys, soc_pct_now, now_ts, battery, limits)
     breaches = [(f, what) for f, what, legs in ((down, "sell", sells), (up, "buy", buys)) if not f.ok]
-    if new_order is not None and breaches:
-        side = "sell" if new_order[1] > 0 else "buy"
-        if all(what != side for _, what in breaches):  # only the worst case without this order breaches
-            f = breaches[0][0]
-            return Feasibility(
-                True,
-                None,
-                None,
-                f"accepted: this {side} order can only bring the schedule back toward its limits, which it breaches "
-                f"already without it ({f.reason})",
-                (up if side == "buy" else down).soc_path,
-            )
     if not breaches:
         lo = min(s for _, s in down.soc_path)
         hi = max(s for _, s in up.soc_path)
@@ -316,8 +302,54 @@ def check_feasibility(
     return f
 
 
+def _check_new_order(
+    positions: list[tuple[float, float]],
+    soc_pct_now: float,
+    now_ts: float,
+    battery: Battery,
+    limits: Limits,
+    open_orders: list[tuple[float, float]],
+    new_order: tuple[float, float],
+) -> Feasibility:
+    """The pre-trade check of `new_order` among `open_orders`: refused exactly when some set of fills that includes
+    it breaches a limit on its own side. A sell only lowers the SoC path and adds discharge, so it can breach only
+    in discharging periods (soc_min, discharge power, export); its worst case is every open sell filling and no
+    buy. A buy, the mirror. A breach on the other side stands with or without the order, and the order can only
+    help there: when the SoC has drifted (FCR, a fault) and the site's open sells no longer fit, a buy that brings
+    it back is accepted, while every further sell is refused. With nothing breached, the same answer as checking
+    the order as one more open order."""
+    legs = open_orders + [new_order]
+    side = 1 if new_order[1] > 0 else -1
+    own = [(p, mw) for p, mw in legs if mw * side > 0]
+    f = _simulate(list(positions) + own, soc_pct_now, now_ts, battery, limits, side=side)
+    word = "sell" if side > 0 else "buy"
+    if not f.ok:
+        if len(own) > 1:
+            other = "buy" if side > 0 else "sell"
+            f.reason += (
+                f" (worst case: the site's {len(own)} open {word} order(s) all fill, no open {other} order does)"
+            )
+        return f
+    whole = check_feasibility(positions, soc_pct_now, now_ts, battery, limits, open_orders=legs)
+    if whole.ok:
+        return whole
+    return Feasibility(
+        True,
+        None,
+        None,
+        f"accepted: this {word} order can only bring the schedule back toward its limits, which it breaches "
+        f"already without it ({whole.reason})",
+        f.soc_path,
+    )
+
+
 def _simulate(
-    positions: list[tuple[float, float]], soc_pct_now: float, now_ts: float, battery: Battery, limits: Limits
+    positions: list[tuple[float, float]],
+    soc_pct_now: float,
+    now_ts: float,
+    battery: Battery,
+    limits: Limits,
+    side: int = 0,
 ) -> Feasibility:
     """Simulate the SoC from `now_ts` through the last period of `positions` ((period start, MW) pairs; + is
     discharge) and report the first period and limit breached.
@@ -332,6 +364,9 @@ def _simulate(
     it discharges and ends below soc_min; soc_max when it charges and ends above soc_max. Idle drift alone is
     not a breach of the schedule (but carries into the following periods). The SoC taper band and
     temperature are not modelled here: the limit function still applies them at delivery.
+
+    `side` +1: only the discharging periods' breaches count (soc_min, discharge power, export), -1: only the
+    charging periods' (soc_max, charge power, import); 0: all.
     """
     if not math.isfinite(soc_pct_now):
         raise ValueError(f"soc_pct_now must be a finite number (got {soc_pct_now})")
@@ -342,7 +377,7 @@ def _simulate(
     path = [(now_ts, soc_pct_now)]
     if not wanted:
         return Feasibility(True, None, None, "feasible: nothing scheduled", path)
-    first_power = _first_power_breach(wanted, limits)
+    first_power = _first_power_breach({p: mw for p, mw in wanted.items() if _counts(mw, side)}, limits)
     capacity = battery.capacity_mwh
     energy = soc_pct_now / 100.0 * capacity
     last = max(wanted)
@@ -356,7 +391,7 @@ def _simulate(
         energy = _energy_after(energy, mw, (end - t) / 3600.0, battery)
         soc = energy / capacity * 100.0
         path.append((end, soc))
-        breach = _soc_breach(p, mw, start_soc, soc, limits)
+        breach = _soc_breach(p, mw, start_soc, soc, limits) if _counts(mw, side) else None
         if breach:
             return Feasibility(False, p, *breach, path)
         energy = max(energy, 0.0)  # an idle battery drained by its aux load stops at empty
@@ -366,6 +401,11 @@ def _simulate(
     return Feasibility(
         True, None, None, f"feasible: SoC stays within {lo:.1f}–{hi:.1f} % through {iso_minute(last + PERIOD_S)}", path
     )
+
+
+def _counts(mw: float, side: int) -> bool:
+    """Does a period at `mw` count for a check of `side` (+1 discharging, -1 charging, 0 both)?"""
+    return side == 0 or mw * side > 0
 
 
 def _positions_by_period(positions: list[tuple[float, float]], current: float) -> dict[float, float]:

@@ -415,6 +415,10 @@ def test_a_buy_that_brings_the_soc_back_is_accepted_while_open_sells_no_longer_f
     assert buy.ok and buy.reason.startswith("accepted: this buy order can only bring the schedule back"), buy.reason
     sell = check_feasibility([], 12.0, T0, IDEAL, LIMITS, open_orders=sells, new_order=(T0 + PERIOD_S, 1.0))
     assert not sell.ok and sell.limit == "soc_min"
+    # the same when it is an executed trade, not an open order, that no longer fits: it is in every worst case
+    traded = [(T0 + 4 * PERIOD_S, 8.0)]
+    assert check_feasibility(traded, 12.0, T0, IDEAL, LIMITS, new_order=(T0 + PERIOD_S, -2.0)).ok
+    assert not check_feasibility(traded, 12.0, T0, IDEAL, LIMITS, new_order=(T0 + PERIOD_S, 1.0)).ok
     # a buy that breaches its own worst case (the SoC ceiling) is refused as before
     big = check_feasibility([], 85.0, T0, IDEAL, LIMITS, open_orders=[(T0 + 4 * PERIOD_S, 10.0)], new_order=(T0, -40.0))
     assert not big.ok
