@@ -108,6 +108,9 @@ class DeviceLink:
     own_rhythm: bool = False
     heartbeat_count: int | None = None
     _heartbeat_written: int | None = None
+    # the rhythm's next look moved (rephase): where to, and the sleep of its task that a move cuts short
+    _rephase_at: float | None = field(default=None, repr=False)
+    _sleep: asyncio.Future | None = field(default=None, repr=False)
 
     def due(self, now: float) -> bool:
         # a small margin so a device polled every cycle is not skipped by jitter
@@ -172,23 +175,65 @@ class DeviceLink:
     async def run_polls(self, clock: Clock, tick_s: float, first_s: float) -> None:
         """The device's own rhythm (started by DeviceSet.start_polling): after `first_s`, every `tick_s` real
         seconds a read is started when the device is due (its poll interval, or its rest behind a gateway), and
-        never waited for: the cycle takes the freshest readings. Ends when cancelled (its read in flight runs on)."""
+        never waited for: the cycle takes the freshest readings. `rephase` moves the next look (and the rhythm
+        with it). Ends when cancelled (its read in flight runs on)."""
         next_t = time.monotonic() + first_s
         self.own_rhythm = True
         try:
             await self._poll_rhythm(clock, tick_s, next_t)
         finally:
             self.own_rhythm = False
+            self._rephase_at = None  # a move for this rhythm is not one for the next
+
+    def rephase(self, next_read_mono: float) -> None:
+        """The rhythm's next look at `next_read_mono` (time.monotonic()), then every tick from there: the cycle's
+        rhythm restarted (an early wake-up), and the reads follow it. A read in flight runs on; the next one moves."""
+        self._rephase_at = next_read_mono
+        if self._sleep is not None and not self._sleep.done():
+            self._sleep.set_result(True)
 
     async def _poll_rhythm(self, clock: Clock, tick_s: float, next_t: float) -> None:
         while True:
-            await asyncio.sleep(max(0.0, next_t - time.monotonic()))
+            tick = await self._next_tick(next_t, tick_s)
             now = clock.now()
-            if self.due(now):
+            # a tick re-phased ahead of the regular one it replaces counts as that one (see _due_on_tick)
+            if self._due_on_tick(now, max(0.0, next_t - tick) * clock.speed):
                 self.begin(now)
-            next_t += tick_s
+            next_t = tick + tick_s
             if next_t < time.monotonic():
                 next_t = time.monotonic() + tick_s  # a stalled loop: never a burst of catch-up reads
+
+    async def _next_tick(self, regular_t: float, tick_s: float) -> float:
+        """Sleep until the rhythm's next look: `regular_t`, or where a rephase moved it since. A look is postponed
+        by less than a tick (at most to `regular_t + tick_s`), so a storm of early wake-ups cannot starve the
+        reads; it may come earlier by any share of a tick."""
+        tick = regular_t
+        while True:
+            if self._rephase_at is not None:  # moved, before this sleep or during it
+                tick = min(self._rephase_at, regular_t + tick_s)
+                self._rephase_at = None
+            if not await self._sleep_until(tick):
+                return tick
+
+    async def _sleep_until(self, t: float) -> bool:
+        """Sleep until `t` (time.monotonic()), as asyncio.sleep does; True when a rephase cut it short."""
+        loop = asyncio.get_running_loop()
+        self._sleep = woken = loop.create_future()
+        timer = loop.call_later(max(0.0, t - time.monotonic()), _settle, woken)
+        try:
+            return await woken
+        finally:
+            timer.cancel()
+            self._sleep = None
+
+    def _due_on_tick(self, now: float, early_s: float) -> bool:
+        """Whether a look of the rhythm at `now` starts a read. A look re-phased `early_s` (clock seconds) ahead of
+        the regular one it replaces asks whether the device is due at that regular one, so a device read on every
+        tick is not skipped for a tick by the move; but a read still in flight is counted as unanswered only once
+        the next is really due (begin), and a device resting behind a gateway is never asked before its rest ends."""
+        if early_s > 0 and self._inflight is None and self.rest_periods() == 1:
+            return self.due(now + early_s)
+        return self.due(now)
 
     async def _read(self, asked_ts: float) -> bool:
         """One read of the device into the link; whether it was good."""
@@ -317,6 +362,12 @@ class DeviceLink:
         return out
 
 
+def _settle(sleep: asyncio.Future) -> None:
+    """A rhythm's sleep that ran its time (not cut short by a rephase)."""
+    if not sleep.done():
+        sleep.set_result(False)
+
+
 def _word(v: object) -> int | None:
     """A bit field's value as an int: a whole number 0 <= v < 2**64, else None (cannot be decoded)."""
     if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -384,6 +435,13 @@ class DeviceSet:
             asyncio.create_task(link.run_polls(self.clock, tick_s, first_s), name=f"poll-{link.name}")
             for link in self.links.values()
         ]
+
+    def rephase(self, next_read_mono: float) -> None:
+        """Each device's next read at `next_read_mono` (time.monotonic()) and on from there every tick, after the
+        cycle's rhythm restarted (DeviceLink.rephase); nothing while the devices have no rhythm of their own."""
+        if self._pollers:
+            for link in self.links.values():
+                link.rephase(next_read_mono)
 
     async def stop_polling(self) -> None:
         """No new reads (those in flight run on to their answer or timeout; close() ends them)."""

@@ -644,7 +644,8 @@ class Controller:
                 self.faces.fire(Phase.IDLE)
             if not self.devices.polling:
                 # from the first cycle on, each device is read on its own rhythm, READ_SHARE of the period before
-                # each cycle starts (the reads' budget of today, off the cycle's writes on a shared gateway)
+                # each cycle starts (the reads' budget of today, off the cycle's writes on a shared gateway); moved
+                # with the cycle's rhythm when that restarts (_rephase_reads)
                 first_s = max(0.0, next_t + (1 - READ_SHARE) * period - time.monotonic())
                 self.devices.start_polling(period, first_s)
             next_t += period
@@ -653,13 +654,22 @@ class Controller:
                 self.stats.overruns += 1
                 log.warning("cycle overran", extra={"duration_s": self.stats.last_duration_s, "period_s": period})
                 next_t = now  # never stack cycles
+                self._rephase_reads(next_t)
             if self._stopping:
                 break
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, next_t - time.monotonic()))
                 next_t = time.monotonic()  # woken early (period boundary, trade, mode): restart the rhythm
+                self._rephase_reads(next_t)
             except asyncio.TimeoutError:
                 pass
+
+    def _rephase_reads(self, cycle_mono: float) -> None:
+        """The cycle's rhythm restarted with a cycle at `cycle_mono` (time.monotonic()): each device's next read
+        moves to READ_SHARE of a period before the regular cycle after it, where start_polling put them (reads in
+        flight run on). Left in the old phase they would land anywhere in the cycle, on top of its writes on a
+        shared gateway, and bring values up to a period old."""
+        self.devices.rephase(cycle_mono + (1 - READ_SHARE) * self.config.cycle.period_s)
 
     def _check_watchdog_margin(self) -> None:
         """Under systemd's watchdog every completed cycle pings; a device that stops answering stretches a cycle to

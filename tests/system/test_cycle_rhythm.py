@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from controller.clock import Clock, iso
+from controller.cycle.devices import DeviceSet
 from controller.cycle.phases import Phase
 from controller.trading.market import PERIOD_S, period_start
 from drivers.errors import DeviceTimeout
@@ -183,6 +184,100 @@ async def test_a_silent_or_late_device_never_stretches_the_cycle(plant, tmp_path
         assert c.decision.binding == "comm_loss", c.decision
         plant.faults[face].clear()
         await wait_for(lambda: c.decision.binding == "none" and link.failures == 0, 15, f"the {device} back")
+
+
+def watch_reads(c) -> list[tuple[str, float, float]]:
+    """Each device read as (device, start, end) in time.monotonic(), seen by wrapping its driver's read (the real
+    read runs; the cycle's writes and read-backs go through driver.write and are not counted)."""
+    reads: list[tuple[str, float, float]] = []
+    for link in c.devices.links.values():
+
+        async def read(inner=link.driver.read, name=link.name):
+            t0 = time.monotonic()
+            try:
+                return await inner()
+            finally:
+                reads.append((name, t0, time.monotonic()))
+
+        link.driver.read = read
+    return reads
+
+
+def watch_phases(c) -> list[tuple[str, float]]:
+    """Each cycle's start (READ), write phase (DECIDE to AFTER_WRITE) as (phase, time.monotonic())."""
+    phases: list[tuple[str, float]] = []
+    for phase in (Phase.READ, Phase.DECIDE, Phase.AFTER_WRITE):
+        c.faces.attach(phase, lambda state, name=phase.name: phases.append((name, time.monotonic())))
+    return phases
+
+
+async def test_after_an_early_wake_up_the_reads_move_back_before_the_next_cycle(plant, tmp_path):
+    """From the first cycle on, each device is read on its own rhythm, READ_SHARE of a period before each cycle;
+    an early wake-up (here a mode change) restarts the cycle's rhythm, and the reads move with it
+    (DeviceSet.rephase). The wake-up comes just as the devices' reads start: left in their old phase, every later
+    read would land on the next cycle's start, on top of its writes (the PCS answers 50 ms late, so reads and
+    writes each take a while). Moved, each device is read between the end of one cycle's writes and the next
+    cycle's start, in every cycle after the wake-up, and never during a cycle's writes (1 s cycle, poll interval
+    1 s as in the demo: a read moved ahead still counts as the one it replaces)."""
+    poll = {"poll_interval_s": 1.0}
+    async with make_controller(
+        plant, tmp_path, cycle={"period_s": 1.0}, devices={"bms": poll, "pcs": poll}, limits={"ramp_mw_per_s": 1000}
+    ) as c:
+        await wait_for(lambda: c.devices.polling, 10, "the devices' own rhythm")
+        plant.faults["pcs"].delay_s = 0.05
+        reads, phases = watch_reads(c), watch_phases(c)
+        n = len(reads)
+        await wait_for(lambda: any(name == "bms" for name, _, _ in reads[n:]), 10, "a read on the device's rhythm")
+        started = asyncio.Event()
+        bms_read = c.devices.links["bms"].driver.read
+
+        async def read_and_wake():  # the next BMS read starts: the cycle is woken then
+            started.set()
+            return await bms_read()
+
+        c.devices.links["bms"].driver.read = read_and_wake
+        await asyncio.wait_for(started.wait(), 10)
+        c.devices.links["bms"].driver.read = bms_read
+        cycles0 = c.stats.cycles
+        c.set_mode("manual", 1.0, source="test")
+        woke = time.monotonic()
+        # the woken cycle's own end, then four cycles after it
+        await wait_for(lambda: c.stats.cycles >= cycles0 + 6, 20, "five cycles after the wake-up")
+        plant.faults["pcs"].clear()
+        starts = [t for p, t in phases if p == "READ" and t >= woke]
+        writes = list(
+            zip(
+                [t for p, t in phases if p == "DECIDE" and t >= woke],
+                [t for p, t in phases if p == "AFTER_WRITE" and t >= woke],
+            )
+        )
+        assert len(starts) >= 6 and len(writes) >= 5, phases
+        after = [r for r in reads if r[1] > writes[0][1]]  # the reads after the woken cycle's writes
+        for (write_start, write_end), next_start in zip(writes[:4], starts[1:5]):
+            for device in ("bms", "pcs"):
+                between = [r for r in after if write_end < r[1] and r[2] < next_start and r[0] == device]
+                assert between, f"no {device} read between a cycle's writes and the next cycle: {reads}, {phases}"
+        for write_start, write_end in writes[1:5]:
+            during = [r for r in after if r[1] < write_end and r[2] > write_start]
+            assert not during, f"reads during a cycle's writes: {during}"
+        assert c.stats.overruns == 0
+
+
+async def test_a_storm_of_early_wake_ups_does_not_starve_the_reads(plant, tmp_path):
+    """A rephase may postpone a device's next read, but by less than a tick in all (DeviceLink._next_tick): a storm
+    of early wake-ups, each moving the reads 0.15 s after it on a 0.2 s tick, one every 0.05 s for 2 s, still lets
+    every device be read every other tick at worst (with no bound, none would be read while the storm lasts)."""
+    devices = DeviceSet(site_config(tmp_path, device_ports(plant)), Clock())
+    try:
+        devices.start_polling(0.2, 0.1)
+        reads0 = {name: link.driver.stats.reads for name, link in devices.links.items()}
+        for _ in range(40):
+            devices.rephase(time.monotonic() + 0.15)
+            await asyncio.sleep(0.05)
+        reads = {name: link.driver.stats.reads - reads0[name] for name, link in devices.links.items()}
+        assert all(n >= 3 for n in reads.values()), reads
+    finally:
+        await devices.close()
 
 
 async def test_the_safe_state_write_to_a_late_pcs_runs_on_instead_of_being_cancelled(plant, tmp_path):
