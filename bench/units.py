@@ -3,7 +3,9 @@ and 64 units, each unit's BMS and PCS behind a Modbus gateway port with the othe
 default, each device at its own unit id; --per-gateway 1 gives every unit a gateway of its own), a SunSpec POI meter
 on its own port; for every plant, the floor measured in the same run: every unit's Modbus exchanges (reads, setpoint
 write with read-back, heartbeats) through the same drivers, pooled per gateway, without the cycle (the one-unit
-plant's is the floor of one unit's exchanges); then, on the 16-unit plant, one unit's BMS silent and then answering
+plant's is the floor of one unit's exchanges), and every unit's setpoint write with read-back alone, all at once, as
+raw frames (a client of almost no cost) and by bare pymodbus clients (what the simulator and the wire allow the
+cycle's writes, whatever the controller does); then, on the 16-unit plant, one unit's BMS silent and then answering
 2 s late: overruns, and whether every other unit's setpoint was written and read back in every cycle.
 
     .venv/bin/python bench/units.py [--cycles 30] [--floor-rounds 20] [--sizes 1,4,16,64] [--per-gateway 8]
@@ -27,6 +29,7 @@ import asyncio
 import gc
 import json
 import shutil
+import struct
 import sys
 import tempfile
 import time
@@ -257,6 +260,82 @@ async def floor_phase(site: Path, rounds: int) -> dict[str, Any]:
     return {**figures(took), "requests": requests}
 
 
+async def _raw_exchange(stream, unit_id: int, address: int, count: int, function_23: bool) -> None:
+    """One setpoint write (zeros: 0 W) and its read-back as raw Modbus TCP frames on `stream`: one function-23
+    request, or a function 16 then a function 3. Raises on an exception answer."""
+    reader, writer = stream
+    zeros = bytes(2 * count)
+    pdus = (
+        [struct.pack(">BHHHHB", 23, address, count, address, count, 2 * count) + zeros]
+        if function_23
+        else [struct.pack(">BHHB", 16, address, count, 2 * count) + zeros, struct.pack(">BHH", 3, address, count)]
+    )
+    for tid, pdu in enumerate(pdus, 1):
+        writer.write(struct.pack(">HHHB", tid, 0, len(pdu) + 1, unit_id) + pdu)
+        head = await reader.readexactly(7)
+        body = await reader.readexactly(struct.unpack(">H", head[4:6])[0] - 1)
+        if body[0] & 0x80:
+            raise RuntimeError(f"raw setpoint exchange: exception {body[1]} from unit id {unit_id}")
+
+
+async def setpoint_floor(site: Path, rounds: int, function_23: bool) -> dict[str, Any]:
+    """Every unit's setpoint write with its read-back, all units at once, and nothing else (no reads, no
+    heartbeats, no cycle): as raw frames (a client of almost no cost, a connection of its own per PCS) and by bare
+    pymodbus clients (one per PCS). What the simulator and the wire allow the cycle's writes at this plant size,
+    whatever the controller does: the cycle's duration cannot go below it."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    from controller.cycle.devices import make_driver
+
+    cfg = load_config(site)
+    plan = cfg.unit_plan()
+    probe = make_driver("probe", plan[0].pcs, cfg.load_profile(plan[0].pcs), Clock(), UNIT_MW)
+    try:
+        await probe.read()  # SunSpec discovery: where the setpoint register is (the same for every unit's PCS)
+        point = probe.modbus.profile.points["setpoint_mw"]
+    finally:
+        await probe.close()
+    address, count = point.address, point.count
+    targets = [(u.pcs.port, u.pcs.unit_id) for u in plan]
+
+    async def timed(exchange) -> list[float]:
+        took: list[float] = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            await asyncio.wait_for(asyncio.gather(*(exchange(i) for i in range(len(targets)))), 5.0)
+            took.append(time.perf_counter() - t0)
+            await asyncio.sleep(0.05)
+        return took
+
+    streams = [await asyncio.open_connection("127.0.0.1", port) for port, _ in targets]
+    try:
+        raw = await timed(lambda i: _raw_exchange(streams[i], targets[i][1], address, count, function_23))
+    finally:
+        for _, writer in streams:
+            writer.close()
+    clients = [AsyncModbusTcpClient("127.0.0.1", port=port, timeout=1, retries=0) for port, _ in targets]
+    await asyncio.gather(*(c.connect() for c in clients))
+
+    async def pymodbus_exchange(i: int) -> None:
+        c, unit_id = clients[i], targets[i][1]
+        if function_23:
+            rr = await c.readwrite_registers(
+                read_address=address, read_count=count, write_address=address, values=[0] * count, device_id=unit_id
+            )
+        else:
+            await c.write_registers(address, [0] * count, device_id=unit_id)
+            rr = await c.read_holding_registers(address, count=count, device_id=unit_id)
+        if rr.isError():
+            raise RuntimeError(f"pymodbus setpoint exchange: {rr}")
+
+    try:
+        library = await timed(pymodbus_exchange)
+    finally:
+        for c in clients:
+            c.close()
+    return {"raw": figures(raw), "pymodbus": figures(library)}
+
+
 async def raw_request_floor(port: int, unit_id: int, n: int = 200) -> dict[str, Any]:
     """One raw 50-register read with pymodbus alone: the wire's (and the simulator's) share of each request."""
     return figures(await raw_reads_s(port, unit_id, n))
@@ -304,6 +383,7 @@ async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> di
             pcs = load_config(site).unit_plan()[0].pcs
             out["raw_request"] = await raw_request_floor(pcs.port, pcs.unit_id)
         out["floor"] = await floor_phase(site, args.floor_rounds)
+        out["setpoint_floor"] = await setpoint_floor(site, args.floor_rounds, not args.no_function_23)
         async with Running(site, tmp) as c:
             gc.freeze()  # as the daemon does once it has started (controller/daemon.py run_until_signalled)
             counter = WriteCounter(c)
@@ -390,6 +470,12 @@ def report(out: dict[str, Any]) -> None:
             f"{c['cpu_pct']:>5}  {c['sim_cpu_pct']:>9}  {'yes' if c['all_written_every_cycle'] else 'NO '} {c['cycles_all_written']:>3}/"
             f"{c['completed_cycles']:<3}  {f['median_ms']} / {f['p99_ms']} ({f['requests']:g} requests)"
         )
+    print(
+        "units  setpoint exchanges alone, all units at once (no cycle): raw frames median/p99 ms, pymodbus median/p99 ms"
+    )
+    for n, run in sizes.items():
+        raw, lib = run["setpoint_floor"]["raw"], run["setpoint_floor"]["pymodbus"]
+        print(f"{n:>5}  {raw['median_ms']:>9} / {raw['p99_ms']:<8}  {lib['median_ms']:>9} / {lib['p99_ms']}")
     for key, label in (("bms_silent", "one BMS silent"), ("bms_late_2s", "one BMS 2 s late")):
         if key in out:
             r = out[key]
@@ -409,6 +495,14 @@ def report(out: dict[str, Any]) -> None:
     }
     for key, ok in out["met"].items():
         print(f"  {'PASS' if ok else ('n/a ' if ok is None else 'FAIL')}  {names[key]}")
+    if "1" in sizes and "16" in sizes:
+        allowed = round(TARGETS["p99_16_over_p99_1"] * sizes["1"]["cycle"]["p99_ms"], 3)
+        floor16 = sizes["16"]["setpoint_floor"]
+        print(
+            f"  (p99 at 16 units allowed: {allowed} ms; the 16 units' setpoint exchanges alone, without the cycle: "
+            f"p99 {floor16['raw']['p99_ms']} ms by raw frames (a client of almost no cost), {floor16['pymodbus']['p99_ms']} ms by "
+            "bare pymodbus clients)"
+        )
 
 
 if __name__ == "__main__":

@@ -368,9 +368,9 @@ class ModbusDriver:
             t0 = time.perf_counter()
             self.stats.requests += 1
             try:
-                rr = await asyncio.wait_for(
-                    getattr(client, method)(*args, device_id=self.unit_id, **kwargs), self.timeout_s
-                )
+                # asyncio.timeout, not wait_for: the request runs in this task instead of a new one per request
+                async with asyncio.timeout(self.timeout_s):
+                    rr = await getattr(client, method)(*args, device_id=self.unit_id, **kwargs)
             except (asyncio.TimeoutError, ModbusIOException) as e:
                 self.stats.failed(what, "timeout")
                 conn.timed_out()
