@@ -1,6 +1,7 @@
 """Hypothesis strategies for the limit function and the allocation over units (tests/unit/test_limits.py,
-test_allocation.py, test_fcr.py, test_feasibility.py), and the reference they are checked against: the bounds
-written straight from DESIGN.md.
+test_allocation.py, test_fcr.py, test_afrr.py, test_feasibility.py), and the reference they are checked against: the
+bounds written straight from DESIGN.md; and the optimiser tests' prices (test_optimiser.py,
+test_optimiser_restore.py).
 
 Hypothesis spends ~40 µs per draw on this machine, 5-10x what limit() itself costs, so the limits and the
 snapshot (~20 values) are decoded from ONE drawn byte string: 10,000 examples then take seconds, not minutes.
@@ -15,6 +16,8 @@ import math
 from hypothesis import strategies as st
 
 from controller.config import Limits
+from controller.cycle.allocation import PlantView, UnitView, unit_limits
+from controller.cycle.poi import PoiRange, TrimState
 from controller.cycle.snapshot import Snapshot
 
 # the plainest plant the limit and allocation tables start from (a case overrides what it is about)
@@ -212,3 +215,86 @@ def design_bounds(snap: Snapshot, lim: Limits) -> tuple[float, float]:
     if t_min is None or t_min < lim.t_min_charge_c:
         chg.append(0.0)
     return min(chg), min(dis)
+
+
+# ---------------------------------------------------------------- a plant of units (allocation)
+
+# As for the scenarios above: the plant and its units are decoded from ONE drawn byte string (hypothesis costs ~40 µs
+# a draw), so 10,000 examples take seconds; the target, dt and the ramp's cap stay ordinary draws.
+PLANT_BYTES = st.binary(min_size=200, max_size=200)
+
+
+_SAFE_CAUSES = {
+    15: {"stale": ("bms",)},
+    14: {"comm_loss": ("pcs",)},
+    13: {"alarms": ("bms:alarm",)},
+    12: {"faults": ("pcs:fault",)},
+}
+
+
+def _unit_snapshot(dec: Decoder, lim: Limits, rated: float) -> Snapshot:
+    """A unit's readings, healthy or at an edge or unknown or non-finite (the scenarios' reading kinds); one
+    unit in four has a cause for its own safe state."""
+    soc, t_max, t_min = battery_readings(dec, lim)
+    bms_c = bms_allowed(dec, 2 * rated, rated)
+    bms_d = bms_allowed(dec, 2 * rated, rated)
+    cause = _SAFE_CAUSES.get(dec.byte() % 48, {})
+    return Snapshot(
+        ts=0.0,
+        soc_pct=soc,
+        power_mw=0.0,
+        temperature_max_c=t_max,
+        temperature_min_c=t_min,
+        bms_allowed_charge_mw=bms_c,
+        bms_allowed_discharge_mw=bms_d,
+        **cause,
+    )
+
+
+def _poi(dec: Decoder, scale: float) -> PoiRange | None:
+    """No meter (half the time), a range, a range with a non-finite bound, or a required meter lost."""
+    kind = dec.byte() % 8
+    if kind < 4:
+        return None
+    lower, upper = -dec.span(0, 1.2) * scale, dec.span(0, 1.2) * scale
+    if kind == 6:
+        lower, upper = (math.nan, upper) if dec.byte() % 2 else (lower, math.inf)
+    return PoiRange(lower, upper, 0.0, 0.0, 0.0, kind == 7, kind == 7, "drawn", TrimState())
+
+
+@st.composite
+def plants(draw):
+    """(target, PlantView, units): 1-5 units, each with the plant's limits cut to its rating (or limits of its
+    own), any readings, any previous setpoint; a unit out of service now and then; any mode, dt and POI range."""
+    dec = Decoder(draw(PLANT_BYTES))
+    lim = decode_limits(dec)
+    n = 1 + dec.byte() % 5
+    ratings = [dec.span(0.05, 300) for _ in range(n)]
+    units = []
+    for i, rated in enumerate(ratings):
+        own = dec.byte() % 4 == 0
+        ulim = decode_limits(dec) if own else unit_limits(lim, rated, sum(ratings))
+        snap = _unit_snapshot(dec, ulim, rated)
+        kind = dec.byte() % 8
+        previous = (0.0, math.nan, rated, -rated)[kind] if kind < 4 else dec.span(-1.5, 1.5) * rated
+        units.append(UnitView(f"u{i}", snap, ulim, rated, dec.span(0.1, 800), previous, dec.byte() % 16 != 0))
+    mode = ("auto", "auto", "auto", "manual", "stopped", "run")[dec.byte() % 6] if dec.byte() % 8 == 0 else "auto"
+    scale = sum(ratings)
+    how = dec.byte() % 10
+    target = draw(TARGET_SPECIAL) if how == 0 else draw(TARGET_ANY) if how == 1 else draw(FRACTION) * scale
+    plant = PlantView(
+        lim,
+        0.0,
+        mode,
+        draw(DT),
+        draw(MAX_DT),
+        ("cycle_error",) if dec.byte() % 32 == 0 else (),
+        _poi(dec, scale),
+        dec.span(0, 5),
+    )
+    return target, plant, units
+
+
+# ---------------------------------------------------------------- prices (the optimiser)
+
+prices = st.floats(-100, 300, allow_nan=False)

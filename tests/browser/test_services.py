@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from tests.browser.test_units import login
-from tests.fixtures.browser import page  # noqa: F401  (fixture)
+from tests.fixtures.browser import (
+    login,
+    page,  # noqa: F401  (fixture)
+)
 from tests.fixtures.web import KEYS, READ_KEYS, MemoryBackend, running_web
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,8 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.fixtures.browser import page  # noqa: F401  (fixture)
-from tests.fixtures.web import KEYS, MemoryBackend, running_web
+from tests.fixtures.browser import (
+    login,
+    page,  # noqa: F401  (fixture)
+)
+from tests.fixtures.web import MemoryBackend, running_web
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -51,17 +54,6 @@ class TwoUnitBackend(MemoryBackend):
         ]
         st["poi"] = {"power_mw": self.power_mw - 0.1, "frequency_hz": self.frequency_hz, "ts": self.now()}
         return st
-
-
-async def login(page, base: str) -> None:
-    await page.goto(base + "/")
-    await page.wait_for("location.pathname === '/login'", what="redirect to the login page")
-    await page.js(
-        f"document.getElementById('api-key').value = {KEYS[0]!r};"
-        "document.getElementById('login-form').requestSubmit(); true"
-    )
-    await page.wait_for("location.pathname === '/' && !!document.getElementById('soc-value')", what="dashboard")
-    await page.wait_for("document.getElementById('conn-state').dataset.state === 'live'", what="websocket")
 
 
 CARDS = "[...document.querySelectorAll('[data-testid=unit-card]')]"

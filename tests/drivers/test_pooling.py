@@ -16,7 +16,7 @@ from drivers.errors import DeviceTimeout
 from drivers.modbus import ModbusDriver, ModbusPool
 from drivers.sunspec import SunSpecDriver
 from simulators.site import SitePlant
-from tests.drivers.test_site_sim import MANUAL, two_unit_config
+from tests.fixtures.site_sim import MANUAL, two_unit_config
 
 TIMEOUT_S = 0.3
 

@@ -26,32 +26,11 @@ from drivers.modbus import ModbusDriver
 from drivers.sunspec import SunSpecDriver
 from simulators.site import SitePlant
 from tests.conftest import free_port
+from tests.fixtures.site_sim import MANUAL, two_unit_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
-TWO_UNIT = CONFIG / "demo.yaml"  # the two-unit demo
-MANUAL = 3600.0  # tick period that leaves stepping to the test
 TIMEOUT_S = 0.5
-
-
-def two_unit_config(tmp_path: Path, gateway: bool = False) -> Path:
-    """demo.yaml (two units) on free ports; with `gateway`, both BMS behind one port and both PCS behind another
-    (unit ids 1 and 2), u1's BMS read over Modbus too."""
-    raw = yaml.safe_load(TWO_UNIT.read_text())
-    devices = raw["devices"]
-    for dev in devices.values():
-        dev["profile"] = str(CONFIG / dev["profile"])
-        dev["port"] = free_port()
-    raw["simulator"]["units"]["u1"]["bms_modbus_port"] = free_port()
-    raw["simulator"]["control_port"] = free_port()
-    if gateway:
-        devices["bms1"].update(protocol="modbus", profile=str(CONFIG / "profiles" / "generic-bms.yaml"))
-        del raw["simulator"]["units"]["u1"]["bms_modbus_port"]
-        devices["bms2"].update(port=devices["bms1"]["port"], unit_id=2)
-        devices["pcs2"].update(port=devices["pcs1"]["port"], unit_id=2)
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 @asynccontextmanager

@@ -13,10 +13,8 @@ exchange's curve), so the orders rest and the test sees them as placed.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import threading
-import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -27,7 +25,7 @@ import httpx
 import pytest
 
 from controller.clock import Clock, iso, parse_iso
-from controller.trading.market import GATE_CLOSURE_S, PERIOD_S, period_start
+from controller.trading.market import PERIOD_S
 from simulators.exchange.curve import PriceCurve
 from tests.conftest import free_port
 from tests.fixtures.controller import wait_for
@@ -35,60 +33,28 @@ from tests.fixtures.exchange import running_exchange
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 from tests.fixtures.tcp_proxy import TcpProxy
-from tests.system.test_trading_e2e import LOCAL_KEY, PARTICIPANTS, SECRET, SITE, running_site
+from tests.fixtures.trading import (
+    LOCAL_KEY,
+    OTHER_KEY,
+    PARTICIPANTS,
+    SECRET,
+    alternating_prices,
+    api_get,
+    auto_overrides,
+    check_orders_inside_limits,
+    order_body,
+    publisher_connected,
+    running_site,
+    site_orders,
+    until,
+    write_csv,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
 READ_KEY = "read-key-auto"
-MAX_ORDER_MW, MAX_POSITION_MW, MARGIN = 2.0, 4.0, 0.5
 PLAN_KEYS = {"generated_at", "status", "solve_ms", "objective_eur", "periods"}
 PERIOD_KEYS = {"period_start", "price_eur_mwh", "position_mw", "plan_mw", "soc_pct_end"}
-
-
-def auto_overrides(forecast: dict, **auto) -> dict:
-    return {
-        "trading": {
-            "auto": {
-                "enabled": True,
-                "replan_s": 1,
-                "min_margin_eur_mwh": MARGIN,
-                "max_order_mw": MAX_ORDER_MW,
-                "max_position_mw": MAX_POSITION_MW,
-                "trade_ahead_h": 2,
-                **auto,
-            }
-        },
-        "forecast": {"refresh_s": 1, "sample_s": 1, "near_blend_h": 0, **forecast},
-        "exchange": {"timeout_s": 1.0, "cache_s": 0.5},
-    }
-
-
-def alternating_prices(now: float, hours: float = 40) -> dict[float, float]:
-    first = period_start(now) - 3600
-    return {first + k * PERIOD_S: (200.0 if (k // 4) % 2 else 20.0) for k in range(int(hours * 4))}
-
-
-def write_csv(path: Path, prices: dict[float, float]) -> Path:
-    rows = ["period_start,price_eur_mwh"] + [f"{iso(p).replace('.000Z', 'Z')},{v}" for p, v in sorted(prices.items())]
-    path.write_text("\n".join(rows) + "\n")
-    return path
-
-
-async def api_get(api: httpx.AsyncClient, path: str) -> dict:
-    r = await api.get(path)
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-async def until(api: httpx.AsyncClient, path: str, predicate, what: str, timeout_s: float = 30) -> dict:
-    """GET `path` until `predicate(json)`; bounded in time and count."""
-    body: dict = {}
-    for _ in range(int(timeout_s / 0.1)):
-        body = await api_get(api, path)
-        if predicate(body):
-            return body
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}: {body}")
 
 
 class CsvSite(NamedTuple):
@@ -124,31 +90,6 @@ async def csv_trading(
         site = running_site(plant, mosquitto, tmp_path, clock, url, extra_env=extra_env, **over)
         d, api = await stack.enter_async_context(site)
         yield CsvSite(clock, plant, ex, d, api, proxy)
-
-
-def site_orders(ex) -> list:
-    return ex.service.engine.orders_of(SITE)
-
-
-def check_orders_inside_limits(ex, d) -> None:
-    """Every order of the site at the exchange: at most max_order_mw, placed before its gate closed, priced with
-    the margin against the forecast; and per period, the position plus every open order at most max_position."""
-    plan = {parse_iso(p["period_start"]): p for p in d.auto.plan["periods"]}
-    per_period: dict[int, float] = {}
-    for o in site_orders(ex):
-        assert o.quantity_lots / 10 <= MAX_ORDER_MW + 1e-9, o.to_dict()
-        assert o.created_at < o.delivery_start - GATE_CLOSURE_S, o.to_dict()
-        if o.active:
-            sign = 1 if o.side == "sell" else -1
-            per_period[o.delivery_start] = per_period.get(o.delivery_start, 0.0) + sign * o.remaining_lots / 10
-        price = plan.get(float(o.delivery_start), {}).get("price_eur_mwh")
-        if price is not None and o.active:
-            if o.side == "sell":
-                assert o.price_ticks / 100 >= price + MARGIN - 1e-6, (o.to_dict(), price)
-            else:
-                assert o.price_ticks / 100 <= price - MARGIN + 1e-6, (o.to_dict(), price)
-    for p, open_mw in per_period.items():
-        assert abs(d.controller.schedule.position_mw(p) + open_mw) <= MAX_POSITION_MW + 1e-9, (p, open_mw)
 
 
 # ----------------------------------------------------------------------------------------------- risk limits
@@ -373,7 +314,6 @@ async def test_a_fill_makes_it_replan_at_once(mosquitto, make_plant, tmp_path): 
     takes one of its resting orders, the trade comes back over MQTT into the schedule, and the auto-trader plans
     again with the new position (counted in replans, not time)."""
     from controller.trading.exchange import ExchangeClient
-    from tests.system.test_trading_e2e import OTHER_KEY, order_body, publisher_connected
 
     async with (
         csv_trading(mosquitto, make_plant, tmp_path, replan_s=3600) as site,

@@ -10,7 +10,6 @@ import json
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +20,7 @@ from controller.metrics import Metrics
 from controller.services.records import CSV_HEADER, csv_lines
 from controller.trading.market import PERIOD_S
 from tests.fixtures.controller import running_controller, wait_for
-from tests.fixtures.fcr import fcr_site_file, running_site_plant
+from tests.fixtures.fcr import fcr_site_file, running_site_plant, sim
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,15 +30,6 @@ SLOW_CYCLE = {
     "limits": {"stale_after_s": 30.0},
     "devices": {"pcs": {"reversion_timeout_s": 30}},
 }
-
-
-async def sim(cfg, what: str, **body) -> dict:
-    """POST `body` to the plant simulator's control API at /sim/<what> (frequency, state); its JSON answer."""
-    url = f"http://127.0.0.1:{cfg.simulator.control_port}/sim/{what}"
-    async with httpx.AsyncClient(timeout=5.0) as client:
-        r = await client.post(url, json=body)
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 async def test_a_frequency_step_reaches_the_pcs_through_the_fast_path(tmp_path) -> None:

@@ -25,10 +25,14 @@ from controller.config import load_config, load_secrets
 from controller.daemon import Daemon
 from tests.fixtures.controller import wait_for
 from tests.fixtures.exchange import running_exchange
-from tests.fixtures.fcr import fcr_site_file, running_site_plant
+from tests.fixtures.fcr import fcr_site_file, running_site_plant, sim
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
-from tests.system.test_auto_trading import (
+from tests.fixtures.trading import (
+    LOCAL_KEY,
     MAX_ORDER_MW,
+    PARTICIPANTS,
+    SECRET,
+    SITE_KEY,
     alternating_prices,
     api_get,
     auto_overrides,
@@ -37,8 +41,6 @@ from tests.system.test_auto_trading import (
     until,
     write_csv,
 )
-from tests.system.test_fcr import sim
-from tests.system.test_trading_e2e import LOCAL_KEY, PARTICIPANTS, SECRET, SITE_KEY
 
 pytestmark = pytest.mark.timeout(120)
 

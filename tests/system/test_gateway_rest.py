@@ -14,8 +14,8 @@ import yaml
 from controller.cycle.devices import GATEWAY_REST_MAX_PERIODS, DeviceSet
 from controller.cycle.phases import Phase
 from simulators.site import SitePlant
-from tests.drivers.test_site_sim import two_unit_config
 from tests.fixtures.controller import ROOT, running_controller, site_config, wait_for
+from tests.fixtures.site_sim import two_unit_config
 
 pytestmark = pytest.mark.timeout(120)
 

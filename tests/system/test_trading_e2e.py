@@ -15,56 +15,36 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
-from typing import AsyncIterator
+from contextlib import AsyncExitStack
 
 import httpx
 import pytest
 
 from controller.clock import Clock, iso
-from controller.config import load_secrets
 from controller.daemon import Daemon
 from controller.signing import request_signature
 from controller.trading.exchange import ExchangeClient
 from controller.trading.market import PERIOD_S, period_start
-from tests.fixtures.controller import device_ports, site_config, wait_for
-from tests.fixtures.exchange import RunningExchange, running_exchange
-from tests.fixtures.mosquitto import Mosquitto, mosquitto  # noqa: F401  (fixture)
+from tests.fixtures.controller import wait_for
+from tests.fixtures.exchange import running_exchange
+from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
+from tests.fixtures.trading import (
+    GATE_S,
+    OTHER_KEY,
+    SECRET,
+    SITE,
+    SITE_KEY,
+    THIRD_KEY,
+    SteppedClock,
+    exchange_kwargs,
+    next_open_period,
+    order_body,
+    publisher_connected,
+    running_site,
+)
 
 pytestmark = pytest.mark.timeout(90)
-
-SITE = "demo"  # site.id of config/demo-single-modbus.yaml
-SITE_KEY = "site-key-e2e"  # the site's EXCHANGE_API_KEY: its participant key at the exchange
-LOCAL_KEY = "local-key-e2e"  # the site's API_KEY: its own web API only (one secret, one purpose)
-OTHER_KEY = "other-key-e2e"  # another participant of the exchange (the counterparty)
-THIRD_KEY = "third-key-e2e"
-SECRET = "e2e-hmac-secret"  # HMAC_SECRET shared by the site and the exchange (request and message signing)
-PARTICIPANTS = {SITE_KEY: SITE, OTHER_KEY: "other", THIRD_KEY: "third"}
-GATE_S = 300
-
-
-class SteppedClock(Clock):
-    """Real time plus an offset that only ever moves forward (`advance_to`): the controller, its uplink and
-    the exchange simulator all read this one clock."""
-
-    def __init__(self, offset_s: float = 0.0):
-        super().__init__()
-        self.offset_s = offset_s
-
-    def now(self) -> float:
-        return time.time() + self.offset_s
-
-    def advance_to(self, ts: float) -> None:
-        step = ts - self.now()
-        if step > 0:
-            self.offset_s += step
-
-
-def next_open_period(now: float, margin_s: float = 30.0) -> float:
-    """The first delivery period whose gate (start - 5 min) is still at least `margin_s` away."""
-    return period_start(now + GATE_S + margin_s) + PERIOD_S
 
 
 async def open_front_period(clock: Clock, margin_s: float = 30.0) -> float:
@@ -77,59 +57,6 @@ async def open_front_period(clock: Clock, margin_s: float = 30.0) -> float:
         await asyncio.sleep(clock.real_seconds(front - GATE_S - now) + 0.5)
         front += PERIOD_S
     return front
-
-
-def order_body(side: str, quantity_mw: float, price: float, start: float, **extra) -> dict:
-    return {
-        "side": side,
-        "quantity_mw": quantity_mw,
-        "price_eur_mwh": price,
-        "market": "intraday",
-        "delivery_start": iso(start).replace(".000Z", "Z"),
-        **extra,
-    }
-
-
-@asynccontextmanager
-async def running_site(
-    plant,
-    broker: Mosquitto,
-    tmp_path: Path,
-    clock: Clock,
-    exchange_url: str,
-    exchange_key: str | None = SITE_KEY,
-    extra_env: dict[str, str] | None = None,
-    **overrides,
-) -> AsyncIterator[tuple[Daemon, httpx.AsyncClient]]:
-    """A Daemon (controller + uplink + web; no SCADA face) on the plant, the broker and the exchange, with an
-    httpx client of its web API carrying the site's API key; started, first good cycle, always stopped.
-    `exchange_key`: the site's EXCHANGE_API_KEY (None: unset); `extra_env`: more of the environment (API_KEY_READ)."""
-    over = {
-        "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}},
-        "mqtt": {"telemetry_interval_s": 1.0, "reconnect_max_s": 1},
-        **overrides,
-    }
-    cfg = site_config(tmp_path, device_ports(plant), **over)
-    env = {"API_KEY": LOCAL_KEY, "HMAC_SECRET": SECRET, "MQTT_URL": broker.url, "EXCHANGE_BASE_URL": exchange_url}
-    env.update(extra_env or {})
-    secrets = load_secrets(cfg, {**env, "EXCHANGE_API_KEY": exchange_key} if exchange_key else env)
-    d = Daemon(cfg, secrets, tmp_path / "state", clock=clock)
-    api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{cfg.web.port}", headers={"X-API-Key": LOCAL_KEY}, timeout=10)
-    try:
-        await d.start()
-        await wait_for(
-            lambda: d.controller.stats.good_cycles >= 1 and d.uplink.connected,
-            10,
-            "the site's first good cycle and its MQTT link",
-        )
-        yield d, api
-    finally:
-        await api.aclose()
-        await d.stop()
-
-
-def exchange_kwargs(clock: Clock, broker: Mosquitto) -> dict:
-    return dict(participants=PARTICIPANTS, hmac_secret=SECRET, clock=clock, mqtt_url=broker.url, tick_s=0.2)
 
 
 async def api_until(api: httpx.AsyncClient, path: str, predicate, timeout_s: float, what: str) -> dict:
@@ -154,10 +81,6 @@ async def step_clock(clock: SteppedClock, ts: float, d: Daemon) -> None:
         return snap is not None and snap.ts >= ts and snap.soc_pct is not None
 
     await wait_for(fresh, 10, "a cycle on fresh readings after the clock step")
-
-
-async def publisher_connected(ex: RunningExchange) -> None:
-    await wait_for(lambda: ex.app.state.publisher.connected.is_set(), 10, "the exchange's MQTT publisher")
 
 
 # ----------------------------------------------------------------------------------------------- main path

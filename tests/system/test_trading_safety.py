@@ -29,7 +29,7 @@ from tests.fixtures.exchange import running_exchange
 from tests.fixtures.mosquitto import mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.plant import make_plant  # noqa: F401  (fixture)
 from tests.fixtures.tcp_proxy import TcpProxy
-from tests.system.test_trading_e2e import (
+from tests.fixtures.trading import (
     GATE_S,
     LOCAL_KEY,
     PARTICIPANTS,

@@ -22,7 +22,7 @@ from controller.daemon import Daemon
 from tests.fixtures.controller import device_ports, site_config
 from tests.fixtures.daemon import popen_daemon
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
-from tests.unit.test_web_bounds import answer_of
+from tests.fixtures.web import answer_of
 from web.auth import Signer, fingerprint
 from web.session_key import FILENAME
 

@@ -17,7 +17,8 @@ from controller.cycle.limits import limit
 from controller.scada.iec104_points import MONITOR, values, worth_sending
 from controller.services.afrr import AfrrBand, AfrrState, accept, available, step
 from controller.services.stack import stack
-from tests.unit.test_limits import _check_decision, effective_dt, scenarios
+from tests.fixtures.limit_checks import check_decision
+from tests.strategies import effective_dt, scenarios
 
 BAND = AfrrBand(up_mw=5.0, down_mw=3.0, ramp_mw_per_s=5.0 / 300.0, timeout_s=30.0)
 finite = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False, allow_infinity=False)
@@ -115,7 +116,7 @@ def test_the_stacked_target_passes_every_limit(scn, setpoint):
     s = step(s, 1.0, 1e6, BAND)  # the whole ramp at once: the largest part there can be
     target = stack(base, afrr_mw=s.active_mw).target_mw
     d = limit(target, snap, lim, prev, dt, mode, max_dt_s=max_dt)
-    _check_decision(d, target, snap, lim, prev, effective_dt(dt, max_dt), mode)
+    check_decision(d, target, snap, lim, prev, effective_dt(dt, max_dt), mode)
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from controller.config import load_config
 from controller.cycle.devices import DeviceSet
 from controller.cycle.limits import limit
 from drivers.base import Reading
-from tests.unit.test_controller import HEALTHY_BMS, DummyDevice, site_file
+from tests.fixtures.dummy_devices import HEALTHY_BMS, DummyDevice, site_file
 
 BMS = HEALTHY_BMS
 

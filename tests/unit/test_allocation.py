@@ -16,19 +16,15 @@ from controller.cycle.allocation import SITE_BINDINGS, Allocation, PlantView, Un
 from controller.cycle.limits import limit
 from controller.cycle.poi import PoiRange, TrimState
 from controller.cycle.snapshot import Snapshot
+from tests.fixtures.limit_checks import EPS, check_site, check_units
 from tests.strategies import (
     BASE_LIMITS,
     BASE_SNAPSHOT,
-    DT,
     FRACTION,
-    MAX_DT,
-    TARGET_ANY,
-    TARGET_SPECIAL,
+    PLANT_BYTES,
     Decoder,
-    battery_readings,
-    bms_allowed,
     decode_limits,
-    design_bounds,
+    plants,
     scenarios,
 )
 
@@ -296,92 +292,6 @@ def test_balancing_brings_socs_together() -> None:
 
 # ---------------------------------------------------------------- properties
 
-# As in tests/strategies.py: the plant and its units are decoded from ONE drawn byte string (hypothesis costs ~40 µs
-# a draw), so 10,000 examples take seconds; the target, dt and the ramp's cap stay ordinary draws.
-_PLANT_BYTES = st.binary(min_size=200, max_size=200)
-_SAFE_CAUSES = {
-    15: {"stale": ("bms",)},
-    14: {"comm_loss": ("pcs",)},
-    13: {"alarms": ("bms:alarm",)},
-    12: {"faults": ("pcs:fault",)},
-}
-EPS = 1e-9
-
-
-def _unit_snapshot(dec: Decoder, lim: Limits, rated: float) -> Snapshot:
-    """A unit's readings, healthy or at an edge or unknown or non-finite (the scenarios' reading kinds); one
-    unit in four has a cause for its own safe state."""
-    soc, t_max, t_min = battery_readings(dec, lim)
-    bms_c = bms_allowed(dec, 2 * rated, rated)
-    bms_d = bms_allowed(dec, 2 * rated, rated)
-    cause = _SAFE_CAUSES.get(dec.byte() % 48, {})
-    return Snapshot(
-        ts=0.0,
-        soc_pct=soc,
-        power_mw=0.0,
-        temperature_max_c=t_max,
-        temperature_min_c=t_min,
-        bms_allowed_charge_mw=bms_c,
-        bms_allowed_discharge_mw=bms_d,
-        **cause,
-    )
-
-
-def _poi(dec: Decoder, scale: float) -> PoiRange | None:
-    """No meter (half the time), a range, a range with a non-finite bound, or a required meter lost."""
-    kind = dec.byte() % 8
-    if kind < 4:
-        return None
-    lower, upper = -dec.span(0, 1.2) * scale, dec.span(0, 1.2) * scale
-    if kind == 6:
-        lower, upper = (math.nan, upper) if dec.byte() % 2 else (lower, math.inf)
-    return PoiRange(lower, upper, 0.0, 0.0, 0.0, kind == 7, kind == 7, "drawn", TrimState())
-
-
-@st.composite
-def plants(draw):
-    """(target, PlantView, units): 1-5 units, each with the plant's limits cut to its rating (or limits of its
-    own), any readings, any previous setpoint; a unit out of service now and then; any mode, dt and POI range."""
-    dec = Decoder(draw(_PLANT_BYTES))
-    lim = decode_limits(dec)
-    n = 1 + dec.byte() % 5
-    ratings = [dec.span(0.05, 300) for _ in range(n)]
-    units = []
-    for i, rated in enumerate(ratings):
-        own = dec.byte() % 4 == 0
-        ulim = decode_limits(dec) if own else unit_limits(lim, rated, sum(ratings))
-        snap = _unit_snapshot(dec, ulim, rated)
-        kind = dec.byte() % 8
-        previous = (0.0, math.nan, rated, -rated)[kind] if kind < 4 else dec.span(-1.5, 1.5) * rated
-        units.append(UnitView(f"u{i}", snap, ulim, rated, dec.span(0.1, 800), previous, dec.byte() % 16 != 0))
-    mode = ("auto", "auto", "auto", "manual", "stopped", "run")[dec.byte() % 6] if dec.byte() % 8 == 0 else "auto"
-    scale = sum(ratings)
-    how = dec.byte() % 10
-    target = draw(TARGET_SPECIAL) if how == 0 else draw(TARGET_ANY) if how == 1 else draw(FRACTION) * scale
-    plant = PlantView(
-        lim,
-        0.0,
-        mode,
-        draw(DT),
-        draw(MAX_DT),
-        ("cycle_error",) if dec.byte() % 32 == 0 else (),
-        _poi(dec, scale),
-        dec.span(0, 5),
-    )
-    return target, plant, units
-
-
-def _in_service(u: UnitView) -> bool:
-    s = u.snapshot
-    return u.available and not (s.stale or s.comm_loss or s.alarms or s.faults)
-
-
-def _unit_cap(u: UnitView, plant: PlantView, sign: float) -> float:
-    """The most a unit can give `sign`'s way this cycle, by limit() itself (target far beyond every bound)."""
-    return abs(
-        limit(sign * 1e15, u.snapshot, u.limits, u.previous_mw, plant.dt_s, plant.mode, plant.max_dt_s).setpoint_mw
-    )
-
 
 @given(plants())
 def test_allocation_properties(scenario) -> None:
@@ -391,65 +301,8 @@ def test_allocation_properties(scenario) -> None:
     assert math.isfinite(s) and s == sum(u.setpoint_mw for u in a.units) + 0.0
     assert a.binding in SITE_BINDINGS and all(u.binding in SITE_BINDINGS for u in a.units)
     assert a.lower_mw <= min(s, 0.0) and max(s, 0.0) <= a.upper_mw
-    _check_units(a, target, plant, units)
-    _check_site(a, target, plant, units)
-
-
-def _check_units(a: Allocation, target: float, plant: PlantView, units: list[UnitView]) -> None:
-    """Every unit within its own limits (a fixed point of its limit(), within the bounds written from DESIGN.md),
-    exactly 0 when out of service, never against the target's direction (no power circulating)."""
-    t = target if math.isfinite(target) else 0.0
-    assert len(a.units) == len(units)
-    for u, share in zip(units, a.units):
-        p = share.setpoint_mw
-        assert math.isfinite(p) and share.unit == u.name
-        if not _in_service(u) or plant.mode != "auto" and plant.mode != "manual":
-            assert p == 0.0
-            assert not share.available or plant.mode not in ("auto", "manual")
-            continue
-        assert share.available
-        again = limit(p, u.snapshot, u.limits, u.previous_mw, plant.dt_s, plant.mode, plant.max_dt_s)
-        assert again.setpoint_mw == p, f"unit {u.name}: {p} MW is not within its own limits"
-        chg_max, dis_max = design_bounds(u.snapshot, u.limits)
-        assert -chg_max * (1 + EPS) - EPS <= p <= dis_max * (1 + EPS) + EPS
-        assert p * t >= 0.0
-
-
-def _check_site(a: Allocation, target: float, plant: PlantView, units: list[UnitView]) -> None:
-    """The POI range and the site limits hold; the units take the plant setpoint whenever they can; the
-    binding says what happened."""
-    s, t = a.setpoint_mw, (target if math.isfinite(target) else 0.0)
-    lim = plant.limits
-    assert s * t >= 0.0 and abs(s) <= abs(t)
-    assert -lim.p_charge_max_mw <= s <= lim.p_discharge_max_mw
-    if plant.poi is None:
-        assert abs(s) <= lim.grid_limit_mw
-    else:
-        lower = plant.poi.lower_mw if math.isfinite(plant.poi.lower_mw) else 0.0
-        upper = plant.poi.upper_mw if math.isfinite(plant.poi.upper_mw) else 0.0
-        assert min(lower, 0.0) <= s <= max(upper, 0.0), "the site setpoint exceeds the POI range"
-    live = [u for u in units if _in_service(u)]
-    plant_safe = plant.mode not in ("auto", "manual") or plant.alarms or (plant.poi is not None and plant.poi.safe)
-    if plant_safe or not live:
-        assert s == 0.0 and a.lower_mw == a.upper_mw == 0.0
-        assert a.binding in ("mode_stopped", "comm_loss", "alarm", "unit_unavailable", "stale")
-        return
-    assert abs(s) <= abs(a.plant_mw) and s * a.plant_mw >= 0.0
-    sign = 1.0 if a.plant_mw > 0 else -1.0
-    caps = sum(_unit_cap(u, plant, sign) for u in live)
-    tol = EPS * (1.0 + caps + abs(a.plant_mw))
-    if caps >= abs(a.plant_mw) + tol:
-        assert abs(s - a.plant_mw) <= tol, "the units could take the plant setpoint but did not"
-    else:  # they cannot: every unit gives all it can
-        assert abs(abs(s) - min(caps, abs(a.plant_mw))) <= tol
-    if a.binding == "none":
-        assert s == pytest.approx(t, rel=EPS, abs=EPS)
-    elif a.binding == "unit_unavailable":
-        assert len(live) < len(units)
-    elif a.binding == "poi_limit":
-        assert a.plant_mw in (a.lower_mw, a.upper_mw) or plant.poi is not None
-    if a.binding != "none":
-        assert a.reasons
+    check_units(a, target, plant, units)
+    check_site(a, target, plant, units)
 
 
 @given(scenarios())
@@ -468,7 +321,7 @@ def test_one_unit_equals_limit(scenario) -> None:
 def balanced_plants(draw):
     """Units alike per MW of rating (limits cut from the plant's, BMS allowed power and previous setpoint in
     proportion to the rating, the same temperatures): only their SoCs and sizes differ."""
-    dec = Decoder(draw(_PLANT_BYTES))
+    dec = Decoder(draw(PLANT_BYTES))
     lim = decode_limits(dec)
     # SoCs anywhere, equal now and then (a byte's worth of values), 2-4 units
     socs = [dec.byte() % 101 if dec.byte() % 4 == 0 else dec.span(0, 100) for _ in range(2 + dec.byte() % 3)]

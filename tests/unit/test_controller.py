@@ -17,85 +17,11 @@ from controller.cycle.loop import Controller
 from controller.cycle.phases import Event, Phase
 from controller.cycle.state import status, telemetry
 from controller.store import Store
-from drivers.base import Reading
-from drivers.errors import DeviceTimeout, Disconnected, ReadbackMismatch
+from drivers.errors import DeviceTimeout, Disconnected
+from tests.fixtures.dummy_devices import HEALTHY_BMS, DummyDevice, site_file
 from tests.fixtures.payloads import TELEMETRY_KEYS
 
-ROOT = Path(__file__).resolve().parents[2]
-# a BMS with nothing to limit: half full, cool, 10 MW allowed each way, no alarm or fault
-HEALTHY_BMS = {
-    "soc_pct": 50.0,
-    "temperature_max_c": 25.0,
-    "temperature_min_c": 24.0,
-    "allowed_charge_mw": 10.0,
-    "allowed_discharge_mw": 10.0,
-    "alarm_bits": 0,
-    "fault_bits": 0,
-}
-
 pytestmark = pytest.mark.timeout(30)
-
-
-class DummyDevice:
-    """A device of our own DeviceDriver interface whose answers the test sets."""
-
-    def __init__(self, name: str, clock: Clock, values: dict[str, float]):
-        self.name = name
-        self.clock = clock
-        self.values = dict(values)
-        self.error: Exception | None = None
-        self.writes: list[tuple[str, float]] = []
-        self.readback_offset = 0.0
-
-    async def connect(self) -> None:
-        pass
-
-    async def read(self) -> dict[str, Reading]:
-        if self.error:
-            raise self.error
-        now = self.clock.now()
-        return {k: Reading(v, now) for k, v in self.values.items()}
-
-    async def write(self, point: str, value: float, verify: bool = True) -> float | None:
-        if self.error:
-            raise self.error
-        self.writes.append((point, value))
-        back = value + (self.readback_offset if point == "setpoint_mw" else 0.0)
-        self.values[point] = back
-        if verify and abs(back - value) > 1e-3:
-            raise ReadbackMismatch(self.name, point, value, back)
-        return back
-
-    async def close(self) -> None:
-        pass
-
-    def setpoints(self) -> list[float]:
-        return [v for p, v in self.writes if p == "setpoint_mw"]
-
-
-DUMMY_PCS_PROFILE = """
-name: dummy-pcs
-protocol: modbus
-points:
-  power_mw: {address: 0, type: i32, unit: kW}
-  setpoint_mw: {address: 10, type: i32, unit: kW, writable: true, min: -20000, max: 20000}
-"""
-
-
-def site_file(tmp_path: Path) -> Path:
-    """demo-single-modbus.yaml with a plain Modbus PCS profile: the dummy devices stand behind both."""
-    (tmp_path / "profiles").mkdir()
-    (tmp_path / "profiles" / "generic-bms.yaml").write_text((ROOT / "config/profiles/generic-bms.yaml").read_text())
-    (tmp_path / "profiles" / "dummy-pcs.yaml").write_text(DUMMY_PCS_PROFILE)
-    text = (ROOT / "config" / "demo-single-modbus.yaml").read_text()
-    text = text.replace("protocol: sunspec", "protocol: modbus").replace(
-        "profiles/sunspec-pcs.yaml", "profiles/dummy-pcs.yaml"
-    )
-    # the dummy PCS has no reversion point: a site file must accept that explicitly
-    text = text.replace("    reversion_timeout_s: 10\n", "    reversion_timeout_s: 10\n    allow_no_reversion: true\n")
-    p = tmp_path / "site.yaml"
-    p.write_text(text)
-    return p
 
 
 class Rig:

@@ -17,7 +17,7 @@ from controller.cycle.devices import DeviceSet
 from controller.cycle.loop import Controller
 from controller.store import Store
 from drivers.errors import DeviceTimeout
-from tests.unit.test_controller import DUMMY_PCS_PROFILE, ROOT, DummyDevice
+from tests.fixtures.dummy_devices import DUMMY_PCS_PROFILE, ROOT, DummyDevice
 
 pytestmark = pytest.mark.timeout(30)
 

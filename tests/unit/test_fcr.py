@@ -16,8 +16,8 @@ from controller.cycle.limits import limit
 from controller.services.fcr import NOMINAL_HZ, contribution_mw, response
 from controller.services.reserve import band, plan_reserve, reserve_status, reserved_limits
 from controller.services.stack import stack
-from tests.unit.test_allocation import _check_site, _check_units, plants
-from tests.unit.test_limits import _check_decision, effective_dt, scenarios
+from tests.fixtures.limit_checks import check_decision, check_site, check_units
+from tests.strategies import effective_dt, plants, scenarios
 
 FCR = Fcr(enabled=True, capacity_mw=8.0)  # defaults: deadband 10 mHz, full activation 200 mHz
 
@@ -79,7 +79,7 @@ def test_stacked_target_passes_limit(scenario, hz: float) -> None:
     s = stack(base, response(hz, Fcr(enabled=True, capacity_mw=capacity)).required_mw)
     assert math.isfinite(s.fcr_mw) and abs(s.fcr_mw) <= capacity
     d = limit(s.target_mw, snap, lim, previous, dt, mode, max_dt_s=max_dt)
-    _check_decision(d, s.target_mw, snap, lim, previous, effective_dt(dt, max_dt), mode)
+    check_decision(d, s.target_mw, snap, lim, previous, effective_dt(dt, max_dt), mode)
 
 
 @given(plants(), _FREQ, st.floats(-1e6, 1e6))
@@ -91,8 +91,8 @@ def test_stacked_target_passes_allocate(scenario, hz: float, afrr: float) -> Non
     capacity = min(lim.p_charge_max_mw, lim.p_discharge_max_mw, lim.grid_limit_mw)
     s = stack(base, response(hz, Fcr(enabled=True, capacity_mw=capacity)).required_mw, afrr)
     a = allocate(s.target_mw, plant, units)
-    _check_units(a, s.target_mw, plant, units)
-    _check_site(a, s.target_mw, plant, units)
+    check_units(a, s.target_mw, plant, units)
+    check_site(a, s.target_mw, plant, units)
 
 
 @given(st.floats(allow_nan=True, allow_infinity=True), st.floats(allow_nan=True), st.floats(allow_nan=True))

@@ -9,9 +9,10 @@ import pytest
 from hypothesis import given
 
 from controller.config import Limits
-from controller.cycle.limits import BINDINGS, SAFE_STATES, Decision, limit
+from controller.cycle.limits import BINDINGS, Decision, limit
 from controller.cycle.snapshot import Snapshot
-from tests.strategies import BASE_LIMITS, BASE_SNAPSHOT, design_bounds, effective_dt, scenarios
+from tests.fixtures.limit_checks import check_decision
+from tests.strategies import BASE_LIMITS, BASE_SNAPSHOT, effective_dt, scenarios
 
 
 @dataclass
@@ -161,8 +162,6 @@ def test_decision_is_frozen() -> None:
 
 # the scenarios and the bounds they are checked against: tests/strategies.py
 
-EPS = 1e-9
-
 
 @given(scenarios())
 def test_limit_properties(scenario) -> None:
@@ -170,92 +169,8 @@ def test_limit_properties(scenario) -> None:
     and that cycle after cycle with the same inputs the setpoint reaches the limited target."""
     target, snap, lim, previous, dt, mode, max_dt = scenario
     d = limit(target, snap, lim, previous, dt, mode, max_dt_s=max_dt)
-    _check_decision(d, target, snap, lim, previous, effective_dt(dt, max_dt), mode)
+    check_decision(d, target, snap, lim, previous, effective_dt(dt, max_dt), mode)
     _check_convergence(d, target, snap, lim, previous, effective_dt(dt, max_dt), mode)
-
-
-def _check_decision(d: Decision, target, snap: Snapshot, lim: Limits, previous, dt, mode) -> None:
-    """`dt`: the time the ramp may use (after the cap), so a stall never moves |P| by more than ramp * cap."""
-    s = d.setpoint_mw
-    assert math.isfinite(s)
-    assert d.binding in BINDINGS
-    assert d.lower_mw <= 0.0 <= d.upper_mw
-    assert d.lower_mw <= s <= d.upper_mw
-
-    # 0 MW in every safe-state case, at once, and the binding names the first cause
-    causes = [
-        c
-        for c, present in (
-            ("mode_stopped", mode == "stopped"),
-            ("comm_loss", bool(snap.comm_loss)),
-            ("stale", bool(snap.stale)),
-            ("alarm", bool(snap.alarms or snap.faults)),
-        )
-        if present
-    ]
-    if causes:
-        assert s == 0.0 and d.binding == causes[0] and d.lower_mw == d.upper_mw == 0.0
-        return
-    assert d.binding not in SAFE_STATES
-
-    # within every bound: configured powers, BMS allowed, grid, temperature derate, SoC taper
-    chg_max, dis_max = design_bounds(snap, lim)
-    assert -chg_max * (1 + EPS) - EPS <= s <= dis_max * (1 + EPS) + EPS
-    assert d.upper_mw == pytest.approx(dis_max, rel=EPS, abs=EPS)
-    assert d.lower_mw == pytest.approx(-chg_max, rel=EPS, abs=EPS)
-    soc = snap.soc_pct
-    soc_unknown = soc is None or not math.isfinite(soc)
-    if soc_unknown or soc >= lim.soc_max_pct:
-        assert s >= 0.0, "charging at or above soc_max (or with SoC unknown)"
-    if soc_unknown or soc <= lim.soc_min_pct:
-        assert s <= 0.0, "discharging at or below soc_min (or with SoC unknown)"
-
-    # it moves toward the (clipped) target: between previous and the clipped target, or through 0 toward it
-    t = d.target_mw
-    assert t == target or (not math.isfinite(target) and t == 0.0)
-    clipped = min(max(t, d.lower_mw), d.upper_mw)
-    p = previous
-    assert min(p, clipped) <= s <= max(p, clipped) or min(0.0, clipped) <= s <= max(0.0, clipped)
-    assert abs(s - clipped) <= abs(p - clipped)
-    assert s * clipped >= 0.0, "never on the far side of 0 from where the limits allow going"
-    if d.lower_mw <= t <= d.upper_mw:
-        assert abs(s - t) <= abs(p - t)
-    step = lim.ramp_mw_per_s * dt
-    if abs(s) > abs(p) or s * p < 0:  # |P| grew or the sign changed: the ramp applies
-        base = 0.0 if s * p < 0 else abs(p)
-        assert abs(s) <= base + step + EPS * (1 + base + step)
-
-    # binding consistent with the result
-    if d.binding == "none":
-        assert s == t
-    else:
-        assert s != t
-        assert d.reasons
-    if d.binding == "ramp":
-        assert s != clipped and abs(s) < abs(clipped)
-    elif d.binding != "none":
-        assert s == clipped == (d.upper_mw if t > 0 else d.lower_mw)
-        bms_dis, bms_chg = snap.bms_allowed_discharge_mw, snap.bms_allowed_charge_mw
-        expected = {
-            "p_discharge_max": lambda: s == lim.p_discharge_max_mw,
-            "p_charge_max": lambda: s == -lim.p_charge_max_mw,
-            "grid_limit": lambda: abs(s) == lim.grid_limit_mw,
-            "soc_min": lambda: s == 0.0 and t > 0 and (soc_unknown or soc <= lim.soc_min_pct),
-            "soc_max": lambda: s == 0.0 and t < 0 and (soc_unknown or soc >= lim.soc_max_pct),
-            "soc_taper": lambda: (
-                (lim.soc_min_pct < soc < lim.soc_min_pct + lim.soc_taper_band_pct)
-                if t > 0
-                else (lim.soc_max_pct - lim.soc_taper_band_pct < soc < lim.soc_max_pct)
-            ),
-            "bms_allowed_discharge": lambda: (
-                s == (0.0 if bms_dis is None or not math.isfinite(bms_dis) else max(bms_dis, 0.0))
-            ),
-            "bms_allowed_charge": lambda: (
-                -s == (0.0 if bms_chg is None or not math.isfinite(bms_chg) else max(bms_chg, 0.0))
-            ),
-            "temperature": lambda: abs(s) < (lim.p_discharge_max_mw if t > 0 else lim.p_charge_max_mw),
-        }
-        assert expected[d.binding](), f"binding {d.binding} does not explain setpoint {s} for target {t}"
 
 
 def _check_convergence(first: Decision, target, snap: Snapshot, lim: Limits, previous, dt, mode) -> None:

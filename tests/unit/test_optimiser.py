@@ -9,19 +9,16 @@ import math
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.config import Battery, Limits
+from controller.config import Limits
 from controller.trading.optimiser import PERIOD_H, PlanProblem, optimise
 from controller.trading.schedule import check_feasibility
+from tests.fixtures.optimiser import EXAMPLES, T0, TOL_MW, battery, plant
+from tests.strategies import prices
 
-T0 = 1_790_000_100 - 1_790_000_100 % 900  # a period boundary
-EXAMPLES = settings(max_examples=max(100, settings.default.max_examples // 10), deadline=None)
-TOL_MW = 1e-6
 TOL_PCT = 1e-6
-
-prices = st.floats(-100, 300, allow_nan=False)
 
 
 @st.composite
@@ -74,16 +71,6 @@ def _limits(pb: PlanProblem) -> Limits:
     )
 
 
-def _battery(pb: PlanProblem) -> Battery:
-    return Battery(
-        capacity_mwh=pb.capacity_mwh,
-        charge_efficiency=pb.charge_efficiency,
-        discharge_efficiency=pb.discharge_efficiency,
-        self_discharge_pct_per_day=pb.self_discharge_pct_per_day,
-        aux_load_mw=pb.aux_load_mw,
-    )
-
-
 @EXAMPLES
 @given(problems())
 def test_a_plan_keeps_every_limit_and_passes_the_pre_trade_check(pb: PlanProblem) -> None:
@@ -118,7 +105,7 @@ def test_a_plan_keeps_every_limit_and_passes_the_pre_trade_check(pb: PlanProblem
             assert p.trade_mw == pytest.approx(0, abs=TOL_MW), "traded a period that can no longer be traded"
     # the plan's own SoC path is the pre-trade check's: the plan as a schedule is feasible
     feas = check_feasibility(
-        [(p.period_start, p.plan_mw) for p in plan.periods], pb.soc_pct_now, pb.now_ts, _battery(pb), _limits(pb)
+        [(p.period_start, p.plan_mw) for p in plan.periods], pb.soc_pct_now, pb.now_ts, battery(pb), _limits(pb)
     )
     assert feas.ok, feas.reason
     for (_, soc), p in zip(feas.soc_path[1:], plan.periods):
@@ -254,26 +241,9 @@ def test_a_flat_price_gives_no_trading(pb: PlanProblem, price: float, deg: float
     assert plan.objective_eur == pytest.approx(price * pb.soc_pct_now / 100 * pb.capacity_mwh, abs=1e-6)
 
 
-def _plant(n: int, **kw) -> PlanProblem:
-    base = dict(
-        now_ts=T0,
-        buy_price_eur_mwh=(50.0,) * n,
-        sell_price_eur_mwh=(50.0,) * n,
-        position_mw=(0.0,) * n,
-        soc_pct_now=50.0,
-        capacity_mwh=20.0,
-        soc_min_pct=10.0,
-        soc_max_pct=90.0,
-        p_charge_max_mw=10.0,
-        p_discharge_max_mw=10.0,
-    )
-    base.update(kw)
-    return PlanProblem(**base)
-
-
 def test_commitments_are_delivered_and_priced_as_sunk() -> None:
     pos = (5.0, 5.0, -10.0, 0.0)
-    plan = optimise(_plant(4, position_mw=pos, tradable=(False, False, True, True), degradation_eur_mwh=5))
+    plan = optimise(plant(4, position_mw=pos, tradable=(False, False, True, True), degradation_eur_mwh=5))
     assert plan.ok
     assert [p.plan_mw for p in plan.periods[:2]] == [5.0, 5.0]
     assert [p.trade_mw for p in plan.periods[:2]] == [0.0, 0.0]
@@ -296,7 +266,7 @@ def test_commitments_are_delivered_and_priced_as_sunk() -> None:
 )
 def test_commitments_the_battery_cannot_meet_are_infeasible_not_an_exception(kw) -> None:
     n = len(kw.get("position_mw", (0,) * 4))
-    plan = optimise(_plant(n, **kw))
+    plan = optimise(plant(n, **kw))
     assert plan.status == "infeasible" and plan.periods == () and math.isnan(plan.objective_eur)
     assert "reserve" in plan.reason or "positions already traded" in plan.reason, plan.reason
 
@@ -304,12 +274,12 @@ def test_commitments_the_battery_cannot_meet_are_infeasible_not_an_exception(kw)
 def test_a_reserve_is_kept_both_ways() -> None:
     n = 16
     spiky = tuple(300.0 if i % 4 == 0 else -50.0 for i in range(n))
-    plan = optimise(_plant(n, buy_price_eur_mwh=spiky, sell_price_eur_mwh=spiky, reserve_mw=3, reserve_mwh=4))
+    plan = optimise(plant(n, buy_price_eur_mwh=spiky, sell_price_eur_mwh=spiky, reserve_mw=3, reserve_mwh=4))
     assert plan.ok
     assert max(abs(p.plan_mw) for p in plan.periods) == pytest.approx(7)  # it would use all 10 MW otherwise
     socs = [p.soc_pct_end for p in plan.periods]
     assert min(socs) >= 30 - 1e-6 and max(socs) <= 70 + 1e-6  # 10 % + 4 MWh of 20, 90 % - 4 MWh
-    free = optimise(_plant(n, buy_price_eur_mwh=spiky, sell_price_eur_mwh=spiky))
+    free = optimise(plant(n, buy_price_eur_mwh=spiky, sell_price_eur_mwh=spiky))
     assert max(abs(p.plan_mw) for p in free.periods) == pytest.approx(10)
     assert free.objective_eur > plan.objective_eur
 
@@ -318,7 +288,7 @@ def test_negative_prices_never_charge_and_discharge_at_once() -> None:
     """Wasting energy pays at a negative price; the plant cannot do both at once, so the MIP fallback decides."""
     n = 8
     neg = (-200.0,) * n
-    plan = optimise(_plant(n, buy_price_eur_mwh=neg, sell_price_eur_mwh=neg, soc_pct_now=85, degradation_eur_mwh=1))
+    plan = optimise(plant(n, buy_price_eur_mwh=neg, sell_price_eur_mwh=neg, soc_pct_now=85, degradation_eur_mwh=1))
     assert plan.ok
     assert all(min(p.charge_mw, p.discharge_mw) == 0 for p in plan.periods)
 
@@ -335,12 +305,12 @@ def test_negative_prices_never_charge_and_discharge_at_once() -> None:
     ],
 )
 def test_bad_input_is_a_status_naming_the_field(kw, field) -> None:
-    plan = optimise(_plant(2, **kw))
+    plan = optimise(plant(2, **kw))
     assert plan.status == "invalid" and plan.periods == () and field in plan.reason, plan.reason
 
 
 def test_192_periods_solve() -> None:
     n = 192
     curve = tuple(60 + 40 * math.sin(2 * math.pi * i / 96) for i in range(n))
-    plan = optimise(_plant(n, buy_price_eur_mwh=curve, sell_price_eur_mwh=tuple(p - 2 for p in curve)))
+    plan = optimise(plant(n, buy_price_eur_mwh=curve, sell_price_eur_mwh=tuple(p - 2 for p in curve)))
     assert plan.ok and len(plan.periods) == n and plan.throughput_mwh > 0

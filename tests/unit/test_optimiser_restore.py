@@ -12,10 +12,11 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from controller.config import Battery, Limits
+from controller.config import Limits
 from controller.trading.optimiser import PERIOD_H, PlanProblem, optimise
 from controller.trading.schedule import check_feasibility
-from tests.unit.test_optimiser import EXAMPLES, T0, TOL_MW, _battery, _plant, prices
+from tests.fixtures.optimiser import EXAMPLES, T0, TOL_MW, battery, plant
+from tests.strategies import prices
 
 TOL_MWH = 1e-6  # the solver's tolerance on stored energy, with room for a few periods of it
 
@@ -134,7 +135,7 @@ def test_a_soc_outside_the_window_comes_back_as_fast_as_the_power_allows_and_nev
         [(p.period_start, p.plan_mw) for p in plan.periods],
         pb.soc_pct_now,
         pb.now_ts,
-        _battery(pb),
+        battery(pb),
         _reserved_limits(pb),
     )
     assert feas.ok, feas.reason
@@ -145,7 +146,7 @@ def test_the_fcr_band_is_restored_from_15_pct_where_the_first_periods_are_closed
     and next period past gate closure. Before the restore this had no plan at all ("infeasible": the window
     was bound from the first period the plant could have charged in, had it been tradable)."""
     n = 12
-    pb = _plant(
+    pb = plant(
         n,
         now_ts=T0 + 300,
         soc_pct_now=15.0,
@@ -168,7 +169,7 @@ def test_the_fcr_band_is_restored_from_15_pct_where_the_first_periods_are_closed
 
 def test_from_above_the_band_it_discharges_back_and_marks_the_periods() -> None:
     n = 8
-    pb = _plant(n, soc_pct_now=88.0, tradable=(False,) + (True,) * (n - 1), reserve_mw=8.0, reserve_mwh=2.1)
+    pb = plant(n, soc_pct_now=88.0, tradable=(False,) + (True,) * (n - 1), reserve_mw=8.0, reserve_mwh=2.1)
     plan = optimise(pb)
     assert plan.ok, plan.reason
     assert plan.periods[0].plan_mw == 0 and plan.periods[0].restore_direction == 1

@@ -12,30 +12,12 @@ import json
 import httpx
 import pytest
 
-from tests.fixtures.web import KEYS, running_web
+from tests.fixtures.web import KEYS, answer_of, running_web
 
 pytestmark = pytest.mark.timeout(60)
 
 H = {"X-API-Key": KEYS[0]}
 CHUNK = b"k" * 65536
-
-
-async def answer_of(reader: asyncio.StreamReader, timeout_s: float = 10) -> tuple[int | None, dict, bytes]:
-    """(status, headers, body) of the response on `reader`, or (None, {}, b"") if the server closed without one.
-    Reads until the server closes the connection (every answer here ends the connection)."""
-    data = b""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while chunk := await reader.read(65536):
-                data += chunk
-    except ConnectionError:
-        pass
-    if not data.startswith(b"HTTP/1.1 "):
-        return None, {}, b""
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
 async def stream(port: int, head: bytes, chunks, *, chunked: bool = True) -> tuple[int | None, dict, bytes, int]:
