@@ -6,6 +6,10 @@ import socket
 
 import pytest
 
+# the shared helpers' asserts (checkers such as tests/fixtures/limit_checks.py) report their values on failure as a
+# test module's do: pytest rewrites only test modules and conftests unless told
+pytest.register_assert_rewrite("tests.fixtures", "tests.strategies")
+
 _handed_out: set[int] = set()
 
 
