@@ -292,6 +292,8 @@ def test_balancing_brings_socs_together() -> None:
 
 # ---------------------------------------------------------------- properties
 
+# the plants of units: tests/strategies.py; the checks on an allocation: tests/fixtures/limit_checks.py
+
 
 @given(plants())
 def test_allocation_properties(scenario) -> None:

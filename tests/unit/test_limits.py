@@ -160,7 +160,7 @@ def test_decision_is_frozen() -> None:
 
 # ---------------------------------------------------------------- properties
 
-# the scenarios and the bounds they are checked against: tests/strategies.py
+# the scenarios and the bounds they are checked against: tests/strategies.py; the checks: tests/fixtures/limit_checks.py
 
 
 @given(scenarios())
