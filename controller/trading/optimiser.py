@@ -527,8 +527,8 @@ def _repair(pb: PlanProblem, x: np.ndarray) -> np.ndarray:
         flow = mw / pb.discharge_efficiency if mw > 0 else mw * pb.charge_efficiency
         energy -= flow * h[t] + pb.aux_load_mw * h[t] + energy * sd_per_h * h[t]
         x[2 * n + t] = energy
-        if mw == 0:
-            energy = max(energy, 0.0)
+        # as the pre-trade check: a battery emptied by its aux load stops at empty, idle or charging below that load
+        energy = max(energy, 0.0)
     return x
 
 
