@@ -30,7 +30,6 @@ from controller.cycle.devices import DeviceSet
 from controller.cycle.limits import limit
 from controller.cycle.snapshot import Snapshot
 from simulators.plant import Plant
-from tests.conftest import free_port
 from tests.fixtures.controller import ROOT, device_ports, site_config
 from tests.fixtures.plant import CONFIG as PLANT_CONFIG
 from tests.fixtures.plant import plant_kwargs
