@@ -62,13 +62,17 @@ class Daemon:
         cert, key = self._web_certificate()
         await self._start_metrics_and_uplink()
         self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
-        await self.controller.start()
-        self.parts.append(self.controller)
+        # the cycle starts last, when the faces' start (imports, servers: seconds of CPU on the event loop) is
+        # over: run beside it, the first cycles' reads and writes missed their deadlines on a busy loop, as comm
+        # alarms and warnings of devices that were there. Stopped after the faces, as before (parts' order).
+        at = len(self.parts)
         await self._start_trading()
         if cfg.web.enabled:
             await self._start_web(cert, key)
         if cfg.scada.modbus.enabled or cfg.scada.opcua.enabled or cfg.scada.iec104.enabled:
             await self._start_scada()
+        await self.controller.start()
+        self.parts.insert(at, self.controller)
         self.controller.allow_ready()
         log.info("controller running", extra={"site": cfg.site.id, "web": self.web_url if cfg.web.enabled else None})
 

@@ -35,6 +35,10 @@ PERIODS_STALE = 3
 # intervals: each unanswered request holds the gateway (one request at a time) for the device's timeout, time the
 # other devices behind it need. OpenEMS's Modbus bridge rests its defective components the same way.
 GATEWAY_REST_MAX_PERIODS = 8
+# The start-up read (DeviceSet.first_contact) waits for a device at most this many of its own timeouts: the most its
+# driver's first read takes when every step runs to its timeout (OPC UA: a connect of 4, node resolution 1, the
+# subscription up to 3, the read 1); a bound for a driver that would not give up, not reached by one that does.
+FIRST_CONTACT_TIMEOUTS = 10
 ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 MODBUS_PROTOCOLS = ("modbus", "sunspec")  # the protocols on a Modbus TCP connection (a gateway's too)
@@ -160,7 +164,7 @@ class DeviceLink:
         await asyncio.wait({task})  # not cancelled with its caller: the read may be the rhythm's own
         return not task.cancelled() and task.result()
 
-    async def poll(self, now: float, timeout_s: float | None = None) -> None:
+    async def poll(self, now: float, timeout_s: float | None = None, deadline: str = "the cycle's deadline") -> None:
         """Read the device, waiting at most `timeout_s` (None: until the driver answers or gives up); a read still
         pending then counts as a failed read at once (see begin), so a slow device never stretches the cycle. A read
         someone started since the device was last due (read_now: the FCR fast path's) is waited for as its own."""
@@ -170,7 +174,7 @@ class DeviceLink:
         done, _ = await asyncio.wait({task}, timeout=timeout_s)
         if not done:
             self._late = True
-            self._failed(DeviceTimeout(self.name, f"read: no answer by the cycle's deadline ({timeout_s:.3g} s)"))
+            self._failed(DeviceTimeout(self.name, f"read: no answer by {deadline} ({timeout_s:.3g} s)"))
 
     async def run_polls(self, clock: Clock, tick_s: float, first_s: float) -> None:
         """The device's own rhythm (started by DeviceSet.start_polling): after `first_s`, every `tick_s` real
@@ -456,6 +460,19 @@ class DeviceSet:
         due = [link for link in self.links.values() if force or link.due(now)]
         if due:
             await asyncio.gather(*(link.poll(now, None if force else timeout_s) for link in due))
+
+    async def first_contact(self, now: float) -> None:
+        """On start, before the first cycle: every device connected and read once, all at once, each waited for
+        until its driver answers or gives up (a connect, SunSpec's model discovery or OPC UA's node resolution, then
+        the read: each request bounded by the device's `timeout_s`), and at most FIRST_CONTACT_TIMEOUTS of its
+        `timeout_s`. A device that is there answers before the cycle needs it, not as a comm alarm; one that is
+        not fails here as at any read (its comm alarm comes with the first cycle)."""
+        await asyncio.gather(
+            *(
+                link.poll(now, FIRST_CONTACT_TIMEOUTS * link.config.timeout_s, "the start-up read's deadline")
+                for link in self.links.values()
+            )
+        )
 
     async def catch_up(self, now: float, timeout_s: float) -> None:
         """After the event loop stalled (no device could be read on its rhythm either): every due device read now

@@ -686,8 +686,13 @@ class Controller:
             )
 
     async def start(self) -> None:
+        """The devices connected and read once (each within its own timeouts, see DeviceSet.first_contact), then
+        the scheduler's jobs, the cycle and the fast path started. Reading first means the first cycle finds every
+        device that is there answered, rather than counting its connect (a SunSpec discovery, an OPC UA session)
+        against the cycle's read deadline as a failed read and a comm alarm; READY (a completed cycle) comes after."""
         self._started_ts = self.clock.now()
         self._check_watchdog_margin()
+        await self.devices.first_contact(self._started_ts)
         self.jobs.start()
         self._task = asyncio.create_task(self._loop(), name="control-cycle")
         if self.fast_path is not None:
