@@ -61,7 +61,7 @@ class Daemon:
         # first, before any part runs: a bad configured certificate stops the start with its YAML path
         cert, key = self._web_certificate()
         await self._start_metrics_and_uplink()
-        self.controller.hold_ready()  # READY once every face below is up, not at the first cycle's end
+        self.controller.hold_ready()  # READY once every face is up and a cycle has completed
         # the cycle starts last, when the faces' start (imports, servers: seconds of CPU on the event loop) is
         # over: run beside it, the first cycles' reads and writes missed their deadlines on a busy loop, as comm
         # alarms and warnings of devices that were there. Stopped after the faces, as before (parts' order).
