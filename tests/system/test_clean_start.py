@@ -22,10 +22,12 @@ from simulators.site import SitePlant
 from tests.conftest import free_port
 from tests.fixtures.controller import site_config, wait_for
 from tests.fixtures.daemon import spawn_daemon
-from tests.system.test_cycle_units import DEVICES, FAST_RAMP, TWO_UNIT, shares, wset_mw
+from tests.fixtures.site_sim import TWO_UNIT
 
 pytestmark = pytest.mark.timeout(120)
 
+DEVICES = ("bms1", "pcs1", "bms2", "pcs2", "poi")
+FAST_RAMP = {"ramp_mw_per_s": 1000}  # one cycle from 0 to any target
 ENV = {**os.environ, "API_KEY": "demo", "HMAC_SECRET": "phoenyra_demo_secret", "PYTHONUNBUFFERED": "1"}
 DEMO_PERIOD = {"cycle": {"period_s": 1.0}, "devices": {n: {"poll_interval_s": 1.0} for n in DEVICES}}  # the demo's
 # a device's trouble in the daemon's text log: a warning or error of the device links, the drivers or the dispatch
@@ -44,6 +46,15 @@ def plant_and_controller(tmp_path: Path, closed: str | None = None, **overrides)
             site_config(tmp_path / part, their_ports, TWO_UNIT, simulator=sim, limits=FAST_RAMP, **overrides)
         )
     return configs[0], configs[1]
+
+
+def wset_mw(site: SitePlant, unit: str) -> float:
+    """The active power setpoint a unit's PCS simulator holds (704.WSet, W), in MW."""
+    return (site.units[unit].pcs_server.get("704.WSet") or 0) * 1e-6
+
+
+def shares(c: Controller) -> dict[str, float]:
+    return {s.unit: s.setpoint_mw for s in c.allocation.units} if c.allocation else {}
 
 
 def pcs_setpoint_writes(site: SitePlant) -> dict[str, int]:
