@@ -296,7 +296,7 @@ def reserve_view(plan, fcr) -> dict | None:
 def realised_pnl_by_day(trades: Iterable[Mapping], now: float) -> list[dict]:
     """Cash of the trades delivered by `now` per UTC day of delivery, oldest first: [{day, pnl_eur,
     energy_mwh}]. A sell earns price × MWh, a buy pays it."""
-    days: dict[str, list[float]] = {}
+    days: dict[str, tuple[list[float], list[float]]] = {}
     for t in trades:
         try:
             start, end = parse_iso(t["delivery_start"]), parse_iso(t["delivery_end"])
@@ -307,10 +307,15 @@ def realised_pnl_by_day(trades: Iterable[Mapping], now: float) -> list[dict]:
         if end > now:
             continue
         day = iso(start - start % 86400)[:10]
-        acc = days.setdefault(day, [0.0, 0.0])
-        acc[0] += cash
-        acc[1] += mwh
-    return [{"day": d, "pnl_eur": round(v[0], 2), "energy_mwh": round(v[1], 3)} for d, v in sorted(days.items())]
+        cashes, energies = days.setdefault(day, ([], []))
+        cashes.append(cash)
+        energies.append(mwh)
+    # fsum: the exactly rounded sum, whatever order the trades come in (the store's newest first, or the kept
+    # copy's by delivery): a running sum's last bit depends on the order, and round() then tipped -0.975 either way
+    return [
+        {"day": d, "pnl_eur": round(math.fsum(c), 2), "energy_mwh": round(math.fsum(e), 3)}
+        for d, (c, e) in sorted(days.items())
+    ]
 
 
 PNL_DAYS = 7  # realised PnL is kept for this many UTC days of delivery back (GET /api/auto; the metrics use 2)

@@ -107,3 +107,16 @@ async def test_a_trade_counts_once_its_delivery_has_ended_without_reading_the_st
         assert await pnl.by_day(T0 + 3600 + 2 * PERIOD_S - 1) == []
         got = await pnl.by_day(T0 + 3600 + 2 * PERIOD_S)  # its delivery has just ended
         assert got == [{"day": iso(T0)[:10], "pnl_eur": -30.0, "energy_mwh": 1.0}] and pnl.reads == 1
+
+
+def test_the_pnl_of_a_day_does_not_depend_on_the_order_of_its_trades() -> None:
+    """The store gives trades newest first, the kept copy by delivery: a running sum's last bit depends on the order,
+    and round() to the cent tipped -8039.065 either way; fsum gives the exactly rounded sum (found by hypothesis in the test above)."""
+    trades = [
+        trade("a", "buy", 7.7, T0, T0 - 600, 459.16),
+        trade("b", "buy", 2.5, T0, T0 - 600, 878.07),
+        trade("c", "buy", 7.7, T0, T0 - 600, 3431.89),
+    ]
+    now = T0 + 3600.0
+    assert realised_pnl_by_day(trades, now) == realised_pnl_by_day(trades[::-1], now)
+    assert realised_pnl_by_day(trades, now) == [{"day": iso(T0)[:10], "pnl_eur": -8039.07, "energy_mwh": 4.475}]
