@@ -39,6 +39,12 @@ GATEWAY_REST_MAX_PERIODS = 8
 # driver's first read takes when every step runs to its timeout (OPC UA: a connect of 4, node resolution 1, the
 # subscription up to 3, the read 1); a bound for a driver that would not give up, not reached by one that does.
 FIRST_CONTACT_TIMEOUTS = 10
+# A device behind a gateway has its reads start early enough that one running to its timeout (a silent device's)
+# has ended, with this margin, before the cycle's writes on the shared connection; at most MAX_READ_LEAD of a
+# period ahead (the last cycle's writes are done by then). Left at the usual lead, a silent BMS's read (0.5 s timeout
+# against a 0.4 s lead) held the connection into the cycle, and the writes of the units behind it waited its end.
+READ_LEAD_MARGIN_S = 0.05
+MAX_READ_LEAD = 0.9
 ALARM_WORDS = ("alarm_bits", "fault_bits")
 _MAX_BITS = 64
 MODBUS_PROTOCOLS = ("modbus", "sunspec")  # the protocols on a Modbus TCP connection (a gateway's too)
@@ -120,6 +126,15 @@ class DeviceLink:
         # a small margin so a device polled every cycle is not skipped by jitter
         interval_s = self.config.poll_interval_s * self.rest_periods()
         return self.last_poll_ts is None or now - self.last_poll_ts >= interval_s * 0.9
+
+    def read_lead_s(self, lead_s: float, tick_s: float) -> float:
+        """How long before a cycle this device's reads start, given the usual `lead_s`: behind a gateway, long
+        enough for a read that runs to its timeout to end before the cycle's writes on the shared connection (at most
+        MAX_READ_LEAD of the tick); on a connection of its own, `lead_s` (its freshest readings, and nobody else's
+        writes wait for it)."""
+        if not self.behind_gateway:
+            return lead_s
+        return max(lead_s, min(self.config.timeout_s + READ_LEAD_MARGIN_S, MAX_READ_LEAD * tick_s))
 
     def rest_periods(self) -> int:
         """Poll intervals between reads: 1, or for a silent device behind a gateway 2, 4, ... up to
@@ -424,28 +439,35 @@ class DeviceSet:
         self.bms = self.units[0].bms
         self.pcs = self.units[0].pcs
         self._pollers: list[asyncio.Task] = []
+        self._tick_s = self._lead_s = 0.0  # the rhythm's (start_polling)
 
     @property
     def polling(self) -> bool:
         """True while every device is read on its own rhythm (start_polling), not by the cycle."""
         return bool(self._pollers)
 
-    def start_polling(self, tick_s: float, first_s: float) -> None:
-        """Each device read by its own task from now on (DeviceLink.run_polls): its first look after `first_s`, then
-        every `tick_s` (the cycle's period); the cycle then takes the freshest readings without waiting."""
+    def start_polling(self, tick_s: float, cycle_in_s: float, lead_s: float) -> None:
+        """Each device read by its own task from now on (DeviceLink.run_polls), every `tick_s` (the cycle's
+        period), each read starting `lead_s` before a cycle (the next in `cycle_in_s`), a device behind a gateway
+        earlier (DeviceLink.read_lead_s); the cycle then takes the freshest readings without waiting."""
         if self._pollers:
             return
+        self._tick_s, self._lead_s = tick_s, lead_s
         self._pollers = [
-            asyncio.create_task(link.run_polls(self.clock, tick_s, first_s), name=f"poll-{link.name}")
+            asyncio.create_task(
+                link.run_polls(self.clock, tick_s, max(0.0, cycle_in_s - link.read_lead_s(lead_s, tick_s))),
+                name=f"poll-{link.name}",
+            )
             for link in self.links.values()
         ]
 
-    def rephase(self, next_read_mono: float) -> None:
-        """Each device's next read at `next_read_mono` (time.monotonic()) and on from there every tick, after the
-        cycle's rhythm restarted (DeviceLink.rephase); nothing while the devices have no rhythm of their own."""
+    def rephase(self, next_cycle_mono: float) -> None:
+        """Each device's next read moved to its lead before the cycle at `next_cycle_mono` (time.monotonic()), and
+        on from there every tick, after the cycle's rhythm restarted (DeviceLink.rephase); nothing while the
+        devices have no rhythm of their own."""
         if self._pollers:
             for link in self.links.values():
-                link.rephase(next_read_mono)
+                link.rephase(next_cycle_mono - link.read_lead_s(self._lead_s, self._tick_s))
 
     async def stop_polling(self) -> None:
         """No new reads (those in flight run on to their answer or timeout; close() ends them)."""

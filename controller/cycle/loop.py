@@ -644,10 +644,10 @@ class Controller:
                 self.faces.fire(Phase.IDLE)
             if not self.devices.polling:
                 # from the first cycle on, each device is read on its own rhythm, READ_SHARE of the period before
-                # each cycle starts (the reads' budget of today, off the cycle's writes on a shared gateway); moved
-                # with the cycle's rhythm when that restarts (_rephase_reads)
-                first_s = max(0.0, next_t + (1 - READ_SHARE) * period - time.monotonic())
-                self.devices.start_polling(period, first_s)
+                # each cycle starts (a device behind a gateway: early enough that a read running to its timeout
+                # ends before the cycle's writes on the shared connection, DeviceLink.read_lead_s); moved with the
+                # cycle's rhythm when that restarts (_rephase_reads)
+                self.devices.start_polling(period, next_t + period - time.monotonic(), READ_SHARE * period)
             next_t += period
             now = time.monotonic()
             if now > next_t:
@@ -666,10 +666,10 @@ class Controller:
 
     def _rephase_reads(self, cycle_mono: float) -> None:
         """The cycle's rhythm restarted with a cycle at `cycle_mono` (time.monotonic()): each device's next read
-        moves to READ_SHARE of a period before the regular cycle after it, where start_polling put them (reads in
-        flight run on). Left in the old phase they would land anywhere in the cycle, on top of its writes on a
+        moves to its lead before the regular cycle after it (READ_SHARE of a period; behind a gateway, enough for
+        its timeout), where start_polling put them (reads in flight run on). Left in the old phase they would land anywhere in the cycle, on top of its writes on a
         shared gateway, and bring values up to a period old."""
-        self.devices.rephase(cycle_mono + (1 - READ_SHARE) * self.config.cycle.period_s)
+        self.devices.rephase(cycle_mono + self.config.cycle.period_s)
 
     def _check_watchdog_margin(self) -> None:
         """Under systemd's watchdog every completed cycle pings; a device that stops answering stretches a cycle to

@@ -1,7 +1,8 @@
 """A device's own read rhythm moved with the cycle's (DeviceLink._due_on_tick, pure on the link's state): a look
 re-phased ahead of the regular one it replaces counts as that one, so a device read on every tick is not skipped
 for a tick by the move; but it never asks a device resting behind a gateway sooner than its rest, and never counts a
-read still in flight as unanswered sooner than the next read is due (DeviceLink.begin)."""
+read still in flight as unanswered sooner than the next read is due (DeviceLink.begin). And how far ahead of a cycle
+a device reads (DeviceLink.read_lead_s): behind a gateway, early enough for a read running to its timeout."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller.config import Device
-from controller.cycle.devices import DeviceLink
+from controller.cycle.devices import MAX_READ_LEAD, READ_LEAD_MARGIN_S, DeviceLink
 
 IN_FLIGHT = object()  # stands for the read task: _due_on_tick only asks whether there is one
 
@@ -45,3 +46,30 @@ def test_a_look_moved_ahead_counts_as_the_one_it_replaces_but_never_shortens_a_r
         assert reads == link.due(now)  # resting, or a read in flight: asked only when really due
     else:
         assert reads == link.due(now + early_s)  # the regular look it replaces
+
+
+@given(
+    timeout_s=st.floats(0.05, 5),
+    tick_s=st.floats(0.1, 5),
+    lead_share=st.floats(0.1, 0.5),
+    behind_gateway=st.booleans(),
+)
+def test_a_read_behind_a_gateway_that_runs_to_its_timeout_ends_before_the_cycle_when_the_period_allows(
+    timeout_s, tick_s, lead_share, behind_gateway
+):
+    """DeviceLink.read_lead_s: on a connection of its own a device reads the usual lead before a cycle; behind a
+    gateway never later, and early enough that a read running to its timeout ends (with the margin) before the
+    cycle's writes on the shared connection, unless that is more than MAX_READ_LEAD of the period: then that far
+    ahead (the last cycle's writes are over by then)."""
+    link = _link(tick_s, 0, behind_gateway, False, 0.0)
+    link.config = link.config.model_copy(update={"timeout_s": timeout_s})
+    usual_s = lead_share * tick_s
+    lead = link.read_lead_s(usual_s, tick_s)
+    if not behind_gateway:
+        assert lead == usual_s
+        return
+    assert usual_s <= lead <= max(usual_s, MAX_READ_LEAD * tick_s)
+    if timeout_s + READ_LEAD_MARGIN_S <= MAX_READ_LEAD * tick_s:
+        assert lead >= timeout_s + READ_LEAD_MARGIN_S  # a silent device's read is over before the cycle
+    else:
+        assert lead == max(usual_s, MAX_READ_LEAD * tick_s)
