@@ -216,12 +216,21 @@ def main() -> int:
     demo = None
     base = a.url
     if not base:
+        import yaml
+
         from controller.demo import Demo
 
         tmp = tempfile.mkdtemp(prefix="bench-api-")
-        demo = Demo(
-            str(Path(__file__).resolve().parent.parent / "config" / "demo-single.yaml"), Path(tmp), 8, quiet=True
-        )
+        # every client here comes from 127.0.0.1: the per-client cap on open connections (64, against one client
+        # holding the server's connections) would refuse the 100 websockets; a site's dashboards come from many hosts
+        config_dir = Path(__file__).resolve().parent.parent / "config"
+        raw = yaml.safe_load((config_dir / "demo-single.yaml").read_text())
+        raw["web"]["max_connections_per_client"] = 200
+        for device in raw["devices"].values():  # the copy lives elsewhere: its profiles by absolute path
+            device["profile"] = str(config_dir / device["profile"])
+        site = Path(tmp) / "demo-single-bench.yaml"
+        site.write_text(yaml.safe_dump(raw, sort_keys=False))
+        demo = Demo(str(site), Path(tmp), 8, quiet=True)
         demo.start()
         base = "http://127.0.0.1:5000"
     try:
