@@ -8,20 +8,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fixtures.browser import page  # noqa: F401  (fixture)
-from tests.fixtures.web import KEYS, READ_KEYS, MemoryBackend, running_web
+from tests.fixtures.browser import login, page  # noqa: F401  (fixture)
+from tests.fixtures.web import READ_KEYS, MemoryBackend, running_web
 
 pytestmark = pytest.mark.timeout(120)
-
-
-async def login(page, base: str, key: str = KEYS[0]) -> None:
-    await page.goto(base + "/")
-    await page.wait_for("location.pathname === '/login'", what="redirect to the login page")
-    await page.js(
-        f"document.getElementById('api-key').value = {key!r};"
-        "document.getElementById('login-form').requestSubmit(); true"
-    )
-    await page.wait_for("location.pathname === '/' && !!document.getElementById('soc-value')", what="dashboard")
 
 
 PLAN = "document.getElementById('plan-chart')"
@@ -30,7 +20,7 @@ PLAN = "document.getElementById('plan-chart')"
 async def test_plan_chart_switch_and_market_history(page):  # noqa: F811
     backend = MemoryBackend(soc_pct=50.0)
     async with running_web(backend, cycle_s=0.5) as web:
-        await login(page, web.url)
+        await login(page, web.url, live=False)
         # the plan: 144 periods (36 h) drawn as four series, SVG paths in the chart
         await page.wait_for(f"{PLAN}.dataset.periods === '144'", what="the plan loaded")
         assert await page.js(f"{PLAN}.dataset.status") == "optimal"
@@ -59,7 +49,7 @@ async def test_plan_chart_switch_and_market_history(page):  # noqa: F811
 async def test_read_only_session_sees_the_state_but_no_switch(page):  # noqa: F811
     backend = MemoryBackend(soc_pct=50.0)
     async with running_web(backend, cycle_s=0.5, read_keys=READ_KEYS) as web:
-        await login(page, web.url, READ_KEYS[0])
+        await login(page, web.url, READ_KEYS[0], live=False)
         await page.wait_for("document.getElementById('auto-state').dataset.state === 'running'", what="the state")
         assert await page.js("document.getElementById('auto-toggle') === null")
         await page.wait_for(f"{PLAN}.dataset.periods === '144'", what="the plan loaded")
