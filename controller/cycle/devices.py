@@ -117,9 +117,9 @@ class DeviceLink:
     # A cycle that stops counting stops the writes, so the device's watchdog still sees the controller stop.
     own_rhythm: bool = False
     heartbeat_count: int | None = None
-    # the last poll's readings keyed `<device>.<point>` (named_readings), and the readings they were built from
-    _named: dict[str, Reading] = field(default_factory=dict, repr=False)
-    _named_from: dict[str, Reading] | None = field(default=None, repr=False)
+    # the last good read's readings keyed `<device>.<point>` (a snapshot's `points`): set with `readings` in _read,
+    # on the device's own task, not rebuilt by every cycle's snapshot of every unit
+    named: dict[str, Reading] = field(default_factory=dict, repr=False)
     _heartbeat_written: int | None = None
     # the rhythm's next look moved (rephase): where to, and the sleep of its task that a move cuts short
     _rephase_at: float | None = field(default=None, repr=False)
@@ -272,7 +272,7 @@ class DeviceLink:
             return False
         else:
             self.readings = readings
-            self.named_readings()  # keyed for the snapshots here, on the device's task, not in the cycle
+            self.named = {f"{self.name}.{k}": r for k, r in readings.items()}
             if self.failures:
                 log.info("device answers again", extra={"device": self.name, "after_failures": self.failures})
             self.failures = 0
@@ -337,14 +337,6 @@ class DeviceLink:
             cause=self.last_error.cause if self.last_error else ("never_read" if self.last_good_ts is None else None),
             error=str(self.last_error) if self.last_error else None,
         )
-
-    def named_readings(self) -> dict[str, Reading]:
-        """The last poll's readings keyed `<device>.<point>` (a snapshot's `points`): built once per poll, on the
-        device's own read task (_read), not by every cycle's snapshot of every unit."""
-        if self._named_from is not self.readings:
-            self._named = {f"{self.name}.{k}": r for k, r in self.readings.items()}
-            self._named_from = self.readings
-        return self._named
 
     def value(self, point: str) -> float | None:
         r = self.readings.get(point)
@@ -566,7 +558,7 @@ class DeviceSet:
                 invalid[bad.key] = bad
         for link in (u.bms, u.pcs):
             if link.name not in stale:
-                points.update(link.named_readings())
+                points.update(link.named)
                 for bad in link.invalid():
                     invalid.setdefault(bad.key, bad)
         return Snapshot(
@@ -597,9 +589,7 @@ class DeviceSet:
         meter raises its comm alarm) and its points join `points`, but not `stale`: the meter is not the plant."""
         meter = self.meter_health(now)
         extra = (meter,) if meter is not None else ()
-        meter_points = (
-            self.meter.named_readings() if self.meter is not None and meter is not None and not meter.stale else {}
-        )
+        meter_points = self.meter.named if self.meter is not None and meter is not None and not meter.stale else {}
         if len(unit_snaps) == 1:
             s = unit_snaps[0]
             if not extra:
