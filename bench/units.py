@@ -9,10 +9,14 @@ cycle's writes, whatever the controller does); then, on the 16-unit plant, one u
 2 s late: overruns, and whether every other unit's setpoint was written and read back in every cycle.
 
     .venv/bin/python bench/units.py [--cycles 30] [--floor-rounds 20] [--sizes 1,4,16,64] [--per-gateway 8]
-                                    [--connections 4] [--no-function-23] [--fault-units 16]
+                                    [--connections 4] [--no-function-23] [--simulator-per-gateway] [--fault-units 16]
 
 Each gateway takes --connections connections (its devices' `connections`), and the PCS profile declares function
 23 (`read_write_multiple`, which the simulator implements): a setpoint write and its read-back are one request.
+
+By default one simulator process serves every gateway, one request at a time; --simulator-per-gateway runs one
+process per gateway port (each a pymodbus server of its own, as each gateway on a site is hardware of its own; the
+POI meter then measures the first gateway's units only).
 
 Targets (issue 13): p99 at 16 units <= 2x p99 at 1 unit; p99 at 64 units < 50 ms; CPU < 5 % of one core at 16
 units; with one unit's BMS silent (or late), 0 overruns and every other unit written each cycle. The plant
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import gc
 import json
 import shutil
@@ -153,6 +158,63 @@ def write_site(tmp: Path, n_units: int, per_gateway: int, function_23: bool = Tr
     return path
 
 
+class GatewaySimulators:
+    """The plant simulator as one process per gateway port (--simulator-per-gateway), each a real pymodbus server
+    of its own, as every gateway on a site is hardware of its own; the POI meter in the first one, measuring that
+    gateway's units only. Used like a Simulator: CPU summed, a unit's fault sent to the process serving it."""
+
+    def __init__(self, site: Path, tmp: Path):
+        raw = yaml.safe_load(site.read_text())
+        self.parts: list[Simulator] = []
+        self._serving: dict[str, Simulator] = {}
+        gateways = sorted({d["port"] for d in raw["devices"].values() if d.get("role") != "meter"})
+        for i, port in enumerate(gateways):
+            part = copy.deepcopy(raw)
+            part["devices"] = {
+                name: d
+                for name, d in raw["devices"].items()
+                if d["port"] == port or (i == 0 and d.get("role") == "meter")
+            }
+            units = sorted({d["unit"] for d in part["devices"].values() if "unit" in d})
+            part["units"] = {u: raw["units"][u] for u in units}
+            part["simulator"]["units"] = {u: raw["simulator"]["units"][u] for u in units}
+            part["simulator"]["control_port"] = free_port()
+            mw = UNIT_MW * len(units)
+            part["limits"].update(p_charge_max_mw=mw, p_discharge_max_mw=mw, grid_limit_mw=mw)
+            part["battery"]["capacity_mwh"] = UNIT_MWH * len(units)
+            path = tmp / f"{site.stem}-gateway-{i + 1}.yaml"
+            path.write_text(yaml.safe_dump(part, sort_keys=False))
+            sim = Simulator(path, tmp)
+            self.parts.append(sim)
+            self._serving.update(dict.fromkeys(units, sim))
+
+    async def __aenter__(self) -> "GatewaySimulators":
+        try:
+            for sim in self.parts:
+                await sim.__aenter__()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        for sim in self.parts:
+            sim.stop()
+
+    def cpu_s(self) -> float:
+        return sum(sim.cpu_s() for sim in self.parts)
+
+    async def fault(self, face: str | None, **fault: Any) -> None:
+        if face is None:
+            for sim in self.parts:
+                await sim.fault(None)
+        else:
+            await self._serving[face.partition(".")[0]].fault(face, **fault)
+
+
 # ------------------------------------------------------------------------------------------------- the controller
 class WriteCounter:
     """Each unit's setpoint writes that were read back (its PCS driver's verified `setpoint_mw` writes that
@@ -192,7 +254,11 @@ async def wait_cycles(c: Controller, n: int) -> None:
 
 
 async def window(
-    c: Controller, counter: WriteCounter, n: int, expected: set[str], sim: Simulator | None = None
+    c: Controller,
+    counter: WriteCounter,
+    n: int,
+    expected: set[str],
+    sim: Simulator | GatewaySimulators | None = None,
 ) -> dict[str, Any]:
     """`n` cycles measured: their durations (the controller's own measurement), overruns, failed cycles, CPU of
     this process over wall time (and of the simulator's, when given), and in how many completed cycles every unit
@@ -346,7 +412,9 @@ def available(c: Controller, unit: str) -> bool | None:
     return next((u.available for u in c.faces.latest().units if u.unit == unit), None)
 
 
-async def fault_phase(sim: Simulator, c: Controller, counter: WriteCounter, unit: str, n: int, **fault) -> dict:
+async def fault_phase(
+    sim: Simulator | GatewaySimulators, c: Controller, counter: WriteCounter, unit: str, n: int, **fault
+) -> dict:
     """`unit`'s BMS given `fault` for `n` cycles, measured from the moment it starts; then cleared and the unit's
     recovery waited for (bounded)."""
     others = set(counter.counts) - {unit}
@@ -378,7 +446,7 @@ async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> di
     """One plant: the simulator, the floor (when asked), the controller dispatching 40 % of the plant's rating as a
     manual setpoint, a measured window of --cycles, and (when asked) the fault windows."""
     out: dict[str, Any] = {}
-    async with Simulator(site, tmp) as sim:
+    async with GatewaySimulators(site, tmp) if args.simulator_per_gateway else Simulator(site, tmp) as sim:
         if floor:
             pcs = load_config(site).unit_plan()[0].pcs
             out["raw_request"] = await raw_request_floor(pcs.port, pcs.unit_id)
@@ -425,6 +493,7 @@ async def main(args) -> dict[str, Any]:
         "per_gateway": args.per_gateway,
         "function_23": not args.no_function_23,
         "connections": args.connections,
+        "simulator_per_gateway": args.simulator_per_gateway,
         "targets": TARGETS,
     }
     res["sizes"] = {}
@@ -519,6 +588,11 @@ if __name__ == "__main__":
         "--no-function-23",
         action="store_true",
         help="the PCS profile without read_write_multiple: a setpoint write and its read-back in two requests",
+    )
+    ap.add_argument(
+        "--simulator-per-gateway",
+        action="store_true",
+        help="the plant simulator as one process per gateway port (the POI meter in the first, measuring its units)",
     )
     ap.add_argument("--fault-units", type=int, default=16, help="the plant size of the fault runs (0: none)")
     result = asyncio.run(main(ap.parse_args()))
