@@ -33,6 +33,7 @@ READ_KEY = "hostile-read-key-9876543210"
 SECRET = "hostile-test-hmac-secret-0123456789"
 QUIET = {"mqtt": {"enabled": False}, "scada": {"modbus": {"enabled": False}, "opcua": {"enabled": False}}}
 MAX_CONNECTIONS = 64
+OVER_CAP = 36  # slow clients past the cap in the second wave, refused at once
 RSS_GROWTH_MAX_KB = 200 * 1024  # old code: grew by the whole flood (640 MB here, 7.5 GB in the finding)
 CHUNK = b"f" * 65536
 
@@ -189,7 +190,9 @@ async def test_floods_and_slow_clients_do_not_grow_a_running_daemon(plant, tmp_p
             outcomes = await asyncio.gather(*floods, *slow)
             flood_out, slow_out = outcomes[:10], outcomes[10:]
             # 2: more slow clients than the cap: the ones over it are refused at once
-            slow_out += await asyncio.gather(*(slow_loris(port, body=i % 5 == 0) for i in range(MAX_CONNECTIONS + 36)))
+            slow_out += await asyncio.gather(
+                *(slow_loris(port, body=i % 5 == 0) for i in range(MAX_CONNECTIONS + OVER_CAP))
+            )
             sampling.cancel()
 
             after = (await c.get("/metrics", headers=bearer)).text
@@ -217,7 +220,12 @@ async def test_floods_and_slow_clients_do_not_grow_a_running_daemon(plant, tmp_p
     log_text = log_path.read_text()
     assert "connection refused, too many open" in log_text, log_text[-3000:]
     assert sampler.rss_kb - base_rss < RSS_GROWTH_MAX_KB, (base_rss, sampler.rss_kb)
-    assert sampler.fds - base_fds <= MAX_CONNECTIONS + 8, (base_fds, sampler.fds)
+    # the fds: a refused client is accepted (accept is how a server learns of it), answered 503 and closed within a
+    # loop turn, but asyncio accepts a wave of connections in one go, so for that turn the refused ones are open beside
+    # the held ones (CI counted 64 + 36 = 100 over base once): the peak is bounded by the cap plus the wave past it,
+    # and every one of them is closed again after (no fd kept by a refused or ended client)
+    assert sampler.fds - base_fds <= MAX_CONNECTIONS + OVER_CAP + 8, (base_fds, sampler.fds)
+    assert fds_after - base_fds <= 4, (base_fds, fds_after)
     assert fds_after - base_fds <= 8, (base_fds, fds_after)
     assert proc.returncode == 0, log_path.read_text()[-3000:]
     # the rhythm, by the daemon's own count: cycles went on, and hardly one overran its period
