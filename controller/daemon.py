@@ -190,6 +190,10 @@ class Daemon:
             metrics_registry=self.metrics.registry,
         )
         # TLS (cert, key) is done inside the web's connection guard: see web/server.py
+        try:
+            options = uvicorn_options(cfg.web, cert, key)
+        except ValueError as e:  # the connection cap does not fit in the descriptor limit
+            raise ConfigError("web", [str(e)]) from None
         self.web = UvicornServer(
             app,
             cfg.web.host,
@@ -197,7 +201,7 @@ class Daemon:
             name="web",
             lifespan="on",
             ws_ping_interval=20,
-            **uvicorn_options(cfg.web, cert, key),
+            **options,
         )
         await self.web.start()
         self.parts.append(self.web)

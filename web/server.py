@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 import ssl
 import time
@@ -48,6 +49,13 @@ SLICE_BYTES = 4096  # header bytes are fed to the parser in slices this big, so 
 WS_MAX_MESSAGE_BYTES = 64 * 1024  # the dashboard sends nothing on /ws; this bounds what a client may
 WS_MAX_QUEUE = 4
 LINGER_S = 2.0  # after an early answer, how long the rest of a request is read and dropped
+# descriptors kept for all but the web face (device connections, the store, MQTT, the SCADA faces, logs): a flood of
+# the web port must never leave a Modbus reconnect or the broker's without one (measured: with the systemd default of
+# 1024, the cap 256 and a wave of 1024, a flood took the daemon to 1024 open and asyncio's accept to EMFILE)
+FD_RESERVE = 256
+MIN_WAVE = 16
+WAVES_IN_FLIGHT = 4  # accept waves whose refused connections may be open at once (three turns to close, and one spare)
+MAX_WAVE = 2048
 
 
 @dataclass(frozen=True)
@@ -91,8 +99,33 @@ def uvicorn_options(web: Any, ssl_certfile: str | None = None, ssl_keyfile: str 
         "ws_max_queue": WS_MAX_QUEUE,
         # the guard refuses connections past the cap; a request on an admitted one is always served
         "limit_concurrency": None,
-        "backlog": min(2048, 4 * bounds.max_connections),
+        "backlog": accept_wave(bounds.max_connections, fd_limit()),
     }
+
+
+def fd_limit() -> int:
+    """The process's open-descriptor limit (the soft one: what open() and accept() run into)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return MAX_WAVE * 64 if soft == resource.RLIM_INFINITY else soft
+
+
+def accept_wave(max_connections: int, limit: int) -> int:
+    """The listen backlog, which is also how many connections asyncio accepts in one loop turn. A connection past
+    the cap is accepted before it can be refused, and holds its descriptor until it is closed three turns later
+    (the accept task, connection_made's 503 and close, connection_lost), while each turn may accept another wave:
+    under a flood the web holds the cap plus up to WAVES_IN_FLIGHT waves. So the wave is four times the cap (at
+    most MAX_WAVE), but no more than a WAVES_IN_FLIGHT-th of what the descriptor limit leaves beside the cap and
+    FD_RESERVE. A limit too small for the cap, FD_RESERVE and MIN_WAVE is a ValueError naming web.max_connections
+    (the daemon refuses to start on it)."""
+    room = limit - max_connections - FD_RESERVE
+    if room < WAVES_IN_FLIGHT * MIN_WAVE:
+        raise ValueError(
+            f"web.max_connections: {max_connections} open connections do not fit in this process's descriptor "
+            f"limit of {limit} (RLIMIT_NOFILE) beside {FD_RESERVE} kept for the plant and {WAVES_IN_FLIGHT} waves of "
+            f"{MIN_WAVE} refused ones: lower it to at most {limit - FD_RESERVE - WAVES_IN_FLIGHT * MIN_WAVE}, or "
+            "raise the limit (LimitNOFILE= in the systemd unit)"
+        )
+    return min(MAX_WAVE, 4 * max_connections, room // WAVES_IN_FLIGHT)
 
 
 class _NoSignalServer(uvicorn.Server):

@@ -7,6 +7,7 @@ and the remote exchange is only named (the daemon contacts it on API requests, w
 from __future__ import annotations
 
 import os
+import resource
 import selectors
 import signal
 import subprocess
@@ -52,8 +53,13 @@ def write_site(tmp_path: Path, **over: Any) -> Path:
     return path
 
 
-def run(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """`bess-edge run` that is expected to refuse its start (bounded by the timeout)."""
+def run(site: Path, tmp_path: Path, fd_limit: int | None = None, **env: str) -> subprocess.CompletedProcess:
+    """`bess-edge run` that is expected to refuse its start (bounded by the timeout); with `fd_limit`, under that
+    open-descriptor limit (RLIMIT_NOFILE, as systemd's LimitNOFILE= sets it)."""
+
+    def limit_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit))
+
     return subprocess.run(
         [*BESS_EDGE, "run", "--config", str(site), "--state-dir", str(tmp_path / "state"), "--log-format", "text"],
         capture_output=True,
@@ -61,6 +67,7 @@ def run(site: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
         timeout=60,
         cwd=str(tmp_path),
         env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": str(ROOT), **ENV, **env},
+        preexec_fn=limit_fds if fd_limit else None,
     )
 
 
@@ -70,6 +77,19 @@ def test_run_with_a_missing_users_file_exits_2_naming_it(tmp_path):
     out = res.stdout + res.stderr
     assert res.returncode == 2, f"rc={res.returncode}\n{out[-3000:]}"
     assert "scada.opcua.users_file (line " in out and f"cannot read {tmp_path / 'users.yaml'}" in out, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+
+
+def test_run_refuses_a_connection_cap_its_descriptor_limit_cannot_hold(tmp_path):
+    """A connection past the web's cap holds a descriptor until its 503 is closed, and a flood keeps a few accept
+    waves of them open (web/server.py accept_wave): with the cap, the waves and what the plant needs not fitting
+    in the process's limit, a flood would leave a Modbus or MQTT reconnect without a descriptor. So the start
+    is refused, naming web.max_connections and the limit."""
+    site = write_site(tmp_path, web={"enabled": True, "host": "127.0.0.1", "port": free_port(), "max_connections": 512})
+    res = run(site, tmp_path, fd_limit=800)
+    out = res.stdout + res.stderr
+    assert res.returncode == 2, f"rc={res.returncode}\n{out[-3000:]}"
+    assert "web.max_connections: 512 open connections do not fit" in out and "limit of 800" in out, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
 
 
