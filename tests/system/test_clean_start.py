@@ -101,8 +101,10 @@ async def test_a_start_with_every_device_answering_logs_no_device_warning_and_re
 async def test_a_device_closed_at_start_raises_its_comm_alarm_and_holds_its_unit_at_0_mw(tmp_path, closed, unit, other):
     """Nothing listens on the port of `closed` (the OPC UA BMS of unit 1; the SunSpec PCS of unit 2): its comm alarm
     names it from the first cycle on, its unit gets 0 MW of a 4 MW target while the other unit takes it, and no
-    other device is alarmed."""
-    plant_cfg, cfg = plant_and_controller(tmp_path, closed)
+    other device is alarmed. At the demo's 1 s period: at the tests' 0.2 s, a loaded CI machine once stalled this
+    process (simulator and controller share its loop) past two cycles' write deadlines, 40 to 160 ms, and both PCSs
+    were alarmed for timeouts that were the test's own."""
+    plant_cfg, cfg = plant_and_controller(tmp_path, closed, **DEMO_PERIOD)
     async with SitePlant(plant_cfg, control_port=plant_cfg.simulator.control_port) as site:
         store = Store(tmp_path / "state.db")
         c = Controller(cfg, store)
