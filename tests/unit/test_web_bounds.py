@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.fixtures.web import KEYS, answer_of, running_web
-from web.server import FD_RESERVE, MAX_WAVE, WAVES_IN_FLIGHT, accept_wave
+from web.server import ACCEPT_WAVE, FD_RESERVE, WAVES_IN_FLIGHT, accept_wave
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -255,14 +255,13 @@ async def test_tls_handshakes_count_against_the_cap_and_have_a_deadline(tmp_path
 
 
 def test_the_accept_wave_leaves_the_plant_its_descriptors():
-    """The listen backlog (asyncio's accept wave): four times the cap where the descriptor limit has room, else
-    what is left beside the cap and FD_RESERVE shared by the waves that may be open at once; never past the
-    limit; a cap that cannot fit is a ValueError naming web.max_connections."""
-    assert accept_wave(64, 1_048_576) == 256
-    assert accept_wave(10_000, 1_048_576) == MAX_WAVE
-    for cap, limit in ((256, 1024), (64, 1024), (600, 1024), (4, 400)):
+    """The listen backlog (asyncio's accept wave) is ACCEPT_WAVE wherever the descriptor limit holds the cap, the
+    waves that may be open at once and FD_RESERVE; a cap that cannot fit is a ValueError naming
+    web.max_connections."""
+    for cap, limit in ((256, 1024), (64, 1024), (600, 1024), (4, 400), (10_000, 1_048_576)):
         wave = accept_wave(cap, limit)
-        assert cap + WAVES_IN_FLIGHT * wave + FD_RESERVE <= limit, (cap, limit, wave)
-    assert accept_wave(256, 1024) == 128  # systemd's default soft limit, the default cap
+        assert wave == ACCEPT_WAVE and cap + WAVES_IN_FLIGHT * wave + FD_RESERVE <= limit, (cap, limit, wave)
     with pytest.raises(ValueError, match=r"web.max_connections: 800 open connections do not fit .* limit of 1024"):
         accept_wave(800, 1024)
+    with pytest.raises(ValueError, match=r"lower it to at most 704"):
+        accept_wave(705, 1024)
