@@ -276,6 +276,9 @@ class ScadaModbus(_Model):
     port: int = Field(5020, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
     read_only: bool = False
+    max_connections: int = Field(
+        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
+    )
     allow_clients: list[str] = Field(
         default_factory=list,
         description=(
@@ -304,6 +307,9 @@ class ScadaOpcUa(_Model):
     read_only: bool = False
     allow_none_security: bool = False
     users_file: str | None = None
+    max_connections: int = Field(
+        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
+    )
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -340,6 +346,9 @@ class ScadaIec104(_Model):
     port: int = Field(2404, ge=1, le=65535, description="TCP port (2404: the IEC 104 port)")
     common_address: int = Field(1, ge=1, le=65534, description="the station's ASDU address")
     read_only: bool = Field(False, description="refuse every command (negative confirmation)")
+    max_connections: int = Field(
+        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
+    )
     allow_clients: list[str] = Field(
         default_factory=list,
         description=(

@@ -86,7 +86,13 @@ class Iec104Face:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         tls = self._transport_security() if self.cfg.tls.enabled else None
-        server = c104.Server(ip=self.cfg.host, port=self.cfg.port, tick_rate_ms=100, transport_security=tls)
+        server = c104.Server(
+            ip=self.cfg.host,
+            port=self.cfg.port,
+            tick_rate_ms=100,
+            max_connections=self.cfg.max_connections,  # c104 closes a client past it (its own threads)
+            transport_security=tls,
+        )
         server.on_connect(callable=self._on_connect)
         server.on_clock_sync(callable=self._on_clock_sync)
         station = server.add_station(common_address=self.cfg.common_address)

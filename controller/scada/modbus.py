@@ -10,6 +10,7 @@ faces' shared `WriteLimiter` (exception 06 past it).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import socket
@@ -21,6 +22,7 @@ from pymodbus.server.requesthandler import ServerRequestHandler
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from controller.config import ScadaModbus
+from controller.scada.connections import LISTEN_QUEUE, RefusalLog
 from controller.scada.controls import PendingControls, ScadaPlant, WriteLimiter
 from controller.scada.points import (
     CONTROL,
@@ -68,19 +70,35 @@ class _ClientHandler(ServerRequestHandler):
 
     face: "ScadaModbusServer"
 
+    admitted = False
+
     def connection_made(self, transport) -> None:
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else None
         face = self.face
         if face.allowed and not _listed(self.client, face.allowed):
-            log.warning("SCADA Modbus connection refused: client not on the allow-list", extra={"client": self.client})
+            reason = "client not on the allow-list"
+        elif face.open >= face.cfg.max_connections:
+            reason = f"scada.modbus.max_connections ({face.cfg.max_connections}) open"
+        else:
+            reason = None
+        if reason is not None:
+            face.refusals.refused(reason, self.client)
             # close through the protocol so the server also forgets this connection
             self.transport = transport
             self.close()
             return
+        self.admitted = True
+        face.open += 1
         self.may_write = bool(face.allowed) or face.loopback_only
         self._refusal_logged = False
         super().connection_made(transport)
+
+    def connection_lost(self, reason) -> None:
+        if self.admitted:
+            self.admitted = False
+            self.face.open -= 1
+        super().connection_lost(reason)
 
     async def handle_request(self):
         pdu = self.last_pdu
@@ -114,6 +132,8 @@ class ScadaModbusServer:
         self.server: ModbusTcpServer | None = None
         self.pending = PendingControls(plant, "scada-modbus")
         self.writes_refused = 0
+        self.open = 0  # admitted connections (scada.modbus.max_connections)
+        self.refusals = RefusalLog(log, "SCADA Modbus")
         self.limiter = limiter or WriteLimiter.for_scada(plant.site.scada)
         self.allowed = [ipaddress.ip_network(a, strict=False) for a in cfg.allow_clients]
         self.loopback_only = listens_on_loopback_only(cfg.host)
@@ -212,6 +232,9 @@ class ScadaModbusServer:
                 return Handler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
         self.server = Server(self._device(), address=(self.cfg.host, self.cfg.port))
+        # pymodbus opens its listening socket with asyncio's default backlog (100): the wave a flood gets accepted in
+        # one turn of the loop the cycle shares (controller/scada/connections.py)
+        self.server.call_create = functools.partial(self.server.call_create, backlog=LISTEN_QUEUE)
         await self.server.serve_forever(background=True)
         log.info(
             "Modbus SCADA face listening",

@@ -33,6 +33,7 @@ from asyncua.server.user_managers import UserManager
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from controller.config import ScadaOpcUa
+from controller.scada.connections import RefusalFilter, RefusalLog, shorten_listen_queue
 from controller.scada.controls import PendingControls, ScadaPlant, WriteLimiter
 from controller.scada.points import (
     CONTROL,
@@ -49,6 +50,8 @@ from controller.scada.points import (
 from controller.tasks import cancel_and_wait
 
 log = logging.getLogger("bess.scada.opcua")
+# asyncua's listener, which warns once per connection it refuses past iserver.max_connections
+ASYNCUA_LISTENER = logging.getLogger("asyncua.server.binary_server_asyncio")
 
 NAMESPACE = "urn:phoenyra:bess-edge:scada"
 APP_URI = "urn:phoenyra:bess-edge:scada:server"
@@ -179,6 +182,8 @@ class ScadaOpcUaServer:
         self.poi_nodes: dict[str, tuple[Any, Any]] = {}
         self._task: asyncio.Task | None = None
         self.pending = PendingControls(plant, "scada-opcua")
+        self.refusals = RefusalLog(log, "OPC UA SCADA")
+        self._refusals_filter: RefusalFilter | None = None
 
     def _user_manager(self) -> PasswordUserManager:
         if self.cfg.users_file:
@@ -263,8 +268,18 @@ class ScadaOpcUaServer:
                 await node.set_writable(True)
                 server.set_attribute_value_setter(node.nodeid, self._setter(p.name))
             self.controls[p.name] = (node, vt)
+        server.iserver.max_connections = self.cfg.max_connections  # past it, asyncua closes a client at once
+        self._refusals_filter = RefusalFilter("Refusing connection", self.refusals, "scada.opcua.max_connections open")
+        ASYNCUA_LISTENER.addFilter(self._refusals_filter)
         await server.start()
         self.server = server
+        # asyncua listens with asyncio's default backlog (100): the wave a flood gets accepted in one turn of the
+        # loop the cycle shares (controller/scada/connections.py)
+        listener = getattr(server.bserver, "_server", None)
+        if listener is not None:
+            shorten_listen_queue(listener.sockets)
+        else:
+            log.warning("OPC UA SCADA face: asyncua's listening socket not found; its listen queue stays at 100")
         self._task = asyncio.create_task(self._update_loop(), name="scada-opcua")
         log.info(
             "OPC UA SCADA face listening",
@@ -368,3 +383,6 @@ class ScadaOpcUaServer:
         if self.server:
             await self.server.stop()
             self.server = None
+        if self._refusals_filter is not None:
+            ASYNCUA_LISTENER.removeFilter(self._refusals_filter)
+            self._refusals_filter = None
