@@ -1,8 +1,8 @@
 """A connect flood against `bess-edge run`: does it move the plant? Every part a process of its own, as on site: the
 plant simulator, the daemon (this checkout's `bess-edge run`, demo-single-modbus.yaml's one-unit plant at its 1 s
 cycle, on free loopback ports, under the descriptor limit systemd gives a service by default: RLIMIT_NOFILE 1024)
-and the attacker (--waves waves of --per-wave connections opened at once, each sending one unauthenticated request
-and closing after its answer or --answer-wait-s).
+and the attacker (--waves waves of --per-wave connections opened at once to the --face port, each sending one
+unauthenticated HTTP request, garbage to a SCADA face, and closing after its first line or --answer-wait-s).
 
 While the flood lasts, this process samples the daemon's open descriptors and RSS (from /proc) and the PCS's
 active power at the simulator (GET /sim/state) every 0.1 s. The plant holds a manual setpoint of --setpoint-mw
@@ -11,9 +11,10 @@ daemon's descriptor peak, its RSS growth, and asyncio's "out of system resource"
 cycles, overruns, device errors and the cycle's p99 (the daemon's own /metrics, before and after); the PCS's
 power through the flood.
 
-    .venv/bin/python bench/flood.py [--waves 8] [--per-wave 6000] [--fd-limit 1024] [--setpoint-mw 1.0]
+    .venv/bin/python bench/flood.py [--face web|modbus|opcua|iec104] [--waves 8] [--per-wave 6000]
+                                    [--fd-limit 1024] [--period-s 1.0] [--setpoint-mw 1.0]
 
-Target (issues 11 and 13: hostile input never moves the plant): no EMFILE, 0 device errors, 0 overruns, and the
+Target (issue 11: hostile input never moves the plant): no EMFILE, 0 device errors, 0 overruns, and the
 PCS within 1 % of the setpoint in every sample. Prints figures and pass/fail, then one JSON line. All on
 127.0.0.1; every process stopped.
 """
@@ -77,10 +78,10 @@ asyncio.run(main())
 """
 
 
-def write_site(tmp: Path, period_s: float) -> tuple[Path, dict[str, Any]]:
+def write_site(tmp: Path, period_s: float, face: str) -> tuple[Path, dict[str, Any]]:
     """demo-single-modbus.yaml on free loopback ports at a cycle of `period_s` (each device read as often): devices
-    and the simulator's faces where they meet, the web on its own port, MQTT and SCADA off (the web is the face
-    under attack)."""
+    and the simulator's faces where they meet, the web on its own port, MQTT off, and of the SCADA faces only
+    `face` (when it is one)."""
     raw = yaml.safe_load(BASE.read_text())
     raw["cycle"]["period_s"] = period_s
     ports = {name: free_port() for name in raw["devices"]}
@@ -94,7 +95,11 @@ def write_site(tmp: Path, period_s: float) -> tuple[Path, dict[str, Any]]:
         bms_modbus_port=ports[bms], pcs_modbus_port=ports[pcs], bms_opcua_port=free_port(), control_port=free_port()
     )
     raw["mqtt"]["enabled"] = False
-    raw["scada"] = {"modbus": {"enabled": False}, "opcua": {"enabled": False}}
+    raw["scada"] = {
+        "modbus": {"enabled": face == "modbus", "host": "127.0.0.1", "port": free_port()},
+        "opcua": {"enabled": face == "opcua", "host": "127.0.0.1", "port": free_port(), "allow_none_security": True},
+        "iec104": {"enabled": face == "iec104", "host": "127.0.0.1", "port": free_port()},
+    }
     raw["web"].update(host="127.0.0.1", port=free_port())
     site = tmp / "site.yaml"
     site.write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -150,8 +155,9 @@ class Sampler:
 
 
 async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
-    site, raw = write_site(tmp, args.period_s)
+    site, raw = write_site(tmp, args.period_s, args.face)
     url = f"http://127.0.0.1:{raw['web']['port']}"
+    target = raw["web"]["port"] if args.face == "web" else raw["scada"][args.face]["port"]
     sim_url = f"http://127.0.0.1:{raw['simulator']['control_port']}"
     headers, scrape = {"X-API-Key": KEY}, {"Authorization": f"Bearer {KEY}"}
     env = {**os.environ, "API_KEY": KEY, "HMAC_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
@@ -162,7 +168,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     def limit_fds() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (args.fd_limit, args.fd_limit))
 
-    out: dict[str, Any] = {"fd_limit": args.fd_limit, "setpoint_mw": args.setpoint_mw, "period_s": args.period_s}
+    out: dict[str, Any] = {
+        "face": args.face,
+        "fd_limit": args.fd_limit,
+        "setpoint_mw": args.setpoint_mw,
+        "period_s": args.period_s,
+    }
     async with Simulator(site, tmp):
         with open(log_path, "ab") as log:
             daemon = subprocess.Popen(
@@ -170,6 +181,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             )
         try:
             await wait_port(raw["web"]["port"])
+            await wait_port(target)
             async with httpx.AsyncClient(base_url=url, timeout=10) as c:
                 for _ in range(300):  # bounded: the first good cycle
                     if (await c.get("/readyz")).status_code == 200:
@@ -189,7 +201,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     sys.executable,
                     "-c",
                     ATTACKER,
-                    str(raw["web"]["port"]),
+                    str(target),
                     str(args.waves),
                     str(args.per_wave),
                     str(args.answer_wait_s),
@@ -255,7 +267,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def report(res: dict[str, Any]) -> None:
     a, d, p = res["attack"], res["daemon"], res["plant"]
     answers = ", ".join(f"{k} {v}" for k, v in sorted(a["answers"].items(), key=lambda kv: -kv[1]))
-    print(f"attack: {a['connections']} connections in {a['seconds']} s ({a['connects_per_s']}/s); answers: {answers}")
+    print(
+        f"attack on the {res['face']} face: {a['connections']} connections in {a['seconds']} s ({a['connects_per_s']}/s); answers: {answers}"
+    )
     print(
         f"daemon (RLIMIT_NOFILE {res['fd_limit']}): fds {d['fds_base']} -> peak {d['fds_peak']} -> {d['fds_after']} after; "
         f"RSS +{d['rss_growth_kb'] / 1024:.1f} MB; EMFILE lines {d['emfile_lines']}; exit {d['rc']}"
@@ -271,6 +285,7 @@ def report(res: dict[str, Any]) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--face", choices=("web", "modbus", "opcua", "iec104"), default="web", help="the port attacked")
     ap.add_argument("--waves", type=int, default=8)
     ap.add_argument("--per-wave", type=int, default=6000, help="connections opened at once in each wave")
     ap.add_argument("--answer-wait-s", type=float, default=2.0, help="how long a connection waits for its answer")
