@@ -268,18 +268,8 @@ class ScadaOpcUaServer:
                 await node.set_writable(True)
                 server.set_attribute_value_setter(node.nodeid, self._setter(p.name))
             self.controls[p.name] = (node, vt)
-        server.iserver.max_connections = self.cfg.max_connections  # past it, asyncua closes a client at once
-        self._refusals_filter = RefusalFilter("Refusing connection", self.refusals, "scada.opcua.max_connections open")
-        ASYNCUA_LISTENER.addFilter(self._refusals_filter)
-        await server.start()
+        await self._serve_bounded(server)
         self.server = server
-        # asyncua listens with asyncio's default backlog (100): the wave a flood gets accepted in one turn of the
-        # loop the cycle shares (controller/scada/connections.py)
-        listener = getattr(server.bserver, "_server", None)
-        if listener is not None:
-            shorten_listen_queue(listener.sockets)
-        else:
-            log.warning("OPC UA SCADA face: asyncua's listening socket not found; its listen queue stays at 100")
         self._task = asyncio.create_task(self._update_loop(), name="scada-opcua")
         log.info(
             "OPC UA SCADA face listening",
@@ -288,6 +278,21 @@ class ScadaOpcUaServer:
                 "none_policy": self.cfg.allow_none_security,
             },
         )
+
+    async def _serve_bounded(self, server: Server) -> None:
+        """Start serving with at most scada.opcua.max_connections open (asyncua closes a client past it at once;
+        its per-refusal warning is counted into self.refusals) and a listen queue of 16: asyncua listens with
+        asyncio's default backlog (100), the wave a flood gets accepted in one turn of the loop the cycle shares
+        (controller/scada/connections.py)."""
+        server.iserver.max_connections = self.cfg.max_connections
+        self._refusals_filter = RefusalFilter("Refusing connection", self.refusals, "scada.opcua.max_connections open")
+        ASYNCUA_LISTENER.addFilter(self._refusals_filter)
+        await server.start()
+        listener = getattr(server.bserver, "_server", None)
+        if listener is not None:
+            shorten_listen_queue(listener.sockets)
+        else:
+            log.warning("OPC UA SCADA face: asyncua's listening socket not found; its listen queue stays at 100")
 
     async def _variables(
         self, server: Server, folder, prefix: str, points: list[ScadaPoint], idx: int
