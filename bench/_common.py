@@ -70,6 +70,17 @@ async def wait_port(port: int, timeout_s: float = 60.0) -> None:
     raise RuntimeError(f"simulator port {port} not open after {timeout_s:g} s")
 
 
+def stop_process(proc: subprocess.Popen, timeout_s: float) -> int:
+    """SIGTERM, then SIGKILL when `proc` has not ended within `timeout_s`; its exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return proc.wait(10)
+
+
 class Simulator:
     """`python -m controller.cli simulate --config SITE` (this checkout's code), its log in `tmp`, every device
     port and the control port (when there is one) waited for; always stopped."""
@@ -112,14 +123,8 @@ class Simulator:
         return port
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        if self.proc is not None:
+            stop_process(self.proc, 15)
 
     async def __aexit__(self, *exc) -> None:
         self.stop()

@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import Simulator, free_port, wait_port  # noqa: E402
+from bench._common import Simulator, free_port, stop_process, wait_port  # noqa: E402
 
 BASE = ROOT / "config" / "demo-single-modbus.yaml"
 KEY = "bench-flood-key-0123456789"
@@ -219,12 +219,7 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 after = (await c.get("/metrics", headers=scrape)).text
                 fds_after = len(os.listdir(f"/proc/{daemon.pid}/fd"))
         finally:
-            daemon.terminate()
-            try:
-                daemon.wait(20)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            stop_process(daemon, 20)
     attacker = json.loads(said.decode().strip().splitlines()[-1])
     connects = args.waves * args.per_wave
     log_text = log_path.read_text(errors="replace")

@@ -17,7 +17,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlparse
 
 import yaml
@@ -270,15 +270,19 @@ class Web(_Model):
     open_docs: bool = Field(False, description="serve /docs and /openapi.json without a key")
 
 
+# each SCADA face's cap on open connections (controller/scada/connections.py)
+ScadaConnections = Annotated[
+    int, Field(ge=1, le=128, description="open connections to this face; a client past it is closed at once")
+]
+
+
 class ScadaModbus(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(5020, ge=1, le=65535)
     unit_id: int = Field(1, ge=0, le=255)
     read_only: bool = False
-    max_connections: int = Field(
-        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
-    )
+    max_connections: ScadaConnections = 16
     allow_clients: list[str] = Field(
         default_factory=list,
         description=(
@@ -307,9 +311,7 @@ class ScadaOpcUa(_Model):
     read_only: bool = False
     allow_none_security: bool = False
     users_file: str | None = None
-    max_connections: int = Field(
-        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
-    )
+    max_connections: ScadaConnections = 16
 
 
 def _is_loopback_host(host: str) -> bool:
@@ -346,9 +348,7 @@ class ScadaIec104(_Model):
     port: int = Field(2404, ge=1, le=65535, description="TCP port (2404: the IEC 104 port)")
     common_address: int = Field(1, ge=1, le=65534, description="the station's ASDU address")
     read_only: bool = Field(False, description="refuse every command (negative confirmation)")
-    max_connections: int = Field(
-        16, ge=1, le=128, description="open connections to this face; a client past it is closed at once"
-    )
+    max_connections: ScadaConnections = 16
     allow_clients: list[str] = Field(
         default_factory=list,
         description=(

@@ -17,7 +17,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-LISTEN_QUEUE = 16
+LISTEN_QUEUE = 16  # the web's ACCEPT_WAVE (web/server.py) for the same reason; web may not import controller
 REFUSAL_LOG_S = 10.0
 
 
