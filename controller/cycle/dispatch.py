@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import TypeVar
 
 from controller.config import Limits
@@ -41,21 +41,31 @@ class Dispatcher:
         # driver's own timeout (a cancelled Modbus request would leave its late answer in the connection)
         self._inflight: dict[str, asyncio.Task] = {}
 
-    async def within(self, slot: str, work: Awaitable[T], timeout_s: float | None) -> T:
-        """`work` (a write, or writes) awaited at most `timeout_s`. Still pending then: DeviceTimeout naming the
-        PCS at once, while the request runs on; until it has ended, the next write in the same slot fails at
-        once (and `work` is closed unstarted), so requests never pile up behind a silent device."""
+    def start(self, slot: str, work: Coroutine[object, object, T]) -> asyncio.Task[T]:
+        """`work` (a write, or writes) started as a task in `slot`. While the slot's last request has not ended,
+        DeviceTimeout naming the PCS at once (and `work` is closed unstarted), so requests never pile up behind a
+        silent device."""
         if slot in self._inflight:
-            if hasattr(work, "close"):
-                work.close()  # type: ignore[union-attr]
+            work.close()
             raise DeviceTimeout(self.pcs.name, f"{slot} write: the last request is still unanswered")
         task = asyncio.ensure_future(work)
         self._inflight[slot] = task
         task.add_done_callback(lambda t: self._landed(slot, t))
-        done, _ = await asyncio.wait({task}, timeout=timeout_s)
-        if not done:
+        return task
+
+    def outcome(self, slot: str, task: asyncio.Task[T], timeout_s: float | None) -> T:
+        """What a started write came to once its wait of `timeout_s` is over. Still pending: DeviceTimeout naming
+        the PCS, while the request runs on (a cancelled Modbus request would leave its late answer in the
+        connection); the slot stays taken until it ends."""
+        if not task.done():
             raise DeviceTimeout(self.pcs.name, f"{slot} write: no answer by the cycle's deadline ({timeout_s:.3g} s)")
         return task.result()
+
+    async def within(self, slot: str, work: Coroutine[object, object, T], timeout_s: float | None) -> T:
+        """`work` started in `slot` and awaited at most `timeout_s` (see start and outcome)."""
+        task = self.start(slot, work)
+        await asyncio.wait({task}, timeout=timeout_s)
+        return self.outcome(slot, task, timeout_s)
 
     def _landed(self, slot: str, task: asyncio.Task) -> None:
         # runs before the waiter in within() resumes (callbacks run in the order they were added)
@@ -136,29 +146,36 @@ class UnitDispatch:
         self.dispatcher = Dispatcher(links.pcs, links.bms, links.pcs.config.reversion_timeout_s)
         self.previous_mw = 0.0  # what its PCS was last told and took (its ramp starts there)
         self.readback_hold_until = 0.0
+        self.mismatched = False  # its last write read back another value (settle)
 
     def safe(self, now: float) -> Decision:
         """0 MW for this unit, through the limit function like every setpoint."""
         return limit(0.0, Snapshot(ts=now), self.limits, self.previous_mw, 0.0, "stopped")
 
-    async def write(
-        self, decision: Decision, now: float, budget_s: Callable[[], float], heartbeat: bool = True
-    ) -> float | None:
-        """Write the unit's setpoint (read back), then its heartbeats (unless not `heartbeat`: the fast path's
-        writes between cycles), each bounded by what `budget_s()` says is left of the cycle's deadline. Returns
-        the read-back (None when the write failed)."""
-        pcs, d = self.links.pcs, self.dispatcher
+    def begin(self, decision: Decision) -> asyncio.Task[float | None] | DeviceError:
+        """The unit's setpoint write (with read-back) started; or why it cannot start (its last is still out)."""
+        d = self.dispatcher
         try:
-            readback = await d.within("setpoint", d.apply(decision), budget_s())
-            self.previous_mw = decision.setpoint_mw
-            self.alarms.clear(readback_key(pcs.name))
+            return d.start("setpoint", d.apply(decision))
+        except DeviceError as e:
+            return e
+
+    def settle(
+        self, decision: Decision, job: asyncio.Task[float | None] | DeviceError, now: float, timeout_s: float
+    ) -> float | None:
+        """What the write `begin` started came to, once the wait for it (at most `timeout_s`) is over: the
+        read-back, or None when it failed (counted against the PCS, so the unit goes stale and to 0 MW) or read
+        back another value (then `mismatched`: the unit is held safe, and the caller writes it 0 MW)."""
+        pcs, d = self.links.pcs, self.dispatcher
+        self.mismatched = False
+        try:
+            if isinstance(job, DeviceError):
+                raise job
+            readback = d.outcome("setpoint", job, timeout_s)
         except ReadbackMismatch as e:
             self.readback_hold_until = now + READBACK_HOLD_S
             self.alarms.raise_(readback_key(pcs.name), e.cause, f"unit {self.unit}: {e}")
-            try:
-                await d.within("setpoint", d.apply(self.safe(now)), budget_s())
-            except DeviceError as e2:
-                log.error("safe-state write failed", extra={"device": pcs.name, "unit": self.unit, "error": str(e2)})
+            self.mismatched = True
             self.previous_mw = 0.0
             return None
         except DeviceError as e:
@@ -171,12 +188,57 @@ class UnitDispatch:
             )
             self.previous_mw = 0.0 if decision.setpoint_mw == 0.0 else self.previous_mw
             return None
-        if not heartbeat:
-            return readback
+        self.previous_mw = decision.setpoint_mw
+        self.alarms.clear(readback_key(pcs.name))
+        return readback
+
+    async def write_safe(self, now: float, timeout_s: float) -> None:
+        """0 MW after a read-back mismatch (through the limit function), waiting at most `timeout_s`."""
+        d = self.dispatcher
+        try:
+            await d.within("setpoint", d.apply(self.safe(now)), timeout_s)
+        except DeviceError as e:
+            log.error(
+                "safe-state write failed", extra={"device": self.links.pcs.name, "unit": self.unit, "error": str(e)}
+            )
+        self.previous_mw = 0.0
+
+    async def write_heartbeat(self, timeout_s: float) -> None:
+        """Count the heartbeat up and write it to the unit's devices that the cycle writes it to (not those read
+        on their own rhythm, nor those failing now), waiting at most `timeout_s`; a failure is logged."""
+        pcs, d = self.links.pcs, self.dispatcher
         try:
             links = d.count_heartbeat(skip={link.name for link in (self.links.bms, pcs) if link.failures})
             if links:  # (devices read on their own rhythm write it there: nothing on the wire now)
-                await d.within("heartbeat", d.write_heartbeat(links), budget_s())
+                await d.within("heartbeat", d.write_heartbeat(links), timeout_s)
         except DeviceError as e:
             log.warning("heartbeat write failed", extra={"device": e.device, "cause": e.cause, "error": str(e)})
-        return readback
+
+
+async def write_units(
+    units: list[UnitDispatch],
+    decisions: list[Decision],
+    now: float,
+    budget_s: Callable[[], float],
+    heartbeat: bool = True,
+) -> list[float | None]:
+    """Every unit's setpoint written at once (with read-back), then its heartbeats (unless not `heartbeat`: the
+    fast path's writes between cycles), each wait bounded by what `budget_s()` says is left of the cycle's
+    deadline. One task a unit and one wait for them all: the cycle's cost grows by as little as it can per unit.
+    A failed write is that unit's alone. Returns each unit's read-back (None where its write failed)."""
+    jobs = [u.begin(d) for u, d in zip(units, decisions)]
+    started = [job for job in jobs if not isinstance(job, DeviceError)]
+    timeout_s = budget_s()
+    if started:
+        await asyncio.wait(started, timeout=timeout_s)
+    readbacks = [u.settle(d, job, now, timeout_s) for u, d, job in zip(units, decisions, jobs)]
+    mismatched = [u for u in units if u.mismatched]
+    if mismatched:
+        timeout_s = budget_s()
+        await asyncio.gather(*(u.write_safe(now, timeout_s) for u in mismatched))
+    if heartbeat:
+        beating = [u for u, r in zip(units, readbacks) if r is not None]
+        if beating:
+            timeout_s = budget_s()
+            await asyncio.gather(*(u.write_heartbeat(timeout_s) for u in beating))
+    return readbacks

@@ -22,7 +22,7 @@ from controller.cycle.alarms import CYCLE_FAILED, SCHEDULE_INFEASIBLE, Alarms, s
 from controller.cycle.allocation import Allocation, PlantView, UnitView, allocate, unit_limits
 from controller.cycle.delivery import Delivery
 from controller.cycle.devices import DeviceSet
-from controller.cycle.dispatch import UnitDispatch
+from controller.cycle.dispatch import UnitDispatch, write_units
 from controller.cycle.jobs import Jobs
 from controller.cycle.limits import Decision, limit
 from controller.cycle.mode import ModeState, expired, requested, restored
@@ -614,9 +614,7 @@ class Controller:
             Decision(s.setpoint_mw, s.setpoint_mw, s.binding, s.reasons, s.lower_mw, s.upper_mw)
             for s in allocation.units
         ]  # each share has passed limit() on the plant's totals and on its unit's own limits (allocate)
-        readbacks = await asyncio.gather(
-            *(u.write(d, now, self._write_budget_s, heartbeat) for u, d in zip(self.units, decisions))
-        )
+        readbacks = await write_units(self.units, decisions, now, self._write_budget_s, heartbeat)
         if any(r is not None for r in readbacks):
             self._last_write_mono = self.clock.monotonic()  # the ramp counts from here
         if any(r is None for r in readbacks):
