@@ -10,9 +10,14 @@ cycle's writes, whatever the controller does); then, on the 16-unit plant, one u
 
     .venv/bin/python bench/units.py [--cycles 30] [--floor-rounds 20] [--sizes 1,4,16,64] [--per-gateway 8]
                                     [--connections 4] [--no-function-23] [--simulator-per-gateway] [--fault-units 16]
+                                    [--answer-ms 0]
 
 Each gateway takes --connections connections (its devices' `connections`), and the PCS profile declares function
 23 (`read_write_multiple`, which the simulator implements): a setpoint write and its read-back are one request.
+
+By default the simulator answers at once, so the figures are the controller's and the simulator's CPU; --answer-ms
+makes every unit's BMS and PCS answer that late, as site devices do, to show that the units' answer times overlap
+(a cycle of 16 units then takes about one answer time, not 16).
 
 By default one simulator process serves every gateway, one request at a time; --simulator-per-gateway runs one
 process per gateway port (each a pymodbus server of its own, as each gateway on a site is hardware of its own; the
@@ -408,12 +413,28 @@ async def raw_request_floor(port: int, unit_id: int, n: int = 200) -> dict[str, 
 
 
 # ------------------------------------------------------------------------------------------------- the runs
+async def answer_late(sim: Simulator | GatewaySimulators, site: Path, answer_ms: float) -> None:
+    """Every unit's BMS and PCS answering each request `answer_ms` late (the simulator's delay fault), as devices on
+    a site do (a PCS over Modbus TCP answers in a few ms, one behind a serial gateway in tens); each connection still
+    carries one request at a time, the connections run side by side. 0: at once, as the simulator does."""
+    if answer_ms > 0:
+        for unit in load_config(site).units:
+            for face in ("bms_modbus", "pcs"):
+                await sim.fault(f"{unit}.{face}", delay_s=answer_ms / 1000)
+
+
 def available(c: Controller, unit: str) -> bool | None:
     return next((u.available for u in c.faces.latest().units if u.unit == unit), None)
 
 
 async def fault_phase(
-    sim: Simulator | GatewaySimulators, c: Controller, counter: WriteCounter, unit: str, n: int, **fault
+    sim: Simulator | GatewaySimulators,
+    c: Controller,
+    counter: WriteCounter,
+    unit: str,
+    n: int,
+    answer_late_again: Any,
+    **fault,
 ) -> dict:
     """`unit`'s BMS given `fault` for `n` cycles, measured from the moment it starts; then cleared and the unit's
     recovery waited for (bounded)."""
@@ -430,6 +451,7 @@ async def fault_phase(
         res = await window(c, counter, n, others, sim)
     finally:
         await sim.fault(None)
+        await answer_late_again()
         detach()
     t0 = time.monotonic()
     await wait_for(lambda: available(c, unit) is True, 60, lambda: f"{unit} not available again 60 s after the fault")
@@ -447,6 +469,11 @@ async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> di
     manual setpoint, a measured window of --cycles, and (when asked) the fault windows."""
     out: dict[str, Any] = {}
     async with GatewaySimulators(site, tmp) if args.simulator_per_gateway else Simulator(site, tmp) as sim:
+
+        async def late() -> None:
+            await answer_late(sim, site, args.answer_ms)
+
+        await late()
         if floor:
             pcs = load_config(site).unit_plan()[0].pcs
             out["raw_request"] = await raw_request_floor(pcs.port, pcs.unit_id)
@@ -463,8 +490,8 @@ async def size_run(site: Path, tmp: Path, args, floor: bool, faults: bool) -> di
             if faults:
                 half = max(5, args.cycles // 2)
                 victim = sorted(units)[min(1, len(units) - 1)]  # behind a gateway with others (u02)
-                out["bms_silent"] = await fault_phase(sim, c, counter, victim, half, silent=True)
-                out["bms_late_2s"] = await fault_phase(sim, c, counter, victim, half, delay_s=2.0)
+                out["bms_silent"] = await fault_phase(sim, c, counter, victim, half, late, silent=True)
+                out["bms_late_2s"] = await fault_phase(sim, c, counter, victim, half, late, delay_s=2.0)
     return out
 
 
@@ -494,6 +521,7 @@ async def main(args) -> dict[str, Any]:
         "function_23": not args.no_function_23,
         "connections": args.connections,
         "simulator_per_gateway": args.simulator_per_gateway,
+        "answer_ms": args.answer_ms,
         "targets": TARGETS,
     }
     res["sizes"] = {}
@@ -593,6 +621,12 @@ if __name__ == "__main__":
         "--simulator-per-gateway",
         action="store_true",
         help="the plant simulator as one process per gateway port (the POI meter in the first, measuring its units)",
+    )
+    ap.add_argument(
+        "--answer-ms",
+        type=float,
+        default=0.0,
+        help="every unit's BMS and PCS answers each request this late, as site devices do (default: at once)",
     )
     ap.add_argument("--fault-units", type=int, default=16, help="the plant size of the fault runs (0: none)")
     result = asyncio.run(main(ap.parse_args()))
