@@ -163,14 +163,14 @@ async def test_one_silent_bms_costs_no_overrun_and_the_other_unit_is_written_eve
         await wait_for(lambda: sum(shares(c).values()) == pytest.approx(4.0), 10, "4 MW over both units")
         writes: list[float | None] = []
         unit1 = c.units[0]
-        inner = unit1.write
+        inner = unit1.settle
 
-        async def counted(*args):
-            readback = await inner(*args)
+        def counted(*args):
+            readback = inner(*args)
             writes.append(readback)
             return readback
 
-        unit1.write = counted  # the real write, counted
+        unit1.settle = counted  # the real outcome of each setpoint write, counted (None: it failed)
         for how in ({"silent": True}, {"silent": False, "delay_s": 2.0}):
             await fault(api, "u2.bms_modbus", **how)
             await wait_for(lambda: shares(c).get("u2") == 0.0, 10, f"unit 2 out ({how})")
