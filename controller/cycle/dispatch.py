@@ -68,7 +68,7 @@ class Dispatcher:
         return self.outcome(slot, task, timeout_s)
 
     def _landed(self, slot: str, task: asyncio.Task) -> None:
-        # runs before the waiter in within() resumes (callbacks run in the order they were added)
+        # runs before any waiter (within, write_units) resumes: callbacks run in the order they were added
         self._inflight.pop(slot, None)
         if not task.cancelled() and task.exception() is not None:
             log.debug("write ended with an error", extra={"device": self.pcs.name, "slot": slot})

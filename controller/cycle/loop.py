@@ -58,7 +58,7 @@ CYCLE_ERROR_ALARM = str(CYCLE_FAILED)  # its string form, as stored
 AFRR_TIMEOUT = service_key("afrr_setpoint_timeout")  # no aFRR setpoint for longer than afrr_timeout_s
 # The cycle's deadline, in shares of its period (real seconds): reads get READ_SHARE, the writes run until
 # DEADLINE_SHARE (at least WRITE_MIN_SHARE); the rest is the CPU's. A device that has not answered by then counts
-# a failed read or write at once (see DeviceLink.poll, Dispatcher.within), so a silent or slow device never
+# a failed read or write at once (see DeviceLink.poll, dispatch.write_units), so a silent or slow device never
 # stretches the cycle and never delays another device's dispatch.
 READ_SHARE = 0.4  # after the first cycle: each device's own read starts this share of a period before a cycle
 DEADLINE_SHARE = 0.8
