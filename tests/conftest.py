@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 
 import pytest
 
@@ -30,3 +32,18 @@ def free_port() -> int:
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+async def eventually(read, check, *, within_s: float = 3.0, every_s: float = 0.02):
+    """Await `read()` until `check(value)` holds (bounded in time and count); returns the value, or fails naming the
+    last one. The async reads' twin of tests.fixtures.controller.wait_for."""
+    deadline = time.monotonic() + within_s
+    value = None
+    for _ in range(int(within_s / every_s) + 1):
+        value = await read()
+        if check(value):
+            return value
+        if time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"condition not met within {within_s} s; last value {value!r}")

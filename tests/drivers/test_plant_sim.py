@@ -31,7 +31,7 @@ from drivers.sunspec import SunSpecDriver
 from simulators.battery import ALARM_INJECTED
 from simulators.pcs import ALRM_MANUFACTURER, INVST_FAULT, STA_WARNING, STATE_FAULT
 from simulators.plant import Plant
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_MODBUS = ROOT / "config" / "demo-single-modbus.yaml"
@@ -71,20 +71,6 @@ async def drivers_for(plant: Plant) -> AsyncIterator[tuple[ModbusDriver, SunSpec
     finally:
         await bms.close()
         await pcs.close()
-
-
-async def eventually(read, check, *, within_s: float = 3.0, every_s: float = 0.02):
-    """Call `read()` until `check(value)` holds (bounded in time and count); returns the value."""
-    deadline = time.monotonic() + within_s
-    value = None
-    for _ in range(int(within_s / every_s) + 1):
-        value = await read()
-        if check(value):
-            return value
-        if time.monotonic() >= deadline:
-            break
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met within {within_s} s; last value {value!r}")
 
 
 # --- PCS behaviour ------------------------------------------------------------------------------------------

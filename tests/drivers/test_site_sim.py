@@ -25,8 +25,10 @@ from drivers.errors import DeviceError, DeviceTimeout, ModbusError
 from drivers.modbus import ModbusDriver
 from drivers.sunspec import SunSpecDriver
 from simulators.site import SitePlant
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.fixtures.site_sim import MANUAL, two_unit_config
+
+SETTLES = {"within_s": 5.0, "every_s": 0.05}  # what a control change or a reconnect takes to show in reads
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config"
@@ -57,17 +59,6 @@ async def drivers_for(cfg: SiteConfig, *names: str) -> AsyncIterator[dict[str, A
     finally:
         for d in out.values():
             await d.close()
-
-
-async def eventually(read, pred, tries: int = 100, every_s: float = 0.05):
-    """Read until pred holds (bounded by a count of tries, not by a timed assertion)."""
-    last = None
-    for _ in range(tries):
-        last = await read()
-        if pred(last):
-            return last
-        await asyncio.sleep(every_s)
-    raise AssertionError(f"condition not met; last read: {last}")
 
 
 def v(readings) -> dict:
@@ -132,24 +123,24 @@ async def test_per_unit_faults_state_and_meter_through_the_control_api(tmp_path)
         await d["pcs2"].read()
         assert (await http.post("/sim/faults/u3.pcs", json={"silent": True})).status_code == 404
         await http.delete("/sim/faults")
-        await eventually(lambda: _attempt(d["bms2"]), lambda r: r is not None)
+        await eventually(lambda: _attempt(d["bms2"]), lambda r: r is not None, **SETTLES)
         # state of one unit
         r = await http.post("/sim/state", json={"unit": "u2", "soc_pct": 80})
         assert r.status_code == 200 and r.json()["units"]["u2"]["soc_pct"] == pytest.approx(80)
         assert r.json()["units"]["u1"]["soc_pct"] == pytest.approx(60, abs=0.1)
-        await eventually(d["pcs2"].read, lambda r: r["soc_pct"].value == pytest.approx(80, abs=0.1))
+        await eventually(d["pcs2"].read, lambda r: r["soc_pct"].value == pytest.approx(80, abs=0.1), **SETTLES)
         assert (await http.post("/sim/state", json={"unit": "u9", "soc_pct": 80})).status_code == 404
         # the meter: no wander, a step, a ramp, an aux load
         await http.post("/sim/frequency", json={"wander": False, "hz": 50.0})
         r = await http.post("/sim/frequency", json={"step_hz": -0.3})
         assert r.status_code == 200 and r.json()["frequency_hz"] == pytest.approx(49.7)
-        await eventually(d["poi"].read, lambda r: r["frequency_hz"].value == pytest.approx(49.7))
+        await eventually(d["poi"].read, lambda r: r["frequency_hz"].value == pytest.approx(49.7), **SETTLES)
         await http.post("/sim/frequency", json={"ramp_to_hz": 50.1, "ramp_s": 0.5})
-        await eventually(d["poi"].read, lambda r: r["frequency_hz"].value == pytest.approx(50.1))
+        await eventually(d["poi"].read, lambda r: r["frequency_hz"].value == pytest.approx(50.1), **SETTLES)
         assert (await http.post("/sim/frequency", json={"ramp_to_hz": 50.1})).status_code == 422
         assert (await http.post("/sim/frequency", json={"hz": 80})).status_code == 422
         assert (await http.post("/sim/aux", json={"aux_load_mw": 0.4})).json()["aux_load_mw"] == 0.4
-        await eventually(d["poi"].read, lambda r: r["power_mw"].value == pytest.approx(-0.4, abs=1e-3))
+        await eventually(d["poi"].read, lambda r: r["power_mw"].value == pytest.approx(-0.4, abs=1e-3), **SETTLES)
         assert site.meter.poi_mw == pytest.approx(-0.4)
         assert (await http.post("/sim/faults/meter", json={"silent": True})).status_code == 200
         with pytest.raises(DeviceTimeout):
@@ -232,7 +223,7 @@ async def test_bess_edge_simulate_serves_a_two_unit_plant(tmp_path):
     )
     try:
         async with drivers_for(cfg, "pcs2", "poi") as d:
-            readings = await eventually(lambda: _attempt(d["poi"]), lambda r: r is not None, tries=300, every_s=0.1)
+            readings = await eventually(lambda: _attempt(d["poi"]), lambda r: r is not None, within_s=30.0, every_s=0.1)
             assert readings["frequency_hz"].value == pytest.approx(50, abs=0.2)
             assert v(await d["pcs2"].read())["soc_pct"] == pytest.approx(40, abs=0.5)
     finally:

@@ -24,13 +24,14 @@ from controller.scada.controls import ScadaPlant
 from controller.scada.face import ScadaFace
 from controller.scada.opcua import NAMESPACE
 from controller.scada.points import BINDING_CODES, LAYOUT, NA, POI, STATUS, UNIT_BASE, UNIT_STRIDE, unit_points
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 from tests.fixtures.controller import make_controller, running_scada, wait_for
 from tests.fixtures.plant import make_plant, plant  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 
 ROOT = Path(__file__).resolve().parents[2]
+GOOD = ua.StatusCodes.Good
 BOTH_FACES = {"scada": {"modbus": {"enabled": True}, "opcua": {"enabled": True, "allow_none_security": True}}}
 
 
@@ -113,21 +114,14 @@ async def test_a_one_unit_plant_has_one_block_with_the_plants_figures(plant, tmp
         assert m["poi"] == {"power_mw": None, "frequency_hz": None}  # no meter: not available
         unit_name = c.config.unit_plan()[0].unit
         async with opcua(c.config.scada.opcua.port) as cl:
-
-            async def folder_filled() -> bool:
-                return await status_code(cl, f"Units.{unit_name}.soc_pct") == ua.StatusCodes.Good
-
-            for _ in range(100):  # the folder is refreshed once per cycle: bounded by count
-                if await folder_filled():
-                    break
-                await asyncio.sleep(0.1)
-            assert await folder_filled()
+            await eventually(  # the folder is refreshed once per cycle
+                lambda: status_code(cl, f"Units.{unit_name}.soc_pct"), lambda s: s == GOOD, within_s=10, every_s=0.1
+            )
             assert 0 < await value(cl, f"Units.{unit_name}.soc_pct") < 100
-            for _ in range(30):  # in service again by the next cycle, should the test's client have stalled one
-                if await value(cl, f"Units.{unit_name}.available") == 1:
-                    break
-                await asyncio.sleep(0.1)
-            assert await value(cl, f"Units.{unit_name}.available") == 1
+            # in service again by the next cycle, should the test's client have stalled one
+            await eventually(
+                lambda: value(cl, f"Units.{unit_name}.available"), lambda a: a == 1, within_s=3, every_s=0.1
+            )
             assert await status_code(cl, "POI.power_mw") == ua.StatusCodes.BadWaitingForInitialData
 
 
@@ -202,10 +196,8 @@ async def test_two_units_and_the_poi_on_both_faces(tmp_path):
         }
         assert m["poi"] == {"power_mw": 2.85, "frequency_hz": pytest.approx(50.012)}
         async with opcua(cfg.scada.opcua.port) as cl:
-            for _ in range(100):  # the first refresh runs right after start: bounded by count
-                if await status_code(cl, "Units.u2.soc_pct") == ua.StatusCodes.Good:
-                    break
-                await asyncio.sleep(0.1)
+            # the first refresh runs right after start
+            await eventually(lambda: status_code(cl, "Units.u2.soc_pct"), lambda s: s == GOOD, within_s=10, every_s=0.1)
             assert await value(cl, "Units.u1.soc_pct") == pytest.approx(64.5)
             assert await value(cl, "Units.u2.soc_pct") == pytest.approx(39.5)
             assert await value(cl, "Units.u2.available") == 0
